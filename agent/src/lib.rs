@@ -1,0 +1,2 @@
+//! roamd, the roam agent, and roamctl, its command line.
+#![warn(missing_docs)]

@@ -1,0 +1,4 @@
+//! Policy benchmarks (filled in with the evaluator).
+fn main() {
+    divan::main();
+}
