@@ -5,7 +5,11 @@
 //! `up_for_ms`, a flow's `age_ms`) is passed in.
 #![warn(missing_docs)]
 
+pub mod diag;
+pub mod lexer;
 pub mod model;
+mod suggest;
+pub mod units;
 
 pub use model::{
     Decision, Flow, Interface, LinkKind, LinkState, MultipathMode, Path, Role, State,
