@@ -5,9 +5,11 @@
 //! `up_for_ms`, a flow's `age_ms`) is passed in.
 #![warn(missing_docs)]
 
+pub mod ast;
 pub mod diag;
 pub mod lexer;
 pub mod model;
+pub mod parser;
 mod suggest;
 pub mod units;
 
