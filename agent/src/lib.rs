@@ -1,4 +1,13 @@
 //! roamd, the roam agent, and roamctl, its command line.
+//!
+//! Layout, by layer:
+//! - [`core`]: the sans-I/O state machine (link table, probe pacing, decisions, pushes).
+//! - `monitor`: the netlink route socket and interface classification.
+//! - `probe`: the UDP echo prober's sockets and the reflector.
+//! - `ipc`: the Unix socket protocol between roamd and apps (see `agent/PROTOCOL.md`).
+//! - `config`: the TOML config file.
+//! - `daemon`: the tokio shell that wires them together.
 #![warn(missing_docs)]
 
+pub mod core;
 pub mod policy_cmd;

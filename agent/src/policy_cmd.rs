@@ -31,7 +31,10 @@ pub enum PolicyCommand {
 pub fn run(cmd: &PolicyCommand) -> ExitCode {
     match cmd {
         PolicyCommand::Check { file } | PolicyCommand::Eval { file, .. } => {
-            eprintln!("roamctl: {}: the policy engine is being built", file.display());
+            eprintln!(
+                "roamctl: {}: the policy engine is being built",
+                file.display()
+            );
             ExitCode::from(2)
         }
     }

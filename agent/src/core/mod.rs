@@ -1,0 +1,648 @@
+//! The agent's core: a sans-I/O state machine.
+//!
+//! Events and the current time go in ([`Core::handle`], [`Core::handle_timeout`]); actions come
+//! out ([`Core::poll_action`]) together with the next deadline ([`Core::poll_timeout`]). The
+//! core never reads a clock, a socket or a file, so tests drive it with virtual time and the
+//! tokio shell (`crate::daemon`) stays a thin loop around it.
+//!
+//! What it keeps: the link table (carrier, addresses, routes, probe figures), the subscribed
+//! clients and the decision each was last sent, and the policy in force. After every event it
+//! recomputes link states, re-evaluates every subscriber's decision (once per distinct app id)
+//! and pushes only what changed; then it paces the probes: fast on links a subscribed session
+//! uses or backs up on, slowly on the other usable links, and not at all with no subscriber.
+pub mod decide;
+pub mod probe;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use roam_policy::{Decision, Flow, Interface, LinkKind, LinkState, MultipathMode, Path, State};
+use serde::{Deserialize, Serialize};
+
+pub use decide::{Policy, PolicyLoadError};
+pub use probe::ProbeConfig;
+use probe::{LinkProbe, Verdict};
+
+/// Identifies one IPC connection for the lifetime of the agent; never reused.
+pub type ClientId = u64;
+
+/// What the monitor knows about one interface (kernel index, name, flags) plus what the shell
+/// derived for it from sysfs and the config (kind, metered, probe targets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkInfo {
+    /// Kernel interface index.
+    pub index: u32,
+    /// Kernel interface name.
+    pub name: String,
+    /// Classification (sysfs, name rules, config overrides).
+    pub kind: LinkKind,
+    /// Administratively up (`IFF_UP`).
+    pub admin_up: bool,
+    /// Has carrier (`IFF_LOWER_UP`).
+    pub carrier: bool,
+    /// Whether the config says the link costs money; `None` when nobody said.
+    pub metered: Option<bool>,
+    /// Where to send echo probes from this link; empty: the link is never probed.
+    pub probe_targets: Vec<SocketAddr>,
+}
+
+/// One route the monitor saw; only its owner, table and destination matter to the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    /// Output interface index.
+    pub index: u32,
+    /// Routing table id.
+    pub table: u32,
+    /// Destination prefix; `None` for a default route.
+    pub dst: Option<(IpAddr, u8)>,
+}
+
+/// Something that happened, as the shell saw it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An interface appeared or changed (flags, name, classification).
+    LinkUpdated(LinkInfo),
+    /// An interface disappeared.
+    LinkRemoved {
+        /// Its kernel index.
+        index: u32,
+    },
+    /// An address became usable on an interface (tentative addresses are not reported).
+    AddressAdded {
+        /// Interface index.
+        index: u32,
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length.
+        prefix_len: u8,
+    },
+    /// An address went away (or failed duplicate address detection).
+    AddressRemoved {
+        /// Interface index.
+        index: u32,
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length.
+        prefix_len: u8,
+    },
+    /// A route was added.
+    RouteAdded(Route),
+    /// A route was removed.
+    RouteRemoved(Route),
+    /// A probe reply with this sequence number came back on this interface.
+    ProbeReply {
+        /// Interface index the probe was sent from.
+        index: u32,
+        /// The sequence number from the reply.
+        seq: u64,
+    },
+    /// A probe could not be sent at all (no route, interface gone): counts as a miss now.
+    ProbeSendFailed {
+        /// Interface index.
+        index: u32,
+        /// The sequence number that was to be sent.
+        seq: u64,
+    },
+    /// An SDK session's report about the path it uses.
+    PathReport {
+        /// The reporting client.
+        client: ClientId,
+        /// Interface name the session uses.
+        interface: String,
+        /// RTT the session measured, in milliseconds.
+        rtt_ms: Option<f64>,
+        /// The session saw no progress: probe that link now rather than at its next turn.
+        stalled: bool,
+    },
+    /// A client subscribed to the decisions for an app id (already checked by the shell).
+    ClientSubscribed {
+        /// The client.
+        client: ClientId,
+        /// The app id it subscribed as.
+        app: String,
+        /// The flow its decision is for, if it said.
+        flow: Option<Flow>,
+    },
+    /// A client unsubscribed or went away.
+    ClientUnsubscribed {
+        /// The client.
+        client: ClientId,
+    },
+    /// A new policy replaces the one in force (it parsed; the shell checked that).
+    PolicyReplaced(Policy),
+}
+
+/// What a subscriber is sent: its decision and the link table it was made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// The decision for the subscriber's app.
+    pub decision: Decision,
+    /// Every interface the agent manages, as in the policy state file.
+    pub interfaces: Vec<Interface>,
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send this update to this client.
+    Push {
+        /// The subscriber.
+        client: ClientId,
+        /// What changed for it.
+        update: Update,
+    },
+    /// Send one echo probe from this interface (bound to it) to this target.
+    SendProbe {
+        /// Interface index.
+        index: u32,
+        /// Interface name (for `SO_BINDTODEVICE`).
+        interface: String,
+        /// Where the reflector listens.
+        target: SocketAddr,
+        /// Sequence number to put in the probe; the reply carries it back.
+        seq: u64,
+    },
+    /// Probing of this interface stopped: its socket can be closed.
+    StopProbing {
+        /// Interface index.
+        index: u32,
+    },
+}
+
+/// How often a link is probed right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeMode {
+    /// Not probed: no subscriber, no target, or the link has no carrier or address.
+    Off,
+    /// Usable but unused by any subscriber: slow probes.
+    Idle,
+    /// A subscriber uses it or backs up on it: fast probes.
+    Fast,
+}
+
+#[derive(Debug)]
+struct Link {
+    info: LinkInfo,
+    addrs: BTreeSet<(IpAddr, u8)>,
+    routes: BTreeSet<Route>,
+    probe: LinkProbe,
+    state: LinkState,
+    up_since: Option<Instant>,
+    mode: ProbeMode,
+    next_probe: Option<Instant>,
+}
+
+impl Link {
+    fn has_usable_address(&self) -> bool {
+        self.addrs.iter().any(|(a, _)| usable_address(a))
+    }
+
+    fn l3_up(&self) -> bool {
+        self.info.admin_up && self.info.carrier && self.has_usable_address()
+    }
+
+    fn interface(&self, now: Instant) -> Interface {
+        let mut i = Interface::new(self.info.name.clone(), self.info.kind, self.state);
+        // Three decimals: sub-microsecond digits of a smoothed figure are noise.
+        i.rtt_ms = self.probe.rtt_ms().map(|r| (r * 1000.0).round() / 1000.0);
+        i.loss_pct = self.probe.loss_pct();
+        i.metered = self.info.metered;
+        i.up_for_ms = self.up_since.map(|t| {
+            u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+        });
+        i
+    }
+}
+
+/// Link-local, loopback, multicast and unspecified addresses do not make a link usable.
+fn usable_address(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_loopback() || a.is_link_local() || a.is_unspecified() || a.is_multicast())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_unicast_link_local())
+        }
+    }
+}
+
+/// What a client was last sent, less the explanation: a new explanation alone (a figure in it
+/// moved) is not worth a push.
+type Pushed = (MultipathMode, Vec<Path>, Vec<(String, LinkKind, LinkState)>);
+
+#[derive(Debug)]
+struct Client {
+    app: String,
+    flow: Option<Flow>,
+    /// What was last pushed: decision without its explanation, and the link summary.
+    pushed: Option<Pushed>,
+    last: Option<Decision>,
+}
+
+/// A subscriber as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientView {
+    /// Connection id.
+    pub client: ClientId,
+    /// App id it subscribed as.
+    pub app: String,
+    /// The primary interface of its current decision, if any.
+    pub primary: Option<String>,
+}
+
+/// A link's probing as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeView {
+    /// Interface name.
+    pub interface: String,
+    /// Current pace.
+    pub mode: ProbeMode,
+    /// Default routes through this interface (any table).
+    pub default_routes: usize,
+    /// Addresses on it, as `ADDR/LEN`.
+    pub addresses: Vec<String>,
+}
+
+/// The agent's state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Core {
+    links: BTreeMap<u32, Link>,
+    clients: BTreeMap<ClientId, Client>,
+    policy: Policy,
+    probe_cfg: ProbeConfig,
+    next_seq: u64,
+    next_recheck: Option<Instant>,
+    actions: VecDeque<Action>,
+}
+
+impl Core {
+    /// A core with no links, no clients, this policy and these probe settings.
+    pub fn new(policy: Policy, probe_cfg: ProbeConfig) -> Self {
+        Core {
+            links: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            policy,
+            probe_cfg,
+            next_seq: 1,
+            next_recheck: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one event in, at `now`.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::LinkUpdated(info) => {
+                let index = info.index;
+                match self.links.get_mut(&index) {
+                    Some(link) => link.info = info,
+                    None => {
+                        tracing::info!(interface = %info.name, index, kind = %info.kind, "link appeared");
+                        self.links.insert(
+                            index,
+                            Link {
+                                info,
+                                addrs: BTreeSet::new(),
+                                routes: BTreeSet::new(),
+                                probe: LinkProbe::new(),
+                                state: LinkState::Down,
+                                up_since: None,
+                                mode: ProbeMode::Off,
+                                next_probe: None,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::LinkRemoved { index } => {
+                if let Some(link) = self.links.remove(&index) {
+                    tracing::info!(interface = %link.info.name, index, "link removed");
+                    if link.mode != ProbeMode::Off {
+                        self.actions.push_back(Action::StopProbing { index });
+                    }
+                }
+            }
+            Event::AddressAdded {
+                index,
+                addr,
+                prefix_len,
+            } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.addrs.insert((addr, prefix_len));
+                }
+            }
+            Event::AddressRemoved {
+                index,
+                addr,
+                prefix_len,
+            } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.addrs.remove(&(addr, prefix_len));
+                }
+            }
+            Event::RouteAdded(route) => {
+                if let Some(link) = self.links.get_mut(&route.index) {
+                    link.routes.insert(route);
+                }
+            }
+            Event::RouteRemoved(route) => {
+                if let Some(link) = self.links.get_mut(&route.index) {
+                    link.routes.remove(&route);
+                }
+            }
+            Event::ProbeReply { index, seq } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.probe.reply(seq, now, &self.probe_cfg);
+                }
+            }
+            Event::ProbeSendFailed { index, seq } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.probe.send_failed(seq, &self.probe_cfg);
+                }
+            }
+            Event::PathReport {
+                client,
+                interface,
+                rtt_ms,
+                stalled,
+            } => {
+                if !self.clients.contains_key(&client) {
+                    return;
+                }
+                if let Some(link) = self.links.values_mut().find(|l| l.info.name == interface) {
+                    if let Some(rtt) = rtt_ms {
+                        link.probe.rtt_sample(rtt);
+                    }
+                    if stalled && link.mode != ProbeMode::Off {
+                        // A stalled session is the cheapest failure detector there is: check
+                        // the link now instead of at its next turn.
+                        link.next_probe = Some(now);
+                    }
+                }
+            }
+            Event::ClientSubscribed { client, app, flow } => {
+                self.clients.insert(
+                    client,
+                    Client {
+                        app,
+                        flow,
+                        pushed: None,
+                        last: None,
+                    },
+                );
+            }
+            Event::ClientUnsubscribed { client } => {
+                self.clients.remove(&client);
+            }
+            Event::PolicyReplaced(policy) => {
+                self.policy = policy;
+            }
+        }
+        self.expire(now);
+        self.reconcile(now);
+    }
+
+    /// Processes every deadline that has passed by `now` (probe timeouts, probes due, hold
+    /// thresholds crossed).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+        self.reconcile(now);
+    }
+
+    /// The next instant [`Core::handle_timeout`] must be called at, if any. `None`: nothing
+    /// will happen until an event arrives (no periodic wakeups when idle).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let links = self.links.values().flat_map(|l| {
+            [l.next_probe, l.probe.next_expiry(&self.probe_cfg)]
+                .into_iter()
+                .flatten()
+        });
+        links.chain(self.next_recheck).min()
+    }
+
+    /// The next action for the shell, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Every managed interface, as in the policy state file, sorted by name.
+    pub fn interfaces(&self, now: Instant) -> Vec<Interface> {
+        let mut v: Vec<_> = self.links.values().map(|l| l.interface(now)).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The decision the policy in force gives `app` now, with its explanation.
+    pub fn explain(&self, app: &str, flow: Option<Flow>, now: Instant) -> Decision {
+        self.policy.evaluate(&State {
+            app: Some(app.to_owned()),
+            flow,
+            interfaces: self.interfaces(now),
+        })
+    }
+
+    /// The subscribers and what each is using.
+    pub fn clients(&self) -> Vec<ClientView> {
+        self.clients
+            .iter()
+            .map(|(id, c)| ClientView {
+                client: *id,
+                app: c.app.clone(),
+                primary: c
+                    .last
+                    .as_ref()
+                    .and_then(|d| d.primary())
+                    .map(|p| p.interface.clone()),
+            })
+            .collect()
+    }
+
+    /// How each link is being probed, with its addresses and default routes.
+    pub fn probes(&self) -> Vec<ProbeView> {
+        self.links
+            .values()
+            .map(|l| ProbeView {
+                interface: l.info.name.clone(),
+                mode: l.mode,
+                default_routes: l.routes.iter().filter(|r| r.dst.is_none()).count(),
+                addresses: l.addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
+            })
+            .collect()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for link in self.links.values_mut() {
+            link.probe.expire(now, &self.probe_cfg);
+        }
+    }
+
+    fn reconcile(&mut self, now: Instant) {
+        self.update_states(now);
+        let interfaces = self.interfaces(now);
+        let summary: Vec<_> = interfaces
+            .iter()
+            .map(|i| (i.name.clone(), i.kind, i.state))
+            .collect();
+        // Evaluate once per (app, flow): a thousand sessions of one app cost one evaluation.
+        let mut cache: HashMap<(String, Option<(u64, u64)>), Decision> = HashMap::new();
+        for (&id, client) in &mut self.clients {
+            let decision = cache
+                .entry((client.app.clone(), client.flow.map(|f| (f.bytes, f.age_ms))))
+                .or_insert_with(|| {
+                    self.policy.evaluate(&State {
+                        app: Some(client.app.clone()),
+                        flow: client.flow,
+                        interfaces: interfaces.clone(),
+                    })
+                })
+                .clone();
+            let key = (decision.multipath, decision.paths.clone(), summary.clone());
+            if client.pushed.as_ref() != Some(&key) {
+                let _span = tracing::debug_span!("client", id, app = %client.app).entered();
+                tracing::debug!(
+                    primary = decision.primary().map(|p| p.interface.as_str()),
+                    paths = decision.paths.len(),
+                    "push"
+                );
+                client.pushed = Some(key);
+                self.actions.push_back(Action::Push {
+                    client: id,
+                    update: Update {
+                        decision: decision.clone(),
+                        interfaces: interfaces.clone(),
+                    },
+                });
+            }
+            client.last = Some(decision);
+        }
+        self.pace_probes(now);
+        self.next_recheck = self.hold_recheck(now);
+    }
+
+    fn update_states(&mut self, now: Instant) {
+        for link in self.links.values_mut() {
+            let l3 = link.l3_up();
+            if !l3 && link.probe.verdict() != Verdict::Unprobed {
+                // Figures from before a link lost carrier or address say nothing about it when
+                // it returns: it starts again as `up`.
+                link.probe.reset();
+            }
+            let new = if l3 {
+                link.probe.state(&self.probe_cfg)
+            } else {
+                LinkState::Down
+            };
+            if new != link.state {
+                let _span = tracing::info_span!("link", interface = %link.info.name).entered();
+                let why = if !link.info.admin_up {
+                    "administratively down"
+                } else if !link.info.carrier {
+                    "no carrier"
+                } else if !link.has_usable_address() {
+                    "no usable address"
+                } else if link.probe.verdict() == Verdict::Failed {
+                    "probes unanswered"
+                } else {
+                    "probe figures"
+                };
+                tracing::info!(from = %link.state, to = %new, reason = why, "link state");
+                match (link.state.is_usable(), new.is_usable()) {
+                    (false, true) => link.up_since = Some(now),
+                    (true, false) => link.up_since = None,
+                    _ => {}
+                }
+                link.state = new;
+            }
+        }
+    }
+
+    fn pace_probes(&mut self, now: Instant) {
+        let used: HashSet<&str> = self
+            .clients
+            .values()
+            .filter_map(|c| c.last.as_ref())
+            .flat_map(|d| d.paths.iter().map(|p| p.interface.as_str()))
+            .collect();
+        let subscribed = !self.clients.is_empty();
+        for (&index, link) in &mut self.links {
+            let mode = if !subscribed || !link.l3_up() || link.info.probe_targets.is_empty() {
+                ProbeMode::Off
+            } else if used.contains(link.info.name.as_str()) {
+                ProbeMode::Fast
+            } else {
+                ProbeMode::Idle
+            };
+            let interval = match mode {
+                ProbeMode::Off => None,
+                ProbeMode::Idle => Some(self.probe_cfg.idle_interval),
+                ProbeMode::Fast => Some(self.probe_cfg.fast_interval),
+            };
+            if mode != link.mode {
+                tracing::debug!(interface = %link.info.name, from = ?link.mode, to = ?mode, "probe pace");
+                link.mode = mode;
+                match interval {
+                    None => {
+                        link.next_probe = None;
+                        link.probe.abandon();
+                        self.actions.push_back(Action::StopProbing { index });
+                    }
+                    Some(iv) => {
+                        let due = link.probe.last_sent().map_or(now, |t| (t + iv).max(now));
+                        link.next_probe = Some(link.next_probe.map_or(due, |n| n.min(due)));
+                    }
+                }
+            }
+            let Some(iv) = interval else { continue };
+            while let Some(due) = link.next_probe
+                && due <= now
+            {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let targets = &link.info.probe_targets;
+                let target = targets[(seq % targets.len() as u64) as usize];
+                link.probe.sent(seq, now);
+                self.actions.push_back(Action::SendProbe {
+                    index,
+                    interface: link.info.name.clone(),
+                    target,
+                    seq,
+                });
+                // After a long pause (the shell was late) send one probe, not a burst.
+                link.next_probe = Some((due + iv).max(now + iv / 2));
+            }
+        }
+    }
+
+    /// The first instant after `now` at which a link's `up_for` crosses one of the policy's
+    /// hold durations: the decision may change then with no event.
+    fn hold_recheck(&self, now: Instant) -> Option<Instant> {
+        if self.clients.is_empty() {
+            return None;
+        }
+        let holds = self.policy.hold_thresholds();
+        self.links
+            .values()
+            .filter_map(|l| l.up_since)
+            .flat_map(|t| holds.iter().map(move |d| t + *d))
+            .filter(|t| *t > now)
+            .min()
+    }
+}
+
+/// Nothing is probed faster than this, whatever the config says: a misconfigured agent must
+/// not turn into a packet generator.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! Per-link probe bookkeeping: outstanding probes, moving RTT and loss, the probe verdict.
+//!
+//! Pure: the core hands in `now`; sockets live in the shell (`crate::probe`).
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use roam_policy::LinkState;
+
+/// How the prober paces itself and judges a link. All of it comes from the config's `[probe]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    /// Interval for links a subscribed session uses or backs up on.
+    pub fast_interval: Duration,
+    /// Interval for usable links no session uses, while at least one app is subscribed (so a
+    /// link can be validated, or found again after a silent failure, before it is needed).
+    pub idle_interval: Duration,
+    /// A probe unanswered after this long counts as missed.
+    pub timeout: Duration,
+    /// Consecutive misses that turn a link `down`.
+    pub miss_limit: u32,
+    /// How many recent probes the loss figure is taken over.
+    pub loss_window: usize,
+    /// Smoothed RTT above which a validated link is `degraded`.
+    pub degraded_rtt: Duration,
+    /// Loss (percent) above which a validated link is `degraded`.
+    pub degraded_loss_pct: f64,
+}
+
+impl Default for ProbeConfig {
+    /// Detection bound with these figures: a link that dies silently just after a probe is
+    /// answered is declared down at most `3 * fast_interval + timeout` = 250 ms later.
+    fn default() -> Self {
+        ProbeConfig {
+            fast_interval: Duration::from_millis(50),
+            idle_interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(100),
+            miss_limit: 3,
+            loss_window: 20,
+            degraded_rtt: Duration::from_millis(500),
+            degraded_loss_pct: 10.0,
+        }
+    }
+}
+
+/// What probing has concluded about a link since it last came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// No probe answered or failed yet.
+    Unprobed,
+    /// The last probe (or report) got through.
+    Answered,
+    /// `miss_limit` probes in a row went unanswered.
+    Failed,
+}
+
+/// The probe figures of one link.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkProbe {
+    outstanding: VecDeque<(u64, Instant)>,
+    srtt_ms: Option<f64>,
+    window: VecDeque<bool>,
+    consecutive_misses: u32,
+    verdict: Verdict,
+    last_sent: Option<Instant>,
+}
+
+impl LinkProbe {
+    pub(crate) fn new() -> Self {
+        LinkProbe {
+            outstanding: VecDeque::new(),
+            srtt_ms: None,
+            window: VecDeque::new(),
+            consecutive_misses: 0,
+            verdict: Verdict::Unprobed,
+            last_sent: None,
+        }
+    }
+
+    /// Forgets everything: figures from before a link went down say nothing about it now.
+    pub(crate) fn reset(&mut self) {
+        *self = LinkProbe::new();
+    }
+
+    pub(crate) fn sent(&mut self, seq: u64, now: Instant) {
+        self.outstanding.push_back((seq, now));
+        self.last_sent = Some(now);
+    }
+
+    pub(crate) fn last_sent(&self) -> Option<Instant> {
+        self.last_sent
+    }
+
+    /// A reply arrived. Returns false when `seq` is not outstanding (late, duplicate or
+    /// forged): such a reply says nothing.
+    pub(crate) fn reply(&mut self, seq: u64, now: Instant, cfg: &ProbeConfig) -> bool {
+        let Some(pos) = self.outstanding.iter().position(|(s, _)| *s == seq) else {
+            return false;
+        };
+        let (_, sent) = self.outstanding[pos];
+        // Older outstanding probes are not counted lost yet: UDP may reorder.
+        self.outstanding.remove(pos);
+        self.rtt_sample(now.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+        if self.verdict == Verdict::Failed {
+            // The outage is over; counting it as loss would keep the link degraded for a
+            // whole window after it came back.
+            self.window.clear();
+        }
+        self.record(true, cfg);
+        self.consecutive_misses = 0;
+        self.verdict = Verdict::Answered;
+        true
+    }
+
+    /// The probe could not even be sent (no route, interface gone): a miss, now.
+    pub(crate) fn send_failed(&mut self, seq: u64, cfg: &ProbeConfig) -> bool {
+        let Some(pos) = self.outstanding.iter().position(|(s, _)| *s == seq) else {
+            return false;
+        };
+        self.outstanding.remove(pos);
+        self.miss(cfg);
+        true
+    }
+
+    /// An RTT measured by someone else (an SDK session's path report).
+    pub(crate) fn rtt_sample(&mut self, ms: f64) {
+        if !ms.is_finite() || ms < 0.0 {
+            return;
+        }
+        // RFC 6298 smoothing: one sample moves the figure by an eighth.
+        self.srtt_ms = Some(match self.srtt_ms {
+            None => ms,
+            Some(s) => s + (ms - s) / 8.0,
+        });
+    }
+
+    /// Counts every outstanding probe older than the timeout as missed. Returns true when
+    /// anything was counted.
+    pub(crate) fn expire(&mut self, now: Instant, cfg: &ProbeConfig) -> bool {
+        let mut any = false;
+        while let Some(&(_, sent)) = self.outstanding.front() {
+            if now.saturating_duration_since(sent) < cfg.timeout {
+                break;
+            }
+            self.outstanding.pop_front();
+            self.miss(cfg);
+            any = true;
+        }
+        any
+    }
+
+    fn miss(&mut self, cfg: &ProbeConfig) {
+        self.record(false, cfg);
+        self.consecutive_misses = self.consecutive_misses.saturating_add(1);
+        if self.consecutive_misses >= cfg.miss_limit {
+            self.verdict = Verdict::Failed;
+        }
+    }
+
+    fn record(&mut self, answered: bool, cfg: &ProbeConfig) {
+        self.window.push_back(answered);
+        while self.window.len() > cfg.loss_window.max(1) {
+            self.window.pop_front();
+        }
+    }
+
+    /// Stops waiting for outstanding probes (probing was switched off for this link).
+    pub(crate) fn abandon(&mut self) {
+        self.outstanding.clear();
+    }
+
+    /// When the oldest outstanding probe times out.
+    pub(crate) fn next_expiry(&self, cfg: &ProbeConfig) -> Option<Instant> {
+        self.outstanding
+            .front()
+            .map(|&(_, sent)| sent + cfg.timeout)
+    }
+
+    pub(crate) fn rtt_ms(&self) -> Option<f64> {
+        self.srtt_ms
+    }
+
+    pub(crate) fn loss_pct(&self) -> Option<f64> {
+        if self.window.is_empty() {
+            return None;
+        }
+        let lost = self.window.iter().filter(|a| !**a).count();
+        Some(lost as f64 * 100.0 / self.window.len() as f64)
+    }
+
+    pub(crate) fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    /// The state probing gives a link that has carrier and an address.
+    pub(crate) fn state(&self, cfg: &ProbeConfig) -> LinkState {
+        match self.verdict {
+            Verdict::Unprobed => LinkState::Up,
+            Verdict::Failed => LinkState::Down,
+            Verdict::Answered => {
+                let slow = self
+                    .srtt_ms
+                    .is_some_and(|r| r > cfg.degraded_rtt.as_secs_f64() * 1000.0);
+                let lossy = self.loss_pct().is_some_and(|l| l > cfg.degraded_loss_pct);
+                if slow || lossy {
+                    LinkState::Degraded
+                } else {
+                    LinkState::Validated
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_misses_fail_a_link_and_one_reply_restores_it() {
+        let cfg = ProbeConfig::default();
+        let t0 = Instant::now();
+        let mut p = LinkProbe::new();
+        assert_eq!(p.state(&cfg), LinkState::Up);
+        p.sent(1, t0);
+        assert!(p.reply(1, t0 + Duration::from_millis(4), &cfg));
+        assert_eq!(p.state(&cfg), LinkState::Validated);
+        assert_eq!(p.rtt_ms(), Some(4.0));
+        for seq in 2..=4 {
+            p.sent(seq, t0 + Duration::from_millis(50 * seq));
+        }
+        assert!(!p.expire(t0 + Duration::from_millis(149), &cfg));
+        assert!(p.expire(t0 + Duration::from_millis(250), &cfg));
+        // Two misses are not three: still answered, but 2 of 3 lost is over the loss limit.
+        assert_eq!(p.state(&cfg), LinkState::Degraded);
+        assert!(p.expire(t0 + Duration::from_millis(300), &cfg));
+        assert_eq!(p.state(&cfg), LinkState::Down);
+        assert_eq!(p.loss_pct(), Some(75.0));
+        p.sent(5, t0 + Duration::from_millis(400));
+        assert!(
+            !p.reply(4, t0 + Duration::from_millis(401), &cfg),
+            "expired seq says nothing"
+        );
+        assert!(p.reply(5, t0 + Duration::from_millis(408), &cfg));
+        assert_eq!(p.rtt_ms(), Some(4.5));
+        assert_eq!(p.state(&cfg), LinkState::Validated);
+    }
+
+    #[test]
+    fn slow_or_lossy_links_are_degraded() {
+        let cfg = ProbeConfig {
+            degraded_rtt: Duration::from_millis(100),
+            ..ProbeConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut p = LinkProbe::new();
+        p.sent(1, t0);
+        p.reply(1, t0 + Duration::from_millis(300), &cfg);
+        assert_eq!(p.state(&cfg), LinkState::Degraded);
+
+        let mut q = LinkProbe::new();
+        q.sent(1, t0);
+        q.expire(t0 + cfg.timeout, &cfg);
+        q.sent(2, t0 + cfg.timeout);
+        q.reply(2, t0 + cfg.timeout + Duration::from_millis(1), &cfg);
+        assert_eq!(q.loss_pct(), Some(50.0));
+        assert_eq!(q.state(&cfg), LinkState::Degraded);
+    }
+}

@@ -1,0 +1,439 @@
+//! Virtual-time tests of the core: every instant is `t0 + offset`, no clock is read.
+use std::collections::BTreeMap;
+
+use super::*;
+
+const WLAN: u32 = 2;
+const RMNET: u32 = 3;
+const BNEP: u32 = 4;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
+    LinkInfo {
+        index,
+        name: name.into(),
+        kind,
+        admin_up: true,
+        carrier: true,
+        metered: None,
+        probe_targets: if targets {
+            vec![SocketAddr::from(([198, 18, index as u8, 1], 7777))]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+fn addr(index: u32) -> Event {
+    Event::AddressAdded {
+        index,
+        addr: IpAddr::from([198, 18, index as u8, 2]),
+        prefix_len: 24,
+    }
+}
+
+/// A handset with wlan0, rmnet0 and bnep0, each with carrier and an address.
+fn handset(policy: Policy, targets: bool, t0: Instant) -> Core {
+    let mut core = Core::new(policy, ProbeConfig::default());
+    for (i, n, k) in [
+        (WLAN, "wlan0", LinkKind::Wifi),
+        (RMNET, "rmnet0", LinkKind::Cellular),
+        (BNEP, "bnep0", LinkKind::Bluetooth),
+    ] {
+        core.handle(t0, Event::LinkUpdated(info(i, n, k, targets)));
+        core.handle(t0, addr(i));
+    }
+    drain(&mut core);
+    core
+}
+
+fn drain(core: &mut Core) -> Vec<Action> {
+    std::iter::from_fn(|| core.poll_action()).collect()
+}
+
+/// client -> names of its paths, for every push among `actions`.
+fn pushes(actions: &[Action]) -> BTreeMap<ClientId, Vec<String>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Push { client, update } => Some((
+                *client,
+                update
+                    .decision
+                    .paths
+                    .iter()
+                    .map(|p| p.interface.clone())
+                    .collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn subscribe(core: &mut Core, now: Instant, client: ClientId, app: &str) {
+    core.handle(
+        now,
+        Event::ClientSubscribed {
+            client,
+            app: app.into(),
+            flow: None,
+        },
+    );
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_link_going_down_changes_every_subscribers_decision() {
+    let wlan_down = |i: &mut LinkInfo| i.admin_up = false;
+    let wlan_no_carrier = |i: &mut LinkInfo| i.carrier = false;
+    type Case = (&'static str, Box<dyn Fn(&mut Core, Instant)>);
+    let cases: Vec<Case> = vec![
+        (
+            "admin down",
+            Box::new(move |c: &mut Core, t| {
+                let mut i = info(WLAN, "wlan0", LinkKind::Wifi, false);
+                wlan_down(&mut i);
+                c.handle(t, Event::LinkUpdated(i));
+            }),
+        ),
+        (
+            "carrier lost",
+            Box::new(move |c: &mut Core, t| {
+                let mut i = info(WLAN, "wlan0", LinkKind::Wifi, false);
+                wlan_no_carrier(&mut i);
+                c.handle(t, Event::LinkUpdated(i));
+            }),
+        ),
+        (
+            "address removed",
+            Box::new(|c: &mut Core, t| {
+                c.handle(
+                    t,
+                    Event::AddressRemoved {
+                        index: WLAN,
+                        addr: IpAddr::from([198, 18, WLAN as u8, 2]),
+                        prefix_len: 24,
+                    },
+                )
+            }),
+        ),
+        (
+            "link removed",
+            Box::new(|c: &mut Core, t| c.handle(t, Event::LinkRemoved { index: WLAN })),
+        ),
+    ];
+    for (what, inject) in cases {
+        let t0 = Instant::now();
+        let mut core = handset(Policy::default_policy(), false, t0);
+        subscribe(&mut core, t0, 1, "com.example.video");
+        subscribe(&mut core, t0, 2, "com.example.voip");
+        let first = pushes(&drain(&mut core));
+        assert_eq!(first[&1], names(&["wlan0", "rmnet0", "bnep0"]), "{what}");
+        assert_eq!(first.len(), 2, "{what}");
+
+        inject(&mut core, t0 + ms(1000));
+        let after = pushes(&drain(&mut core));
+        assert_eq!(after.len(), 2, "{what}: both subscribers told");
+        for client in [1, 2] {
+            assert_eq!(after[&client], names(&["rmnet0", "bnep0"]), "{what}");
+        }
+        let wlan = core
+            .interfaces(t0 + ms(1000))
+            .into_iter()
+            .find(|i| i.name == "wlan0");
+        if let Some(w) = wlan {
+            assert_eq!(w.state, LinkState::Down, "{what}");
+            assert_eq!(w.up_for_ms, None, "{what}");
+        }
+    }
+}
+
+#[test]
+fn nothing_is_pushed_when_nothing_changed() {
+    let t0 = Instant::now();
+    let mut core = handset(Policy::default_policy(), false, t0);
+    subscribe(&mut core, t0, 1, "a");
+    assert_eq!(pushes(&drain(&mut core)).len(), 1);
+    let quiet: Vec<Event> = vec![
+        Event::RouteAdded(Route {
+            index: WLAN,
+            table: 254,
+            dst: None,
+        }),
+        Event::AddressAdded {
+            index: WLAN,
+            addr: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]),
+            prefix_len: 64,
+        },
+        Event::AddressAdded {
+            index: RMNET,
+            addr: IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, 2]),
+            prefix_len: 64,
+        },
+        Event::LinkUpdated(info(RMNET, "rmnet0", LinkKind::Cellular, false)),
+        Event::PathReport {
+            client: 1,
+            interface: "wlan0".into(),
+            rtt_ms: Some(12.0),
+            stalled: false,
+        },
+        Event::ClientSubscribed {
+            client: 9,
+            app: "b".into(),
+            flow: None,
+        },
+    ];
+    for (n, ev) in quiet.into_iter().enumerate() {
+        core.handle(t0 + ms(10 * n as u64), ev);
+        let p = pushes(&drain(&mut core));
+        assert!(!p.contains_key(&1), "event {n} pushed to client 1: {p:?}");
+    }
+    assert_eq!(
+        core.poll_timeout(),
+        None,
+        "no targets, no hold: no timer at all"
+    );
+}
+
+#[test]
+fn hold_and_up_for_follow_virtual_time() {
+    let t0 = Instant::now();
+    let mut core = Core::new(Policy::parse("hold 10s").unwrap(), ProbeConfig::default());
+    core.handle(
+        t0,
+        Event::LinkUpdated(info(RMNET, "rmnet0", LinkKind::Cellular, false)),
+    );
+    core.handle(t0, addr(RMNET));
+    subscribe(&mut core, t0, 1, "a");
+    let t1 = t0 + ms(20_000);
+    core.handle(
+        t1,
+        Event::LinkUpdated(info(WLAN, "wlan0", LinkKind::Wifi, false)),
+    );
+    core.handle(t1, addr(WLAN));
+    let actions = drain(&mut core);
+    assert_eq!(
+        pushes(&actions)[&1],
+        names(&["rmnet0", "wlan0"]),
+        "wlan0 held back"
+    );
+    let Some(Action::Push { update, .. }) = actions.last() else {
+        panic!("no push: {actions:?}");
+    };
+    let up_for: BTreeMap<_, _> = update
+        .interfaces
+        .iter()
+        .map(|i| (i.name.as_str(), i.up_for_ms))
+        .collect();
+    assert_eq!(up_for["rmnet0"], Some(20_000));
+    assert_eq!(up_for["wlan0"], Some(0));
+
+    assert_eq!(
+        core.poll_timeout(),
+        Some(t1 + ms(10_000)),
+        "wake exactly when the hold ends"
+    );
+    core.handle_timeout(t1 + ms(9_999));
+    assert!(pushes(&drain(&mut core)).is_empty());
+    core.handle_timeout(t1 + ms(10_000));
+    assert_eq!(pushes(&drain(&mut core))[&1], names(&["wlan0", "rmnet0"]));
+    assert_eq!(core.poll_timeout(), None);
+}
+
+/// Runs the core against a simulated network until `end`: each probe sent on an interface for
+/// which `rtt` gives `Some(d)` is answered `d` later; others are lost. Returns every action.
+fn simulate(
+    core: &mut Core,
+    from: Instant,
+    end: Instant,
+    rtt: impl Fn(&str, Instant) -> Option<Duration>,
+) -> Vec<(Instant, Action)> {
+    let mut now = from;
+    let mut replies: Vec<(Instant, u32, u64)> = Vec::new();
+    let mut log = Vec::new();
+    for _ in 0..100_000 {
+        for a in drain(core) {
+            if let Action::SendProbe {
+                index,
+                ref interface,
+                seq,
+                ..
+            } = a
+                && let Some(d) = rtt(interface, now)
+            {
+                replies.push((now + d, index, seq));
+            }
+            log.push((now, a));
+        }
+        let next_reply = replies.iter().map(|r| r.0).min();
+        let next = [core.poll_timeout(), next_reply]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next.filter(|n| *n <= end) else {
+            return log;
+        };
+        now = next;
+        if let Some(pos) = replies.iter().position(|r| r.0 == now) {
+            let (_, index, seq) = replies.remove(pos);
+            core.handle(now, Event::ProbeReply { index, seq });
+        } else {
+            core.handle_timeout(now);
+        }
+    }
+    panic!("simulation did not settle");
+}
+
+#[test]
+fn no_subscriber_means_no_probe_and_no_timer() {
+    let t0 = Instant::now();
+    let mut core = handset(Policy::default_policy(), true, t0);
+    assert_eq!(core.poll_timeout(), None);
+    let log = simulate(&mut core, t0, t0 + ms(60_000), |_, _| Some(ms(5)));
+    assert!(log.is_empty(), "{log:?}");
+}
+
+#[test]
+fn silent_failure_turns_the_link_down_within_the_window() {
+    let t0 = Instant::now();
+    let mut core = handset(Policy::default_policy(), true, t0);
+    subscribe(&mut core, t0, 1, "a");
+    let dies = t0 + ms(1_003);
+    let log = simulate(&mut core, t0, t0 + ms(6_000), |ifname, now| {
+        (ifname != "wlan0" || now < dies).then_some(ms(2))
+    });
+    let probes_before = |name: &str, until: Instant| {
+        log.iter()
+            .filter(|(t, a)| {
+                *t < until && matches!(a, Action::SendProbe { interface, .. } if interface == name)
+            })
+            .count()
+    };
+    // Fast probes (50 ms) on the primary and the backups: every path of a decision is probed.
+    assert!((19..=22).contains(&probes_before("wlan0", t0 + ms(1_000))));
+    assert!((19..=22).contains(&probes_before("bnep0", t0 + ms(1_000))));
+
+    let down_at = log
+        .iter()
+        .find_map(|(t, a)| match a {
+            Action::Push { update, .. } if update.decision.paths[0].interface == "rmnet0" => {
+                Some(*t)
+            }
+            _ => None,
+        })
+        .expect("the decision moved to rmnet0");
+    let reaction = down_at - dies;
+    assert!(
+        reaction <= ms(250),
+        "declared down {reaction:?} after the failure"
+    );
+    assert!(reaction >= ms(100), "declared down after only {reaction:?}");
+
+    // Off every decision, wlan0 is still probed, slowly, so it can come back.
+    let after: Vec<_> = log
+        .iter()
+        .filter(|(t, a)| {
+            *t > down_at && matches!(a, Action::SendProbe { interface, .. } if interface == "wlan0")
+        })
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.windows(2).all(|w| w[1] - w[0] >= ms(2_000)),
+        "{after:?}"
+    );
+    let w = core.interfaces(t0 + ms(6_000));
+    assert_eq!(w[2].name, "wlan0");
+    assert_eq!(w[2].state, LinkState::Down);
+    assert!(w[2].loss_pct.is_some_and(|l| l > 0.0));
+    assert_eq!(w[1].name, "rmnet0");
+    assert_eq!(w[1].state, LinkState::Validated);
+    assert_eq!(w[1].rtt_ms, Some(2.0));
+}
+
+#[test]
+fn a_silently_failed_link_comes_back_when_probes_are_answered() {
+    let t0 = Instant::now();
+    let mut core = handset(Policy::default_policy(), true, t0);
+    subscribe(&mut core, t0, 1, "a");
+    let (dies, heals) = (t0 + ms(500), t0 + ms(1_500));
+    let log = simulate(&mut core, t0, t0 + ms(6_000), |ifname, now| {
+        (ifname != "wlan0" || now < dies || now >= heals).then_some(ms(2))
+    });
+    let primaries: Vec<String> = log
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Push { update, .. } => Some(update.decision.paths[0].interface.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        primaries.ends_with(&names(&["rmnet0", "wlan0"])),
+        "{primaries:?} {log:#?}"
+    );
+}
+
+#[test]
+fn unused_links_are_probed_slowly_and_unsubscribing_stops_everything() {
+    let t0 = Instant::now();
+    // rmnet0 loses carrier: a link that is down by carrier is not probed at all.
+    let mut core = handset(Policy::default_policy(), true, t0);
+    subscribe(&mut core, t0, 1, "a");
+    core.handle(
+        t0,
+        Event::LinkUpdated({
+            let mut i = info(RMNET, "rmnet0", LinkKind::Cellular, true);
+            i.carrier = false;
+            i
+        }),
+    );
+    drain(&mut core);
+    let log = simulate(&mut core, t0, t0 + ms(1_000), |_, _| Some(ms(1)));
+    assert!(
+        !log.iter()
+            .any(|(_, a)| matches!(a, Action::SendProbe { index, .. } if *index == RMNET))
+    );
+    core.handle(t0 + ms(1_000), Event::ClientUnsubscribed { client: 1 });
+    let stops: Vec<_> = drain(&mut core)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::StopProbing { index } => Some(index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stops, [WLAN, BNEP]);
+    assert_eq!(core.poll_timeout(), None);
+}
+
+#[test]
+fn a_stall_report_probes_at_once() {
+    let t0 = Instant::now();
+    let mut core = handset(Policy::default_policy(), true, t0);
+    subscribe(&mut core, t0, 1, "a");
+    simulate(&mut core, t0, t0 + ms(120), |_, _| Some(ms(1)));
+    let t = t0 + ms(121);
+    core.handle(
+        t,
+        Event::PathReport {
+            client: 1,
+            interface: "wlan0".into(),
+            rtt_ms: None,
+            stalled: true,
+        },
+    );
+    let sent: Vec<_> = drain(&mut core)
+        .into_iter()
+        .filter(|a| matches!(a, Action::SendProbe { interface, .. } if interface == "wlan0"))
+        .collect();
+    assert_eq!(
+        sent.len(),
+        1,
+        "one probe at the report, not at the next 50 ms turn"
+    );
+}
