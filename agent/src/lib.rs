@@ -10,4 +10,5 @@
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod monitor;
 pub mod policy_cmd;
