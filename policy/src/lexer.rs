@@ -318,7 +318,9 @@ pub fn lex(source: &str) -> Lexed {
             b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
                 let mut end = i + 1;
                 while end < bytes.len()
-                    && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b'-')
+                    && (bytes[end].is_ascii_alphanumeric()
+                        || bytes[end] == b'_'
+                        || bytes[end] == b'-')
                 {
                     end += 1;
                 }
@@ -412,7 +414,9 @@ fn lex_string(source: &str, start: usize, out: &mut Lexed) -> usize {
             _ => value.push(ch),
         }
     }
-    let end = source[start..].find('\n').map_or(source.len(), |n| start + n);
+    let end = source[start..]
+        .find('\n')
+        .map_or(source.len(), |n| start + n);
     out.diagnostics.push(
         Diagnostic::error(Span::new(start, start + 1), "unterminated string")
             .with_label("this string is never closed")
@@ -457,8 +461,10 @@ fn lex_number(source: &str, start: usize, out: &mut Lexed) -> usize {
     let value: f64 = match number.parse() {
         Ok(v) => v,
         Err(_) => {
-            out.diagnostics
-                .push(Diagnostic::error(span, format!("`{number}` is not a number")));
+            out.diagnostics.push(Diagnostic::error(
+                span,
+                format!("`{number}` is not a number"),
+            ));
             out.tokens.push(Token {
                 kind: TokKind::Invalid,
                 span,
@@ -470,8 +476,10 @@ fn lex_number(source: &str, start: usize, out: &mut Lexed) -> usize {
         Some(unit) => {
             let q = Quantity::new(value, unit, &source[start..end]);
             if !q.value.is_finite() {
-                out.diagnostics
-                    .push(Diagnostic::error(span, format!("`{}` is too large", q.text)));
+                out.diagnostics.push(Diagnostic::error(
+                    span,
+                    format!("`{}` is too large", q.text),
+                ));
                 out.tokens.push(Token {
                     kind: TokKind::Invalid,
                     span,
@@ -587,7 +595,10 @@ mod tests {
             ("!x", "unexpected `!`"),
             ("-5ms", "cannot be negative"),
             ("\"a\\q\"", "unknown escape"),
-            ("99999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999GB", "too large"),
+            (
+                "99999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999GB",
+                "too large",
+            ),
         ] {
             let lexed = lex(src);
             assert!(

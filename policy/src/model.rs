@@ -385,7 +385,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_with_their_name() {
-        let text = r#"{"interfaces": [{"name": "wlan0", "kind": "wifi", "state": "up", "rtt": 3}]}"#;
+        let text =
+            r#"{"interfaces": [{"name": "wlan0", "kind": "wifi", "state": "up", "rtt": 3}]}"#;
         let err = serde_json::from_str::<State>(text).unwrap_err().to_string();
         assert!(err.contains("unknown field `rtt`"), "{err}");
         let err = serde_json::from_str::<State>(r#"{"apps": "x"}"#)
@@ -428,7 +429,13 @@ mod tests {
             assert_eq!(k.as_str().parse::<LinkKind>().unwrap(), k);
         }
         assert!("wlan".parse::<LinkKind>().is_err());
-        assert_eq!("aggregate".parse::<MultipathMode>().unwrap(), MultipathMode::Aggregate);
-        assert_eq!("degraded".parse::<LinkState>().unwrap(), LinkState::Degraded);
+        assert_eq!(
+            "aggregate".parse::<MultipathMode>().unwrap(),
+            MultipathMode::Aggregate
+        );
+        assert_eq!(
+            "degraded".parse::<LinkState>().unwrap(),
+            LinkState::Degraded
+        );
     }
 }

@@ -111,10 +111,9 @@ impl Parser {
 
     fn error(&mut self, diag: Diagnostic) -> Reported {
         // An invalid token was already reported by the lexer: one message per place.
-        let dup = self
-            .diagnostics
-            .iter()
-            .any(|d| d.span.start <= diag.span.start && diag.span.start < d.span.end.max(d.span.start + 1));
+        let dup = self.diagnostics.iter().any(|d| {
+            d.span.start <= diag.span.start && diag.span.start < d.span.end.max(d.span.start + 1)
+        });
         if !dup {
             self.diagnostics.push(diag);
         }
@@ -254,10 +253,7 @@ impl Parser {
                 }
                 TokKind::Newline if depth == 0 => {
                     self.bump();
-                    if matches!(
-                        self.kind(),
-                        TokKind::Kw(Kw::Link | Kw::Default | Kw::App)
-                    ) {
+                    if matches!(self.kind(), TokKind::Kw(Kw::Link | Kw::Default | Kw::App)) {
                         return;
                     }
                     continue;
@@ -317,7 +313,8 @@ impl Parser {
             TokKind::Kw(Kw::App) => {
                 self.bump();
                 let pattern = self.string("an app id or pattern in quotes")?;
-                self.block(BlockHead::App(pattern), tok.span).map(Item::Block)
+                self.block(BlockHead::App(pattern), tok.span)
+                    .map(Item::Block)
             }
             TokKind::Kw(kw) if STATEMENT_WORDS.contains(&kw.as_str()) => Err(self.error(
                 Diagnostic::error(
@@ -364,7 +361,9 @@ impl Parser {
         match tok.kind {
             TokKind::Kw(Kw::Kind) => {
                 self.bump();
-                Ok(Selector::Kind(self.ident("a link kind (wifi, cellular, ...)")?))
+                Ok(Selector::Kind(
+                    self.ident("a link kind (wifi, cellular, ...)")?,
+                ))
             }
             TokKind::Kw(Kw::Interface) => {
                 self.bump();
@@ -374,7 +373,9 @@ impl Parser {
             }
             TokKind::Kw(Kw::Ssid) => {
                 self.bump();
-                Ok(Selector::Ssid(self.string("a WiFi network name in quotes")?))
+                Ok(Selector::Ssid(
+                    self.string("a WiFi network name in quotes")?,
+                ))
             }
             TokKind::Ident(word) => {
                 let mut diag =
@@ -524,7 +525,10 @@ impl Parser {
                 }
                 return Err(self.error(diag));
             }
-            _ => return Err(self.unexpected("a statement (prefer, use, never, avoid, start, multipath, hold)")),
+            _ => {
+                return Err(self
+                    .unexpected("a statement (prefer, use, never, avoid, start, multipath, hold)"));
+            }
         };
         let conditional = !matches!(body, Body::Multipath(_) | Body::Hold(_));
         let guard = match self.kind() {
@@ -555,8 +559,11 @@ impl Parser {
         if self.depth > MAX_DEPTH {
             let span = self.peek().span;
             return Err(self.error(
-                Diagnostic::error(span, format!("condition nested deeper than {MAX_DEPTH} levels"))
-                    .with_help("split it: a policy this deep cannot be read by a person either"),
+                Diagnostic::error(
+                    span,
+                    format!("condition nested deeper than {MAX_DEPTH} levels"),
+                )
+                .with_help("split it: a policy this deep cannot be read by a person either"),
             ));
         }
         Ok(())
@@ -626,10 +633,7 @@ impl Parser {
                         tok.span,
                         format!("expected `)`, found {}", tok.kind.describe()),
                     )
-                    .with_help(format!(
-                        "the `(` at byte {} is not closed",
-                        open.start
-                    )),
+                    .with_help(format!("the `(` at byte {} is not closed", open.start)),
                 ));
             }
             self.bump();
@@ -655,7 +659,8 @@ impl Parser {
             ));
         }
         self.bump();
-        let attr = self.ident("an attribute (down, up, validated, degraded, metered, rtt, loss, signal)")?;
+        let attr =
+            self.ident("an attribute (down, up, validated, degraded, metered, rtt, loss, signal)")?;
         let cmp = if let TokKind::Cmp(op) = *self.kind() {
             self.bump();
             let dim = match attr.name.as_str() {
@@ -773,10 +778,17 @@ mod tests {
         let nots = format!("default {{ avoid bt if {}a.up }}", "not ".repeat(100_000));
         assert!(err(&nots)[0].contains("nested deeper"));
         // Long flat chains are fine: they are vectors, not deep trees.
-        let chain = format!("default {{ avoid bt if a.up{} }}", " and a.up or a.down".repeat(50_000));
+        let chain = format!(
+            "default {{ avoid bt if a.up{} }}",
+            " and a.up or a.down".repeat(50_000)
+        );
         let p = parse(&chain);
         assert!(p.diagnostics.is_empty());
-        let ok_depth = format!("default {{ avoid bt if {}a.up{} }}", "(not ".repeat(30), ")".repeat(30));
+        let ok_depth = format!(
+            "default {{ avoid bt if {}a.up{} }}",
+            "(not ".repeat(30),
+            ")".repeat(30)
+        );
         assert!(parse(&ok_depth).diagnostics.is_empty());
     }
 

@@ -87,7 +87,8 @@ impl Unit {
     ];
 
     /// Every spelling, for messages.
-    pub const ALL_TEXT: &'static str = "ms, s, m (durations); B, kB, MB, GB, KiB, MiB, GiB (sizes); % (loss); dBm (signal)";
+    pub const ALL_TEXT: &'static str =
+        "ms, s, m (durations); B, kB, MB, GB, KiB, MiB, GiB (sizes); % (loss); dBm (signal)";
 
     /// The unit spelt `text` (case matters: `MB` is megabytes, `mb` is nothing).
     pub fn parse(text: &str) -> Option<Unit> {
@@ -175,11 +176,12 @@ pub fn bytes(value: f64) -> String {
     format!("{}B", figure(value))
 }
 
-/// Formats a duration in milliseconds (`850ms`, `12s`, `3m`).
+/// Formats a duration in milliseconds (`850ms`, `12s`, `3m`, `29999ms`): in a larger unit
+/// only when it is exact, so a figure just under a threshold never reads as equal to it.
 pub fn duration(ms: f64) -> String {
     if ms >= 120_000.0 && (ms / 60_000.0).fract() == 0.0 {
         format!("{}m", figure(ms / 60_000.0))
-    } else if ms >= 10_000.0 {
+    } else if ms >= 10_000.0 && (ms / 1000.0).fract() == 0.0 {
         format!("{}s", figure(ms / 1000.0))
     } else {
         format!("{}ms", figure(ms))
@@ -202,6 +204,7 @@ mod tests {
         assert_eq!(duration(850.0), "850ms");
         assert_eq!(duration(12_000.0), "12s");
         assert_eq!(duration(180_000.0), "3m");
+        assert_eq!(duration(29_999.0), "29999ms");
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! Globs on app ids and interface names: `*` is any run of characters, `?` one character.
+//! Everything else matches itself. Matching is linear-space and never backtracks
+//! exponentially, whatever the pattern.
+
+/// True when `text` matches `pattern`.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    run(&p, &t, |pc, tc| pc == '?' || pc == tc)
+}
+
+/// True when every text `specific` matches is matched by `general` too, so a block with
+/// pattern `general` placed first leaves nothing to one with `specific`.
+///
+/// Exact for literal `specific` patterns; for globs it is the usual sufficient test (a `*` in
+/// `specific` must be met by a `*` in `general`, a `?` by `?` or `*`), so a warning built on
+/// it is never wrong, though a rare shadowing may go unreported.
+pub fn covers(general: &str, specific: &str) -> bool {
+    let g: Vec<char> = general.chars().collect();
+    let s: Vec<char> = specific.chars().collect();
+    run(&g, &s, |gc, sc| match (gc, sc) {
+        (_, '*') => false,
+        ('?', _) => true,
+        (a, b) => a == b,
+    })
+}
+
+/// The classic one-star-backtrack matcher with a pluggable one-symbol test; a `*` in the
+/// pattern consumes any run of text symbols.
+fn run(p: &[char], t: &[char], one: impl Fn(char, char) -> bool) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && one(p[pi], t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching() {
+        for (p, t, want) in [
+            ("org.example.*", "org.example.maps", true),
+            ("org.example.*", "org.example", false),
+            ("org.example*", "org.example", true),
+            ("usb*", "usb0", true),
+            ("usb?", "usb0", true),
+            ("usb?", "usb10", false),
+            ("*", "", true),
+            ("", "", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("com.x", "com.x", true),
+            ("com.x", "com.y", false),
+            ("wl?n*", "wlän0", true),
+            ("*.*.*", "a.b", false),
+        ] {
+            assert_eq!(matches(p, t), want, "{p} ~ {t}");
+        }
+    }
+
+    #[test]
+    fn hostile_patterns_stay_fast() {
+        let p = "*a".repeat(2000) + "b";
+        let t = "a".repeat(5000);
+        assert!(!matches(&p, &t));
+    }
+
+    #[test]
+    fn covering() {
+        for (g, s, want) in [
+            ("*", "anything.*", true),
+            ("org.*", "org.example.*", true),
+            ("org.*", "org.example.maps", true),
+            ("org.example.*", "org.*", false),
+            ("com.a", "com.a", true),
+            ("com.?", "com.a", true),
+            ("com.a", "com.?", false),
+            ("com.*", "com.?", true),
+            ("a*", "b*", false),
+        ] {
+            assert_eq!(covers(g, s), want, "{g} covers {s}");
+        }
+    }
+}
