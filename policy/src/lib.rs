@@ -164,22 +164,22 @@ impl Policy {
 
     /// A one-line summary (`4 link classes, a default block, 4 app blocks`).
     pub fn summary(&self) -> String {
-        let plural = |n: usize, one: &str| {
+        let plural = |n: usize, one: &str, many: &str| {
             if n == 1 {
                 format!("1 {one}")
             } else {
-                format!("{n} {one}s")
+                format!("{n} {many}")
             }
         };
         format!(
             "{}, {}, {}",
-            plural(self.classes.len(), "link class"),
+            plural(self.classes.len(), "link class", "link classes"),
             if self.default.is_some() {
                 "a default block"
             } else {
                 "no default block"
             },
-            plural(self.apps.len(), "app block")
+            plural(self.apps.len(), "app block", "app blocks")
         )
     }
 }

@@ -202,6 +202,19 @@ impl Parser {
             }
             TokKind::Number(n) => {
                 self.bump();
+                // `10 s`: the unit is there, one space too far.
+                if let TokKind::Ident(word) = self.kind().clone()
+                    && crate::units::Unit::parse(&word).is_some()
+                {
+                    let unit_span = self.bump().span;
+                    return Err(self.error(
+                        Diagnostic::error(
+                            tok.span.to(unit_span),
+                            format!("`{n} {word}`: a space between number and unit"),
+                        )
+                        .with_label(format!("write `{n}{word}`")),
+                    ));
+                }
                 let help = match dim {
                     Some(d) => format!(
                         "write the unit right after the number, no space: `{n}{}` ({} takes {})",
@@ -526,8 +539,9 @@ impl Parser {
                 return Err(self.error(diag));
             }
             _ => {
-                return Err(self
-                    .unexpected("a statement (prefer, use, never, avoid, start, multipath, hold)"));
+                return Err(self.unexpected(
+                    "a statement (prefer, use, never, avoid, start, multipath, hold)",
+                ));
             }
         };
         let conditional = !matches!(body, Body::Multipath(_) | Body::Hold(_));
@@ -749,6 +763,7 @@ mod tests {
     #[test]
     fn errors_name_what_is_wrong() {
         assert!(err("default { hold 10 }")[0].contains("`10` needs a unit"));
+        assert!(err("default { hold 10 s }")[0].contains("a space between number and unit"));
         assert!(err("default { perfer wifi over cell }")[0].contains("unknown statement `perfer`"));
         assert!(err("default { use wifi }")[0].contains("expected `only`"));
         assert!(err("prefer wifi over cell")[0].contains("belong inside a block"));
