@@ -1,0 +1,335 @@
+//! Just enough rtnetlink to wait for link state changes by event and to read link counters.
+//!
+//! The socket belongs to the namespace of the thread that opens it, so open it inside
+//! [`crate::netns::Netns::run`]. Waiting subscribes to the link group first and then dumps the
+//! current state, so no change can slip between the look and the wait.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+const RTMGRP_LINK: u32 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_OPERSTATE: u16 = 16;
+const IFLA_STATS64: u16 = 23;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+
+/// RFC 2863 operational state as the kernel reports it (`ip link` shows it after `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OperState {
+    /// The driver does not track it.
+    Unknown,
+    /// Administratively down.
+    Down,
+    /// Up, but what it stacks on has no carrier (a veth whose peer is down).
+    LowerLayerDown,
+    /// Carrier and up: frames flow.
+    Up,
+    /// Any other kernel value.
+    Other(u8),
+}
+
+impl From<u8> for OperState {
+    fn from(v: u8) -> Self {
+        match v {
+            0 => OperState::Unknown,
+            2 => OperState::Down,
+            5 => OperState::LowerLayerDown,
+            6 => OperState::Up,
+            other => OperState::Other(other),
+        }
+    }
+}
+
+/// 64-bit interface counters (`ip -s link`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// One interface as an RTM_NEWLINK message describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: i32,
+    /// Interface name.
+    pub name: String,
+    /// Operational state.
+    pub operstate: OperState,
+    /// Administratively up (`IFF_UP`, `ip link set DEV up`).
+    pub admin_up: bool,
+    /// The lower layer signals a carrier (`IFF_LOWER_UP`).
+    pub carrier: bool,
+    /// Counters, when the message carried them.
+    pub stats: Option<LinkStats>,
+}
+
+/// A NETLINK_ROUTE socket in the namespace of the thread that opened it.
+#[derive(Debug)]
+pub struct Rtnl {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Rtnl {
+    /// Opens a socket subscribed to link events.
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the result is checked before being owned.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = RTMGRP_LINK;
+        // SAFETY: addr is a valid sockaddr_nl of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Rtnl { fd, seq: 1 })
+    }
+
+    /// Every interface of the namespace with its state and counters (`ip -s link show`).
+    pub fn links(&mut self) -> Result<Vec<LinkInfo>> {
+        self.request_dump()?;
+        let seq = self.seq;
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let Some(buf) = self.recv(deadline)? else {
+                bail!("netlink link dump did not finish within 5 s");
+            };
+            let mut done = false;
+            for (ty, mseq, payload) in messages(&buf) {
+                if ty == RTM_NEWLINK && mseq == seq {
+                    if let Some(info) = parse_link(payload) {
+                        out.push(info);
+                    }
+                } else if (ty == NLMSG_DONE || ty == NLMSG_ERROR) && mseq == seq {
+                    done = true;
+                }
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Waits until interface `name` satisfies `pred`, by netlink events, for at most `timeout`.
+    pub fn wait_link(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&LinkInfo) -> bool,
+    ) -> Result<LinkInfo> {
+        let deadline = Instant::now() + timeout;
+        // The subscription predates this dump, so a change after it arrives as an event.
+        if let Some(l) = self.links()?.into_iter().find(|l| l.name == name)
+            && pred(&l)
+        {
+            return Ok(l);
+        }
+        // Bounded by the deadline: recv returns None once it passes.
+        while let Some(buf) = self.recv(deadline)? {
+            for (ty, _, payload) in messages(&buf) {
+                if ty != RTM_NEWLINK {
+                    continue;
+                }
+                if let Some(l) = parse_link(payload)
+                    && l.name == name
+                    && pred(&l)
+                {
+                    return Ok(l);
+                }
+            }
+        }
+        bail!("interface {name} did not reach the expected state within {timeout:?}")
+    }
+
+    fn request_dump(&mut self) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut msg = Vec::with_capacity(32);
+        msg.extend_from_slice(&32u32.to_ne_bytes());
+        msg.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        msg.extend_from_slice(&self.seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        // struct ifinfomsg, all zero: every family, every interface.
+        msg.extend_from_slice(&[0u8; 16]);
+        // SAFETY: msg is a valid buffer of the length given; the socket is connected to the kernel.
+        let rc = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn recv(&self, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        let ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(Some(buf))
+    }
+}
+
+/// Splits a datagram into (type, seq, payload) netlink messages, stopping at anything malformed.
+fn messages(mut buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        out.push((ty, seq, &buf[16..len]));
+        let aligned = (len + 3) & !3;
+        buf = &buf[aligned.min(buf.len())..];
+    }
+    out
+}
+
+fn parse_link(payload: &[u8]) -> Option<LinkInfo> {
+    if payload.len() < 16 {
+        return None;
+    }
+    let index = i32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]);
+    let flags = u32::from_ne_bytes([payload[8], payload[9], payload[10], payload[11]]);
+    let mut name = None;
+    let mut operstate = OperState::Unknown;
+    let mut stats = None;
+    let mut attrs = &payload[16..];
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        let data = &attrs[4..len];
+        match ty {
+            IFLA_IFNAME => {
+                let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+            }
+            IFLA_OPERSTATE if !data.is_empty() => operstate = OperState::from(data[0]),
+            IFLA_STATS64 if data.len() >= 32 => {
+                let u = |i: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&data[i * 8..i * 8 + 8]);
+                    u64::from_ne_bytes(b)
+                };
+                stats = Some(LinkStats {
+                    rx_packets: u(0),
+                    tx_packets: u(1),
+                    rx_bytes: u(2),
+                    tx_bytes: u(3),
+                });
+            }
+            _ => {}
+        }
+        let aligned = (len + 3) & !3;
+        attrs = &attrs[aligned.min(attrs.len())..];
+    }
+    Some(LinkInfo {
+        index,
+        name: name?,
+        operstate,
+        admin_up: flags & libc::IFF_UP as u32 != 0,
+        carrier: flags & libc::IFF_LOWER_UP as u32 != 0,
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_link_message_with_name_state_and_counters() {
+        let mut payload = vec![0u8; 16];
+        payload[4..8].copy_from_slice(&7i32.to_ne_bytes());
+        let mut push = |ty: u16, data: &[u8]| {
+            let len = 4 + data.len();
+            payload.extend_from_slice(&(len as u16).to_ne_bytes());
+            payload.extend_from_slice(&ty.to_ne_bytes());
+            payload.extend_from_slice(data);
+            while !payload.len().is_multiple_of(4) {
+                payload.push(0);
+            }
+        };
+        push(IFLA_IFNAME, b"wlan0\0");
+        push(IFLA_OPERSTATE, &[5]);
+        let mut stats = Vec::new();
+        for v in [1u64, 2, 300, 400] {
+            stats.extend_from_slice(&v.to_ne_bytes());
+        }
+        push(IFLA_STATS64, &stats);
+        let l = parse_link(&payload).unwrap();
+        assert_eq!(l.index, 7);
+        assert_eq!(l.name, "wlan0");
+        assert_eq!(l.operstate, OperState::LowerLayerDown);
+        assert_eq!(l.stats.unwrap().rx_bytes, 300);
+        assert_eq!(l.stats.unwrap().tx_bytes, 400);
+    }
+
+    #[test]
+    fn stops_at_a_truncated_message() {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&100u32.to_ne_bytes());
+        buf.extend_from_slice(&[0u8; 20]);
+        assert!(messages(&buf).is_empty());
+    }
+}
