@@ -9,6 +9,9 @@
 //! - `daemon`: the tokio shell that wires them together.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod core;
+pub mod ipc;
 pub mod monitor;
 pub mod policy_cmd;
+pub mod probe;

@@ -1,0 +1,486 @@
+//! The agent's config file (TOML). Parsing is separate from reading the file
+//! ([`Config::from_str`]); unknown keys are errors; every error names the line and column.
+//!
+//! ```toml
+//! socket = "/run/roam/roamd.sock"   # --socket and ROAM_SOCKET win over this
+//! policy = "/etc/roam/policy.roam"  # --policy wins over this
+//! admin_group = "roam"              # group name or number; root is always admin
+//!
+//! [[app]]                           # who is who: Android gives each app its own uid
+//! uid = 10123
+//! id = "com.example.voip"
+//!
+//! [probe]
+//! targets = ["198.18.0.1:7777"]     # `roamd reflect --listen ADDR` runs there
+//! fast_interval_ms = 50
+//! idle_interval_ms = 2000
+//! timeout_ms = 100
+//! miss_limit = 3
+//!
+//! [[interface]]                     # overrides, first match wins
+//! name = "eth1"                     # glob on the interface name
+//! kind = "cellular"
+//! metered = true
+//! probe_targets = ["198.18.1.1:7777"]
+//! ```
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use roam_policy::LinkKind;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::core::{MIN_PROBE_INTERVAL, ProbeConfig};
+use crate::monitor::classify::{KindOverride, glob_match};
+
+/// The parsed, checked config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Socket path from the file, if it gave one.
+    pub socket: Option<PathBuf>,
+    /// Policy path from the file, if it gave one.
+    pub policy: Option<PathBuf>,
+    /// Members of this group (primary or supplementary) may make admin calls.
+    pub admin_group: Option<GroupRef>,
+    /// uid -> app id.
+    pub apps: BTreeMap<u32, String>,
+    /// Probe pacing and thresholds.
+    pub probe: ProbeConfig,
+    /// Probe targets for interfaces without their own.
+    pub probe_targets: Vec<SocketAddr>,
+    /// Per-interface overrides, in file order.
+    pub interfaces: Vec<InterfaceOverride>,
+}
+
+/// A group named in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRef {
+    /// A numeric gid.
+    Id(u32),
+    /// A group name, looked up in `/etc/group` when the agent starts.
+    Name(String),
+}
+
+/// Settings for interfaces whose name matches a glob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterfaceOverride {
+    /// Glob on the interface name.
+    pub name: String,
+    /// Kind to use instead of the classifier's.
+    pub kind: Option<LinkKind>,
+    /// Whether traffic on it costs money.
+    pub metered: Option<bool>,
+    /// Probe targets to use instead of the global ones.
+    pub probe_targets: Option<Vec<SocketAddr>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: None,
+            policy: None,
+            admin_group: None,
+            apps: BTreeMap::new(),
+            probe: ProbeConfig::default(),
+            probe_targets: Vec::new(),
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+/// A config file that could not be used: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    /// The file name (for messages).
+    pub file: String,
+    /// 1-based line, 0 when the error has no place (the file could not be read).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// The offending source line.
+    pub source_line: String,
+}
+
+impl ConfigError {
+    /// `FILE:LINE:COL: error: MESSAGE`, the source line, a caret under the column.
+    pub fn render(&self) -> String {
+        if self.line == 0 {
+            return format!("{}: error: {}", self.file, self.message);
+        }
+        format!(
+            "{}:{}:{}: error: {}\n{}\n{}^",
+            self.file,
+            self.line,
+            self.column,
+            self.message,
+            self.source_line,
+            " ".repeat(self.column.saturating_sub(1))
+        )
+    }
+
+    fn at(file: &str, source: &str, span: Option<Range<usize>>, message: String) -> Self {
+        let start = span.map_or(0, |s| s.start.min(source.len()));
+        let before = &source[..floor_char_boundary(source, start)];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+            source_line: source.lines().nth(line - 1).unwrap_or("").to_owned(),
+        }
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl From<ConfigError> for std::io::Error {
+    fn from(e: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.render())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    socket: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    admin_group: Option<Spanned<RawGroup>>,
+    #[serde(default)]
+    app: Vec<RawApp>,
+    #[serde(default)]
+    probe: Option<RawProbe>,
+    #[serde(default)]
+    interface: Vec<RawInterface>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawGroup {
+    Id(u32),
+    Name(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    uid: Spanned<u32>,
+    id: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default)]
+    targets: Vec<Spanned<String>>,
+    fast_interval_ms: Option<Spanned<u64>>,
+    idle_interval_ms: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    miss_limit: Option<Spanned<u32>>,
+    loss_window: Option<Spanned<usize>>,
+    degraded_rtt_ms: Option<u64>,
+    degraded_loss_pct: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Spanned<String>,
+    kind: Option<Spanned<String>>,
+    metered: Option<bool>,
+    probe_targets: Option<Vec<Spanned<String>>>,
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}; check the path given to --config"),
+            source_line: String::new(),
+        })?;
+        Config::from_str(&file, &source)
+    }
+
+    /// Parses config text; `file` names it in errors.
+    pub fn from_str(file: &str, source: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(source)
+            .map_err(|e| ConfigError::at(file, source, e.span(), e.message().to_owned()))?;
+        let err = |span: Range<usize>, msg: String| ConfigError::at(file, source, Some(span), msg);
+
+        let mut apps = BTreeMap::new();
+        for a in raw.app {
+            let id = a.id.get_ref();
+            if id.is_empty() || id.starts_with("uid:") || id.chars().any(char::is_whitespace) {
+                return Err(err(
+                    a.id.span(),
+                    format!("`{id}` is not a usable app id (non-empty, no spaces, not `uid:N`)"),
+                ));
+            }
+            if apps.insert(*a.uid.get_ref(), id.clone()).is_some() {
+                return Err(err(
+                    a.uid.span(),
+                    format!(
+                        "uid {} is mapped twice; keep one [[app]] entry for it",
+                        a.uid.get_ref()
+                    ),
+                ));
+            }
+        }
+
+        let mut probe = ProbeConfig::default();
+        let mut probe_targets = Vec::new();
+        if let Some(p) = raw.probe {
+            let interval = |v: &Option<Spanned<u64>>, dflt: Duration| match v {
+                None => Ok(dflt),
+                Some(s) if Duration::from_millis(*s.get_ref()) < MIN_PROBE_INTERVAL => Err(err(
+                    s.span(),
+                    format!("must be at least {} ms", MIN_PROBE_INTERVAL.as_millis()),
+                )),
+                Some(s) => Ok(Duration::from_millis(*s.get_ref())),
+            };
+            probe.fast_interval = interval(&p.fast_interval_ms, probe.fast_interval)?;
+            probe.idle_interval = interval(&p.idle_interval_ms, probe.idle_interval)?;
+            probe.timeout = interval(&p.timeout_ms, probe.timeout)?;
+            if let Some(m) = p.miss_limit {
+                if *m.get_ref() == 0 {
+                    return Err(err(m.span(), "must be at least 1".into()));
+                }
+                probe.miss_limit = *m.get_ref();
+            }
+            if let Some(w) = p.loss_window {
+                if !(1..=1000).contains(w.get_ref()) {
+                    return Err(err(w.span(), "must be between 1 and 1000".into()));
+                }
+                probe.loss_window = *w.get_ref();
+            }
+            if let Some(r) = p.degraded_rtt_ms {
+                probe.degraded_rtt = Duration::from_millis(r);
+            }
+            if let Some(l) = p.degraded_loss_pct {
+                if !(0.0..=100.0).contains(l.get_ref()) {
+                    return Err(err(l.span(), "must be a percentage from 0 to 100".into()));
+                }
+                probe.degraded_loss_pct = *l.get_ref();
+            }
+            probe_targets = targets(&p.targets, &err)?;
+        }
+
+        let mut interfaces = Vec::new();
+        for i in raw.interface {
+            let kind = match &i.kind {
+                None => None,
+                Some(k) => Some(
+                    k.get_ref()
+                        .parse::<LinkKind>()
+                        .map_err(|e| err(k.span(), e.to_string()))?,
+                ),
+            };
+            let probe_targets = match &i.probe_targets {
+                None => None,
+                Some(t) => Some(targets(t, &err)?),
+            };
+            interfaces.push(InterfaceOverride {
+                name: i.name.into_inner(),
+                kind,
+                metered: i.metered,
+                probe_targets,
+            });
+        }
+
+        Ok(Config {
+            socket: raw.socket,
+            policy: raw.policy,
+            admin_group: raw.admin_group.map(|g| match g.into_inner() {
+                RawGroup::Id(n) => GroupRef::Id(n),
+                RawGroup::Name(s) => GroupRef::Name(s),
+            }),
+            apps,
+            probe,
+            probe_targets,
+            interfaces,
+        })
+    }
+
+    /// The app id of a peer uid: from the `[[app]]` map, else `uid:N`.
+    pub fn app_of(&self, uid: u32) -> String {
+        self.apps
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| format!("uid:{uid}"))
+    }
+
+    /// Kind overrides for the classifier, in file order.
+    pub fn kind_overrides(&self) -> Vec<KindOverride> {
+        self.interfaces
+            .iter()
+            .filter_map(|i| {
+                i.kind.map(|kind| KindOverride {
+                    pattern: i.name.clone(),
+                    kind,
+                })
+            })
+            .collect()
+    }
+
+    /// Metered flag and probe targets for interface `name`: the first override that sets each
+    /// wins, else unknown and the global targets.
+    pub fn link_settings(&self, name: &str) -> (Option<bool>, Vec<SocketAddr>) {
+        let matching = || self.interfaces.iter().filter(|i| glob_match(&i.name, name));
+        let metered = matching().find_map(|i| i.metered);
+        let targets = matching()
+            .find_map(|i| i.probe_targets.clone())
+            .unwrap_or_else(|| self.probe_targets.clone());
+        (metered, targets)
+    }
+}
+
+fn targets(
+    list: &[Spanned<String>],
+    err: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter()
+        .map(|t| {
+            t.get_ref().parse::<SocketAddr>().map_err(|_| {
+                err(
+                    t.span(),
+                    format!("`{}` is not ADDRESS:PORT (e.g. \"198.18.0.1:7777\" or \"[2001:db8::1]:7777\")", t.get_ref()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Resolves a group to its gid: numbers as they are, names through `/etc/group`.
+pub fn resolve_group(group: &GroupRef, etc_group: &str) -> Option<u32> {
+    match group {
+        GroupRef::Id(n) => Some(*n),
+        GroupRef::Name(name) => etc_group.lines().find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == name).then_some(())?;
+            f.nth(1)?.parse().ok()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+socket = "/tmp/r.sock"
+admin_group = "wheel"
+
+[[app]]
+uid = 10123
+id = "com.example.voip"
+
+[probe]
+targets = ["198.18.0.1:7777", "[2001:db8::1]:7777"]
+fast_interval_ms = 40
+miss_limit = 4
+
+[[interface]]
+name = "eth1"
+kind = "cellular"
+metered = true
+probe_targets = ["198.18.1.1:7"]
+
+[[interface]]
+name = "eth*"
+metered = false
+"#;
+
+    #[test]
+    fn a_full_config_parses() {
+        let c = Config::from_str("roamd.toml", FULL).unwrap();
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/r.sock")));
+        assert_eq!(c.admin_group, Some(GroupRef::Name("wheel".into())));
+        assert_eq!(c.app_of(10123), "com.example.voip");
+        assert_eq!(c.app_of(10124), "uid:10124");
+        assert_eq!(c.probe.fast_interval, Duration::from_millis(40));
+        assert_eq!(c.probe.miss_limit, 4);
+        assert_eq!(c.probe.timeout, ProbeConfig::default().timeout);
+        assert_eq!(c.probe_targets.len(), 2);
+        assert_eq!(c.kind_overrides().len(), 1);
+        let (m, t) = c.link_settings("eth1");
+        assert_eq!(m, Some(true));
+        assert_eq!(t, ["198.18.1.1:7".parse().unwrap()]);
+        let (m, t) = c.link_settings("eth0");
+        assert_eq!((m, t.len()), (Some(false), 2));
+        assert_eq!(c.link_settings("wlan0").0, None);
+        assert_eq!(Config::from_str("empty", "").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_point_at_line_and_column() {
+        let cases = [
+            ("sockett = \"x\"\n", 1, 1, "unknown field `sockett`"),
+            ("[probe]\nfast_interval_ms = 5\n", 2, 20, "at least 10 ms"),
+            (
+                "[probe]\ntargets = [\"198.18.0.1\"]\n",
+                2,
+                12,
+                "not ADDRESS:PORT",
+            ),
+            (
+                "[[interface]]\nname = \"x\"\nkind = \"wlan\"\n",
+                3,
+                8,
+                "unknown link kind `wlan`",
+            ),
+            (
+                "[[app]]\nuid = 1\nid = \"a\"\n[[app]]\nuid = 1\nid = \"b\"\n",
+                5,
+                7,
+                "mapped twice",
+            ),
+            (
+                "[[app]]\nuid = 1\nid = \"uid:2\"\n",
+                3,
+                6,
+                "not a usable app id",
+            ),
+            ("[probe]\nmiss_limit = -1\n", 2, 14, ""),
+            ("[probe\n", 1, 7, ""),
+        ];
+        for (src, line, col, msg) in cases {
+            let e = Config::from_str("c.toml", src).unwrap_err();
+            assert_eq!((e.line, e.column), (line, col), "{src:?}: {}", e.render());
+            assert!(e.message.contains(msg), "{src:?}: {}", e.render());
+            let r = e.render();
+            assert!(
+                r.starts_with(&format!("c.toml:{line}:{col}: error: ")),
+                "{r}"
+            );
+            assert!(r.ends_with(&format!("\n{}^", " ".repeat(col - 1))), "{r}");
+        }
+    }
+
+    #[test]
+    fn groups_resolve_by_name_or_number() {
+        let etc = "root:x:0:\nwheel:x:10:alice\nroam:x:990:\n";
+        assert_eq!(
+            resolve_group(&GroupRef::Name("roam".into()), etc),
+            Some(990)
+        );
+        assert_eq!(resolve_group(&GroupRef::Name("nope".into()), etc), None);
+        assert_eq!(resolve_group(&GroupRef::Id(7), etc), Some(7));
+    }
+}

@@ -1,0 +1,379 @@
+//! The messages of the roamd protocol, version 1, and their framing. `agent/PROTOCOL.md` is
+//! the document; this file is its implementation.
+//!
+//! A frame is a 4-byte big-endian length N (1..=[`MAX_FRAME`]) followed by N bytes of one JSON
+//! object. Anything else (a length of 0 or over the limit, bytes that are not a JSON object of a
+//! known `type`, a request before `hello`) costs the sender its connection, and only that.
+use std::io::{self, Read, Write};
+
+use roam_policy::{Decision, Flow, Interface};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{ClientView, ProbeView, Update};
+
+/// The protocol version this agent speaks.
+pub const VERSION: u32 = 1;
+
+/// The largest frame either side may send, in bytes (length prefix excluded).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// First message on every connection.
+    Hello {
+        /// The protocol version the client speaks.
+        version: u32,
+    },
+    /// Receive `update` events for an app id: at once, then on every change.
+    Subscribe {
+        /// Echoed in the reply.
+        id: u64,
+        /// The app id; default: the caller's own. Only admins may name another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+        /// The flow the decision is for; default: none (zero bytes, zero age).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<Flow>,
+    },
+    /// Stop receiving `update` events.
+    Unsubscribe {
+        /// Echoed in the reply.
+        id: u64,
+    },
+    /// The agent's status; admins get the per-client and per-link detail.
+    Status {
+        /// Echoed in the reply.
+        id: u64,
+    },
+    /// The link table.
+    Links {
+        /// Echoed in the reply.
+        id: u64,
+    },
+    /// The decision for an app now, with its explanation. Only admins may name another app.
+    Explain {
+        /// Echoed in the reply.
+        id: u64,
+        /// The app id; default: the caller's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+        /// The flow; default: none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<Flow>,
+    },
+    /// Re-read the policy file (admin only). An invalid file leaves the policy in force.
+    Reload {
+        /// Echoed in the reply.
+        id: u64,
+    },
+    /// A session's view of the path it uses (only subscribed clients are heard).
+    ReportPath {
+        /// Echoed in the reply.
+        id: u64,
+        /// Interface name.
+        interface: String,
+        /// RTT measured by the session, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_ms: Option<f64>,
+        /// The session saw no progress for a while.
+        #[serde(default)]
+        stalled: bool,
+    },
+    /// An MPTCP connection of this client, by its token (from `mptcp_pm` events or
+    /// `MPTCP_INFO`), so the agent can steer its subflows.
+    RegisterMptcp {
+        /// Echoed in the reply.
+        id: u64,
+        /// The connection's MPTCP token.
+        token: u32,
+    },
+}
+
+impl Request {
+    /// The request id, for everything but `hello`.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Request::Hello { .. } => None,
+            Request::Subscribe { id, .. }
+            | Request::Unsubscribe { id }
+            | Request::Status { id }
+            | Request::Links { id }
+            | Request::Explain { id, .. }
+            | Request::Reload { id }
+            | Request::ReportPath { id, .. }
+            | Request::RegisterMptcp { id, .. } => Some(*id),
+        }
+    }
+}
+
+/// The agent's status as `status` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// `roamd VERSION`.
+    pub agent: String,
+    /// The policy in force: its file, or `built-in`.
+    pub policy: String,
+    /// Whether the agent was started with `--dry-run`.
+    pub dry_run: bool,
+    /// Managed interfaces.
+    pub interfaces: usize,
+    /// Subscribed clients.
+    pub subscribers: usize,
+    /// Registered MPTCP connections.
+    pub mptcp_connections: usize,
+    /// Admin detail: every subscriber.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<ClientView>>,
+    /// Admin detail: how each link is probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Vec<ProbeView>>,
+}
+
+/// What the agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    /// Answer to `hello`: who the agent thinks the caller is.
+    Hello {
+        /// The protocol version the agent speaks.
+        version: u32,
+        /// `roamd VERSION`.
+        agent: String,
+        /// The caller's app id (from its uid).
+        app: String,
+        /// The caller's uid, from `SO_PEERCRED`.
+        uid: u32,
+        /// Whether the caller may make admin calls.
+        admin: bool,
+    },
+    /// A request succeeded and has nothing else to say.
+    Ok {
+        /// The request id.
+        id: u64,
+    },
+    /// Answer to `subscribe`; an `update` follows at once.
+    Subscribed {
+        /// The request id.
+        id: u64,
+        /// The app id subscribed to.
+        app: String,
+    },
+    /// Answer to `status`.
+    Status {
+        /// The request id.
+        id: u64,
+        /// The status.
+        status: Status,
+    },
+    /// Answer to `links`.
+    Links {
+        /// The request id.
+        id: u64,
+        /// Every managed interface.
+        interfaces: Vec<Interface>,
+    },
+    /// Answer to `explain`.
+    Decision {
+        /// The request id.
+        id: u64,
+        /// The decision.
+        decision: Decision,
+    },
+    /// Answer to `reload`: the new policy is in force.
+    Reloaded {
+        /// The request id.
+        id: u64,
+        /// The policy file now in force.
+        policy: String,
+    },
+    /// A request failed. With a code of `bad_frame`, `bad_request` or `version` the agent
+    /// closes the connection after sending it.
+    Error {
+        /// The request id, when the request got far enough to have one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Machine-readable: `bad_frame`, `bad_request`, `version`, `denied`, `not_subscribed`,
+        /// `reload_failed`.
+        code: String,
+        /// For a person: what happened and what to do.
+        message: String,
+    },
+    /// Pushed to subscribers: the decision changed, or the link table did.
+    Update(Update),
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    /// A length of zero or over [`MAX_FRAME`].
+    #[error("frame length {0} is outside 1..={MAX_FRAME}")]
+    BadLength(usize),
+    /// The bytes are not a message of this protocol.
+    #[error("not a protocol message: {0}")]
+    BadMessage(#[from] serde_json::Error),
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<FrameError> for io::Error {
+    fn from(e: FrameError) -> io::Error {
+        match e {
+            FrameError::Io(e) => e,
+            FrameError::Closed => io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()),
+            other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+        }
+    }
+}
+
+/// Serialises one message into a frame (length prefix included).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising these types cannot fail: no maps with non-string keys, no custom Serialize.
+    let body = serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec());
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Checks a length prefix.
+pub fn check_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(FrameError::BadLength(len));
+    }
+    Ok(len)
+}
+
+/// Writes one message as a frame (blocking).
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    w.write_all(&encode(msg))?;
+    w.flush()
+}
+
+/// Reads one frame and parses it (blocking).
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, FrameError> {
+    let mut prefix = [0; 4];
+    if let Err(e) = r.read_exact(&mut prefix) {
+        return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            FrameError::Io(e)
+        });
+    }
+    let len = check_len(prefix)?;
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_shape() {
+        let cases = [
+            (
+                r#"{"type":"hello","version":1}"#,
+                Request::Hello { version: 1 },
+            ),
+            (
+                r#"{"type":"subscribe","id":1,"app":"com.example.voip"}"#,
+                Request::Subscribe {
+                    id: 1,
+                    app: Some("com.example.voip".into()),
+                    flow: None,
+                },
+            ),
+            (
+                r#"{"type":"report_path","id":4,"interface":"wlan0","rtt_ms":12.5,"stalled":true}"#,
+                Request::ReportPath {
+                    id: 4,
+                    interface: "wlan0".into(),
+                    rtt_ms: Some(12.5),
+                    stalled: true,
+                },
+            ),
+            (
+                r#"{"type":"register_mptcp","id":5,"token":3735928559}"#,
+                Request::RegisterMptcp {
+                    id: 5,
+                    token: 0xdead_beef,
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            let got: Request = serde_json::from_str(text).unwrap();
+            assert_eq!(got, want);
+            assert_eq!(serde_json::to_string(&got).unwrap(), text);
+        }
+        for bad in [
+            r#"{"type":"hello","version":1,"extra":2}"#,
+            r#"{"type":"shutdown","id":1}"#,
+            r#"{"id":1}"#,
+            r#"[1,2]"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_bad_lengths_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Status { id: 9 }).unwrap();
+        assert_eq!(&buf[..4], &(buf.len() as u32 - 4).to_be_bytes());
+        let back: Request = read_frame(&mut buf.as_slice()).unwrap();
+        assert_eq!(back, Request::Status { id: 9 });
+        assert!(matches!(
+            read_frame::<Request>(&mut [0u8, 0, 0, 0].as_slice()),
+            Err(FrameError::BadLength(0))
+        ));
+        assert!(matches!(
+            read_frame::<Request>(&mut [0u8, 1, 0, 1].as_slice()),
+            Err(FrameError::BadLength(65537))
+        ));
+        assert!(matches!(
+            read_frame::<Request>(&mut [].as_slice()),
+            Err(FrameError::Closed)
+        ));
+        let update = Reply::Error {
+            id: None,
+            code: "bad_frame".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&update).unwrap(),
+            r#"{"type":"error","code":"bad_frame","message":"m"}"#
+        );
+    }
+
+    #[test]
+    fn an_update_is_a_flat_object_with_its_type() {
+        let u = Reply::Update(Update {
+            decision: Decision {
+                app: Some("a".into()),
+                multipath: roam_policy::MultipathMode::Handover,
+                paths: vec![],
+                explain: vec![],
+            },
+            interfaces: vec![Interface::new(
+                "wlan0",
+                roam_policy::LinkKind::Wifi,
+                roam_policy::LinkState::Up,
+            )],
+        });
+        let text = serde_json::to_string(&u).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"update","decision":{"app":"a""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), u);
+    }
+}
