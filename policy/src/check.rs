@@ -312,7 +312,9 @@ impl Checker<'_> {
                     }
                 }
             }
+            let mut never_matches = false;
             if let Some((_, span)) = kinds.iter().skip(1).find(|(k, _)| *k != kinds[0].0) {
+                never_matches = true;
                 self.diagnostics.push(
                     Diagnostic::warning(
                         *span,
@@ -322,6 +324,7 @@ impl Checker<'_> {
                 );
             }
             if let Some((_, span)) = ssids.iter().skip(1).find(|(s, _)| *s != ssids[0].0) {
+                never_matches = true;
                 self.diagnostics.push(Diagnostic::warning(
                     *span,
                     format!("link class `{name}` can never match: a link has one SSID"),
@@ -332,6 +335,7 @@ impl Checker<'_> {
             if let Some(earlier) = self
                 .classes
                 .iter()
+                .filter(|_| !never_matches)
                 .find(|c| selects_superset(&c.selectors, &selectors))
             {
                 self.diagnostics.push(

@@ -506,7 +506,9 @@ fn lex_number(source: &str, start: usize, out: &mut Lexed) -> usize {
                 format!("unknown unit `{unit_text}`"),
             )
             .with_help(format!("units are: {}", Unit::ALL_TEXT));
-            if let Some(close) = crate::suggest::closest(unit_text, Unit::SPELLINGS.iter().copied())
+            if let Some(close) = Unit::alias(unit_text)
+                .map(Unit::as_str)
+                .or_else(|| crate::suggest::closest(unit_text, Unit::SPELLINGS.iter().copied()))
             {
                 diag = diag.with_label(format!("did you mean `{number}{close}`?"));
             }

@@ -111,9 +111,11 @@ impl Parser {
 
     fn error(&mut self, diag: Diagnostic) -> Reported {
         // An invalid token was already reported by the lexer: one message per place.
-        let dup = self.diagnostics.iter().any(|d| {
-            d.span.start <= diag.span.start && diag.span.start < d.span.end.max(d.span.start + 1)
-        });
+        let overlaps = |d: &Diagnostic| {
+            d.span.start < diag.span.end.max(diag.span.start + 1)
+                && diag.span.start < d.span.end.max(d.span.start + 1)
+        };
+        let dup = self.diagnostics.iter().any(overlaps);
         if !dup {
             self.diagnostics.push(diag);
         }

@@ -98,6 +98,26 @@ impl Unit {
             .map(|(_, u, ..)| *u)
     }
 
+    /// The unit a common wrong spelling means (`sec` is `s`, `mb` is `MB`), for suggestions.
+    pub fn alias(text: &str) -> Option<Unit> {
+        let unit = match text {
+            "sec" | "secs" | "second" | "seconds" => Unit::S,
+            "msec" | "msecs" | "millis" | "Ms" | "MS" => Unit::Ms,
+            "min" | "mins" | "minute" | "minutes" => Unit::M,
+            "b" | "byte" | "bytes" => Unit::B,
+            "kb" | "KB" | "Kb" => Unit::KB,
+            "mb" | "Mb" => Unit::MB,
+            "gb" | "Gb" => Unit::GB,
+            "kib" | "KIB" => Unit::KiB,
+            "mib" | "MIB" => Unit::MiB,
+            "gib" | "GIB" => Unit::GiB,
+            "pct" | "percent" => Unit::Percent,
+            "dbm" | "DBm" | "dB" | "db" | "DBM" => Unit::DBm,
+            _ => return None,
+        };
+        Some(unit)
+    }
+
     fn row(self) -> (&'static str, Unit, Dim, f64) {
         Self::TABLE
             .iter()
