@@ -37,7 +37,7 @@ use crate::core::{MIN_PROBE_INTERVAL, ProbeConfig};
 use crate::monitor::classify::{KindOverride, glob_match};
 
 /// The parsed, checked config.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     /// Socket path from the file, if it gave one.
     pub socket: Option<PathBuf>,
@@ -75,20 +75,6 @@ pub struct InterfaceOverride {
     pub metered: Option<bool>,
     /// Probe targets to use instead of the global ones.
     pub probe_targets: Option<Vec<SocketAddr>>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            socket: None,
-            policy: None,
-            admin_group: None,
-            apps: BTreeMap::new(),
-            probe: ProbeConfig::default(),
-            probe_targets: Vec::new(),
-            interfaces: Vec::new(),
-        }
-    }
 }
 
 /// A config file that could not be used: where, and what is wrong.

@@ -7,6 +7,15 @@ const WLAN: u32 = 2;
 const RMNET: u32 = 3;
 const BNEP: u32 = 4;
 
+/// Wifi before cellular before Bluetooth, nothing else: the tests below are about the core,
+/// not about the built-in policy's choices.
+const PLAIN: &str = "link wifi = kind wifi\nlink cell = kind cellular\nlink bt = kind bluetooth\n\
+                     default { prefer wifi over cell over bt }\n";
+
+fn plain() -> Policy {
+    Policy::parse(PLAIN).expect("PLAIN is valid")
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -130,7 +139,7 @@ fn a_link_going_down_changes_every_subscribers_decision() {
     ];
     for (what, inject) in cases {
         let t0 = Instant::now();
-        let mut core = handset(Policy::default_policy(), false, t0);
+        let mut core = handset(plain(), false, t0);
         subscribe(&mut core, t0, 1, "com.example.video");
         subscribe(&mut core, t0, 2, "com.example.voip");
         let first = pushes(&drain(&mut core));
@@ -157,7 +166,7 @@ fn a_link_going_down_changes_every_subscribers_decision() {
 #[test]
 fn nothing_is_pushed_when_nothing_changed() {
     let t0 = Instant::now();
-    let mut core = handset(Policy::default_policy(), false, t0);
+    let mut core = handset(plain(), false, t0);
     subscribe(&mut core, t0, 1, "a");
     assert_eq!(pushes(&drain(&mut core)).len(), 1);
     let quiet: Vec<Event> = vec![
@@ -204,7 +213,10 @@ fn nothing_is_pushed_when_nothing_changed() {
 #[test]
 fn hold_and_up_for_follow_virtual_time() {
     let t0 = Instant::now();
-    let mut core = Core::new(Policy::parse("hold 10s").unwrap(), ProbeConfig::default());
+    let mut core = Core::new(
+        Policy::parse(&PLAIN.replace("over bt }", "over bt; hold 10s }")).unwrap(),
+        ProbeConfig::default(),
+    );
     core.handle(
         t0,
         Event::LinkUpdated(info(RMNET, "rmnet0", LinkKind::Cellular, false)),
@@ -293,7 +305,7 @@ fn simulate(
 #[test]
 fn no_subscriber_means_no_probe_and_no_timer() {
     let t0 = Instant::now();
-    let mut core = handset(Policy::default_policy(), true, t0);
+    let mut core = handset(plain(), true, t0);
     assert_eq!(core.poll_timeout(), None);
     let log = simulate(&mut core, t0, t0 + ms(60_000), |_, _| Some(ms(5)));
     assert!(log.is_empty(), "{log:?}");
@@ -302,7 +314,7 @@ fn no_subscriber_means_no_probe_and_no_timer() {
 #[test]
 fn silent_failure_turns_the_link_down_within_the_window() {
     let t0 = Instant::now();
-    let mut core = handset(Policy::default_policy(), true, t0);
+    let mut core = handset(plain(), true, t0);
     subscribe(&mut core, t0, 1, "a");
     let dies = t0 + ms(1_003);
     let log = simulate(&mut core, t0, t0 + ms(6_000), |ifname, now| {
@@ -360,7 +372,7 @@ fn silent_failure_turns_the_link_down_within_the_window() {
 #[test]
 fn a_silently_failed_link_comes_back_when_probes_are_answered() {
     let t0 = Instant::now();
-    let mut core = handset(Policy::default_policy(), true, t0);
+    let mut core = handset(plain(), true, t0);
     subscribe(&mut core, t0, 1, "a");
     let (dies, heals) = (t0 + ms(500), t0 + ms(1_500));
     let log = simulate(&mut core, t0, t0 + ms(6_000), |ifname, now| {
@@ -383,7 +395,7 @@ fn a_silently_failed_link_comes_back_when_probes_are_answered() {
 fn unused_links_are_probed_slowly_and_unsubscribing_stops_everything() {
     let t0 = Instant::now();
     // rmnet0 loses carrier: a link that is down by carrier is not probed at all.
-    let mut core = handset(Policy::default_policy(), true, t0);
+    let mut core = handset(plain(), true, t0);
     subscribe(&mut core, t0, 1, "a");
     core.handle(
         t0,
@@ -414,7 +426,7 @@ fn unused_links_are_probed_slowly_and_unsubscribing_stops_everything() {
 #[test]
 fn a_stall_report_probes_at_once() {
     let t0 = Instant::now();
-    let mut core = handset(Policy::default_policy(), true, t0);
+    let mut core = handset(plain(), true, t0);
     subscribe(&mut core, t0, 1, "a");
     simulate(&mut core, t0, t0 + ms(120), |_, _| Some(ms(1)));
     let t = t0 + ms(121);
