@@ -343,7 +343,10 @@ fn no_usable_interface(interfaces: &[Interface], managed: &[Cand<'_>]) -> String
         return "no interface at all".into();
     }
     let mut parts = Vec::new();
-    for itf in interfaces {
+    // By name, so the explanation does not depend on the order interfaces were listed in.
+    let mut sorted: Vec<&Interface> = interfaces.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for itf in sorted {
         if let Some(c) = managed.iter().find(|c| std::ptr::eq(c.itf, itf)) {
             if itf.state == LinkState::Down {
                 parts.push(format!("{} down", c.itf.name));

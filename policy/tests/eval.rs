@@ -588,7 +588,7 @@ fn no_usable_interface_is_explained() {
     assert!(d.is_blocked());
     assert_eq!(
         d.explain,
-        ["no usable managed interface (wlan0 down; eth0 matches no link class)"]
+        ["no usable managed interface (eth0 matches no link class; wlan0 down)"]
     );
     assert_eq!(
         decide(&p, None, NO_FLOW, &[]).explain,
