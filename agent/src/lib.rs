@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod core;
+pub mod daemon;
 pub mod ipc;
 pub mod monitor;
 pub mod policy_cmd;

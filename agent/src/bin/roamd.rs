@@ -1,5 +1,149 @@
 //! roamd: the roam agent.
-fn main() {
-    eprintln!("roamd: the agent is not built yet (issue 4)");
-    std::process::exit(2);
+//!
+//! `roamd [--config FILE] [--policy FILE] [--socket PATH] [--dry-run]` runs the agent;
+//! `roamd reflect --listen ADDR` runs the UDP echo reflector its probes are sent to.
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use roam_agent::config::Config;
+use roam_agent::daemon::{self, Options};
+use roam_agent::ipc::client::DEFAULT_SOCKET;
+use tracing_subscriber::EnvFilter;
+
+/// roamd: watches every interface, measures which really carry traffic, evaluates the policy
+/// for every app and tells each app session what to use.
+#[derive(Debug, Parser)]
+#[command(name = "roamd", version, about)]
+struct Cli {
+    /// The config file (TOML). Without it: built-in defaults, no probe targets (links are
+    /// never validated by probes), every uid is `uid:N`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The policy file (`*.roam`); wins over the config's `policy`. Without either: the
+    /// built-in policy.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// The socket to listen on; wins over ROAM_SOCKET and the config's `socket`.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Observe and decide, but change nothing in the kernel.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the UDP echo reflector that probes are sent to (replies only to roam probes, at
+    /// their size, at most 2000 a second).
+    Reflect {
+        /// Address and port to listen on, e.g. 198.18.0.1:7777 or [2001:db8::1]:7777.
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roamd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Reflect { listen }) => rt
+            .block_on(roam_agent::probe::reflect::run(listen, |addr| {
+                ready_line(&format!("reflecting on {addr}"))
+            }))
+            .map_err(|e| anyhow::anyhow!("reflector on {listen}: {e}")),
+        None => match options(&cli) {
+            Ok(opts) => {
+                let socket = opts.socket.clone();
+                rt.block_on(daemon::run(opts, |core| {
+                    let n = core.link_indices().len();
+                    ready_line(&format!(
+                        "listening on {} ({n} interfaces)",
+                        socket.display()
+                    ));
+                    sd_notify_ready();
+                }))
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roamd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(cli: &Cli) -> anyhow::Result<Options> {
+    let config = match &cli.config {
+        Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{}", e.render()))?,
+        None => Config::default(),
+    };
+    let socket = cli
+        .socket
+        .clone()
+        .or_else(|| std::env::var_os("ROAM_SOCKET").map(PathBuf::from))
+        .or_else(|| config.socket.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let policy_path = cli.policy.clone().or_else(|| config.policy.clone());
+    Ok(Options {
+        config,
+        policy_path,
+        socket,
+        dry_run: cli.dry_run,
+        sysfs_root: PathBuf::from("/sys/class/net"),
+    })
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`); no colours unless a terminal, so
+/// journald and log files get plain lines.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// One line on stdout when the agent is ready: what a supervisor or a test waits for.
+fn ready_line(what: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "roamd: ready: {what}");
+    let _ = out.flush();
+}
+
+/// systemd readiness (`Type=notify`): one datagram to $NOTIFY_SOCKET, if set.
+fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = Path::new(&path);
+    let sent = if let Some(name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).and_then(|addr| {
+            std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr)
+        })
+    } else {
+        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(b"READY=1", path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "readiness notification to systemd failed");
+    }
 }

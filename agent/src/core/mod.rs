@@ -297,6 +297,27 @@ impl Core {
 
     /// Feeds one event in, at `now`.
     pub fn handle(&mut self, now: Instant, event: Event) {
+        self.apply(now, event);
+        self.expire(now);
+        self.reconcile(now);
+    }
+
+    /// Feeds several events that happened together (one netlink datagram, a re-dump): the
+    /// decisions are made once, after the last, so no subscriber sees a half-applied state.
+    pub fn handle_all(&mut self, now: Instant, events: impl IntoIterator<Item = Event>) {
+        for e in events {
+            self.apply(now, e);
+        }
+        self.expire(now);
+        self.reconcile(now);
+    }
+
+    /// The kernel indices of every link the core knows.
+    pub fn link_indices(&self) -> Vec<u32> {
+        self.links.keys().copied().collect()
+    }
+
+    fn apply(&mut self, now: Instant, event: Event) {
         match event {
             Event::LinkUpdated(info) => {
                 let index = info.index;
@@ -404,8 +425,6 @@ impl Core {
                 self.policy = policy;
             }
         }
-        self.expire(now);
-        self.reconcile(now);
     }
 
     /// Processes every deadline that has passed by `now` (probe timeouts, probes due, hold
@@ -545,7 +564,12 @@ impl Core {
             };
             if new != link.state {
                 let _span = tracing::info_span!("link", interface = %link.info.name).entered();
-                let why = if !link.info.admin_up {
+                let why = if new.is_usable() && !link.state.is_usable() {
+                    match link.probe.verdict() {
+                        Verdict::Unprobed => "carrier and a usable address",
+                        _ => "probe answered",
+                    }
+                } else if !link.info.admin_up {
                     "administratively down"
                 } else if !link.info.carrier {
                     "no carrier"

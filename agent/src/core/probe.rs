@@ -42,6 +42,9 @@ impl Default for ProbeConfig {
     }
 }
 
+/// Loss is judged only over at least this many probes.
+const MIN_LOSS_SAMPLES: usize = 5;
+
 /// What probing has concluded about a link since it last came up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -200,7 +203,10 @@ impl LinkProbe {
                 let slow = self
                     .srtt_ms
                     .is_some_and(|r| r > cfg.degraded_rtt.as_secs_f64() * 1000.0);
-                let lossy = self.loss_pct().is_some_and(|l| l > cfg.degraded_loss_pct);
+                // One loss among the first two probes is 50 %: too few samples to call a link
+                // degraded on.
+                let lossy = self.window.len() >= MIN_LOSS_SAMPLES
+                    && self.loss_pct().is_some_and(|l| l > cfg.degraded_loss_pct);
                 if slow || lossy {
                     LinkState::Degraded
                 } else {
@@ -230,8 +236,8 @@ mod tests {
         }
         assert!(!p.expire(t0 + Duration::from_millis(149), &cfg));
         assert!(p.expire(t0 + Duration::from_millis(250), &cfg));
-        // Two misses are not three: still answered, but 2 of 3 lost is over the loss limit.
-        assert_eq!(p.state(&cfg), LinkState::Degraded);
+        // Two misses are not three, and three probes are too few to judge loss on.
+        assert_eq!(p.state(&cfg), LinkState::Validated);
         assert!(p.expire(t0 + Duration::from_millis(300), &cfg));
         assert_eq!(p.state(&cfg), LinkState::Down);
         assert_eq!(p.loss_pct(), Some(75.0));
@@ -263,6 +269,17 @@ mod tests {
         q.sent(2, t0 + cfg.timeout);
         q.reply(2, t0 + cfg.timeout + Duration::from_millis(1), &cfg);
         assert_eq!(q.loss_pct(), Some(50.0));
+        assert_eq!(
+            q.state(&cfg),
+            LinkState::Validated,
+            "two probes are too few to judge"
+        );
+        for seq in 3..=5 {
+            let t = t0 + Duration::from_millis(10 * seq);
+            q.sent(seq, t);
+            q.reply(seq, t + Duration::from_millis(1), &cfg);
+        }
+        assert_eq!(q.loss_pct(), Some(20.0));
         assert_eq!(q.state(&cfg), LinkState::Degraded);
     }
 }

@@ -77,7 +77,11 @@ impl Prober {
             seq,
         }
         .emit();
-        b.socket.try_send_to(&pkt, target).map(|_| ())
+        // Straight to the kernel: tokio's try_send_to refuses (WouldBlock) until the reactor
+        // has seen the new socket writable, which would count a fresh link's first probe lost.
+        socket2::SockRef::from(&*b.socket)
+            .send_to(&pkt, &target.into())
+            .map(|_| ())
     }
 
     /// Closes the sockets of interface `index`.

@@ -1,0 +1,512 @@
+//! The tokio shell around the core: one loop that waits on the netlink monitor, the clients,
+//! the probe replies, the signals and the core's next deadline, feeds what arrives into the
+//! core, and carries out the actions it returns. Nothing here decides anything.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::config::{Config, resolve_group};
+use crate::core::{Action, ClientId, Core, Event, LinkInfo, Policy};
+use crate::ipc::proto::{self, Reply, Request, Status};
+use crate::ipc::server::{self, FromClient, Peer};
+use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
+use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
+use crate::probe::{ProbeReply, Prober};
+
+/// How roamd was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The parsed config (default when no `--config`).
+    pub config: Config,
+    /// The policy file; `None`: the built-in policy, and `reload` has nothing to re-read.
+    pub policy_path: Option<PathBuf>,
+    /// Where to listen.
+    pub socket: PathBuf,
+    /// Observe and decide, change nothing in the kernel.
+    pub dry_run: bool,
+    /// Where interfaces' sysfs entries are (`/sys/class/net`).
+    pub sysfs_root: PathBuf,
+}
+
+/// Reads and checks a policy file; the error is the rendered diagnostic a person reads.
+pub fn load_policy(path: &Path) -> Result<Policy, String> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{}: error: cannot read the policy file: {e}",
+            path.display()
+        )
+    })?;
+    Policy::parse(&source).map_err(|e| e.render(&path.display().to_string()))
+}
+
+struct Conn {
+    peer: Peer,
+    tx: mpsc::Sender<Arc<[u8]>>,
+    reader: AbortHandle,
+    subscribed: bool,
+    mptcp_tokens: Vec<u32>,
+}
+
+struct Daemon {
+    core: Core,
+    conns: HashMap<ClientId, Conn>,
+    prober: Prober,
+    config: Config,
+    overrides: Vec<KindOverride>,
+    sysfs_root: PathBuf,
+    policy_path: Option<PathBuf>,
+    dry_run: bool,
+}
+
+/// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
+/// the socket accepts connections.
+pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()> {
+    let policy = match &opts.policy_path {
+        Some(p) => load_policy(p).map_err(|e| anyhow::anyhow!("{e}\nroamd: not started; fix the policy file (`roamctl policy check FILE` shows every error)"))?,
+        None => Policy::default_policy(),
+    };
+    tracing::info!(policy = %policy.summary(), file = ?opts.policy_path, "policy loaded");
+    if opts.dry_run {
+        tracing::info!(
+            "dry run: observing and deciding only (this build has no kernel enforcer, so nothing would be changed in either mode)"
+        );
+    }
+
+    let admin_gid = opts.config.admin_group.as_ref().and_then(|g| {
+        let etc = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let gid = resolve_group(g, &etc);
+        if gid.is_none() {
+            tracing::warn!(group = ?g, "admin_group not found in /etc/group; only root is admin");
+        }
+        gid
+    });
+
+    let mut monitor = Monitor::open().context("opening the netlink route socket")?;
+    let (reply_tx, mut replies) = mpsc::channel::<ProbeReply>(1024);
+    let mut d = Daemon {
+        core: Core::new(policy, opts.config.probe.clone()),
+        conns: HashMap::new(),
+        prober: Prober::new(reply_tx),
+        overrides: opts.config.kind_overrides(),
+        config: opts.config.clone(),
+        sysfs_root: opts.sysfs_root.clone(),
+        policy_path: opts.policy_path.clone(),
+        dry_run: opts.dry_run,
+    };
+    let initial = monitor
+        .dump()
+        .await
+        .context("dumping links, addresses and routes")?;
+    d.on_monitor(initial);
+
+    let listener = server::bind(&opts.socket)
+        .with_context(|| format!("listening on {}", opts.socket.display()))?;
+    let (client_tx, mut from_clients) = mpsc::channel::<FromClient>(1024);
+    let cfg = opts.config.clone();
+    let identify = Arc::new(move |uid: u32, gid: u32, pid: Option<i32>| Peer {
+        uid,
+        gid,
+        pid,
+        app: cfg.app_of(uid),
+        admin: uid == 0
+            || admin_gid.is_some_and(|g| gid == g || supplementary_groups(pid).contains(&g)),
+    });
+    let acceptor = tokio::spawn(server::accept_loop(listener, identify, client_tx));
+
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    ready(&d.core);
+
+    let result = loop {
+        let deadline = d.core.poll_timeout();
+        let sleep = async move {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                // The outcome is logged inside; SIGHUP has nobody else to tell.
+                let _ = d.reload();
+            }
+            r = monitor.next() => match r {
+                Ok(events) => d.on_monitor(events),
+                Err(MonitorError::Overrun) => {
+                    tracing::warn!("netlink notifications were lost; dumping again");
+                    match monitor.dump().await {
+                        Ok(events) => d.resync(events),
+                        Err(e) => break Err(anyhow::Error::from(e).context("re-dumping after an overrun")),
+                    }
+                }
+                Err(e) => break Err(anyhow::Error::from(e).context("reading the netlink route socket")),
+            },
+            Some(m) = from_clients.recv() => d.on_client(m),
+            Some(r) = replies.recv() => {
+                d.core.handle(r.at, Event::ProbeReply { index: r.index, seq: r.seq });
+            }
+            _ = sleep => d.core.handle_timeout(Instant::now()),
+        }
+        d.run_actions();
+    };
+    acceptor.abort();
+    let _ = std::fs::remove_file(&opts.socket);
+    tracing::info!("roamd stopped");
+    result
+}
+
+/// Supplementary groups of a process, from `/proc/PID/status`. Read at connect time: the
+/// group list of a live peer that connected a moment ago.
+fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+impl Daemon {
+    fn on_monitor(&mut self, events: Vec<MonitorEvent>) {
+        let core_events: Vec<Event> = events
+            .into_iter()
+            .filter_map(|e| self.translate(e))
+            .collect();
+        if !core_events.is_empty() {
+            self.core.handle_all(Instant::now(), core_events);
+        }
+    }
+
+    /// After lost notifications: links missing from a fresh dump are gone.
+    fn resync(&mut self, events: Vec<MonitorEvent>) {
+        let seen: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e {
+                MonitorEvent::Link(l) => Some(l.index),
+                _ => None,
+            })
+            .collect();
+        let mut core_events: Vec<Event> = self
+            .core
+            .link_indices()
+            .into_iter()
+            .filter(|i| !seen.contains(i))
+            .map(|index| Event::LinkRemoved { index })
+            .collect();
+        core_events.extend(events.into_iter().filter_map(|e| self.translate(e)));
+        self.core.handle_all(Instant::now(), core_events);
+    }
+
+    fn translate(&mut self, e: MonitorEvent) -> Option<Event> {
+        Some(match e {
+            MonitorEvent::Link(l) if l.loopback => return None,
+            MonitorEvent::Link(l) => {
+                let facts = SysfsFacts::read(&self.sysfs_root, &l.name);
+                let kind = classify(&l.name, &facts, l.info_kind.as_deref(), &self.overrides);
+                let (metered, probe_targets) = self.config.link_settings(&l.name);
+                Event::LinkUpdated(LinkInfo {
+                    index: l.index,
+                    name: l.name,
+                    kind,
+                    admin_up: l.admin_up,
+                    carrier: l.carrier,
+                    metered,
+                    probe_targets,
+                })
+            }
+            MonitorEvent::LinkGone { index } => {
+                self.prober.stop(index);
+                Event::LinkRemoved { index }
+            }
+            MonitorEvent::Address {
+                index,
+                addr,
+                prefix_len,
+                present,
+            } => {
+                if present {
+                    Event::AddressAdded {
+                        index,
+                        addr,
+                        prefix_len,
+                    }
+                } else {
+                    Event::AddressRemoved {
+                        index,
+                        addr,
+                        prefix_len,
+                    }
+                }
+            }
+            MonitorEvent::Route { route, present } => {
+                if present {
+                    Event::RouteAdded(route)
+                } else {
+                    Event::RouteRemoved(route)
+                }
+            }
+        })
+    }
+
+    fn run_actions(&mut self) {
+        // Bounded: every round either empties the queue or feeds send failures back, and a
+        // send failure produces no new probe until the next deadline.
+        for _ in 0..8 {
+            let mut failed = Vec::new();
+            while let Some(a) = self.core.poll_action() {
+                match a {
+                    Action::Push { client, update } => {
+                        let frame: Arc<[u8]> = proto::encode(&Reply::Update(update)).into();
+                        self.send(client, frame);
+                    }
+                    Action::SendProbe {
+                        index,
+                        interface,
+                        target,
+                        seq,
+                    } => {
+                        if let Err(e) = self.prober.send(index, &interface, target, seq) {
+                            tracing::debug!(%interface, %target, error = %e, "probe not sent");
+                            failed.push(Event::ProbeSendFailed { index, seq });
+                        }
+                    }
+                    Action::StopProbing { index } => self.prober.stop(index),
+                }
+            }
+            if failed.is_empty() {
+                return;
+            }
+            self.core.handle_all(Instant::now(), failed);
+        }
+    }
+
+    /// Queues a frame for a client; a client whose queue is full is not reading and is dropped.
+    fn send(&mut self, client: ClientId, frame: Arc<[u8]>) {
+        let Some(c) = self.conns.get(&client) else {
+            return;
+        };
+        match c.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(client, app = %c.peer.app, "client does not read its events; dropping it");
+                self.drop_client(client);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.drop_client(client),
+        }
+    }
+
+    fn reply(&mut self, client: ClientId, reply: &Reply) {
+        self.send(client, proto::encode(reply).into());
+    }
+
+    fn drop_client(&mut self, client: ClientId) {
+        if let Some(c) = self.conns.remove(&client) {
+            c.reader.abort();
+            if c.subscribed {
+                self.core
+                    .handle(Instant::now(), Event::ClientUnsubscribed { client });
+            }
+        }
+    }
+
+    fn on_client(&mut self, m: FromClient) {
+        match m {
+            FromClient::Connected {
+                client,
+                peer,
+                tx,
+                reader,
+            } => {
+                tracing::info!(client, uid = peer.uid, app = %peer.app, admin = peer.admin, "client connected");
+                self.conns.insert(
+                    client,
+                    Conn {
+                        peer,
+                        tx,
+                        reader,
+                        subscribed: false,
+                        mptcp_tokens: Vec::new(),
+                    },
+                );
+            }
+            FromClient::Gone { client } => {
+                tracing::debug!(client, "client gone");
+                self.drop_client(client);
+            }
+            FromClient::Request { client, request } => self.on_request(client, request),
+        }
+    }
+
+    fn on_request(&mut self, client: ClientId, request: Request) {
+        let Some(conn) = self.conns.get(&client) else {
+            return;
+        };
+        let peer = conn.peer.clone();
+        let id = request.id();
+        let denied = |what: &str| Reply::Error {
+            id,
+            code: "denied".into(),
+            message: format!(
+                "{what} needs root or the admin group; this connection is uid {} (app `{}`)",
+                peer.uid, peer.app
+            ),
+        };
+        let now = Instant::now();
+        let reply = match request {
+            // The connection task answers hello and refuses a second one.
+            Request::Hello { .. } => return,
+            Request::Subscribe { id, app, flow } => {
+                let app = app.unwrap_or_else(|| peer.app.clone());
+                if app != peer.app && !peer.admin {
+                    denied(&format!("subscribing as another app (`{app}`)"))
+                } else {
+                    self.reply(
+                        client,
+                        &Reply::Subscribed {
+                            id,
+                            app: app.clone(),
+                        },
+                    );
+                    if let Some(c) = self.conns.get_mut(&client) {
+                        c.subscribed = true;
+                    }
+                    self.core
+                        .handle(now, Event::ClientSubscribed { client, app, flow });
+                    return;
+                }
+            }
+            Request::Unsubscribe { id } => {
+                if let Some(c) = self.conns.get_mut(&client) {
+                    c.subscribed = false;
+                }
+                self.core.handle(now, Event::ClientUnsubscribed { client });
+                Reply::Ok { id }
+            }
+            Request::Status { id } => {
+                let detail = peer.admin;
+                let status = Status {
+                    agent: server::agent_name(),
+                    policy: self
+                        .policy_path
+                        .as_ref()
+                        .map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
+                    dry_run: self.dry_run,
+                    interfaces: self.core.interfaces(now).len(),
+                    subscribers: self.conns.values().filter(|c| c.subscribed).count(),
+                    mptcp_connections: self.conns.values().map(|c| c.mptcp_tokens.len()).sum(),
+                    clients: detail.then(|| self.core.clients()),
+                    probes: detail.then(|| self.core.probes()),
+                };
+                Reply::Status { id, status }
+            }
+            Request::Links { id } => Reply::Links {
+                id,
+                interfaces: self.core.interfaces(now),
+            },
+            Request::Explain { id, app, flow } => {
+                let app = app.unwrap_or_else(|| peer.app.clone());
+                if app != peer.app && !peer.admin {
+                    denied(&format!("reading another app's decision (`{app}`)"))
+                } else {
+                    Reply::Decision {
+                        id,
+                        decision: self.core.explain(&app, flow, now),
+                    }
+                }
+            }
+            Request::Reload { id } => {
+                if !peer.admin {
+                    denied("reload")
+                } else {
+                    match self.reload() {
+                        Ok(policy) => Reply::Reloaded { id, policy },
+                        Err(message) => Reply::Error {
+                            id: Some(id),
+                            code: "reload_failed".into(),
+                            message,
+                        },
+                    }
+                }
+            }
+            Request::ReportPath {
+                id,
+                interface,
+                rtt_ms,
+                stalled,
+            } => {
+                if !self.conns.get(&client).is_some_and(|c| c.subscribed) {
+                    Reply::Error {
+                        id: Some(id),
+                        code: "not_subscribed".into(),
+                        message:
+                            "path reports are taken from subscribed sessions only; subscribe first"
+                                .into(),
+                    }
+                } else {
+                    self.core.handle(
+                        now,
+                        Event::PathReport {
+                            client,
+                            interface,
+                            rtt_ms,
+                            stalled,
+                        },
+                    );
+                    Reply::Ok { id }
+                }
+            }
+            Request::RegisterMptcp { id, token } => {
+                if let Some(c) = self.conns.get_mut(&client)
+                    && !c.mptcp_tokens.contains(&token)
+                {
+                    // Bounded: a client cannot grow the agent without limit.
+                    if c.mptcp_tokens.len() >= 1024 {
+                        c.mptcp_tokens.remove(0);
+                    }
+                    c.mptcp_tokens.push(token);
+                }
+                Reply::Ok { id }
+            }
+        };
+        self.reply(client, &reply);
+    }
+
+    /// Re-reads the policy file. On error the policy in force stays and the rendered error
+    /// (file, line, column, caret) is returned and logged.
+    fn reload(&mut self) -> Result<String, String> {
+        let Some(path) = self.policy_path.clone() else {
+            let msg = "roamd runs the built-in policy (started without --policy): there is no file to reload".to_owned();
+            tracing::warn!("{msg}");
+            return Err(msg);
+        };
+        match load_policy(&path) {
+            Ok(policy) => {
+                tracing::info!(file = %path.display(), policy = %policy.summary(), "policy reloaded");
+                self.core
+                    .handle(Instant::now(), Event::PolicyReplaced(policy));
+                Ok(path.display().to_string())
+            }
+            Err(rendered) => {
+                tracing::error!(file = %path.display(), "reload failed; the previous policy stays in force:\n{rendered}");
+                Err(format!("{rendered}\nthe previous policy stays in force"))
+            }
+        }
+    }
+}
