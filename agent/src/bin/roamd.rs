@@ -41,7 +41,7 @@ enum Command {
     /// Run the UDP echo reflector that probes are sent to (replies only to roam probes, at
     /// their size, at most 2000 a second).
     Reflect {
-        /// Address and port to listen on, e.g. 198.18.0.1:7777 or [2001:db8::1]:7777.
+        /// Address and port to listen on, e.g. `198.18.0.1:7777` or `[2001:db8::1]:7777`.
         #[arg(long, value_name = "ADDR")]
         listen: SocketAddr,
     },

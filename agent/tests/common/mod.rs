@@ -1,0 +1,334 @@
+//! A minimal handset fixture for roamd's namespace tests: a "handset" namespace with veths
+//! named as on phones (`wlan0`, `rmnet0`, `bnep0`), each reaching a "server" namespace on its
+//! own 198.18.N.0/24, a reflector in the server, and roamd in the handset. Everything is
+//! removed on drop, also when a test panics.
+//!
+//! This should move onto the `roam-tests` namespace harness (`tests/src/netns.rs`,
+//! `topology.rs`); it is self-contained here because that crate depends on this one.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use roam_agent::core::Update;
+use roam_agent::ipc::client::Client;
+use roam_agent::ipc::proto::{Reply, Request};
+
+/// The handset's links: name, kind word, subnet number.
+pub const LINKS: [(&str, &str, u8); 3] = [
+    ("wlan0", "wifi", 1),
+    ("rmnet0", "cellular", 2),
+    ("bnep0", "bluetooth", 3),
+];
+
+/// Wifi first, then cellular, then Bluetooth; no hold, so a returning link is primary at once.
+pub const POLICY: &str = "link wifi = kind wifi\nlink cell = kind cellular\nlink bt = kind bluetooth\n\
+                          default {\n  prefer wifi over cell over bt\n}\n";
+
+/// True when the test may run; prints why not otherwise. Under CI a missing privilege fails.
+pub fn can_run(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what}: needs root (network namespaces), and CI is set: failing instead of skipping"
+    );
+    eprintln!("skipped {what}: needs root to create network namespaces");
+    false
+}
+
+/// Runs a command that must succeed.
+pub fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// One handset, one server, a reflector and a roamd.
+pub struct Handset {
+    /// Handset namespace name.
+    pub h: String,
+    /// Server namespace name.
+    pub s: String,
+    /// Scratch directory (config, policy, socket, roamd's log).
+    pub dir: PathBuf,
+    /// roamd's socket.
+    pub socket: PathBuf,
+    /// The policy file roamd was started with.
+    pub policy: PathBuf,
+    roamd: Option<Child>,
+    reflector: Option<Child>,
+    // Dropped last: the namespaces outlive the processes in them.
+    _ns: Vec<Netns>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Handset {
+    /// Builds the namespaces and starts roamd with `config_extra` appended to a config that
+    /// gives every link its reflector as probe target.
+    pub fn start(config_extra: &str) -> Handset {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}x{n}", std::process::id());
+        let (h, s) = (format!("roamt-h{tag}"), format!("roamt-s{tag}"));
+        let mut ns = Vec::new();
+        for name in [&h, &s] {
+            run(&["ip", "netns", "add", name]);
+            ns.push(Netns(name.clone()));
+        }
+        let dir = std::env::temp_dir().join(format!("roam-agent-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Other uids (the permission tests) must reach the socket inside.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut config = String::new();
+        for (name, _, net) in LINKS {
+            let peer = format!("s{name}");
+            run(&[
+                "ip", "link", "add", name, "netns", &h, "type", "veth", "peer", "name", &peer,
+                "netns", &s,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &h,
+                "addr",
+                "add",
+                &format!("198.18.{net}.2/24"),
+                "dev",
+                name,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &s,
+                "addr",
+                "add",
+                &format!("198.18.{net}.1/24"),
+                "dev",
+                &peer,
+            ]);
+            run(&["ip", "-n", &h, "link", "set", name, "up"]);
+            run(&["ip", "-n", &s, "link", "set", &peer, "up"]);
+            config.push_str(&format!(
+                "[[interface]]\nname = \"{name}\"\nprobe_targets = [\"198.18.{net}.1:7777\"]\n"
+            ));
+        }
+        run(&["ip", "-n", &h, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &s, "link", "set", "lo", "up"]);
+        config.push_str(config_extra);
+        let cfg_path = dir.join("roamd.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let policy = dir.join("policy.roam");
+        std::fs::write(&policy, POLICY).unwrap();
+        let socket = dir.join("roamd.sock");
+
+        let mut hs = Handset {
+            h: h.clone(),
+            s: s.clone(),
+            dir: dir.clone(),
+            socket: socket.clone(),
+            policy: policy.clone(),
+            roamd: None,
+            reflector: None,
+            _ns: ns,
+        };
+        let roamd = env!("CARGO_BIN_EXE_roamd");
+        let (reflector, _) = spawn_ready(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &s,
+                roamd,
+                "reflect",
+                "--listen",
+                "0.0.0.0:7777",
+            ]),
+            &dir.join("reflector.log"),
+        );
+        hs.reflector = Some(reflector);
+        let (child, line) = spawn_ready(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &h,
+                roamd,
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "--policy",
+                policy.to_str().unwrap(),
+                "--socket",
+                socket.to_str().unwrap(),
+            ]),
+            &dir.join("roamd.log"),
+        );
+        assert!(line.contains("(3 interfaces)"), "{line}");
+        hs.roamd = Some(child);
+        hs
+    }
+
+    /// roamd's pid (`ip netns exec` execs it, so the child is roamd itself).
+    pub fn roamd_pid(&self) -> u32 {
+        self.roamd.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Runs `ip -n HANDSET ARGS...`.
+    pub fn ip_h(&self, args: &[&str]) {
+        let mut v = vec!["ip", "-n", &self.h];
+        v.extend_from_slice(args);
+        run(&v);
+    }
+
+    /// A connected, subscribed client (as `app`, or as itself).
+    pub fn subscriber(&self, app: Option<&str>) -> Client {
+        let mut c = Client::connect(&self.socket, Some(Duration::from_secs(10))).unwrap();
+        let app = app.map(str::to_owned);
+        match c
+            .call(|id| Request::Subscribe {
+                id,
+                app,
+                flow: None,
+            })
+            .unwrap()
+        {
+            Reply::Subscribed { .. } => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// roamd's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("roamd.log")).unwrap_or_default()
+    }
+
+    /// Runs roamctl with `args` (socket given), as `uid` if set; returns (exit code, stdout,
+    /// stderr).
+    pub fn roamctl(&self, uid: Option<u32>, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roamctl"));
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Handset {
+    fn drop(&mut self) {
+        for child in [self.roamd.take(), self.reflector.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Spawns `cmd` with stderr to `log` and waits (at most 10 s) for its first stdout line, the
+/// ready line.
+fn spawn_ready(cmd: &mut Command, log: &Path) -> (Child, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(line) if line.contains("ready") => (child, line),
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "not ready: {other:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Reads updates until one satisfies `pred`, for at most `within`. Returns it and when it
+/// arrived.
+pub fn wait_update(
+    c: &mut Client,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Update) -> bool,
+) -> (Update, Instant) {
+    let end = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no update where {what} within {within:?}; saw {seen:#?}"
+        );
+        c.set_timeout(Some(left)).unwrap();
+        match c.next_event() {
+            Ok(Reply::Update(u)) => {
+                let at = Instant::now();
+                if pred(&u) {
+                    return (u, at);
+                }
+                seen.push(u);
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => panic!("no update where {what}: {e}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// The interface names of a decision, best first.
+pub fn paths(u: &Update) -> Vec<&str> {
+    u.decision
+        .paths
+        .iter()
+        .map(|p| p.interface.as_str())
+        .collect()
+}
+
+/// The state word of an interface in an update.
+pub fn state_of<'a>(u: &'a Update, name: &str) -> Option<&'a str> {
+    u.interfaces
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| i.state.as_str())
+}
