@@ -8,13 +8,27 @@
 //! - [`inject`]: failures as a phone sees them (link down, carrier loss, address removal, silent
 //!   blackhole, rate collapse, flapping, the preferred link returning).
 //! - [`emulator`]: the user-space link emulator (delay, jitter, loss, rate, blackhole).
+//! - [`probe`]: a UDP ping to check paths and the emulator.
+//! - [`traffic`]: numbered, self-checking messages and the receiver that timestamps them.
+//! - [`system`]: what is measured: the baselines today, roam's sessions later.
+//! - [`scenario`], [`handover`], [`bench`]: the handover benchmark's failures, one measurement,
+//!   and the aggregated report (table and JSON).
+//! - [`timeline`]: per-interface counters around a failure and their SVG picture.
+//! - [`tls`]: the test CA for QUIC.
 //! - [`privilege`]: the root check every namespace test and binary starts with.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod emulator;
+pub mod handover;
 pub mod inject;
 pub mod netlink;
 pub mod netns;
 pub mod privilege;
 pub mod probe;
+pub mod scenario;
+pub mod system;
+pub mod timeline;
+pub mod tls;
 pub mod topology;
+pub mod traffic;

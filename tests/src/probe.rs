@@ -142,7 +142,8 @@ pub fn probe(
     let sock = ns
         .run(|| UdpSocket::bind(bind.unwrap_or(any)))?
         .context("binding the probe socket")?;
-    sock.connect(target)?;
+    // Not connected: with no route, connect would fail, and a failure to inject must read as
+    // lost probes, not as an error.
     let rx = sock.try_clone()?;
     let start = Instant::now();
     let count = spec.count as usize;
@@ -164,9 +165,9 @@ pub fn probe(
                         break;
                     }
                 }
-                if let Ok(n) = rx.recv(&mut buf) {
+                if let Ok((n, from)) = rx.recv_from(&mut buf) {
                     let now = Instant::now();
-                    if n >= 4 {
+                    if n >= 4 && from == target {
                         let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
                         let sent = sends_rx
                             .lock()
@@ -196,7 +197,7 @@ pub fn probe(
             payload[..4].copy_from_slice(&i.to_be_bytes());
             sends.lock().unwrap_or_else(|e| e.into_inner())[i as usize] = Some(Instant::now());
             // A send that fails (no route during a failure) is a lost probe, not an error.
-            let _ = sock.send(&payload);
+            let _ = sock.send_to(&payload, target);
             i += 1;
         }
         // The pacing is the measurement's own schedule.

@@ -12,7 +12,8 @@
 //!
 //! The handset has one default route per link, metric `100 * (i + 1)`, so the first link is
 //! preferred and traffic to the service address moves when a link's routes go. Source routing
-//! (`ip rule from ADDR table 100+i`) sends a socket bound to a link's address out of that link.
+//! (`ip rule from ADDR table 100+i`) sends a socket bound to a link's address out of that link,
+//! and only that link: when its routes are gone, such a socket gets "unreachable".
 //! Both namespaces get `ip mptcp limits set subflows 8 add_addr_accepted 8`. IPv6 addresses are
 //! added with `nodad`, so they are usable at once.
 //!
@@ -278,20 +279,28 @@ impl TopologyBuilder {
             topo.configure_server_path(l)?;
             topo.handset.ip(&["link", "set", &l.name, "up"])?;
             topo.configure_link(l)?;
-            for (prio_off, fam, addr) in [
-                (0u32, "-4", IpAddr::from(l.handset_v4)),
-                (0, "-6", IpAddr::from(l.handset_v6)),
+            for (fam, addr) in [
+                ("-4", IpAddr::from(l.handset_v4)),
+                ("-6", IpAddr::from(l.handset_v6)),
             ] {
+                let addr = addr.to_string();
+                let table = l.table.to_string();
+                let pref = (1000 + l.index as u32).to_string();
+                topo.handset.ip(&[
+                    fam, "rule", "add", "from", &addr, "table", &table, "pref", &pref,
+                ])?;
+                // A dead link's address must not leak out of another link (a carrier drops
+                // such packets as spoofed): with the link's table empty, lookups fail here.
+                let pref = (1100 + l.index as u32).to_string();
                 topo.handset.ip(&[
                     fam,
                     "rule",
                     "add",
                     "from",
-                    &addr.to_string(),
-                    "table",
-                    &l.table.to_string(),
+                    &addr,
                     "pref",
-                    &(1000 + prio_off + l.index as u32).to_string(),
+                    &pref,
+                    "unreachable",
                 ])?;
             }
         }

@@ -1,1 +1,180 @@
-fn main() {}
+//! `handover-bench`: measures how long sessions stall when the handset's preferred link fails,
+//! for each system (the baselines today, roam later), on real namespaces and kernels.
+//!
+//! ```text
+//! handover-bench --transport all --scenario all --quick --json bench.json
+//! handover-bench --transport mptcp --scenario blackhole --rtt 50 --repeats 20
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use roam_tests::bench::{Report, RunReport, table};
+use roam_tests::handover::{FAILED_LINK, RunConfig, run_once};
+use roam_tests::scenario::Scenario;
+use roam_tests::system::{Transport, baseline};
+use roam_tests::timeline::{Panel, write_svg};
+
+#[derive(Debug, Parser)]
+#[command(about = "Measure the delivery gap of sessions when the handset's preferred link fails")]
+struct Args {
+    /// quic, mptcp, tcp-resume or all.
+    #[arg(long, default_value = "all")]
+    transport: String,
+    /// link-down, addr-remove, blackhole, link-return, flap or all.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Emulated round-trip time of every path in ms (0: plain veth, no emulator).
+    #[arg(long, default_value_t = 0.0)]
+    rtt: f64,
+    /// Repeats per scenario and system (default 20, or 5 with --quick).
+    #[arg(long)]
+    repeats: Option<u32>,
+    /// Short runs: 5 repeats, a 3 s timeout; one transport takes under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Write the report as JSON (the shape of shared/design/testing.md).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where to draw the timeline of the first scenario's first repeat, per system.
+    #[arg(long, default_value = "handover-timeline.svg")]
+    svg: PathBuf,
+}
+
+fn parse_list<T: std::str::FromStr<Err = String> + Copy>(s: &str, all: &[T]) -> Result<Vec<T>> {
+    if s == "all" {
+        return Ok(all.to_vec());
+    }
+    s.split(',')
+        .map(|w| w.trim().parse::<T>().map_err(anyhow::Error::msg))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Some(why) = roam_tests::privilege::missing() {
+        eprintln!("handover-bench: {why}; run it as root (sudo) or with those capabilities");
+        return ExitCode::from(2);
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handover-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let transports = parse_list(&args.transport, &Transport::ALL)?;
+    let scenarios = parse_list(&args.scenario, &Scenario::ALL)?;
+    if !(0.0..=2000.0).contains(&args.rtt) {
+        anyhow::bail!("--rtt must be between 0 and 2000 ms");
+    }
+    let rtt = Duration::from_secs_f64(args.rtt / 1000.0);
+    let base = if args.quick {
+        RunConfig::quick(rtt)
+    } else {
+        RunConfig::full(rtt)
+    };
+    let repeats = args
+        .repeats
+        .unwrap_or(if args.quick { 5 } else { 20 })
+        .max(1);
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    let mut panels = Vec::new();
+    for transport in &transports {
+        let system = baseline(*transport)?;
+        let t0 = Instant::now();
+        for (si, scenario) in scenarios.iter().enumerate() {
+            let mut outcomes = Vec::new();
+            for repeat in 0..repeats {
+                let cfg = RunConfig {
+                    sample: si == 0 && repeat == 0,
+                    seed: base.seed + repeat as u64,
+                    ..base.clone()
+                };
+                let o = run_once(system.clone(), *scenario, &cfg).with_context(|| {
+                    format!("{} / {scenario} / repeat {}", system.name(), repeat + 1)
+                })?;
+                eprintln!(
+                    "  {:<24} {:<12} #{:<3} gap {:>8.1} ms  delivered {}/{}{}",
+                    system.name(),
+                    scenario,
+                    repeat + 1,
+                    o.gap.as_secs_f64() * 1000.0,
+                    o.delivered,
+                    o.sent,
+                    o.session_error
+                        .as_deref()
+                        .map(|e| format!("  DEAD: {e}"))
+                        .unwrap_or_default()
+                );
+                if cfg.sample {
+                    panels.push(Panel {
+                        title: format!(
+                            "{} ({}), {}: gap {:.1} ms{}",
+                            system.name(),
+                            transport,
+                            scenario.describe(FAILED_LINK),
+                            o.gap.as_secs_f64() * 1000.0,
+                            if o.session_error.is_some() {
+                                " (session died)"
+                            } else {
+                                ""
+                            }
+                        ),
+                        links: o.links.clone(),
+                        samples: o.samples.clone(),
+                        arrivals: o.delivery.arrivals.clone(),
+                        origin: o.failed_at,
+                    });
+                }
+                outcomes.push(o);
+            }
+            runs.push(RunReport::from_outcomes(
+                *scenario,
+                *transport,
+                system.name(),
+                rtt,
+                &outcomes,
+            ));
+        }
+        eprintln!(
+            "{} done in {:.1} s",
+            system.name(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    println!();
+    print!("{}", table(&runs));
+    println!("total {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&Report { runs })?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("json: {}", path.display());
+    }
+    if !panels.is_empty() {
+        write_svg(
+            &args.svg,
+            &panels,
+            -300.0,
+            (base.timeout.as_secs_f64() * 1000.0).min(1500.0),
+        )
+        .with_context(|| format!("drawing {}", args.svg.display()))?;
+        let shown = std::fs::canonicalize(&args.svg).unwrap_or_else(|_| args.svg.clone());
+        println!("timeline: {}", shown.display());
+    }
+    Ok(())
+}
