@@ -97,22 +97,20 @@ impl Topology {
         self.configure_link(&l)
     }
 
-    /// A silent blackhole: nftables in the handset drops every packet of `dir` on the link
-    /// while the link stays up with its addresses and routes. `Up` drops what the handset sends,
-    /// `Down` what it receives.
+    /// A silent blackhole: nftables in the handset drops every frame of `dir` at the device
+    /// (netdev `egress`/`ingress` hooks) while the link stays up with its addresses and routes.
+    /// `Up` drops what the handset sends, `Down` what it receives. Dropping at the device rather
+    /// than in the IP output hook keeps it silent: sockets see no error, as with a dead radio.
     pub fn blackhole(&self, name: &str, dir: Direction) -> Result<()> {
         let l = self.link(name)?;
-        let mut script = format!("add table inet {NFT_TABLE}\n");
-        for (d, hook, key) in [
-            (Direction::Up, "output", "oifname"),
-            (Direction::Down, "input", "iifname"),
-        ] {
+        let mut script = format!("add table netdev {NFT_TABLE}\n");
+        for (d, hook) in [(Direction::Up, "egress"), (Direction::Down, "ingress")] {
             if dir == d || dir == Direction::Both {
                 let chain = chain_name(&l.name, d);
                 script += &format!(
-                    "add chain inet {NFT_TABLE} {chain} {{ type filter hook {hook} priority -10; policy accept; }}\n\
-                     flush chain inet {NFT_TABLE} {chain}\n\
-                     add rule inet {NFT_TABLE} {chain} {key} \"{}\" counter drop\n",
+                    "add chain netdev {NFT_TABLE} {chain} {{ type filter hook {hook} device \"{}\" priority 0; policy accept; }}\n\
+                     flush chain netdev {NFT_TABLE} {chain}\n\
+                     add rule netdev {NFT_TABLE} {chain} counter drop\n",
                     l.name
                 );
             }
@@ -123,15 +121,23 @@ impl Topology {
     /// Lifts the blackhole of `dir` on a link.
     pub fn clear_blackhole(&self, name: &str, dir: Direction) -> Result<()> {
         let l = self.link(name)?;
-        let mut script = format!("add table inet {NFT_TABLE}\n");
+        let mut script = String::new();
         for d in [Direction::Up, Direction::Down] {
             if dir == d || dir == Direction::Both {
                 let chain = chain_name(&l.name, d);
-                // `add` first makes the delete valid whether or not the chain existed.
-                script += &format!(
-                    "add chain inet {NFT_TABLE} {chain}\nflush chain inet {NFT_TABLE} {chain}\ndelete chain inet {NFT_TABLE} {chain}\n"
-                );
+                let exists = self
+                    .handset()
+                    .exec("nft", &["list", "chain", "netdev", NFT_TABLE, &chain])
+                    .is_ok();
+                if exists {
+                    script += &format!(
+                        "flush chain netdev {NFT_TABLE} {chain}\ndelete chain netdev {NFT_TABLE} {chain}\n"
+                    );
+                }
             }
+        }
+        if script.is_empty() {
+            return Ok(());
         }
         self.handset().nft(&script)
     }
@@ -142,7 +148,7 @@ impl Topology {
         let chain = chain_name(&l.name, dir);
         let out = self
             .handset()
-            .exec("nft", &["list", "chain", "inet", NFT_TABLE, &chain])?;
+            .exec("nft", &["list", "chain", "netdev", NFT_TABLE, &chain])?;
         let packets = out
             .split_whitespace()
             .skip_while(|w| *w != "packets")

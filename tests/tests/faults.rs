@@ -157,6 +157,8 @@ fn silent_blackhole_drops_one_direction_while_the_link_stays_up() {
     let r = rig();
     let wlan = |topo: &Topology| topo.server_stats().unwrap()[0].1;
 
+    // Traffic first, so the neighbour is resolved and packets (not only ARP) meet the drop.
+    assert_eq!(r.bound_replies("wlan0"), 5);
     r.topo.blackhole("wlan0", Direction::Up).unwrap();
     let before = wlan(&r.topo);
     assert_eq!(r.bound_replies("wlan0"), 0);

@@ -1,0 +1,287 @@
+//! Handover measurements end to end: each baseline keeps its bytes intact through a link
+//! failure it can survive, moves to the other path (the server sees it), dies when it cannot,
+//! and the bench binary writes the documented JSON.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use roam_tests::handover::{Outcome, RunConfig, run_once};
+use roam_tests::privilege::require_netns;
+use roam_tests::scenario::Scenario;
+use roam_tests::system::{Transport, baseline};
+use roam_tests::tls::{SERVER_NAME, TestPki, client_trusting};
+use roam_tests::topology::{SERVICE_V4, Topology};
+
+fn cfg() -> RunConfig {
+    RunConfig {
+        after: Duration::from_millis(800),
+        timeout: Duration::from_secs(2),
+        sample: true,
+        ..RunConfig::quick(Duration::ZERO)
+    }
+}
+
+/// Bytes the server side of link `i` received after the failure.
+fn bytes_after_failure(o: &Outcome, i: usize) -> u64 {
+    let at = |pred: &dyn Fn(&std::time::Instant) -> bool| {
+        o.samples
+            .iter()
+            .find(|s| pred(&s.at))
+            .map(|s| s.rx_bytes[i])
+    };
+    let start = at(&|t| *t >= o.failed_at).expect("no sample after the failure");
+    let end = o.samples.last().unwrap().rx_bytes[i];
+    end - start
+}
+
+fn assert_intact(o: &Outcome) {
+    assert!(o.session_error.is_none(), "{:?}", o.session_error);
+    assert_eq!(o.delivered, o.sent, "messages lost");
+    assert_eq!(o.corrupted, 0);
+    assert!(
+        o.sent > 8_000,
+        "the application sent only {} messages",
+        o.sent
+    );
+}
+
+#[test]
+fn quinn_survives_link_down_and_the_server_sees_it_migrate() {
+    if !require_netns("quinn_survives_link_down_and_the_server_sees_it_migrate") {
+        return;
+    }
+    let o = run_once(
+        baseline(Transport::Quic).unwrap(),
+        Scenario::LinkDown,
+        &cfg(),
+    )
+    .unwrap();
+    assert_intact(&o);
+    assert!(o.gap < Duration::from_millis(500), "gap {:?}", o.gap);
+    let peers: Vec<_> = o
+        .delivery
+        .peers
+        .iter()
+        .map(|(_, p)| p.ip().to_string())
+        .collect();
+    assert_eq!(
+        peers.first().map(String::as_str),
+        Some("198.18.0.2"),
+        "{peers:?}"
+    );
+    assert_eq!(
+        peers.last().map(String::as_str),
+        Some("198.18.1.2"),
+        "{peers:?}"
+    );
+    assert!(
+        bytes_after_failure(&o, 1) > 100_000,
+        "rmnet0 carried nothing after the failure"
+    );
+}
+
+#[test]
+fn kernel_mptcp_moves_to_the_backup_subflow_on_link_down() {
+    if !require_netns("kernel_mptcp_moves_to_the_backup_subflow_on_link_down") {
+        return;
+    }
+    let o = run_once(
+        baseline(Transport::Mptcp).unwrap(),
+        Scenario::LinkDown,
+        &cfg(),
+    )
+    .unwrap();
+    assert_intact(&o);
+    assert!(
+        o.gap > Duration::from_millis(2),
+        "a gap of {:?} is not a handover",
+        o.gap
+    );
+    assert!(
+        bytes_after_failure(&o, 1) > 100_000,
+        "the backup subflow on rmnet0 carried nothing"
+    );
+    assert!(
+        bytes_after_failure(&o, 0) < 10_000,
+        "wlan0 still carried data while down"
+    );
+}
+
+#[test]
+fn tcp_reconnect_resumes_without_losing_a_message() {
+    if !require_netns("tcp_reconnect_resumes_without_losing_a_message") {
+        return;
+    }
+    let o = run_once(
+        baseline(Transport::TcpResume).unwrap(),
+        Scenario::AddrRemove,
+        &cfg(),
+    )
+    .unwrap();
+    assert_intact(&o);
+    // It can only notice by its acknowledgement timeout.
+    assert!(o.gap >= Duration::from_millis(400), "gap {:?}", o.gap);
+    let peers: Vec<_> = o
+        .delivery
+        .peers
+        .iter()
+        .map(|(_, p)| p.ip().to_string())
+        .collect();
+    assert_eq!(
+        peers.last().map(String::as_str),
+        Some("198.18.1.2"),
+        "{peers:?}"
+    );
+}
+
+#[test]
+fn quinn_on_the_wildcard_address_dies_in_a_silent_blackhole() {
+    if !require_netns("quinn_on_the_wildcard_address_dies_in_a_silent_blackhole") {
+        return;
+    }
+    let cfg = RunConfig {
+        after: Duration::from_millis(300),
+        timeout: Duration::from_millis(1500),
+        ..RunConfig::quick(Duration::ZERO)
+    };
+    let o = run_once(
+        baseline(Transport::Quic).unwrap(),
+        Scenario::Blackhole,
+        &cfg,
+    )
+    .unwrap();
+    assert!(
+        o.session_error.is_some(),
+        "survived a blackhole: gap {:?}",
+        o.gap
+    );
+    assert_eq!(o.gap, cfg.timeout);
+    assert!(o.delivered < o.sent);
+    assert_eq!(o.corrupted, 0, "what did arrive must be intact");
+}
+
+#[test]
+fn quic_refuses_a_server_signed_by_another_ca() {
+    if !require_netns("quic_refuses_a_server_signed_by_another_ca") {
+        return;
+    }
+    let topo = Topology::builder()
+        .link("wlan0", roam_policy::LinkKind::Wifi)
+        .build()
+        .unwrap();
+    let server_pki = TestPki::generate().unwrap();
+    let other = TestPki::generate().unwrap();
+    let addr = SocketAddr::new(SERVICE_V4.into(), 4433);
+    let timeout = Duration::from_secs(2);
+    let server_cfg = server_pki.quic_server(timeout).unwrap();
+    let server = topo
+        .server()
+        .spawn("quic-server", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let ep = quinn::Endpoint::server(server_cfg, addr)?;
+                // One attempt (the refused one), one good handshake.
+                for _ in 0..2 {
+                    let Some(inc) = ep.accept().await else { break };
+                    if let Ok(conn) = inc.await {
+                        conn.closed().await;
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .unwrap();
+    let results = topo
+        .handset()
+        .block_on(async move {
+            let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
+            let mut out = Vec::new();
+            for ca in [&other.ca, &server_pki.ca] {
+                ep.set_default_client_config(client_trusting(ca, timeout).unwrap());
+                let r = tokio::time::timeout(timeout, ep.connect(addr, SERVER_NAME).unwrap()).await;
+                out.push(match r {
+                    Ok(Ok(c)) => {
+                        c.close(0u32.into(), b"done");
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                });
+            }
+            ep.wait_idle().await;
+            out
+        })
+        .unwrap();
+    let err = results[0].as_ref().unwrap_err();
+    assert!(
+        err.contains("UnknownIssuer") || err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn bench_binary_writes_the_documented_json() {
+    if !require_netns("bench_binary_writes_the_documented_json") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("roam-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let svg = dir.join("timeline.svg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_handover-bench"))
+        .args([
+            "--transport",
+            "tcp-resume",
+            "--scenario",
+            "link-down",
+            "--repeats",
+            "1",
+            "--quick",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("baseline-tcp-reconnect"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    let r = runs[0].as_object().unwrap();
+    let mut keys: Vec<_> = r.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "bytes_delivered",
+            "bytes_sent",
+            "corrupted",
+            "gap_ms",
+            "repeats",
+            "rtt_ms",
+            "scenario",
+            "session_errors",
+            "system",
+            "transport"
+        ]
+    );
+    assert_eq!(r["scenario"], "link-down");
+    assert_eq!(r["transport"], "tcp-resume");
+    assert_eq!(r["system"], "baseline-tcp-reconnect");
+    assert_eq!(r["bytes_sent"], r["bytes_delivered"]);
+    assert!(r["gap_ms"]["p50"].as_f64().unwrap() > 0.0);
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.contains("<svg") && picture.contains("rmnet0"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
