@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::ast::{self, BlockHead, Body, Item, Selector};
-use crate::diag::{Diagnostic, Span, line_of};
+use crate::diag::{Diagnostic, LineIndex, Span};
 use crate::glob;
 use crate::lexer::CmpOp;
 use crate::model::{LinkKind, MultipathMode};
@@ -197,7 +197,7 @@ const MODES: [&str; 4] = ["off", "handover", "interactive", "aggregate"];
 /// (errors and warnings) in source order.
 pub(crate) fn check(file: &ast::File, source: &str) -> (Option<Policy>, Vec<Diagnostic>) {
     let mut cx = Checker {
-        source,
+        lines: LineIndex::new(source),
         diagnostics: Vec::new(),
         class_index: HashMap::new(),
         classes: Vec::new(),
@@ -211,7 +211,7 @@ pub(crate) fn check(file: &ast::File, source: &str) -> (Option<Policy>, Vec<Diag
         match &block.head {
             BlockHead::Default => {
                 if let Some((_, first)) = &default {
-                    let first_line = line_of(source, first.start);
+                    let first_line = cx.lines.line(first.start);
                     cx.diagnostics.push(
                         Diagnostic::error(block.keyword, "a second `default` block").with_help(
                             format!("merge it into the `default` block on line {first_line}"),
@@ -226,7 +226,7 @@ pub(crate) fn check(file: &ast::File, source: &str) -> (Option<Policy>, Vec<Diag
                 apps.push((
                     AppRules {
                         pattern: pattern.value.clone(),
-                        line: line_of(source, block.keyword.start),
+                        line: cx.lines.line(block.keyword.start),
                         rules,
                     },
                     pattern.span,
@@ -248,20 +248,20 @@ pub(crate) fn check(file: &ast::File, source: &str) -> (Option<Policy>, Vec<Diag
     (policy, diagnostics)
 }
 
-struct Checker<'a> {
-    source: &'a str,
+struct Checker {
+    lines: LineIndex,
     diagnostics: Vec<Diagnostic>,
     class_index: HashMap<String, (usize, Span)>,
     classes: Vec<Class>,
 }
 
-impl Checker<'_> {
+impl Checker {
     fn declare_classes(&mut self, file: &ast::File) {
         for item in &file.items {
             let Item::Link(decl) = item else { continue };
             let name = &decl.name.name;
             if let Some((_, first)) = self.class_index.get(name) {
-                let first_line = line_of(self.source, first.start);
+                let first_line = self.lines.line(first.start);
                 self.diagnostics.push(
                     Diagnostic::error(
                         decl.name.span,
@@ -354,7 +354,7 @@ impl Checker<'_> {
             self.classes.push(Class {
                 name: name.clone(),
                 selectors,
-                line: line_of(self.source, decl.span.start),
+                line: self.lines.line(decl.span.start),
             });
         }
     }
@@ -389,7 +389,7 @@ impl Checker<'_> {
         let mut first_multipath: Option<usize> = None;
         let mut first_hold: Option<usize> = None;
         for st in &block.statements {
-            let line = line_of(self.source, st.span.start);
+            let line = self.lines.line(st.span.start);
             let guard = st.guard.as_ref().and_then(|g| {
                 self.cond(&g.cond).map(|cond| Guard {
                     unless: g.unless,

@@ -174,9 +174,29 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     }
 }
 
-/// The 1-based line number of byte `offset` in `source`.
-pub fn line_of(source: &str, offset: usize) -> usize {
-    line_col(source, offset).0
+/// Where every line of a source starts, to find line numbers in O(log n) (the checker and
+/// the formatter ask for one per construct).
+#[derive(Debug, Clone)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// Indexes `source`.
+    pub fn new(source: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// The 1-based line number of byte `offset`.
+    pub fn line(&self, offset: usize) -> usize {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
 }
 
 fn clamp_to_char(source: &str, offset: usize) -> usize {
@@ -223,6 +243,19 @@ mod tests {
         let out = d.render("f", src);
         let caret_line = out.lines().nth(3).unwrap();
         assert_eq!(caret_line.find('^'), Some(4 + 10));
+    }
+
+    #[test]
+    fn line_index_agrees_with_line_col() {
+        let src = "a\n\nbc\nd";
+        let index = LineIndex::new(src);
+        for offset in 0..=src.len() {
+            assert_eq!(
+                index.line(offset),
+                line_col(src, offset).0,
+                "offset {offset}"
+            );
+        }
     }
 
     #[test]

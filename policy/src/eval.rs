@@ -89,19 +89,19 @@ impl Policy {
             .flat_map(|a| &a.rules.statements)
             .chain(self.default.iter().flat_map(|d| &d.statements))
             .collect();
-        let applicable: Vec<(&Stmt, Option<String>)> = list
+        // Why a condition holds is worked out only when an explanation needs it: formatting
+        // every condition on every decision would cost more than deciding.
+        let applicable: Vec<&Stmt> = list
             .into_iter()
-            .filter_map(|st| match &st.guard {
-                None => Some((st, None)),
-                Some(g) => {
-                    let (value, why) = ctx.eval(&g.cond);
-                    (value != g.unless).then_some((st, Some(why)))
-                }
+            .filter(|st| {
+                st.guard
+                    .as_ref()
+                    .is_none_or(|g| ctx.holds(&g.cond) != g.unless)
             })
             .collect();
 
         // Step 3: filters.
-        for (st, why) in &applicable {
+        for &st in &applicable {
             let before = cands.len();
             let mut removed: Vec<&str> = Vec::new();
             let mut note = None;
@@ -133,7 +133,7 @@ impl Policy {
                 _ => continue,
             }
             if cands.len() != before {
-                let mut parts: Vec<String> = why.iter().cloned().collect();
+                let mut parts: Vec<String> = ctx.why_applies(st).into_iter().collect();
                 parts.extend(note);
                 parts.push(format!("removes {}", removed.join(", ")));
                 explain.push(entry(st, &parts));
@@ -143,7 +143,7 @@ impl Policy {
         // Step 5: order constraints between classes, in list order, cycles dropped.
         let n = self.classes.len();
         let mut order = Reach::new(n);
-        for (st, why) in &applicable {
+        for &st in &applicable {
             let pairs: Vec<(usize, usize)> = match &st.kind {
                 StmtKind::Prefer(list) => list.windows(2).map(|w| (w[0], w[1])).collect(),
                 StmtKind::Start { on, threshold, .. } if below(flow, threshold) => {
@@ -162,7 +162,7 @@ impl Policy {
                 }
             }
             if changed {
-                let mut parts: Vec<String> = why.iter().cloned().collect();
+                let mut parts: Vec<String> = ctx.why_applies(st).into_iter().collect();
                 if let StmtKind::Start { threshold, .. } = &st.kind {
                     parts.push(flow_note(flow, threshold));
                 }
@@ -173,7 +173,7 @@ impl Policy {
 
         // Step 5, end: applicable `avoid` classes go last, keeping their relative order.
         let mut avoided: Vec<usize> = Vec::new();
-        for (st, why) in &applicable {
+        for &st in &applicable {
             let StmtKind::Avoid(class) = st.kind else {
                 continue;
             };
@@ -186,7 +186,7 @@ impl Policy {
                 .position(|c| c.class == class)
                 .is_some_and(|i| ordered[i..].iter().any(|c| !avoided.contains(&c.class)));
             if moves {
-                let mut parts: Vec<String> = why.iter().cloned().collect();
+                let mut parts: Vec<String> = ctx.why_applies(st).into_iter().collect();
                 let names: Vec<&str> = ordered
                     .iter()
                     .filter(|c| c.class == class)
@@ -205,7 +205,7 @@ impl Policy {
         }
 
         // Step 6: hold.
-        if let Some((st, hold_ms)) = applicable.iter().find_map(|(st, _)| match st.kind {
+        if let Some((st, hold_ms)) = applicable.iter().find_map(|st| match st.kind {
             StmtKind::Hold { ms } => Some((*st, ms)),
             _ => None,
         }) {
@@ -231,7 +231,7 @@ impl Policy {
         }
 
         // Step 7: roles.
-        let mode_stmt = applicable.iter().find_map(|(st, _)| match st.kind {
+        let mode_stmt = applicable.iter().find_map(|st| match st.kind {
             StmtKind::Multipath(m) => Some((*st, m)),
             _ => None,
         });
@@ -410,11 +410,14 @@ impl Reach {
         }
         let n = self.rows.len() / self.words;
         // Everything that reaches `a` (and `a` itself) now reaches `b` and all `b` reaches.
-        let mut add_row = self.rows[b * self.words..(b + 1) * self.words].to_vec();
-        add_row[b / 64] |= 1 << (b % 64);
-        for x in 0..n {
-            if x == a || self.before(x, a) {
-                for (w, bits) in add_row.iter().enumerate() {
+        // Row `b` is not among those updated (`b` does not reach `a`), so it is read in place.
+        for w in 0..self.words {
+            let mut bits = self.rows[b * self.words + w];
+            if w == b / 64 {
+                bits |= 1 << (b % 64);
+            }
+            for x in 0..n {
+                if x == a || self.before(x, a) {
                     self.rows[x * self.words + w] |= bits;
                 }
             }
@@ -424,6 +427,49 @@ impl Reach {
 }
 
 impl Ctx<'_> {
+    /// Whether a condition holds (the fast path: no text).
+    fn holds(&self, cond: &Cond) -> bool {
+        match cond {
+            Cond::Or(v) => v.iter().any(|c| self.holds(c)),
+            Cond::And(v) => v.iter().all(|c| self.holds(c)),
+            Cond::Not(c) => !self.holds(c),
+            Cond::State { class, attr } => {
+                let best = self.best[*class];
+                match attr {
+                    StateAttr::Down => best.is_none(),
+                    StateAttr::Up => best.is_some(),
+                    StateAttr::Validated => best.is_some_and(|i| i.state == LinkState::Validated),
+                    StateAttr::Degraded => best.is_some_and(|i| i.state == LinkState::Degraded),
+                    StateAttr::Metered => best.is_some_and(|i| i.metered == Some(true)),
+                }
+            }
+            Cond::Figure {
+                class,
+                figure: f,
+                op,
+                value,
+                ..
+            } => self.best[*class]
+                .and_then(|best| measured(best, *f))
+                .is_some_and(|m| op.holds(m, *value)),
+            Cond::Flow {
+                measure, op, value, ..
+            } => op.holds(self.flow_figure(*measure), *value),
+        }
+    }
+
+    fn flow_figure(&self, measure: FlowMeasure) -> f64 {
+        match measure {
+            FlowMeasure::Bytes => self.flow.bytes as f64,
+            FlowMeasure::Age => self.flow.age_ms as f64,
+        }
+    }
+
+    /// Why an applicable statement applies, for its explanation (None: it has no condition).
+    fn why_applies(&self, st: &Stmt) -> Option<String> {
+        st.guard.as_ref().map(|g| self.eval(&g.cond).1)
+    }
+
     /// Evaluates a condition and says why it came out as it did: for a true `or`, its first
     /// true operand; for a false `and`, its first false one; otherwise every operand.
     fn eval(&self, cond: &Cond) -> (bool, String) {
@@ -475,12 +521,12 @@ impl Ctx<'_> {
                 let Some(best) = self.best[*class] else {
                     return (false, format!("{name} down"));
                 };
-                let (measured, unit) = match f {
-                    Figure::Rtt => (best.rtt_ms, "ms"),
-                    Figure::Loss => (best.loss_pct, "%"),
-                    Figure::Signal => (best.signal_dbm, "dBm"),
+                let unit = match f {
+                    Figure::Rtt => "ms",
+                    Figure::Loss => "%",
+                    Figure::Signal => "dBm",
                 };
-                match measured.filter(|v| !v.is_nan()) {
+                match measured(best, *f) {
                     None => (false, format!("{name}.{} unknown", f.as_str())),
                     Some(m) => {
                         let holds = op.holds(m, *value);
@@ -519,6 +565,16 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// A figure of an interface; NaN counts as unknown.
+fn measured(itf: &Interface, f: Figure) -> Option<f64> {
+    let v = match f {
+        Figure::Rtt => itf.rtt_ms,
+        Figure::Loss => itf.loss_pct,
+        Figure::Signal => itf.signal_dbm,
+    };
+    v.filter(|x| !x.is_nan())
 }
 
 fn join_why(results: Vec<(bool, String)>) -> String {

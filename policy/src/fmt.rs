@@ -6,7 +6,7 @@
 //! any, and a blank line around every block. Formatting a formatted file changes nothing.
 
 use crate::ast::{Block, BlockHead, File, Item, LinkDecl, Selector, Statement};
-use crate::diag::line_of;
+use crate::diag::LineIndex;
 use crate::lexer::Comment;
 use crate::parser::parse;
 use crate::{PolicyError, check};
@@ -23,6 +23,7 @@ pub fn format(source: &str) -> Result<String, PolicyError> {
     let parsed = parse(source);
     let mut f = Formatter {
         source,
+        lines: LineIndex::new(source),
         comments: &parsed.comments,
         next_comment: 0,
         out: Vec::new(),
@@ -42,6 +43,7 @@ struct Line {
 
 struct Formatter<'a> {
     source: &'a str,
+    lines: LineIndex,
     comments: &'a [Comment],
     next_comment: usize,
     out: Vec<Line>,
@@ -92,10 +94,10 @@ impl Formatter<'_> {
 
     /// The comments on the lines from `start` to `end`, joined.
     fn trailing_comments(&mut self, end: usize) -> Option<String> {
-        let last_line = line_of(self.source, end.saturating_sub(1));
+        let last_line = self.lines.line(end.saturating_sub(1));
         let mut parts = Vec::new();
         while let Some(c) = self.comments.get(self.next_comment) {
-            if line_of(self.source, c.span.start) > last_line {
+            if self.lines.line(c.span.start) > last_line {
                 break;
             }
             parts.push(c.text.clone());
@@ -173,9 +175,10 @@ impl Formatter<'_> {
             .map_or(block.keyword.end, |i| block.keyword.start + i + 1);
         self.last_end = header_end;
         // Statements on the header's own line: its comments belong to the last of them.
-        let same_line = block.statements.first().is_some_and(|s| {
-            line_of(self.source, s.span.start) == line_of(self.source, header_end)
-        });
+        let same_line = block
+            .statements
+            .first()
+            .is_some_and(|s| self.lines.line(s.span.start) == self.lines.line(header_end));
         let trailing = if same_line {
             None
         } else {
@@ -198,7 +201,7 @@ impl Formatter<'_> {
             }
             // A comment after `a; b` belongs to `b`, the last statement on its line.
             let shares_line = block.statements.get(i + 1).is_some_and(|next| {
-                line_of(self.source, next.span.start) == line_of(self.source, st.span.end)
+                self.lines.line(next.span.start) == self.lines.line(st.span.end)
             });
             self.statement(st, inner, !shares_line);
         }

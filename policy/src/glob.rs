@@ -7,9 +7,7 @@ pub fn matches(pattern: &str, text: &str) -> bool {
     if !pattern.contains(['*', '?']) {
         return pattern == text;
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    run(&p, &t, |pc, tc| pc == '?' || pc == tc)
+    run(pattern, text, |pc, tc| pc == '?' || pc == tc)
 }
 
 /// True when every text `specific` matches is matched by `general` too, so a block with
@@ -19,9 +17,7 @@ pub fn matches(pattern: &str, text: &str) -> bool {
 /// `specific` must be met by a `*` in `general`, a `?` by `?` or `*`), so a warning built on
 /// it is never wrong, though a rare shadowing may go unreported.
 pub fn covers(general: &str, specific: &str) -> bool {
-    let g: Vec<char> = general.chars().collect();
-    let s: Vec<char> = specific.chars().collect();
-    run(&g, &s, |gc, sc| match (gc, sc) {
+    run(general, specific, |gc, sc| match (gc, sc) {
         (_, '*') => false,
         ('?', _) => true,
         (a, b) => a == b,
@@ -29,26 +25,29 @@ pub fn covers(general: &str, specific: &str) -> bool {
 }
 
 /// The classic one-star-backtrack matcher with a pluggable one-symbol test; a `*` in the
-/// pattern consumes any run of text symbols.
-fn run(p: &[char], t: &[char], one: impl Fn(char, char) -> bool) -> bool {
+/// pattern consumes any run of text symbols. Works on the strings in place (no allocation:
+/// it runs for every app block on every decision).
+fn run(p: &str, t: &str, one: impl Fn(char, char) -> bool) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
+    while let Some(tc) = t[ti..].chars().next() {
+        let pc = p[pi..].chars().next();
+        if pc == Some('*') {
             star = Some((pi, ti));
             pi += 1;
-        } else if pi < p.len() && one(p[pi], t[ti]) {
-            pi += 1;
-            ti += 1;
+        } else if let Some(pc) = pc.filter(|&pc| one(pc, tc)) {
+            pi += pc.len_utf8();
+            ti += tc.len_utf8();
         } else if let Some((sp, st)) = star {
+            let next = st + t[st..].chars().next().map_or(1, char::len_utf8);
             pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
+            ti = next;
+            star = Some((sp, next));
         } else {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].chars().all(|c| c == '*')
 }
 
 #[cfg(test)]
