@@ -151,6 +151,22 @@ pub(crate) enum StateAttr {
     Metered,
 }
 
+impl Cond {
+    /// Pushes every flow age this condition compares against, in milliseconds.
+    pub(crate) fn flow_ages(&self, out: &mut Vec<f64>) {
+        match self {
+            Cond::Or(v) | Cond::And(v) => v.iter().for_each(|c| c.flow_ages(out)),
+            Cond::Not(c) => c.flow_ages(out),
+            Cond::Flow {
+                measure: FlowMeasure::Age,
+                value,
+                ..
+            } => out.push(*value),
+            _ => {}
+        }
+    }
+}
+
 impl StateAttr {
     pub fn as_str(self) -> &'static str {
         match self {

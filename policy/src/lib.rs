@@ -147,6 +147,60 @@ impl Policy {
         Policy::parse(DEFAULT_POLICY).expect("the built-in default policy is valid")
     }
 
+    /// Every `hold` duration the policy may apply, ascending, without repeats. A decision can
+    /// change when a link's `up_for_ms` crosses one of them, with no other event: an agent
+    /// re-evaluates at those moments.
+    pub fn hold_durations(&self) -> Vec<std::time::Duration> {
+        self.time_thresholds(|k| match k {
+            check::StmtKind::Hold { ms } => vec![*ms],
+            _ => vec![],
+        })
+    }
+
+    /// Every flow age at which a decision may change (`start ... after 30s`, conditions on
+    /// `flow.age`), ascending, without repeats.
+    pub fn flow_age_thresholds(&self) -> Vec<std::time::Duration> {
+        let mut v = self.time_thresholds(|k| match k {
+            check::StmtKind::Start { threshold, .. }
+                if threshold.measure == check::FlowMeasure::Age =>
+            {
+                vec![threshold.value]
+            }
+            _ => vec![],
+        });
+        let mut ages = Vec::new();
+        for st in self.statements() {
+            if let Some(g) = &st.guard {
+                g.cond.flow_ages(&mut ages);
+            }
+        }
+        v.extend(ages.into_iter().map(duration_ms));
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn statements(&self) -> impl Iterator<Item = &check::Stmt> {
+        self.default
+            .iter()
+            .chain(self.apps.iter().map(|a| &a.rules))
+            .flat_map(|r| &r.statements)
+    }
+
+    fn time_thresholds(
+        &self,
+        of: impl Fn(&check::StmtKind) -> Vec<f64>,
+    ) -> Vec<std::time::Duration> {
+        let mut v: Vec<std::time::Duration> = self
+            .statements()
+            .flat_map(|st| of(&st.kind))
+            .map(duration_ms)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The link class names, in declaration order.
     pub fn link_classes(&self) -> impl Iterator<Item = &str> {
         self.classes.iter().map(|c| c.name.as_str())
@@ -182,6 +236,10 @@ impl Policy {
             plural(self.apps.len(), "app block", "app blocks")
         )
     }
+}
+
+fn duration_ms(ms: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 1e12))
 }
 
 impl FromStr for Policy {

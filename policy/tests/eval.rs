@@ -610,3 +610,24 @@ fn the_built_in_default_policy() {
         ["tun0", "wlan0", "rmnet0", "bnep0"]
     );
 }
+
+#[test]
+fn time_thresholds_for_agents() {
+    use std::time::Duration;
+    let p = policy(
+        "default { hold 10s }\napp \"a\" { hold 1500ms\n start on cell then add wifi after 30s }\napp \"b\" { hold 10s\n never bt if flow.age > 2m or not flow.age < 5s }\n",
+    );
+    assert_eq!(
+        p.hold_durations(),
+        [Duration::from_millis(1500), Duration::from_secs(10)]
+    );
+    assert_eq!(
+        p.flow_age_thresholds(),
+        [
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            Duration::from_secs(120)
+        ]
+    );
+    assert!(policy("").hold_durations().is_empty());
+}
