@@ -70,7 +70,9 @@ pub struct Outcome {
     pub scenario: Scenario,
     /// The system's `system` name.
     pub system: &'static str,
-    /// Longest pause in delivery around the failure; the timeout when the session died.
+    /// Longest pause in delivery around the failure; the timeout when the session died. The
+    /// larger of the longest pause between deliveries and the longest time a message was held
+    /// up beyond the usual delay (see [`Delivery::longest_hold_after`]).
     pub gap: Duration,
     /// Messages the application produced.
     pub sent: u64,
@@ -176,6 +178,7 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
         None
     };
     let pacer = Pacer::start(cfg.interval, seq_tx)?;
+    let paced_from = pacer.started;
 
     // The failure comes once the session demonstrably carries traffic.
     let warm = (cfg.warmup.as_nanos() / cfg.interval.as_nanos().max(1)) as u64;
@@ -216,9 +219,15 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
     }
     let gap = match session_error {
         Some(_) => cfg.timeout,
-        None => delivery
-            .longest_pause_after(failed_at)
-            .unwrap_or(Duration::ZERO),
+        None => {
+            let pause = delivery
+                .longest_pause_after(failed_at)
+                .unwrap_or(Duration::ZERO);
+            let hold = delivery
+                .longest_hold_after(failed_at, paced_from, cfg.interval)
+                .unwrap_or(Duration::ZERO);
+            pause.max(hold)
+        }
     };
     tracing::info!(
         system = system.name(),
@@ -272,6 +281,8 @@ fn measure(
 /// resolution; messages are due every 100 µs). When the consumer is slow, due numbers are handed
 /// over together: the application "wrote" them on time.
 struct Pacer {
+    /// Message `n` is due at `started + n * interval`.
+    started: Instant,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
 }
@@ -286,10 +297,11 @@ impl Pacer {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
+        let started = Instant::now();
         let thread = std::thread::Builder::new()
             .name("pacer".into())
             .spawn(move || {
-                let start = Instant::now();
+                let start = started;
                 let step = interval.as_nanos().max(1);
                 let mut next = 0u64;
                 while !st.load(Ordering::Relaxed) && start.elapsed() < PACER_LIMIT {
@@ -306,6 +318,7 @@ impl Pacer {
                 next
             })?;
         Ok(Pacer {
+            started,
             stop,
             thread: Some(thread),
         })

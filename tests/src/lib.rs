@@ -16,6 +16,7 @@
 //! - [`timeline`]: per-interface counters around a failure and their SVG picture.
 //! - [`tls`]: the test CA for QUIC.
 //! - [`privilege`]: the root check every namespace test and binary starts with.
+//! - [`serial`]: a lock that keeps timing-sensitive tests from running at once.
 #![warn(missing_docs)]
 
 pub mod bench;
@@ -27,6 +28,7 @@ pub mod netns;
 pub mod privilege;
 pub mod probe;
 pub mod scenario;
+pub mod serial;
 pub mod system;
 pub mod timeline;
 pub mod tls;

@@ -117,17 +117,29 @@ fn ms_since(origin: Instant, t: Instant) -> f64 {
 }
 
 impl Panel {
-    /// Mbit/s received on each interface per sampling step, as (ms since failure, rate).
+    /// Mbit/s received on each interface, over steps of at least [`BIN`], as (ms since the
+    /// failure, rate).
     fn link_series(&self) -> Vec<Vec<(f64, f64)>> {
+        let mut steps: Vec<(&LinkSample, &LinkSample)> = Vec::new();
+        let mut last: Option<&LinkSample> = None;
+        for s in &self.samples {
+            match last {
+                None => last = Some(s),
+                Some(l) if s.at - l.at >= BIN => {
+                    steps.push((l, s));
+                    last = Some(s);
+                }
+                Some(_) => {}
+            }
+        }
         (0..self.links.len())
             .map(|i| {
-                self.samples
-                    .windows(2)
-                    .filter_map(|w| {
-                        let dt = (w[1].at - w[0].at).as_secs_f64();
-                        let db = w[1].rx_bytes.get(i)?.saturating_sub(*w[0].rx_bytes.get(i)?);
-                        (dt > 0.0)
-                            .then(|| (ms_since(self.origin, w[1].at), db as f64 * 8.0 / dt / 1e6))
+                steps
+                    .iter()
+                    .filter_map(|(a, b)| {
+                        let dt = (b.at - a.at).as_secs_f64();
+                        let db = b.rx_bytes.get(i)?.saturating_sub(*a.rx_bytes.get(i)?);
+                        Some((ms_since(self.origin, b.at), db as f64 * 8.0 / dt / 1e6))
                     })
                     .collect()
             })
@@ -176,14 +188,24 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
     for (panel, area) in panels.iter().zip(areas.iter()) {
         let links = panel.link_series();
         let delivery = panel.delivery_series(from_ms, to_ms);
-        let ymax = links
+        // A backlog flushing after a stall spikes far above the steady rate; the scale follows
+        // the steady rate and spikes are clipped, so the pause stays visible.
+        let mut before: Vec<f64> = delivery
             .iter()
-            .flatten()
-            .filter(|(x, _)| *x >= from_ms && *x <= to_ms)
+            .filter(|(x, _)| *x < 0.0)
             .map(|(_, y)| *y)
-            .chain(delivery.iter().map(|(_, y)| *y))
-            .fold(1.0f64, f64::max)
-            * 1.15;
+            .collect();
+        before.sort_by(f64::total_cmp);
+        let steady = before.get(before.len() / 2).copied().unwrap_or(1.0);
+        let ymax = (steady * 4.0).max(1.0);
+        let clip = |v: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
+            v.into_iter()
+                .filter(|(x, _)| *x >= from_ms && *x <= to_ms)
+                .map(|(x, y)| (x, y.min(ymax)))
+                .collect()
+        };
+        let links: Vec<_> = links.into_iter().map(clip).collect();
+        let delivery = clip(delivery);
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 16))
             .margin(10)
@@ -194,7 +216,7 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
         chart
             .configure_mesh()
             .x_desc("ms since the failure")
-            .y_desc("Mbit/s")
+            .y_desc("Mbit/s (bursts clipped)")
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         for (i, series) in links.iter().enumerate() {

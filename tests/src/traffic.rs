@@ -60,6 +60,8 @@ pub struct Delivery {
     pub digest: u64,
     /// Arrival time of every delivered message, in order.
     pub arrivals: Vec<Instant>,
+    /// Sequence number of each entry of `arrivals`.
+    pub arrival_seqs: Vec<u64>,
     /// The peer address the server saw, each time it changed: the path actually used.
     pub peers: Vec<(Instant, SocketAddr)>,
 }
@@ -83,18 +85,35 @@ impl Delivery {
         Some(pauses.fold(lead, Duration::max))
     }
 
-    /// Delivery times as offsets in seconds from `origin` (negative before it).
-    pub fn offsets_from(&self, origin: Instant) -> Vec<f64> {
-        self.arrivals
-            .iter()
-            .map(|t| {
-                if *t >= origin {
-                    (*t - origin).as_secs_f64()
-                } else {
-                    -(origin - *t).as_secs_f64()
-                }
-            })
-            .collect()
+    /// The longest time the receiver was held up around `from`: the largest extra delay of a
+    /// message delivered at or after `from`, over the median delay before it. Message `seq` was
+    /// due at `paced_from + seq * interval`, so with a steady sender this is how long the stream
+    /// stood still at that point, even when a stray packet got through in the middle of a stall
+    /// (which splits the plain inter-arrival pause in two).
+    pub fn longest_hold_after(
+        &self,
+        from: Instant,
+        paced_from: Instant,
+        interval: Duration,
+    ) -> Option<Duration> {
+        let delay = |i: usize| {
+            let due =
+                paced_from + interval * u32::try_from(self.arrival_seqs[i]).unwrap_or(u32::MAX);
+            self.arrivals[i].saturating_duration_since(due)
+        };
+        let first = self.arrivals.partition_point(|t| *t < from);
+        if first >= self.arrivals.len() {
+            return None;
+        }
+        let mut before: Vec<Duration> = (0..first).map(delay).collect();
+        before.sort();
+        let normal = before
+            .get(before.len() / 2)
+            .copied()
+            .unwrap_or(Duration::ZERO);
+        (first..self.arrivals.len())
+            .map(|i| delay(i).saturating_sub(normal))
+            .max()
     }
 }
 
@@ -190,6 +209,7 @@ impl Recorder {
                 d.delivered += 1;
                 d.digest = fnv(d.digest, msg);
                 d.arrivals.push(now);
+                d.arrival_seqs.push(seq);
             }
             std::cmp::Ordering::Greater => {
                 // A reliable stream skipped messages: count the hole, resynchronise on this one.
@@ -197,6 +217,7 @@ impl Recorder {
                 d.delivered = seq + 1;
                 d.digest = fnv(d.digest, msg);
                 d.arrivals.push(now);
+                d.arrival_seqs.push(seq);
             }
         }
     }
@@ -288,5 +309,34 @@ mod tests {
         assert_eq!(d.longest_pause_after(t0 + ms(10)), Some(ms(48)));
         assert_eq!(d.longest_pause_after(t0 + ms(55)), Some(ms(9)));
         assert_eq!(d.longest_pause_after(t0 + ms(61)), None);
+    }
+
+    #[test]
+    fn a_stray_delivery_does_not_hide_a_stall() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // One message every ms, 0.5 ms in flight; a stall from 10 ms to 800 ms in which one
+        // message (seq 10) got through at 200 ms; the backlog arrives at 800 ms.
+        let mut arrivals = Vec::new();
+        let mut seqs = Vec::new();
+        for seq in 0..10u64 {
+            arrivals.push(t0 + ms(seq) + Duration::from_micros(500));
+            seqs.push(seq);
+        }
+        arrivals.push(t0 + ms(200));
+        seqs.push(10);
+        for seq in 11..20u64 {
+            arrivals.push(t0 + ms(800));
+            seqs.push(seq);
+        }
+        let d = Delivery {
+            arrivals,
+            arrival_seqs: seqs,
+            ..Delivery::default()
+        };
+        let from = t0 + ms(10);
+        assert_eq!(d.longest_pause_after(from), Some(ms(600)));
+        let hold = d.longest_hold_after(from, t0, ms(1)).unwrap();
+        assert_eq!(hold, ms(789) - Duration::from_micros(500));
     }
 }

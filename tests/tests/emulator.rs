@@ -42,6 +42,7 @@ fn configured_rtt_is_what_a_ping_measures() {
     if !require_netns("configured_rtt_is_what_a_ping_measures") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let (topo, _e4, _e6) = emulated();
     let emu = topo.emulator("wlan0").unwrap();
     for (rtt_ms, v6) in [(20u64, false), (60, true), (120, false)] {
@@ -90,6 +91,7 @@ fn configured_loss_is_what_a_ping_measures() {
     if !require_netns("configured_loss_is_what_a_ping_measures") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let (topo, _e4, _e6) = emulated();
     let emu = topo.emulator("wlan0").unwrap();
     // Loss on both directions: a probe survives with (1-p)^2, so the one-way loss the probe
@@ -128,6 +130,7 @@ fn settings_change_while_traffic_flows() {
     if !require_netns("settings_change_while_traffic_flows") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let (topo, _e4, _e6) = emulated();
     let emu = topo.emulator("wlan0").unwrap();
     let (bind, target) = from_wlan0(&topo, false);

@@ -21,15 +21,15 @@ fn cfg() -> RunConfig {
     }
 }
 
-/// Bytes the server side of link `i` received after the failure.
+/// Bytes the server side of link `i` received from the last sample before the failure on.
 fn bytes_after_failure(o: &Outcome, i: usize) -> u64 {
-    let at = |pred: &dyn Fn(&std::time::Instant) -> bool| {
-        o.samples
-            .iter()
-            .find(|s| pred(&s.at))
-            .map(|s| s.rx_bytes[i])
-    };
-    let start = at(&|t| *t >= o.failed_at).expect("no sample after the failure");
+    let start = o
+        .samples
+        .iter()
+        .rev()
+        .find(|s| s.at <= o.failed_at)
+        .expect("no sample before the failure")
+        .rx_bytes[i];
     let end = o.samples.last().unwrap().rx_bytes[i];
     end - start
 }
@@ -50,6 +50,7 @@ fn quinn_survives_link_down_and_the_server_sees_it_migrate() {
     if !require_netns("quinn_survives_link_down_and_the_server_sees_it_migrate") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let o = run_once(
         baseline(Transport::Quic).unwrap(),
         Scenario::LinkDown,
@@ -85,6 +86,7 @@ fn kernel_mptcp_moves_to_the_backup_subflow_on_link_down() {
     if !require_netns("kernel_mptcp_moves_to_the_backup_subflow_on_link_down") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let o = run_once(
         baseline(Transport::Mptcp).unwrap(),
         Scenario::LinkDown,
@@ -112,6 +114,7 @@ fn tcp_reconnect_resumes_without_losing_a_message() {
     if !require_netns("tcp_reconnect_resumes_without_losing_a_message") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let o = run_once(
         baseline(Transport::TcpResume).unwrap(),
         Scenario::AddrRemove,
@@ -139,6 +142,7 @@ fn quinn_on_the_wildcard_address_dies_in_a_silent_blackhole() {
     if !require_netns("quinn_on_the_wildcard_address_dies_in_a_silent_blackhole") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let cfg = RunConfig {
         after: Duration::from_millis(300),
         timeout: Duration::from_millis(1500),
@@ -165,6 +169,7 @@ fn quic_refuses_a_server_signed_by_another_ca() {
     if !require_netns("quic_refuses_a_server_signed_by_another_ca") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let topo = Topology::builder()
         .link("wlan0", roam_policy::LinkKind::Wifi)
         .build()
@@ -228,6 +233,7 @@ fn bench_binary_writes_the_documented_json() {
     if !require_netns("bench_binary_writes_the_documented_json") {
         return;
     }
+    let _serial = roam_tests::serial::exclusive();
     let dir = std::env::temp_dir().join(format!("roam-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
