@@ -257,35 +257,22 @@ pub fn lex(source: &str) -> Lexed {
             _ => {}
         }
         code_on_line = true;
+        let punct = match c {
+            b'{' => Some(TokKind::LBrace),
+            b'}' => Some(TokKind::RBrace),
+            b'(' => Some(TokKind::LParen),
+            b')' => Some(TokKind::RParen),
+            b',' => Some(TokKind::Comma),
+            b';' => Some(TokKind::Semi),
+            b'.' => Some(TokKind::Dot),
+            _ => None,
+        };
+        if let Some(kind) = punct {
+            out.tokens.push(single(kind));
+            i += 1;
+            continue;
+        }
         match c {
-            b'{' => {
-                out.tokens.push(single(TokKind::LBrace));
-                i += 1;
-            }
-            b'}' => {
-                out.tokens.push(single(TokKind::RBrace));
-                i += 1;
-            }
-            b'(' => {
-                out.tokens.push(single(TokKind::LParen));
-                i += 1;
-            }
-            b')' => {
-                out.tokens.push(single(TokKind::RParen));
-                i += 1;
-            }
-            b',' => {
-                out.tokens.push(single(TokKind::Comma));
-                i += 1;
-            }
-            b';' => {
-                out.tokens.push(single(TokKind::Semi));
-                i += 1;
-            }
-            b'.' => {
-                out.tokens.push(single(TokKind::Dot));
-                i += 1;
-            }
             b'<' | b'>' | b'=' | b'!' => {
                 let next_eq = bytes.get(i + 1) == Some(&b'=');
                 let (kind, len) = match (c, next_eq) {

@@ -36,7 +36,7 @@ mod check;
 pub mod diag;
 mod eval;
 pub mod fmt;
-mod glob;
+pub mod glob;
 pub mod lexer;
 pub mod model;
 pub mod parser;
