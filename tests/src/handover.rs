@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use roam_policy::LinkKind;
 
 use crate::emulator::PathConfig;
+use crate::inject::Flapper;
 use crate::scenario::Scenario;
 use crate::system::{ClientCtx, ServerCtx, System, Task};
 use crate::timeline::{LinkSample, Sampler};
@@ -66,8 +67,8 @@ impl RunConfig {
 /// What one measurement found.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The scenario run.
-    pub scenario: Scenario,
+    /// The scenario run, when it was one of the benchmark's.
+    pub scenario: Option<Scenario>,
     /// The system's `system` name.
     pub system: &'static str,
     /// Longest pause in delivery around the failure; the timeout when the session died. The
@@ -84,6 +85,8 @@ pub struct Outcome {
     pub session_error: Option<String>,
     /// When the failure was injected.
     pub failed_at: Instant,
+    /// Message `n` was due at `paced_from + n * interval`.
+    pub paced_from: Instant,
     /// Everything the receiver recorded.
     pub delivery: Delivery,
     /// Server-side interface counters over the run (when sampled), per link of `links`.
@@ -143,7 +146,24 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
         .prepare(&topo)
         .with_context(|| format!("preparing {}", system.name()))?;
     scenario.before(&topo, FAILED_LINK)?;
+    let mut o = run_with(system, &topo, cfg, |t| scenario.inject(t, FAILED_LINK))?;
+    o.scenario = Some(scenario);
+    Ok(o)
+}
 
+/// What a script does to the topology once traffic flows. It may take its time (the
+/// application keeps sending meanwhile) and may leave a flap running, which is waited for.
+pub type Script<'a> = Box<dyn FnOnce(&Arc<Topology>) -> Result<Option<Flapper>> + 'a>;
+
+/// Runs `system` on a prepared topology: starts server and client, paces messages, runs
+/// `script` once `cfg.warmup` worth of messages arrived (that instant is the failure), keeps
+/// sending for `cfg.after`, and waits up to `cfg.timeout` after the script for the rest.
+pub fn run_with<'a>(
+    system: Arc<dyn System>,
+    topo: &Arc<Topology>,
+    cfg: &RunConfig,
+    script: impl FnOnce(&Arc<Topology>) -> Result<Option<Flapper>> + 'a,
+) -> Result<Outcome> {
     let recorder = Recorder::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -170,7 +190,7 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
     let client = spawn_task(topo.handset(), "bench-client", client_task, stop_rx)?;
     let sampler = if cfg.sample {
         Some(Sampler::start(
-            &topo,
+            topo,
             Duration::from_millis(2),
             cfg.warmup + cfg.timeout + Duration::from_secs(10),
         )?)
@@ -188,7 +208,7 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
             "the session delivered only {warmed} of {warm} warm-up messages"
         ))
     } else {
-        measure(&topo, scenario, cfg, &recorder, pacer)
+        measure(topo, Box::new(script), cfg, &recorder, pacer)
     };
     let _ = stop_tx.send(true);
     let client_result = client
@@ -231,7 +251,6 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
     };
     tracing::info!(
         system = system.name(),
-        %scenario,
         gap_ms = gap.as_secs_f64() * 1000.0,
         sent,
         delivered = delivery.delivered,
@@ -239,7 +258,7 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
         "measured"
     );
     Ok(Outcome {
-        scenario,
+        scenario: None,
         system: system.name(),
         gap,
         sent,
@@ -247,6 +266,7 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
         corrupted,
         session_error,
         failed_at,
+        paced_from,
         delivery,
         samples,
         links: topo.links().iter().map(|l| l.name.clone()).collect(),
@@ -258,22 +278,25 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
 /// flapper's result.
 fn measure(
     topo: &Arc<Topology>,
-    scenario: Scenario,
+    script: Script<'_>,
     cfg: &RunConfig,
     recorder: &Recorder,
     pacer: Pacer,
 ) -> Result<(Instant, u64, Result<()>)> {
     let failed_at = Instant::now();
-    let flapper = scenario.inject(topo, FAILED_LINK)?;
-    let inject_took = failed_at.elapsed();
+    let flapper = script(topo)?;
     // The application goes on writing through the failure: this wait is the measured window.
-    std::thread::sleep(cfg.after.saturating_sub(inject_took));
+    std::thread::sleep(cfg.after.saturating_sub(failed_at.elapsed()));
     let sent = pacer.stop();
     let flap_result = match flapper {
         Some(f) => f.wait().map(|_| ()),
         None => Ok(()),
     };
-    recorder.wait_for(sent, failed_at + cfg.timeout);
+    let script_done = Instant::now();
+    recorder.wait_for(
+        sent,
+        (failed_at + cfg.timeout).max(script_done + cfg.timeout / 2),
+    );
     Ok((failed_at, sent, flap_result))
 }
 

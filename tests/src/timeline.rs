@@ -103,6 +103,8 @@ pub struct Panel {
     pub arrivals: Vec<Instant>,
     /// The failure: time zero of the picture.
     pub origin: Instant,
+    /// Later events worth a line (the link returning), with their legend label.
+    pub marks: Vec<(Instant, String)>,
 }
 
 /// Width of a bin of the throughput lines.
@@ -247,6 +249,17 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
             .map_err(|e| anyhow!("{e}"))?
             .label("failure")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        for (at, label) in &panel.marks {
+            let x = ms_since(panel.origin, *at);
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(x, 0.0), (x, ymax)],
+                    GREEN.stroke_width(2),
+                ))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(label.clone())
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+        }
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))

@@ -85,6 +85,16 @@ impl Delivery {
         Some(pauses.fold(lead, Duration::max))
     }
 
+    /// The deliveries that arrived before `to` (to measure one event of several).
+    pub fn until(&self, to: Instant) -> Delivery {
+        let n = self.arrivals.partition_point(|t| *t < to);
+        Delivery {
+            arrivals: self.arrivals[..n].to_vec(),
+            arrival_seqs: self.arrival_seqs[..n].to_vec(),
+            ..self.clone()
+        }
+    }
+
     /// The longest time the receiver was held up around `from`: the largest extra delay of a
     /// message delivered at or after `from`, over the median delay before it. Message `seq` was
     /// due at `paced_from + seq * interval`, so with a steady sender this is how long the stream

@@ -139,6 +139,7 @@ fn run(args: &Args) -> Result<()> {
                         samples: o.samples.clone(),
                         arrivals: o.delivery.arrivals.clone(),
                         origin: o.failed_at,
+                        marks: Vec::new(),
                     });
                 }
                 outcomes.push(o);
