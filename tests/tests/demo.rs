@@ -18,11 +18,18 @@ fn demo_survives_wifi_down_and_back_with_every_byte_intact() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("WiFi (wlan0) goes down"), "{stdout}");
     assert!(stdout.contains("policy: primary is now rmnet0"), "{stdout}");
     assert!(stdout.contains("policy: primary is now wlan0"), "{stdout}");
-    assert!(stdout.contains("(rmnet0)"), "the server never saw the client on rmnet0:\n{stdout}");
+    assert!(
+        stdout.contains("(rmnet0)"),
+        "the server never saw the client on rmnet0:\n{stdout}"
+    );
     assert!(stdout.contains("every byte intact"), "{stdout}");
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
     std::fs::remove_file(&svg).unwrap();
@@ -35,7 +42,12 @@ fn demo_without_privileges_says_so_in_one_line() {
     }
     // Drop to nobody with no capabilities: the situation of a user who forgot sudo.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(env!("CARGO_BIN_EXE_roam-demo"))
         .output()
         .unwrap();
