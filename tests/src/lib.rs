@@ -11,7 +11,7 @@
 //! - [`probe`]: a UDP ping to check paths and the emulator.
 //! - [`traffic`]: numbered, self-checking messages and the receiver that timestamps them.
 //! - [`system`]: what is measured: the baselines today, roam's sessions later.
-//! - [`scenario`], [`handover`], [`bench`]: the handover benchmark's failures, one measurement,
+//! - [`scenario`], [`handover`], [`mod@bench`]: the handover benchmark's failures, one measurement,
 //!   and the aggregated report (table and JSON).
 //! - [`timeline`]: per-interface counters around a failure and their SVG picture.
 //! - [`tls`]: the test CA for QUIC.
