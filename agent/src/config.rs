@@ -33,11 +33,11 @@ use roam_policy::LinkKind;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::core::{MIN_PROBE_INTERVAL, ProbeConfig};
+use crate::core::{MIN_PROBE_INTERVAL, ProbeConfig, RoutingConfig};
 use crate::monitor::classify::{KindOverride, glob_match};
 
 /// The parsed, checked config.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Socket path from the file, if it gave one.
     pub socket: Option<PathBuf>,
@@ -53,6 +53,24 @@ pub struct Config {
     pub probe_targets: Vec<SocketAddr>,
     /// Per-interface overrides, in file order.
     pub interfaces: Vec<InterfaceOverride>,
+    /// Policy routing; `None` when the config turns it off.
+    pub routing: Option<RoutingConfig>,
+}
+
+impl Default for Config {
+    /// No file: every setting at its default, policy routing on.
+    fn default() -> Self {
+        Config {
+            socket: None,
+            policy: None,
+            admin_group: None,
+            apps: BTreeMap::new(),
+            probe: ProbeConfig::default(),
+            probe_targets: Vec::new(),
+            interfaces: Vec::new(),
+            routing: Some(RoutingConfig::default()),
+        }
+    }
 }
 
 /// A group named in the config.
@@ -151,6 +169,15 @@ struct RawConfig {
     probe: Option<RawProbe>,
     #[serde(default)]
     interface: Vec<RawInterface>,
+    routing: Option<RawRouting>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    enabled: Option<bool>,
+    table_base: Option<Spanned<u32>>,
+    rule_priority: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -290,7 +317,30 @@ impl Config {
             });
         }
 
+        let mut routing = Some(RoutingConfig::default());
+        if let Some(r) = raw.routing {
+            let mut cfg = RoutingConfig::default();
+            if let Some(t) = r.table_base {
+                // 253..=255 are default, main and local; 0 is "unspecified".
+                if *t.get_ref() == 0 || *t.get_ref() > u32::MAX - 1_000_000 {
+                    return Err(err(t.span(), "must be between 1 and 4293967295".into()));
+                }
+                cfg.table_base = *t.get_ref();
+            }
+            if let Some(p) = r.rule_priority {
+                if *p.get_ref() == 0 || *p.get_ref() >= 32766 {
+                    return Err(err(
+                        p.span(),
+                        "must be between 1 and 32765, so the rules come before the main table's (32766)".into(),
+                    ));
+                }
+                cfg.rule_priority = *p.get_ref();
+            }
+            routing = r.enabled.unwrap_or(true).then_some(cfg);
+        }
+
         Ok(Config {
+            routing,
             socket: raw.socket,
             policy: raw.policy,
             admin_group: raw.admin_group.map(|g| match g.into_inner() {
@@ -412,6 +462,13 @@ metered = false
         assert_eq!((m, t.len()), (Some(false), 2));
         assert_eq!(c.link_settings("wlan0").0, None);
         assert_eq!(Config::from_str("empty", "").unwrap(), Config::default());
+        let off = Config::from_str("r", "[routing]\nenabled = false\n").unwrap();
+        assert_eq!(off.routing, None);
+        let r = Config::from_str("r", "[routing]\ntable_base = 5000\n").unwrap();
+        assert_eq!(
+            r.routing.map(|r| (r.table_base, r.rule_priority)),
+            Some((5000, 10000))
+        );
     }
 
     #[test]
@@ -445,6 +502,12 @@ metered = false
             ),
             ("[probe]\nmiss_limit = -1\n", 2, 14, ""),
             ("[probe\n", 1, 7, ""),
+            (
+                "[routing]\nrule_priority = 32766\n",
+                2,
+                17,
+                "before the main table",
+            ),
         ];
         for (src, line, col, msg) in cases {
             let e = Config::from_str("c.toml", src).unwrap_err();
@@ -457,6 +520,15 @@ metered = false
             );
             assert!(r.ends_with(&format!("\n{}^", " ".repeat(col - 1))), "{r}");
         }
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../dist/roamd.example.toml");
+        let c = Config::from_str("roamd.example.toml", text).unwrap();
+        assert_eq!(c.policy.as_deref(), Some(Path::new("/etc/roam/policy.roam")));
+        assert_eq!(c.probe, ProbeConfig::default());
+        assert_eq!(c.routing, Some(RoutingConfig::default()));
     }
 
     #[test]

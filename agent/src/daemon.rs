@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, resolve_group};
-use crate::core::{Action, ClientId, Core, Event, LinkInfo, Policy};
+use crate::core::{Action, ClientId, Core, Event, LinkInfo, Policy, RoutingPlan};
+use crate::enforce::routing::RoutingEnforcer;
 use crate::ipc::proto::{self, Reply, Request, Status};
 use crate::ipc::server::{self, FromClient, Peer};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
@@ -62,6 +63,7 @@ struct Daemon {
     sysfs_root: PathBuf,
     policy_path: Option<PathBuf>,
     dry_run: bool,
+    routing: Option<RoutingEnforcer>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -73,9 +75,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     };
     tracing::info!(policy = %policy.summary(), file = ?opts.policy_path, "policy loaded");
     if opts.dry_run {
-        tracing::info!(
-            "dry run: observing and deciding only (this build has no kernel enforcer, so nothing would be changed in either mode)"
-        );
+        tracing::info!("dry run: observing and deciding only; the kernel is not changed");
     }
 
     let admin_gid = opts.config.admin_group.as_ref().and_then(|g| {
@@ -98,12 +98,36 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         sysfs_root: opts.sysfs_root.clone(),
         policy_path: opts.policy_path.clone(),
         dry_run: opts.dry_run,
+        routing: None,
     };
+    if let Some(cfg) = opts.config.routing {
+        let mut enforcer =
+            RoutingEnforcer::open().context("opening the rtnetlink request socket")?;
+        // A roamd that was killed left its rules and tables: remove them before planning anew.
+        if opts.dry_run {
+            for item in enforcer.stale()? {
+                tracing::info!(%item, "dry run: would remove stale");
+            }
+        } else {
+            let n = enforcer
+                .remove_stale()
+                .context("removing policy routing left by an earlier roamd")?;
+            if n > 0 {
+                tracing::info!(
+                    removed = n,
+                    "removed routes and rules left by an earlier roamd"
+                );
+            }
+        }
+        d.routing = Some(enforcer);
+        d.core.enable_routing(cfg);
+    }
     let initial = monitor
         .dump()
         .await
         .context("dumping links, addresses and routes")?;
     d.on_monitor(initial);
+    d.run_actions();
 
     let listener = server::bind(&opts.socket)
         .with_context(|| format!("listening on {}", opts.socket.display()))?;
@@ -160,6 +184,11 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         d.run_actions();
     };
     acceptor.abort();
+    if let Some(r) = &mut d.routing
+        && !d.dry_run
+    {
+        r.clear();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     tracing::info!("roamd stopped");
     result
@@ -288,6 +317,7 @@ impl Daemon {
                         }
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
+                    Action::Routing(plan) => self.apply_routing(&plan),
                 }
             }
             if failed.is_empty() {
@@ -295,6 +325,19 @@ impl Daemon {
             }
             self.core.handle_all(Instant::now(), failed);
         }
+    }
+
+    fn apply_routing(&mut self, plan: &RoutingPlan) {
+        let Some(r) = &mut self.routing else { return };
+        if self.dry_run {
+            tracing::info!(
+                routes = plan.routes.len(),
+                rules = plan.rules.len(),
+                "dry run: policy routing not applied"
+            );
+            return;
+        }
+        r.apply(plan);
     }
 
     /// Queues a frame for a client; a client whose queue is full is not reading and is dropped.

@@ -5,6 +5,7 @@
 //! - `monitor`: the netlink route socket and interface classification.
 //! - `probe`: the UDP echo prober's sockets and the reflector.
 //! - `ipc`: the Unix socket protocol between roamd and apps (see `agent/PROTOCOL.md`).
+//! - `enforce`: policy routing through rtnetlink.
 //! - `config`: the TOML config file.
 //! - `daemon`: the tokio shell that wires them together.
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod enforce;
 pub mod ipc;
 pub mod monitor;
 pub mod policy_cmd;

@@ -305,3 +305,85 @@ fn watch_prints_updates_and_stops_at_count() {
         "aligned table: {out}"
     );
 }
+
+#[test]
+fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
+    if !can_run("policy_routing_is_applied_and_removed_exactly_also_after_a_crash") {
+        return;
+    }
+    let mut hs = Handset::new("");
+    hs.ip_h(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.1.1",
+        "dev",
+        "wlan0",
+        "metric",
+        "100",
+    ]);
+    hs.ip_h(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.2.1",
+        "dev",
+        "rmnet0",
+        "metric",
+        "200",
+    ]);
+    let before = hs.kernel_routing();
+    let route_get = |hs: &Handset, args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &hs.h, "route", "get", "198.18.200.1"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(
+        route_get(&hs, &["from", "198.18.2.2"]).contains("dev wlan0"),
+        "main table alone"
+    );
+
+    hs.start_roamd(&[]);
+    let during = hs.kernel_routing();
+    assert!(during.contains("from 198.18.2.2 lookup"), "{during}");
+    assert!(during.contains("proto 177"), "{during}");
+    // A socket bound to rmnet0's address leaves through rmnet0; unbound traffic still
+    // follows the main table.
+    assert!(route_get(&hs, &["from", "198.18.2.2"]).contains("dev rmnet0"));
+    assert!(route_get(&hs, &[]).contains("dev wlan0"));
+
+    hs.stop_roamd(libc::SIGTERM);
+    assert_eq!(
+        hs.kernel_routing(),
+        before,
+        "a clean stop leaves the kernel as it was"
+    );
+
+    hs.start_roamd(&[]);
+    hs.stop_roamd(libc::SIGKILL);
+    let crashed = hs.kernel_routing();
+    assert_ne!(crashed, before, "a killed roamd leaves its rules behind");
+
+    hs.start_roamd(&["--dry-run"]);
+    assert_eq!(hs.kernel_routing(), crashed, "--dry-run changes nothing");
+    hs.stop_roamd(libc::SIGTERM);
+    assert_eq!(
+        hs.kernel_routing(),
+        crashed,
+        "--dry-run changes nothing, also on exit"
+    );
+
+    hs.start_roamd(&[]);
+    assert_eq!(
+        hs.kernel_routing(),
+        during,
+        "the restart replaced, not duplicated"
+    );
+    hs.stop_roamd(libc::SIGTERM);
+    assert_eq!(hs.kernel_routing(), before);
+}

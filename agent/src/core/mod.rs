@@ -56,6 +56,65 @@ pub struct Route {
     pub table: u32,
     /// Destination prefix; `None` for a default route.
     pub dst: Option<(IpAddr, u8)>,
+    /// Next hop, for routes through a gateway.
+    pub gateway: Option<IpAddr>,
+}
+
+/// The main routing table's id.
+pub const MAIN_TABLE: u32 = 254;
+
+/// How policy routing is laid out: one table per interface, one source rule per address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// Interface `i` gets table `table_base + i`.
+    pub table_base: u32,
+    /// Priority of the source rules (before the main table's 32766).
+    pub rule_priority: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            table_base: 1000,
+            rule_priority: 10000,
+        }
+    }
+}
+
+/// What policy routing should look like: for each interface with routes in the main table, a
+/// table holding copies of them, and a rule sending traffic from each of its addresses there,
+/// so a socket bound to an interface's address leaves through that interface whatever the
+/// main table prefers (`ip rule add from ADDR lookup TABLE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingPlan {
+    /// Routes to have, each with its table.
+    pub routes: BTreeSet<PlannedRoute>,
+    /// Source rules to have.
+    pub rules: BTreeSet<PlannedRule>,
+}
+
+/// One route of a [`RoutingPlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlannedRoute {
+    /// Table id.
+    pub table: u32,
+    /// Output interface.
+    pub index: u32,
+    /// Destination; `None` for the default route (of the gateway's family).
+    pub dst: Option<(IpAddr, u8)>,
+    /// Next hop.
+    pub gateway: Option<IpAddr>,
+}
+
+/// One rule of a [`RoutingPlan`]: `from addr lookup table`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlannedRule {
+    /// The source address (a host prefix).
+    pub from: IpAddr,
+    /// The table to look up.
+    pub table: u32,
+    /// Rule priority.
+    pub priority: u32,
 }
 
 /// Something that happened, as the shell saw it.
@@ -169,6 +228,8 @@ pub enum Action {
         /// Interface index.
         index: u32,
     },
+    /// Policy routing should now look like this (sent when it changes).
+    Routing(RoutingPlan),
 }
 
 /// How often a link is probed right now.
@@ -217,6 +278,13 @@ impl Link {
     }
 }
 
+/// The address family of a planned route: true for IPv6, `None` when it says neither.
+fn family_of(r: &PlannedRoute) -> Option<bool> {
+    r.dst
+        .map(|(a, _)| a.is_ipv6())
+        .or(r.gateway.map(|g| g.is_ipv6()))
+}
+
 /// Link-local, loopback, multicast and unspecified addresses do not make a link usable.
 fn usable_address(addr: &IpAddr) -> bool {
     match addr {
@@ -263,7 +331,7 @@ pub struct ProbeView {
     pub interface: String,
     /// Current pace.
     pub mode: ProbeMode,
-    /// Default routes through this interface (any table).
+    /// Default routes through this interface in the main table.
     pub default_routes: usize,
     /// Addresses on it, as `ADDR/LEN`.
     pub addresses: Vec<String>,
@@ -279,6 +347,7 @@ pub struct Core {
     next_seq: u64,
     next_recheck: Option<Instant>,
     actions: VecDeque<Action>,
+    routing: Option<(RoutingConfig, RoutingPlan)>,
 }
 
 impl Core {
@@ -292,6 +361,57 @@ impl Core {
             next_seq: 1,
             next_recheck: None,
             actions: VecDeque::new(),
+            routing: None,
+        }
+    }
+
+    /// Turns policy routing on: from now on the core emits [`Action::Routing`] whenever the
+    /// plan changes (at once with the current one).
+    pub fn enable_routing(&mut self, cfg: RoutingConfig) {
+        self.routing = Some((cfg, RoutingPlan::default()));
+        self.plan_routing();
+    }
+
+    fn plan_routing(&mut self) {
+        let Some((cfg, current)) = &self.routing else {
+            return;
+        };
+        let mut plan = RoutingPlan::default();
+        for (&index, link) in &self.links {
+            let table = cfg.table_base.saturating_add(index);
+            let routes: Vec<PlannedRoute> = link
+                .routes
+                .iter()
+                .filter(|r| r.table == MAIN_TABLE)
+                .map(|r| PlannedRoute {
+                    table,
+                    index,
+                    dst: r.dst,
+                    gateway: r.gateway,
+                })
+                .collect();
+            if routes.is_empty() {
+                // An empty table would send the link's addresses on to the main table: no
+                // rule is better than a rule that promises what it cannot keep.
+                continue;
+            }
+            for (a, _) in link.addrs.iter().filter(|(a, _)| usable_address(a)) {
+                // Only if the table can reach anything in the address's family.
+                if routes.iter().any(|r| family_of(r) == Some(a.is_ipv6())) {
+                    plan.rules.insert(PlannedRule {
+                        from: *a,
+                        table,
+                        priority: cfg.rule_priority,
+                    });
+                }
+            }
+            plan.routes.extend(routes);
+        }
+        if &plan != current {
+            self.actions.push_back(Action::Routing(plan.clone()));
+            if let Some((_, cur)) = &mut self.routing {
+                *cur = plan;
+            }
         }
     }
 
@@ -489,7 +609,11 @@ impl Core {
             .map(|l| ProbeView {
                 interface: l.info.name.clone(),
                 mode: l.mode,
-                default_routes: l.routes.iter().filter(|r| r.dst.is_none()).count(),
+                default_routes: l
+                    .routes
+                    .iter()
+                    .filter(|r| r.dst.is_none() && r.table == MAIN_TABLE)
+                    .count(),
                 addresses: l.addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
             })
             .collect()
@@ -547,6 +671,7 @@ impl Core {
         }
         self.pace_probes(now);
         self.next_recheck = self.hold_recheck(now);
+        self.plan_routing();
     }
 
     fn update_states(&mut self, now: Instant) {

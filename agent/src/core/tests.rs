@@ -174,6 +174,7 @@ fn nothing_is_pushed_when_nothing_changed() {
             index: WLAN,
             table: 254,
             dst: None,
+            gateway: Some(IpAddr::from([198, 18, 2, 1])),
         }),
         Event::AddressAdded {
             index: WLAN,
@@ -448,4 +449,89 @@ fn a_stall_report_probes_at_once() {
         1,
         "one probe at the report, not at the next 50 ms turn"
     );
+}
+
+#[test]
+fn policy_routing_mirrors_main_table_routes_with_one_rule_per_address() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), false, t0);
+    let routing = |actions: Vec<Action>| -> Vec<RoutingPlan> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Routing(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    };
+    core.enable_routing(RoutingConfig::default());
+    assert!(
+        routing(drain(&mut core)).is_empty(),
+        "no routes: nothing to plan"
+    );
+
+    let connected = Route {
+        index: WLAN,
+        table: MAIN_TABLE,
+        dst: Some((IpAddr::from([198, 18, 2, 0]), 24)),
+        gateway: None,
+    };
+    let default = Route {
+        index: WLAN,
+        table: MAIN_TABLE,
+        dst: None,
+        gateway: Some(IpAddr::from([198, 18, 2, 1])),
+    };
+    let ours = Route {
+        table: 1000 + WLAN,
+        ..default
+    };
+    core.handle_all(
+        t0,
+        [
+            Event::RouteAdded(connected),
+            Event::RouteAdded(default),
+            // Our own copies come back through the monitor: they must not be copied again.
+            Event::RouteAdded(ours),
+            // A link-local address gets no rule.
+            Event::AddressAdded {
+                index: WLAN,
+                addr: IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, 9]),
+                prefix_len: 64,
+            },
+        ],
+    );
+    let plans = routing(drain(&mut core));
+    assert_eq!(plans.len(), 1);
+    let table = 1000 + WLAN;
+    assert_eq!(
+        plans[0]
+            .rules
+            .iter()
+            .map(|r| (r.from, r.table, r.priority))
+            .collect::<Vec<_>>(),
+        [(IpAddr::from([198, 18, WLAN as u8, 2]), table, 10000)]
+    );
+    let mut routes: Vec<_> = plans[0]
+        .routes
+        .iter()
+        .map(|r| (r.table, r.dst, r.gateway))
+        .collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [(table, None, default.gateway), (table, connected.dst, None)]
+    );
+
+    // Nothing changed: no new plan. A route gone: a new plan without it.
+    core.handle(
+        t0,
+        Event::LinkUpdated(info(WLAN, "wlan0", LinkKind::Wifi, false)),
+    );
+    assert!(routing(drain(&mut core)).is_empty());
+    core.handle_all(
+        t0,
+        [Event::RouteRemoved(default), Event::RouteRemoved(connected)],
+    );
+    assert_eq!(routing(drain(&mut core)), [RoutingPlan::default()]);
 }

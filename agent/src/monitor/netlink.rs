@@ -139,12 +139,15 @@ fn route(m: &RouteMessage, new: bool) -> Option<MonitorEvent> {
     let mut table = u32::from(m.header.table);
     let mut oif = None;
     let mut dst = None;
+    let mut gateway = None;
     for attr in &m.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
             _ => {}
         }
     }
@@ -158,6 +161,7 @@ fn route(m: &RouteMessage, new: bool) -> Option<MonitorEvent> {
             } else {
                 dst.map(|a| (a, len))
             },
+            gateway,
         },
         present: new,
     })
@@ -437,6 +441,10 @@ mod tests {
             ..RouteHeader::default()
         };
         r.attributes.push(RouteAttribute::Oif(4));
+        r.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                [198, 18, 4, 1].into(),
+            )));
         let mut bytes = emit(RouteNetlinkMessage::NewRoute(r.clone()), 9);
         let mut done = NetlinkMessage::<RouteNetlinkMessage>::new(
             NetlinkHeader::default(),
@@ -455,7 +463,8 @@ mod tests {
                 route: crate::core::Route {
                     index: 4,
                     table: 254,
-                    dst: None
+                    dst: None,
+                    gateway: Some(IpAddr::from([198, 18, 4, 1])),
                 },
                 present: true
             }]

@@ -89,6 +89,13 @@ impl Handset {
     /// Builds the namespaces and starts roamd with `config_extra` appended to a config that
     /// gives every link its reflector as probe target.
     pub fn start(config_extra: &str) -> Handset {
+        let mut hs = Handset::new(config_extra);
+        hs.start_roamd(&[]);
+        hs
+    }
+
+    /// Builds the namespaces and the reflector; roamd is not started.
+    pub fn new(config_extra: &str) -> Handset {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}x{n}", std::process::id());
         let (h, s) = (format!("roamt-h{tag}"), format!("roamt-s{tag}"));
@@ -170,24 +177,63 @@ impl Handset {
             &dir.join("reflector.log"),
         );
         hs.reflector = Some(reflector);
+        hs
+    }
+
+    /// Starts roamd with `extra` arguments and waits for its ready line.
+    pub fn start_roamd(&mut self, extra: &[&str]) {
+        assert!(self.roamd.is_none(), "roamd already running");
         let (child, line) = spawn_ready(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                &h,
-                roamd,
-                "--config",
-                cfg_path.to_str().unwrap(),
-                "--policy",
-                policy.to_str().unwrap(),
-                "--socket",
-                socket.to_str().unwrap(),
-            ]),
-            &dir.join("roamd.log"),
+            Command::new("ip")
+                .args(["netns", "exec", &self.h, env!("CARGO_BIN_EXE_roamd")])
+                .arg("--config")
+                .arg(self.dir.join("roamd.toml"))
+                .arg("--policy")
+                .arg(&self.policy)
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(extra),
+            &self.dir.join("roamd.log"),
         );
         assert!(line.contains("(3 interfaces)"), "{line}");
-        hs.roamd = Some(child);
-        hs
+        self.roamd = Some(child);
+    }
+
+    /// Stops roamd with `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and waits for it.
+    pub fn stop_roamd(&mut self, signal: i32) {
+        let Some(mut child) = self.roamd.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on the pid of a child this fixture started and has not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        if signal == libc::SIGTERM {
+            assert!(
+                status.success(),
+                "roamd exited with {status}\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// The handset's rules and routes, less the kernel-managed local table (whose link-local
+    /// entries come and go with IPv6 address configuration, not with roamd).
+    pub fn kernel_routing(&self) -> String {
+        let out = |args: &[&str]| {
+            let o = Command::new("ip")
+                .args(["-n", &self.h])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success());
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let routes: String = out(&["route", "show", "table", "all"])
+            .lines()
+            .filter(|l| !l.contains("table local"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!("{}{routes}", out(&["rule", "show"]))
     }
 
     /// roamd's pid (`ip netns exec` execs it, so the child is roamd itself).

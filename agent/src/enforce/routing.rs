@@ -1,0 +1,354 @@
+//! Policy routing through rtnetlink: a table per interface and a source rule per address, as
+//! the core plans them (`crate::core::RoutingPlan`). Never runs `ip`.
+//!
+//! Everything added carries the routing protocol [`RTPROT_ROAM`] (routes: `rtm_protocol`,
+//! rules: `FRA_PROTOCOL`), so cleanup removes exactly what roamd added, also after a crash:
+//! `ip route show table all proto 177` and `ip rule show protocol 177` list it.
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::core::{PlannedRoute, PlannedRule, RoutingPlan};
+
+/// The routing protocol number roamd marks its routes and rules with. Unassigned in
+/// `/etc/iproute2/rt_protos`; written `proto 177` by `ip`.
+pub const RTPROT_ROAM: u8 = 177;
+
+/// A blocking rtnetlink socket for requests. rtnetlink handles a request synchronously in
+/// `sendmsg`, so the acknowledgement is already queued when `recv` is called: blocking here
+/// costs no waiting (a 1 s receive timeout guards against the unexpected).
+#[derive(Debug)]
+struct Rtnl {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Rtnl {
+    fn open() -> io::Result<Rtnl> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid fd we own, a timeval that lives across the call, and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Rtnl {
+            socket,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut m = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+        m.header.flags = flags;
+        m.header.sequence_number = self.seq;
+        m.finalize();
+        let mut bytes = vec![0; m.buffer_len()];
+        m.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
+        Ok(self.seq)
+    }
+
+    /// Sends a request and waits for its acknowledgement.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        let seq = self.send(msg, flags | NLM_F_REQUEST | NLM_F_ACK)?;
+        loop {
+            for m in self.recv()? {
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                if let NetlinkPayload::Error(e) = m.payload {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(_) => Err(e.to_io()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Dumps and returns every message of the dump.
+    fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        loop {
+            for m in self.recv()? {
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(i) => out.push(i),
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn recv(&mut self) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let n = {
+            let mut slice = &mut self.buf[..];
+            self.socket.recv(&mut slice, 0)?
+        };
+        let mut bytes = &self.buf[..n.min(self.buf.len())];
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) else {
+                break;
+            };
+            let len = m.header.length as usize;
+            out.push(m);
+            if len == 0 || len > bytes.len() {
+                break;
+            }
+            bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
+        }
+        Ok(out)
+    }
+}
+
+fn family(a: IpAddr) -> AddressFamily {
+    if a.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    }
+}
+
+fn route_message(r: &PlannedRoute) -> Option<RouteMessage> {
+    let v6 = r
+        .dst
+        .map(|(a, _)| a.is_ipv6())
+        .or(r.gateway.map(|g| g.is_ipv6()))?;
+    let mut m = RouteMessage::default();
+    m.header.address_family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    m.header.protocol = RouteProtocol::Other(RTPROT_ROAM);
+    m.header.kind = RouteType::Unicast;
+    m.header.scope = if r.gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    m.attributes.push(RouteAttribute::Table(r.table));
+    m.attributes.push(RouteAttribute::Oif(r.index));
+    if let Some((dst, len)) = r.dst {
+        m.header.destination_prefix_length = len;
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+    }
+    if let Some(gw) = r.gateway {
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    Some(m)
+}
+
+fn rule_message(r: &PlannedRule) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = family(r.from);
+    m.header.src_len = if r.from.is_ipv6() { 128 } else { 32 };
+    m.header.action = RuleAction::ToTable;
+    m.attributes.push(RuleAttribute::Source(r.from));
+    m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::Other(RTPROT_ROAM)));
+    m
+}
+
+/// What a person reads for a route: the `ip route` words.
+fn describe_route(r: &PlannedRoute) -> String {
+    let dst = r
+        .dst
+        .map_or_else(|| "default".to_owned(), |(a, l)| format!("{a}/{l}"));
+    let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+    format!("{dst}{via} dev #{} table {}", r.index, r.table)
+}
+
+/// Keeps policy routing as planned and remembers what it added.
+#[derive(Debug)]
+pub struct RoutingEnforcer {
+    rtnl: Rtnl,
+    routes: BTreeSet<PlannedRoute>,
+    rules: BTreeSet<PlannedRule>,
+}
+
+impl RoutingEnforcer {
+    /// Opens the request socket.
+    pub fn open() -> io::Result<RoutingEnforcer> {
+        Ok(RoutingEnforcer {
+            rtnl: Rtnl::open()?,
+            routes: BTreeSet::new(),
+            rules: BTreeSet::new(),
+        })
+    }
+
+    /// Lists every route and rule marked [`RTPROT_ROAM`] (left by a roamd that did not stop
+    /// cleanly) as `ip` words.
+    pub fn stale(&mut self) -> io::Result<Vec<String>> {
+        let (routes, rules) = self.stale_messages()?;
+        Ok(routes
+            .iter()
+            .map(|m| format!("route {:?}", m.attributes))
+            .chain(rules.iter().map(|m| format!("rule {:?}", m.attributes)))
+            .collect())
+    }
+
+    fn stale_messages(&mut self) -> io::Result<(Vec<RouteMessage>, Vec<RuleMessage>)> {
+        let mut routes = Vec::new();
+        let mut rules = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = fam;
+            for m in self.rtnl.dump(RouteNetlinkMessage::GetRoute(q))? {
+                if let RouteNetlinkMessage::NewRoute(r) = m
+                    && r.header.protocol == RouteProtocol::Other(RTPROT_ROAM)
+                {
+                    routes.push(r);
+                }
+            }
+            let mut q = RuleMessage::default();
+            q.header.family = fam;
+            for m in self.rtnl.dump(RouteNetlinkMessage::GetRule(q))? {
+                if let RouteNetlinkMessage::NewRule(r) = m
+                    && r.attributes
+                        .contains(&RuleAttribute::Protocol(RouteProtocol::Other(RTPROT_ROAM)))
+                {
+                    rules.push(r);
+                }
+            }
+        }
+        Ok((routes, rules))
+    }
+
+    /// Removes every route and rule marked [`RTPROT_ROAM`], whoever added it. Returns how many.
+    pub fn remove_stale(&mut self) -> io::Result<usize> {
+        let (routes, rules) = self.stale_messages()?;
+        let n = routes.len() + rules.len();
+        for r in rules {
+            if let Err(e) = self.rtnl.request(RouteNetlinkMessage::DelRule(r), 0) {
+                tracing::warn!(error = %e, "could not remove a stale rule");
+            }
+        }
+        for r in routes {
+            if let Err(e) = self.rtnl.request(RouteNetlinkMessage::DelRoute(r), 0) {
+                tracing::warn!(error = %e, "could not remove a stale route");
+            }
+        }
+        Ok(n)
+    }
+
+    /// Brings the kernel to `plan`: removes what is no longer planned (rules first, so no
+    /// rule points at a table being emptied), then adds what is new (routes first, so no rule
+    /// points at an empty table). A failure is logged and that item retried at the next plan.
+    pub fn apply(&mut self, plan: &RoutingPlan) {
+        let gone_rules: Vec<_> = self.rules.difference(&plan.rules).copied().collect();
+        for r in gone_rules {
+            match self
+                .rtnl
+                .request(RouteNetlinkMessage::DelRule(rule_message(&r)), 0)
+            {
+                Ok(()) => tracing::info!(from = %r.from, table = r.table, "rule removed"),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    tracing::warn!(from = %r.from, table = r.table, error = %e, "rule not removed")
+                }
+            }
+            self.rules.remove(&r);
+        }
+        let gone_routes: Vec<_> = self.routes.difference(&plan.routes).copied().collect();
+        for r in gone_routes {
+            if let Some(m) = route_message(&r) {
+                match self.rtnl.request(RouteNetlinkMessage::DelRoute(m), 0) {
+                    Ok(()) => tracing::debug!(route = %describe_route(&r), "route removed"),
+                    // The kernel drops a table's routes itself when their interface goes.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ESRCH | libc::ENOENT | libc::ENODEV)
+                        ) => {}
+                    Err(e) => {
+                        tracing::warn!(route = %describe_route(&r), error = %e, "route not removed")
+                    }
+                }
+            }
+            self.routes.remove(&r);
+        }
+        let new_routes: Vec<_> = plan.routes.difference(&self.routes).copied().collect();
+        for r in new_routes {
+            let Some(m) = route_message(&r) else { continue };
+            match self
+                .rtnl
+                .request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+            {
+                Ok(()) => {
+                    tracing::debug!(route = %describe_route(&r), "route added");
+                    self.routes.insert(r);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.routes.insert(r);
+                }
+                Err(e) => {
+                    tracing::warn!(route = %describe_route(&r), error = %e, "route not added")
+                }
+            }
+        }
+        let new_rules: Vec<_> = plan.rules.difference(&self.rules).copied().collect();
+        for r in new_rules {
+            match self.rtnl.request(
+                RouteNetlinkMessage::NewRule(rule_message(&r)),
+                NLM_F_CREATE | NLM_F_EXCL,
+            ) {
+                Ok(()) => {
+                    tracing::info!(from = %r.from, table = r.table, "rule added");
+                    self.rules.insert(r);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.rules.insert(r);
+                }
+                Err(e) => {
+                    tracing::warn!(from = %r.from, table = r.table, error = %e, "rule not added")
+                }
+            }
+        }
+    }
+
+    /// Removes everything this enforcer added (on exit).
+    pub fn clear(&mut self) {
+        self.apply(&RoutingPlan::default());
+    }
+}
