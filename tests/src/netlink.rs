@@ -84,6 +84,8 @@ pub struct LinkInfo {
 pub struct Rtnl {
     fd: OwnedFd,
     seq: u32,
+    /// Link events that arrived while a dump was being read; kept so no change is lost.
+    pending: Vec<LinkInfo>,
 }
 
 impl Rtnl {
@@ -117,7 +119,11 @@ impl Rtnl {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Rtnl { fd, seq: 1 })
+        Ok(Rtnl {
+            fd,
+            seq: 1,
+            pending: Vec::new(),
+        })
     }
 
     /// Every interface of the namespace with its state and counters (`ip -s link show`).
@@ -132,9 +138,13 @@ impl Rtnl {
             };
             let mut done = false;
             for (ty, mseq, payload) in messages(&buf) {
-                if ty == RTM_NEWLINK && mseq == seq {
+                if ty == RTM_NEWLINK {
                     if let Some(info) = parse_link(payload) {
-                        out.push(info);
+                        if mseq == seq {
+                            out.push(info);
+                        } else {
+                            self.pending.push(info);
+                        }
                     }
                 } else if (ty == NLMSG_DONE || ty == NLMSG_ERROR) && mseq == seq {
                     done = true;
@@ -157,6 +167,15 @@ impl Rtnl {
         // The subscription predates this dump, so a change after it arrives as an event.
         if let Some(l) = self.links()?.into_iter().find(|l| l.name == name)
             && pred(&l)
+        {
+            return Ok(l);
+        }
+        // Events that raced with the dump are newer than (or as new as) what it showed.
+        if let Some(l) = self
+            .pending
+            .drain(..)
+            .filter(|l| l.name == name)
+            .find(|l| pred(l))
         {
             return Ok(l);
         }

@@ -311,6 +311,12 @@ impl TopologyBuilder {
             topo.wait_link(&topo.server, &l.server_dev, LINK_TIMEOUT, |i| {
                 i.operstate == OperState::Up
             })?;
+            if let Some(e) = &topo.emulator_ns {
+                // The emulator transmits on these; until they are up they drop frames.
+                for dev in [format!("eh-{}", l.name), format!("es-{}", l.name)] {
+                    topo.wait_link(e, &dev, LINK_TIMEOUT, |i| i.operstate == OperState::Up)?;
+                }
+            }
         }
         tracing::info!(
             handset = topo.handset.name(),
