@@ -1,0 +1,208 @@
+//! The one error type of the SDK's public API.
+//!
+//! Each variant says what failed and where; its message says what to do next. A resolver
+//! failure, a refused connection and a TLS failure are distinct variants, because an app reacts
+//! to each differently (check the name, check the server, check the certificates).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a session, a listener or a builder can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The target is not `host:port` (or `[v6]:port`).
+    #[error(
+        "`{target}` is not a valid target: {why}; write it as host:port, e.g. api.example.com:443"
+    )]
+    InvalidTarget {
+        /// What the app passed.
+        target: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The system resolver did not turn the name into any address.
+    #[error("the name `{host}` does not resolve ({detail}); check the name and the device's DNS")]
+    Resolve {
+        /// The name that was looked up.
+        host: String,
+        /// What the resolver said.
+        detail: String,
+    },
+    /// The policy leaves this app no usable interface: the session is blocked rather than sent
+    /// on a link the user did not permit.
+    #[error(
+        "no permitted path for app {app}: {detail}; the policy allows no interface that is up \
+         (wait for a permitted link or change the policy)"
+    )]
+    NoPermittedPath {
+        /// The app id the decision was made for (`default` when none was given).
+        app: String,
+        /// The interfaces the device has and why none can be used.
+        detail: String,
+    },
+    /// The server refused the connection (QUIC `CONNECTION_REFUSED`, or the server closed it
+    /// during the handshake).
+    #[error("{peer} refused the connection ({detail}); is the service running and accepting?")]
+    Refused {
+        /// The address that refused.
+        peer: SocketAddr,
+        /// The peer's reason.
+        detail: String,
+    },
+    /// The TLS handshake failed: the certificate did not verify, the name did not match, or no
+    /// application protocol (ALPN) was common.
+    #[error(
+        "TLS with {peer} failed: {detail}; check the CA the client trusts, the server name and \
+         the ALPN protocols"
+    )]
+    Tls {
+        /// The server address.
+        peer: SocketAddr,
+        /// What went wrong, as rustls or the peer's alert says.
+        detail: String,
+    },
+    /// Something took longer than the limit the builder set.
+    #[error("{what} took longer than {limit:?}; is the server reachable over the permitted links?")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// Every candidate (interface × address) failed; the last reason is kept.
+    #[error("no candidate connected ({tried} tried); the last error: {last}")]
+    AllCandidatesFailed {
+        /// How many (interface, address) pairs were tried.
+        tried: usize,
+        /// The error of the last candidate.
+        last: Box<Error>,
+    },
+    /// The transport asked for is not implemented by this build.
+    #[error("transport `{0}` is not implemented yet; use `quic` (or `auto`)")]
+    Unsupported(&'static str),
+    /// The policy text passed to the builder does not parse or check.
+    #[error("{0}; fix the policy text passed to SessionBuilder::policy")]
+    Policy(#[from] roam_policy::PolicyError),
+    /// The rustls configuration could not be built (an empty root store, a bad key).
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+    /// The QUIC connection ended after it was established.
+    #[error("the QUIC connection ended: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A stream of the session ended abnormally.
+    #[error("stream error: {0}")]
+    Stream(String),
+    /// The peer does not speak roam's session protocol on its first stream.
+    #[error("the peer's session header is invalid: {0}; is it a roam listener?")]
+    Protocol(String),
+    /// A socket or netlink call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] that says what was being done.
+    #[allow(dead_code)] // the session code uses it
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    fn kind(&self) -> io::ErrorKind {
+        match self {
+            Error::InvalidTarget { .. } | Error::Policy(_) | Error::TlsConfig(_) => {
+                io::ErrorKind::InvalidInput
+            }
+            Error::Resolve { .. } => io::ErrorKind::NotFound,
+            Error::NoPermittedPath { .. } => io::ErrorKind::NetworkUnreachable,
+            Error::Refused { .. } => io::ErrorKind::ConnectionRefused,
+            Error::Tls { .. } | Error::Protocol(_) => io::ErrorKind::InvalidData,
+            Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::AllCandidatesFailed { last, .. } => last.kind(),
+            Error::Unsupported(_) => io::ErrorKind::Unsupported,
+            Error::Connection(quinn::ConnectionError::TimedOut) => io::ErrorKind::TimedOut,
+            Error::Connection(_) | Error::Stream(_) => io::ErrorKind::ConnectionAborted,
+            Error::Io { source, .. } => source.kind(),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_kinds_keep_the_distinction() {
+        let peer: SocketAddr = "198.18.0.1:443".parse().unwrap();
+        let cases = [
+            (
+                Error::Resolve {
+                    host: "x.invalid".into(),
+                    detail: "not found".into(),
+                },
+                io::ErrorKind::NotFound,
+            ),
+            (
+                Error::Refused {
+                    peer,
+                    detail: "refused".into(),
+                },
+                io::ErrorKind::ConnectionRefused,
+            ),
+            (
+                Error::Tls {
+                    peer,
+                    detail: "unknown issuer".into(),
+                },
+                io::ErrorKind::InvalidData,
+            ),
+            (
+                Error::NoPermittedPath {
+                    app: "a".into(),
+                    detail: "wlan0 down".into(),
+                },
+                io::ErrorKind::NetworkUnreachable,
+            ),
+            (Error::Unsupported("mptcp"), io::ErrorKind::Unsupported),
+        ];
+        for (e, kind) in cases {
+            let text = e.to_string();
+            let io: io::Error = e.into();
+            assert_eq!(io.kind(), kind, "{text}");
+            assert_eq!(io.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = Error::NoPermittedPath {
+            app: "com.example.video".into(),
+            detail: "wlan0 (wifi) is down".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("no permitted path for app com.example.video"),
+            "{text}"
+        );
+        assert!(text.contains("change the policy"), "{text}");
+    }
+}

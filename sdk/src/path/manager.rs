@@ -1,0 +1,768 @@
+//! The path manager: a sans-I/O state machine that decides when a session moves.
+//!
+//! Inputs ([`Input`]) and the current time go in through [`PathManager::handle`] and
+//! [`PathManager::handle_timeout`]; actions ([`Action`]) come out of
+//! [`PathManager::poll_action`], and [`PathManager::poll_timeout`] says when to call again. It
+//! never reads a clock, never touches a socket: the tests below drive it with virtual time.
+//!
+//! A session moves when
+//! - its decision's best path changes (the policy's primary, e.g. WiFi back after `hold`);
+//! - the path it is on disappears (link down, address removed, no longer permitted);
+//! - it sees its own path stall: acknowledgement-eliciting frames went out and no ACK frame
+//!   came back for `stall_ptos` probe timeouts. A stalled path is suspected for a while
+//!   (doubling on each new stall, cleared when its link changes) so the session does not go
+//!   straight back to a silent blackhole.
+//!
+//! Stall detection needs traffic to judge: the transport sends keep-alives while idle, and the
+//! driver reports app writes ([`Input::Activity`]) so sampling speeds up when data is sent.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use roam_policy::MultipathMode;
+
+use super::{DegradedReason, LocalPath, MigrationReason};
+use crate::events::SessionEvent;
+
+/// Tunables of the manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// How many probe timeouts without an ACK, with data in flight, make a stall.
+    pub stall_ptos: u32,
+    /// The peer's maximum ACK delay, part of the probe timeout (QUIC's default is 25 ms).
+    pub max_ack_delay: Duration,
+    /// Never call a path stalled sooner than this, whatever the RTT.
+    pub min_stall: Duration,
+    /// After a move, the new path gets this many times the stall threshold: the transport may
+    /// wait for its next probe timeout before it sends there.
+    pub post_move_grace: u32,
+    /// How often to sample the transport when nothing is in flight.
+    pub idle_sample: Duration,
+    /// How long a stalled path is avoided the first time (doubles on each new stall).
+    pub suspect_for: Duration,
+    /// The longest a stalled path is avoided.
+    pub suspect_max: Duration,
+    /// `Interactive` asks the driver to keep a socket ready on the backup path.
+    pub mode: MultipathMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            stall_ptos: 3,
+            max_ack_delay: Duration::from_millis(25),
+            min_stall: Duration::from_millis(60),
+            post_move_grace: 3,
+            idle_sample: Duration::from_millis(100),
+            suspect_for: Duration::from_secs(30),
+            suspect_max: Duration::from_secs(600),
+            mode: MultipathMode::Handover,
+        }
+    }
+}
+
+/// Counters read from the transport (quinn's connection statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportSample {
+    /// Acknowledgement-eliciting frames sent so far (every frame but ACK and padding).
+    pub ack_eliciting_sent: u64,
+    /// ACK frames received so far.
+    pub acks_received: u64,
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
+}
+
+/// What the driver tells the manager.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The paths the decision permits now, best first, each with its address in the peer's
+    /// family. Empty: no permitted path.
+    Paths(Vec<LocalPath>),
+    /// A fresh reading of the transport's counters.
+    Sample(TransportSample),
+    /// The app wrote: sample soon, data is going out.
+    Activity,
+    /// The driver moved the session as asked.
+    Moved(LocalPath),
+    /// The driver could not move the session (the socket could not be bound).
+    MoveFailed(LocalPath),
+}
+
+/// What the manager asks the driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Bind a socket on this path and rebind the endpoint to it; answer with
+    /// [`Input::Moved`] or [`Input::MoveFailed`].
+    Move {
+        /// Where to.
+        to: LocalPath,
+        /// Why.
+        reason: MigrationReason,
+    },
+    /// Keep a socket bound and ready on this path (`interactive` mode); `None` drops it.
+    Warm(Option<LocalPath>),
+    /// Read the transport's counters now and answer with [`Input::Sample`].
+    Sample,
+    /// Tell the app.
+    Event(SessionEvent),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    until: Instant,
+    strikes: u32,
+    /// False once `until` has passed and the path was reconsidered; the strikes stay so a
+    /// path that stalls again is avoided for longer.
+    live: bool,
+}
+
+/// Watches ACK progress while data is in flight.
+#[derive(Debug, Clone)]
+struct StallDetector {
+    last: TransportSample,
+    /// Frames sent up to the last time ACKs advanced.
+    sent_at_ack: u64,
+    /// When unacknowledged frames were first seen, if any.
+    unacked_since: Option<Instant>,
+    /// Multiplier of the threshold (the grace after a move).
+    grace: u32,
+    stalled: bool,
+    /// The last sample showed frames going out.
+    active: bool,
+}
+
+impl StallDetector {
+    fn new(grace: u32) -> Self {
+        StallDetector {
+            last: TransportSample::default(),
+            sent_at_ack: 0,
+            unacked_since: None,
+            grace,
+            stalled: false,
+            active: false,
+        }
+    }
+
+    /// After a move: what was in flight is judged on the new path, with grace.
+    fn restart(&mut self, now: Instant, grace: u32) {
+        self.grace = grace;
+        self.stalled = false;
+        self.unacked_since = (self.last.ack_eliciting_sent > self.sent_at_ack).then_some(now);
+    }
+
+    fn threshold(&self, cfg: &Config) -> Duration {
+        // RFC 9002: PTO = srtt + max(4 rttvar, granularity) + max_ack_delay; rttvar is not
+        // exposed, so take 2 srtt for it.
+        let pto = self.last.rtt * 3 + cfg.max_ack_delay;
+        (pto * cfg.stall_ptos).max(cfg.min_stall) * self.grace.max(1)
+    }
+
+    /// Returns `Some(true)` when a stall starts, `Some(false)` when ACKs resume after one.
+    fn sample(&mut self, now: Instant, s: TransportSample, cfg: &Config) -> Option<bool> {
+        let acked = s.acks_received > self.last.acks_received;
+        self.active = s.ack_eliciting_sent > self.last.ack_eliciting_sent;
+        self.last = s;
+        if acked {
+            self.sent_at_ack = s.ack_eliciting_sent;
+            self.unacked_since = None;
+            self.grace = 1;
+            if self.stalled {
+                self.stalled = false;
+                return Some(false);
+            }
+            return None;
+        }
+        if s.ack_eliciting_sent > self.sent_at_ack && self.unacked_since.is_none() {
+            self.unacked_since = Some(now);
+        }
+        match self.unacked_since {
+            Some(t) if !self.stalled && now.saturating_duration_since(t) >= self.threshold(cfg) => {
+                self.stalled = true;
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
+    /// How soon to sample again.
+    fn interval(&self, cfg: &Config) -> Duration {
+        if self.active || self.unacked_since.is_some() || self.stalled {
+            (self.threshold(cfg) / 8).max(Duration::from_millis(2))
+        } else {
+            cfg.idle_sample
+        }
+    }
+}
+
+/// The path manager of one session. See the module documentation.
+#[derive(Debug)]
+pub struct PathManager {
+    cfg: Config,
+    current: LocalPath,
+    paths: Vec<LocalPath>,
+    suspects: HashMap<String, Suspect>,
+    stall: StallDetector,
+    /// A move asked for and not answered yet.
+    pending: Option<(LocalPath, MigrationReason)>,
+    warm: Option<LocalPath>,
+    degraded: Option<DegradedReason>,
+    next_sample: Instant,
+    actions: VecDeque<Action>,
+}
+
+impl PathManager {
+    /// A manager for a session established on `current` at `now`.
+    pub fn new(cfg: Config, current: LocalPath, now: Instant) -> Self {
+        let grace = cfg.post_move_grace;
+        PathManager {
+            next_sample: now + cfg.idle_sample,
+            cfg,
+            paths: vec![current.clone()],
+            current,
+            suspects: HashMap::new(),
+            stall: StallDetector::new(grace),
+            pending: None,
+            warm: None,
+            degraded: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The path the session is on.
+    pub fn current(&self) -> &LocalPath {
+        &self.current
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Paths(paths) => {
+                // A link that went away and came back, or changed address, is judged afresh.
+                self.suspects
+                    .retain(|name, _| paths.iter().any(|p| &p.interface == name));
+                self.paths = paths;
+                self.reconsider(now, None);
+            }
+            Input::Sample(s) => {
+                match self.stall.sample(now, s, &self.cfg) {
+                    Some(true) => self.on_stall(now),
+                    Some(false) => {
+                        let was = self.degraded.take();
+                        tracing::info!(path = %self.current, ?was, "acknowledgements resumed");
+                        self.emit(SessionEvent::Recovered {
+                            path: self.current.clone(),
+                        });
+                    }
+                    None => {}
+                }
+                self.next_sample = now + self.stall.interval(&self.cfg);
+            }
+            Input::Activity => {
+                // Sample soon after data starts to flow, not at the idle pace.
+                let soon =
+                    now + (self.stall.threshold(&self.cfg) / 8).max(Duration::from_millis(2));
+                self.next_sample = self.next_sample.min(soon);
+            }
+            Input::Moved(to) => {
+                let reason = match self.pending.take() {
+                    Some((p, reason)) if p == to => reason,
+                    _ => MigrationReason::PrimaryChanged,
+                };
+                let from = std::mem::replace(&mut self.current, to.clone());
+                self.stall.restart(now, self.cfg.post_move_grace);
+                self.degraded = None;
+                self.next_sample = now;
+                if self.warm.as_ref() == Some(&to) {
+                    self.warm = None;
+                }
+                self.emit(SessionEvent::PathChanged {
+                    from: Some(from),
+                    to,
+                    reason,
+                });
+                self.reconsider(now, None);
+            }
+            Input::MoveFailed(to) => {
+                self.pending = None;
+                // Treat it as a path that does not work now; its next link change clears it.
+                self.suspect(now, &to.interface);
+                self.reconsider(now, None);
+            }
+        }
+    }
+
+    /// Call at (or after) the instant [`PathManager::poll_timeout`] gave.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_sample {
+            self.actions.push_back(Action::Sample);
+            // Until the sample is answered, do not ask again at once.
+            self.next_sample = now + self.cfg.idle_sample;
+        }
+        let mut expired = false;
+        for s in self.suspects.values_mut() {
+            if s.live && s.until <= now {
+                s.live = false;
+                expired = true;
+            }
+        }
+        if expired {
+            self.reconsider(now, None);
+        }
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to call [`PathManager::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Instant {
+        self.suspects
+            .values()
+            .filter(|s| s.live)
+            .map(|s| s.until)
+            .fold(self.next_sample, Instant::min)
+    }
+
+    fn on_stall(&mut self, now: Instant) {
+        tracing::warn!(path = %self.current, "path stalled: no acknowledgement with data in flight");
+        let name = self.current.interface.clone();
+        self.suspect(now, &name);
+        self.reconsider(now, Some(MigrationReason::Stalled));
+    }
+
+    fn suspect(&mut self, now: Instant, interface: &str) {
+        let cfg = &self.cfg;
+        let e = self
+            .suspects
+            .entry(interface.to_owned())
+            .or_insert(Suspect {
+                until: now,
+                strikes: 0,
+                live: true,
+            });
+        e.strikes = e.strikes.saturating_add(1);
+        e.live = true;
+        let factor = 1u32 << (e.strikes - 1).min(16);
+        e.until = now + cfg.suspect_for.saturating_mul(factor).min(cfg.suspect_max);
+    }
+
+    fn is_suspect(&self, now: Instant, interface: &str) -> bool {
+        self.suspects
+            .get(interface)
+            .is_some_and(|s| s.live && s.until > now)
+    }
+
+    /// Picks the best path and moves there if it is not the current one.
+    fn reconsider(&mut self, now: Instant, cause: Option<MigrationReason>) {
+        if self.pending.is_some() {
+            return;
+        }
+        let current_listed = self.paths.contains(&self.current);
+        let best = self
+            .paths
+            .iter()
+            .find(|p| !self.is_suspect(now, &p.interface))
+            .cloned();
+        let target = match best {
+            Some(b) => Some(b),
+            // Every permitted path is suspect: stay if we can, else take the first one.
+            None if current_listed => None,
+            None => self.paths.first().cloned(),
+        };
+        match target {
+            Some(t) if t != self.current => {
+                let reason = cause.unwrap_or(if current_listed {
+                    MigrationReason::PrimaryChanged
+                } else if self
+                    .paths
+                    .iter()
+                    .any(|p| p.interface == self.current.interface)
+                {
+                    MigrationReason::AddressChanged
+                } else {
+                    MigrationReason::LinkLost
+                });
+                tracing::info!(from = %self.current, to = %t, %reason, "moving the session");
+                self.pending = Some((t.clone(), reason));
+                self.actions.push_back(Action::Move { to: t, reason });
+            }
+            _ => {
+                let why = if self.paths.is_empty() {
+                    Some(DegradedReason::NoPermittedPath)
+                } else if cause == Some(MigrationReason::Stalled) {
+                    Some(DegradedReason::StalledNoAlternative)
+                } else {
+                    None
+                };
+                if let Some(why) = why
+                    && self.degraded != Some(why)
+                {
+                    self.degraded = Some(why);
+                    self.emit(SessionEvent::Degraded {
+                        path: self.current.clone(),
+                        reason: why,
+                    });
+                }
+            }
+        }
+        self.update_warm(now);
+    }
+
+    fn update_warm(&mut self, now: Instant) {
+        // While a move is pending the current path is about to change: wait for it.
+        if self.cfg.mode != MultipathMode::Interactive || self.pending.is_some() {
+            return;
+        }
+        let backup = self
+            .paths
+            .iter()
+            .find(|p| p.interface != self.current.interface && !self.is_suspect(now, &p.interface))
+            .cloned();
+        if backup != self.warm {
+            self.warm = backup.clone();
+            self.actions.push_back(Action::Warm(backup));
+        }
+    }
+
+    fn emit(&mut self, e: SessionEvent) {
+        self.actions.push_back(Action::Event(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wlan() -> LocalPath {
+        LocalPath {
+            interface: "wlan0".into(),
+            local: "198.18.0.2".parse().unwrap(),
+        }
+    }
+    fn rmnet() -> LocalPath {
+        LocalPath {
+            interface: "rmnet0".into(),
+            local: "198.18.1.2".parse().unwrap(),
+        }
+    }
+
+    /// A manager plus a virtual clock and a fake transport that answers samples and moves.
+    struct Sim {
+        pm: PathManager,
+        now: Instant,
+        sent: u64,
+        acks: u64,
+        rtt: Duration,
+        /// Whether the current path delivers (ACKs come back for what was sent).
+        path_ok: Box<dyn Fn(&LocalPath) -> bool>,
+        /// Sending continuously.
+        busy: bool,
+        log: Vec<Action>,
+    }
+
+    impl Sim {
+        fn new(cfg: Config) -> Sim {
+            let now = Instant::now();
+            let mut pm = PathManager::new(cfg, wlan(), now);
+            pm.handle(now, Input::Paths(vec![wlan(), rmnet()]));
+            Sim {
+                pm,
+                now,
+                sent: 0,
+                acks: 0,
+                rtt: Duration::from_millis(1),
+                path_ok: Box::new(|_| true),
+                busy: true,
+                log: Vec::new(),
+            }
+        }
+
+        /// Runs the driver loop until `until`, jumping from deadline to deadline.
+        fn run_until(&mut self, until: Instant) {
+            for _ in 0..100_000 {
+                self.drain();
+                let next = self.pm.poll_timeout().max(self.now);
+                if next > until {
+                    self.now = until;
+                    return;
+                }
+                self.now = next;
+                self.pm.handle_timeout(self.now);
+            }
+            panic!("the manager never went idle");
+        }
+
+        fn drain(&mut self) {
+            while let Some(a) = self.pm.poll_action() {
+                match &a {
+                    Action::Sample => {
+                        if self.busy {
+                            self.sent += 10;
+                        }
+                        if (self.path_ok)(self.pm.current()) {
+                            self.acks = self.sent;
+                        }
+                        let s = TransportSample {
+                            ack_eliciting_sent: self.sent,
+                            acks_received: self.acks,
+                            rtt: self.rtt,
+                        };
+                        self.pm.handle(self.now, Input::Sample(s));
+                    }
+                    Action::Move { to, .. } => {
+                        let to = to.clone();
+                        self.pm.handle(self.now, Input::Moved(to));
+                    }
+                    _ => {}
+                }
+                self.log.push(a);
+            }
+        }
+
+        fn moves(&self) -> Vec<(String, MigrationReason)> {
+            self.log
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Move { to, reason } => Some((to.interface.clone(), *reason)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn ms(&self, ms: u64) -> Instant {
+            self.now + Duration::from_millis(ms)
+        }
+    }
+
+    #[test]
+    fn a_healthy_path_never_moves() {
+        let mut s = Sim::new(Config::default());
+        let t = s.ms(60_000);
+        s.run_until(t);
+        assert!(s.moves().is_empty(), "{:?}", s.moves());
+        assert_eq!(s.pm.current(), &wlan());
+    }
+
+    #[test]
+    fn a_silent_blackhole_moves_the_session_once() {
+        let mut s = Sim::new(Config::default());
+        let t = s.ms(1_000);
+        s.run_until(t);
+        s.path_ok = Box::new(|p| p.interface != "wlan0");
+        let t = s.ms(2_000);
+        s.run_until(t);
+        assert_eq!(s.moves(), [("rmnet0".into(), MigrationReason::Stalled)]);
+        assert_eq!(s.pm.current(), &rmnet());
+        let changed = s
+            .log
+            .iter()
+            .filter(|a| matches!(a, Action::Event(SessionEvent::PathChanged { .. })))
+            .count();
+        assert_eq!(changed, 1);
+    }
+
+    #[test]
+    fn stall_is_detected_between_three_and_four_ptos() {
+        let mut s = Sim::new(Config::default());
+        let t = s.ms(500);
+        s.run_until(t);
+        s.path_ok = Box::new(|p| p.interface != "wlan0");
+        let failed_at = s.now;
+        // Step in 1 ms increments and note when the move is asked for.
+        let mut moved = None;
+        for _ in 0..1000 {
+            let t = s.ms(1);
+            s.run_until(t);
+            if !s.moves().is_empty() {
+                moved = Some(s.now - failed_at);
+                break;
+            }
+        }
+        let moved = moved.expect("never moved");
+        // 3 PTOs of (3 x 1 ms + 25 ms), plus up to two sampling intervals (threshold / 8).
+        let threshold = Duration::from_millis(84);
+        assert!(moved >= threshold, "moved after {moved:?}");
+        assert!(moved <= threshold + threshold / 4, "moved after {moved:?}");
+    }
+
+    #[test]
+    fn idle_paths_are_not_called_stalled() {
+        let mut s = Sim::new(Config::default());
+        s.busy = false;
+        s.path_ok = Box::new(|_| false);
+        let t = s.ms(10_000);
+        s.run_until(t);
+        assert!(s.moves().is_empty(), "{:?}", s.moves());
+    }
+
+    #[test]
+    fn link_loss_moves_at_once_and_the_preferred_link_returning_moves_back() {
+        let mut s = Sim::new(Config::default());
+        let now = s.now;
+        s.pm.handle(now, Input::Paths(vec![rmnet()]));
+        s.drain();
+        assert_eq!(s.moves(), [("rmnet0".into(), MigrationReason::LinkLost)]);
+        s.pm.handle(now, Input::Paths(vec![wlan(), rmnet()]));
+        s.drain();
+        assert_eq!(
+            s.moves()[1],
+            ("wlan0".into(), MigrationReason::PrimaryChanged)
+        );
+        assert_eq!(s.pm.current(), &wlan());
+    }
+
+    #[test]
+    fn a_new_address_on_the_same_link_is_an_address_change() {
+        let mut s = Sim::new(Config::default());
+        let renumbered = LocalPath {
+            interface: "wlan0".into(),
+            local: "198.18.0.9".parse().unwrap(),
+        };
+        let now = s.now;
+        s.pm.handle(now, Input::Paths(vec![renumbered.clone(), rmnet()]));
+        s.drain();
+        assert_eq!(
+            s.moves(),
+            [("wlan0".into(), MigrationReason::AddressChanged)]
+        );
+        assert_eq!(s.pm.current(), &renumbered);
+    }
+
+    #[test]
+    fn a_stalled_path_is_avoided_until_its_link_changes_or_the_suspicion_ends() {
+        let cfg = Config {
+            suspect_for: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let mut s = Sim::new(cfg);
+        s.path_ok = Box::new(|p| p.interface != "wlan0");
+        let t = s.ms(1_000);
+        s.run_until(t);
+        assert_eq!(s.moves().len(), 1);
+        // Decisions that still list wlan0 first do not send the session back into the hole.
+        let now = s.now;
+        s.pm.handle(now, Input::Paths(vec![wlan(), rmnet()]));
+        s.drain();
+        assert_eq!(s.moves().len(), 1, "{:?}", s.moves());
+        // After 5 s it tries wlan0 again, stalls again, and returns for 10 s this time.
+        let t = s.ms(5_500);
+        s.run_until(t);
+        let m = s.moves();
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m[1], ("wlan0".into(), MigrationReason::PrimaryChanged));
+        assert_eq!(m[2], ("rmnet0".into(), MigrationReason::Stalled));
+        let t = s.ms(9_000);
+        s.run_until(t);
+        assert_eq!(s.moves().len(), 3, "backoff doubled");
+        // The link going away and returning clears the suspicion at once.
+        let now = s.now;
+        s.path_ok = Box::new(|_| true);
+        s.pm.handle(now, Input::Paths(vec![rmnet()]));
+        s.pm.handle(now, Input::Paths(vec![wlan(), rmnet()]));
+        s.drain();
+        assert_eq!(s.moves().last().unwrap().0, "wlan0");
+    }
+
+    #[test]
+    fn no_permitted_path_degrades_and_never_moves_to_a_forbidden_link() {
+        let mut s = Sim::new(Config::default());
+        let now = s.now;
+        s.pm.handle(now, Input::Paths(vec![]));
+        s.drain();
+        assert!(s.moves().is_empty());
+        assert!(s.log.iter().any(|a| matches!(
+            a,
+            Action::Event(SessionEvent::Degraded {
+                reason: DegradedReason::NoPermittedPath,
+                ..
+            })
+        )));
+    }
+
+    #[test]
+    fn a_stall_with_no_alternative_degrades_then_recovers() {
+        let mut s = Sim::new(Config::default());
+        let now = s.now;
+        s.pm.handle(now, Input::Paths(vec![wlan()]));
+        s.path_ok = Box::new(|_| false);
+        let t = s.ms(1_000);
+        s.run_until(t);
+        assert!(s.moves().is_empty());
+        assert!(s.log.iter().any(|a| matches!(
+            a,
+            Action::Event(SessionEvent::Degraded {
+                reason: DegradedReason::StalledNoAlternative,
+                ..
+            })
+        )));
+        s.path_ok = Box::new(|_| true);
+        let t = s.ms(1_000);
+        s.run_until(t);
+        assert!(matches!(
+            s.log.iter().rev().find(|a| matches!(a, Action::Event(_))),
+            Some(Action::Event(SessionEvent::Recovered { .. }))
+        ));
+    }
+
+    #[test]
+    fn interactive_mode_keeps_a_backup_socket_warm() {
+        let cfg = Config {
+            mode: MultipathMode::Interactive,
+            ..Config::default()
+        };
+        let mut s = Sim::new(cfg);
+        s.drain();
+        assert_eq!(s.log, [Action::Warm(Some(rmnet()))]);
+        // WiFi goes: the session moves onto the warm socket, and there is no backup left.
+        let now = s.now;
+        s.pm.handle(now, Input::Paths(vec![rmnet()]));
+        s.drain();
+        assert!(
+            !s.log[1..]
+                .iter()
+                .any(|a| matches!(a, Action::Warm(Some(_)))),
+            "{:?}",
+            s.log
+        );
+        // WiFi returns as primary: the session moves back and cellular is warmed again.
+        s.log.clear();
+        s.pm.handle(now, Input::Paths(vec![wlan(), rmnet()]));
+        s.drain();
+        assert!(
+            matches!(&s.log[0], Action::Move { to, .. } if *to == wlan()),
+            "{:?}",
+            s.log
+        );
+        assert_eq!(
+            s.log.last(),
+            Some(&Action::Warm(Some(rmnet()))),
+            "{:?}",
+            s.log
+        );
+    }
+
+    #[test]
+    fn a_failed_move_tries_the_next_path() {
+        let third = LocalPath {
+            interface: "bnep0".into(),
+            local: "198.18.2.2".parse().unwrap(),
+        };
+        let mut pm = PathManager::new(Config::default(), wlan(), Instant::now());
+        let now = Instant::now();
+        pm.handle(now, Input::Paths(vec![rmnet(), third.clone()]));
+        let mut asked = Vec::new();
+        while let Some(a) = pm.poll_action() {
+            if let Action::Move { to, .. } = a {
+                asked.push(to.interface.clone());
+                if to == rmnet() {
+                    pm.handle(now, Input::MoveFailed(to));
+                } else {
+                    pm.handle(now, Input::Moved(to));
+                }
+            }
+        }
+        assert_eq!(asked, ["rmnet0", "bnep0"]);
+        assert_eq!(pm.current(), &third);
+    }
+}
