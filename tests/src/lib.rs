@@ -15,11 +15,13 @@
 //!   and the aggregated report (table and JSON).
 //! - [`timeline`]: per-interface counters around a failure and their SVG picture.
 //! - [`tls`]: the test CA for QUIC.
-//! - [`privilege`]: the root check every namespace test and binary starts with.
+//! - [`privilege`]: the root check every namespace test and binary starts with; [`binary`]:
+//!   the binaries' common start.
 //! - [`serial`]: a lock that keeps timing-sensitive tests from running at once.
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod binary;
 pub mod emulator;
 pub mod handover;
 pub mod inject;

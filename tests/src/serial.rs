@@ -9,3 +9,9 @@ static LOCK: Mutex<()> = Mutex::new(());
 pub fn exclusive() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The start of a timing-sensitive namespace test: `None` when it must skip (see
+/// [`crate::privilege::require_netns`]), else the lock, held until the guard drops.
+pub fn netns_test(test: &str) -> Option<MutexGuard<'static, ()>> {
+    crate::privilege::require_netns(test).then(exclusive)
+}

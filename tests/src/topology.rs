@@ -169,47 +169,14 @@ impl TopologyBuilder {
             let server_dev = format!("s-{name}");
             let (far_dev, far_in_emulator) = match &emu_ns {
                 None => {
-                    handset.ip(&[
-                        "link",
-                        "add",
-                        name,
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        &server_dev,
-                        "netns",
-                        server.name(),
-                    ])?;
+                    veth(&handset, name, &server, &server_dev)?;
                     (server_dev.clone(), false)
                 }
                 Some(e) => {
                     let eh = format!("eh-{name}");
                     let es = format!("es-{name}");
-                    handset.ip(&[
-                        "link",
-                        "add",
-                        name,
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        &eh,
-                        "netns",
-                        e.name(),
-                    ])?;
-                    server.ip(&[
-                        "link",
-                        "add",
-                        &server_dev,
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        &es,
-                        "netns",
-                        e.name(),
-                    ])?;
+                    veth(&handset, name, e, &eh)?;
+                    veth(&server, &server_dev, e, &es)?;
                     (eh, true)
                 }
             };
@@ -476,4 +443,22 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+/// A veth pair with one end `a` in `a_ns` and the other `b` in `b_ns`, made from inside `a_ns`
+/// (`ip -n A link add A type veth peer name B netns B_NS`): never in the root namespace.
+fn veth(a_ns: &Netns, a: &str, b_ns: &Netns, b: &str) -> Result<()> {
+    a_ns.ip(&[
+        "link",
+        "add",
+        a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        b_ns.name(),
+    ])?;
+    Ok(())
 }

@@ -7,10 +7,11 @@ use roam_tests::privilege::require_netns;
 
 #[test]
 fn demo_survives_wifi_down_and_back_with_every_byte_intact() {
-    if !require_netns("demo_survives_wifi_down_and_back_with_every_byte_intact") {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("demo_survives_wifi_down_and_back_with_every_byte_intact")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let svg = std::env::temp_dir().join(format!("roam-demo-{}.svg", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_roam-demo"))
         .args(["--outage-ms", "300", "--svg"])

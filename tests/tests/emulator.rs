@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use roam_tests::emulator::PathConfig;
-use roam_tests::privilege::require_netns;
 use roam_tests::probe::{EchoServer, ProbeSpec, probe};
 use roam_tests::topology::{Direction, SERVICE_V4, SERVICE_V6, Topology};
 
@@ -39,10 +38,10 @@ fn from_wlan0(topo: &Topology, v6: bool) -> (SocketAddr, SocketAddr) {
 
 #[test]
 fn configured_rtt_is_what_a_ping_measures() {
-    if !require_netns("configured_rtt_is_what_a_ping_measures") {
+    let Some(_serial) = roam_tests::serial::netns_test("configured_rtt_is_what_a_ping_measures")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let (topo, _e4, _e6) = emulated();
     let emu = topo.emulator("wlan0").unwrap();
     for (rtt_ms, v6) in [(20u64, false), (60, true), (120, false)] {
@@ -88,10 +87,10 @@ fn configured_rtt_is_what_a_ping_measures() {
 
 #[test]
 fn configured_loss_is_what_a_ping_measures() {
-    if !require_netns("configured_loss_is_what_a_ping_measures") {
+    let Some(_serial) = roam_tests::serial::netns_test("configured_loss_is_what_a_ping_measures")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let (topo, _e4, _e6) = emulated();
     let emu = topo.emulator("wlan0").unwrap();
     // Loss on both directions: a probe survives with (1-p)^2, so the one-way loss the probe
@@ -127,10 +126,10 @@ fn configured_loss_is_what_a_ping_measures() {
 
 #[test]
 fn settings_change_while_traffic_flows() {
-    if !require_netns("settings_change_while_traffic_flows") {
+    let Some(_serial) = roam_tests::serial::netns_test("settings_change_while_traffic_flows")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let (topo, _e4, _e6) = emulated();
     let emu = topo.emulator("wlan0").unwrap();
     let (bind, target) = from_wlan0(&topo, false);

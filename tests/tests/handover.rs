@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use roam_tests::handover::{Outcome, RunConfig, run_once};
-use roam_tests::privilege::require_netns;
 use roam_tests::scenario::Scenario;
 use roam_tests::system::{Transport, baseline};
 use roam_tests::tls::{SERVER_NAME, TestPki, client_trusting};
@@ -47,10 +46,11 @@ fn assert_intact(o: &Outcome) {
 
 #[test]
 fn quinn_survives_link_down_and_the_server_sees_it_migrate() {
-    if !require_netns("quinn_survives_link_down_and_the_server_sees_it_migrate") {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("quinn_survives_link_down_and_the_server_sees_it_migrate")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let o = run_once(
         baseline(Transport::Quic).unwrap(),
         Scenario::LinkDown,
@@ -83,10 +83,11 @@ fn quinn_survives_link_down_and_the_server_sees_it_migrate() {
 
 #[test]
 fn kernel_mptcp_moves_to_the_backup_subflow_on_link_down() {
-    if !require_netns("kernel_mptcp_moves_to_the_backup_subflow_on_link_down") {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("kernel_mptcp_moves_to_the_backup_subflow_on_link_down")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let o = run_once(
         baseline(Transport::Mptcp).unwrap(),
         Scenario::LinkDown,
@@ -111,10 +112,11 @@ fn kernel_mptcp_moves_to_the_backup_subflow_on_link_down() {
 
 #[test]
 fn tcp_reconnect_resumes_without_losing_a_message() {
-    if !require_netns("tcp_reconnect_resumes_without_losing_a_message") {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("tcp_reconnect_resumes_without_losing_a_message")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let o = run_once(
         baseline(Transport::TcpResume).unwrap(),
         Scenario::AddrRemove,
@@ -139,10 +141,11 @@ fn tcp_reconnect_resumes_without_losing_a_message() {
 
 #[test]
 fn quinn_on_the_wildcard_address_dies_in_a_silent_blackhole() {
-    if !require_netns("quinn_on_the_wildcard_address_dies_in_a_silent_blackhole") {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("quinn_on_the_wildcard_address_dies_in_a_silent_blackhole")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let cfg = RunConfig {
         after: Duration::from_millis(300),
         timeout: Duration::from_millis(1500),
@@ -166,10 +169,11 @@ fn quinn_on_the_wildcard_address_dies_in_a_silent_blackhole() {
 
 #[test]
 fn quic_refuses_a_server_signed_by_another_ca() {
-    if !require_netns("quic_refuses_a_server_signed_by_another_ca") {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("quic_refuses_a_server_signed_by_another_ca")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let topo = Topology::builder()
         .link("wlan0", roam_policy::LinkKind::Wifi)
         .build()
@@ -230,10 +234,10 @@ fn quic_refuses_a_server_signed_by_another_ca() {
 
 #[test]
 fn bench_binary_writes_the_documented_json() {
-    if !require_netns("bench_binary_writes_the_documented_json") {
+    let Some(_serial) = roam_tests::serial::netns_test("bench_binary_writes_the_documented_json")
+    else {
         return;
-    }
-    let _serial = roam_tests::serial::exclusive();
+    };
     let dir = std::env::temp_dir().join(format!("roam-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");

@@ -54,17 +54,12 @@ fn parse_list<T: std::str::FromStr<Err = String> + Copy>(s: &str, all: &[T]) -> 
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
-    if let Some(why) = roam_tests::privilege::missing() {
-        eprintln!("handover-bench: {why}; run it as root (sudo) or with those capabilities");
-        return ExitCode::from(2);
+    if let Err(code) = roam_tests::binary::start(
+        "handover-bench",
+        "sudo ./target/release/handover-bench --quick",
+    ) {
+        return code;
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

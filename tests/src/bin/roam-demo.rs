@@ -49,19 +49,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
-    if let Some(why) = roam_tests::privilege::missing() {
-        eprintln!(
-            "roam-demo: {why}; run it as root, e.g. sudo -E cargo run --release -p roam-tests --bin roam-demo"
-        );
-        return ExitCode::from(2);
+    if let Err(code) = roam_tests::binary::start(
+        "roam-demo",
+        "sudo -E cargo run --release -p roam-tests --bin roam-demo",
+    ) {
+        return code;
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
