@@ -55,6 +55,8 @@ pub struct Config {
     pub interfaces: Vec<InterfaceOverride>,
     /// Policy routing; `None` when the config turns it off.
     pub routing: Option<RoutingConfig>,
+    /// Whether roamd manages the in-kernel MPTCP endpoints.
+    pub mptcp: bool,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             probe_targets: Vec::new(),
             interfaces: Vec::new(),
             routing: Some(RoutingConfig::default()),
+            mptcp: true,
         }
     }
 }
@@ -170,6 +173,13 @@ struct RawConfig {
     #[serde(default)]
     interface: Vec<RawInterface>,
     routing: Option<RawRouting>,
+    mptcp: Option<RawMptcp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMptcp {
+    enabled: bool,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +351,7 @@ impl Config {
 
         Ok(Config {
             routing,
+            mptcp: raw.mptcp.is_none_or(|m| m.enabled),
             socket: raw.socket,
             policy: raw.policy,
             admin_group: raw.admin_group.map(|g| match g.into_inner() {
@@ -464,6 +475,12 @@ metered = false
         assert_eq!(Config::from_str("empty", "").unwrap(), Config::default());
         let off = Config::from_str("r", "[routing]\nenabled = false\n").unwrap();
         assert_eq!(off.routing, None);
+        assert!(off.mptcp);
+        assert!(
+            !Config::from_str("m", "[mptcp]\nenabled = false\n")
+                .unwrap()
+                .mptcp
+        );
         let r = Config::from_str("r", "[routing]\ntable_base = 5000\n").unwrap();
         assert_eq!(
             r.routing.map(|r| (r.table_base, r.rule_priority)),
@@ -526,9 +543,13 @@ metered = false
     fn the_shipped_example_parses() {
         let text = include_str!("../dist/roamd.example.toml");
         let c = Config::from_str("roamd.example.toml", text).unwrap();
-        assert_eq!(c.policy.as_deref(), Some(Path::new("/etc/roam/policy.roam")));
+        assert_eq!(
+            c.policy.as_deref(),
+            Some(Path::new("/etc/roam/policy.roam"))
+        );
         assert_eq!(c.probe, ProbeConfig::default());
         assert_eq!(c.routing, Some(RoutingConfig::default()));
+        assert!(c.mptcp);
     }
 
     #[test]

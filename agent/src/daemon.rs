@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, resolve_group};
-use crate::core::{Action, ClientId, Core, Event, LinkInfo, Policy, RoutingPlan};
+use crate::core::{Action, ClientId, Core, Event, LinkInfo, MptcpPlan, Policy, RoutingPlan};
+use crate::enforce::mptcp::MptcpEnforcer;
 use crate::enforce::routing::RoutingEnforcer;
 use crate::ipc::proto::{self, Reply, Request, Status};
 use crate::ipc::server::{self, FromClient, Peer};
@@ -64,6 +65,9 @@ struct Daemon {
     policy_path: Option<PathBuf>,
     dry_run: bool,
     routing: Option<RoutingEnforcer>,
+    mptcp: Option<MptcpEnforcer>,
+    /// An MPTCP plan whose slow half (deletions) waits until pushes are written.
+    mptcp_retire: Option<MptcpPlan>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -99,6 +103,8 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         policy_path: opts.policy_path.clone(),
         dry_run: opts.dry_run,
         routing: None,
+        mptcp: None,
+        mptcp_retire: None,
     };
     if let Some(cfg) = opts.config.routing {
         let mut enforcer =
@@ -122,12 +128,37 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         d.routing = Some(enforcer);
         d.core.enable_routing(cfg);
     }
+    if opts.config.mptcp {
+        let mut enforcer = MptcpEnforcer::open().context(
+            "opening the mptcp_pm generic netlink family (set `[mptcp] enabled = false` in the config on a kernel without MPTCP)",
+        )?;
+        if opts.dry_run {
+            for e in enforcer.stale()? {
+                tracing::info!(endpoint = %e, "dry run: would remove stale endpoint");
+            }
+        } else {
+            let n = enforcer
+                .remove_stale()
+                .context("removing MPTCP endpoints left by an earlier roamd")?;
+            if n > 0 {
+                tracing::info!(
+                    removed = n,
+                    "removed MPTCP endpoints left by an earlier roamd"
+                );
+            }
+        }
+        d.mptcp = Some(enforcer);
+    }
     let initial = monitor
         .dump()
         .await
         .context("dumping links, addresses and routes")?;
     d.on_monitor(initial);
+    if d.mptcp.is_some() {
+        d.core.enable_mptcp(Instant::now());
+    }
     d.run_actions();
+    d.retire_mptcp();
 
     let listener = server::bind(&opts.socket)
         .with_context(|| format!("listening on {}", opts.socket.display()))?;
@@ -182,12 +213,22 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             _ = sleep => d.core.handle_timeout(Instant::now()),
         }
         d.run_actions();
+        if d.mptcp_retire.is_some() {
+            // Let the connection tasks write the pushes just queued before the kernel is
+            // asked for the slow part.
+            tokio::task::yield_now().await;
+            d.retire_mptcp();
+        }
     };
     acceptor.abort();
-    if let Some(r) = &mut d.routing
-        && !d.dry_run
-    {
-        r.clear();
+    d.retire_mptcp();
+    if !d.dry_run {
+        if let Some(m) = &mut d.mptcp {
+            m.clear();
+        }
+        if let Some(r) = &mut d.routing {
+            r.clear();
+        }
     }
     let _ = std::fs::remove_file(&opts.socket);
     tracing::info!("roamd stopped");
@@ -318,6 +359,7 @@ impl Daemon {
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
                     Action::Routing(plan) => self.apply_routing(&plan),
+                    Action::Mptcp(plan) => self.apply_mptcp(&plan),
                 }
             }
             if failed.is_empty() {
@@ -338,6 +380,26 @@ impl Daemon {
             return;
         }
         r.apply(plan);
+    }
+
+    fn apply_mptcp(&mut self, plan: &MptcpPlan) {
+        let Some(m) = &mut self.mptcp else { return };
+        if self.dry_run {
+            tracing::info!(
+                endpoints = plan.endpoints.len(),
+                "dry run: MPTCP endpoints not changed"
+            );
+            return;
+        }
+        m.promote(plan);
+        self.mptcp_retire = Some(plan.clone());
+    }
+
+    /// The deferred half of MPTCP changes (see [`MptcpEnforcer::retire`]).
+    fn retire_mptcp(&mut self) {
+        if let (Some(plan), Some(m)) = (self.mptcp_retire.take(), &mut self.mptcp) {
+            m.retire(&plan);
+        }
     }
 
     /// Queues a frame for a client; a client whose queue is full is not reading and is dropped.

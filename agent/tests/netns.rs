@@ -387,3 +387,98 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
     hs.stop_roamd(libc::SIGTERM);
     assert_eq!(hs.kernel_routing(), before);
 }
+
+#[test]
+fn mptcp_endpoints_follow_the_default_decision_and_are_removed_exactly() {
+    if !can_run("mptcp_endpoints_follow_the_default_decision_and_are_removed_exactly") {
+        return;
+    }
+    let mut hs = Handset::new("");
+    // Someone else's endpoint, outside roamd's ids: it must survive everything.
+    hs.ip_h(&[
+        "mptcp",
+        "endpoint",
+        "add",
+        "198.18.3.2",
+        "id",
+        "5",
+        "signal",
+        "dev",
+        "bnep0",
+    ]);
+    let endpoints = |hs: &Handset| {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &hs.h, "mptcp", "endpoint", "show"])
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = endpoints(&hs);
+    hs.start_roamd(&[]);
+    let during = endpoints(&hs);
+    assert!(
+        during.contains(&"198.18.1.2 id 200 subflow dev wlan0".to_owned()),
+        "{during:?}"
+    );
+    assert!(
+        during.contains(&"198.18.2.2 id 201 subflow backup dev rmnet0".to_owned()),
+        "{during:?}"
+    );
+    assert!(
+        during
+            .iter()
+            .any(|e| e.starts_with("198.18.3.2 id 5 signal")),
+        "{during:?}"
+    );
+
+    // wlan0 dies: its endpoint goes, rmnet0's stops being a backup.
+    let mut sub = hs.subscriber(None);
+    wait_update(&mut sub, WAIT, "wlan0 primary", |u| {
+        paths(u).first() == Some(&"wlan0")
+    });
+    hs.ip_h(&["link", "set", "wlan0", "down"]);
+    wait_update(&mut sub, WAIT, "rmnet0 primary", |u| {
+        paths(u).first() == Some(&"rmnet0")
+    });
+    // The endpoint work is done in the agent's same turn; a status round trip orders after it.
+    sub.call(|id| Request::Status { id }).unwrap();
+    let after = endpoints(&hs);
+    assert!(
+        after.contains(&"198.18.2.2 id 201 subflow dev rmnet0".to_owned()),
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|e| e.starts_with("198.18.1.2")),
+        "{after:?}"
+    );
+
+    hs.stop_roamd(libc::SIGTERM);
+    assert_eq!(
+        endpoints(&hs),
+        before,
+        "a clean stop leaves only what was there"
+    );
+    hs.ip_h(&["link", "set", "wlan0", "up"]);
+    hs.start_roamd(&[]);
+    hs.stop_roamd(libc::SIGKILL);
+    assert_ne!(
+        endpoints(&hs),
+        before,
+        "a killed roamd leaves its endpoints"
+    );
+    hs.start_roamd(&["--dry-run"]);
+    hs.stop_roamd(libc::SIGTERM);
+    assert_ne!(endpoints(&hs), before, "--dry-run removes nothing");
+    hs.start_roamd(&[]);
+    hs.stop_roamd(libc::SIGTERM);
+    assert_eq!(
+        endpoints(&hs),
+        before,
+        "the next start removed what the killed one left"
+    );
+}

@@ -106,6 +106,23 @@ pub struct PlannedRoute {
     pub gateway: Option<IpAddr>,
 }
 
+/// What the in-kernel MPTCP endpoints should be, from the device-wide default decision (the
+/// policy's default block): an endpoint per address of every path, `backup` on backup paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MptcpPlan {
+    /// Local address -> endpoint.
+    pub endpoints: BTreeMap<IpAddr, MptcpEndpoint>,
+}
+
+/// One endpoint of an [`MptcpPlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MptcpEndpoint {
+    /// Interface index the address is on.
+    pub index: u32,
+    /// Subflows from it carry data only when no other can.
+    pub backup: bool,
+}
+
 /// One rule of a [`RoutingPlan`]: `from addr lookup table`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PlannedRule {
@@ -230,6 +247,8 @@ pub enum Action {
     },
     /// Policy routing should now look like this (sent when it changes).
     Routing(RoutingPlan),
+    /// The MPTCP endpoints should now look like this (sent when it changes).
+    Mptcp(MptcpPlan),
 }
 
 /// How often a link is probed right now.
@@ -348,6 +367,7 @@ pub struct Core {
     next_recheck: Option<Instant>,
     actions: VecDeque<Action>,
     routing: Option<(RoutingConfig, RoutingPlan)>,
+    mptcp: Option<MptcpPlan>,
 }
 
 impl Core {
@@ -362,6 +382,48 @@ impl Core {
             next_recheck: None,
             actions: VecDeque::new(),
             routing: None,
+            mptcp: None,
+        }
+    }
+
+    /// Turns MPTCP endpoint planning on: from now on the core emits [`Action::Mptcp`] whenever
+    /// the plan changes.
+    pub fn enable_mptcp(&mut self, now: Instant) {
+        self.mptcp = Some(MptcpPlan::default());
+        self.plan_mptcp(&self.interfaces(now));
+    }
+
+    fn plan_mptcp(&mut self, interfaces: &[Interface]) {
+        let Some(current) = &self.mptcp else {
+            return;
+        };
+        let device = self.policy.evaluate(&State {
+            app: None,
+            flow: None,
+            interfaces: interfaces.to_vec(),
+        });
+        let mut plan = MptcpPlan::default();
+        for path in &device.paths {
+            let Some((&index, link)) = self
+                .links
+                .iter()
+                .find(|(_, l)| l.info.name == path.interface)
+            else {
+                continue;
+            };
+            for (a, _) in link.addrs.iter().filter(|(a, _)| usable_address(a)) {
+                plan.endpoints.insert(
+                    *a,
+                    MptcpEndpoint {
+                        index,
+                        backup: path.role == roam_policy::Role::Backup,
+                    },
+                );
+            }
+        }
+        if &plan != current {
+            self.actions.push_back(Action::Mptcp(plan.clone()));
+            self.mptcp = Some(plan);
         }
     }
 
@@ -637,6 +699,11 @@ impl Core {
             .iter()
             .map(|i| (i.name.clone(), i.kind, i.state))
             .collect();
+        // The kernel is brought in line first, then apps are told: an app that moves on the
+        // news finds the routes and endpoints already there.
+        self.plan_routing();
+        self.plan_mptcp(&interfaces);
+        let mut pushes = Vec::new();
         // Evaluate once per (app, flow): a thousand sessions of one app cost one evaluation.
         let mut cache: HashMap<(String, Option<(u64, u64)>), Decision> = HashMap::new();
         for (&id, client) in &mut self.clients {
@@ -659,7 +726,7 @@ impl Core {
                     "push"
                 );
                 client.pushed = Some(key);
-                self.actions.push_back(Action::Push {
+                pushes.push(Action::Push {
                     client: id,
                     update: Update {
                         decision: decision.clone(),
@@ -669,9 +736,9 @@ impl Core {
             }
             client.last = Some(decision);
         }
+        self.actions.extend(pushes);
         self.pace_probes(now);
         self.next_recheck = self.hold_recheck(now);
-        self.plan_routing();
     }
 
     fn update_states(&mut self, now: Instant) {

@@ -535,3 +535,53 @@ fn policy_routing_mirrors_main_table_routes_with_one_rule_per_address() {
     );
     assert_eq!(routing(drain(&mut core)), [RoutingPlan::default()]);
 }
+
+#[test]
+fn mptcp_endpoints_follow_the_device_default_decision() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), false, t0);
+    core.enable_mptcp(t0);
+    let plans = |actions: Vec<Action>| -> Vec<Vec<(IpAddr, bool)>> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Mptcp(p) => Some(p.endpoints.iter().map(|(a, e)| (*a, e.backup)).collect()),
+                _ => None,
+            })
+            .collect()
+    };
+    let addr = |i: u32| IpAddr::from([198, 18, i as u8, 2]);
+    let first = plans(drain(&mut core));
+    assert_eq!(
+        first,
+        [vec![
+            (addr(WLAN), false),
+            (addr(RMNET), true),
+            (addr(BNEP), true)
+        ]]
+    );
+    // wlan0 loses carrier: its endpoint goes and rmnet0 is promoted.
+    let mut down = info(WLAN, "wlan0", LinkKind::Wifi, false);
+    down.carrier = false;
+    core.handle(t0, Event::LinkUpdated(down));
+    subscribe(&mut core, t0, 1, "a");
+    let actions = drain(&mut core);
+    assert_eq!(
+        plans(actions.clone()),
+        [vec![(addr(RMNET), false), (addr(BNEP), true)]]
+    );
+    core.handle(
+        t0,
+        Event::LinkUpdated(info(WLAN, "wlan0", LinkKind::Wifi, false)),
+    );
+    let actions = drain(&mut core);
+    let kinds: Vec<&str> = actions
+        .iter()
+        .map(|a| match a {
+            Action::Mptcp(_) => "mptcp",
+            Action::Push { .. } => "push",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["mptcp", "push"], "the kernel first, then the apps");
+}

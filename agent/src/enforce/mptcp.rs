@@ -1,0 +1,497 @@
+//! The in-kernel MPTCP path manager's endpoints, through generic netlink (`mptcp_pm`), never by
+//! running `ip mptcp`.
+//!
+//! The device-wide default decision becomes the endpoint table: every address of every path
+//! gets a `subflow` endpoint, `backup` when the path is a backup. When the decision changes the
+//! agent acts at once, because the kernel does not (a stream stalled ~760 ms on its own here):
+//! a promoted path's endpoint loses `backup` (the kernel sends MP_PRIO on its subflows), and a
+//! dead path's endpoint is deleted (the kernel closes the subflows that use it).
+//!
+//! roamd only uses endpoint ids [`ID_FIRST`]..=[`ID_LAST`], so cleanup (on exit, and at start
+//! after a crash) removes exactly what it added and never an endpoint someone else made.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{
+    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    ParseableParametrized,
+};
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
+use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+
+use crate::core::{MptcpEndpoint, MptcpPlan};
+
+/// The first endpoint id roamd uses.
+pub const ID_FIRST: u8 = 200;
+/// The last endpoint id roamd uses.
+pub const ID_LAST: u8 = 254;
+
+const CMD_ADD_ADDR: u8 = 1;
+const CMD_DEL_ADDR: u8 = 2;
+const CMD_GET_ADDR: u8 = 3;
+const CMD_SET_FLAGS: u8 = 7;
+const ATTR_ADDR: u16 = 1;
+const ADDR_FAMILY: u16 = 1;
+const ADDR_ID: u16 = 2;
+const ADDR_ADDR4: u16 = 3;
+const ADDR_ADDR6: u16 = 4;
+const ADDR_FLAGS: u16 = 6;
+const ADDR_IF_IDX: u16 = 7;
+const NLA_F_NESTED: u16 = 1 << 15;
+const TYPE_MASK: u16 = !((1 << 15) | (1 << 14));
+
+/// `subflow`: the kernel opens an extra subflow from this address.
+pub const FLAG_SUBFLOW: u32 = 1 << 1;
+/// `backup`: subflows from this address carry data only when no other can.
+pub const FLAG_BACKUP: u32 = 1 << 2;
+
+/// One endpoint as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelEndpoint {
+    /// Endpoint id.
+    pub id: u8,
+    /// Local address.
+    pub addr: IpAddr,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Interface index, 0 when none was given.
+    pub index: i32,
+}
+
+impl fmt::Display for KernelEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} id {}", self.addr, self.id)?;
+        if self.flags & FLAG_SUBFLOW != 0 {
+            f.write_str(" subflow")?;
+        }
+        if self.flags & FLAG_BACKUP != 0 {
+            f.write_str(" backup")?;
+        }
+        write!(f, " dev #{}", self.index)
+    }
+}
+
+/// A `mptcp_pm` message: the command and its attributes, already encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PmMessage {
+    cmd: u8,
+    attrs: Vec<u8>,
+}
+
+impl GenlFamily for PmMessage {
+    fn family_name() -> &'static str {
+        "mptcp_pm"
+    }
+    fn command(&self) -> u8 {
+        self.cmd
+    }
+    fn version(&self) -> u8 {
+        1
+    }
+}
+
+impl Emitable for PmMessage {
+    fn buffer_len(&self) -> usize {
+        self.attrs.len()
+    }
+    fn emit(&self, buffer: &mut [u8]) {
+        buffer[..self.attrs.len()].copy_from_slice(&self.attrs);
+    }
+}
+
+impl ParseableParametrized<[u8], GenlHeader> for PmMessage {
+    fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
+        Ok(PmMessage {
+            cmd: header.cmd,
+            attrs: buf.to_vec(),
+        })
+    }
+}
+
+/// Appends one attribute (header, value, padding to 4 bytes).
+fn put(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len() + (4 - len % 4) % 4, 0);
+}
+
+/// Splits attributes into (type, value) pairs; stops at the first malformed one.
+fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while buf.len() >= 4 {
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            break;
+        }
+        out.push((kind, &buf[4..len]));
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+    }
+    out
+}
+
+/// The nested `MPTCP_PM_ATTR_ADDR` for an endpoint.
+fn addr_attr(id: u8, addr: Option<IpAddr>, flags: Option<u32>, index: Option<i32>) -> Vec<u8> {
+    let mut inner = Vec::new();
+    put(&mut inner, ADDR_ID, &[id]);
+    if let Some(a) = addr {
+        match a {
+            IpAddr::V4(v4) => {
+                put(
+                    &mut inner,
+                    ADDR_FAMILY,
+                    &(libc::AF_INET as u16).to_ne_bytes(),
+                );
+                put(&mut inner, ADDR_ADDR4, &v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                put(
+                    &mut inner,
+                    ADDR_FAMILY,
+                    &(libc::AF_INET6 as u16).to_ne_bytes(),
+                );
+                put(&mut inner, ADDR_ADDR6, &v6.octets());
+            }
+        }
+    }
+    if let Some(f) = flags {
+        put(&mut inner, ADDR_FLAGS, &f.to_ne_bytes());
+    }
+    if let Some(i) = index {
+        put(&mut inner, ADDR_IF_IDX, &i.to_ne_bytes());
+    }
+    let mut out = Vec::new();
+    put(&mut out, ATTR_ADDR | NLA_F_NESTED, &inner);
+    out
+}
+
+/// Parses one endpoint from a `GET_ADDR` reply's attributes.
+fn parse_endpoint(buf: &[u8]) -> Option<KernelEndpoint> {
+    let (_, nested) = attrs(buf).into_iter().find(|(k, _)| *k == ATTR_ADDR)?;
+    let mut ep = KernelEndpoint {
+        id: 0,
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        flags: 0,
+        index: 0,
+    };
+    let mut have_addr = false;
+    for (k, v) in attrs(nested) {
+        match (k, v.len()) {
+            (ADDR_ID, 1) => ep.id = v[0],
+            (ADDR_ADDR4, 4) => {
+                ep.addr = IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]));
+                have_addr = true;
+            }
+            (ADDR_ADDR6, 16) => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(v);
+                ep.addr = IpAddr::V6(Ipv6Addr::from(o));
+                have_addr = true;
+            }
+            (ADDR_FLAGS, 4) => ep.flags = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+            (ADDR_IF_IDX, 4) => ep.index = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+            _ => {}
+        }
+    }
+    have_addr.then_some(ep)
+}
+
+/// A blocking generic netlink socket talking to `mptcp_pm`. Like rtnetlink, generic netlink
+/// answers within `sendmsg`, so blocking costs no waiting (1 s receive timeout as a guard).
+#[derive(Debug)]
+pub struct MptcpEnforcer {
+    socket: Socket,
+    family: u16,
+    seq: u32,
+    buf: Vec<u8>,
+    /// address -> (id, backup) for every endpoint roamd added.
+    installed: BTreeMap<IpAddr, (u8, bool)>,
+}
+
+impl MptcpEnforcer {
+    /// Opens the socket and resolves the `mptcp_pm` family. Fails when the kernel has no
+    /// MPTCP (then run with `[mptcp] enabled = false`).
+    pub fn open() -> io::Result<MptcpEnforcer> {
+        let mut socket = Socket::new(NETLINK_GENERIC)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid fd we own, a timeval that lives across the call, and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut e = MptcpEnforcer {
+            socket,
+            family: 0,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+            installed: BTreeMap::new(),
+        };
+        e.family = e.resolve_family()?;
+        Ok(e)
+    }
+
+    fn resolve_family(&mut self) -> io::Result<u16> {
+        let mut g = GenlMessage::from_payload(GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName("mptcp_pm".into())],
+        });
+        g.finalize();
+        let mut m = NetlinkMessage::from(g);
+        self.seq += 1;
+        m.header.flags = NLM_F_REQUEST;
+        m.header.sequence_number = self.seq;
+        m.finalize();
+        let mut bytes = vec![0; m.buffer_len()];
+        m.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
+        let n = self.recv()?;
+        let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&self.buf[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        match reply.payload {
+            NetlinkPayload::InnerMessage(g) => g
+                .payload
+                .nlas
+                .iter()
+                .find_map(|a| match a {
+                    GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                    _ => None,
+                })
+                .ok_or_else(|| io::Error::other("nlctrl gave no id for mptcp_pm")),
+            NetlinkPayload::Error(e) => Err(io::Error::new(
+                e.to_io().kind(),
+                format!(
+                    "the kernel has no mptcp_pm netlink family ({}); is MPTCP built in and net.mptcp.enabled=1?",
+                    e.to_io()
+                ),
+            )),
+            other => Err(io::Error::other(format!(
+                "unexpected nlctrl reply {other:?}"
+            ))),
+        }
+    }
+
+    fn recv(&mut self) -> io::Result<usize> {
+        let mut slice = &mut self.buf[..];
+        let n = self.socket.recv(&mut slice, 0)?;
+        Ok(n.min(self.buf.len()))
+    }
+
+    fn send(&mut self, cmd: u8, attrs: Vec<u8>, flags: u16) -> io::Result<u32> {
+        let mut g = GenlMessage::from_payload(PmMessage { cmd, attrs });
+        g.set_resolved_family_id(self.family);
+        g.finalize();
+        let mut m = NetlinkMessage::from(g);
+        self.seq = self.seq.wrapping_add(1);
+        m.header.flags = flags;
+        m.header.sequence_number = self.seq;
+        m.finalize();
+        let mut bytes = vec![0; m.buffer_len()];
+        m.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
+        Ok(self.seq)
+    }
+
+    fn request(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
+        let seq = self.send(cmd, attrs, NLM_F_REQUEST | NLM_F_ACK)?;
+        loop {
+            let n = self.recv()?;
+            let m = NetlinkMessage::<GenlMessage<PmMessage>>::deserialize(&self.buf[..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            if m.header.sequence_number != seq {
+                continue;
+            }
+            if let NetlinkPayload::Error(e) = m.payload {
+                return match e.code {
+                    None => Ok(()),
+                    Some(_) => Err(e.to_io()),
+                };
+            }
+        }
+    }
+
+    /// Every endpoint in the kernel (`ip mptcp endpoint show`).
+    pub fn endpoints(&mut self) -> io::Result<Vec<KernelEndpoint>> {
+        let seq = self.send(CMD_GET_ADDR, Vec::new(), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        loop {
+            let n = self.recv()?;
+            let mut bytes = &self.buf[..n];
+            while !bytes.is_empty() {
+                let m = NetlinkMessage::<GenlMessage<PmMessage>>::deserialize(bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = m.header.length as usize;
+                if m.header.sequence_number == seq {
+                    match m.payload {
+                        NetlinkPayload::InnerMessage(g) => {
+                            out.extend(parse_endpoint(&g.payload.attrs))
+                        }
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                        _ => {}
+                    }
+                }
+                if len == 0 || len > bytes.len() {
+                    break;
+                }
+                bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
+            }
+        }
+    }
+
+    /// Endpoints with roamd's ids (left by a roamd that did not stop cleanly).
+    pub fn stale(&mut self) -> io::Result<Vec<KernelEndpoint>> {
+        Ok(self
+            .endpoints()?
+            .into_iter()
+            .filter(|e| (ID_FIRST..=ID_LAST).contains(&e.id))
+            .collect())
+    }
+
+    /// Deletes every endpoint with roamd's ids. Returns how many.
+    pub fn remove_stale(&mut self) -> io::Result<usize> {
+        let stale = self.stale()?;
+        for e in &stale {
+            if let Err(err) = self.request(CMD_DEL_ADDR, addr_attr(e.id, None, None, None)) {
+                tracing::warn!(endpoint = %e, error = %err, "could not remove a stale endpoint");
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// Brings the endpoints to `plan`: [`MptcpEnforcer::promote`], then
+    /// [`MptcpEnforcer::retire`].
+    pub fn apply(&mut self, plan: &MptcpPlan) {
+        self.promote(plan);
+        self.retire(plan);
+    }
+
+    /// The fast half of a change: flips `backup` where the plan says (the surviving path
+    /// carries data at once) and adds new endpoints. Each is a netlink round trip of a few
+    /// microseconds.
+    pub fn promote(&mut self, plan: &MptcpPlan) {
+        let changed: Vec<(IpAddr, u8, bool)> = self
+            .installed
+            .iter()
+            .filter_map(|(a, &(id, backup))| {
+                let want = plan.endpoints.get(a)?;
+                (want.backup != backup).then_some((*a, id, want.backup))
+            })
+            .collect();
+        for (addr, id, backup) in changed {
+            let flags = if backup { FLAG_BACKUP } else { 0 };
+            match self.request(CMD_SET_FLAGS, addr_attr(id, Some(addr), Some(flags), None)) {
+                Ok(()) => {
+                    tracing::info!(%addr, id, backup, "endpoint priority changed");
+                    self.installed.insert(addr, (id, backup));
+                }
+                Err(e) => tracing::warn!(%addr, id, error = %e, "endpoint priority not changed"),
+            }
+        }
+        self.add_new(plan);
+    }
+
+    /// The slow half: deletes endpoints the plan no longer has (the kernel closes their
+    /// subflows). The kernel takes milliseconds per deletion here, so the daemon runs this
+    /// after apps have been told.
+    pub fn retire(&mut self, plan: &MptcpPlan) {
+        let gone: Vec<(IpAddr, u8)> = self
+            .installed
+            .iter()
+            .filter(|(a, _)| !plan.endpoints.contains_key(*a))
+            .map(|(a, (id, _))| (*a, *id))
+            .collect();
+        for (addr, id) in gone {
+            match self.request(CMD_DEL_ADDR, addr_attr(id, None, None, None)) {
+                Ok(()) => tracing::info!(%addr, id, "endpoint removed"),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => tracing::warn!(%addr, id, error = %e, "endpoint not removed"),
+            }
+            self.installed.remove(&addr);
+        }
+    }
+
+    fn add_new(&mut self, plan: &MptcpPlan) {
+        let new: Vec<(IpAddr, MptcpEndpoint)> = plan
+            .endpoints
+            .iter()
+            .filter(|(a, _)| !self.installed.contains_key(*a))
+            .map(|(a, e)| (*a, *e))
+            .collect();
+        for (addr, ep) in new {
+            let Some(id) =
+                (ID_FIRST..=ID_LAST).find(|i| !self.installed.values().any(|(u, _)| u == i))
+            else {
+                tracing::warn!(%addr, "no free endpoint id left in {ID_FIRST}..={ID_LAST}");
+                break;
+            };
+            let flags = FLAG_SUBFLOW | if ep.backup { FLAG_BACKUP } else { 0 };
+            let index = i32::try_from(ep.index).unwrap_or(0);
+            match self.request(
+                CMD_ADD_ADDR,
+                addr_attr(id, Some(addr), Some(flags), Some(index)),
+            ) {
+                Ok(()) => {
+                    tracing::info!(%addr, id, backup = ep.backup, "endpoint added");
+                    self.installed.insert(addr, (id, ep.backup));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    tracing::info!(%addr, "an endpoint for this address exists that roamd did not add; left alone");
+                }
+                Err(e) => tracing::warn!(%addr, id, error = %e, "endpoint not added"),
+            }
+        }
+    }
+
+    /// Removes every endpoint this enforcer added (on exit).
+    pub fn clear(&mut self) {
+        self.apply(&MptcpPlan::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_attributes_round_trip() {
+        let a: IpAddr = "198.18.2.2".parse().unwrap();
+        let bytes = addr_attr(201, Some(a), Some(FLAG_SUBFLOW | FLAG_BACKUP), Some(3));
+        assert_eq!(bytes.len() % 4, 0);
+        let ep = parse_endpoint(&bytes).unwrap();
+        assert_eq!(
+            ep,
+            KernelEndpoint {
+                id: 201,
+                addr: a,
+                flags: FLAG_SUBFLOW | FLAG_BACKUP,
+                index: 3
+            }
+        );
+        assert_eq!(ep.to_string(), "198.18.2.2 id 201 subflow backup dev #3");
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        let ep = parse_endpoint(&addr_attr(7, Some(v6), None, None)).unwrap();
+        assert_eq!((ep.id, ep.addr, ep.flags), (7, v6, 0));
+        assert_eq!(parse_endpoint(&addr_attr(7, None, None, None)), None);
+        assert_eq!(parse_endpoint(&[1, 2, 3]), None);
+    }
+}
