@@ -110,7 +110,6 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::Io`] that says what was being done.
-    #[allow(dead_code)] // the session code uses it
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
         Error::Io {
             what: what.into(),

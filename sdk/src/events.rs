@@ -42,7 +42,6 @@ pub struct Events {
 }
 
 impl Events {
-    #[allow(dead_code)] // the session code uses it
     pub(crate) fn new(rx: broadcast::Receiver<SessionEvent>) -> Events {
         Events { rx }
     }

@@ -1,10 +1,49 @@
-//! roam SDK: sessions that survive losing the interface they started on.
+//! roam SDK: byte-stream sessions that survive losing the interface they started on.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), roam::Error> {
+//! use tokio::io::AsyncWriteExt;
+//! let mut s = roam::Session::builder()
+//!     .app("com.example.chat")
+//!     .policy("link wifi = kind wifi\nlink cell = kind cellular\ndefault { prefer wifi over cell }")
+//!     .connect("chat.example.com:443")
+//!     .await?;
+//! s.write_all(b"hello").await?;
+//! let mut events = s.events();
+//! while let Some(e) = events.next().await {
+//!     println!("{e:?}"); // PathChanged { from: wlan0, to: rmnet0, reason: LinkLost }, ...
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - [`session`]: [`Session`] (the byte stream), [`SessionBuilder`], connecting and racing
+//!   candidates, the driver that moves a session.
+//! - [`listener`]: [`Listener`], the server side.
+//! - [`path`]: the sans-I/O path manager that decides when a session moves.
+//! - [`decision`]: where decisions come from ([`DecisionSource`]); [`Embedded`] today.
+//! - [`monitor`]: the embedded link monitor (netlink).
+//! - [`tls`]: rustls configurations with ALPN `roam/1`.
+//! - [`events`], [`error`]: what the app is told.
+//!
+//! Only QUIC is implemented; MPTCP and TCP resumption return [`Error::Unsupported`]. Without
+//! roamd the session evaluates the policy itself over an embedded monitor; following roamd's
+//! decisions over its IPC socket is the next [`DecisionSource`].
 #![warn(missing_docs)]
 
+pub mod decision;
 pub mod error;
 pub mod events;
+pub mod listener;
+pub mod monitor;
 pub mod path;
+pub mod session;
+pub mod tls;
 
+pub use decision::{DecisionSource, Embedded, Snapshot};
 pub use error::{Error, Result};
 pub use events::{Events, SessionEvent};
+pub use listener::Listener;
 pub use roam_policy::model;
+pub use session::{PathInfo, Session, SessionBuilder, TransportPreference};
+pub use tls::ClientTls;

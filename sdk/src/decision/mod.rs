@@ -1,0 +1,94 @@
+//! Where a session's decisions come from.
+//!
+//! A [`DecisionSource`] publishes [`Snapshot`]s: the policy's decision for the app and the
+//! interfaces it names, with their addresses. Today there is one source, [`Embedded`]: a link
+//! monitor in the app's process and a policy evaluated with `roam_policy`. Following roamd's
+//! pushed decisions over its IPC socket (`agent/PROTOCOL.md`) is the next source behind the
+//! same trait; sessions do not change when it arrives.
+
+mod embedded;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use roam_policy::{Decision, LinkKind, LinkState};
+use tokio::sync::watch;
+
+pub use embedded::Embedded;
+
+use crate::error::Result;
+use crate::path::LocalPath;
+
+/// One interface as a decision source sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkView {
+    /// The kernel's name.
+    pub name: String,
+    /// What kind of link it is.
+    pub kind: LinkKind,
+    /// How usable it is.
+    pub state: LinkState,
+    /// Its usable global addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// A decision and the interfaces it was made from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// What the policy decided for the app.
+    pub decision: Decision,
+    /// Every interface the source knows.
+    pub links: Vec<LinkView>,
+}
+
+impl Snapshot {
+    /// The decision's paths, best first, each with an address of `family_v6`'s family;
+    /// interfaces without one are left out.
+    pub fn local_paths(&self, v6: bool) -> Vec<LocalPath> {
+        self.decision
+            .paths
+            .iter()
+            .filter_map(|p| {
+                let link = self.links.iter().find(|l| l.name == p.interface)?;
+                let local = *link.addrs.iter().find(|a| a.is_ipv6() == v6)?;
+                Some(LocalPath {
+                    interface: p.interface.clone(),
+                    local,
+                })
+            })
+            .collect()
+    }
+
+    /// Why no path is permitted, for [`crate::Error::NoPermittedPath`].
+    pub fn blocked_detail(&self) -> String {
+        let links: Vec<String> = self
+            .links
+            .iter()
+            .map(|l| format!("{} ({}) {}", l.name, l.kind, l.state))
+            .collect();
+        let mut text = if links.is_empty() {
+            "the device has no interface".to_owned()
+        } else {
+            format!("interfaces: {}", links.join(", "))
+        };
+        if let Some(why) = self.decision.explain.last() {
+            text.push_str("; ");
+            text.push_str(why);
+        }
+        text
+    }
+}
+
+/// A future a [`DecisionSource`] returns.
+pub type SubscribeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<watch::Receiver<Arc<Snapshot>>>> + Send + 'a>>;
+
+/// Something that tells a session which paths it may use.
+pub trait DecisionSource: Send + Sync + std::fmt::Debug + 'static {
+    /// Starts following the decisions for `app` (`None`: the policy's default block). The
+    /// receiver holds a first snapshot when the future completes, and sees every change after.
+    /// Runs on the caller's tokio runtime and in the caller's network namespace.
+    fn subscribe<'a>(&'a self, app: Option<&'a str>) -> SubscribeFuture<'a>;
+}

@@ -1,0 +1,256 @@
+//! [`SessionBuilder`]: how a session connects.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roam_policy::{MultipathMode, Policy};
+
+use super::Session;
+use crate::decision::{DecisionSource, Embedded};
+use crate::error::{Error, Result};
+use crate::path::manager;
+use crate::tls::ClientTls;
+
+/// Which transport a session uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportPreference {
+    /// The best one available; QUIC today.
+    #[default]
+    Auto,
+    /// QUIC (quinn): connection migration across interfaces.
+    Quic,
+    /// Multipath TCP with subflows per interface (not implemented yet).
+    Mptcp,
+    /// TCP with application-level resumption over a fresh connection (not implemented yet).
+    TcpResume,
+}
+
+impl TransportPreference {
+    /// The word used in configuration (`auto`, `quic`, `mptcp`, `tcp-resume`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportPreference::Auto => "auto",
+            TransportPreference::Quic => "quic",
+            TransportPreference::Mptcp => "mptcp",
+            TransportPreference::TcpResume => "tcp-resume",
+        }
+    }
+}
+
+impl fmt::Display for TransportPreference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TransportPreference {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            TransportPreference::Auto,
+            TransportPreference::Quic,
+            TransportPreference::Mptcp,
+            TransportPreference::TcpResume,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| format!("unknown transport `{s}`; expected auto, quic, mptcp or tcp-resume"))
+    }
+}
+
+/// Options of a session. Every setter has a default; [`SessionBuilder::connect`] makes it.
+#[derive(Debug, Clone)]
+pub struct SessionBuilder {
+    pub(crate) app: Option<String>,
+    pub(crate) transport: TransportPreference,
+    pub(crate) multipath: Option<MultipathMode>,
+    pub(crate) tls: ClientTls,
+    pub(crate) alpn: Vec<Vec<u8>>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) attempt_delay: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) keep_alive: Duration,
+    pub(crate) source: Option<Arc<dyn DecisionSource>>,
+    pub(crate) policy: Option<String>,
+    pub(crate) path: manager::Config,
+}
+
+impl Default for SessionBuilder {
+    fn default() -> Self {
+        SessionBuilder::new()
+    }
+}
+
+impl SessionBuilder {
+    /// The defaults: no app id, `auto` transport, the decision's multipath mode, the
+    /// system's trust store, connect timeout 10 s, Happy Eyeballs attempt delay 250 ms
+    /// (RFC 8305), idle timeout 30 s, keep-alive every 1 s, the built-in policy.
+    pub fn new() -> Self {
+        SessionBuilder {
+            app: None,
+            transport: TransportPreference::Auto,
+            multipath: None,
+            tls: ClientTls::SystemRoots,
+            alpn: Vec::new(),
+            server_name: None,
+            connect_timeout: Duration::from_secs(10),
+            attempt_delay: Duration::from_millis(250),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(1),
+            source: None,
+            policy: None,
+            path: manager::Config::default(),
+        }
+    }
+
+    /// The app id the policy's `app "..."` blocks match (`com.example.video`).
+    pub fn app(mut self, app: impl Into<String>) -> Self {
+        self.app = Some(app.into());
+        self
+    }
+
+    /// The transport; `mptcp` and `tcp-resume` fail with [`Error::Unsupported`] for now.
+    pub fn transport(mut self, t: TransportPreference) -> Self {
+        self.transport = t;
+        self
+    }
+
+    /// Overrides the decision's multipath mode (`interactive` keeps a backup socket ready).
+    pub fn multipath(mut self, mode: MultipathMode) -> Self {
+        self.multipath = Some(mode);
+        self
+    }
+
+    /// Which certificates to trust.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Adds an app ALPN protocol, offered after `roam/1`.
+    pub fn alpn(mut self, protocol: impl Into<Vec<u8>>) -> Self {
+        self.alpn.push(protocol.into());
+        self
+    }
+
+    /// The name the server's certificate must carry, when it is not the target's host (for
+    /// an IP literal target, say).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// How long resolving, racing and the handshake may take in all.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long the race waits before starting the next candidate (RFC 8305 suggests 250 ms).
+    pub fn attempt_delay(mut self, d: Duration) -> Self {
+        self.attempt_delay = d;
+        self
+    }
+
+    /// The QUIC idle timeout: a session that hears nothing for this long is over.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// How often an idle session sends a keep-alive, which also lets it notice a dead path.
+    pub fn keep_alive(mut self, d: Duration) -> Self {
+        self.keep_alive = d;
+        self
+    }
+
+    /// A policy text (the roam policy language) to evaluate instead of the built-in one.
+    /// Errors surface from [`SessionBuilder::connect`] as [`Error::Policy`].
+    pub fn policy(mut self, text: impl Into<String>) -> Self {
+        self.policy = Some(text.into());
+        self
+    }
+
+    /// Where decisions come from; the default is [`Embedded`] with the builder's policy.
+    pub fn decision_source(mut self, source: Arc<dyn DecisionSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Tunables of the path manager (stall threshold, sampling, suspicion).
+    pub fn path_config(mut self, cfg: manager::Config) -> Self {
+        self.path = cfg;
+        self
+    }
+
+    /// Resolves `target` (`host:port`), races the candidates and returns the session.
+    pub async fn connect(self, target: &str) -> Result<Session> {
+        match self.transport {
+            TransportPreference::Auto | TransportPreference::Quic => {}
+            TransportPreference::Mptcp => return Err(Error::Unsupported("mptcp")),
+            TransportPreference::TcpResume => return Err(Error::Unsupported("tcp-resume")),
+        }
+        super::connect::connect(self, target).await
+    }
+
+    pub(crate) fn make_source(&self) -> Result<Arc<dyn DecisionSource>> {
+        if let Some(s) = &self.source {
+            return Ok(s.clone());
+        }
+        let policy = match &self.policy {
+            Some(text) => Policy::parse(text)?,
+            None => Policy::default_policy(),
+        };
+        Ok(Arc::new(Embedded::new(policy)))
+    }
+
+    pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+                Error::TlsConfig(format!("idle timeout {:?} is too large", self.idle_timeout))
+            })?,
+        ));
+        t.keep_alive_interval(Some(self.keep_alive));
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn transports_not_built_yet_say_so() {
+        for t in [TransportPreference::Mptcp, TransportPreference::TcpResume] {
+            let e = SessionBuilder::new()
+                .transport(t)
+                .connect("198.18.0.1:443")
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Unsupported(_)), "{e}");
+            assert!(e.to_string().contains("use `quic`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn transport_words_round_trip() {
+        for w in ["auto", "quic", "mptcp", "tcp-resume"] {
+            assert_eq!(w.parse::<TransportPreference>().unwrap().as_str(), w);
+        }
+        assert!("sctp".parse::<TransportPreference>().is_err());
+    }
+
+    #[test]
+    fn a_bad_policy_text_is_a_policy_error() {
+        let e = SessionBuilder::new()
+            .policy("prefer wifi over")
+            .make_source()
+            .unwrap_err();
+        assert!(matches!(e, Error::Policy(_)), "{e}");
+    }
+}

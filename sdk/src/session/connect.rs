@@ -1,0 +1,384 @@
+//! Connecting: resolve the name, ask the decision source which interfaces may carry the
+//! session, and race the candidates Happy Eyeballs style (RFC 8305).
+//!
+//! Candidates are (interface, peer address) pairs: interfaces in the decision's order, and
+//! for each, the peer's addresses with the families interleaved, IPv6 first. The first attempt
+//! starts at once; each next one starts when the attempt delay passes or the previous attempt
+//! fails, whichever comes first. The first handshake to finish wins; the others are dropped,
+//! with their endpoints, so the session keeps exactly one endpoint.
+//!
+//! Resolution uses the system resolver (`getaddrinfo`), which cannot be pinned to an interface;
+//! the addresses it returns are then tried on every permitted interface.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::builder::SessionBuilder;
+use super::driver::Driver;
+use super::socket::bind_udp;
+use super::{Session, Shared, negotiated_alpn, write_header};
+use crate::decision::Snapshot;
+use crate::error::{Error, Result};
+use crate::path::LocalPath;
+use crate::path::manager::PathManager;
+
+pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> {
+    let (host, port) = parse_target(target)?;
+    let span = tracing::info_span!("session", app = b.app.as_deref().unwrap_or("default"), %target);
+    let limit = b.connect_timeout;
+    tokio::time::timeout(limit, connect_inner(b, host, port).instrument(span))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("connecting to {target}"),
+            limit,
+        })?
+}
+
+/// Splits `host:port` or `[v6]:port`.
+fn parse_target(target: &str) -> Result<(String, u16)> {
+    let bad = |why| Error::InvalidTarget {
+        target: target.to_owned(),
+        why,
+    };
+    let (host, port) = target.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+    let (host, bracketed) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(h) => (h, true),
+        None => (host, false),
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if host.contains(':') && !bracketed {
+        return Err(bad("an IPv6 address must be in brackets"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let err = |detail: String| Error::Resolve {
+        host: host.to_owned(),
+        detail,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(err("no A or AAAA record".into()));
+    }
+    Ok(addrs)
+}
+
+/// RFC 8305 section 4: alternate the families, starting with IPv6, keeping each family's
+/// order.
+fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let (v6, v4): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs.iter().partition(|a| a.is_ipv6());
+    let mut out = Vec::with_capacity(addrs.len());
+    let (mut a, mut b) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return out,
+            (x, y) => out.extend(x.into_iter().chain(y)),
+        }
+    }
+}
+
+/// Every (local path, peer) pair, interfaces in the decision's order.
+fn candidates(snap: &Snapshot, peers: &[SocketAddr]) -> Vec<(LocalPath, SocketAddr)> {
+    let peers = interleave(peers);
+    let (paths_v4, paths_v6) = (snap.local_paths(false), snap.local_paths(true));
+    let mut out = Vec::new();
+    for p in &snap.decision.paths {
+        for peer in &peers {
+            let list = if peer.is_ipv6() { &paths_v6 } else { &paths_v4 };
+            if let Some(lp) = list.iter().find(|l| l.interface == p.interface) {
+                out.push((lp.clone(), *peer));
+            }
+        }
+    }
+    out
+}
+
+struct Attempt {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    path: LocalPath,
+    local: SocketAddr,
+}
+
+async fn connect_inner(b: SessionBuilder, host: String, port: u16) -> Result<Session> {
+    let source = b.make_source()?;
+    let decisions = source.subscribe(b.app.as_deref()).await?;
+    let snap = decisions.borrow().clone();
+    let app = b.app.clone().unwrap_or_else(|| "default".into());
+    if snap.decision.is_blocked() {
+        return Err(Error::NoPermittedPath {
+            app,
+            detail: snap.blocked_detail(),
+        });
+    }
+    let peers = resolve(&host, port).await?;
+    let cands = candidates(&snap, &peers);
+    if cands.is_empty() {
+        return Err(Error::NoPermittedPath {
+            app,
+            detail: format!(
+                "the permitted interfaces ({}) have no address of the peer's family ({peers:?})",
+                snap.decision
+                    .paths
+                    .iter()
+                    .map(|p| p.interface.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let tls = b.tls.build(&b.alpn)?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::TlsConfig(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(b.transport_config()?));
+    let server_name = b.server_name.clone().unwrap_or(host);
+
+    let won = race(&b, &cands, &client, &server_name).await?;
+    tracing::info!(path = %won.path, local = %won.local, peer = %won.conn.remote_address(), "connected");
+    let alpn = negotiated_alpn(&won.conn);
+    let (mut send, recv) = won.conn.open_bi().await?;
+    if alpn == crate::tls::ALPN {
+        write_header(&mut send, b.app.as_deref()).await?;
+    }
+
+    let v6 = won.conn.remote_address().is_ipv6();
+    let mut cfg = b.path.clone();
+    cfg.mode = b.multipath.unwrap_or(snap.decision.multipath);
+    let now = tokio::time::Instant::now().into_std();
+    let mut pm = PathManager::new(cfg, won.path.clone(), now);
+    pm.handle(
+        now,
+        crate::path::manager::Input::Paths(snap.local_paths(v6)),
+    );
+    let (events, _) = broadcast::channel(64);
+    let shared = Arc::new(Shared {
+        path: Mutex::new(Some((won.path.clone(), won.local))),
+    });
+    let activity = Arc::new(Notify::new());
+    let driver = Driver {
+        pm,
+        conn: won.conn.clone(),
+        endpoint: won.endpoint.clone(),
+        decisions,
+        v6,
+        activity: activity.clone(),
+        events: events.clone(),
+        shared: shared.clone(),
+        warm: None,
+        _source: source,
+    };
+    let handle = driver.spawn();
+    Ok(Session {
+        conn: won.conn,
+        send,
+        recv,
+        events,
+        shared,
+        activity: Some(activity),
+        app: b.app,
+        alpn,
+        _driver: Some(handle),
+        _endpoint: won.endpoint,
+    })
+}
+
+async fn race(
+    b: &SessionBuilder,
+    cands: &[(LocalPath, SocketAddr)],
+    client: &quinn::ClientConfig,
+    server_name: &str,
+) -> Result<Attempt> {
+    let mut set = JoinSet::new();
+    let mut next = 0;
+    let mut last_err = None;
+    let mut start_next = tokio::time::Instant::now();
+    for _ in 0..cands.len() * 2 + 1 {
+        if next < cands.len() && (set.is_empty() || tokio::time::Instant::now() >= start_next) {
+            let (path, peer) = cands[next].clone();
+            tracing::debug!(%path, %peer, attempt = next, "starting a candidate");
+            set.spawn(
+                attempt(path, peer, client.clone(), server_name.to_owned()).in_current_span(),
+            );
+            next += 1;
+            start_next = tokio::time::Instant::now() + b.attempt_delay;
+        }
+        let more = next < cands.len();
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                Some(Ok(Ok(won))) => {
+                    set.abort_all();
+                    return Ok(won);
+                }
+                Some(Ok(Err(e))) => {
+                    tracing::debug!(error = %e, "candidate failed");
+                    last_err = Some(e);
+                    // A failure starts the next candidate at once (RFC 8305 section 5).
+                    start_next = tokio::time::Instant::now();
+                }
+                Some(Err(join)) => last_err = Some(Error::Stream(format!("attempt task: {join}"))),
+                None => {}
+            },
+            _ = tokio::time::sleep_until(start_next), if more => {}
+        }
+        if set.is_empty() && next >= cands.len() {
+            break;
+        }
+    }
+    let last = last_err.unwrap_or_else(|| Error::Stream("no candidate was tried".into()));
+    Err(if cands.len() == 1 {
+        last
+    } else {
+        Error::AllCandidatesFailed {
+            tried: cands.len(),
+            last: Box::new(last),
+        }
+    })
+}
+
+async fn attempt(
+    path: LocalPath,
+    peer: SocketAddr,
+    client: quinn::ClientConfig,
+    server_name: String,
+) -> Result<Attempt> {
+    let socket =
+        bind_udp(&path).map_err(|e| Error::io(format!("binding a UDP socket on {path}"), e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| Error::io("reading the socket's address", e))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| Error::io("starting QUIC", std::io::Error::other("no tokio runtime")))?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .map_err(|e| Error::io(format!("creating the QUIC endpoint on {path}"), e))?;
+    let connecting = endpoint
+        .connect_with(client, peer, &server_name)
+        .map_err(|e| Error::TlsConfig(format!("connecting to {peer} as {server_name}: {e}")))?;
+    let conn = connecting.await.map_err(|e| handshake_error(peer, e))?;
+    Ok(Attempt {
+        endpoint,
+        conn,
+        path,
+        local,
+    })
+}
+
+/// Sorts a handshake failure into the variants an app reacts to differently.
+fn handshake_error(peer: SocketAddr, e: quinn::ConnectionError) -> Error {
+    use quinn::ConnectionError as C;
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        C::TransportError(t) if crypto(t.code) => Error::Tls {
+            peer,
+            detail: t.to_string(),
+        },
+        C::ConnectionClosed(c) if crypto(c.error_code) => Error::Tls {
+            peer,
+            detail: c.to_string(),
+        },
+        C::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            Error::Refused {
+                peer,
+                detail: c.to_string(),
+            }
+        }
+        C::ApplicationClosed(a) => Error::Refused {
+            peer,
+            detail: a.to_string(),
+        },
+        other => Error::Connection(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roam_policy::{Decision, MultipathMode, Path, Role};
+
+    #[test]
+    fn targets_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_target("api.example.com:443").unwrap(),
+            ("api.example.com".into(), 443)
+        );
+        assert_eq!(
+            parse_target("[2001:db8::1]:8443").unwrap(),
+            ("2001:db8::1".into(), 8443)
+        );
+        assert_eq!(
+            parse_target("198.18.0.1:1").unwrap(),
+            ("198.18.0.1".into(), 1)
+        );
+        for bad in ["api.example.com", ":443", "host:http", "2001:db8::1:443"] {
+            let e = parse_target(bad).unwrap_err().to_string();
+            assert!(e.contains("host:port"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn families_interleave_v6_first() {
+        let a: Vec<SocketAddr> = ["198.18.0.1:1", "198.18.0.2:1", "[2001:db8::1]:1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let order: Vec<String> = interleave(&a).iter().map(|a| a.to_string()).collect();
+        assert_eq!(order, ["[2001:db8::1]:1", "198.18.0.1:1", "198.18.0.2:1"]);
+    }
+
+    #[test]
+    fn candidates_follow_the_decision_order_then_the_families() {
+        let link = |name: &str, addrs: &[&str]| crate::decision::LinkView {
+            name: name.into(),
+            kind: crate::monitor::links::kind_from_name(name),
+            state: roam_policy::LinkState::Up,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let path = |i: &str, role| Path {
+            interface: i.into(),
+            link: "x".into(),
+            role,
+        };
+        let snap = Snapshot {
+            decision: Decision {
+                app: None,
+                multipath: MultipathMode::Handover,
+                paths: vec![path("rmnet0", Role::Primary), path("wlan0", Role::Backup)],
+                explain: vec![],
+            },
+            links: vec![
+                link("wlan0", &["198.18.0.2", "2001:db8:0:0::2"]),
+                link("rmnet0", &["198.18.1.2"]),
+            ],
+        };
+        let peers: Vec<SocketAddr> = vec![
+            "198.19.0.1:9".parse().unwrap(),
+            "[2001:db8:ffff::1]:9".parse().unwrap(),
+        ];
+        let c: Vec<String> = candidates(&snap, &peers)
+            .iter()
+            .map(|(p, a)| format!("{}>{a}", p.interface))
+            .collect();
+        assert_eq!(
+            c,
+            [
+                "rmnet0>198.19.0.1:9",
+                "wlan0>[2001:db8:ffff::1]:9",
+                "wlan0>198.19.0.1:9"
+            ]
+        );
+    }
+}

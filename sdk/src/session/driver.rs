@@ -1,0 +1,171 @@
+//! The tokio task that runs a client session's path manager: it feeds decisions, app activity,
+//! timeouts and quinn's counters in, and carries out the moves (bind a socket on the new
+//! interface, `Endpoint::rebind`).
+//!
+//! What quinn 0.11 allows: one path per connection. A move is a rebind: the client switches to
+//! a new connection ID and sends a PING from the new socket; the server (migration on) follows
+//! the new address and validates it while already sending. What it does not allow: validating
+//! a second path ahead of time or keeping its congestion window warm. So `interactive` mode
+//! here keeps a socket bound and ready on the backup interface (no bind at move time); the path
+//! validation round trip and the congestion window restart still happen at the move.
+
+use std::sync::Arc;
+
+use quinn::ConnectionStats;
+use tokio::sync::{Notify, broadcast, watch};
+use tracing::Instrument;
+
+use super::Shared;
+use super::socket::bind_udp;
+use crate::decision::{DecisionSource, Snapshot};
+use crate::events::SessionEvent;
+use crate::path::LocalPath;
+use crate::path::manager::{Action, Input, PathManager, TransportSample};
+
+/// Aborts the driver when the session is dropped.
+#[derive(Debug)]
+pub(crate) struct Handle(tokio::task::AbortHandle);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(crate) struct Driver {
+    pub(crate) pm: PathManager,
+    pub(crate) conn: quinn::Connection,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) decisions: watch::Receiver<Arc<Snapshot>>,
+    /// The peer's family: the local paths must match it.
+    pub(crate) v6: bool,
+    pub(crate) activity: Arc<Notify>,
+    pub(crate) events: broadcast::Sender<SessionEvent>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) warm: Option<(LocalPath, std::net::UdpSocket)>,
+    /// Keeps the source alive as long as the session.
+    pub(crate) _source: Arc<dyn DecisionSource>,
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Driver {
+    pub(crate) fn spawn(self) -> Handle {
+        let span = tracing::Span::current();
+        Handle(tokio::spawn(self.run().instrument(span)).abort_handle())
+    }
+
+    async fn run(mut self) {
+        let mut source_alive = true;
+        loop {
+            self.act();
+            let deadline = tokio::time::Instant::from_std(self.pm.poll_timeout());
+            tokio::select! {
+                r = self.decisions.changed(), if source_alive => match r {
+                    Ok(()) => {
+                        let snap = self.decisions.borrow_and_update().clone();
+                        let _ = self.events.send(SessionEvent::DecisionUpdated(snap.decision.clone()));
+                        self.pm.handle(now(), Input::Paths(snap.local_paths(self.v6)));
+                    }
+                    Err(_) => {
+                        // Fail-static: keep the last decision and the stall detector.
+                        tracing::warn!("the decision source ended; keeping its last decision");
+                        source_alive = false;
+                    }
+                },
+                _ = self.activity.notified() => self.pm.handle(now(), Input::Activity),
+                _ = tokio::time::sleep_until(deadline) => self.pm.handle_timeout(now()),
+                reason = self.conn.closed() => {
+                    tracing::info!(%reason, "session closed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn act(&mut self) {
+        while let Some(a) = self.pm.poll_action() {
+            match a {
+                Action::Sample => {
+                    let s = sample(&self.conn.stats());
+                    self.pm.handle(now(), Input::Sample(s));
+                }
+                Action::Move { to, reason } => match self.rebind(&to) {
+                    Ok(local) => {
+                        tracing::info!(%to, %local, %reason, "session moved");
+                        *self.shared.path.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((to.clone(), local));
+                        self.pm.handle(now(), Input::Moved(to));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%to, error = %e, "could not move the session there");
+                        self.pm.handle(now(), Input::MoveFailed(to));
+                    }
+                },
+                Action::Warm(p) => {
+                    self.warm = p.and_then(|p| match bind_udp(&p) {
+                        Ok(s) => {
+                            tracing::debug!(path = %p, "backup socket ready");
+                            Some((p, s))
+                        }
+                        Err(e) => {
+                            tracing::debug!(path = %p, error = %e, "backup socket not bound");
+                            None
+                        }
+                    });
+                }
+                Action::Event(e) => {
+                    let _ = self.events.send(e);
+                }
+            }
+        }
+    }
+
+    fn rebind(&mut self, to: &LocalPath) -> std::io::Result<std::net::SocketAddr> {
+        let socket = match self.warm.take() {
+            Some((p, s)) if &p == to => s,
+            other => {
+                self.warm = other;
+                bind_udp(to)?
+            }
+        };
+        let local = socket.local_addr()?;
+        self.endpoint.rebind(socket)?;
+        Ok(local)
+    }
+}
+
+/// quinn's counters in the manager's terms: every frame but ACK (and padding, not counted)
+/// elicits an acknowledgement.
+fn sample(s: &ConnectionStats) -> TransportSample {
+    let f = &s.frame_tx;
+    let ack_eliciting_sent = f.ack_frequency
+        + f.crypto
+        + f.data_blocked
+        + f.datagram
+        + u64::from(f.handshake_done)
+        + f.immediate_ack
+        + f.max_data
+        + f.max_stream_data
+        + f.max_streams_bidi
+        + f.max_streams_uni
+        + f.new_connection_id
+        + f.new_token
+        + f.path_challenge
+        + f.path_response
+        + f.ping
+        + f.reset_stream
+        + f.retire_connection_id
+        + f.stream_data_blocked
+        + f.streams_blocked_bidi
+        + f.streams_blocked_uni
+        + f.stop_sending
+        + f.stream;
+    TransportSample {
+        ack_eliciting_sent,
+        acks_received: s.frame_rx.acks,
+        rtt: s.path.rtt,
+    }
+}
