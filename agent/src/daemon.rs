@@ -66,8 +66,6 @@ struct Daemon {
     dry_run: bool,
     routing: Option<RoutingEnforcer>,
     mptcp: Option<MptcpEnforcer>,
-    /// An MPTCP plan whose slow half (deletions) waits until pushes are written.
-    mptcp_retire: Option<MptcpPlan>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -104,7 +102,6 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         dry_run: opts.dry_run,
         routing: None,
         mptcp: None,
-        mptcp_retire: None,
     };
     if let Some(cfg) = opts.config.routing {
         let mut enforcer =
@@ -158,7 +155,6 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         d.core.enable_mptcp(Instant::now());
     }
     d.run_actions();
-    d.retire_mptcp();
 
     let listener = server::bind(&opts.socket)
         .with_context(|| format!("listening on {}", opts.socket.display()))?;
@@ -213,15 +209,8 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             _ = sleep => d.core.handle_timeout(Instant::now()),
         }
         d.run_actions();
-        if d.mptcp_retire.is_some() {
-            // Let the connection tasks write the pushes just queued before the kernel is
-            // asked for the slow part.
-            tokio::task::yield_now().await;
-            d.retire_mptcp();
-        }
     };
     acceptor.abort();
-    d.retire_mptcp();
     if !d.dry_run {
         if let Some(m) = &mut d.mptcp {
             m.clear();
@@ -391,15 +380,7 @@ impl Daemon {
             );
             return;
         }
-        m.promote(plan);
-        self.mptcp_retire = Some(plan.clone());
-    }
-
-    /// The deferred half of MPTCP changes (see [`MptcpEnforcer::retire`]).
-    fn retire_mptcp(&mut self) {
-        if let (Some(plan), Some(m)) = (self.mptcp_retire.take(), &mut self.mptcp) {
-            m.retire(&plan);
-        }
+        m.apply(plan);
     }
 
     /// Queues a frame for a client; a client whose queue is full is not reading and is dropped.

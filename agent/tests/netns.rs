@@ -418,17 +418,30 @@ fn mptcp_endpoints_follow_the_default_decision_and_are_removed_exactly() {
         v.sort();
         v
     };
+    // The kernel sends no notification when endpoints change, and roamd applies them from a
+    // worker thread: read the table again until it matches, within the deadline.
+    let wait_endpoints = |hs: &Handset, what: &str, pred: &dyn Fn(&[String]) -> bool| {
+        let end = Instant::now() + WAIT;
+        loop {
+            let v = endpoints(hs);
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < end,
+                "endpoints never {what}: {v:?}\n{}",
+                hs.log()
+            );
+            std::thread::yield_now();
+        }
+    };
+    let has = |v: &[String], e: &str| v.iter().any(|x| x == e);
     let before = endpoints(&hs);
     hs.start_roamd(&[]);
-    let during = endpoints(&hs);
-    assert!(
-        during.contains(&"198.18.1.2 id 200 subflow dev wlan0".to_owned()),
-        "{during:?}"
-    );
-    assert!(
-        during.contains(&"198.18.2.2 id 201 subflow backup dev rmnet0".to_owned()),
-        "{during:?}"
-    );
+    let during = wait_endpoints(&hs, "set up", &|v| {
+        has(v, "198.18.1.2 id 200 subflow dev wlan0")
+            && has(v, "198.18.2.2 id 201 subflow backup dev rmnet0")
+    });
     assert!(
         during
             .iter()
@@ -445,17 +458,10 @@ fn mptcp_endpoints_follow_the_default_decision_and_are_removed_exactly() {
     wait_update(&mut sub, WAIT, "rmnet0 primary", |u| {
         paths(u).first() == Some(&"rmnet0")
     });
-    // The endpoint work is done in the agent's same turn; a status round trip orders after it.
-    sub.call(|id| Request::Status { id }).unwrap();
-    let after = endpoints(&hs);
-    assert!(
-        after.contains(&"198.18.2.2 id 201 subflow dev rmnet0".to_owned()),
-        "{after:?}"
-    );
-    assert!(
-        !after.iter().any(|e| e.starts_with("198.18.1.2")),
-        "{after:?}"
-    );
+    wait_endpoints(&hs, "moved off wlan0", &|v| {
+        has(v, "198.18.2.2 id 201 subflow dev rmnet0")
+            && !v.iter().any(|e| e.starts_with("198.18.1.2 "))
+    });
 
     hs.stop_roamd(libc::SIGTERM);
     assert_eq!(
@@ -465,15 +471,13 @@ fn mptcp_endpoints_follow_the_default_decision_and_are_removed_exactly() {
     );
     hs.ip_h(&["link", "set", "wlan0", "up"]);
     hs.start_roamd(&[]);
+    wait_endpoints(&hs, "set up again", &|v| v.len() > before.len());
     hs.stop_roamd(libc::SIGKILL);
-    assert_ne!(
-        endpoints(&hs),
-        before,
-        "a killed roamd leaves its endpoints"
-    );
+    let crashed = endpoints(&hs);
+    assert_ne!(crashed, before, "a killed roamd leaves its endpoints");
     hs.start_roamd(&["--dry-run"]);
     hs.stop_roamd(libc::SIGTERM);
-    assert_ne!(endpoints(&hs), before, "--dry-run removes nothing");
+    assert_eq!(endpoints(&hs), crashed, "--dry-run changes nothing");
     hs.start_roamd(&[]);
     hs.stop_roamd(libc::SIGTERM);
     assert_eq!(
@@ -481,4 +485,114 @@ fn mptcp_endpoints_follow_the_default_decision_and_are_removed_exactly() {
         before,
         "the next start removed what the killed one left"
     );
+}
+
+#[test]
+fn reaction_latency_from_kernel_notification_to_subscriber() {
+    if !can_run("reaction_latency_from_kernel_notification_to_subscriber") {
+        return;
+    }
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // ROAM_TEST_EXTRA adds config lines (e.g. `[mptcp]\nenabled = false`) to measure the
+    // agent without an enforcer.
+    let hs = Handset::start(
+        &std::env::var("ROAM_TEST_EXTRA")
+            .unwrap_or_default()
+            .replace("\\n", "\n"),
+    );
+    let mut sub = hs.subscriber(None);
+    wait_update(&mut sub, WAIT, "wlan0 primary", |u| {
+        paths(u).first() == Some(&"wlan0")
+    });
+
+    // This test's own netlink socket in the handset: it timestamps the kernel's notification,
+    // so `ip`'s start-up time is not counted.
+    let ns = std::fs::File::open(format!("/var/run/netns/{}", hs.h)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, bool)>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only, with an open namespace fd.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).unwrap();
+        s.bind_auto().unwrap();
+        s.add_membership(libc::RTNLGRP_LINK).unwrap();
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: valid fd, timeval and size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        ready_tx.send(()).unwrap();
+        let mut buf = vec![0u8; 65536];
+        while !stop2.load(Ordering::Relaxed) {
+            let n = {
+                let mut slice = &mut buf[..];
+                match s.recv(&mut slice, 0) {
+                    Ok(n) => n,
+                    Err(_) => continue, // the receive timeout: look at the stop flag
+                }
+            };
+            let at = Instant::now();
+            let Ok((events, _)) = roam_agent::monitor::netlink::parse_datagram(&buf[..n], None)
+            else {
+                continue;
+            };
+            for e in events {
+                if let roam_agent::monitor::netlink::MonitorEvent::Link(l) = e
+                    && l.name == "wlan0"
+                {
+                    let _ = tx.send((at, l.admin_up && l.carrier));
+                }
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+
+    let flaps = 40;
+    let mut lat = Vec::new();
+    for _ in 0..flaps {
+        for (up, word) in [(false, "down"), (true, "up")] {
+            let _stale: Vec<_> = rx.try_iter().collect();
+            hs.ip_h(&["link", "set", "wlan0", word]);
+            let (_, at) = wait_update(&mut sub, WAIT, "wlan0 change", |u| {
+                (paths(u).first() == Some(&"wlan0")) == up
+            });
+            // The first notification of the new state is the one that triggered the change.
+            let kernel_at = loop {
+                let (t, state) = rx.recv_timeout(WAIT).expect("the kernel's notification");
+                if state == up {
+                    break t;
+                }
+            };
+            lat.push(at.saturating_duration_since(kernel_at));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    eprintln!(
+        "link change -> decision at the subscriber over {} changes: p50 {:?}, p99 {:?}, max {:?}",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+    assert!(pct(0.99) < Duration::from_millis(50), "{lat:?}");
 }

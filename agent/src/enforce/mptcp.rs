@@ -204,21 +204,17 @@ fn parse_endpoint(buf: &[u8]) -> Option<KernelEndpoint> {
 }
 
 /// A blocking generic netlink socket talking to `mptcp_pm`. Like rtnetlink, generic netlink
-/// answers within `sendmsg`, so blocking costs no waiting (1 s receive timeout as a guard).
+/// answers within `sendmsg` (1 s receive timeout as a guard).
 #[derive(Debug)]
-pub struct MptcpEnforcer {
+struct PmSocket {
     socket: Socket,
     family: u16,
     seq: u32,
     buf: Vec<u8>,
-    /// address -> (id, backup) for every endpoint roamd added.
-    installed: BTreeMap<IpAddr, (u8, bool)>,
 }
 
-impl MptcpEnforcer {
-    /// Opens the socket and resolves the `mptcp_pm` family. Fails when the kernel has no
-    /// MPTCP (then run with `[mptcp] enabled = false`).
-    pub fn open() -> io::Result<MptcpEnforcer> {
+impl PmSocket {
+    fn open() -> io::Result<PmSocket> {
         let mut socket = Socket::new(NETLINK_GENERIC)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
@@ -239,15 +235,14 @@ impl MptcpEnforcer {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut e = MptcpEnforcer {
+        let mut pm = PmSocket {
             socket,
             family: 0,
             seq: 0,
             buf: vec![0; 64 * 1024],
-            installed: BTreeMap::new(),
         };
-        e.family = e.resolve_family()?;
-        Ok(e)
+        pm.family = pm.resolve_family()?;
+        Ok(pm)
     }
 
     fn resolve_family(&mut self) -> io::Result<u16> {
@@ -312,6 +307,17 @@ impl MptcpEnforcer {
     }
 
     fn request(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.request_inner(cmd, attrs);
+        tracing::trace!(
+            cmd,
+            took_us = t.elapsed().as_micros() as u64,
+            "mptcp_pm request"
+        );
+        r
+    }
+
+    fn request_inner(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
         let seq = self.send(cmd, attrs, NLM_F_REQUEST | NLM_F_ACK)?;
         loop {
             let n = self.recv()?;
@@ -330,7 +336,7 @@ impl MptcpEnforcer {
     }
 
     /// Every endpoint in the kernel (`ip mptcp endpoint show`).
-    pub fn endpoints(&mut self) -> io::Result<Vec<KernelEndpoint>> {
+    fn endpoints(&mut self) -> io::Result<Vec<KernelEndpoint>> {
         let seq = self.send(CMD_GET_ADDR, Vec::new(), NLM_F_REQUEST | NLM_F_DUMP)?;
         let mut out = Vec::new();
         loop {
@@ -358,48 +364,47 @@ impl MptcpEnforcer {
         }
     }
 
-    /// Endpoints with roamd's ids (left by a roamd that did not stop cleanly).
-    pub fn stale(&mut self) -> io::Result<Vec<KernelEndpoint>> {
-        Ok(self
-            .endpoints()?
-            .into_iter()
-            .filter(|e| (ID_FIRST..=ID_LAST).contains(&e.id))
-            .collect())
+    fn add(&mut self, id: u8, addr: IpAddr, flags: u32, index: i32) -> io::Result<()> {
+        self.request(
+            CMD_ADD_ADDR,
+            addr_attr(id, Some(addr), Some(flags), Some(index)),
+        )
     }
 
-    /// Deletes every endpoint with roamd's ids. Returns how many.
-    pub fn remove_stale(&mut self) -> io::Result<usize> {
-        let stale = self.stale()?;
-        for e in &stale {
-            if let Err(err) = self.request(CMD_DEL_ADDR, addr_attr(e.id, None, None, None)) {
-                tracing::warn!(endpoint = %e, error = %err, "could not remove a stale endpoint");
-            }
-        }
-        Ok(stale.len())
+    fn del(&mut self, id: u8) -> io::Result<()> {
+        self.request(CMD_DEL_ADDR, addr_attr(id, None, None, None))
     }
 
-    /// Brings the endpoints to `plan`: [`MptcpEnforcer::promote`], then
-    /// [`MptcpEnforcer::retire`].
-    pub fn apply(&mut self, plan: &MptcpPlan) {
-        self.promote(plan);
-        self.retire(plan);
+    fn set_backup(&mut self, id: u8, addr: IpAddr, backup: bool) -> io::Result<()> {
+        let flags = if backup { FLAG_BACKUP } else { 0 };
+        self.request(CMD_SET_FLAGS, addr_attr(id, Some(addr), Some(flags), None))
     }
+}
 
-    /// The fast half of a change: flips `backup` where the plan says (the surviving path
-    /// carries data at once) and adds new endpoints. Each is a netlink round trip of a few
-    /// microseconds.
-    pub fn promote(&mut self, plan: &MptcpPlan) {
-        let changed: Vec<(IpAddr, u8, bool)> = self
+/// The endpoint table roamd keeps: what it added, by address.
+#[derive(Debug)]
+struct Endpoints {
+    pm: PmSocket,
+    /// address -> (id, backup) for every endpoint roamd added.
+    installed: BTreeMap<IpAddr, (u8, bool)>,
+}
+
+impl Endpoints {
+    /// Brings the endpoints to `plan`, in the order that matters on a failure: backup flags
+    /// first (the surviving path carries data at once; the dying one is flagged backup so the
+    /// scheduler leaves it), then new endpoints, then deletions (the kernel closes the dead
+    /// path's subflows; this is the slow part, ~15 ms each here).
+    fn apply(&mut self, plan: &MptcpPlan) {
+        let flips: Vec<(IpAddr, u8, bool)> = self
             .installed
             .iter()
             .filter_map(|(a, &(id, backup))| {
-                let want = plan.endpoints.get(a)?;
-                (want.backup != backup).then_some((*a, id, want.backup))
+                let want = plan.endpoints.get(a).is_none_or(|e| e.backup);
+                (want != backup).then_some((*a, id, want))
             })
             .collect();
-        for (addr, id, backup) in changed {
-            let flags = if backup { FLAG_BACKUP } else { 0 };
-            match self.request(CMD_SET_FLAGS, addr_attr(id, Some(addr), Some(flags), None)) {
+        for (addr, id, backup) in flips {
+            match self.pm.set_backup(id, addr, backup) {
                 Ok(()) => {
                     tracing::info!(%addr, id, backup, "endpoint priority changed");
                     self.installed.insert(addr, (id, backup));
@@ -407,30 +412,6 @@ impl MptcpEnforcer {
                 Err(e) => tracing::warn!(%addr, id, error = %e, "endpoint priority not changed"),
             }
         }
-        self.add_new(plan);
-    }
-
-    /// The slow half: deletes endpoints the plan no longer has (the kernel closes their
-    /// subflows). The kernel takes milliseconds per deletion here, so the daemon runs this
-    /// after apps have been told.
-    pub fn retire(&mut self, plan: &MptcpPlan) {
-        let gone: Vec<(IpAddr, u8)> = self
-            .installed
-            .iter()
-            .filter(|(a, _)| !plan.endpoints.contains_key(*a))
-            .map(|(a, (id, _))| (*a, *id))
-            .collect();
-        for (addr, id) in gone {
-            match self.request(CMD_DEL_ADDR, addr_attr(id, None, None, None)) {
-                Ok(()) => tracing::info!(%addr, id, "endpoint removed"),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => tracing::warn!(%addr, id, error = %e, "endpoint not removed"),
-            }
-            self.installed.remove(&addr);
-        }
-    }
-
-    fn add_new(&mut self, plan: &MptcpPlan) {
         let new: Vec<(IpAddr, MptcpEndpoint)> = plan
             .endpoints
             .iter()
@@ -438,18 +419,16 @@ impl MptcpEnforcer {
             .map(|(a, e)| (*a, *e))
             .collect();
         for (addr, ep) in new {
-            let Some(id) =
-                (ID_FIRST..=ID_LAST).find(|i| !self.installed.values().any(|(u, _)| u == i))
-            else {
+            let used = |i: &u8| self.installed.values().any(|(u, _)| u == i);
+            let Some(id) = (ID_FIRST..=ID_LAST).find(|i| !used(i)) else {
                 tracing::warn!(%addr, "no free endpoint id left in {ID_FIRST}..={ID_LAST}");
                 break;
             };
             let flags = FLAG_SUBFLOW | if ep.backup { FLAG_BACKUP } else { 0 };
-            let index = i32::try_from(ep.index).unwrap_or(0);
-            match self.request(
-                CMD_ADD_ADDR,
-                addr_attr(id, Some(addr), Some(flags), Some(index)),
-            ) {
+            match self
+                .pm
+                .add(id, addr, flags, i32::try_from(ep.index).unwrap_or(0))
+            {
                 Ok(()) => {
                     tracing::info!(%addr, id, backup = ep.backup, "endpoint added");
                     self.installed.insert(addr, (id, ep.backup));
@@ -460,11 +439,120 @@ impl MptcpEnforcer {
                 Err(e) => tracing::warn!(%addr, id, error = %e, "endpoint not added"),
             }
         }
+        let gone: Vec<(IpAddr, u8)> = self
+            .installed
+            .iter()
+            .filter(|(a, _)| !plan.endpoints.contains_key(*a))
+            .map(|(a, (id, _))| (*a, *id))
+            .collect();
+        for (addr, id) in gone {
+            match self.pm.del(id) {
+                Ok(()) => tracing::info!(%addr, id, "endpoint removed"),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => tracing::warn!(%addr, id, error = %e, "endpoint not removed"),
+            }
+            self.installed.remove(&addr);
+        }
+    }
+}
+
+/// Keeps the kernel's endpoints as planned, from a thread of its own.
+///
+/// Generic netlink serialises every `mptcp_pm` request behind one kernel lock, and deleting an
+/// endpoint holds it ~15 ms here (an RCU grace period inside the request). Done on the agent's
+/// loop, that would delay every decision behind it; so the loop only hands plans over (the
+/// latest wins when several queue up) and a worker thread with its own socket applies them.
+#[derive(Debug)]
+pub struct MptcpEnforcer {
+    pm: Option<PmSocket>,
+    worker: Option<(
+        std::sync::mpsc::Sender<MptcpPlan>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl MptcpEnforcer {
+    /// Opens the socket and resolves the `mptcp_pm` family. Fails when the kernel has no MPTCP.
+    pub fn open() -> io::Result<MptcpEnforcer> {
+        Ok(MptcpEnforcer {
+            pm: Some(PmSocket::open()?),
+            worker: None,
+        })
     }
 
-    /// Removes every endpoint this enforcer added (on exit).
+    /// Endpoints with roamd's ids (left by a roamd that did not stop cleanly).
+    pub fn stale(&mut self) -> io::Result<Vec<KernelEndpoint>> {
+        let Some(pm) = &mut self.pm else {
+            return Ok(Vec::new());
+        };
+        Ok(pm
+            .endpoints()?
+            .into_iter()
+            .filter(|e| (ID_FIRST..=ID_LAST).contains(&e.id))
+            .collect())
+    }
+
+    /// Deletes every endpoint with roamd's ids, synchronously (at start, before the worker).
+    /// Returns how many.
+    pub fn remove_stale(&mut self) -> io::Result<usize> {
+        let stale = self.stale()?;
+        if let Some(pm) = &mut self.pm {
+            for e in &stale {
+                if let Err(err) = pm.del(e.id) {
+                    tracing::warn!(endpoint = %e, error = %err, "could not remove a stale endpoint");
+                }
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// Hands `plan` to the worker (started on first use).
+    pub fn apply(&mut self, plan: &MptcpPlan) {
+        if self.worker.is_none()
+            && let Some(pm) = self.pm.take()
+        {
+            let (tx, rx) = std::sync::mpsc::channel::<MptcpPlan>();
+            let span = tracing::info_span!("mptcp");
+            let spawned = std::thread::Builder::new()
+                .name("roamd-mptcp".into())
+                .spawn(move || {
+                    let _g = span.enter();
+                    let mut eps = Endpoints {
+                        pm,
+                        installed: BTreeMap::new(),
+                    };
+                    while let Ok(mut plan) = rx.recv() {
+                        // Only the latest plan matters: skip the ones it replaced.
+                        while let Ok(newer) = rx.try_recv() {
+                            plan = newer;
+                        }
+                        eps.apply(&plan);
+                    }
+                    // The agent is stopping: remove everything roamd added.
+                    eps.apply(&MptcpPlan::default());
+                });
+            match spawned {
+                Ok(handle) => self.worker = Some((tx, handle)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the MPTCP worker; endpoints are not managed")
+                }
+            }
+        }
+        if let Some((tx, _)) = &self.worker {
+            let _ = tx.send(plan.clone());
+        }
+    }
+
+    /// Removes every endpoint roamd added and waits until that is done (on exit).
     pub fn clear(&mut self) {
-        self.apply(&MptcpPlan::default());
+        if let Some((tx, handle)) = self.worker.take() {
+            drop(tx);
+            if handle.join().is_err() {
+                tracing::error!(
+                    "the MPTCP worker panicked; endpoints may be left (the next start removes them)"
+                );
+            }
+        }
     }
 }
 
