@@ -208,6 +208,7 @@ pub fn run_with<'a>(
             "the session delivered only {warmed} of {warm} warm-up messages"
         ))
     } else {
+        catch_up(&recorder, paced_from, cfg);
         measure(topo, Box::new(script), cfg, &recorder, pacer)
     };
     let _ = stop_tx.send(true);
@@ -271,6 +272,37 @@ pub fn run_with<'a>(
         samples,
         links: topo.links().iter().map(|l| l.name.clone()).collect(),
     })
+}
+
+/// Waits (by delivery events, at most 5 s) until the receiver is within the one-way delay plus
+/// 10 ms of what the application produced: the backlog of the handshake and slow start is gone,
+/// and stays so for two round trips: the failure meets a session in its steady state.
+fn catch_up(recorder: &Recorder, paced_from: Instant, cfg: &RunConfig) {
+    let step = cfg.interval.as_nanos().max(1);
+    let lag = ((cfg.rtt / 2 + Duration::from_millis(10)).as_nanos() / step) as u64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = Instant::now();
+        let produced = ((now - paced_from).as_nanos() / step) as u64;
+        let target = produced.saturating_sub(lag);
+        let got = recorder.wait_for(target, deadline.min(now + Duration::from_millis(50)));
+        if got >= target {
+            // Then stay caught up for two more round trips (slow start is over), waiting on
+            // the delivery of the message due then rather than on a clock.
+            let settle = Instant::now() + cfg.rtt * 2 + Duration::from_millis(20);
+            let due = ((settle - paced_from).as_nanos() / step) as u64;
+            recorder.wait_for(due.saturating_sub(lag), deadline);
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                got,
+                target,
+                "the session never caught up before the failure"
+            );
+            return;
+        }
+    }
 }
 
 /// Injects the failure, keeps the application sending for `cfg.after`, then waits (bounded by

@@ -192,13 +192,13 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
         let delivery = panel.delivery_series(from_ms, to_ms);
         // A backlog flushing after a stall spikes far above the steady rate; the scale follows
         // the steady rate and spikes are clipped, so the pause stays visible.
-        let mut before: Vec<f64> = delivery
+        let mut busy: Vec<f64> = delivery
             .iter()
-            .filter(|(x, _)| *x < 0.0)
             .map(|(_, y)| *y)
+            .filter(|y| *y > 0.0)
             .collect();
-        before.sort_by(f64::total_cmp);
-        let steady = before.get(before.len() / 2).copied().unwrap_or(1.0);
+        busy.sort_by(f64::total_cmp);
+        let steady = busy.get(busy.len() / 2).copied().unwrap_or(1.0);
         let ymax = (steady * 4.0).max(1.0);
         let clip = |v: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
             v.into_iter()

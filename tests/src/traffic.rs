@@ -96,7 +96,7 @@ impl Delivery {
     }
 
     /// The longest time the receiver was held up around `from`: the largest extra delay of a
-    /// message delivered at or after `from`, over the median delay before it. Message `seq` was
+    /// message delivered at or after `from`, over the least delay before it. Message `seq` was
     /// due at `paced_from + seq * interval`, so with a steady sender this is how long the stream
     /// stood still at that point, even when a stray packet got through in the middle of a stall
     /// (which splits the plain inter-arrival pause in two).
@@ -115,12 +115,9 @@ impl Delivery {
         if first >= self.arrivals.len() {
             return None;
         }
-        let mut before: Vec<Duration> = (0..first).map(delay).collect();
-        before.sort();
-        let normal = before
-            .get(before.len() / 2)
-            .copied()
-            .unwrap_or(Duration::ZERO);
+        // The usual delay is the path's own: the least any message took before the failure (a
+        // median would include the backlog of a session still ramping up).
+        let normal = (0..first).map(delay).min().unwrap_or(Duration::ZERO);
         (first..self.arrivals.len())
             .map(|i| delay(i).saturating_sub(normal))
             .max()
