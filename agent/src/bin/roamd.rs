@@ -50,6 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,6 +110,24 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         dry_run: cli.dry_run,
         sysfs_root: PathBuf::from("/sys/class/net"),
     })
+}
+
+/// Every app session is a connection: lift the soft descriptor limit to the hard one (often
+/// 1024 -> 524288) so a thousand subscribers do not run the agent out of descriptors.
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 || r.rlim_cur >= r.rlim_max {
+        return;
+    }
+    r.rlim_cur = r.rlim_max;
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the descriptor limit");
+    }
 }
 
 /// Logs to stderr, filtered by RUST_LOG (default `info`); no colours unless a terminal, so

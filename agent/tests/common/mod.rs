@@ -378,3 +378,89 @@ pub fn state_of<'a>(u: &'a Update, name: &str) -> Option<&'a str> {
         .find(|i| i.name == name)
         .map(|i| i.state.as_str())
 }
+
+/// A netlink socket of the test's own inside a namespace, timestamping the kernel's link
+/// notifications for one interface: (when read, admin up and carrier). Stops when dropped.
+pub struct LinkWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LinkWatcher {
+    /// Starts watching `ifname` in namespace `ns`; returns once the socket listens.
+    pub fn start(ns: &str, ifname: &str) -> (mpsc::Receiver<(Instant, bool)>, LinkWatcher) {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering;
+        let ns = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        let ifname = ifname.to_owned();
+        let (tx, rx) = mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with an open namespace fd.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).unwrap();
+            s.bind_auto().unwrap();
+            s.add_membership(libc::RTNLGRP_LINK).unwrap();
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            // SAFETY: valid fd, timeval and size. The timeout only lets the thread see `stop`.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            ready_tx.send(()).unwrap();
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) {
+                let n = {
+                    let mut slice = &mut buf[..];
+                    match s.recv(&mut slice, 0) {
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    }
+                };
+                let at = Instant::now();
+                let Ok((events, _)) =
+                    roam_agent::monitor::netlink::parse_datagram(&buf[..n.min(buf.len())], None)
+                else {
+                    continue;
+                };
+                for e in events {
+                    if let roam_agent::monitor::netlink::MonitorEvent::Link(l) = e
+                        && l.name == ifname
+                    {
+                        let _ = tx.send((at, l.admin_up && l.carrier));
+                    }
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        (
+            rx,
+            LinkWatcher {
+                stop,
+                thread: Some(thread),
+            },
+        )
+    }
+}
+
+impl Drop for LinkWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
