@@ -1,7 +1,7 @@
 //! roam SDK: byte-stream sessions that survive losing the interface they started on.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), roam::Error> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use tokio::io::AsyncWriteExt;
 //! let mut s = roam::Session::builder()
 //!     .app("com.example.chat")

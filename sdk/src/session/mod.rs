@@ -149,9 +149,27 @@ impl Session {
         self.conn.close(code.into(), reason);
     }
 
+    /// Closes the connection and, on a client, waits (at most 1 s) until the close has gone
+    /// out, so the peer learns at once instead of after its idle timeout. Read the peer's end
+    /// of the stream first: data still unacknowledged is dropped.
+    pub async fn close_and_wait(self, code: u32, reason: &[u8]) {
+        self.conn.close(code.into(), reason);
+        if self._driver.is_some() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+        }
+    }
+
     /// Waits until the connection is closed (by either side or by the idle timeout).
     pub async fn closed(&self) -> Error {
         Error::Connection(self.conn.closed().await)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The driver holds a handle too: without this the connection would outlive the
+        // session until the driver's abort is processed.
+        self.conn.close(0u32.into(), b"session dropped");
     }
 }
 

@@ -1,0 +1,173 @@
+//! A session from a handset to a Listener in the server namespace survives what a phone meets:
+//! WiFi going down and returning, its address going away, a silent blackhole. Both ends hash
+//! the stream; the server's view of the client's address is checked at each step.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use roam::path::MigrationReason;
+use roam_policy::LinkKind;
+use roam_tests::privilege::require_netns;
+use roam_tests::topology::{Direction, Topology};
+
+struct Run {
+    topo: Topology,
+    client_rx: mpsc::Receiver<ClientNote>,
+    server_rx: mpsc::Receiver<ServerNote>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    client: std::thread::JoinHandle<anyhow::Result<ClientSide>>,
+    server: std::thread::JoinHandle<anyhow::Result<ServerSide>>,
+}
+
+/// Two links (wlan0 preferred, rmnet0), a server, and a session on wlan0 carrying data.
+fn start() -> anyhow::Result<Run> {
+    init_tracing();
+    let topo = Topology::builder()
+        .link("wlan0", LinkKind::Wifi)
+        .link("rmnet0", LinkKind::Cellular)
+        .build()?;
+    let pki = Pki::generate()?;
+    let (server_tx, server_rx) = mpsc::channel();
+    let server = start_server(&topo, pki.server_tls()?, server_tx)?;
+    wait_for(&server_rx, "the listener", |n| {
+        matches!(n, ServerNote::Listening)
+    })?;
+    let (client_tx, client_rx) = mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    let builder = roam::Session::builder()
+        .app("com.example.chat")
+        .policy(POLICY)
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME);
+    let client = start_client(&topo, builder, client_tx, stop_rx)?;
+    let connected = wait_for(&client_rx, "the session", |n| {
+        matches!(n, ClientNote::Connected(_))
+    })?;
+    assert!(
+        matches!(&connected, ClientNote::Connected(Some(i)) if i == "wlan0"),
+        "the session did not start on the preferred link: {connected:?}"
+    );
+    wait_server_sees(&server_rx, topo.link("wlan0")?.handset_v4.into())?;
+    Ok(Run {
+        topo,
+        client_rx,
+        server_rx,
+        stop,
+        client,
+        server,
+    })
+}
+
+#[test]
+fn survives_wifi_going_down_and_returns_when_it_comes_back() -> anyhow::Result<()> {
+    if !require_netns("survives_wifi_going_down_and_returns_when_it_comes_back") {
+        return Ok(());
+    }
+    let _serial = roam_tests::serial::exclusive();
+    let r = start()?;
+    let wlan = r.topo.link("wlan0")?.handset_v4;
+    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+
+    let t0 = Instant::now();
+    r.topo.link_down("wlan0")?;
+    let m = wait_moved(&r.client_rx, "rmnet0")?;
+    eprintln!(
+        "figure: wlan0 link down -> session moved in {:?}",
+        m.at - t0
+    );
+    assert_eq!(m.reason, MigrationReason::LinkLost);
+    assert_eq!(m.to.local, std::net::IpAddr::from(rmnet));
+    assert_eq!(m.from.map(|f| f.interface).as_deref(), Some("wlan0"));
+    wait_server_sees(&r.server_rx, rmnet.into())?;
+
+    // WiFi returns; after the policy's 1 s hold it is primary again and the session goes back.
+    let t0 = Instant::now();
+    r.topo.link_up("wlan0")?;
+    let m = wait_moved(&r.client_rx, "wlan0")?;
+    eprintln!(
+        "figure: wlan0 back up -> session back on it in {:?} (hold 1 s)",
+        m.at - t0
+    );
+    assert_eq!(m.reason, MigrationReason::PrimaryChanged);
+    assert!(
+        m.at - t0 >= Duration::from_millis(900),
+        "the hold was not respected"
+    );
+    wait_server_sees(&r.server_rx, wlan.into())?;
+
+    let s = finish(r.stop, r.client, r.server)?;
+    eprintln!(
+        "figure: link down and return, longest delivery gap {:?}",
+        s.max_gap
+    );
+    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(
+        ips,
+        ["198.18.0.2", "198.18.1.2", "198.18.0.2"],
+        "{:?}",
+        s.peers
+    );
+    Ok(())
+}
+
+#[test]
+fn survives_the_wifi_address_going_away() -> anyhow::Result<()> {
+    if !require_netns("survives_the_wifi_address_going_away") {
+        return Ok(());
+    }
+    let _serial = roam_tests::serial::exclusive();
+    let r = start()?;
+    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+    let t0 = Instant::now();
+    r.topo.remove_addresses("wlan0")?;
+    let m = wait_moved(&r.client_rx, "rmnet0")?;
+    eprintln!(
+        "figure: wlan0 address removed -> session moved in {:?}",
+        m.at - t0
+    );
+    assert_eq!(m.reason, MigrationReason::LinkLost);
+    wait_server_sees(&r.server_rx, rmnet.into())?;
+    let s = finish(r.stop, r.client, r.server)?;
+    eprintln!(
+        "figure: address removal, longest delivery gap {:?}",
+        s.max_gap
+    );
+    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
+    Ok(())
+}
+
+#[test]
+fn survives_a_silent_blackhole_on_wifi() -> anyhow::Result<()> {
+    if !require_netns("survives_a_silent_blackhole_on_wifi") {
+        return Ok(());
+    }
+    let _serial = roam_tests::serial::exclusive();
+    let r = start()?;
+    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+    // The link stays up with its address and routes: only the session can notice.
+    let t0 = Instant::now();
+    r.topo.blackhole("wlan0", Direction::Both)?;
+    let m = wait_moved(&r.client_rx, "rmnet0")?;
+    eprintln!(
+        "figure: wlan0 silent blackhole -> session moved in {:?}",
+        m.at - t0
+    );
+    assert_eq!(m.reason, MigrationReason::Stalled);
+    wait_server_sees(&r.server_rx, rmnet.into())?;
+    assert!(
+        r.topo.blackhole_drops("wlan0", Direction::Up)? > 0,
+        "the blackhole dropped nothing"
+    );
+    let s = finish(r.stop, r.client, r.server)?;
+    eprintln!(
+        "figure: silent blackhole, longest delivery gap {:?}",
+        s.max_gap
+    );
+    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
+    Ok(())
+}
