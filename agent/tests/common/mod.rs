@@ -406,20 +406,10 @@ impl LinkWatcher {
             let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).unwrap();
             s.bind_auto().unwrap();
             s.add_membership(libc::RTNLGRP_LINK).unwrap();
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 200_000,
-            };
-            // SAFETY: valid fd, timeval and size. The timeout only lets the thread see `stop`.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            };
+            // The timeout only lets the thread see `stop`.
+            socket2::SockRef::from(&s)
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             ready_tx.send(()).unwrap();
             let mut buf = vec![0u8; 65536];
             while !stop2.load(Ordering::Relaxed) {
