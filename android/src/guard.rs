@@ -1,0 +1,102 @@
+//! The one wrapper every JNI entry point goes through, as hyper's FFI does with its macro.
+//!
+//! [`entry`] runs the body under `catch_unwind`: an `Err` becomes an `io.roam.RoamException`
+//! whose message starts with `roam: <entry point>:`, a panic becomes the same exception saying
+//! it was a bug, and a Java exception already pending (a listener or binder threw) is left to
+//! propagate as it is. Either way Java gets an exception and the VM keeps running; the
+//! returned value is [`Fallback::fallback`], which Java never sees because the exception is
+//! pending.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+use jni::JNIEnv;
+use jni::sys::{jboolean, jint, jlong, jobject};
+
+use crate::error::BridgeError;
+
+/// The Java class thrown for every error and panic.
+pub(crate) const EXCEPTION_CLASS: &str = "io/roam/RoamException";
+
+/// What an entry point returns when it throws (Java ignores it).
+pub(crate) trait Fallback {
+    fn fallback() -> Self;
+}
+
+impl Fallback for () {
+    fn fallback() -> Self {}
+}
+
+impl Fallback for jlong {
+    fn fallback() -> Self {
+        0
+    }
+}
+
+impl Fallback for jint {
+    fn fallback() -> Self {
+        -1
+    }
+}
+
+impl Fallback for jboolean {
+    fn fallback() -> Self {
+        0
+    }
+}
+
+impl Fallback for jobject {
+    fn fallback() -> Self {
+        std::ptr::null_mut()
+    }
+}
+
+/// Runs the body of the entry point `name`; see the module documentation.
+pub(crate) fn entry<'local, T: Fallback>(
+    env: &mut JNIEnv<'local>,
+    name: &'static str,
+    body: impl FnOnce(&mut JNIEnv<'local>) -> Result<T, BridgeError>,
+) -> T {
+    // The body gets `env` only: anything it leaves half done is Rust state behind a handle,
+    // which every lock recovers from (see `handles` and `decisions::lock`).
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(env)));
+    let message = match outcome {
+        Ok(Ok(v)) => return v,
+        Ok(Err(e)) => {
+            tracing::debug!(entry = name, error = %e, "call from Java failed");
+            format!("roam: {name}: {e}")
+        }
+        Err(panic) => {
+            let what = panic_text(panic.as_ref());
+            tracing::error!(entry = name, panic = %what, "panic inside roam");
+            format!(
+                "roam: {name}: internal error (a panic inside roam: {what}); the call did \
+                 nothing, the library is still usable; please report this as a bug"
+            )
+        }
+    };
+    throw(env, &message);
+    T::fallback()
+}
+
+/// Throws `RoamException(message)` unless a Java exception is already pending.
+fn throw(env: &mut JNIEnv<'_>, message: &str) {
+    if env.exception_check().unwrap_or(false) {
+        return;
+    }
+    if let Err(e) = env.throw_new(EXCEPTION_CLASS, message) {
+        // Without the class (a stripped app), JNI has made a NoClassDefFoundError pending:
+        // still an exception, never a crash.
+        tracing::error!(error = %e, %message, "could not throw io.roam.RoamException");
+    }
+}
+
+fn panic_text(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic payload".to_owned()
+    }
+}
