@@ -54,7 +54,7 @@ pub(crate) struct Class {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Sel {
     Kind(LinkKind),
-    Interface(String),
+    Interface(glob::Pattern),
     Ssid(String),
 }
 
@@ -66,7 +66,7 @@ pub(crate) struct Rules {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AppRules {
-    pub pattern: String,
+    pub pattern: glob::Pattern,
     pub line: usize,
     pub rules: Rules,
 }
@@ -241,7 +241,7 @@ pub(crate) fn check(file: &ast::File, source: &str) -> (Option<Policy>, Vec<Diag
                 cx.check_shadowing(pattern, &apps);
                 apps.push((
                     AppRules {
-                        pattern: pattern.value.clone(),
+                        pattern: glob::Pattern::new(&pattern.value),
                         line: cx.lines.line(block.keyword.start),
                         rules,
                     },
@@ -321,7 +321,9 @@ impl Checker {
                             self.diagnostics.push(d);
                         }
                     },
-                    Selector::Interface(g) => selectors.push(Sel::Interface(g.value.clone())),
+                    Selector::Interface(g) => {
+                        selectors.push(Sel::Interface(glob::Pattern::new(&g.value)))
+                    }
                     Selector::Ssid(s) => {
                         ssids.push((&s.value, s.span));
                         selectors.push(Sel::Ssid(s.value.clone()));
@@ -681,9 +683,9 @@ impl Checker {
     fn check_shadowing(&mut self, pattern: &ast::StrLit, earlier: &[(AppRules, Span)]) {
         if let Some((first, _)) = earlier
             .iter()
-            .find(|(a, _)| glob::covers(&a.pattern, &pattern.value))
+            .find(|(a, _)| glob::covers(a.pattern.as_str(), &pattern.value))
         {
-            let what = if first.pattern == pattern.value {
+            let what = if first.pattern.as_str() == pattern.value {
                 format!(
                     "app \"{}\" is already matched on line {}",
                     pattern.value, first.line
@@ -691,7 +693,9 @@ impl Checker {
             } else {
                 format!(
                     "app \"{}\" is shadowed by \"{}\" on line {}",
-                    pattern.value, first.pattern, first.line
+                    pattern.value,
+                    first.pattern.as_str(),
+                    first.line
                 )
             };
             self.diagnostics.push(
@@ -741,7 +745,7 @@ fn selects_superset(earlier: &[Sel], later: &[Sel]) -> bool {
             later.iter().any(|l| match (e, l) {
                 (Sel::Kind(a), Sel::Kind(b)) => a == b,
                 (Sel::Ssid(a), Sel::Ssid(b)) => a == b,
-                (Sel::Interface(a), Sel::Interface(b)) => glob::covers(a, b),
+                (Sel::Interface(a), Sel::Interface(b)) => glob::covers(a.as_str(), b.as_str()),
                 _ => false,
             })
         })

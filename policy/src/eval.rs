@@ -4,7 +4,6 @@
 use crate::check::{
     Class, Cond, Figure, FlowMeasure, Policy, Sel, StateAttr, Stmt, StmtKind, Threshold,
 };
-use crate::glob;
 use crate::model::{Decision, Flow, Interface, LinkState, MultipathMode, Path, Role, State};
 use crate::units::{bytes, duration, figure};
 
@@ -55,15 +54,14 @@ impl Policy {
             })
             .collect();
         all.sort_by(|a, b| base_key(a).cmp(&base_key(b)));
-        let mut seen_names: Vec<&str> = Vec::with_capacity(all.len());
-        all.retain(|c| {
-            if seen_names.contains(&c.itf.name.as_str()) {
-                false
-            } else {
-                seen_names.push(&c.itf.name);
-                true
+        let mut kept = 0;
+        for i in 0..all.len() {
+            if !all[..kept].iter().any(|k| k.itf.name == all[i].itf.name) {
+                all[kept] = all[i];
+                kept += 1;
             }
-        });
+        }
+        all.truncate(kept);
 
         let mut ctx = Ctx {
             best: vec![None; self.classes.len()],
@@ -83,16 +81,13 @@ impl Policy {
         }
 
         // Step 2: the statement list, and which statements are applicable.
-        let app_rules = app.and_then(|id| self.apps.iter().find(|a| glob::matches(&a.pattern, id)));
-        let list: Vec<&Stmt> = app_rules
+        let app_rules = app.and_then(|id| self.apps.iter().find(|a| a.pattern.matches(id)));
+        // Why a condition holds is worked out only when an explanation needs it: formatting
+        // every condition on every decision would cost more than deciding.
+        let applicable: Vec<&Stmt> = app_rules
             .into_iter()
             .flat_map(|a| &a.rules.statements)
             .chain(self.default.iter().flat_map(|d| &d.statements))
-            .collect();
-        // Why a condition holds is worked out only when an explanation needs it: formatting
-        // every condition on every decision would cost more than deciding.
-        let applicable: Vec<&Stmt> = list
-            .into_iter()
             .filter(|st| {
                 st.guard
                     .as_ref()
@@ -144,15 +139,8 @@ impl Policy {
         let n = self.classes.len();
         let mut order = Reach::new(n);
         for &st in &applicable {
-            let pairs: Vec<(usize, usize)> = match &st.kind {
-                StmtKind::Prefer(list) => list.windows(2).map(|w| (w[0], w[1])).collect(),
-                StmtKind::Start { on, threshold, .. } if below(flow, threshold) => {
-                    (0..n).filter(|&c| c != *on).map(|c| (*on, c)).collect()
-                }
-                _ => continue,
-            };
             let mut changed = false;
-            for (a, b) in pairs {
+            let mut take = |a: usize, b: usize| {
                 let fresh = !order.before(a, b);
                 if order.add(a, b) && fresh {
                     // The constraint changed the result when base order had some B first.
@@ -160,6 +148,13 @@ impl Policy {
                         x.class == a && cands.iter().any(|y| y.class == b && y.base < x.base)
                     });
                 }
+            };
+            match &st.kind {
+                StmtKind::Prefer(list) => list.windows(2).for_each(|w| take(w[0], w[1])),
+                StmtKind::Start { on, threshold, .. } if below(flow, threshold) => {
+                    (0..n).filter(|&c| c != *on).for_each(|c| take(*on, c))
+                }
+                _ => continue,
             }
             if changed {
                 let mut parts: Vec<String> = ctx.why_applies(st).into_iter().collect();
@@ -169,7 +164,8 @@ impl Policy {
                 explain.push(entry(st, &parts));
             }
         }
-        let mut ordered = topological(&cands, &order);
+        let mut ordered = cands;
+        topological(&mut ordered, &order);
 
         // Step 5, end: applicable `avoid` classes go last, keeping their relative order.
         let mut avoided: Vec<usize> = Vec::new();
@@ -197,11 +193,8 @@ impl Policy {
             }
         }
         if !avoided.is_empty() {
-            let (rest, last): (Vec<Cand<'_>>, Vec<Cand<'_>>) = ordered
-                .into_iter()
-                .partition(|c| !avoided.contains(&c.class));
-            ordered = rest;
-            ordered.extend(last);
+            // A stable sort on "is avoided" moves them last and keeps every relative order.
+            ordered.sort_by_key(|c| avoided.contains(&c.class));
         }
 
         // Step 6: hold.
@@ -276,7 +269,7 @@ impl Policy {
         self.classes.iter().position(|class| {
             class.selectors.iter().all(|sel| match sel {
                 Sel::Kind(k) => itf.kind == *k,
-                Sel::Interface(g) => glob::matches(g, &itf.name),
+                Sel::Interface(g) => g.matches(&itf.name),
                 Sel::Ssid(s) => itf.ssid.as_deref() == Some(s.as_str()),
             })
         })
@@ -358,13 +351,13 @@ fn no_usable_interface(interfaces: &[Interface], managed: &[Cand<'_>]) -> String
     format!("no usable managed interface ({})", parts.join("; "))
 }
 
-/// Orders candidates: the topological order of the class constraints that always takes the
-/// lowest base position among the interfaces free to go next.
-fn topological<'a>(cands: &[Cand<'a>], order: &Reach) -> Vec<Cand<'a>> {
-    let mut left: Vec<Cand<'a>> = cands.to_vec();
-    let mut out = Vec::with_capacity(left.len());
-    while !left.is_empty() {
-        // `left` stays in base order, so the first free one has the lowest base position.
+/// Orders candidates (given in base order) in place: the topological order of the class
+/// constraints that always takes the lowest base position among the interfaces free to go
+/// next.
+fn topological(cands: &mut [Cand<'_>], order: &Reach) {
+    for i in 0..cands.len() {
+        // `cands[i..]` stays in base order, so the first free one has the lowest position.
+        let left = &cands[i..];
         let free = left
             .iter()
             .position(|x| {
@@ -375,9 +368,8 @@ fn topological<'a>(cands: &[Cand<'a>], order: &Reach) -> Vec<Cand<'a>> {
             // The constraints are acyclic by construction; this fallback is never taken, but
             // it keeps the loop total.
             .unwrap_or(0);
-        out.push(left.remove(free));
+        cands[i..=i + free].rotate_right(1);
     }
-    out
 }
 
 /// The transitive closure of the order constraints taken so far, as bit rows.
@@ -467,48 +459,41 @@ impl Ctx<'_> {
 
     /// Why an applicable statement applies, for its explanation (None: it has no condition).
     fn why_applies(&self, st: &Stmt) -> Option<String> {
-        st.guard.as_ref().map(|g| self.eval(&g.cond).1)
+        st.guard.as_ref().map(|g| {
+            let mut out = String::new();
+            self.explain(&g.cond, &mut out);
+            out
+        })
     }
 
-    /// Evaluates a condition and says why it came out as it did: for a true `or`, its first
-    /// true operand; for a false `and`, its first false one; otherwise every operand.
-    fn eval(&self, cond: &Cond) -> (bool, String) {
+    /// Says why a condition came out as it did, into `out`: for a true `or`, its first true
+    /// operand; for a false `and`, its first false one; otherwise every operand.
+    fn explain(&self, cond: &Cond, out: &mut String) {
+        use std::fmt::Write;
         match cond {
-            Cond::Or(v) => {
-                let results: Vec<(bool, String)> = v.iter().map(|c| self.eval(c)).collect();
-                match results.iter().find(|(b, _)| *b) {
-                    Some((_, why)) => (true, why.clone()),
-                    None => (false, join_why(results)),
+            Cond::Or(v) | Cond::And(v) => {
+                let want = matches!(cond, Cond::Or(_));
+                if let Some(decider) = v.iter().find(|c| self.holds(c) == want) {
+                    self.explain(decider, out);
+                } else {
+                    for (i, c) in v.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        self.explain(c, out);
+                    }
                 }
             }
-            Cond::And(v) => {
-                let results: Vec<(bool, String)> = v.iter().map(|c| self.eval(c)).collect();
-                match results.iter().find(|(b, _)| !*b) {
-                    Some((_, why)) => (false, why.clone()),
-                    None => (true, join_why(results)),
-                }
-            }
-            Cond::Not(c) => {
-                let (b, why) = self.eval(c);
-                (!b, why)
-            }
+            Cond::Not(c) => self.explain(c, out),
             Cond::State { class, attr } => {
                 let name = &self.classes[*class].name;
-                let best = self.best[*class];
-                let value = match attr {
-                    StateAttr::Down => best.is_none(),
-                    StateAttr::Up => best.is_some(),
-                    StateAttr::Validated => best.is_some_and(|i| i.state == LinkState::Validated),
-                    StateAttr::Degraded => best.is_some_and(|i| i.state == LinkState::Degraded),
-                    StateAttr::Metered => best.is_some_and(|i| i.metered == Some(true)),
+                let value = self.holds(cond);
+                let _ = match (attr, value) {
+                    (StateAttr::Down, true) | (StateAttr::Up, false) => write!(out, "{name} down"),
+                    (StateAttr::Down, false) | (StateAttr::Up, true) => write!(out, "{name} up"),
+                    (a, true) => write!(out, "{name} {}", a.as_str()),
+                    (a, false) => write!(out, "{name} not {}", a.as_str()),
                 };
-                let why = match (attr, value) {
-                    (StateAttr::Down, true) | (StateAttr::Up, false) => format!("{name} down"),
-                    (StateAttr::Down, false) | (StateAttr::Up, true) => format!("{name} up"),
-                    (a, true) => format!("{name} {}", a.as_str()),
-                    (a, false) => format!("{name} not {}", a.as_str()),
-                };
-                (value, why)
             }
             Cond::Figure {
                 class,
@@ -519,29 +504,31 @@ impl Ctx<'_> {
             } => {
                 let name = &self.classes[*class].name;
                 let Some(best) = self.best[*class] else {
-                    return (false, format!("{name} down"));
+                    let _ = write!(out, "{name} down");
+                    return;
                 };
                 let unit = match f {
                     Figure::Rtt => "ms",
                     Figure::Loss => "%",
                     Figure::Signal => "dBm",
                 };
-                match measured(best, *f) {
-                    None => (false, format!("{name}.{} unknown", f.as_str())),
+                let _ = match measured(best, *f) {
+                    None => write!(out, "{name}.{} unknown", f.as_str()),
                     Some(m) => {
-                        let holds = op.holds(m, *value);
-                        let shown_op = if holds { *op } else { op.negated() };
-                        (
-                            holds,
-                            format!(
-                                "{name}.{} {}{unit} {} {text}",
-                                f.as_str(),
-                                figure(m),
-                                shown_op.as_str()
-                            ),
+                        let shown = if op.holds(m, *value) {
+                            *op
+                        } else {
+                            op.negated()
+                        };
+                        write!(
+                            out,
+                            "{name}.{} {}{unit} {} {text}",
+                            f.as_str(),
+                            figure(m),
+                            shown.as_str()
                         )
                     }
-                }
+                };
             }
             Cond::Flow {
                 measure,
@@ -549,19 +536,17 @@ impl Ctx<'_> {
                 value,
                 text,
             } => {
-                let (m, shown) = match measure {
-                    FlowMeasure::Bytes => {
-                        let b = self.flow.bytes as f64;
-                        (b, format!("flow.bytes {}", bytes(b)))
-                    }
-                    FlowMeasure::Age => {
-                        let a = self.flow.age_ms as f64;
-                        (a, format!("flow.age {}", duration(a)))
-                    }
+                let m = self.flow_figure(*measure);
+                let shown_value = match measure {
+                    FlowMeasure::Bytes => format!("flow.bytes {}", bytes(m)),
+                    FlowMeasure::Age => format!("flow.age {}", duration(m)),
                 };
-                let holds = op.holds(m, *value);
-                let shown_op = if holds { *op } else { op.negated() };
-                (holds, format!("{shown} {} {text}", shown_op.as_str()))
+                let shown = if op.holds(m, *value) {
+                    *op
+                } else {
+                    op.negated()
+                };
+                let _ = write!(out, "{shown_value} {} {text}", shown.as_str());
             }
         }
     }
@@ -575,12 +560,4 @@ fn measured(itf: &Interface, f: Figure) -> Option<f64> {
         Figure::Signal => itf.signal_dbm,
     };
     v.filter(|x| !x.is_nan())
-}
-
-fn join_why(results: Vec<(bool, String)>) -> String {
-    results
-        .into_iter()
-        .map(|(_, w)| w)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -2,6 +2,54 @@
 //! Everything else matches itself. Matching is linear-space and never backtracks
 //! exponentially, whatever the pattern.
 
+/// A glob compiled once, so matching it on every decision does no scanning it can avoid:
+/// most app patterns are an exact id or `prefix.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    shape: Shape,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// No wildcard.
+    Exact,
+    /// One trailing `*` and no other wildcard: a prefix of this many bytes.
+    Prefix(usize),
+    /// Anything else.
+    General,
+}
+
+impl Pattern {
+    /// Compiles `text`.
+    pub fn new(text: &str) -> Self {
+        let wild = |c: char| c == '*' || c == '?';
+        let shape = match text.find(wild) {
+            None => Shape::Exact,
+            Some(i) if i == text.len() - 1 && text.ends_with('*') => Shape::Prefix(i),
+            Some(_) => Shape::General,
+        };
+        Pattern {
+            text: text.to_owned(),
+            shape,
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// True when `text` matches.
+    pub fn matches(&self, text: &str) -> bool {
+        match self.shape {
+            Shape::Exact => self.text == text,
+            Shape::Prefix(n) => text.as_bytes().starts_with(&self.text.as_bytes()[..n]),
+            Shape::General => run(&self.text, text, |pc, tc| pc == '?' || pc == tc),
+        }
+    }
+}
+
 /// True when `text` matches `pattern`.
 pub fn matches(pattern: &str, text: &str) -> bool {
     if !pattern.contains(['*', '?']) {
@@ -73,6 +121,41 @@ mod tests {
             ("*.*.*", "a.b", false),
         ] {
             assert_eq!(matches(p, t), want, "{p} ~ {t}");
+        }
+    }
+
+    #[test]
+    fn compiled_patterns_agree_with_matches() {
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "a.b",
+            "org.example",
+            "org.example.maps",
+            "x*",
+            "é",
+            "éa",
+        ];
+        for p in [
+            "",
+            "*",
+            "a*",
+            "ab*",
+            "a?",
+            "*b",
+            "a*c",
+            "org.example.*",
+            "org.*.maps",
+            "é*",
+            "?a",
+            "x\\*",
+        ] {
+            let compiled = Pattern::new(p);
+            for t in texts {
+                assert_eq!(compiled.matches(t), matches(p, t), "{p} ~ {t}");
+            }
         }
     }
 

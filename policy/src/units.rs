@@ -178,7 +178,8 @@ impl fmt::Display for Quantity {
 /// Formats a figure for explanations: whole numbers without decimals, others with up to two.
 pub fn figure(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{value:.0}")
+        // Integer formatting: float formatting with a precision takes a slow exact path.
+        (value as i64).to_string()
     } else {
         let s = format!("{value:.2}");
         s.trim_end_matches('0').trim_end_matches('.').to_owned()
