@@ -345,6 +345,10 @@ fn rx_loop(dir: &Dir, sock: &OwnedFd, stop: &AtomicBool) {
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
+            // A device going down reports ENETDOWN once; the socket rebinds when it comes back.
+            if e.raw_os_error() == Some(libc::ENETDOWN) {
+                continue;
+            }
             if !matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted

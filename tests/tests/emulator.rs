@@ -184,3 +184,45 @@ fn settings_change_while_traffic_flows() {
     assert_eq!(emu.config(Direction::Up).rate_bps, Some(64_000));
     assert_eq!(emu.config(Direction::Down).rate_bps, None);
 }
+
+#[test]
+fn carrier_loss_on_an_emulated_path_and_its_return() {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("carrier_loss_on_an_emulated_path_and_its_return")
+    else {
+        return;
+    };
+    let (topo, _e4, _e6) = emulated();
+    let (bind, target) = from_wlan0(&topo, false);
+    let spec = ProbeSpec {
+        count: 5,
+        burst: 5,
+        interval: Duration::from_millis(1),
+        linger: Duration::from_millis(300),
+    };
+    topo.far_side_down("wlan0").unwrap();
+    let info = topo
+        .wait_link(topo.handset(), "wlan0", Duration::from_secs(1), |_| true)
+        .unwrap();
+    assert!(info.admin_up && !info.carrier, "{info:?}");
+    assert_eq!(
+        probe(topo.handset(), Some(bind), target, spec)
+            .unwrap()
+            .received(),
+        0
+    );
+    topo.far_side_up("wlan0").unwrap();
+    assert_eq!(
+        probe(topo.handset(), Some(bind), target, spec)
+            .unwrap()
+            .received(),
+        5
+    );
+    assert!(
+        topo.emulator("wlan0")
+            .unwrap()
+            .stats(Direction::Both)
+            .forwarded
+            >= 10
+    );
+}
