@@ -6,6 +6,8 @@ package io.roam;
  * with {@code roam: <entry point>:} and says what to do.
  */
 public class RoamException extends RuntimeException {
+    private static final long serialVersionUID = 1L;
+
     public RoamException(String message) {
         super(message);
     }
