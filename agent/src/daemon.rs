@@ -76,6 +76,14 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         None => Policy::default_policy(),
     };
     tracing::info!(policy = %policy.summary(), file = ?opts.policy_path, "policy loaded");
+    if !opts.dry_run && (opts.config.routing.is_some() || opts.config.mptcp) && !has_net_admin() {
+        anyhow::bail!(
+            "roamd changes routing rules and MPTCP endpoints and needs CAP_NET_ADMIN (and CAP_NET_RAW \
+             for its probes); run it as root or with those capabilities, pass --dry-run to only \
+             observe, or turn the enforcers off with `[routing] enabled = false` and \
+             `[mptcp] enabled = false`"
+        );
+    }
     if opts.dry_run {
         tracing::info!("dry run: observing and deciding only; the kernel is not changed");
     }
@@ -222,6 +230,18 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     let _ = std::fs::remove_file(&opts.socket);
     tracing::info!("roamd stopped");
     result
+}
+
+/// Whether this process holds CAP_NET_ADMIN (bit 12 of `CapEff` in `/proc/self/status`).
+fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
 }
 
 /// Supplementary groups of a process, from `/proc/PID/status`. Read at connect time: the

@@ -81,7 +81,10 @@ fn a_silent_blackhole_turns_the_link_down_within_the_window() {
         .is_err()
     {
         assert!(std::env::var_os("CI").is_none(), "nft missing under CI");
-        eprintln!("skipped: the `nft` tool is not installed (Debian package nftables)");
+        common::skip(
+            "a_silent_blackhole_turns_the_link_down_within_the_window",
+            "the `nft` tool is not installed (Debian package nftables)",
+        );
         return;
     }
     let hs = Handset::start("");
