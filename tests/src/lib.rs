@@ -13,6 +13,7 @@
 //! - [`system`]: what is measured: the baselines today, roam's sessions later.
 //! - [`scenario`], [`handover`], [`mod@bench`]: the handover benchmark's failures, one measurement,
 //!   and the aggregated report (table and JSON).
+//! - [`agent`]: roamd run as a process in the handset, and the decisions it pushes.
 //! - [`timeline`]: per-interface counters around a failure and their SVG picture.
 //! - [`tls`]: the test CA for QUIC.
 //! - [`privilege`]: the root check every namespace test and binary starts with; [`binary`]:
@@ -20,6 +21,7 @@
 //! - [`serial`]: a lock that keeps timing-sensitive tests from running at once.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod bench;
 pub mod binary;
 pub mod emulator;

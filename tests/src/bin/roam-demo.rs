@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use roam_policy::{Decision, Interface, LinkState, Policy, State};
+use roam_tests::agent::{self, Agent};
 use roam_tests::emulator::PathConfig;
 use roam_tests::handover::{RunConfig, run_with};
 use roam_tests::system::{Transport, baseline};
@@ -122,11 +123,36 @@ fn run(args: &Args) -> Result<()> {
         "policy   prefer wifi over cell over bt; for {APP} the primary is {}",
         primary(&decide(&[]))
     );
+    // The agent, when it was built beside this binary: it watches the handset's links itself.
+    let agent = match agent::beside_current_exe() {
+        Some((roamd, roamctl)) => {
+            match Agent::start(topo.handset(), &roamd, &roamctl, DEMO_POLICY, APP) {
+                Ok(a) => {
+                    println!(
+                        "roamd    running in the handset (dry run: it watches and decides, changes nothing)"
+                    );
+                    Some(a)
+                }
+                Err(e) => {
+                    println!(
+                        "roamd    did not start ({e:#}); decisions come from roam_policy alone"
+                    );
+                    None
+                }
+            }
+        }
+        None => {
+            println!(
+                "roamd    not built beside roam-demo (cargo build --release -p roam-agent adds it); decisions come from roam_policy alone"
+            );
+            None
+        }
+    };
     println!(
-        "roamd    not started: the agent does not steer sessions yet; the session below is the"
+        "session  roam's SDK sessions are not there yet: the session is the best real transport today"
     );
     println!(
-        "         best real transport today (quinn QUIC on the wildcard address, TLS verified)"
+        "         (quinn QUIC from the wildcard address, TLS verified against a test CA, server migration on)"
     );
 
     let system = baseline(Transport::Quic)?;
@@ -182,6 +208,22 @@ fn run(args: &Args) -> Result<()> {
             .map(|l| l.name.as_str())
             .unwrap_or("?");
         events.push((*at, format!("server sees the client at {peer} ({link})")));
+    }
+    if let Some(a) = &agent {
+        let mut last: Option<Option<String>> = None;
+        for u in a.updates() {
+            if last.as_ref() == Some(&u.primary) {
+                continue;
+            }
+            let what = match &u.primary {
+                Some(p) => format!("roamd decides: primary {p} ({})", u.links.join(", ")),
+                None => format!("roamd decides: no usable link ({})", u.links.join(", ")),
+            };
+            if last.is_some() {
+                events.push((u.at, what));
+            }
+            last = Some(u.primary);
+        }
     }
     events.sort_by_key(|e| e.0);
     for (at, what) in &events {
