@@ -82,6 +82,40 @@ pub enum Error {
     /// The transport asked for is not implemented by this build.
     #[error("transport `{0}` is not implemented yet; use `quic` (or `auto`)")]
     Unsupported(&'static str),
+    /// The call exists for another transport only (extra streams are QUIC's).
+    #[error("`{what}` is not available on a {transport} session; it needs a QUIC session")]
+    NotOnThisTransport {
+        /// The call.
+        what: &'static str,
+        /// The session's transport.
+        transport: &'static str,
+    },
+    /// Subflow control needs roamd (CAP_NET_ADMIN, the userspace path manager), and it is not
+    /// reachable or does not know the request.
+    #[error(
+        "{what} needs roamd, the privileged agent ({detail}); start roamd (or set ROAM_SOCKET \
+         to its socket); until then the kernel's path manager decides the subflows"
+    )]
+    AgentRequired {
+        /// The request.
+        what: String,
+        /// Why it could not be made.
+        detail: String,
+    },
+    /// roamd answered the request with an error.
+    #[error("roamd refused {what}: {code}: {message}")]
+    Agent {
+        /// The request.
+        what: String,
+        /// roamd's error code (`denied`, `bad_request`, ...).
+        code: String,
+        /// roamd's explanation.
+        message: String,
+    },
+    /// A resumption of a tcp-resume session was refused by the listener (unknown or expired
+    /// session, wrong proof) or failed on every usable interface.
+    #[error("resuming the session failed: {0}")]
+    Resume(String),
     /// The policy text passed to the builder does not parse or check.
     #[error("{0}; fix the policy text passed to SessionBuilder::policy")]
     Policy(#[from] roam_policy::PolicyError),
@@ -128,7 +162,10 @@ impl Error {
             Error::Tls { .. } | Error::Protocol(_) => io::ErrorKind::InvalidData,
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::AllCandidatesFailed { last, .. } => last.kind(),
-            Error::Unsupported(_) => io::ErrorKind::Unsupported,
+            Error::Unsupported(_) | Error::NotOnThisTransport { .. } => io::ErrorKind::Unsupported,
+            Error::AgentRequired { .. } => io::ErrorKind::NotConnected,
+            Error::Agent { .. } => io::ErrorKind::PermissionDenied,
+            Error::Resume(_) => io::ErrorKind::ConnectionAborted,
             Error::Connection(quinn::ConnectionError::TimedOut) => io::ErrorKind::TimedOut,
             Error::Connection(_) | Error::Stream(_) => io::ErrorKind::ConnectionAborted,
             Error::Io { source, .. } => source.kind(),

@@ -23,10 +23,11 @@
 //! - [`path`]: the sans-I/O path manager that decides when a session moves.
 //! - [`decision`]: where decisions come from ([`DecisionSource`]); [`Embedded`] today.
 //! - [`monitor`]: the embedded link monitor (netlink).
+//! - [`mptcp`]: the kernel's MPTCP socket options and subflow control through roamd.
 //! - [`tls`]: rustls configurations with ALPN `roam/1`.
 //! - [`events`], [`error`]: what the app is told.
 //!
-//! Only QUIC is implemented; MPTCP and TCP resumption return [`Error::Unsupported`]. Without
+//! Transports: QUIC, MPTCP (with fallback detection) and TCP with resumption. Without
 //! roamd the session evaluates the policy itself over an embedded monitor; following roamd's
 //! decisions over its IPC socket is the next [`DecisionSource`].
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ pub mod error;
 pub mod events;
 pub mod listener;
 pub mod monitor;
+pub mod mptcp;
 pub mod path;
 pub mod session;
 pub mod tls;
@@ -45,5 +47,5 @@ pub use error::{Error, Result};
 pub use events::{Events, SessionEvent};
 pub use listener::Listener;
 pub use roam_policy::model;
-pub use session::{PathInfo, Session, SessionBuilder, TransportPreference};
+pub use session::{PathInfo, Session, SessionBuilder, Subflow, Transport, TransportPreference};
 pub use tls::ClientTls;

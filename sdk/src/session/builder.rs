@@ -22,9 +22,9 @@ pub enum TransportPreference {
     Auto,
     /// QUIC (quinn): connection migration across interfaces.
     Quic,
-    /// Multipath TCP with subflows per interface (not implemented yet).
+    /// Multipath TCP with subflows per interface.
     Mptcp,
-    /// TCP with application-level resumption over a fresh connection (not implemented yet).
+    /// TCP with roam's resumption layer over a fresh connection (sdk/RESUME.md).
     TcpResume,
 }
 
@@ -113,7 +113,7 @@ impl SessionBuilder {
         self
     }
 
-    /// The transport; `mptcp` and `tcp-resume` fail with [`Error::Unsupported`] for now.
+    /// The transport (default `auto`).
     pub fn transport(mut self, t: TransportPreference) -> Self {
         self.transport = t;
         self
@@ -189,11 +189,6 @@ impl SessionBuilder {
 
     /// Resolves `target` (`host:port`), races the candidates and returns the session.
     pub async fn connect(self, target: &str) -> Result<Session> {
-        match self.transport {
-            TransportPreference::Auto | TransportPreference::Quic => {}
-            TransportPreference::Mptcp => return Err(Error::Unsupported("mptcp")),
-            TransportPreference::TcpResume => return Err(Error::Unsupported("tcp-resume")),
-        }
         super::connect::connect(self, target).await
     }
 
@@ -223,19 +218,6 @@ impl SessionBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn transports_not_built_yet_say_so() {
-        for t in [TransportPreference::Mptcp, TransportPreference::TcpResume] {
-            let e = SessionBuilder::new()
-                .transport(t)
-                .connect("198.18.0.1:443")
-                .await
-                .unwrap_err();
-            assert!(matches!(e, Error::Unsupported(_)), "{e}");
-            assert!(e.to_string().contains("use `quic`"), "{e}");
-        }
-    }
 
     #[test]
     fn transport_words_round_trip() {

@@ -14,16 +14,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::builder::SessionBuilder;
+use super::builder::{SessionBuilder, TransportPreference};
 use super::driver::Driver;
 use super::socket::bind_udp;
 use super::{Session, Shared, negotiated_alpn, write_header};
-use crate::decision::Snapshot;
+use crate::decision::{DecisionSource, Snapshot};
 use crate::error::{Error, Result};
+use crate::events::SessionEvent;
 use crate::path::LocalPath;
 use crate::path::manager::PathManager;
 
@@ -31,7 +32,20 @@ pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> 
     let (host, port) = parse_target(target)?;
     let span = tracing::info_span!("session", app = b.app.as_deref().unwrap_or("default"), %target);
     let limit = b.connect_timeout;
-    tokio::time::timeout(limit, connect_inner(b, host, port).instrument(span))
+    let run = async move {
+        let p = prepare(&b, host, port).await?;
+        match b.transport {
+            TransportPreference::Quic => connect_quic(b, p, "asked for".into()).await,
+            TransportPreference::Mptcp => {
+                super::mptcp::connect_mptcp(b, p, "asked for".into()).await
+            }
+            TransportPreference::TcpResume => Err(Error::Unsupported("tcp-resume")),
+            TransportPreference::Auto => {
+                connect_quic(b, p, "auto: QUIC is the default".into()).await
+            }
+        }
+    };
+    tokio::time::timeout(limit, run.instrument(span))
         .await
         .map_err(|_| Error::Timeout {
             what: format!("connecting to {target}"),
@@ -39,8 +53,53 @@ pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> 
         })?
 }
 
+/// What every transport starts from: the decision, its snapshot and the candidates.
+pub(super) struct Prepared {
+    pub(super) source: Arc<dyn DecisionSource>,
+    pub(super) decisions: watch::Receiver<Arc<Snapshot>>,
+    pub(super) snap: Arc<Snapshot>,
+    pub(super) cands: Vec<(LocalPath, SocketAddr)>,
+    pub(super) server_name: String,
+}
+
+async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<Prepared> {
+    let source = b.make_source()?;
+    let decisions = source.subscribe(b.app.as_deref()).await?;
+    let snap = decisions.borrow().clone();
+    let app = b.app.clone().unwrap_or_else(|| "default".into());
+    if snap.decision.is_blocked() {
+        return Err(Error::NoPermittedPath {
+            app,
+            detail: snap.blocked_detail(),
+        });
+    }
+    let peers = resolve(&host, port).await?;
+    let cands = candidates(&snap, &peers);
+    if cands.is_empty() {
+        return Err(Error::NoPermittedPath {
+            app,
+            detail: format!(
+                "the permitted interfaces ({}) have no address of the peer's family ({peers:?})",
+                snap.decision
+                    .paths
+                    .iter()
+                    .map(|p| p.interface.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(Prepared {
+        source,
+        decisions,
+        snap,
+        cands,
+        server_name: b.server_name.clone().unwrap_or(host),
+    })
+}
+
 /// Splits `host:port` or `[v6]:port`.
-fn parse_target(target: &str) -> Result<(String, u16)> {
+pub(super) fn parse_target(target: &str) -> Result<(String, u16)> {
     let bad = |why| Error::InvalidTarget {
         target: target.to_owned(),
         why,
@@ -60,7 +119,7 @@ fn parse_target(target: &str) -> Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+pub(super) async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
@@ -93,7 +152,7 @@ fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
 }
 
 /// Every (local path, peer) pair, interfaces in the decision's order.
-fn candidates(snap: &Snapshot, peers: &[SocketAddr]) -> Vec<(LocalPath, SocketAddr)> {
+pub(super) fn candidates(snap: &Snapshot, peers: &[SocketAddr]) -> Vec<(LocalPath, SocketAddr)> {
     let peers = interleave(peers);
     let (paths_v4, paths_v6) = (snap.local_paths(false), snap.local_paths(true));
     let mut out = Vec::new();
@@ -115,40 +174,23 @@ struct Attempt {
     local: SocketAddr,
 }
 
-async fn connect_inner(b: SessionBuilder, host: String, port: u16) -> Result<Session> {
-    let source = b.make_source()?;
-    let decisions = source.subscribe(b.app.as_deref()).await?;
-    let snap = decisions.borrow().clone();
-    let app = b.app.clone().unwrap_or_else(|| "default".into());
-    if snap.decision.is_blocked() {
-        return Err(Error::NoPermittedPath {
-            app,
-            detail: snap.blocked_detail(),
-        });
-    }
-    let peers = resolve(&host, port).await?;
-    let cands = candidates(&snap, &peers);
-    if cands.is_empty() {
-        return Err(Error::NoPermittedPath {
-            app,
-            detail: format!(
-                "the permitted interfaces ({}) have no address of the peer's family ({peers:?})",
-                snap.decision
-                    .paths
-                    .iter()
-                    .map(|p| p.interface.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        });
-    }
+async fn connect_quic(b: SessionBuilder, p: Prepared, why: String) -> Result<Session> {
+    let Prepared {
+        source,
+        decisions,
+        snap,
+        cands,
+        server_name,
+    } = p;
     let tls = b.tls.build(&b.alpn)?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::TlsConfig(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(b.transport_config()?));
-    let server_name = b.server_name.clone().unwrap_or(host);
 
-    let won = race(&b, &cands, &client, &server_name).await?;
+    let won = race(&cands, b.attempt_delay, |path, peer| {
+        attempt(path, peer, client.clone(), server_name.clone())
+    })
+    .await?;
     tracing::info!(path = %won.path, local = %won.local, peer = %won.conn.remote_address(), "connected");
     let alpn = negotiated_alpn(&won.conn);
     let (mut send, recv) = won.conn.open_bi().await?;
@@ -183,26 +225,41 @@ async fn connect_inner(b: SessionBuilder, host: String, port: u16) -> Result<Ses
         _source: source,
     };
     let handle = driver.spawn();
-    Ok(Session {
-        conn: won.conn,
-        send,
-        recv,
+    let session = Session {
+        inner: super::Inner::Quic(super::Quic {
+            conn: won.conn,
+            send,
+            recv,
+            shared,
+            activity: Some(activity),
+            _driver: Some(handle),
+            endpoint: won.endpoint,
+        }),
         events,
-        shared,
-        activity: Some(activity),
         app: b.app,
         alpn,
-        _driver: Some(handle),
-        _endpoint: won.endpoint,
-    })
+        transport: super::Transport::Quic,
+        connect_events: vec![SessionEvent::TransportChosen {
+            transport: super::Transport::Quic,
+            why,
+        }],
+    };
+    Ok(session)
 }
 
-async fn race(
-    b: &SessionBuilder,
+/// Races `attempt` over the candidates: in order, the next one starting when the attempt
+/// delay passes or the previous attempt fails, whichever comes first; the first success wins
+/// and the other attempts are dropped.
+pub(super) async fn race<T, F, Fut>(
     cands: &[(LocalPath, SocketAddr)],
-    client: &quinn::ClientConfig,
-    server_name: &str,
-) -> Result<Attempt> {
+    delay: std::time::Duration,
+    attempt: F,
+) -> Result<T>
+where
+    T: Send + 'static,
+    F: Fn(LocalPath, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let mut set = JoinSet::new();
     let mut next = 0;
     let mut last_err = None;
@@ -211,11 +268,9 @@ async fn race(
         if next < cands.len() && (set.is_empty() || tokio::time::Instant::now() >= start_next) {
             let (path, peer) = cands[next].clone();
             tracing::debug!(%path, %peer, attempt = next, "starting a candidate");
-            set.spawn(
-                attempt(path, peer, client.clone(), server_name.to_owned()).in_current_span(),
-            );
+            set.spawn(attempt(path, peer).in_current_span());
             next += 1;
-            start_next = tokio::time::Instant::now() + b.attempt_delay;
+            start_next = tokio::time::Instant::now() + delay;
         }
         let more = next < cands.len();
         tokio::select! {

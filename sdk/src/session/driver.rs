@@ -26,6 +26,13 @@ use crate::path::manager::{Action, Input, PathManager, TransportSample};
 #[derive(Debug)]
 pub(crate) struct Handle(tokio::task::AbortHandle);
 
+impl Handle {
+    /// Aborts `task` when dropped.
+    pub(crate) fn new(task: tokio::task::AbortHandle) -> Handle {
+        Handle(task)
+    }
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
         self.0.abort();

@@ -20,6 +20,14 @@ pub(crate) fn bind_udp(path: &LocalPath) -> io::Result<std::net::UdpSocket> {
     if path.local.is_ipv6() {
         s.set_only_v6(true)?;
     }
+    bind_to_path(&s, path)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Binds `s` to `path`: `SO_BINDTODEVICE` on its interface (where permitted) and its address,
+/// port chosen by the kernel.
+pub(crate) fn bind_to_path(s: &Socket, path: &LocalPath) -> io::Result<()> {
     match s.bind_device(Some(path.interface.as_bytes())) {
         Ok(()) => {}
         // Without CAP_NET_RAW on older kernels the address alone has to do; source routing
@@ -29,7 +37,5 @@ pub(crate) fn bind_udp(path: &LocalPath) -> io::Result<std::net::UdpSocket> {
         }
         Err(e) => return Err(e),
     }
-    s.bind(&SocketAddr::new(path.local, 0).into())?;
-    s.set_nonblocking(true)?;
-    Ok(s.into())
+    s.bind(&SocketAddr::new(path.local, 0).into())
 }

@@ -1,0 +1,386 @@
+//! The MPTCP transport: TLS over one `IPPROTO_MPTCP` socket whose first subflow is bound to the
+//! decision's best interface; further subflows come from the path manager (the kernel's, with
+//! its endpoints, or roamd's userspace one by connection token).
+//!
+//! Fallback is never silent: right after the handshake the socket is asked `MPTCP_INFO`; a
+//! socket the peer or a middlebox turned into plain TCP answers `EOPNOTSUPP` (the option
+//! reaches TCP) or sets `MPTCP_INFO_FLAG_FALLBACK`, and the session says
+//! [`SessionEvent::MptcpFallback`]. A watcher task re-reads the subflows every
+//! [`WATCH_INTERVAL`] and reports changes as [`SessionEvent::SubflowsChanged`]: the kernel's
+//! MPTCP events go only to CAP_NET_ADMIN listeners, so an app polls its own socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, watch};
+use tracing::Instrument;
+
+use super::builder::SessionBuilder;
+use super::connect::Prepared;
+use super::driver::Handle;
+use super::tcp::{StreamProto, race};
+use super::tls_stream::{self, TlsStream};
+use super::{Inner, PathInfo, Session, Subflow, Transport, header, read_header_after_magic};
+use crate::decision::Snapshot;
+use crate::error::{Error, Result};
+use crate::events::SessionEvent;
+use crate::mptcp::sockopt;
+use crate::path::LocalPath;
+
+/// How often a client session re-reads its subflows to report changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A TLS byte stream over one TCP or MPTCP socket.
+#[derive(Debug)]
+pub(crate) struct StreamSession {
+    tls: TlsStream<TcpStream>,
+    /// The decisions, to name the interface of each local address (clients).
+    links: Option<watch::Receiver<Arc<Snapshot>>>,
+    _watcher: Option<Handle>,
+}
+
+impl StreamSession {
+    fn socket(&self) -> &TcpStream {
+        self.tls.get_ref()
+    }
+
+    fn interface_of(&self, ip: std::net::IpAddr) -> Option<String> {
+        let snap = self.links.as_ref()?.borrow().clone();
+        snap.links
+            .iter()
+            .find(|l| l.addrs.contains(&ip))
+            .map(|l| l.name.clone())
+    }
+
+    pub(crate) fn token(&self) -> Option<u32> {
+        sockopt::mptcp_info(self.socket().as_fd())
+            .ok()
+            .filter(|i| !i.is_fallback())
+            .map(|i| i.token)
+    }
+
+    pub(crate) fn paths(&self) -> Vec<Subflow> {
+        let mut v = read_subflows(self.socket());
+        for s in &mut v {
+            s.interface = s.local.and_then(|a| self.interface_of(a.ip()));
+        }
+        v
+    }
+
+    pub(crate) fn path(&self) -> PathInfo {
+        let paths = self.paths();
+        let s = self.socket();
+        let best = paths
+            .iter()
+            .filter(|p| p.rtt > Duration::ZERO || p.bytes_acked.unwrap_or(0) > 0)
+            .min_by_key(|p| p.id)
+            .or(paths.first());
+        PathInfo {
+            interface: best.and_then(|b| b.interface.clone()),
+            local: best.and_then(|b| b.local).or_else(|| s.local_addr().ok()),
+            remote: best
+                .and_then(|b| b.remote)
+                .or_else(|| s.peer_addr().ok())
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            rtt: best.map(|b| b.rtt).unwrap_or_default(),
+            bytes_sent: paths.iter().filter_map(|p| p.bytes_sent).sum(),
+            bytes_received: paths.iter().filter_map(|p| p.bytes_received).sum(),
+        }
+    }
+
+    pub(crate) fn abort(&self) {
+        let _ = socket2::SockRef::from(self.socket()).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for StreamSession {
+    fn drop(&mut self) {
+        // The watcher holds a duplicate of the descriptor until its abort is processed; shut
+        // the connection down now so the peer learns at once.
+        if self._watcher.is_some() {
+            self.abort();
+        }
+    }
+}
+
+impl AsyncRead for StreamSession {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StreamSession {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// The subflows of an MPTCP socket, or its one TCP connection after a fallback.
+fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
+    let fd = s.as_fd();
+    let raw = match sockopt::full_info(fd) {
+        Ok((_, subs)) => Ok(subs),
+        // Before 6.5: no MPTCP_FULL_INFO (EOPNOTSUPP from the MPTCP level itself).
+        Err(e) if sockopt::is_not_mptcp(&e) && sockopt::mptcp_info(fd).is_ok() => {
+            sockopt::subflows_legacy(fd)
+        }
+        Err(e) => Err(e),
+    };
+    match raw {
+        Ok(subs) => subs
+            .into_iter()
+            .map(|r| {
+                let tcp = r.tcp.unwrap_or_default();
+                Subflow {
+                    id: r.id.unwrap_or(0),
+                    local: r.local,
+                    remote: r.remote,
+                    interface: None,
+                    backup: None,
+                    rtt: Duration::from_micros(tcp.rtt_us.into()),
+                    bytes_sent: tcp.bytes_sent,
+                    bytes_acked: tcp.bytes_acked,
+                    bytes_received: tcp.bytes_received,
+                }
+            })
+            .collect(),
+        Err(_) => {
+            // Plain TCP (fallen back): one path, from TCP_INFO.
+            let tcp = sockopt::tcp_info(fd).unwrap_or_default();
+            vec![Subflow {
+                id: 0,
+                local: s.local_addr().ok(),
+                remote: s.peer_addr().ok(),
+                interface: None,
+                backup: Some(false),
+                rtt: Duration::from_micros(tcp.rtt_us.into()),
+                bytes_sent: tcp.bytes_sent,
+                bytes_acked: tcp.bytes_acked,
+                bytes_received: tcp.bytes_received,
+            }]
+        }
+    }
+}
+
+/// Whether the socket still speaks MPTCP; `Err(detail)` when it fell back to TCP.
+pub(crate) fn check_mptcp(s: &TcpStream) -> std::result::Result<u32, String> {
+    match sockopt::mptcp_info(s.as_fd()) {
+        Ok(i) if i.is_fallback() => Err("MPTCP_INFO has the fallback flag set".into()),
+        Ok(i) => Ok(i.token),
+        Err(e) if sockopt::is_not_mptcp(&e) => Err(format!(
+            "SOL_MPTCP/MPTCP_INFO answered `{e}`: the connection is plain TCP (MP_CAPABLE was \
+             not answered)"
+        )),
+        Err(e) => Err(format!("MPTCP_INFO failed: {e}")),
+    }
+}
+
+/// Connects the MPTCP transport over the prepared candidates.
+pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -> Result<Session> {
+    let (path, sock) = race(&p.cands, b.attempt_delay, StreamProto::Mptcp).await?;
+    let peer = sock
+        .peer_addr()
+        .map_err(|e| Error::io("reading the peer's address", e))?;
+    let mptcp = check_mptcp(&sock);
+    let tls = Arc::new(b.tls.build(&b.alpn)?);
+    let mut stream = tls_stream::connect(sock, tls, &p.server_name)
+        .await
+        .map_err(|e| tls_connect_error(peer, e))?;
+    let alpn = stream.alpn();
+    if alpn == crate::tls::ALPN {
+        tls_stream::write_flush(&mut stream, &header(b.app.as_deref())?)
+            .await
+            .map_err(|e| Error::Stream(format!("writing the session header: {e}")))?;
+    }
+    let (events, _) = broadcast::channel(64);
+    let transport = match &mptcp {
+        Ok(token) => {
+            tracing::info!(%path, %peer, token, "MPTCP session connected");
+            Transport::Mptcp
+        }
+        Err(detail) => {
+            tracing::warn!(%path, %peer, %detail, "MPTCP fell back to TCP");
+            Transport::Tcp
+        }
+    };
+    let mut connect_events = vec![SessionEvent::TransportChosen { transport, why }];
+    match &mptcp {
+        Err(detail) => connect_events.push(SessionEvent::MptcpFallback {
+            path: path.clone(),
+            detail: detail.clone(),
+            now: transport,
+        }),
+        Ok(_) => connect_events.push(SessionEvent::KernelPathManager {
+            detail: "roamd does not steer this connection: the kernel's path manager and its \
+                     endpoints (`ip mptcp endpoint`) decide the subflows"
+                .into(),
+        }),
+    }
+    let watcher = spawn_watcher(
+        &stream,
+        p.decisions.clone(),
+        events.clone(),
+        mptcp.is_ok(),
+        p.source,
+    )?;
+    Ok(Session {
+        inner: Inner::Stream(Box::new(StreamSession {
+            tls: stream,
+            links: Some(p.decisions),
+            _watcher: Some(watcher),
+        })),
+        events,
+        app: b.app,
+        alpn,
+        transport,
+        connect_events,
+    })
+}
+
+/// A TLS failure on a TCP transport in the error an app reacts to.
+pub(crate) fn tls_connect_error(peer: SocketAddr, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        Error::Tls {
+            peer,
+            detail: e.to_string(),
+        }
+    } else {
+        Error::io(format!("TLS handshake with {peer}"), e)
+    }
+}
+
+fn spawn_watcher(
+    stream: &TlsStream<TcpStream>,
+    mut decisions: watch::Receiver<Arc<Snapshot>>,
+    events: broadcast::Sender<SessionEvent>,
+    mut is_mptcp: bool,
+    source: Arc<dyn crate::DecisionSource>,
+) -> Result<Handle> {
+    let fd = stream
+        .get_ref()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("duplicating the MPTCP socket for its watcher", e))?;
+    let sock = TcpStream::from_std(std::net::TcpStream::from(fd))
+        .map_err(|e| Error::io("registering the MPTCP watcher socket", e))?;
+    let span = tracing::Span::current();
+    let task = async move {
+        let _source = source;
+        let key = |v: &[Subflow]| -> Vec<(u32, Option<SocketAddr>, Option<SocketAddr>)> {
+            v.iter().map(|s| (s.id, s.local, s.remote)).collect()
+        };
+        let name = |snap: &Snapshot, v: &mut Vec<Subflow>| {
+            for s in v.iter_mut() {
+                s.interface = s.local.and_then(|a| {
+                    snap.links
+                        .iter()
+                        .find(|l| l.addrs.contains(&a.ip()))
+                        .map(|l| l.name.clone())
+                });
+            }
+        };
+        let mut last = Vec::new();
+        let mut source_alive = true;
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                r = decisions.changed(), if source_alive => match r {
+                    Ok(()) => {
+                        let snap = decisions.borrow_and_update().clone();
+                        let _ = events.send(SessionEvent::DecisionUpdated(snap.decision.clone()));
+                    }
+                    Err(_) => source_alive = false,
+                },
+                _ = tick.tick() => {
+                    let mut now = read_subflows(&sock);
+                    if key(&now) != key(&last) {
+                        name(&decisions.borrow().clone(), &mut now);
+                        tracing::info!(subflows = ?key(&now), "subflows changed");
+                        last = now.clone();
+                        let _ = events.send(SessionEvent::SubflowsChanged(now));
+                    }
+                    if is_mptcp && let Err(detail) = check_mptcp(&sock) {
+                        // A fallback in the middle of a connection (infinite mapping): the
+                        // stream goes on as plain TCP; say so.
+                        is_mptcp = false;
+                        if let Ok(local) = sock.local_addr() {
+                            let iface = decisions.borrow().links.iter()
+                                .find(|l| l.addrs.contains(&local.ip()))
+                                .map(|l| l.name.clone()).unwrap_or_default();
+                            let _ = events.send(SessionEvent::MptcpFallback {
+                                path: LocalPath { interface: iface, local: local.ip() },
+                                detail,
+                                now: Transport::Tcp,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span);
+    Ok(Handle::new(tokio::spawn(task).abort_handle()))
+}
+
+/// The server side of a TCP-transport connection whose TLS is up and whose first four bytes
+/// were `ROAM`: reads the rest of the header and makes the session.
+pub(crate) async fn accept_stream_server(
+    mut tls: TlsStream<TcpStream>,
+    roam_alpn: bool,
+) -> Result<Session> {
+    let app = if roam_alpn {
+        read_header_after_magic(&mut tls).await?
+    } else {
+        None
+    };
+    let transport = match check_mptcp(tls.get_ref()) {
+        Ok(_) => Transport::Mptcp,
+        Err(_) => Transport::Tcp,
+    };
+    let alpn = tls.alpn();
+    let (events, _) = broadcast::channel(64);
+    Ok(Session {
+        inner: Inner::Stream(Box::new(StreamSession {
+            tls,
+            links: None,
+            _watcher: None,
+        })),
+        events,
+        app,
+        alpn,
+        transport,
+        connect_events: Vec::new(),
+    })
+}
+
+/// Reads the 4-byte magic that says which protocol a TCP connection speaks.
+pub(crate) async fn read_magic(tls: &mut TlsStream<TcpStream>) -> Result<[u8; 4]> {
+    let mut m = [0u8; 4];
+    tls.read_exact(&mut m)
+        .await
+        .map_err(|e| Error::Protocol(format!("reading the session header: {e}")))?;
+    Ok(m)
+}
