@@ -5,7 +5,7 @@
 //! - `monitor`: the netlink route socket and interface classification.
 //! - `probe`: the UDP echo prober's sockets and the reflector.
 //! - `ipc`: the Unix socket protocol between roamd and apps (see `agent/PROTOCOL.md`).
-//! - `enforce`: policy routing through rtnetlink.
+//! - `enforce`: policy routing (rtnetlink) and MPTCP endpoints (`mptcp_pm`).
 //! - `config`: the TOML config file.
 //! - `daemon`: the tokio shell that wires them together.
 #![warn(missing_docs)]

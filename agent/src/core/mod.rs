@@ -7,9 +7,11 @@
 //!
 //! What it keeps: the link table (carrier, addresses, routes, probe figures), the subscribed
 //! clients and the decision each was last sent, and the policy in force. After every event it
-//! recomputes link states, re-evaluates every subscriber's decision (once per distinct app id)
-//! and pushes only what changed; then it paces the probes: fast on links a subscribed session
-//! uses or backs up on, slowly on the other usable links, and not at all with no subscriber.
+//! recomputes link states, plans the kernel (routing tables and rules, MPTCP endpoints from the
+//! device-wide default decision) and emits a plan when it changed, re-evaluates every
+//! subscriber's decision (once per distinct app id) and pushes only what changed; then it paces
+//! the probes: fast on links a subscribed session uses or backs up on, slowly on the other
+//! usable links, and not at all with no subscriber.
 pub mod decide;
 pub mod probe;
 
