@@ -14,7 +14,7 @@ use crate::inject::Flapper;
 use crate::scenario::Scenario;
 use crate::system::{ClientCtx, ServerCtx, System, Task};
 use crate::timeline::{LinkSample, Sampler};
-use crate::topology::Topology;
+use crate::topology::{SERVICE_V4, SERVICE_V6, Topology};
 use crate::traffic::{Delivery, MSG_LEN, Recorder, expected_digest};
 
 /// The link every scenario fails: the preferred one.
@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub sample: bool,
     /// Seed of the emulators' random draws.
     pub seed: u64,
+    /// Run over IPv6 (the service's `2001:db8:ffff::1`) instead of IPv4.
+    pub ipv6: bool,
 }
 
 impl RunConfig {
@@ -51,6 +53,16 @@ impl RunConfig {
             timeout: Duration::from_secs(3),
             sample: false,
             seed: 1,
+            ipv6: false,
+        }
+    }
+
+    /// The service address of the run's family.
+    pub fn service(&self) -> std::net::IpAddr {
+        if self.ipv6 {
+            SERVICE_V6.into()
+        } else {
+            SERVICE_V4.into()
         }
     }
 
@@ -171,6 +183,7 @@ pub fn run_with<'a>(
         recorder: recorder.clone(),
         ready: ready_tx,
         timeout: cfg.timeout,
+        service: cfg.service(),
     });
     let server = spawn_task(topo.server(), "bench-server", server_task, stop_rx.clone())?;
     if ready_rx.recv_timeout(Duration::from_secs(5)).is_err() {
@@ -186,6 +199,7 @@ pub fn run_with<'a>(
     let client_task = system.client(ClientCtx {
         seqs: seq_rx,
         timeout: cfg.timeout,
+        service: cfg.service(),
     });
     let client = spawn_task(topo.handset(), "bench-client", client_task, stop_rx)?;
     let sampler = if cfg.sample {

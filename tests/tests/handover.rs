@@ -279,3 +279,29 @@ fn bench_binary_writes_the_documented_json() {
     assert!(picture.contains("<svg") && picture.contains("rmnet0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn quinn_over_ipv6_migrates_to_the_cellular_address() {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("quinn_over_ipv6_migrates_to_the_cellular_address")
+    else {
+        return;
+    };
+    let cfg = RunConfig {
+        ipv6: true,
+        ..cfg()
+    };
+    let o = run_once(baseline(Transport::Quic).unwrap(), Scenario::LinkDown, &cfg).unwrap();
+    assert_intact(&o);
+    let peers = peer_ips(&o);
+    assert_eq!(
+        peers.first().map(String::as_str),
+        Some("2001:db8::2"),
+        "{peers:?}"
+    );
+    assert_eq!(
+        peers.last().map(String::as_str),
+        Some("2001:db8:0:1::2"),
+        "{peers:?}"
+    );
+}

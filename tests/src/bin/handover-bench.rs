@@ -33,6 +33,9 @@ struct Args {
     /// Repeats per scenario and system (default 20, or 5 with --quick).
     #[arg(long)]
     repeats: Option<u32>,
+    /// Run over IPv6 instead of IPv4.
+    #[arg(long)]
+    ipv6: bool,
     /// Short runs: 5 repeats, a 3 s timeout; one transport takes under two minutes.
     #[arg(long)]
     quick: bool,
@@ -155,6 +158,7 @@ fn run(args: &Args) -> Result<()> {
     }
     println!();
     print!("{}", table(&runs));
+    println!("over {}", if args.ipv6 { "IPv6" } else { "IPv4" });
     println!("total {:.1} s", started.elapsed().as_secs_f64());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&Report { runs })?;

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct ServerCtx {
     pub ready: std::sync::mpsc::SyncSender<()>,
     /// How long the run waits for a stalled session before calling it dead.
     pub timeout: Duration,
+    /// The service address to listen on ([`crate::topology::SERVICE_V4`] or `_V6`).
+    pub service: IpAddr,
 }
 
 /// What the harness gives a system's client.
@@ -82,6 +85,8 @@ pub struct ClientCtx {
     pub seqs: UnboundedReceiver<u64>,
     /// How long the run waits for a stalled session before calling it dead.
     pub timeout: Duration,
+    /// The service address to reach.
+    pub service: IpAddr,
 }
 
 /// One measured system: a client/server pair and the kernel setup it needs.

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{ClientCtx, ServerCtx, System, Task, Transport, read_messages, write_messages};
-use crate::topology::{SERVICE_V4, Topology};
+use crate::topology::Topology;
 
 /// TCP port of the MPTCP server on the service address.
 pub const PORT: u16 = 5201;
@@ -26,28 +26,28 @@ impl System for BaselineKernelMptcp {
         Transport::Mptcp
     }
 
-    /// `ip mptcp endpoint add ADDR dev DEV subflow backup` for every link after the first.
+    /// `ip mptcp endpoint add ADDR dev DEV subflow backup` for both addresses of every link
+    /// after the first.
     fn prepare(&self, topo: &Topology) -> Result<()> {
         for l in topo.links().iter().skip(1) {
-            topo.handset().ip(&[
-                "mptcp",
-                "endpoint",
-                "add",
-                &l.handset_v4.to_string(),
-                "dev",
-                &l.name,
-                "subflow",
-                "backup",
-            ])?;
+            for addr in [l.handset_v4.to_string(), l.handset_v6.to_string()] {
+                topo.handset().ip(&[
+                    "mptcp", "endpoint", "add", &addr, "dev", &l.name, "subflow", "backup",
+                ])?;
+            }
         }
         Ok(())
     }
 
     fn server(&self, ctx: ServerCtx) -> Task {
         Box::pin(async move {
-            let addr = SocketAddr::new(SERVICE_V4.into(), PORT);
-            let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP))
-                .context("opening an MPTCP socket (is net.mptcp.enabled set?)")?;
+            let addr = SocketAddr::new(ctx.service, PORT);
+            let sock = Socket::new(
+                Domain::for_address(addr),
+                Type::STREAM,
+                Some(Protocol::MPTCP),
+            )
+            .context("opening an MPTCP socket (is net.mptcp.enabled set?)")?;
             sock.set_reuse_address(true)?;
             sock.bind(&addr.into())?;
             sock.listen(8)?;
@@ -62,7 +62,7 @@ impl System for BaselineKernelMptcp {
 
     fn client(&self, mut ctx: ClientCtx) -> Task {
         Box::pin(async move {
-            let mut stream = connect_mptcp(SocketAddr::new(SERVICE_V4.into(), PORT)).await?;
+            let mut stream = connect_mptcp(SocketAddr::new(ctx.service, PORT)).await?;
             write_messages(&mut stream, &mut ctx.seqs).await?;
             // Keep the connection open until the harness stops the run.
             std::future::pending::<()>().await;

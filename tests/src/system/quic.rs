@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 
 use super::{ClientCtx, ServerCtx, System, Task, Transport, write_messages};
 use crate::tls::{SERVER_NAME, TestPki};
-use crate::topology::SERVICE_V4;
 
 /// UDP port of the QUIC server on the service address.
 pub const PORT: u16 = 4433;
@@ -42,7 +41,7 @@ impl System for BaselineQuinn {
         let pki = self.pki.clone();
         Box::pin(async move {
             let cfg = pki.quic_server(ctx.timeout)?;
-            let endpoint = quinn::Endpoint::server(cfg, SocketAddr::new(SERVICE_V4.into(), PORT))
+            let endpoint = quinn::Endpoint::server(cfg, SocketAddr::new(ctx.service, PORT))
                 .context("binding the QUIC server")?;
             let _ = ctx.ready.send(());
             let incoming = endpoint.accept().await.context("QUIC endpoint closed")?;
@@ -65,10 +64,15 @@ impl System for BaselineQuinn {
     fn client(&self, mut ctx: ClientCtx) -> Task {
         let pki = self.pki.clone();
         Box::pin(async move {
-            let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+            let any: SocketAddr = if ctx.service.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let mut endpoint = quinn::Endpoint::client(any)?;
             endpoint.set_default_client_config(pki.quic_client(ctx.timeout)?);
             let conn = endpoint
-                .connect(SocketAddr::new(SERVICE_V4.into(), PORT), SERVER_NAME)?
+                .connect(SocketAddr::new(ctx.service, PORT), SERVER_NAME)?
                 .await
                 .context("QUIC handshake")?;
             let mut send = conn.open_uni().await?;

@@ -17,7 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{ClientCtx, ServerCtx, System, Task, Transport};
-use crate::topology::SERVICE_V4;
 use crate::traffic::{MSG_LEN, encode};
 
 /// TCP port of the resume server on the service address.
@@ -46,7 +45,7 @@ impl System for BaselineTcpReconnect {
     fn server(&self, ctx: ServerCtx) -> Task {
         Box::pin(async move {
             let listener =
-                tokio::net::TcpListener::bind(SocketAddr::new(SERVICE_V4.into(), PORT)).await?;
+                tokio::net::TcpListener::bind(SocketAddr::new(ctx.service, PORT)).await?;
             let _ = ctx.ready.send(());
             let mut current: Option<tokio::task::JoinHandle<()>> = None;
             // One session: a new connection replaces the old one. Ends when the harness stops it.
@@ -92,7 +91,7 @@ async fn serve(mut stream: TcpStream, rec: &crate::traffic::Recorder) -> Result<
 }
 
 async fn client(mut ctx: ClientCtx) -> Result<()> {
-    let target = SocketAddr::new(SERVICE_V4.into(), PORT);
+    let target = SocketAddr::new(ctx.service, PORT);
     let session: u64 = rand::random();
     let mut produced = 0u64;
     let mut open = true;
