@@ -581,12 +581,19 @@ impl Core {
                     return;
                 }
                 if let Some(link) = self.links.values_mut().find(|l| l.info.name == interface) {
-                    if let Some(rtt) = rtt_ms {
+                    // A minute is no round trip a session can measure; such a figure is a bug or
+                    // a lie, and either would skew the link for everyone.
+                    if let Some(rtt) = rtt_ms.filter(|r| (0.0..=60_000.0).contains(r)) {
                         link.probe.rtt_sample(rtt);
                     }
-                    if stalled && link.mode != ProbeMode::Off {
-                        // A stalled session is the cheapest failure detector there is: check
-                        // the link now instead of at its next turn.
+                    // A stalled session is the cheapest failure detector there is: check the
+                    // link now instead of at its next turn; but no client can make the agent
+                    // probe faster than MIN_PROBE_INTERVAL by reporting stalls in a loop.
+                    let rested = link
+                        .probe
+                        .last_sent()
+                        .is_none_or(|t| now.saturating_duration_since(t) >= MIN_PROBE_INTERVAL);
+                    if stalled && link.mode != ProbeMode::Off && rested {
                         link.next_probe = Some(now);
                     }
                 }

@@ -31,6 +31,9 @@ pub struct Peer {
     pub admin: bool,
 }
 
+/// How long a new connection has to say hello.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How many frames may wait for a slow client before it is dropped.
 pub const CLIENT_QUEUE: usize = 256;
 
@@ -134,7 +137,19 @@ async fn connection(
     let (tx, rx) = mpsc::channel::<Arc<[u8]>>(CLIENT_QUEUE);
     tokio::spawn(writer(wr, rx).in_current_span());
 
-    let hello = match read_request(&mut rd).await {
+    // A connection that never says hello would hold its task for ever.
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_request(&mut rd)).await {
+        Ok(r) => r,
+        Err(_) => {
+            refuse(
+                &tx,
+                "bad_request",
+                format!("no hello within {HELLO_TIMEOUT:?}"),
+            );
+            return;
+        }
+    };
+    let hello = match first {
         Ok(Request::Hello { version }) if version == VERSION => version,
         Ok(Request::Hello { version }) => {
             refuse(
