@@ -509,6 +509,30 @@ mod tests {
     }
 
     #[test]
+    fn jitter_spreads_delays_without_reordering() {
+        let cfg = PathConfig {
+            delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            ..PathConfig::default()
+        };
+        let d = Dir::new(cfg, 3);
+        let t0 = Instant::now();
+        let sent: Vec<Instant> = (0..200).map(|i| t0 + Duration::from_millis(i)).collect();
+        for t in &sent {
+            d.admit(*t, vec![0; 10]);
+        }
+        let released = drain(&d);
+        assert!(released.windows(2).all(|w| w[0] <= w[1]), "reordered");
+        let delays: Vec<Duration> = released.iter().zip(&sent).map(|(r, s)| *r - *s).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(5)));
+        let spread = *delays.iter().max().unwrap() - *delays.iter().min().unwrap();
+        assert!(
+            spread > Duration::from_millis(5),
+            "no jitter: spread {spread:?}"
+        );
+    }
+
+    #[test]
     fn blackhole_and_queue_limit_drop() {
         let cfg = PathConfig {
             rate_bps: Some(8_000),
