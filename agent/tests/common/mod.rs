@@ -93,7 +93,7 @@ pub struct Handset {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Handset {
-    /// Builds the namespaces and starts roamd with `config_extra` appended to a config that
+    /// Builds the namespaces and starts roamd with `config_extra` put before a config that
     /// gives every link its reflector as probe target.
     pub fn start(config_extra: &str) -> Handset {
         let mut hs = Handset::new(config_extra);
@@ -118,7 +118,8 @@ impl Handset {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-        let mut config = String::new();
+        // The extra lines go first: top-level keys must come before any table.
+        let mut config = format!("{config_extra}\n");
         for (name, _, net) in LINKS {
             let peer = format!("s{name}");
             run(&[
@@ -153,7 +154,6 @@ impl Handset {
         }
         run(&["ip", "-n", &h, "link", "set", "lo", "up"]);
         run(&["ip", "-n", &s, "link", "set", "lo", "up"]);
-        config.push_str(config_extra);
         let cfg_path = dir.join("roamd.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let policy = dir.join("policy.roam");
@@ -277,14 +277,19 @@ impl Handset {
         std::fs::read_to_string(self.dir.join("roamd.log")).unwrap_or_default()
     }
 
-    /// Runs roamctl with `args` (socket given), as `uid` if set; returns (exit code, stdout,
-    /// stderr).
+    /// Runs roamctl with `args` (socket given), as `uid` (and gid = uid) if set; returns (exit
+    /// code, stdout, stderr).
     pub fn roamctl(&self, uid: Option<u32>, args: &[&str]) -> (i32, String, String) {
+        self.roamctl_as(uid.map(|u| (u, u)), args)
+    }
+
+    /// Runs roamctl with `args` as `(uid, gid)` if set.
+    pub fn roamctl_as(&self, ids: Option<(u32, u32)>, args: &[&str]) -> (i32, String, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roamctl"));
         cmd.arg("--socket").arg(&self.socket).args(args);
-        if let Some(uid) = uid {
+        if let Some((uid, gid)) = ids {
             use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(uid);
+            cmd.uid(uid).gid(gid);
         }
         let out = cmd.output().unwrap();
         (
