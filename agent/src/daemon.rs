@@ -97,6 +97,11 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         gid
     });
 
+    // Bound first: a second roamd must fail here, before it touches the first one's routes
+    // and endpoints.
+    let listener = server::bind(&opts.socket)
+        .with_context(|| format!("listening on {}", opts.socket.display()))?;
+    let _socket_file = SocketFile(opts.socket.clone());
     let mut monitor = Monitor::open().context("opening the netlink route socket")?;
     let (reply_tx, mut replies) = mpsc::channel::<ProbeReply>(1024);
     let mut d = Daemon {
@@ -164,8 +169,6 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     }
     d.run_actions();
 
-    let listener = server::bind(&opts.socket)
-        .with_context(|| format!("listening on {}", opts.socket.display()))?;
     let (client_tx, mut from_clients) = mpsc::channel::<FromClient>(1024);
     let cfg = opts.config.clone();
     let identify = Arc::new(move |uid: u32, gid: u32, pid: Option<i32>| Peer {
@@ -227,9 +230,17 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             r.clear();
         }
     }
-    let _ = std::fs::remove_file(&opts.socket);
     tracing::info!("roamd stopped");
     result
+}
+
+/// Removes the socket file when roamd stops, also on an error after binding.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Whether this process holds CAP_NET_ADMIN (bit 12 of `CapEff` in `/proc/self/status`).

@@ -370,6 +370,25 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
     assert!(route_get(&hs, &["from", "198.18.2.2"]).contains("dev rmnet0"));
     assert!(route_get(&hs, &[]).contains("dev wlan0"));
 
+    // A second roamd on the same socket refuses to start and leaves the first one's work.
+    let second = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hs.h,
+            env!("CARGO_BIN_EXE_roamd"),
+            "--socket",
+        ])
+        .arg(&hs.socket)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another roamd is listening there"), "{err}");
+    assert_eq!(hs.kernel_routing(), during);
+    let (code, _, err) = hs.roamctl(None, &["status"]);
+    assert_eq!(code, 0, "the first roamd still answers: {err}");
+
     hs.stop_roamd(libc::SIGTERM);
     assert_eq!(
         hs.kernel_routing(),
@@ -559,8 +578,8 @@ fn one_change_reaches_a_thousand_subscribers() {
     }
     let hs = Handset::start("");
     let n = 1000;
-    // Two descriptors a subscriber here (ours and the reader thread-free socket pair's end in
-    // roamd, which lifts its own limit): make sure a 1024 soft limit does not stop the test.
+    // A thousand client sockets plus the test's own descriptors outgrow a 1024 soft limit:
+    // lift it to the hard one (roamd lifts its own).
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
