@@ -852,7 +852,8 @@ impl Core {
     /// The first instant after `now` at which a link's `up_for` crosses one of the policy's
     /// hold durations: the decision may change then with no event.
     fn hold_recheck(&self, now: Instant) -> Option<Instant> {
-        if self.clients.is_empty() {
+        // The device-wide MPTCP plan follows the default decision even with no subscriber.
+        if self.clients.is_empty() && self.mptcp.is_none() {
             return None;
         }
         let holds = self.policy.hold_thresholds();

@@ -585,3 +585,34 @@ fn mptcp_endpoints_follow_the_device_default_decision() {
         .collect();
     assert_eq!(kinds, ["mptcp", "push"], "the kernel first, then the apps");
 }
+
+#[test]
+fn the_mptcp_plan_follows_hold_with_no_subscriber() {
+    let t0 = Instant::now();
+    let policy = Policy::parse(&PLAIN.replace("over bt }", "over bt; hold 10s }")).unwrap();
+    let mut core = Core::new(policy, ProbeConfig::default());
+    core.enable_mptcp(t0);
+    core.handle(
+        t0,
+        Event::LinkUpdated(info(RMNET, "rmnet0", LinkKind::Cellular, false)),
+    );
+    core.handle(t0, addr(RMNET));
+    let t1 = t0 + ms(20_000);
+    core.handle(
+        t1,
+        Event::LinkUpdated(info(WLAN, "wlan0", LinkKind::Wifi, false)),
+    );
+    core.handle(t1, addr(WLAN));
+    drain(&mut core);
+    assert_eq!(core.poll_timeout(), Some(t1 + ms(10_000)));
+    core.handle_timeout(t1 + ms(10_000));
+    let plan = drain(&mut core)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Mptcp(p) => Some(p),
+            _ => None,
+        })
+        .expect("a new plan when the hold ends");
+    assert!(!plan.endpoints[&IpAddr::from([198, 18, WLAN as u8, 2])].backup);
+    assert!(plan.endpoints[&IpAddr::from([198, 18, RMNET as u8, 2])].backup);
+}
