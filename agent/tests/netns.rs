@@ -618,3 +618,61 @@ fn one_change_reaches_a_thousand_subscribers() {
     // A bound for a debug build on a busy two-core CI machine; the figure is printed.
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
+
+#[test]
+fn the_reflector_answers_only_probes_and_never_more_than_it_got() {
+    if !can_run("the_reflector_answers_only_probes_and_never_more_than_it_got") {
+        return;
+    }
+    use roam_agent::probe::wire::{LEN, Probe};
+    let hs = Handset::new("");
+    let ns = std::fs::File::open(format!("/var/run/netns/{}", hs.h)).unwrap();
+    // From the handset, to the reflector the fixture runs in the server namespace.
+    let got = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only, with an open namespace fd.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let s = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let to = "198.18.1.1:7777";
+        s.send_to(b"hello", to).unwrap();
+        s.send_to(
+            &Probe {
+                reply: true,
+                token: 1,
+                seq: 1,
+            }
+            .emit(),
+            to,
+        )
+        .unwrap();
+        let mut long = Probe {
+            reply: false,
+            token: 1,
+            seq: 2,
+        }
+        .emit()
+        .to_vec();
+        long.extend_from_slice(&[0; 1000]);
+        s.send_to(&long, to).unwrap();
+        let req = Probe {
+            reply: false,
+            token: 7,
+            seq: 3,
+        };
+        s.send_to(&req.emit(), to).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = s.recv(&mut buf).expect("a reply to the one valid probe");
+        (n, Probe::parse(&buf[..n]), req)
+    })
+    .join()
+    .unwrap();
+    let (n, parsed, req) = got;
+    // UDP between two veths keeps order: the first reply is to the valid probe, so nothing
+    // before it was answered.
+    assert_eq!(n, LEN);
+    assert_eq!(parsed, Some(Probe { reply: true, ..req }));
+}
