@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use roam_tests::handover::{Outcome, RunConfig, run_once};
+use std::sync::Arc;
+
+use roam_tests::handover::{Outcome, RunConfig, bench_topology, run_once, run_with};
 use roam_tests::scenario::Scenario;
 use roam_tests::system::{Transport, baseline};
 use roam_tests::tls::{SERVER_NAME, TestPki, client_trusting};
@@ -91,7 +93,29 @@ fn kernel_mptcp_moves_to_the_backup_subflow_on_link_down() {
     else {
         return;
     };
-    let o = measured(Transport::Mptcp, Scenario::LinkDown);
+    let cfg = cfg();
+    let system = baseline(Transport::Mptcp).unwrap();
+    let topo = Arc::new(bench_topology(&cfg).unwrap());
+    system.prepare(&topo).unwrap();
+    let mut before = String::new();
+    let o = run_with(system, &topo, &cfg, |t| {
+        // The kernel's view of the session right before the failure: one subflow per link.
+        before = t
+            .handset()
+            .exec("ss", &["-tnH", "state", "established", "dst", "198.19.0.1"])?;
+        t.link_down("wlan0")?;
+        Ok(None)
+    })
+    .unwrap();
+    assert_eq!(
+        before.lines().count(),
+        2,
+        "subflows before the failure:\n{before}"
+    );
+    assert!(
+        before.contains("198.18.0.2") && before.contains("198.18.1.2"),
+        "{before}"
+    );
     assert_intact(&o);
     assert!(
         o.gap > Duration::from_millis(2),
