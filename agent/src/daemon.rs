@@ -284,7 +284,9 @@ impl Daemon {
         }
     }
 
-    /// After lost notifications: links missing from a fresh dump are gone.
+    /// After lost notifications: links missing from a fresh dump are gone, and the others
+    /// have exactly the dump's addresses and routes. One batch, so subscribers only see the
+    /// outcome.
     fn resync(&mut self, events: Vec<MonitorEvent>) {
         let seen: Vec<u32> = events
             .iter()
@@ -297,8 +299,13 @@ impl Daemon {
             .core
             .link_indices()
             .into_iter()
-            .filter(|i| !seen.contains(i))
-            .map(|index| Event::LinkRemoved { index })
+            .map(|index| {
+                if seen.contains(&index) {
+                    Event::Forget { index }
+                } else {
+                    Event::LinkRemoved { index }
+                }
+            })
             .collect();
         core_events.extend(events.into_iter().filter_map(|e| self.translate(e)));
         self.core.handle_all(Instant::now(), core_events);

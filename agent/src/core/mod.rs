@@ -164,6 +164,12 @@ pub enum Event {
         /// Its prefix length.
         prefix_len: u8,
     },
+    /// Forget a link's addresses and routes: a fresh dump follows in the same batch
+    /// ([`Core::handle_all`]) after notifications were lost.
+    Forget {
+        /// Interface index.
+        index: u32,
+    },
     /// A route was added.
     RouteAdded(Route),
     /// A route was removed.
@@ -549,6 +555,12 @@ impl Core {
             } => {
                 if let Some(link) = self.links.get_mut(&index) {
                     link.addrs.remove(&(addr, prefix_len));
+                }
+            }
+            Event::Forget { index } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.addrs.clear();
+                    link.routes.clear();
                 }
             }
             Event::RouteAdded(route) => {

@@ -616,3 +616,17 @@ fn the_mptcp_plan_follows_hold_with_no_subscriber() {
     assert!(!plan.endpoints[&IpAddr::from([198, 18, WLAN as u8, 2])].backup);
     assert!(plan.endpoints[&IpAddr::from([198, 18, RMNET as u8, 2])].backup);
 }
+
+#[test]
+fn a_resync_batch_applies_only_its_outcome() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), false, t0);
+    subscribe(&mut core, t0, 1, "a");
+    drain(&mut core);
+    // The same state again after a re-dump: nothing to tell anyone.
+    core.handle_all(t0, [Event::Forget { index: WLAN }, addr(WLAN)]);
+    assert!(pushes(&drain(&mut core)).is_empty());
+    // An address that went away while notifications were lost is gone after the re-dump.
+    core.handle_all(t0, [Event::Forget { index: WLAN }]);
+    assert_eq!(pushes(&drain(&mut core))[&1], names(&["rmnet0", "bnep0"]));
+}
