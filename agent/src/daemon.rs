@@ -102,14 +102,29 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     let listener = server::bind(&opts.socket)
         .with_context(|| format!("listening on {}", opts.socket.display()))?;
     let _socket_file = SocketFile(opts.socket.clone());
+    let mut config = opts.config.clone();
+    let probing = !config.probe_targets.is_empty()
+        || config.interfaces.iter().any(|i| i.probe_targets.is_some());
+    // CAP_NET_RAW (13) is what SO_BINDTODEVICE needs. Without it every probe would fail to
+    // leave, and a failed probe counts as a lost one: links would be declared dead for the
+    // agent's own lack of rights. Not probing at all is the honest outcome.
+    if probing && !has_capability(13) {
+        tracing::warn!(
+            "probes need CAP_NET_RAW to bind to an interface; without it links are never validated by probes (they stay `up`)"
+        );
+        config.probe_targets.clear();
+        for i in &mut config.interfaces {
+            i.probe_targets = None;
+        }
+    }
     let mut monitor = Monitor::open().context("opening the netlink route socket")?;
     let (reply_tx, mut replies) = mpsc::channel::<ProbeReply>(1024);
     let mut d = Daemon {
         core: Core::new(policy, opts.config.probe.clone()),
         conns: HashMap::new(),
         prober: Prober::new(reply_tx),
-        overrides: opts.config.kind_overrides(),
-        config: opts.config.clone(),
+        overrides: config.kind_overrides(),
+        config,
         sysfs_root: opts.sysfs_root.clone(),
         policy_path: opts.policy_path.clone(),
         dry_run: opts.dry_run,
@@ -243,8 +258,13 @@ impl Drop for SocketFile {
     }
 }
 
-/// Whether this process holds CAP_NET_ADMIN (bit 12 of `CapEff` in `/proc/self/status`).
+/// Whether this process holds CAP_NET_ADMIN.
 fn has_net_admin() -> bool {
+    has_capability(12)
+}
+
+/// Whether this process holds capability number `bit` (`CapEff` in `/proc/self/status`).
+fn has_capability(bit: u32) -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -252,7 +272,7 @@ fn has_net_admin() -> bool {
                 .find_map(|l| l.strip_prefix("CapEff:"))
                 .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         })
-        .is_some_and(|caps| caps & (1 << 12) != 0)
+        .is_some_and(|caps| caps & (1u64 << bit) != 0)
 }
 
 /// Supplementary groups of a process, from `/proc/PID/status`. Read at connect time: the
