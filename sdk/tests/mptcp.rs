@@ -15,7 +15,6 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use common::*;
 use roam::{SessionEvent, Transport, TransportPreference};
-use roam_policy::LinkKind;
 use roam_tests::privilege::require_netns;
 use roam_tests::topology::{Direction, Topology};
 
@@ -26,14 +25,6 @@ struct Run {
     stop: tokio::sync::oneshot::Sender<()>,
     client: std::thread::JoinHandle<anyhow::Result<ClientSide>>,
     server: std::thread::JoinHandle<anyhow::Result<ServerSide>>,
-}
-
-fn topology() -> anyhow::Result<Topology> {
-    init_tracing();
-    Topology::builder()
-        .link("wlan0", LinkKind::Wifi)
-        .link("rmnet0", LinkKind::Cellular)
-        .build()
 }
 
 /// Starts the server and an MPTCP (or `transport`) session from the handset.
@@ -153,7 +144,7 @@ fn mptcp_subflows_follow_the_decision_and_survive_wifi_going_down() -> anyhow::R
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let topo = topology()?;
+    let topo = two_links()?;
     backup_endpoint(&topo, "rmnet0")?;
     let r = start(topo, TransportPreference::Mptcp)?;
     let chosen = wait_for(&r.client_rx, "the transport", |n| {
@@ -224,7 +215,7 @@ fn mptcp_survives_a_silent_blackhole_and_an_address_removal() -> anyhow::Result<
     }
     let _serial = roam_tests::serial::exclusive();
     for failure in ["blackhole", "addr-remove"] {
-        let topo = topology()?;
+        let topo = two_links()?;
         backup_endpoint(&topo, "rmnet0")?;
         let r = start(topo, TransportPreference::Mptcp)?;
         wait_subflows_on(&r.client_rx, &["wlan0", "rmnet0"])?;
@@ -249,13 +240,8 @@ fn a_path_that_strips_mptcp_makes_the_session_say_it_fell_back() -> anyhow::Resu
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let topo = topology()?;
-    // A middlebox on wlan0's path: the MPTCP option of every SYN becomes NOPs.
-    let dev = topo.link("wlan0")?.server_dev.clone();
-    topo.server().nft(&format!(
-        "table inet roam_strip {{\n chain pre {{\n  type filter hook prerouting priority -150; policy accept;\n  \
-         iifname \"{dev}\" tcp flags syn reset tcp option mptcp counter\n }}\n}}\n"
-    ))?;
+    let topo = two_links()?;
+    strip_mptcp(&topo, "wlan0")?;
     let r = start(topo, TransportPreference::Mptcp)?;
     let n = wait_for(&r.client_rx, "the fallback event", |n| {
         matches!(n, ClientNote::Event(_, SessionEvent::MptcpFallback { .. }))

@@ -39,7 +39,13 @@ pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> 
             TransportPreference::Mptcp => {
                 super::mptcp::connect_mptcp(b, p, "asked for".into()).await
             }
-            TransportPreference::TcpResume => Err(Error::Unsupported("tcp-resume")),
+            TransportPreference::TcpResume => {
+                let why = vec![SessionEvent::TransportChosen {
+                    transport: super::Transport::TcpResume,
+                    why: "asked for".into(),
+                }];
+                super::resume::connect_client(b, p, None, why).await
+            }
             TransportPreference::Auto => {
                 connect_quic(b, p, "auto: QUIC is the default".into()).await
             }

@@ -140,6 +140,7 @@ pub(crate) struct Quic {
 enum Inner {
     Quic(Quic),
     Stream(Box<mptcp::StreamSession>),
+    Resume(Box<resume::ResumeStream>),
 }
 
 /// A session: a reliable, ordered byte stream (tokio [`AsyncRead`] + [`AsyncWrite`]) that
@@ -195,6 +196,7 @@ impl Session {
         match &self.inner {
             Inner::Quic(q) => q.path(),
             Inner::Stream(s) => s.path(),
+            Inner::Resume(r) => r.path(),
         }
     }
 
@@ -221,6 +223,7 @@ impl Session {
                 }]
             }
             Inner::Stream(s) => s.paths(),
+            Inner::Resume(r) => r.paths(),
         }
     }
 
@@ -249,7 +252,7 @@ impl Session {
     pub fn mptcp_token(&self) -> Option<u32> {
         match &self.inner {
             Inner::Stream(s) => s.token(),
-            Inner::Quic(_) => None,
+            Inner::Quic(_) | Inner::Resume(_) => None,
         }
     }
 
@@ -262,7 +265,7 @@ impl Session {
     fn quic(&self, what: &'static str) -> Result<&Quic> {
         match &self.inner {
             Inner::Quic(q) => Ok(q),
-            Inner::Stream(_) => Err(Error::NotOnThisTransport {
+            Inner::Stream(_) | Inner::Resume(_) => Err(Error::NotOnThisTransport {
                 what,
                 transport: self.transport.as_str(),
             }),
@@ -293,6 +296,7 @@ impl Session {
         match &self.inner {
             Inner::Quic(q) => q.conn.close(code.into(), reason),
             Inner::Stream(s) => s.abort(),
+            Inner::Resume(r) => r.abort(),
         }
     }
 
@@ -308,13 +312,19 @@ impl Session {
         }
     }
 
-    /// Waits until the connection is closed (by either side or by the idle timeout). TCP
-    /// transports learn it from their reads; this waits on the QUIC connection only, and
-    /// returns at once with [`Error::NotOnThisTransport`] on the others.
+    /// Waits until the connection is closed (by either side or by the idle timeout). A
+    /// tcp-resume session is closed once both directions ended and were acknowledged (or it
+    /// could not be resumed); call this before dropping a session whose last bytes matter. An
+    /// MPTCP or TCP session learns the end from its reads: this returns at once with
+    /// [`Error::NotOnThisTransport`] (the kernel still delivers what was written).
     pub async fn closed(&self) -> Error {
-        match self.quic("closed") {
-            Ok(q) => Error::Connection(q.conn.closed().await),
-            Err(e) => e,
+        match &self.inner {
+            Inner::Quic(q) => Error::Connection(q.conn.closed().await),
+            Inner::Resume(r) => Error::Stream(r.shared.ended().await),
+            Inner::Stream(_) => Error::NotOnThisTransport {
+                what: "closed",
+                transport: self.transport.as_str(),
+            },
         }
     }
 }
@@ -415,6 +425,7 @@ impl AsyncRead for Session {
         match &mut self.inner {
             Inner::Quic(q) => AsyncRead::poll_read(Pin::new(&mut q.recv), cx, buf),
             Inner::Stream(s) => AsyncRead::poll_read(Pin::new(&mut **s), cx, buf),
+            Inner::Resume(r) => AsyncRead::poll_read(Pin::new(&mut **r), cx, buf),
         }
     }
 }
@@ -434,6 +445,7 @@ impl AsyncWrite for Session {
                 r
             }
             Inner::Stream(s) => AsyncWrite::poll_write(Pin::new(&mut **s), cx, buf),
+            Inner::Resume(r) => AsyncWrite::poll_write(Pin::new(&mut **r), cx, buf),
         }
     }
 
@@ -441,6 +453,7 @@ impl AsyncWrite for Session {
         match &mut self.inner {
             Inner::Quic(q) => AsyncWrite::poll_flush(Pin::new(&mut q.send), cx),
             Inner::Stream(s) => AsyncWrite::poll_flush(Pin::new(&mut **s), cx),
+            Inner::Resume(r) => AsyncWrite::poll_flush(Pin::new(&mut **r), cx),
         }
     }
 
@@ -448,6 +461,7 @@ impl AsyncWrite for Session {
         match &mut self.inner {
             Inner::Quic(q) => AsyncWrite::poll_shutdown(Pin::new(&mut q.send), cx),
             Inner::Stream(s) => AsyncWrite::poll_shutdown(Pin::new(&mut **s), cx),
+            Inner::Resume(r) => AsyncWrite::poll_shutdown(Pin::new(&mut **r), cx),
         }
     }
 }

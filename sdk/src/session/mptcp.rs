@@ -210,7 +210,27 @@ pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -
         .await
         .map_err(|e| tls_connect_error(peer, e))?;
     let alpn = stream.alpn();
-    if alpn == crate::tls::ALPN {
+    let roam = alpn == crate::tls::ALPN;
+    if let Err(detail) = &mptcp {
+        tracing::warn!(%path, %peer, %detail, "MPTCP fell back to TCP");
+        if roam {
+            // The peer is a roam listener: go on over this connection as tcp-resume, so the
+            // session still survives a handover.
+            let events = vec![
+                SessionEvent::TransportChosen {
+                    transport: Transport::TcpResume,
+                    why: format!("{why}; MPTCP was stripped on {path}, so tcp-resume"),
+                },
+                SessionEvent::MptcpFallback {
+                    path: path.clone(),
+                    detail: detail.clone(),
+                    now: Transport::TcpResume,
+                },
+            ];
+            return super::resume::connect_client(b, p, Some((path, stream)), events).await;
+        }
+    }
+    if roam {
         tls_stream::write_flush(&mut stream, &header(b.app.as_deref())?)
             .await
             .map_err(|e| Error::Stream(format!("writing the session header: {e}")))?;
@@ -221,10 +241,7 @@ pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -
             tracing::info!(%path, %peer, token, "MPTCP session connected");
             Transport::Mptcp
         }
-        Err(detail) => {
-            tracing::warn!(%path, %peer, %detail, "MPTCP fell back to TCP");
-            Transport::Tcp
-        }
+        Err(_) => Transport::Tcp,
     };
     let mut connect_events = vec![SessionEvent::TransportChosen { transport, why }];
     match &mptcp {

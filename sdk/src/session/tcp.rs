@@ -22,6 +22,8 @@ pub(crate) enum StreamProto {
     /// `IPPROTO_MPTCP`: the kernel falls back to TCP by itself when the peer or a middlebox
     /// does not carry MPTCP.
     Mptcp,
+    /// Plain `IPPROTO_TCP`.
+    Tcp,
 }
 
 /// Opens a stream socket of `proto` bound to `path` (device and address) and connects it to
@@ -34,6 +36,7 @@ pub(crate) async fn connect_bound(
     let domain = Domain::for_address(peer);
     let p = match proto {
         StreamProto::Mptcp => Protocol::MPTCP,
+        StreamProto::Tcp => Protocol::TCP,
     };
     let s = Socket::new(domain, Type::STREAM, Some(p))?;
     super::socket::bind_to_path(&s, path)?;

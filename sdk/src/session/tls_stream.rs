@@ -103,6 +103,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         &self.io
     }
 
+    /// Keying material bound to this TLS connection (RFC 8446 section 7.5).
+    pub(crate) fn export(&self, label: &[u8], context: &[u8]) -> io::Result<[u8; 32]> {
+        let mut out = [0u8; 32];
+        self.tls
+            .export_keying_material(&mut out, label, Some(context))
+            .map_err(tls_error)?;
+        Ok(out)
+    }
+
     /// Writes every pending TLS record to the socket.
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.tls.wants_write() {

@@ -313,3 +313,23 @@ pub fn finish(
     assert_eq!(c.server_said, format!("{} {}", s.bytes, s.hash));
     Ok(s)
 }
+
+/// The two-link handset of the transport tests: `wlan0` (WiFi, preferred) and `rmnet0`.
+pub fn two_links() -> Result<Topology> {
+    init_tracing();
+    Topology::builder()
+        .link("wlan0", roam_policy::LinkKind::Wifi)
+        .link("rmnet0", roam_policy::LinkKind::Cellular)
+        .build()
+}
+
+/// A middlebox on `link`'s path that strips MPTCP: in the server namespace, the MPTCP option
+/// (TCP option kind 30) of every SYN arriving over that path becomes NOPs
+/// (`reset tcp option mptcp`), so the server answers as plain TCP.
+pub fn strip_mptcp(topo: &Topology, link: &str) -> Result<()> {
+    let dev = topo.link(link)?.server_dev.clone();
+    topo.server().nft(&format!(
+        "table inet roam_strip {{\n chain pre {{\n  type filter hook prerouting priority -150; policy accept;\n  \
+         iifname \"{dev}\" tcp flags syn reset tcp option mptcp counter\n }}\n}}\n"
+    ))
+}

@@ -1,0 +1,357 @@
+//! The I/O around [`Core`]: one task per TCP connection (a reader and a writer, so neither
+//! direction waits on the other), the client's supervisor that reconnects and resumes, and the
+//! listener's side that keeps a detached session for its grace period.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::core::Core;
+use super::wire::{Frame, Secret};
+use crate::mptcp::sockopt;
+use crate::path::LocalPath;
+use crate::session::tls_stream::TlsStream;
+use crate::session::{PathInfo, Subflow};
+
+/// The TLS exporter label of the resumption proof.
+pub(crate) const PROOF_LABEL: &[u8] = b"EXPORTER-roam-resume";
+/// Bytes of frames written at once.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// What the app and the driver share.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) core: Core,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+    /// The session is over; reads and writes fail with this.
+    pub(crate) error: Option<String>,
+    /// The connection the session is on now, for `paths()`.
+    pub(crate) conn: Option<ConnView>,
+}
+
+/// What `paths()` shows of the current connection.
+#[derive(Debug)]
+pub(crate) struct ConnView {
+    pub(crate) path: Option<LocalPath>,
+    pub(crate) local: Option<SocketAddr>,
+    pub(crate) remote: Option<SocketAddr>,
+    /// A duplicate of the socket, to read `TCP_INFO`.
+    pub(crate) fd: Option<OwnedFd>,
+}
+
+impl ConnView {
+    pub(crate) fn of(sock: &TcpStream, path: Option<LocalPath>) -> ConnView {
+        ConnView {
+            path,
+            local: sock.local_addr().ok(),
+            remote: sock.peer_addr().ok(),
+            fd: sock.as_fd().try_clone_to_owned().ok(),
+        }
+    }
+}
+
+/// The state and the writer's doorbell, shared by the session, its connection tasks and its
+/// supervisor.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    state: Arc<Mutex<State>>,
+    /// Rung when there may be frames to send.
+    pub(crate) doorbell: Arc<Notify>,
+    /// Told when the session ends.
+    ended: Arc<Notify>,
+}
+
+impl Shared {
+    pub(crate) fn new(core: Core) -> Shared {
+        Shared {
+            state: Arc::new(Mutex::new(State {
+                core,
+                read_waker: None,
+                write_waker: None,
+                error: None,
+                conn: None,
+            })),
+            doorbell: Arc::new(Notify::new()),
+            ended: Arc::new(Notify::new()),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the app's reader and writer and rings the doorbell.
+    pub(crate) fn wake_all(&self, st: &mut State) {
+        if let Some(w) = st.read_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = st.write_waker.take() {
+            w.wake();
+        }
+        self.doorbell.notify_one();
+    }
+
+    /// Ends the session with `why`.
+    pub(crate) fn fail(&self, why: String) {
+        let mut st = self.lock();
+        if st.error.is_none() {
+            tracing::warn!(error = %why, "session over");
+            st.error = Some(why);
+        }
+        self.wake_all(&mut st);
+        self.ended.notify_waiters();
+    }
+
+    /// Waits until the session is over (CLOSE from the peer, a refusal, the grace or the
+    /// give-up deadline) and says why.
+    pub(crate) async fn ended(&self) -> String {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(e) = &self.lock().error {
+                return e.clone();
+            }
+            ended.await;
+        }
+    }
+}
+
+/// Runs one connection until it fails: a reader feeding frames into the core and a writer
+/// sending what the core has. `initial` holds bytes read past the handshake frame.
+pub(crate) async fn run_connection(
+    tls: TlsStream<TcpStream>,
+    initial: Vec<u8>,
+    shared: Shared,
+) -> io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let reader = {
+        let shared = shared.clone();
+        async move {
+            let mut buf = initial;
+            loop {
+                let mut used = 0;
+                {
+                    let mut st = shared.lock();
+                    let mut any = false;
+                    while let Some((f, n)) = Frame::decode(&buf[used..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+                    {
+                        used += n;
+                        any = true;
+                        let close = f == Frame::Close;
+                        st.core
+                            .handle(f)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        if close {
+                            return Ok::<_, io::Error>(true);
+                        }
+                    }
+                    if any {
+                        shared.wake_all(&mut st);
+                    }
+                }
+                buf.drain(..used);
+                if buf.capacity() - buf.len() < 64 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                if rd.read_buf(&mut buf).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the TCP connection",
+                    ));
+                }
+            }
+        }
+    };
+    let writer = async move {
+        let mut out = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            out.clear();
+            {
+                let mut st = shared.lock();
+                while out.len() < WRITE_BATCH {
+                    match st.core.poll_transmit() {
+                        Some(f) => f.encode(&mut out),
+                        None => break,
+                    }
+                }
+                // Room in the send buffer may have opened (ACKs): let the app write.
+                if let Some(w) = st.write_waker.take() {
+                    w.wake();
+                }
+            }
+            if out.is_empty() {
+                shared.doorbell.notified().await;
+                continue;
+            }
+            wr.write_all(&out).await?;
+            wr.flush().await?;
+        }
+    };
+    tokio::select! {
+        r = reader => match r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        },
+        r = writer => r,
+    }
+}
+
+/// The app's end of a tcp-resume session.
+#[derive(Debug)]
+pub(crate) struct ResumeStream {
+    pub(crate) shared: Shared,
+    pub(crate) _driver: crate::session::driver::Handle,
+}
+
+fn over(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, why.to_owned())
+}
+
+impl AsyncRead for ResumeStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        let n = st.core.read(buf.initialize_unfilled());
+        if n > 0 {
+            buf.advance(n);
+            self.shared.doorbell.notify_one();
+            return Poll::Ready(Ok(()));
+        }
+        if st.core.is_finished_reading() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(over(e)));
+        }
+        st.read_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for ResumeStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.shared.lock();
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(over(e)));
+        }
+        let n = st.core.write(buf);
+        if n == 0 && !buf.is_empty() {
+            st.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        self.shared.doorbell.notify_one();
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written bytes are in the session's resumable buffer: they reach the peer across
+        // reconnections, which is what a flush promises here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        st.core.shutdown();
+        self.shared.doorbell.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ResumeStream {
+    pub(crate) fn paths(&self) -> Vec<Subflow> {
+        let st = self.shared.lock();
+        let Some(c) = &st.conn else {
+            return Vec::new();
+        };
+        let tcp =
+            c.fd.as_ref()
+                .and_then(|fd| sockopt::tcp_info(fd.as_fd()).ok())
+                .unwrap_or_default();
+        vec![Subflow {
+            id: 0,
+            local: c.local,
+            remote: c.remote,
+            interface: c.path.as_ref().map(|p| p.interface.clone()),
+            backup: Some(false),
+            rtt: Duration::from_micros(tcp.rtt_us.into()),
+            bytes_sent: tcp.bytes_sent,
+            bytes_acked: tcp.bytes_acked,
+            bytes_received: tcp.bytes_received,
+        }]
+    }
+
+    pub(crate) fn path(&self) -> PathInfo {
+        let p = self.paths().into_iter().next();
+        PathInfo {
+            interface: p.as_ref().and_then(|p| p.interface.clone()),
+            local: p.as_ref().and_then(|p| p.local),
+            remote: p
+                .as_ref()
+                .and_then(|p| p.remote)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            rtt: p.as_ref().map(|p| p.rtt).unwrap_or_default(),
+            bytes_sent: p.as_ref().and_then(|p| p.bytes_sent).unwrap_or(0),
+            bytes_received: p.as_ref().and_then(|p| p.bytes_received).unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn abort(&self) {
+        self.shared.fail("closed by the app".into());
+    }
+}
+
+/// The proof of `secret` on this TLS connection: a TLS exporter value with the secret as its
+/// context, so it is worthless on any other connection and reveals nothing of the secret.
+pub(crate) fn proof(tls: &TlsStream<TcpStream>, secret: &Secret) -> io::Result<[u8; 32]> {
+    tls.export(PROOF_LABEL, secret)
+}
+
+/// Compares two proofs in constant time.
+pub(crate) fn proofs_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads one handshake frame; returns it and the bytes read past it.
+pub(crate) async fn read_frame(tls: &mut TlsStream<TcpStream>) -> io::Result<(Frame, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    // Bounded: a handshake frame is at most MAX_PAYLOAD; decode refuses longer ones.
+    loop {
+        if let Some((f, n)) =
+            Frame::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
+            return Ok((f, buf.split_off(n)));
+        }
+        if tls.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection during the resume handshake",
+            ));
+        }
+    }
+}
+
+/// Writes one frame and flushes it.
+pub(crate) async fn write_frame(tls: &mut TlsStream<TcpStream>, f: &Frame) -> io::Result<()> {
+    let mut out = Vec::new();
+    f.encode(&mut out);
+    tls.write_all(&out).await?;
+    tls.flush().await
+}
