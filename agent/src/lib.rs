@@ -14,6 +14,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod enforce;
+mod genl;
 pub mod ipc;
 pub mod monitor;
 pub mod policy_cmd;

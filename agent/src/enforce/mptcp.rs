@@ -14,16 +14,8 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netlink_packet_core::{
-    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-    ParseableParametrized,
-};
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
-use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
-use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
-use netlink_sys::{Socket, protocols::NETLINK_GENERIC};
-
 use crate::core::{MptcpEndpoint, MptcpPlan};
+use crate::genl::{Family, GenlSocket, NLA_F_NESTED, attrs, put};
 
 /// The first endpoint id roamd uses.
 pub const ID_FIRST: u8 = 200;
@@ -41,8 +33,6 @@ const ADDR_ADDR4: u16 = 3;
 const ADDR_ADDR6: u16 = 4;
 const ADDR_FLAGS: u16 = 6;
 const ADDR_IF_IDX: u16 = 7;
-const NLA_F_NESTED: u16 = 1 << 15;
-const TYPE_MASK: u16 = !((1 << 15) | (1 << 14));
 
 /// `subflow`: the kernel opens an extra subflow from this address.
 pub const FLAG_SUBFLOW: u32 = 1 << 1;
@@ -75,65 +65,13 @@ impl fmt::Display for KernelEndpoint {
     }
 }
 
-/// A `mptcp_pm` message: the command and its attributes, already encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PmMessage {
-    cmd: u8,
-    attrs: Vec<u8>,
-}
+/// The `mptcp_pm` generic netlink family.
+#[derive(Debug)]
+struct MptcpPm;
 
-impl GenlFamily for PmMessage {
-    fn family_name() -> &'static str {
-        "mptcp_pm"
-    }
-    fn command(&self) -> u8 {
-        self.cmd
-    }
-    fn version(&self) -> u8 {
-        1
-    }
-}
-
-impl Emitable for PmMessage {
-    fn buffer_len(&self) -> usize {
-        self.attrs.len()
-    }
-    fn emit(&self, buffer: &mut [u8]) {
-        buffer[..self.attrs.len()].copy_from_slice(&self.attrs);
-    }
-}
-
-impl ParseableParametrized<[u8], GenlHeader> for PmMessage {
-    fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
-        Ok(PmMessage {
-            cmd: header.cmd,
-            attrs: buf.to_vec(),
-        })
-    }
-}
-
-/// Appends one attribute (header, value, padding to 4 bytes).
-fn put(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len() + (4 - len % 4) % 4, 0);
-}
-
-/// Splits attributes into (type, value) pairs; stops at the first malformed one.
-fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while buf.len() >= 4 {
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            break;
-        }
-        out.push((kind, &buf[4..len]));
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-    }
-    out
+impl Family for MptcpPm {
+    const NAME: &'static str = "mptcp_pm";
+    const VERSION: u8 = 1;
 }
 
 /// The nested `MPTCP_PM_ATTR_ADDR` for an endpoint.
@@ -202,146 +140,32 @@ fn parse_endpoint(buf: &[u8]) -> Option<KernelEndpoint> {
     have_addr.then_some(ep)
 }
 
-/// A blocking generic netlink socket talking to `mptcp_pm`. Like rtnetlink, generic netlink
-/// answers within `sendmsg` (1 s receive timeout as a guard).
+/// The `mptcp_pm` requests roamd makes.
 #[derive(Debug)]
-struct PmSocket {
-    socket: Socket,
-    family: u16,
-    seq: u32,
-    buf: Vec<u8>,
-}
+struct PmSocket(GenlSocket<MptcpPm>);
 
 impl PmSocket {
     fn open() -> io::Result<PmSocket> {
-        let socket = super::request_socket(NETLINK_GENERIC)?;
-        let mut pm = PmSocket {
-            socket,
-            family: 0,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        };
-        pm.family = pm.resolve_family()?;
-        Ok(pm)
-    }
-
-    fn resolve_family(&mut self) -> io::Result<u16> {
-        let mut g = GenlMessage::from_payload(GenlCtrl {
-            cmd: GenlCtrlCmd::GetFamily,
-            nlas: vec![GenlCtrlAttrs::FamilyName("mptcp_pm".into())],
-        });
-        g.finalize();
-        let mut m = NetlinkMessage::from(g);
-        self.seq += 1;
-        m.header.flags = NLM_F_REQUEST;
-        m.header.sequence_number = self.seq;
-        m.finalize();
-        let mut bytes = vec![0; m.buffer_len()];
-        m.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-        let n = self.recv()?;
-        let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&self.buf[..n])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        match reply.payload {
-            NetlinkPayload::InnerMessage(g) => g
-                .payload
-                .nlas
-                .iter()
-                .find_map(|a| match a {
-                    GenlCtrlAttrs::FamilyId(id) => Some(*id),
-                    _ => None,
-                })
-                .ok_or_else(|| io::Error::other("nlctrl gave no id for mptcp_pm")),
-            NetlinkPayload::Error(e) => Err(io::Error::new(
-                e.to_io().kind(),
-                format!(
-                    "the kernel has no mptcp_pm netlink family ({}); is MPTCP built in and net.mptcp.enabled=1?",
-                    e.to_io()
-                ),
-            )),
-            other => Err(io::Error::other(format!(
-                "unexpected nlctrl reply {other:?}"
-            ))),
-        }
-    }
-
-    fn recv(&mut self) -> io::Result<usize> {
-        let mut slice = &mut self.buf[..];
-        let n = self.socket.recv(&mut slice, 0)?;
-        Ok(n.min(self.buf.len()))
-    }
-
-    fn send(&mut self, cmd: u8, attrs: Vec<u8>, flags: u16) -> io::Result<u32> {
-        let mut g = GenlMessage::from_payload(PmMessage { cmd, attrs });
-        g.set_resolved_family_id(self.family);
-        g.finalize();
-        let mut m = NetlinkMessage::from(g);
-        self.seq = self.seq.wrapping_add(1);
-        m.header.flags = flags;
-        m.header.sequence_number = self.seq;
-        m.finalize();
-        let mut bytes = vec![0; m.buffer_len()];
-        m.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-        Ok(self.seq)
+        GenlSocket::open().map(PmSocket).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{e}; is MPTCP built in and net.mptcp.enabled=1?"),
+            )
+        })
     }
 
     fn request(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
-        let t = std::time::Instant::now();
-        let r = self.request_inner(cmd, attrs);
-        tracing::trace!(
-            cmd,
-            took_us = t.elapsed().as_micros() as u64,
-            "mptcp_pm request"
-        );
-        r
-    }
-
-    fn request_inner(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
-        let seq = self.send(cmd, attrs, NLM_F_REQUEST | NLM_F_ACK)?;
-        loop {
-            let n = self.recv()?;
-            let m = NetlinkMessage::<GenlMessage<PmMessage>>::deserialize(&self.buf[..n])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            if m.header.sequence_number != seq {
-                continue;
-            }
-            if let NetlinkPayload::Error(e) = m.payload {
-                return match e.code {
-                    None => Ok(()),
-                    Some(_) => Err(e.to_io()),
-                };
-            }
-        }
+        self.0.request(cmd, attrs)
     }
 
     /// Every endpoint in the kernel (`ip mptcp endpoint show`).
     fn endpoints(&mut self) -> io::Result<Vec<KernelEndpoint>> {
-        let seq = self.send(CMD_GET_ADDR, Vec::new(), NLM_F_REQUEST | NLM_F_DUMP)?;
-        let mut out = Vec::new();
-        loop {
-            let n = self.recv()?;
-            let mut bytes = &self.buf[..n];
-            while !bytes.is_empty() {
-                let m = NetlinkMessage::<GenlMessage<PmMessage>>::deserialize(bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = m.header.length as usize;
-                if m.header.sequence_number == seq {
-                    match m.payload {
-                        NetlinkPayload::InnerMessage(g) => {
-                            out.extend(parse_endpoint(&g.payload.attrs))
-                        }
-                        NetlinkPayload::Done(_) => return Ok(out),
-                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                        _ => {}
-                    }
-                }
-                if len == 0 || len > bytes.len() {
-                    break;
-                }
-                bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
-            }
-        }
+        Ok(self
+            .0
+            .query(CMD_GET_ADDR, Vec::new(), true)?
+            .iter()
+            .filter_map(|a| parse_endpoint(a))
+            .collect())
     }
 
     fn add(&mut self, id: u8, addr: IpAddr, flags: u32, index: i32) -> io::Result<()> {

@@ -1,0 +1,272 @@
+//! Generic netlink plumbing shared by the `mptcp_pm` enforcer and the `nl80211` reader: a
+//! blocking request socket bound to one family, messages whose attributes are raw bytes, and
+//! the attribute (TLV) encoding.
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    ParseableParametrized,
+};
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
+use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+
+/// A generic netlink family, by name.
+pub(crate) trait Family: Debug {
+    /// The name the kernel registers it under (`mptcp_pm`, `nl80211`).
+    const NAME: &'static str;
+    /// The protocol version to put in requests.
+    const VERSION: u8;
+}
+
+/// A message of family `F`: its command and its attributes, already encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Raw<F> {
+    pub(crate) cmd: u8,
+    pub(crate) attrs: Vec<u8>,
+    family: PhantomData<F>,
+}
+
+impl<F: Family> GenlFamily for Raw<F> {
+    fn family_name() -> &'static str {
+        F::NAME
+    }
+    fn command(&self) -> u8 {
+        self.cmd
+    }
+    fn version(&self) -> u8 {
+        F::VERSION
+    }
+}
+
+impl<F> Emitable for Raw<F> {
+    fn buffer_len(&self) -> usize {
+        self.attrs.len()
+    }
+    fn emit(&self, buffer: &mut [u8]) {
+        buffer[..self.attrs.len()].copy_from_slice(&self.attrs);
+    }
+}
+
+impl<F> ParseableParametrized<[u8], GenlHeader> for Raw<F> {
+    fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
+        Ok(Raw {
+            cmd: header.cmd,
+            attrs: buf.to_vec(),
+            family: PhantomData,
+        })
+    }
+}
+
+/// Set on a nested attribute's type.
+pub(crate) const NLA_F_NESTED: u16 = 1 << 15;
+const TYPE_MASK: u16 = !((1 << 15) | (1 << 14));
+
+/// Appends one attribute (header, value, padding to 4 bytes).
+pub(crate) fn put(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len() + (4 - len % 4) % 4, 0);
+}
+
+/// Splits attributes into (type, value) pairs; stops at the first malformed one.
+pub(crate) fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while buf.len() >= 4 {
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            break;
+        }
+        out.push((kind, &buf[4..len]));
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+    }
+    out
+}
+
+/// A blocking generic netlink socket talking to family `F`. Generic netlink answers inside
+/// `sendmsg`, so the reply is queued before `recv`; the 1 s timeout guards the unexpected.
+#[derive(Debug)]
+pub(crate) struct GenlSocket<F> {
+    socket: Socket,
+    family: u16,
+    seq: u32,
+    buf: Vec<u8>,
+    kind: PhantomData<F>,
+}
+
+fn invalid(e: DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl<F: Family> GenlSocket<F> {
+    /// Opens the socket and resolves the family's id. `ErrorKind::NotFound` when the kernel
+    /// has no such family (no MPTCP, no cfg80211).
+    pub(crate) fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_GENERIC)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        socket2::SockRef::from(&socket).set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut s = GenlSocket {
+            socket,
+            family: 0,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+            kind: PhantomData,
+        };
+        s.family = s.resolve()?;
+        Ok(s)
+    }
+
+    fn resolve(&mut self) -> io::Result<u16> {
+        let mut g = GenlMessage::from_payload(GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(F::NAME.into())],
+        });
+        g.finalize();
+        let mut m = NetlinkMessage::from(g);
+        self.seq += 1;
+        m.header.flags = NLM_F_REQUEST;
+        m.header.sequence_number = self.seq;
+        m.finalize();
+        let mut bytes = vec![0; m.buffer_len()];
+        m.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
+        let n = self.recv()?;
+        let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&self.buf[..n])
+            .map_err(invalid)?;
+        match reply.payload {
+            NetlinkPayload::InnerMessage(g) => g
+                .payload
+                .nlas
+                .iter()
+                .find_map(|a| match a {
+                    GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                    _ => None,
+                })
+                .ok_or_else(|| io::Error::other(format!("nlctrl gave no id for {}", F::NAME))),
+            NetlinkPayload::Error(e) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the kernel has no `{}` netlink family ({})",
+                    F::NAME,
+                    e.to_io()
+                ),
+            )),
+            other => Err(io::Error::other(format!(
+                "unexpected nlctrl reply {other:?}"
+            ))),
+        }
+    }
+
+    fn recv(&mut self) -> io::Result<usize> {
+        let mut slice = &mut self.buf[..];
+        let n = self.socket.recv(&mut slice, 0)?;
+        Ok(n.min(self.buf.len()))
+    }
+
+    fn send(&mut self, cmd: u8, attrs: Vec<u8>, flags: u16) -> io::Result<u32> {
+        let mut g = GenlMessage::from_payload(Raw::<F> {
+            cmd,
+            attrs,
+            family: PhantomData,
+        });
+        g.set_resolved_family_id(self.family);
+        g.finalize();
+        let mut m = NetlinkMessage::from(g);
+        self.seq = self.seq.wrapping_add(1);
+        m.header.flags = flags;
+        m.header.sequence_number = self.seq;
+        m.finalize();
+        let mut bytes = vec![0; m.buffer_len()];
+        m.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
+        Ok(self.seq)
+    }
+
+    /// Sends a request and waits for its acknowledgement.
+    pub(crate) fn request(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
+        let t = std::time::Instant::now();
+        let seq = self.send(cmd, attrs, NLM_F_REQUEST | NLM_F_ACK)?;
+        let r = loop {
+            let n = self.recv()?;
+            let m = NetlinkMessage::<GenlMessage<Raw<F>>>::deserialize(&self.buf[..n])
+                .map_err(invalid)?;
+            if m.header.sequence_number != seq {
+                continue;
+            }
+            if let NetlinkPayload::Error(e) = m.payload {
+                break match e.code {
+                    None => Ok(()),
+                    Some(_) => Err(e.to_io()),
+                };
+            }
+        };
+        tracing::trace!(
+            family = F::NAME,
+            cmd,
+            took_us = t.elapsed().as_micros() as u64,
+            "request"
+        );
+        r
+    }
+
+    /// Sends a request and returns the attributes of every message of the reply (a dump with
+    /// `dump`, else a single answer).
+    pub(crate) fn query(
+        &mut self,
+        cmd: u8,
+        attrs: Vec<u8>,
+        dump: bool,
+    ) -> io::Result<Vec<Vec<u8>>> {
+        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let seq = self.send(cmd, attrs, flags)?;
+        let mut out = Vec::new();
+        loop {
+            let n = self.recv()?;
+            let mut bytes = &self.buf[..n];
+            while !bytes.is_empty() {
+                let m =
+                    NetlinkMessage::<GenlMessage<Raw<F>>>::deserialize(bytes).map_err(invalid)?;
+                let len = m.header.length as usize;
+                if m.header.sequence_number == seq {
+                    match m.payload {
+                        NetlinkPayload::InnerMessage(g) => out.push(g.payload.attrs),
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                        // The acknowledgement that ends a non-dump answer.
+                        NetlinkPayload::Error(_) => return Ok(out),
+                        _ => {}
+                    }
+                }
+                if len == 0 || len > bytes.len() {
+                    break;
+                }
+                bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded_and_read_back() {
+        let mut b = Vec::new();
+        put(&mut b, 1, &[7]);
+        put(&mut b, 2 | NLA_F_NESTED, &[1, 2, 3, 4, 5]);
+        assert_eq!(b.len(), 8 + 12);
+        let a = attrs(&b);
+        assert_eq!(a, [(1, &[7][..]), (2, &[1, 2, 3, 4, 5][..])]);
+        // A length past the end stops the walk instead of reading out of bounds.
+        assert_eq!(attrs(&[200, 0, 1, 0, 9]), []);
+    }
+}
