@@ -19,6 +19,7 @@ use crate::ipc::proto::{self, Reply, Request, Status};
 use crate::ipc::server::{self, FromClient, Peer};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
 use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
+use crate::monitor::nl80211::{Nl80211, Wireless};
 use crate::probe::{ProbeReply, Prober};
 
 /// How roamd was started.
@@ -66,6 +67,10 @@ struct Daemon {
     dry_run: bool,
     routing: Option<RoutingEnforcer>,
     mptcp: Option<MptcpEnforcer>,
+    /// nl80211, when the kernel has cfg80211; queried off the loop (generic netlink requests
+    /// can wait behind another family's slow one).
+    nl80211: Option<Arc<std::sync::Mutex<Nl80211>>>,
+    wireless_tx: mpsc::Sender<(u32, Wireless)>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -119,6 +124,14 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     }
     let mut monitor = Monitor::open().context("opening the netlink route socket")?;
     let (reply_tx, mut replies) = mpsc::channel::<ProbeReply>(1024);
+    let (wireless_tx, mut wireless) = mpsc::channel::<(u32, Wireless)>(64);
+    let nl80211 = match Nl80211::open() {
+        Ok(n) => Some(Arc::new(std::sync::Mutex::new(n))),
+        Err(e) => {
+            tracing::debug!(error = %e, "no nl80211: WiFi SSID and signal stay unknown");
+            None
+        }
+    };
     let mut d = Daemon {
         core: Core::new(policy, opts.config.probe.clone()),
         conns: HashMap::new(),
@@ -130,6 +143,8 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         dry_run: opts.dry_run,
         routing: None,
         mptcp: None,
+        nl80211,
+        wireless_tx,
     };
     if let Some(cfg) = opts.config.routing {
         let mut enforcer =
@@ -229,6 +244,9 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
                 Err(e) => break Err(anyhow::Error::from(e).context("reading the netlink route socket")),
             },
             Some(m) = from_clients.recv() => d.on_client(m),
+            Some((index, w)) = wireless.recv() => {
+                d.core.handle(Instant::now(), Event::Wireless { index, ssid: w.ssid, signal_dbm: w.signal_dbm });
+            }
             Some(r) = replies.recv() => {
                 d.core.handle(r.at, Event::ProbeReply { index: r.index, seq: r.seq });
             }
@@ -346,6 +364,7 @@ impl Daemon {
                     carrier: l.carrier,
                     metered,
                     probe_targets,
+                    wireless: facts.wireless || facts.devtype.as_deref() == Some("wlan"),
                 })
             }
             MonitorEvent::LinkGone { index } => {
@@ -405,6 +424,7 @@ impl Daemon {
                         }
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
+                    Action::QueryWireless { index } => self.query_wireless(index),
                     Action::Routing(plan) => self.apply_routing(&plan),
                     Action::Mptcp(plan) => self.apply_mptcp(&plan),
                 }
@@ -414,6 +434,25 @@ impl Daemon {
             }
             self.core.handle_all(Instant::now(), failed);
         }
+    }
+
+    fn query_wireless(&mut self, index: u32) {
+        let Some(nl) = self.nl80211.clone() else {
+            return;
+        };
+        let tx = self.wireless_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = match nl.lock() {
+                Ok(mut nl) => nl.query(index),
+                Err(_) => return,
+            };
+            match answer {
+                Ok(w) => {
+                    let _ = tx.blocking_send((index, w));
+                }
+                Err(e) => tracing::debug!(index, error = %e, "nl80211 query failed"),
+            }
+        });
     }
 
     fn apply_routing(&mut self, plan: &RoutingPlan) {

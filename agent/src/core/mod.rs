@@ -47,7 +47,13 @@ pub struct LinkInfo {
     pub metered: Option<bool>,
     /// Where to send echo probes from this link; empty: the link is never probed.
     pub probe_targets: Vec<SocketAddr>,
+    /// sysfs says it is an 802.11 interface: nl80211 can tell its SSID and signal.
+    pub wireless: bool,
 }
+
+/// How often a wireless link's SSID and signal are asked again while it is probed. Asked
+/// with a probe, never on a timer of its own.
+pub const WIRELESS_REFRESH: Duration = Duration::from_secs(10);
 
 /// One route the monitor saw; only its owner, table and destination matter to the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -199,6 +205,15 @@ pub enum Event {
         /// The session saw no progress: probe that link now rather than at its next turn.
         stalled: bool,
     },
+    /// nl80211's answer about a wireless link.
+    Wireless {
+        /// Interface index.
+        index: u32,
+        /// SSID, when associated.
+        ssid: Option<String>,
+        /// Signal in dBm, when associated.
+        signal_dbm: Option<f64>,
+    },
     /// A client subscribed to the decisions for an app id (already checked by the shell).
     ClientSubscribed {
         /// The client.
@@ -248,6 +263,11 @@ pub enum Action {
         /// Sequence number to put in the probe; the reply carries it back.
         seq: u64,
     },
+    /// Ask nl80211 for this wireless interface's SSID and signal (answer: [`Event::Wireless`]).
+    QueryWireless {
+        /// Interface index.
+        index: u32,
+    },
     /// Probing of this interface stopped: its socket can be closed.
     StopProbing {
         /// Interface index.
@@ -281,6 +301,9 @@ struct Link {
     up_since: Option<Instant>,
     mode: ProbeMode,
     next_probe: Option<Instant>,
+    ssid: Option<String>,
+    signal_dbm: Option<f64>,
+    wireless_asked: Option<Instant>,
 }
 
 impl Link {
@@ -298,6 +321,8 @@ impl Link {
         i.rtt_ms = self.probe.rtt_ms().map(|r| (r * 1000.0).round() / 1000.0);
         i.loss_pct = self.probe.loss_pct();
         i.metered = self.info.metered;
+        i.ssid = self.ssid.clone();
+        i.signal_dbm = self.signal_dbm;
         i.up_for_ms = self.up_since.map(|t| {
             u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
         });
@@ -526,6 +551,9 @@ impl Core {
                                 up_since: None,
                                 mode: ProbeMode::Off,
                                 next_probe: None,
+                                ssid: None,
+                                signal_dbm: None,
+                                wireless_asked: None,
                             },
                         );
                     }
@@ -608,6 +636,18 @@ impl Core {
                     if stalled && link.mode != ProbeMode::Off && rested {
                         link.next_probe = Some(now);
                     }
+                }
+            }
+            Event::Wireless {
+                index,
+                ssid,
+                signal_dbm,
+            } => {
+                if let Some(link) = self.links.get_mut(&index)
+                    && link.info.wireless
+                {
+                    link.ssid = ssid;
+                    link.signal_dbm = signal_dbm.filter(|s| s.is_finite());
                 }
             }
             Event::ClientSubscribed { client, app, flow } => {
@@ -795,8 +835,22 @@ impl Core {
                 };
                 tracing::info!(from = %link.state, to = %new, reason = why, "link state");
                 match (link.state.is_usable(), new.is_usable()) {
-                    (false, true) => link.up_since = Some(now),
-                    (true, false) => link.up_since = None,
+                    (false, true) => {
+                        link.up_since = Some(now);
+                        if link.info.wireless {
+                            // Associated to what, and how well: asked once now, then with
+                            // probes.
+                            link.wireless_asked = Some(now);
+                            self.actions.push_back(Action::QueryWireless {
+                                index: link.info.index,
+                            });
+                        }
+                    }
+                    (true, false) => {
+                        link.up_since = None;
+                        link.ssid = None;
+                        link.signal_dbm = None;
+                    }
                     _ => {}
                 }
                 link.state = new;
@@ -849,6 +903,14 @@ impl Core {
                 let targets = &link.info.probe_targets;
                 let target = targets[(seq % targets.len() as u64) as usize];
                 link.probe.sent(seq, now);
+                if link.info.wireless
+                    && link
+                        .wireless_asked
+                        .is_none_or(|t| now.saturating_duration_since(t) >= WIRELESS_REFRESH)
+                {
+                    link.wireless_asked = Some(now);
+                    self.actions.push_back(Action::QueryWireless { index });
+                }
                 self.actions.push_back(Action::SendProbe {
                     index,
                     interface: link.info.name.clone(),

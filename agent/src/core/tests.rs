@@ -33,6 +33,7 @@ fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
         } else {
             Vec::new()
         },
+        wireless: false,
     }
 }
 
@@ -629,4 +630,50 @@ fn a_resync_batch_applies_only_its_outcome() {
     // An address that went away while notifications were lost is gone after the re-dump.
     core.handle_all(t0, [Event::Forget { index: WLAN }]);
     assert_eq!(pushes(&drain(&mut core))[&1], names(&["rmnet0", "bnep0"]));
+}
+
+#[test]
+fn wireless_facts_are_asked_when_a_link_comes_up_and_with_probes() {
+    let t0 = Instant::now();
+    let mut core = Core::new(plain(), ProbeConfig::default());
+    let mut wifi = info(WLAN, "wlan0", LinkKind::Wifi, true);
+    wifi.wireless = true;
+    core.handle(t0, Event::LinkUpdated(wifi));
+    core.handle(t0, addr(WLAN));
+    let asked = |a: &[Action]| {
+        a.iter()
+            .filter(|a| matches!(a, Action::QueryWireless { index } if *index == WLAN))
+            .count()
+    };
+    assert_eq!(asked(&drain(&mut core)), 1, "asked when the link came up");
+    core.handle(
+        t0,
+        Event::Wireless {
+            index: WLAN,
+            ssid: Some("HomeNet".into()),
+            signal_dbm: Some(-61.0),
+        },
+    );
+    let i = &core.interfaces(t0)[0];
+    assert_eq!(
+        (i.ssid.as_deref(), i.signal_dbm),
+        (Some("HomeNet"), Some(-61.0))
+    );
+    // With a subscriber the link is probed every 50 ms; the facts are asked every 10 s.
+    subscribe(&mut core, t0, 1, "a");
+    let log = simulate(&mut core, t0, t0 + ms(25_000), |_, _| Some(ms(1)));
+    let times: Vec<Instant> = log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::QueryWireless { .. }))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert!(times[0] >= t0 + WIRELESS_REFRESH);
+    // Down: the facts are forgotten, not kept stale.
+    let mut down = info(WLAN, "wlan0", LinkKind::Wifi, true);
+    down.wireless = true;
+    down.carrier = false;
+    core.handle(t0 + ms(25_000), Event::LinkUpdated(down));
+    let i = &core.interfaces(t0 + ms(25_000))[0];
+    assert_eq!((i.ssid.as_deref(), i.signal_dbm), (None, None));
 }

@@ -1,4 +1,5 @@
-//! Watching the kernel: the netlink route socket ([`netlink`]) and what kind of link each
-//! interface is ([`classify`]).
+//! Watching the kernel: the netlink route socket ([`netlink`]), what kind of link each
+//! interface is ([`classify`]) and WiFi facts ([`nl80211`]).
 pub mod classify;
 pub mod netlink;
+pub mod nl80211;
