@@ -261,3 +261,49 @@ fn a_path_that_strips_mptcp_makes_the_session_say_it_fell_back() -> anyhow::Resu
     finish(r.stop, r.client, r.server)?;
     Ok(())
 }
+
+#[test]
+fn auto_falls_back_from_blocked_quic_to_mptcp_and_says_why() -> anyhow::Result<()> {
+    if !require_netns("auto_falls_back_from_blocked_quic_to_mptcp_and_says_why") {
+        return Ok(());
+    }
+    let _serial = roam_tests::serial::exclusive();
+    let topo = two_links()?;
+    // A network that drops UDP to the service: QUIC cannot connect.
+    topo.server().nft(&format!(
+        "table inet roam_noudp {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  \
+         udp dport {PORT} counter drop\n }}\n}}\n"
+    ))?;
+    let pki = Pki::generate()?;
+    let (server_tx, server_rx) = mpsc::channel();
+    let server = start_server(&topo, pki.server_tls()?, server_tx)?;
+    wait_for(&server_rx, "the listener", |n| {
+        matches!(n, ServerNote::Listening)
+    })?;
+    let (client_tx, client_rx) = mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    let builder = roam::Session::builder()
+        .policy(POLICY)
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME);
+    let client = start_client(&topo, builder, client_tx, stop_rx)?;
+    let n = wait_for(&client_rx, "the transport", |n| {
+        matches!(
+            n,
+            ClientNote::Event(_, SessionEvent::TransportChosen { .. })
+        )
+    })?;
+    match &n {
+        ClientNote::Event(_, SessionEvent::TransportChosen { transport, why }) => {
+            assert_eq!(*transport, Transport::Mptcp, "{why}");
+            assert!(why.contains("quic took over"), "{why}");
+        }
+        other => bail!("unexpected {other:?}"),
+    }
+    for _ in 0..2 {
+        wait_for(&server_rx, "data", |n| matches!(n, ServerNote::Received(_)))?;
+    }
+    finish(stop, client, server)?;
+    Ok(())
+}

@@ -77,6 +77,7 @@ pub struct SessionBuilder {
     pub(crate) source: Option<Arc<dyn DecisionSource>>,
     pub(crate) policy: Option<String>,
     pub(crate) path: manager::Config,
+    pub(crate) path_control: Option<Arc<dyn crate::mptcp::control::PathControl>>,
 }
 
 impl Default for SessionBuilder {
@@ -104,6 +105,7 @@ impl SessionBuilder {
             source: None,
             policy: None,
             path: manager::Config::default(),
+            path_control: None,
         }
     }
 
@@ -184,6 +186,14 @@ impl SessionBuilder {
     /// Tunables of the path manager (stall threshold, sampling, suspicion).
     pub fn path_config(mut self, cfg: manager::Config) -> Self {
         self.path = cfg;
+        self
+    }
+
+    /// Who carries out [`Session::open_path`], [`Session::close_path`] and
+    /// [`Session::set_backup`] for MPTCP sessions; the default is roamd
+    /// ([`crate::mptcp::control::Roamd::from_env`]).
+    pub fn path_control(mut self, c: Arc<dyn crate::mptcp::control::PathControl>) -> Self {
+        self.path_control = Some(c);
         self
     }
 

@@ -35,20 +35,8 @@ pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> 
     let run = async move {
         let p = prepare(&b, host, port).await?;
         match b.transport {
-            TransportPreference::Quic => connect_quic(b, p, "asked for".into()).await,
-            TransportPreference::Mptcp => {
-                super::mptcp::connect_mptcp(b, p, "asked for".into()).await
-            }
-            TransportPreference::TcpResume => {
-                let why = vec![SessionEvent::TransportChosen {
-                    transport: super::Transport::TcpResume,
-                    why: "asked for".into(),
-                }];
-                super::resume::connect_client(b, p, None, why).await
-            }
-            TransportPreference::Auto => {
-                connect_quic(b, p, "auto: QUIC is the default".into()).await
-            }
+            TransportPreference::Auto => connect_auto(b, p).await,
+            t => connect_one(b, p, t, "asked for".into()).await,
         }
     };
     tokio::time::timeout(limit, run.instrument(span))
@@ -59,7 +47,76 @@ pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> 
         })?
 }
 
+/// Connects with one transport.
+async fn connect_one(
+    b: SessionBuilder,
+    p: Prepared,
+    t: TransportPreference,
+    why: String,
+) -> Result<Session> {
+    match t {
+        TransportPreference::Mptcp => super::mptcp::connect_mptcp(b, p, why).await,
+        TransportPreference::TcpResume => {
+            let told = vec![SessionEvent::TransportChosen {
+                transport: super::Transport::TcpResume,
+                why,
+            }];
+            super::resume::connect_client(b, p, None, told).await
+        }
+        TransportPreference::Quic | TransportPreference::Auto => connect_quic(b, p, why).await,
+    }
+}
+
+/// The order `auto` tries the transports in, in the decision's spirit: `aggregate` wants
+/// every path at once, which only MPTCP gives; otherwise QUIC moves without the kernel's help
+/// and comes first. MPTCP before tcp-resume: where MPTCP is stripped the same connection goes
+/// on as tcp-resume anyway; tcp-resume alone is for kernels or networks without MPTCP.
+fn auto_order(mode: roam_policy::MultipathMode) -> [TransportPreference; 3] {
+    use TransportPreference::{Mptcp, Quic, TcpResume};
+    match mode {
+        roam_policy::MultipathMode::Aggregate => [Mptcp, Quic, TcpResume],
+        _ => [Quic, Mptcp, TcpResume],
+    }
+}
+
+/// `auto`: each transport in [`auto_order`] gets a third of the connect timeout; the first
+/// that connects wins, and the session says which and why.
+async fn connect_auto(b: SessionBuilder, p: Prepared) -> Result<Session> {
+    let order = auto_order(b.multipath.unwrap_or(p.snap.decision.multipath));
+    let budget = b.connect_timeout / 3;
+    let mut tried: Vec<String> = Vec::new();
+    let mut last = None;
+    for t in order {
+        let why = if tried.is_empty() {
+            format!(
+                "auto: {t} first for multipath mode {}",
+                p.snap.decision.multipath
+            )
+        } else {
+            format!("auto: {}", tried.join("; "))
+        };
+        match tokio::time::timeout(budget, connect_one(b.clone(), p.clone(), t, why)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => {
+                tracing::info!(transport = %t, error = %e, "auto: transport failed");
+                tried.push(format!("{t} failed ({e})"));
+                last = Some(e);
+            }
+            Err(_) => {
+                tracing::info!(transport = %t, ?budget, "auto: transport timed out");
+                tried.push(format!("{t} took over {budget:?}"));
+                last = Some(Error::Timeout {
+                    what: format!("connecting with {t}"),
+                    limit: budget,
+                });
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Stream("no transport was tried".into())))
+}
+
 /// What every transport starts from: the decision, its snapshot and the candidates.
+#[derive(Clone)]
 pub(super) struct Prepared {
     pub(super) source: Arc<dyn DecisionSource>,
     pub(super) decisions: watch::Receiver<Arc<Snapshot>>,
@@ -368,6 +425,22 @@ fn handshake_error(peer: SocketAddr, e: quinn::ConnectionError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_tries_mptcp_first_only_to_aggregate() {
+        use TransportPreference::{Mptcp, Quic, TcpResume};
+        assert_eq!(
+            auto_order(roam_policy::MultipathMode::Aggregate),
+            [Mptcp, Quic, TcpResume]
+        );
+        for m in [
+            roam_policy::MultipathMode::Off,
+            roam_policy::MultipathMode::Handover,
+            roam_policy::MultipathMode::Interactive,
+        ] {
+            assert_eq!(auto_order(m), [Quic, Mptcp, TcpResume]);
+        }
+    }
     use roam_policy::{Decision, MultipathMode, Path, Role};
 
     #[test]

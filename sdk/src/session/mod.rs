@@ -256,6 +256,67 @@ impl Session {
         }
     }
 
+    fn mptcp_control(&self, what: &'static str) -> Result<(&mptcp::StreamSession, u32)> {
+        let not_here = || Error::NotOnThisTransport {
+            what,
+            transport: self.transport.as_str(),
+        };
+        match &self.inner {
+            Inner::Stream(s) => Ok((s, s.token().ok_or_else(not_here)?)),
+            _ => Err(not_here()),
+        }
+    }
+
+    fn subflow(&self, what: &'static str, id: u32) -> Result<(SocketAddr, SocketAddr)> {
+        self.paths()
+            .into_iter()
+            .find(|p| p.id == id)
+            .and_then(|p| Some((p.local?, p.remote?)))
+            .ok_or_else(|| Error::Stream(format!("{what}: the session has no subflow {id}")))
+    }
+
+    /// Opens an MPTCP subflow from `local` to `remote` through the path manager (roamd: it
+    /// needs CAP_NET_ADMIN). Without roamd: [`Error::AgentRequired`]. Other transports:
+    /// [`Error::NotOnThisTransport`].
+    pub async fn open_path(&self, local: SocketAddr, remote: SocketAddr) -> Result<()> {
+        let (s, token) = self.mptcp_control("open_path")?;
+        s.control
+            .request(crate::mptcp::control::PathRequest::Open {
+                token,
+                local,
+                remote,
+                backup: false,
+            })
+            .await
+    }
+
+    /// Closes the MPTCP subflow `id` (see [`Session::paths`]) through roamd.
+    pub async fn close_path(&self, id: u32) -> Result<()> {
+        let (s, token) = self.mptcp_control("close_path")?;
+        let (local, remote) = self.subflow("close_path", id)?;
+        s.control
+            .request(crate::mptcp::control::PathRequest::Close {
+                token,
+                local,
+                remote,
+            })
+            .await
+    }
+
+    /// Sets or clears the backup flag (MP_PRIO) of the MPTCP subflow `id` through roamd.
+    pub async fn set_backup(&self, id: u32, backup: bool) -> Result<()> {
+        let (s, token) = self.mptcp_control("set_backup")?;
+        let (local, remote) = self.subflow("set_backup", id)?;
+        s.control
+            .request(crate::mptcp::control::PathRequest::SetBackup {
+                token,
+                local,
+                remote,
+                backup,
+            })
+            .await
+    }
+
     /// A receiver of this session's events (path changes, degradation, decisions). The
     /// connect-time events come first; later events sent before the call are not replayed.
     pub fn events(&self) -> Events {

@@ -31,6 +31,7 @@ use super::{Inner, PathInfo, Session, Subflow, Transport, header, read_header_af
 use crate::decision::Snapshot;
 use crate::error::{Error, Result};
 use crate::events::SessionEvent;
+use crate::mptcp::control::{PathControl, Roamd};
 use crate::mptcp::sockopt;
 use crate::path::LocalPath;
 
@@ -43,6 +44,8 @@ pub(crate) struct StreamSession {
     tls: TlsStream<TcpStream>,
     /// The decisions, to name the interface of each local address (clients).
     links: Option<watch::Receiver<Arc<Snapshot>>>,
+    /// Who opens, closes and re-prioritises subflows (roamd).
+    pub(crate) control: Arc<dyn PathControl>,
     _watcher: Option<Handle>,
 }
 
@@ -267,6 +270,10 @@ pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -
         inner: Inner::Stream(Box::new(StreamSession {
             tls: stream,
             links: Some(p.decisions),
+            control: b
+                .path_control
+                .clone()
+                .unwrap_or_else(|| Arc::new(Roamd::from_env())),
             _watcher: Some(watcher),
         })),
         events,
@@ -383,6 +390,7 @@ pub(crate) async fn accept_stream_server(
         inner: Inner::Stream(Box::new(StreamSession {
             tls,
             links: None,
+            control: Arc::new(Roamd::from_env()),
             _watcher: None,
         })),
         events,
