@@ -4,16 +4,14 @@
 use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
-use std::time::Duration;
 
-use netlink_packet_core::{
-    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-    ParseableParametrized,
-};
+use netlink_packet_core::{DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, ParseableParametrized};
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+use netlink_sys::protocols::NETLINK_GENERIC;
+
+use crate::nlreq::Requester;
 
 /// A generic netlink family, by name.
 pub(crate) trait Family: Debug {
@@ -90,88 +88,50 @@ pub(crate) fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-/// A blocking generic netlink socket talking to family `F`. Generic netlink answers inside
-/// `sendmsg`, so the reply is queued before `recv`; the 1 s timeout guards the unexpected.
+/// A generic netlink socket talking to family `F` (see [`Requester`] for why blocking).
 #[derive(Debug)]
 pub(crate) struct GenlSocket<F> {
-    socket: Socket,
+    req: Requester,
     family: u16,
-    seq: u32,
-    buf: Vec<u8>,
     kind: PhantomData<F>,
-}
-
-fn invalid(e: DecodeError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
 impl<F: Family> GenlSocket<F> {
     /// Opens the socket and resolves the family's id. `ErrorKind::NotFound` when the kernel
     /// has no such family (no MPTCP, no cfg80211).
     pub(crate) fn open() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_GENERIC)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        socket2::SockRef::from(&socket).set_read_timeout(Some(Duration::from_secs(1)))?;
-        let mut s = GenlSocket {
-            socket,
-            family: 0,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-            kind: PhantomData,
-        };
-        s.family = s.resolve()?;
-        Ok(s)
-    }
-
-    fn resolve(&mut self) -> io::Result<u16> {
+        let mut req = Requester::open(NETLINK_GENERIC)?;
         let mut g = GenlMessage::from_payload(GenlCtrl {
             cmd: GenlCtrlCmd::GetFamily,
             nlas: vec![GenlCtrlAttrs::FamilyName(F::NAME.into())],
         });
         g.finalize();
-        let mut m = NetlinkMessage::from(g);
-        self.seq += 1;
-        m.header.flags = NLM_F_REQUEST;
-        m.header.sequence_number = self.seq;
-        m.finalize();
-        let mut bytes = vec![0; m.buffer_len()];
-        m.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-        let n = self.recv()?;
-        let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&self.buf[..n])
-            .map_err(invalid)?;
-        match reply.payload {
-            NetlinkPayload::InnerMessage(g) => g
-                .payload
-                .nlas
-                .iter()
-                .find_map(|a| match a {
-                    GenlCtrlAttrs::FamilyId(id) => Some(*id),
-                    _ => None,
-                })
-                .ok_or_else(|| io::Error::other(format!("nlctrl gave no id for {}", F::NAME))),
-            NetlinkPayload::Error(e) => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "the kernel has no `{}` netlink family ({})",
-                    F::NAME,
-                    e.to_io()
-                ),
-            )),
-            other => Err(io::Error::other(format!(
-                "unexpected nlctrl reply {other:?}"
-            ))),
-        }
+        let replies = req.call(g, NLM_F_ACK).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the kernel has no `{}` netlink family", F::NAME),
+                )
+            } else {
+                e
+            }
+        })?;
+        let family = replies
+            .iter()
+            .flat_map(|g| g.payload.nlas.iter())
+            .find_map(|a| match a {
+                GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                _ => None,
+            })
+            .ok_or_else(|| io::Error::other(format!("nlctrl gave no id for {}", F::NAME)))?;
+        Ok(GenlSocket {
+            req,
+            family,
+            kind: PhantomData,
+        })
     }
 
-    fn recv(&mut self) -> io::Result<usize> {
-        let mut slice = &mut self.buf[..];
-        let n = self.socket.recv(&mut slice, 0)?;
-        Ok(n.min(self.buf.len()))
-    }
-
-    fn send(&mut self, cmd: u8, attrs: Vec<u8>, flags: u16) -> io::Result<u32> {
+    fn call(&mut self, cmd: u8, attrs: Vec<u8>, flags: u16) -> io::Result<Vec<Vec<u8>>> {
         let mut g = GenlMessage::from_payload(Raw::<F> {
             cmd,
             attrs,
@@ -179,35 +139,18 @@ impl<F: Family> GenlSocket<F> {
         });
         g.set_resolved_family_id(self.family);
         g.finalize();
-        let mut m = NetlinkMessage::from(g);
-        self.seq = self.seq.wrapping_add(1);
-        m.header.flags = flags;
-        m.header.sequence_number = self.seq;
-        m.finalize();
-        let mut bytes = vec![0; m.buffer_len()];
-        m.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-        Ok(self.seq)
+        Ok(self
+            .req
+            .call(g, flags)?
+            .into_iter()
+            .map(|g| g.payload.attrs)
+            .collect())
     }
 
     /// Sends a request and waits for its acknowledgement.
     pub(crate) fn request(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
         let t = std::time::Instant::now();
-        let seq = self.send(cmd, attrs, NLM_F_REQUEST | NLM_F_ACK)?;
-        let r = loop {
-            let n = self.recv()?;
-            let m = NetlinkMessage::<GenlMessage<Raw<F>>>::deserialize(&self.buf[..n])
-                .map_err(invalid)?;
-            if m.header.sequence_number != seq {
-                continue;
-            }
-            if let NetlinkPayload::Error(e) = m.payload {
-                break match e.code {
-                    None => Ok(()),
-                    Some(_) => Err(e.to_io()),
-                };
-            }
-        };
+        let r = self.call(cmd, attrs, NLM_F_ACK).map(|_| ());
         tracing::trace!(
             family = F::NAME,
             cmd,
@@ -217,7 +160,7 @@ impl<F: Family> GenlSocket<F> {
         r
     }
 
-    /// Sends a request and returns the attributes of every message of the reply (a dump with
+    /// Sends a request and returns the attributes of every message of the answer (a dump with
     /// `dump`, else a single answer).
     pub(crate) fn query(
         &mut self,
@@ -225,32 +168,7 @@ impl<F: Family> GenlSocket<F> {
         attrs: Vec<u8>,
         dump: bool,
     ) -> io::Result<Vec<Vec<u8>>> {
-        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        let seq = self.send(cmd, attrs, flags)?;
-        let mut out = Vec::new();
-        loop {
-            let n = self.recv()?;
-            let mut bytes = &self.buf[..n];
-            while !bytes.is_empty() {
-                let m =
-                    NetlinkMessage::<GenlMessage<Raw<F>>>::deserialize(bytes).map_err(invalid)?;
-                let len = m.header.length as usize;
-                if m.header.sequence_number == seq {
-                    match m.payload {
-                        NetlinkPayload::InnerMessage(g) => out.push(g.payload.attrs),
-                        NetlinkPayload::Done(_) => return Ok(out),
-                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                        // The acknowledgement that ends a non-dump answer.
-                        NetlinkPayload::Error(_) => return Ok(out),
-                        _ => {}
-                    }
-                }
-                if len == 0 || len > bytes.len() {
-                    break;
-                }
-                bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
-            }
-        }
+        self.call(cmd, attrs, if dump { NLM_F_DUMP } else { NLM_F_ACK })
     }
 }
 

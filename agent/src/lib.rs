@@ -17,5 +17,6 @@ pub mod enforce;
 mod genl;
 pub mod ipc;
 pub mod monitor;
+mod nlreq;
 pub mod policy_cmd;
 pub mod probe;

@@ -8,113 +8,20 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
 use crate::core::{PlannedRoute, PlannedRule, RoutingPlan};
+use crate::nlreq::Requester;
 
 /// The routing protocol number roamd marks its routes and rules with. Unassigned in
 /// `/etc/iproute2/rt_protos`; written `proto 177` by `ip`.
 pub const RTPROT_ROAM: u8 = 177;
-
-/// A blocking rtnetlink socket for requests. rtnetlink handles a request synchronously in
-/// `sendmsg`, so the acknowledgement is already queued when `recv` is called: blocking here
-/// costs no waiting (a 1 s receive timeout guards against the unexpected).
-#[derive(Debug)]
-struct Rtnl {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-impl Rtnl {
-    fn open() -> io::Result<Rtnl> {
-        let socket = super::request_socket(NETLINK_ROUTE)?;
-        Ok(Rtnl {
-            socket,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        })
-    }
-
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut m = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
-        m.header.flags = flags;
-        m.header.sequence_number = self.seq;
-        m.finalize();
-        let mut bytes = vec![0; m.buffer_len()];
-        m.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-        Ok(self.seq)
-    }
-
-    /// Sends a request and waits for its acknowledgement.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        let seq = self.send(msg, flags | NLM_F_REQUEST | NLM_F_ACK)?;
-        loop {
-            for m in self.recv()? {
-                if m.header.sequence_number != seq {
-                    continue;
-                }
-                if let NetlinkPayload::Error(e) = m.payload {
-                    return match e.code {
-                        None => Ok(()),
-                        Some(_) => Err(e.to_io()),
-                    };
-                }
-            }
-        }
-    }
-
-    /// Dumps and returns every message of the dump.
-    fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_DUMP)?;
-        let mut out = Vec::new();
-        loop {
-            for m in self.recv()? {
-                if m.header.sequence_number != seq {
-                    continue;
-                }
-                match m.payload {
-                    NetlinkPayload::InnerMessage(i) => out.push(i),
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn recv(&mut self) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-        let n = {
-            let mut slice = &mut self.buf[..];
-            self.socket.recv(&mut slice, 0)?
-        };
-        let mut bytes = &self.buf[..n.min(self.buf.len())];
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) else {
-                break;
-            };
-            let len = m.header.length as usize;
-            out.push(m);
-            if len == 0 || len > bytes.len() {
-                break;
-            }
-            bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
-        }
-        Ok(out)
-    }
-}
 
 fn family(a: IpAddr) -> AddressFamily {
     if a.is_ipv6() {
@@ -182,7 +89,7 @@ fn describe_route(r: &PlannedRoute) -> String {
 /// Keeps policy routing as planned and remembers what it added.
 #[derive(Debug)]
 pub struct RoutingEnforcer {
-    rtnl: Rtnl,
+    rtnl: Requester,
     routes: BTreeSet<PlannedRoute>,
     rules: BTreeSet<PlannedRule>,
 }
@@ -191,10 +98,15 @@ impl RoutingEnforcer {
     /// Opens the request socket.
     pub fn open() -> io::Result<RoutingEnforcer> {
         Ok(RoutingEnforcer {
-            rtnl: Rtnl::open()?,
+            rtnl: Requester::open(NETLINK_ROUTE)?,
             routes: BTreeSet::new(),
             rules: BTreeSet::new(),
         })
+    }
+
+    /// Sends one change and waits for the kernel's acknowledgement.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.rtnl.call(msg, flags | NLM_F_ACK).map(|_| ())
     }
 
     /// Lists every route and rule marked [`RTPROT_ROAM`] (left by a roamd that did not stop
@@ -214,7 +126,10 @@ impl RoutingEnforcer {
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut q = RouteMessage::default();
             q.header.address_family = fam;
-            for m in self.rtnl.dump(RouteNetlinkMessage::GetRoute(q))? {
+            for m in self
+                .rtnl
+                .call(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?
+            {
                 if let RouteNetlinkMessage::NewRoute(r) = m
                     && r.header.protocol == RouteProtocol::Other(RTPROT_ROAM)
                 {
@@ -223,7 +138,10 @@ impl RoutingEnforcer {
             }
             let mut q = RuleMessage::default();
             q.header.family = fam;
-            for m in self.rtnl.dump(RouteNetlinkMessage::GetRule(q))? {
+            for m in self
+                .rtnl
+                .call(RouteNetlinkMessage::GetRule(q), NLM_F_DUMP)?
+            {
                 if let RouteNetlinkMessage::NewRule(r) = m
                     && r.attributes
                         .contains(&RuleAttribute::Protocol(RouteProtocol::Other(RTPROT_ROAM)))
@@ -240,12 +158,12 @@ impl RoutingEnforcer {
         let (routes, rules) = self.stale_messages()?;
         let n = routes.len() + rules.len();
         for r in rules {
-            if let Err(e) = self.rtnl.request(RouteNetlinkMessage::DelRule(r), 0) {
+            if let Err(e) = self.request(RouteNetlinkMessage::DelRule(r), 0) {
                 tracing::warn!(error = %e, "could not remove a stale rule");
             }
         }
         for r in routes {
-            if let Err(e) = self.rtnl.request(RouteNetlinkMessage::DelRoute(r), 0) {
+            if let Err(e) = self.request(RouteNetlinkMessage::DelRoute(r), 0) {
                 tracing::warn!(error = %e, "could not remove a stale route");
             }
         }
@@ -258,10 +176,7 @@ impl RoutingEnforcer {
     pub fn apply(&mut self, plan: &RoutingPlan) {
         let gone_rules: Vec<_> = self.rules.difference(&plan.rules).copied().collect();
         for r in gone_rules {
-            match self
-                .rtnl
-                .request(RouteNetlinkMessage::DelRule(rule_message(&r)), 0)
-            {
+            match self.request(RouteNetlinkMessage::DelRule(rule_message(&r)), 0) {
                 Ok(()) => tracing::info!(from = %r.from, table = r.table, "rule removed"),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => {
@@ -273,7 +188,7 @@ impl RoutingEnforcer {
         let gone_routes: Vec<_> = self.routes.difference(&plan.routes).copied().collect();
         for r in gone_routes {
             if let Some(m) = route_message(&r) {
-                match self.rtnl.request(RouteNetlinkMessage::DelRoute(m), 0) {
+                match self.request(RouteNetlinkMessage::DelRoute(m), 0) {
                     Ok(()) => tracing::debug!(route = %describe_route(&r), "route removed"),
                     // The kernel drops a table's routes itself when their interface goes.
                     Err(e)
@@ -291,10 +206,7 @@ impl RoutingEnforcer {
         let new_routes: Vec<_> = plan.routes.difference(&self.routes).copied().collect();
         for r in new_routes {
             let Some(m) = route_message(&r) else { continue };
-            match self
-                .rtnl
-                .request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
-            {
+            match self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
                 Ok(()) => {
                     tracing::debug!(route = %describe_route(&r), "route added");
                     self.routes.insert(r);
@@ -309,7 +221,7 @@ impl RoutingEnforcer {
         }
         let new_rules: Vec<_> = plan.rules.difference(&self.rules).copied().collect();
         for r in new_rules {
-            match self.rtnl.request(
+            match self.request(
                 RouteNetlinkMessage::NewRule(rule_message(&r)),
                 NLM_F_CREATE | NLM_F_EXCL,
             ) {
