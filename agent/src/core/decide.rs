@@ -6,7 +6,6 @@
 //! change then with no event at all, and the agent must not poll to find out).
 use std::time::Duration;
 
-use roam_policy::ast::{Body, Item};
 use roam_policy::{Decision, State};
 
 /// Why a policy text was rejected: every diagnostic, with lines and columns.
@@ -17,7 +16,6 @@ pub use roam_policy::PolicyError as PolicyLoadError;
 #[derive(Debug, Clone)]
 pub struct Policy {
     inner: roam_policy::Policy,
-    holds: Vec<Duration>,
 }
 
 impl Policy {
@@ -25,7 +23,6 @@ impl Policy {
     pub fn default_policy() -> Policy {
         Policy {
             inner: roam_policy::Policy::default_policy(),
-            holds: holds_of(roam_policy::DEFAULT_POLICY),
         }
     }
 
@@ -34,13 +31,12 @@ impl Policy {
     pub fn parse(source: &str) -> Result<Policy, PolicyLoadError> {
         Ok(Policy {
             inner: roam_policy::Policy::parse(source)?,
-            holds: holds_of(source),
         })
     }
 
     /// Every `hold` duration the policy may apply.
     pub fn hold_thresholds(&self) -> Vec<Duration> {
-        self.holds.clone()
+        self.inner.hold_durations()
     }
 
     /// Evaluates the policy for one app: which usable interfaces, in what order, in what role.
@@ -52,29 +48,6 @@ impl Policy {
     pub fn summary(&self) -> String {
         self.inner.summary()
     }
-}
-
-/// The `hold` durations written anywhere in `source` (only called on text that checked).
-fn holds_of(source: &str) -> Vec<Duration> {
-    let mut v: Vec<Duration> = roam_policy::parser::parse(source)
-        .file
-        .items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Block(b) => Some(b),
-            Item::Link(_) => None,
-        })
-        .flat_map(|b| b.statements.iter())
-        .filter_map(|s| match &s.body {
-            Body::Hold(q) if q.quantity.value.is_finite() && q.quantity.value >= 0.0 => {
-                Some(Duration::from_secs_f64(q.quantity.value / 1000.0))
-            }
-            _ => None,
-        })
-        .collect();
-    v.sort();
-    v.dedup();
-    v
 }
 
 #[cfg(test)]
