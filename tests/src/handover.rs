@@ -157,8 +157,13 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
     system
         .prepare(&topo)
         .with_context(|| format!("preparing {}", system.name()))?;
-    scenario.before(&topo, FAILED_LINK)?;
-    let mut o = run_with(system, &topo, cfg, |t| scenario.inject(t, FAILED_LINK))?;
+    let o = scenario.before(&topo, FAILED_LINK).and_then(|()| {
+        run_with(system.clone(), &topo, cfg, |t| {
+            scenario.inject(t, FAILED_LINK)
+        })
+    });
+    system.finish();
+    let mut o = o?;
     o.scenario = Some(scenario);
     Ok(o)
 }

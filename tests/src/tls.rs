@@ -75,6 +75,21 @@ impl TestPki {
         Ok(cfg)
     }
 
+    /// The rustls server configuration of a `roam::Listener` with this certificate (ALPN
+    /// `roam/1`).
+    pub fn roam_server(&self) -> Result<rustls::ServerConfig> {
+        Ok(roam::tls::server_config(
+            self.chain.clone(),
+            PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            &[],
+        )?)
+    }
+
+    /// What a roam session trusts: this CA only.
+    pub fn roam_client(&self) -> roam::ClientTls {
+        roam::ClientTls::Ca(vec![self.ca.clone()])
+    }
+
     /// A quinn client configuration that trusts only this CA.
     pub fn quic_client(&self, idle_timeout: Duration) -> Result<quinn::ClientConfig> {
         client_trusting(&self.ca, idle_timeout)

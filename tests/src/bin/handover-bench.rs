@@ -1,5 +1,5 @@
 //! `handover-bench`: measures how long sessions stall when the handset's preferred link fails,
-//! for each system (the baselines today, roam later), on real namespaces and kernels.
+//! for roam and the baseline of each transport, in the same run, on real namespaces and kernels.
 //!
 //! ```text
 //! handover-bench --transport all --scenario all --quick --json bench.json
@@ -8,14 +8,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use roam_tests::agent::AgentExe;
 use roam_tests::bench::{Report, RunReport, table};
-use roam_tests::handover::{FAILED_LINK, RunConfig, run_once};
+use roam_tests::handover::{FAILED_LINK, Outcome, RunConfig, run_once};
 use roam_tests::scenario::Scenario;
-use roam_tests::system::{Transport, baseline};
+use roam_tests::system::roam::Roam;
+use roam_tests::system::{System, Transport, baseline};
 use roam_tests::timeline::{Panel, write_svg};
 
 #[derive(Debug, Parser)]
@@ -57,6 +60,10 @@ fn parse_list<T: std::str::FromStr<Err = String> + Copy>(s: &str, all: &[T]) -> 
 }
 
 fn main() -> ExitCode {
+    // Re-executed inside a handset as the agent (the MPTCP rows run roamd there).
+    if let Some(code) = roam_tests::agent::agent_main() {
+        return code;
+    }
     let args = Args::parse();
     if let Err(code) = roam_tests::binary::start(
         "handover-bench",
@@ -92,69 +99,57 @@ fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
     let mut runs = Vec::new();
     let mut panels = Vec::new();
+    let agent = AgentExe::current()?;
     for transport in &transports {
-        let system = baseline(*transport)?;
+        // roam and the baseline take turns repeat by repeat: both meet the same machine.
+        let systems: [Arc<dyn System>; 2] = [
+            Arc::new(Roam::for_bench(*transport, &agent)?),
+            baseline(*transport)?,
+        ];
         let t0 = Instant::now();
         for (si, scenario) in scenarios.iter().enumerate() {
-            let mut outcomes = Vec::new();
+            let mut outcomes: [Vec<Outcome>; 2] = Default::default();
             for repeat in 0..repeats {
-                let cfg = RunConfig {
-                    sample: si == 0 && repeat == 0,
-                    seed: base.seed + repeat as u64,
-                    ..base.clone()
-                };
-                let o = run_once(system.clone(), *scenario, &cfg).with_context(|| {
-                    format!("{} / {scenario} / repeat {}", system.name(), repeat + 1)
-                })?;
-                eprintln!(
-                    "  {:<24} {:<12} #{:<3} gap {:>8.1} ms  delivered {}/{}{}",
-                    system.name(),
-                    scenario,
-                    repeat + 1,
-                    o.gap.as_secs_f64() * 1000.0,
-                    o.delivered,
-                    o.sent,
-                    o.session_error
-                        .as_deref()
-                        .map(|e| format!("  DEAD: {e}"))
-                        .unwrap_or_default()
-                );
-                if cfg.sample {
-                    panels.push(Panel {
-                        title: format!(
-                            "{} ({}), {}: gap {:.1} ms{}",
-                            system.name(),
-                            transport,
-                            scenario.describe(FAILED_LINK),
-                            o.gap.as_secs_f64() * 1000.0,
-                            if o.session_error.is_some() {
-                                " (session died)"
-                            } else {
-                                ""
-                            }
-                        ),
-                        links: o.links.clone(),
-                        samples: o.samples.clone(),
-                        arrivals: o.delivery.arrivals.clone(),
-                        origin: o.failed_at,
-                        marks: Vec::new(),
-                    });
+                for (system, outcomes) in systems.iter().zip(&mut outcomes) {
+                    let cfg = RunConfig {
+                        sample: si == 0 && repeat == 0,
+                        seed: base.seed + repeat as u64,
+                        ..base.clone()
+                    };
+                    let o = run_once(system.clone(), *scenario, &cfg).with_context(|| {
+                        format!("{} / {scenario} / repeat {}", system.name(), repeat + 1)
+                    })?;
+                    eprintln!(
+                        "  {:<24} {:<10} {:<12} #{:<3} gap {:>8.1} ms  delivered {}/{}{}",
+                        system.name(),
+                        transport,
+                        scenario,
+                        repeat + 1,
+                        o.gap.as_secs_f64() * 1000.0,
+                        o.delivered,
+                        o.sent,
+                        o.session_error
+                            .as_deref()
+                            .map(|e| format!("  DEAD: {e}"))
+                            .unwrap_or_default()
+                    );
+                    if cfg.sample {
+                        panels.push(panel(system.as_ref(), *scenario, &o));
+                    }
+                    outcomes.push(o);
                 }
-                outcomes.push(o);
             }
-            runs.push(RunReport::from_outcomes(
-                *scenario,
-                *transport,
-                system.name(),
-                rtt,
-                &outcomes,
-            ));
+            for (system, outcomes) in systems.iter().zip(&outcomes) {
+                runs.push(RunReport::from_outcomes(
+                    *scenario,
+                    *transport,
+                    system.name(),
+                    rtt,
+                    outcomes,
+                ));
+            }
         }
-        eprintln!(
-            "{} done in {:.1} s",
-            system.name(),
-            t0.elapsed().as_secs_f64()
-        );
+        eprintln!("{transport} done in {:.1} s", t0.elapsed().as_secs_f64());
     }
     println!();
     print!("{}", table(&runs));
@@ -177,4 +172,27 @@ fn run(args: &Args) -> Result<()> {
         println!("timeline: {}", shown.display());
     }
     Ok(())
+}
+
+/// The timeline picture of one repeat.
+fn panel(system: &dyn System, scenario: Scenario, o: &Outcome) -> Panel {
+    Panel {
+        title: format!(
+            "{} ({}), {}: gap {:.1} ms{}",
+            system.name(),
+            system.transport(),
+            scenario.describe(FAILED_LINK),
+            o.gap.as_secs_f64() * 1000.0,
+            if o.session_error.is_some() {
+                " (session died)"
+            } else {
+                ""
+            }
+        ),
+        links: o.links.clone(),
+        samples: o.samples.clone(),
+        arrivals: o.delivery.arrivals.clone(),
+        origin: o.failed_at,
+        marks: Vec::new(),
+    }
 }

@@ -1,10 +1,11 @@
 //! `roam-demo`: a phone in network namespaces, a session to a server, WiFi failing and coming
 //! back, and what happened, told briefly.
 //!
-//! The roam SDK's sessions do not exist yet, so the session is the best real transport there is
-//! today (a quinn QUIC session, TLS verified against a test CA, server migration on), and the
-//! decision side is roam's policy engine (`roam_policy`) evaluated on the handset's link states
-//! at each event.
+//! Real roam on both sides of the handset: the agent (`roam_agent::daemon`, run by this very
+//! binary re-executed inside the handset namespace, since `cargo run -p roam-tests` builds no
+//! `roamd`) watching the links and deciding, and a `roam::Session` to a `roam::Listener` in the
+//! server namespace. The SDK cannot subscribe to roamd yet, so the session follows its embedded
+//! monitor and the same policy; the demo shows both views side by side.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use roam_policy::{Decision, Interface, LinkState, Policy, State};
-use roam_tests::agent::{self, Agent};
+use roam::SessionEvent;
+use roam_tests::agent::AgentExe;
 use roam_tests::emulator::PathConfig;
 use roam_tests::handover::{RunConfig, run_with};
-use roam_tests::system::{Transport, baseline};
+use roam_tests::system::roam::Roam;
+use roam_tests::system::{System, Transport};
 use roam_tests::timeline::{Panel, write_svg};
 use roam_tests::topology::{SERVICE_V4, Topology};
 use roam_tests::traffic::{MSG_LEN, expected_digest};
@@ -44,12 +46,19 @@ struct Args {
     /// How long WiFi stays down, in ms.
     #[arg(long, default_value_t = 1000)]
     outage_ms: u64,
+    /// The session's transport: quic, mptcp or tcp-resume.
+    #[arg(long, default_value = "quic")]
+    transport: String,
     /// Where to draw the timeline.
     #[arg(long, default_value = "roam-demo-timeline.svg")]
     svg: PathBuf,
 }
 
 fn main() -> ExitCode {
+    // Re-executed inside the handset as the agent.
+    if let Some(code) = roam_tests::agent::agent_main() {
+        return code;
+    }
     let args = Args::parse();
     if let Err(code) = roam_tests::binary::start(
         "roam-demo",
@@ -66,15 +75,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn primary(d: &Decision) -> String {
-    match d.primary() {
-        Some(p) => format!("{} ({})", p.interface, p.link),
-        None => "none (blocked)".into(),
-    }
-}
-
 fn run(args: &Args) -> Result<()> {
-    let policy = Policy::parse(DEMO_POLICY).map_err(|e| anyhow::anyhow!(e.render("demo.roam")))?;
+    let transport: Transport = args.transport.parse().map_err(anyhow::Error::msg)?;
     let rtt = Duration::from_secs_f64(args.rtt.clamp(0.0, 2000.0) / 1000.0);
     let mut builder = Topology::phone();
     if !rtt.is_zero() {
@@ -92,71 +94,38 @@ fn run(args: &Args) -> Result<()> {
         );
     }
     println!(
-        "server   namespace {}, service {SERVICE_V4}, paths {}",
+        "server   namespace {}, roam::Listener on {SERVICE_V4}:{}, paths {}",
         topo.server().name(),
+        roam_tests::system::roam::PORT,
         if rtt.is_zero() {
             "plain veth".to_owned()
         } else {
             format!("emulated, rtt {} ms", args.rtt)
         }
     );
-    let decide = |down: &[&str]| -> Decision {
-        let interfaces = topo
-            .links()
-            .iter()
-            .map(|l| {
-                let state = if down.contains(&l.name.as_str()) {
-                    LinkState::Down
-                } else {
-                    LinkState::Validated
-                };
-                Interface::new(l.name.clone(), l.kind, state)
-            })
-            .collect();
-        policy.evaluate(&State {
-            app: Some(APP.into()),
-            flow: None,
-            interfaces,
-        })
-    };
-    println!(
-        "policy   prefer wifi over cell over bt; for {APP} the primary is {}",
-        primary(&decide(&[]))
+    println!("policy   prefer wifi over cell over bt (bt only when cell is down), for {APP}");
+
+    let system = Arc::new(
+        Roam::new(transport)?
+            .with_policy(DEMO_POLICY, APP)
+            .with_agent(AgentExe::current()?),
     );
-    // The agent, when it was built beside this binary: it watches the handset's links itself.
-    let agent = match agent::beside_current_exe() {
-        Some((roamd, roamctl)) => {
-            match Agent::start(topo.handset(), &roamd, &roamctl, DEMO_POLICY, APP) {
-                Ok(a) => {
-                    println!(
-                        "roamd    running in the handset (dry run: it watches and decides, changes nothing)"
-                    );
-                    Some(a)
-                }
-                Err(e) => {
-                    println!(
-                        "roamd    did not start ({e:#}); decisions come from roam_policy alone"
-                    );
-                    None
-                }
-            }
-        }
-        None => {
-            println!(
-                "roamd    not built beside roam-demo (cargo build --release -p roam-agent adds it); decisions come from roam_policy alone"
-            );
-            None
-        }
-    };
+    system.prepare(&topo)?;
+    let first = system.agent_updates();
     println!(
-        "session  roam's SDK sessions are not there yet: the session is the best real transport today"
+        "roamd    running in the handset (this binary as the agent: roam_agent::daemon); primary {}",
+        first
+            .first()
+            .and_then(|u| u.primary.as_deref())
+            .unwrap_or("none")
     );
     println!(
-        "         (quinn QUIC from the wildcard address, TLS verified against a test CA, server migration on)"
+        "session  roam::Session over {transport}, TLS verified against a test CA; the session follows its"
+    );
+    println!(
+        "         embedded monitor (the SDK cannot subscribe to roamd yet); roamd's view shown alongside"
     );
 
-    let system = baseline(Transport::Quic)?;
-    system.prepare(&topo)?;
     let outage = Duration::from_millis(args.outage_ms.clamp(10, 10_000));
     let cfg = RunConfig {
         warmup: Duration::from_millis(500),
@@ -169,23 +138,20 @@ fn run(args: &Args) -> Result<()> {
     let o = run_with(system.clone(), &topo, &cfg, |t| {
         marks.push((Instant::now(), "WiFi (wlan0) goes down".into()));
         t.link_down("wlan0")?;
-        marks.push((
-            Instant::now(),
-            format!("policy: primary is now {}", primary(&decide(&["wlan0"]))),
-        ));
         // The outage is the story being told: WiFi stays away this long.
         std::thread::sleep(outage);
         marks.push((Instant::now(), "WiFi (wlan0) comes back".into()));
         t.link_up("wlan0")?;
-        marks.push((
-            Instant::now(),
-            format!("policy: primary is now {}", primary(&decide(&[]))),
-        ));
         Ok(None)
-    })?;
+    });
+    let agent_updates = system.agent_updates();
+    let session_events = system.events();
+    system.finish();
+    let o = o?;
 
     let secs = |t: Instant| t.saturating_duration_since(o.paced_from).as_secs_f64();
-    let back_at = marks.get(2).map(|m| m.0).unwrap_or(o.failed_at);
+    let down_at = marks.first().map(|m| m.0).unwrap_or(o.failed_at);
+    let back_at = marks.get(1).map(|m| m.0).unwrap_or(o.failed_at);
     let gap_of = |from: Instant, to: Option<Instant>| -> f64 {
         let d = match to {
             Some(to) => o.delivery.until(to),
@@ -209,33 +175,60 @@ fn run(args: &Args) -> Result<()> {
             .unwrap_or("?");
         events.push((*at, format!("server sees the client at {peer} ({link})")));
     }
-    if let Some(a) = &agent {
-        let mut last: Option<Option<String>> = None;
-        for u in a.updates() {
-            if last.as_ref() == Some(&u.primary) {
-                continue;
-            }
-            let what = match &u.primary {
-                Some(p) => format!("roamd decides: primary {p} ({})", u.links.join(", ")),
-                None => format!("roamd decides: no usable link ({})", u.links.join(", ")),
-            };
-            if last.is_some() {
-                events.push((u.at, what));
-            }
-            last = Some(u.primary);
+    let mut last: Option<Option<String>> = None;
+    for u in agent_updates {
+        if last.as_ref() == Some(&u.primary) {
+            continue;
         }
+        let what = match &u.primary {
+            Some(p) => format!("roamd decides: primary {p} ({})", u.links.join(", ")),
+            None => format!("roamd decides: no usable link ({})", u.links.join(", ")),
+        };
+        if last.is_some() {
+            events.push((u.at, what));
+        }
+        last = Some(u.primary);
+    }
+    for (at, e) in session_events {
+        let what = match e {
+            SessionEvent::PathChanged { from, to, reason } => format!(
+                "session moves {} -> {} ({reason})",
+                from.map(|f| f.interface)
+                    .unwrap_or_else(|| "nothing".into()),
+                to.interface
+            ),
+            SessionEvent::DecisionUpdated(d) => format!(
+                "session's embedded monitor: primary {}",
+                d.primary().map(|p| p.interface.as_str()).unwrap_or("none")
+            ),
+            SessionEvent::Degraded { path, reason } => {
+                format!("session degraded on {} ({reason})", path.interface)
+            }
+            SessionEvent::Recovered { path } => format!("session recovered on {}", path.interface),
+            SessionEvent::Resumed { path, resent } => format!(
+                "session resumed on {} ({resent} bytes sent again)",
+                path.map(|p| p.interface).unwrap_or_default()
+            ),
+            SessionEvent::TransportChosen { .. } | SessionEvent::SubflowsChanged(_) => continue,
+            other => format!("session: {other:?}"),
+        };
+        events.push((at, what));
     }
     events.sort_by_key(|e| e.0);
     for (at, what) in &events {
+        // Events before the failure are the setup, already told above.
+        if *at < down_at && !what.starts_with("server sees") {
+            continue;
+        }
         println!("  {:>7.3}  {what}", secs(*at));
-        if Some(at) == marks.first().map(|m| &m.0) && what.starts_with("WiFi") {
+        if *at == down_at {
             println!(
-                "           longest pause in delivery: {:.1} ms",
+                "           longest pause in delivery until WiFi is back: {:.1} ms",
                 gap_of(*at, Some(back_at))
             );
-        } else if *at == back_at && what.starts_with("WiFi") {
+        } else if *at == back_at {
             println!(
-                "           longest pause in delivery: {:.1} ms",
+                "           longest pause in delivery from then on: {:.1} ms",
                 gap_of(*at, None)
             );
         }
@@ -248,7 +241,7 @@ fn run(args: &Args) -> Result<()> {
         o.delivered * MSG_LEN as u64,
         o.sent * MSG_LEN as u64,
         if intact {
-            "every byte intact (digests match)".to_owned()
+            "every byte intact (the server's hash of the stream matches what was sent)".to_owned()
         } else {
             format!(
                 "{} messages corrupted or missing",

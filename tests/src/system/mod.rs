@@ -1,8 +1,8 @@
 //! The systems a handover is measured on: each is a client in the handset and a server in the
 //! server namespace moving the same numbered messages.
 //!
-//! Today these are the baselines people would otherwise use; the roam SDK adds its own
-//! [`System`] later and is measured in the same run, against the same scenarios.
+//! The baselines are what people would otherwise use; [`roam::Roam`] is the roam SDK, measured
+//! in the same run, against the same scenarios.
 
 use std::fmt;
 use std::future::Future;
@@ -21,6 +21,7 @@ use crate::traffic::{MSG_LEN, Recorder, encode};
 
 pub mod mptcp;
 pub mod quic;
+pub mod roam;
 pub mod tcp_resume;
 
 /// A future a system runs inside a namespace.
@@ -99,6 +100,9 @@ pub trait System: Send + Sync {
     fn prepare(&self, _topo: &Topology) -> Result<()> {
         Ok(())
     }
+    /// Undoes what [`System::prepare`] started once the run is over (before the topology
+    /// goes).
+    fn finish(&self) {}
     /// The server; the harness runs it on a runtime inside the server namespace.
     fn server(&self, ctx: ServerCtx) -> Task;
     /// The client; the harness runs it on a runtime inside the handset namespace. Returning an

@@ -1,0 +1,198 @@
+//! `roam`: the SDK measured like the baselines: a `roam::Session` in the handset (QUIC, MPTCP
+//! or tcp-resume, asked for by name), a `roam::Listener` in the server namespace.
+//!
+//! The session decides with its embedded monitor and the policy [`POLICY`] (WiFi over
+//! cellular): the SDK cannot follow roamd's decisions yet. For MPTCP the agent runs in the
+//! handset as well (see [`crate::agent`]), because subflows on the backup link exist only when
+//! something sets the kernel's endpoints, and roamd is what re-prioritises them when a link
+//! fails; without it the row would measure the kernel's path manager again.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use roam::{SessionEvent, TransportPreference};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{ClientCtx, ServerCtx, System, Task, Transport, write_messages};
+use crate::agent::{Agent, AgentExe, AgentUpdate};
+use crate::tls::{SERVER_NAME, TestPki};
+use crate::topology::Topology;
+
+/// Port of the roam listener (UDP for QUIC, TCP for the others) on the service address.
+pub const PORT: u16 = 4443;
+/// The app id the sessions present.
+pub const APP: &str = "com.example.bench";
+/// The handset's policy: WiFi preferred over cellular.
+pub const POLICY: &str = "link wifi = kind wifi\nlink cell = kind cellular\n\
+                          default {\n  prefer wifi over cell\n}\n";
+
+/// A roam session and listener over one transport.
+#[derive(Debug)]
+pub struct Roam {
+    transport: Transport,
+    pki: Arc<TestPki>,
+    policy: String,
+    app: String,
+    agent_exe: Option<AgentExe>,
+    agent: Mutex<Option<Agent>>,
+    events: Arc<Mutex<Vec<(Instant, SessionEvent)>>>,
+}
+
+impl Roam {
+    /// roam over `transport` with [`POLICY`], no agent.
+    pub fn new(transport: Transport) -> Result<Roam> {
+        Ok(Roam {
+            transport,
+            pki: Arc::new(TestPki::generate()?),
+            policy: POLICY.to_owned(),
+            app: APP.to_owned(),
+            agent_exe: None,
+            agent: Mutex::new(None),
+            events: Arc::default(),
+        })
+    }
+
+    /// What the benchmark measures for `transport`: the agent runs in the handset for MPTCP
+    /// (started from `exe`), not for the others, whose sessions decide alone.
+    pub fn for_bench(transport: Transport, exe: &AgentExe) -> Result<Roam> {
+        let r = Roam::new(transport)?;
+        Ok(match transport {
+            Transport::Mptcp => r.with_agent(exe.clone()),
+            Transport::Quic | Transport::TcpResume => r,
+        })
+    }
+
+    /// Runs roamd in the handset during each run (started by [`System::prepare`], stopped by
+    /// [`System::finish`]).
+    pub fn with_agent(mut self, exe: AgentExe) -> Roam {
+        self.agent_exe = Some(exe);
+        self
+    }
+
+    /// Another policy text (the agent runs the same one) and app id.
+    pub fn with_policy(mut self, policy: &str, app: &str) -> Roam {
+        self.policy = policy.to_owned();
+        self.app = app.to_owned();
+        self
+    }
+
+    /// Whether roamd runs in the handset.
+    pub fn has_agent(&self) -> bool {
+        self.agent_exe.is_some()
+    }
+
+    /// The session's events of the current run, with the time the client saw each.
+    pub fn events(&self) -> Vec<(Instant, SessionEvent)> {
+        lock(&self.events).clone()
+    }
+
+    /// The decisions roamd pushed for the app during the current run.
+    pub fn agent_updates(&self) -> Vec<AgentUpdate> {
+        lock(&self.agent)
+            .as_ref()
+            .map(Agent::updates)
+            .unwrap_or_default()
+    }
+
+    fn preference(&self) -> TransportPreference {
+        match self.transport {
+            Transport::Quic => TransportPreference::Quic,
+            Transport::Mptcp => TransportPreference::Mptcp,
+            Transport::TcpResume => TransportPreference::TcpResume,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl System for Roam {
+    fn name(&self) -> &'static str {
+        "roam"
+    }
+
+    fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    fn prepare(&self, topo: &Topology) -> Result<()> {
+        lock(&self.events).clear();
+        let mut agent = lock(&self.agent);
+        // The previous run's agent goes before this one's starts.
+        *agent = None;
+        if let Some(exe) = &self.agent_exe {
+            *agent = Some(
+                Agent::start(topo.handset(), exe, &self.policy, &self.app)
+                    .context("starting roamd in the handset")?,
+            );
+        }
+        Ok(())
+    }
+
+    fn finish(&self) {
+        *lock(&self.agent) = None;
+    }
+
+    fn server(&self, ctx: ServerCtx) -> Task {
+        let pki = self.pki.clone();
+        Box::pin(async move {
+            let listener =
+                roam::Listener::bind(SocketAddr::new(ctx.service, PORT), pki.roam_server()?)
+                    .context("binding the roam listener")?;
+            let _ = ctx.ready.send(());
+            let mut s = listener.accept().await.context("accepting the session")?;
+            let mut peer = s.path().remote;
+            ctx.recorder.note_peer(Instant::now(), peer);
+            let mut buf = vec![0u8; 64 * 1024];
+            // Ends with the stream; the harness stops it otherwise.
+            loop {
+                let n = s.read(&mut buf).await.context("server read")?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let now = Instant::now();
+                ctx.recorder.feed(now, &buf[..n]);
+                // The server's view of the peer: a move shows up as a new address.
+                let p = s.path().remote;
+                if p != peer {
+                    peer = p;
+                    ctx.recorder.note_peer(now, peer);
+                }
+            }
+        })
+    }
+
+    fn client(&self, mut ctx: ClientCtx) -> Task {
+        let builder = roam::Session::builder()
+            .app(self.app.clone())
+            .policy(self.policy.clone())
+            .transport(self.preference())
+            .tls(self.pki.roam_client())
+            .server_name(SERVER_NAME)
+            .connect_timeout(ctx.timeout)
+            .idle_timeout(ctx.timeout);
+        let log = self.events.clone();
+        Box::pin(async move {
+            let target = SocketAddr::new(ctx.service, PORT).to_string();
+            let mut s = builder.connect(&target).await.context("connecting")?;
+            let mut events = s.events();
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    lock(&log).push((Instant::now(), e));
+                }
+            });
+            write_messages(&mut s, &mut ctx.seqs).await?;
+            s.flush().await?;
+            // Stay connected until the harness has seen everything arrive; the server never
+            // writes, so a read ends only with the session.
+            let mut sink = Vec::new();
+            match s.read_to_end(&mut sink).await {
+                Ok(_) => bail!("the server ended the session"),
+                Err(e) => Err(anyhow!(e).context("the session failed")),
+            }
+        })
+    }
+}
