@@ -667,6 +667,35 @@ impl Daemon {
                 }
                 Reply::Ok { id }
             }
+            Request::MptcpSubflowCreate { id, token, .. }
+            | Request::MptcpSubflowDestroy { id, token, .. }
+            | Request::MptcpSubflowSetBackup { id, token, .. } => {
+                // The same app: a connection of the same uid that registered the token and is
+                // still open (one-shot control connections next to a session's subscription).
+                let uid = self.conns.get(&client).map(|c| c.peer.uid);
+                let registered = self
+                    .conns
+                    .values()
+                    .any(|c| Some(c.peer.uid) == uid && c.mptcp_tokens.contains(&token));
+                if registered {
+                    Reply::Error {
+                        id: Some(id),
+                        code: "failed".into(),
+                        message: "this roamd does not steer MPTCP subflows (no userspace path \
+                                  manager)"
+                            .into(),
+                    }
+                } else {
+                    Reply::Error {
+                        id: Some(id),
+                        code: "denied".into(),
+                        message: format!(
+                            "MPTCP connection {token:#010x} was not registered by this app \
+                             (send register_mptcp first)"
+                        ),
+                    }
+                }
+            }
         };
         self.reply(client, &reply);
     }

@@ -4,7 +4,7 @@
 //! - [`core`]: the sans-I/O state machine (link table, probe pacing, decisions, pushes).
 //! - `monitor`: the netlink route socket and interface classification.
 //! - `probe`: the UDP echo prober's sockets and the reflector.
-//! - `ipc`: the Unix socket protocol between roamd and apps (see `agent/PROTOCOL.md`).
+//! - `ipc`: the Unix socket protocol between roamd and apps (the `roam-ipc` crate, `ipc/PROTOCOL.md`).
 //! - `enforce`: policy routing (rtnetlink) and MPTCP endpoints (`mptcp_pm`).
 //! - `config`: the TOML config file.
 //! - `daemon`: the tokio shell that wires them together.

@@ -20,11 +20,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use roam_policy::{Decision, Flow, Interface, LinkKind, LinkState, MultipathMode, Path, State};
-use serde::{Deserialize, Serialize};
 
 pub use decide::{Policy, PolicyLoadError};
 pub use probe::ProbeConfig;
 use probe::{LinkProbe, Verdict};
+pub use roam_ipc::proto::{ClientView, ProbeMode, ProbeView, Update};
 
 /// Identifies one IPC connection for the lifetime of the agent; never reused.
 pub type ClientId = u64;
@@ -232,16 +232,6 @@ pub enum Event {
     PolicyReplaced(Policy),
 }
 
-/// What a subscriber is sent: its decision and the link table it was made from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Update {
-    /// The decision for the subscriber's app.
-    pub decision: Decision,
-    /// Every interface the agent manages, as in the policy state file.
-    pub interfaces: Vec<Interface>,
-}
-
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -277,18 +267,6 @@ pub enum Action {
     Routing(RoutingPlan),
     /// The MPTCP endpoints should now look like this (sent when it changes).
     Mptcp(MptcpPlan),
-}
-
-/// How often a link is probed right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeMode {
-    /// Not probed: no subscriber, no target, or the link has no carrier or address.
-    Off,
-    /// Usable but unused by any subscriber: slow probes.
-    Idle,
-    /// A subscriber uses it or backs up on it: fast probes.
-    Fast,
 }
 
 #[derive(Debug)]
@@ -363,30 +341,6 @@ struct Client {
     /// What was last pushed: decision without its explanation, and the link summary.
     pushed: Option<Pushed>,
     last: Option<Decision>,
-}
-
-/// A subscriber as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientView {
-    /// Connection id.
-    pub client: ClientId,
-    /// App id it subscribed as.
-    pub app: String,
-    /// The primary interface of its current decision, if any.
-    pub primary: Option<String>,
-}
-
-/// A link's probing as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProbeView {
-    /// Interface name.
-    pub interface: String,
-    /// Current pace.
-    pub mode: ProbeMode,
-    /// Default routes through this interface in the main table.
-    pub default_routes: usize,
-    /// Addresses on it, as `ADDR/LEN`.
-    pub addresses: Vec<String>,
 }
 
 /// The agent's state machine. See the module documentation.

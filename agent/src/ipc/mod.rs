@@ -1,6 +1,5 @@
-//! The Unix socket between roamd and its clients: [`proto`] (messages and framing, documented
-//! in `agent/PROTOCOL.md`), [`server`] (roamd's side) and [`client`] (a blocking client for
-//! roamctl and tests).
-pub mod client;
-pub mod proto;
+//! The Unix socket between roamd and its clients. The protocol itself (messages, framing,
+//! clients) is the `roam-ipc` crate, shared with the SDK and documented in `ipc/PROTOCOL.md`;
+//! re-exported here as [`proto`] and [`client`]. [`server`] is roamd's side.
+pub use roam_ipc::{client, proto};
 pub mod server;

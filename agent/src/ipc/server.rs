@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use super::proto::{self, FrameError, Reply, Request, VERSION};
 use crate::core::ClientId;
+use roam_ipc::proto::{self, FrameError, Reply, Request, VERSION};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

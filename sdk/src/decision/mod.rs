@@ -3,7 +3,7 @@
 //! A [`DecisionSource`] publishes [`Snapshot`]s: the policy's decision for the app and the
 //! interfaces it names, with their addresses. Today there is one source, [`Embedded`]: a link
 //! monitor in the app's process and a policy evaluated with `roam_policy`. Following roamd's
-//! pushed decisions over its IPC socket (`agent/PROTOCOL.md`) is the next source behind the
+//! pushed decisions over its IPC socket (`ipc/PROTOCOL.md`) is the next source behind the
 //! same trait; sessions do not change when it arrives.
 
 mod embedded;

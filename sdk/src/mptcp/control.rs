@@ -1,33 +1,28 @@
 //! Subflow control through roamd: opening, closing and re-prioritising MPTCP subflows needs
 //! CAP_NET_ADMIN (the userspace path manager, generic netlink `mptcp_pm`, by connection
-//! token), so an app asks the agent. [`PathControl`] is the seam; [`Roamd`] speaks roamd's IPC
-//! protocol (agent/PROTOCOL.md: 4-byte big-endian length, one JSON object per frame).
+//! token), so an app asks the agent. [`PathControl`] is the seam; [`Roamd`] sends roamd's
+//! `mptcp_subflow_create`, `mptcp_subflow_destroy` and `mptcp_subflow_set_backup` requests
+//! (crate `roam-ipc`, `ipc/PROTOCOL.md`).
 //!
-//! The requests (new in protocol version 1, for roamd to implement; roamd must accept them only
-//! for tokens the same client registered with `register_mptcp`):
-//!
-//! | type | fields | reply |
-//! | --- | --- | --- |
-//! | `mptcp_subflow_create` | `id`, `token` (u32), `local` (`"ip:port"`, port 0: any), `remote` (`"ip:port"`), `backup` (bool) | `ok {id}` |
-//! | `mptcp_subflow_destroy` | `id`, `token`, `local` (`"ip:port"`), `remote` (`"ip:port"`) | `ok {id}` |
-//! | `mptcp_subflow_set_backup` | `id`, `token`, `local`, `remote`, `backup` (bool) | `ok {id}` |
-//!
-//! Errors: `denied` (not this client's token), `not_found` (no such connection or subflow),
-//! `failed` (the kernel refused; `message` has its errno).
+//! roamd accepts them only for connections registered (`register_mptcp`) by the same app (the
+//! same uid, from `SO_PEERCRED`) on a connection that is still open; a session following roamd
+//! registers its connection itself. Errors: `denied` (not this app's connection),
+//! `not_found` (no such connection or subflow), `failed` (the kernel refused, or roamd does not
+//! run the userspace path manager; `message` says which).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use roam_ipc::client::ClientError;
+use roam_ipc::proto::{Reply, Request};
+use roam_ipc::tokio_client::AsyncClient;
 
 use crate::error::{Error, Result};
 
 /// roamd's default socket (`ROAM_SOCKET` overrides it).
-pub const DEFAULT_SOCKET: &str = "/run/roam/roamd.sock";
+pub use roam_ipc::DEFAULT_SOCKET;
 
 /// One change to an MPTCP connection's subflows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,29 +71,43 @@ impl PathRequest {
         }
     }
 
-    /// The request as roamd's JSON object with request id `id`.
-    pub fn to_json(&self, id: u64) -> Value {
-        match self {
+    /// The request as roamd's protocol message with request id `id`.
+    pub fn to_request(&self, id: u64) -> Request {
+        match *self {
             PathRequest::Open {
                 token,
                 local,
                 remote,
                 backup,
-            } => json!({"type": self.kind(), "id": id, "token": token,
-                        "local": local.to_string(), "remote": remote.to_string(), "backup": backup}),
+            } => Request::MptcpSubflowCreate {
+                id,
+                token,
+                local,
+                remote,
+                backup,
+            },
             PathRequest::Close {
                 token,
                 local,
                 remote,
-            } => json!({"type": self.kind(), "id": id, "token": token,
-                        "local": local.to_string(), "remote": remote.to_string()}),
+            } => Request::MptcpSubflowDestroy {
+                id,
+                token,
+                local,
+                remote,
+            },
             PathRequest::SetBackup {
                 token,
                 local,
                 remote,
                 backup,
-            } => json!({"type": self.kind(), "id": id, "token": token,
-                        "local": local.to_string(), "remote": remote.to_string(), "backup": backup}),
+            } => Request::MptcpSubflowSetBackup {
+                id,
+                token,
+                local,
+                remote,
+                backup,
+            },
         }
     }
 }
@@ -128,9 +137,7 @@ impl Roamd {
     /// The socket named by `ROAM_SOCKET`, else [`DEFAULT_SOCKET`].
     pub fn from_env() -> Roamd {
         Roamd {
-            socket: std::env::var_os("ROAM_SOCKET")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            socket: roam_ipc::socket_path(None),
         }
     }
 
@@ -141,89 +148,52 @@ impl Roamd {
         }
     }
 
-    /// Registers an MPTCP connection token with roamd (`register_mptcp`).
+    /// Registers an MPTCP connection token with roamd (`register_mptcp`) on a connection of
+    /// its own, which ends when this returns: roamd forgets the token with it. Sessions that
+    /// follow roamd register on their subscribed connection instead, which lives as long as
+    /// they do.
     pub async fn register_mptcp(&self, token: u32) -> Result<()> {
-        self.call(
-            "register_mptcp",
-            json!({"type": "register_mptcp", "id": 1, "token": token}),
-        )
-        .await
+        self.call("register_mptcp", |id| Request::RegisterMptcp { id, token })
+            .await
     }
 
-    async fn call(&self, what: &str, req: Value) -> Result<()> {
+    async fn call(&self, what: &str, build: impl FnOnce(u64) -> Request) -> Result<()> {
         let path = self.socket.display().to_string();
         let needed = |detail: String| Error::AgentRequired {
             what: what.to_owned(),
             detail,
         };
-        let mut s = UnixStream::connect(&self.socket)
+        let mut c = AsyncClient::connect(&self.socket)
             .await
-            .map_err(|e| needed(format!("no roamd at {path}: {e}")))?;
-        let io = |e: std::io::Error| needed(format!("talking to roamd at {path}: {e}"));
-        send(&mut s, &json!({"type": "hello", "version": 1}))
-            .await
-            .map_err(io)?;
-        let hello = recv(&mut s).await.map_err(io)?;
-        if hello["type"] != "hello" {
-            return Err(needed(format!(
-                "roamd at {path} did not say hello: {hello}"
-            )));
-        }
-        send(&mut s, &req).await.map_err(io)?;
-        // Pushed updates may come first; bounded by what one request can provoke.
-        for _ in 0..16 {
-            let reply = recv(&mut s).await.map_err(io)?;
-            match reply["type"].as_str() {
-                Some("ok") => return Ok(()),
-                Some("update") => continue,
-                Some("error") => {
-                    let code = reply["code"].as_str().unwrap_or("?").to_owned();
-                    let message = reply["message"].as_str().unwrap_or("").to_owned();
-                    if code == "bad_request" {
-                        return Err(needed(format!(
-                            "roamd at {path} does not know `{what}` ({message}); it needs the \
-                             request documented in roam::mptcp::control"
-                        )));
-                    }
-                    return Err(Error::Agent {
-                        what: what.to_owned(),
-                        code,
-                        message,
-                    });
+            .map_err(|e| match e {
+                ClientError::Connect { source, .. } => {
+                    needed(format!("no roamd at {path}: {source}"))
                 }
-                _ => return Err(needed(format!("unexpected reply from roamd: {reply}"))),
+                other => needed(format!("talking to roamd at {path}: {other}")),
+            })?;
+        match c.call(build).await {
+            Ok(Reply::Ok { .. }) => Ok(()),
+            Ok(other) => Err(needed(format!("unexpected reply from roamd: {other:?}"))),
+            Err(ClientError::Refused { code, message }) if code == "bad_request" => {
+                Err(needed(format!(
+                    "roamd at {path} does not know `{what}` ({message}); it needs a roamd that \
+                     speaks the subflow requests of roam-ipc"
+                )))
             }
+            Err(ClientError::Refused { code, message }) => Err(Error::Agent {
+                what: what.to_owned(),
+                code,
+                message,
+            }),
+            Err(other) => Err(needed(format!("talking to roamd at {path}: {other}"))),
         }
-        Err(needed("roamd sent no reply".into()))
     }
 }
 
 impl PathControl for Roamd {
     fn request(&self, req: PathRequest) -> ControlFuture<'_> {
-        Box::pin(async move { self.call(req.kind(), req.to_json(1)).await })
+        Box::pin(async move { self.call(req.kind(), |id| req.to_request(id)).await })
     }
-}
-
-async fn send(s: &mut UnixStream, v: &Value) -> std::io::Result<()> {
-    let body = serde_json::to_vec(v)?;
-    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too long"))?;
-    s.write_all(&len.to_be_bytes()).await?;
-    s.write_all(&body).await
-}
-
-async fn recv(s: &mut UnixStream) -> std::io::Result<Value> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > 65536 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("roamd frame of {len} bytes"),
-        ));
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await?;
-    Ok(serde_json::from_slice(&body)?)
 }
 
 #[cfg(test)]
@@ -239,8 +209,8 @@ mod tests {
             backup: true,
         };
         assert_eq!(
-            r.to_json(7),
-            json!({"type": "mptcp_subflow_set_backup", "id": 7, "token": 3735928559u32,
+            serde_json::to_value(r.to_request(7)).unwrap(),
+            serde_json::json!({"type": "mptcp_subflow_set_backup", "id": 7, "token": 3735928559u32,
                    "local": "198.18.1.2:40000", "remote": "198.19.0.1:4433", "backup": true})
         );
     }

@@ -1,15 +1,15 @@
-//! The messages of the roamd protocol, version 1, and their framing. `agent/PROTOCOL.md` is
+//! The messages of the roamd protocol, version 1, and their framing. `ipc/PROTOCOL.md` is
 //! the document; this file is its implementation.
 //!
 //! A frame is a 4-byte big-endian length N (1..=[`MAX_FRAME`]) followed by N bytes of one JSON
 //! object. Anything else (a length of 0 or over the limit, bytes that are not a JSON object of a
 //! known `type`, a request before `hello`) costs the sender its connection, and only that.
+use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 
 use roam_policy::{Decision, Flow, Interface};
 use serde::{Deserialize, Serialize};
-
-use crate::core::{ClientView, ProbeView, Update};
 
 /// The protocol version this agent speaks.
 pub const VERSION: u32 = 1;
@@ -89,6 +89,44 @@ pub enum Request {
         /// The connection's MPTCP token.
         token: u32,
     },
+    /// Open a subflow of a registered MPTCP connection (userspace path manager).
+    MptcpSubflowCreate {
+        /// Echoed in the reply.
+        id: u64,
+        /// The connection's token, registered by this client with `register_mptcp`.
+        token: u32,
+        /// The local address; port 0 lets the kernel choose.
+        local: SocketAddr,
+        /// The peer's address.
+        remote: SocketAddr,
+        /// Open it as a backup subflow (MP_PRIO).
+        #[serde(default)]
+        backup: bool,
+    },
+    /// Close one subflow of a registered MPTCP connection.
+    MptcpSubflowDestroy {
+        /// Echoed in the reply.
+        id: u64,
+        /// The connection's token.
+        token: u32,
+        /// The subflow's local address and port.
+        local: SocketAddr,
+        /// The subflow's remote address and port.
+        remote: SocketAddr,
+    },
+    /// Set or clear the backup flag of one subflow of a registered MPTCP connection.
+    MptcpSubflowSetBackup {
+        /// Echoed in the reply.
+        id: u64,
+        /// The connection's token.
+        token: u32,
+        /// The subflow's local address and port.
+        local: SocketAddr,
+        /// The subflow's remote address and port.
+        remote: SocketAddr,
+        /// The new flag.
+        backup: bool,
+    },
 }
 
 impl Request {
@@ -103,7 +141,10 @@ impl Request {
             | Request::Explain { id, .. }
             | Request::Reload { id }
             | Request::ReportPath { id, .. }
-            | Request::RegisterMptcp { id, .. } => Some(*id),
+            | Request::RegisterMptcp { id, .. }
+            | Request::MptcpSubflowCreate { id, .. }
+            | Request::MptcpSubflowDestroy { id, .. }
+            | Request::MptcpSubflowSetBackup { id, .. } => Some(*id),
         }
     }
 }
@@ -130,6 +171,52 @@ pub struct Status {
     /// Admin detail: how each link is probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<Vec<ProbeView>>,
+}
+
+/// What a subscriber is sent: its decision and the link table it was made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// The decision for the subscriber's app.
+    pub decision: Decision,
+    /// Every interface the agent manages, as in the policy state file.
+    pub interfaces: Vec<Interface>,
+}
+
+/// A subscriber as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientView {
+    /// Connection id.
+    pub client: u64,
+    /// App id it subscribed as.
+    pub app: String,
+    /// The primary interface of its current decision, if any.
+    pub primary: Option<String>,
+}
+
+/// How often a link is probed right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeMode {
+    /// Not probed: no subscriber, no target, or the link has no carrier or address.
+    Off,
+    /// Usable but unused by any subscriber: slow probes.
+    Idle,
+    /// A subscriber uses it or backs up on it: fast probes.
+    Fast,
+}
+
+/// A link's probing as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeView {
+    /// Interface name.
+    pub interface: String,
+    /// Current pace.
+    pub mode: ProbeMode,
+    /// Default routes through this interface in the main table.
+    pub default_routes: usize,
+    /// Addresses on it, as `ADDR/LEN`.
+    pub addresses: Vec<String>,
 }
 
 /// What the agent sends.
@@ -205,21 +292,67 @@ pub enum Reply {
     Update(Update),
 }
 
+impl Reply {
+    /// The id of the request this answers; `None` for `hello`, pushed `update`s and errors
+    /// that came before a request had one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Reply::Ok { id }
+            | Reply::Subscribed { id, .. }
+            | Reply::Status { id, .. }
+            | Reply::Links { id, .. }
+            | Reply::Decision { id, .. }
+            | Reply::Reloaded { id, .. } => Some(*id),
+            Reply::Error { id, .. } => *id,
+            Reply::Hello { .. } | Reply::Update(_) => None,
+        }
+    }
+}
+
 /// Why a frame could not be read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum FrameError {
     /// The peer closed the connection between frames.
-    #[error("connection closed")]
     Closed,
     /// A length of zero or over [`MAX_FRAME`].
-    #[error("frame length {0} is outside 1..={MAX_FRAME}")]
     BadLength(usize),
     /// The bytes are not a message of this protocol.
-    #[error("not a protocol message: {0}")]
-    BadMessage(#[from] serde_json::Error),
+    BadMessage(serde_json::Error),
     /// The connection failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Closed => f.write_str("connection closed"),
+            FrameError::BadLength(n) => write!(f, "frame length {n} is outside 1..={MAX_FRAME}"),
+            FrameError::BadMessage(e) => write!(f, "not a protocol message: {e}"),
+            FrameError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::BadMessage(e) => Some(e),
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<serde_json::Error> for FrameError {
+    fn from(e: serde_json::Error) -> Self {
+        FrameError::BadMessage(e)
+    }
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
 }
 
 impl From<FrameError> for io::Error {
@@ -273,6 +406,24 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, 
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// Takes one whole frame off the front of `buf`, if it holds one, and parses it. Readers that
+/// must be cancel-safe (a `select!` over the socket and something else) append whatever the
+/// socket gives to `buf` and call this until it says `None`.
+pub fn take_frame<T: for<'de> Deserialize<'de>>(
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>, FrameError> {
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = check_len(*prefix)?;
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let msg = serde_json::from_slice(&buf[4..4 + len]);
+    buf.drain(..4 + len);
+    Ok(Some(msg?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +457,26 @@ mod tests {
                 Request::RegisterMptcp {
                     id: 5,
                     token: 0xdead_beef,
+                },
+            ),
+            (
+                r#"{"type":"mptcp_subflow_create","id":6,"token":7,"local":"198.18.1.2:0","remote":"[2001:db8::1]:443","backup":true}"#,
+                Request::MptcpSubflowCreate {
+                    id: 6,
+                    token: 7,
+                    local: "198.18.1.2:0".parse().unwrap(),
+                    remote: "[2001:db8::1]:443".parse().unwrap(),
+                    backup: true,
+                },
+            ),
+            (
+                r#"{"type":"mptcp_subflow_set_backup","id":8,"token":7,"local":"198.18.1.2:40000","remote":"198.19.0.1:4433","backup":false}"#,
+                Request::MptcpSubflowSetBackup {
+                    id: 8,
+                    token: 7,
+                    local: "198.18.1.2:40000".parse().unwrap(),
+                    remote: "198.19.0.1:4433".parse().unwrap(),
+                    backup: false,
                 },
             ),
         ];
@@ -352,6 +523,28 @@ mod tests {
             serde_json::to_string(&update).unwrap(),
             r#"{"type":"error","code":"bad_frame","message":"m"}"#
         );
+    }
+
+    #[test]
+    fn frames_are_taken_whole_from_a_buffer_filled_piecemeal() {
+        let mut wire = encode(&Request::Status { id: 1 });
+        wire.extend(encode(&Request::Links { id: 2 }));
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        // One byte at a time: a frame is never taken before its last byte.
+        for b in wire {
+            buf.push(b);
+            while let Some(r) = take_frame::<Request>(&mut buf).unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, [Request::Status { id: 1 }, Request::Links { id: 2 }]);
+        assert!(buf.is_empty());
+        let mut bad = vec![0u8, 0, 0, 0];
+        assert!(matches!(
+            take_frame::<Request>(&mut bad),
+            Err(FrameError::BadLength(0))
+        ));
     }
 
     #[test]

@@ -1,29 +1,20 @@
-//! A blocking client of the protocol, for `roamctl` and tests. (The SDK has its own async one.)
+//! A blocking client of the protocol, for `roamctl` and tests; [`crate::tokio_client`] is the
+//! async one the SDK uses.
 use std::collections::VecDeque;
+use std::fmt;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::proto::{self, FrameError, Reply, Request, VERSION};
+use crate::proto::{self, FrameError, Reply, Request, VERSION};
 
-/// Where roamd listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/roam/roamd.sock";
-
-/// The socket path: the flag, else `ROAM_SOCKET`, else [`DEFAULT_SOCKET`].
-pub fn socket_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("ROAM_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
-}
+pub use crate::{DEFAULT_SOCKET, socket_path};
 
 /// What went wrong talking to roamd, phrased for the person running the command.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum ClientError {
     /// No agent answers at that path.
-    #[error(
-        "cannot connect to roamd at {path}: {source}; is roamd running? (--socket PATH or ROAM_SOCKET choose another socket)"
-    )]
     Connect {
         /// The socket path tried.
         path: PathBuf,
@@ -31,7 +22,6 @@ pub enum ClientError {
         source: io::Error,
     },
     /// The agent refused the request.
-    #[error("roamd refused: {message} ({code})")]
     Refused {
         /// Machine-readable code.
         code: String,
@@ -39,8 +29,33 @@ pub enum ClientError {
         message: String,
     },
     /// The connection broke or the agent sent something unexpected.
-    #[error("talking to roamd: {0}")]
     Protocol(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect { path, source } => write!(
+                f,
+                "cannot connect to roamd at {}: {source}; is roamd running? (--socket PATH or \
+                 ROAM_SOCKET choose another socket)",
+                path.display()
+            ),
+            ClientError::Refused { code, message } => {
+                write!(f, "roamd refused: {message} ({code})")
+            }
+            ClientError::Protocol(m) => write!(f, "talking to roamd: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 impl From<FrameError> for ClientError {
@@ -85,17 +100,7 @@ impl Client {
             hello: Reply::Ok { id: 0 },
         };
         c.send(&Request::Hello { version: VERSION })?;
-        c.hello = match c.read()? {
-            h @ Reply::Hello { .. } => h,
-            Reply::Error { code, message, .. } => {
-                return Err(ClientError::Refused { code, message });
-            }
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected hello, got {other:?}"
-                )));
-            }
-        };
+        c.hello = expect_hello(c.read()?)?;
         Ok(c)
     }
 
@@ -113,7 +118,7 @@ impl Client {
                 Reply::Error { code, message, .. } => {
                     return Err(ClientError::Refused { code, message });
                 }
-                r if reply_id(&r) == Some(id) => return Ok(r),
+                r if r.id() == Some(id) => return Ok(r),
                 other => {
                     return Err(ClientError::Protocol(format!(
                         "unexpected reply to request {id}: {other:?}"
@@ -155,15 +160,13 @@ impl Client {
     }
 }
 
-fn reply_id(r: &Reply) -> Option<u64> {
-    match r {
-        Reply::Ok { id }
-        | Reply::Subscribed { id, .. }
-        | Reply::Status { id, .. }
-        | Reply::Links { id, .. }
-        | Reply::Decision { id, .. }
-        | Reply::Reloaded { id, .. } => Some(*id),
-        Reply::Error { id, .. } => *id,
-        Reply::Hello { .. } | Reply::Update(_) => None,
+/// The agent's first reply must be its hello; an error there is a refusal.
+pub(crate) fn expect_hello(first: Reply) -> Result<Reply, ClientError> {
+    match first {
+        h @ Reply::Hello { .. } => Ok(h),
+        Reply::Error { code, message, .. } => Err(ClientError::Refused { code, message }),
+        other => Err(ClientError::Protocol(format!(
+            "expected hello, got {other:?}"
+        ))),
     }
 }
