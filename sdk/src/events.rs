@@ -33,6 +33,14 @@ pub enum SessionEvent {
     },
     /// The policy's decision for this session changed (links came or went, a `hold` ran out).
     DecisionUpdated(Decision),
+    /// Where the session's decisions come from (sent once, first): roamd when its socket
+    /// answered, else the embedded monitor and policy, or the source the app gave.
+    DecisionSourceChosen {
+        /// [`crate::DecisionSource::name`] of the source.
+        source: String,
+        /// Why this one.
+        why: String,
+    },
     /// The transport the session runs on, and why (sent once, right after connecting).
     TransportChosen {
         /// The transport.
@@ -71,7 +79,7 @@ pub enum SessionEvent {
 }
 
 /// A receiver of a session's events. Every receiver first sees what the session said while it
-/// connected ([`SessionEvent::TransportChosen`], [`SessionEvent::MptcpFallback`],
+/// connected ([`SessionEvent::DecisionSourceChosen`], [`SessionEvent::TransportChosen`], [`SessionEvent::MptcpFallback`],
 /// [`SessionEvent::KernelPathManager`]), then every event sent after it was made; one that
 /// falls more than 64 events behind skips the oldest.
 #[derive(Debug)]

@@ -21,15 +21,17 @@
 //!   candidates, the driver that moves a session.
 //! - [`listener`]: [`Listener`], the server side.
 //! - [`path`]: the sans-I/O path manager that decides when a session moves.
-//! - [`decision`]: where decisions come from ([`DecisionSource`]); [`Embedded`] today.
+//! - [`decision`]: where decisions come from ([`DecisionSource`]): roamd ([`decision::Roamd`])
+//!   when it answers, else [`Embedded`].
 //! - [`monitor`]: the embedded link monitor (netlink).
 //! - [`mptcp`]: the kernel's MPTCP socket options and subflow control through roamd.
 //! - [`tls`]: rustls configurations with ALPN `roam/1`.
 //! - [`events`], [`error`]: what the app is told.
 //!
-//! Transports: QUIC, MPTCP (with fallback detection) and TCP with resumption. Without
-//! roamd the session evaluates the policy itself over an embedded monitor; following roamd's
-//! decisions over its IPC socket is the next [`DecisionSource`].
+//! Transports: QUIC, MPTCP (with fallback detection) and TCP with resumption. With roamd
+//! running the session follows its pushed decisions and reports its path figures; without it
+//! the session evaluates the policy itself over an embedded monitor. If roamd dies the session
+//! keeps its last decision and subscribes again when roamd returns.
 #![warn(missing_docs)]
 
 pub mod decision;

@@ -64,6 +64,10 @@ impl DecisionSource for Embedded {
             Ok(rx)
         })
     }
+
+    fn name(&self) -> String {
+        "embedded (the app's own link monitor and policy)".into()
+    }
 }
 
 struct Monitor {

@@ -1,12 +1,14 @@
 //! Where a session's decisions come from.
 //!
 //! A [`DecisionSource`] publishes [`Snapshot`]s: the policy's decision for the app and the
-//! interfaces it names, with their addresses. Today there is one source, [`Embedded`]: a link
-//! monitor in the app's process and a policy evaluated with `roam_policy`. Following roamd's
-//! pushed decisions over its IPC socket (`ipc/PROTOCOL.md`) is the next source behind the
-//! same trait; sessions do not change when it arrives.
+//! interfaces it names, with their addresses. Two sources: [`Roamd`] follows the decisions
+//! roamd pushes over its socket (`ipc/PROTOCOL.md`) and sends the session's path figures back;
+//! [`Embedded`] runs a link monitor in the app's process and evaluates a policy itself.
+//! [`crate::SessionBuilder`] picks roamd when its socket answers and says which in
+//! [`crate::SessionEvent::DecisionSourceChosen`].
 
 mod embedded;
+mod roamd;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -17,6 +19,7 @@ use roam_policy::{Decision, LinkKind, LinkState};
 use tokio::sync::watch;
 
 pub use embedded::Embedded;
+pub use roamd::{Roamd, SUBSCRIBE_TIMEOUT};
 
 use crate::error::Result;
 use crate::path::LocalPath;
@@ -85,10 +88,48 @@ impl Snapshot {
 pub type SubscribeFuture<'a> =
     Pin<Box<dyn Future<Output = Result<watch::Receiver<Arc<Snapshot>>>> + Send + 'a>>;
 
+/// What a session tells its decision source about its paths.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PathReport {
+    /// Figures of the path on `interface` (roamd's `report_path`).
+    Path {
+        /// The interface the session sends from.
+        interface: String,
+        /// The RTT the session measured.
+        rtt: Option<std::time::Duration>,
+        /// The session saw no acknowledgement progress with data in flight.
+        stalled: bool,
+    },
+    /// An MPTCP connection with this token is up (roamd's `register_mptcp`): the agent may
+    /// steer its subflows.
+    MptcpConnected {
+        /// The connection's MPTCP token.
+        token: u32,
+    },
+}
+
 /// Something that tells a session which paths it may use.
 pub trait DecisionSource: Send + Sync + std::fmt::Debug + 'static {
     /// Starts following the decisions for `app` (`None`: the policy's default block). The
     /// receiver holds a first snapshot when the future completes, and sees every change after.
     /// Runs on the caller's tokio runtime and in the caller's network namespace.
     fn subscribe<'a>(&'a self, app: Option<&'a str>) -> SubscribeFuture<'a>;
+
+    /// Takes a session's report about its paths. Never blocks; a source that has no use for
+    /// reports (the default) drops them.
+    fn report(&self, report: PathReport) {
+        let _ = report;
+    }
+
+    /// Whether MPTCP registrations reach an agent that can steer subflows (roamd): then the
+    /// session does not claim the kernel's path manager is alone in charge.
+    fn steers_mptcp(&self) -> bool {
+        false
+    }
+
+    /// Says what this source is, for [`crate::SessionEvent::DecisionSourceChosen`].
+    fn name(&self) -> String {
+        format!("{self:?}")
+    }
 }

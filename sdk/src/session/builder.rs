@@ -1,15 +1,18 @@
 //! [`SessionBuilder`]: how a session connects.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use roam_policy::{MultipathMode, Policy};
+use tokio::sync::watch;
 
 use super::Session;
-use crate::decision::{DecisionSource, Embedded};
+use crate::decision::{DecisionSource, Embedded, Roamd, Snapshot};
 use crate::error::{Error, Result};
+use crate::events::SessionEvent;
 use crate::path::manager;
 use crate::tls::ClientTls;
 
@@ -78,6 +81,9 @@ pub struct SessionBuilder {
     pub(crate) policy: Option<String>,
     pub(crate) path: manager::Config,
     pub(crate) path_control: Option<Arc<dyn crate::mptcp::control::PathControl>>,
+    /// roamd's socket; `None`: `ROAM_SOCKET`, else the default.
+    pub(crate) roamd_socket: Option<PathBuf>,
+    pub(crate) use_roamd: bool,
 }
 
 impl Default for SessionBuilder {
@@ -106,6 +112,8 @@ impl SessionBuilder {
             policy: None,
             path: manager::Config::default(),
             path_control: None,
+            roamd_socket: None,
+            use_roamd: true,
         }
     }
 
@@ -177,7 +185,21 @@ impl SessionBuilder {
         self
     }
 
-    /// Where decisions come from; the default is [`Embedded`] with the builder's policy.
+    /// Where roamd listens (default: `ROAM_SOCKET`, else `/run/roam/roamd.sock`).
+    pub fn roamd_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.roamd_socket = Some(path.into());
+        self
+    }
+
+    /// Whether to follow roamd when its socket answers (default: yes). With `false` the
+    /// session always runs the embedded monitor and the builder's policy.
+    pub fn use_roamd(mut self, yes: bool) -> Self {
+        self.use_roamd = yes;
+        self
+    }
+
+    /// Where decisions come from. The default: roamd ([`Roamd`]) when its socket answers,
+    /// else [`Embedded`] with the builder's policy (the policy text applies only then).
     pub fn decision_source(mut self, source: Arc<dyn DecisionSource>) -> Self {
         self.source = Some(source);
         self
@@ -211,6 +233,52 @@ impl SessionBuilder {
             None => Policy::default_policy(),
         };
         Ok(Arc::new(Embedded::new(policy)))
+    }
+
+    /// Picks the decision source and subscribes: the app's own, else roamd when its socket
+    /// answers within [`crate::decision::SUBSCRIBE_TIMEOUT`], else the embedded one. The
+    /// event says which and why.
+    pub(crate) async fn subscribe_source(
+        &self,
+    ) -> Result<(
+        Arc<dyn DecisionSource>,
+        watch::Receiver<Arc<Snapshot>>,
+        SessionEvent,
+    )> {
+        let app = self.app.as_deref();
+        let chosen = |source: &Arc<dyn DecisionSource>, why: String| {
+            tracing::info!(source = %source.name(), %why, "decision source");
+            SessionEvent::DecisionSourceChosen {
+                source: source.name(),
+                why,
+            }
+        };
+        if let Some(s) = &self.source {
+            let rx = s.subscribe(app).await?;
+            let told = chosen(s, "given by the app".into());
+            return Ok((s.clone(), rx, told));
+        }
+        // Parse first: a bad policy text is the app's error whether or not roamd runs.
+        let embedded = self.make_source()?;
+        let why = if self.use_roamd {
+            let socket = self
+                .roamd_socket
+                .clone()
+                .unwrap_or_else(|| roam_ipc::socket_path(None));
+            let roamd: Arc<dyn DecisionSource> = Arc::new(Roamd::at(&socket));
+            match roamd.subscribe(app).await {
+                Ok(rx) => {
+                    let told = chosen(&roamd, "roamd answered on its socket".into());
+                    return Ok((roamd, rx, told));
+                }
+                Err(e) => format!("roamd is not available ({e})"),
+            }
+        } else {
+            "the app turned roamd off".into()
+        };
+        let rx = embedded.subscribe(app).await?;
+        let told = chosen(&embedded, why);
+        Ok((embedded, rx, told))
     }
 
     pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig> {

@@ -57,10 +57,13 @@ async fn connect_one(
     match t {
         TransportPreference::Mptcp => super::mptcp::connect_mptcp(b, p, why).await,
         TransportPreference::TcpResume => {
-            let told = vec![SessionEvent::TransportChosen {
-                transport: super::Transport::TcpResume,
-                why,
-            }];
+            let told = vec![
+                p.source_event.clone(),
+                SessionEvent::TransportChosen {
+                    transport: super::Transport::TcpResume,
+                    why,
+                },
+            ];
             super::resume::connect_client(b, p, None, told).await
         }
         TransportPreference::Quic | TransportPreference::Auto => connect_quic(b, p, why).await,
@@ -123,11 +126,12 @@ pub(super) struct Prepared {
     pub(super) snap: Arc<Snapshot>,
     pub(super) cands: Vec<(LocalPath, SocketAddr)>,
     pub(super) server_name: String,
+    /// Which decision source, said first among the connect events.
+    pub(super) source_event: SessionEvent,
 }
 
 async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<Prepared> {
-    let source = b.make_source()?;
-    let decisions = source.subscribe(b.app.as_deref()).await?;
+    let (source, decisions, source_event) = b.subscribe_source().await?;
     let snap = decisions.borrow().clone();
     let app = b.app.clone().unwrap_or_else(|| "default".into());
     if snap.decision.is_blocked() {
@@ -158,6 +162,7 @@ async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<Prepared
         snap,
         cands,
         server_name: b.server_name.clone().unwrap_or(host),
+        source_event,
     })
 }
 
@@ -244,6 +249,7 @@ async fn connect_quic(b: SessionBuilder, p: Prepared, why: String) -> Result<Ses
         snap,
         cands,
         server_name,
+        source_event,
     } = p;
     let tls = b.tls.build(&b.alpn)?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::TlsConfig(e.to_string()))?;
@@ -285,7 +291,8 @@ async fn connect_quic(b: SessionBuilder, p: Prepared, why: String) -> Result<Ses
         events: events.clone(),
         shared: shared.clone(),
         warm: None,
-        _source: source,
+        source,
+        reported: None,
     };
     let handle = driver.spawn();
     let session = Session {
@@ -302,10 +309,13 @@ async fn connect_quic(b: SessionBuilder, p: Prepared, why: String) -> Result<Ses
         app: b.app,
         alpn,
         transport: super::Transport::Quic,
-        connect_events: vec![SessionEvent::TransportChosen {
-            transport: super::Transport::Quic,
-            why,
-        }],
+        connect_events: vec![
+            source_event,
+            SessionEvent::TransportChosen {
+                transport: super::Transport::Quic,
+                why,
+            },
+        ],
     };
     Ok(session)
 }

@@ -17,10 +17,10 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::socket::bind_udp;
-use crate::decision::{DecisionSource, Snapshot};
+use crate::decision::{DecisionSource, PathReport, Snapshot};
 use crate::events::SessionEvent;
-use crate::path::LocalPath;
 use crate::path::manager::{Action, Input, PathManager, TransportSample};
+use crate::path::{DegradedReason, LocalPath, MigrationReason};
 
 /// Aborts the driver when the session is dropped.
 #[derive(Debug)]
@@ -50,9 +50,14 @@ pub(crate) struct Driver {
     pub(crate) events: broadcast::Sender<SessionEvent>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) warm: Option<(LocalPath, std::net::UdpSocket)>,
-    /// Keeps the source alive as long as the session.
-    pub(crate) _source: Arc<dyn DecisionSource>,
+    /// Keeps the source alive as long as the session, and hears its path reports.
+    pub(crate) source: Arc<dyn DecisionSource>,
+    /// When the RTT was last reported.
+    pub(crate) reported: Option<std::time::Instant>,
 }
+
+/// How often a session reports its RTT to the decision source.
+pub(crate) const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
@@ -97,20 +102,40 @@ impl Driver {
             match a {
                 Action::Sample => {
                     let s = sample(&self.conn.stats());
-                    self.pm.handle(now(), Input::Sample(s));
+                    let t = now();
+                    if self
+                        .reported
+                        .is_none_or(|r| t.duration_since(r) >= REPORT_EVERY)
+                        && let Some(path) = self.current()
+                    {
+                        self.reported = Some(t);
+                        self.source.report(PathReport::Path {
+                            interface: path.interface,
+                            rtt: Some(s.rtt),
+                            stalled: false,
+                        });
+                    }
+                    self.pm.handle(t, Input::Sample(s));
                 }
-                Action::Move { to, reason } => match self.rebind(&to) {
-                    Ok(local) => {
-                        tracing::info!(%to, %local, %reason, "session moved");
-                        *self.shared.path.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((to.clone(), local));
-                        self.pm.handle(now(), Input::Moved(to));
+                Action::Move { to, reason } => {
+                    if reason == MigrationReason::Stalled
+                        && let Some(from) = self.current()
+                    {
+                        self.report_stall(from.interface);
                     }
-                    Err(e) => {
-                        tracing::warn!(%to, error = %e, "could not move the session there");
-                        self.pm.handle(now(), Input::MoveFailed(to));
+                    match self.rebind(&to) {
+                        Ok(local) => {
+                            tracing::info!(%to, %local, %reason, "session moved");
+                            *self.shared.path.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some((to.clone(), local));
+                            self.pm.handle(now(), Input::Moved(to));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%to, error = %e, "could not move the session there");
+                            self.pm.handle(now(), Input::MoveFailed(to));
+                        }
                     }
-                },
+                }
                 Action::Warm(p) => {
                     self.warm = p.and_then(|p| match bind_udp(&p) {
                         Ok(s) => {
@@ -124,10 +149,31 @@ impl Driver {
                     });
                 }
                 Action::Event(e) => {
+                    if let SessionEvent::Degraded {
+                        path,
+                        reason: DegradedReason::StalledNoAlternative,
+                    } = &e
+                    {
+                        self.report_stall(path.interface.clone());
+                    }
                     let _ = self.events.send(e);
                 }
             }
         }
+    }
+
+    fn current(&self) -> Option<LocalPath> {
+        let p = self.shared.path.lock().unwrap_or_else(|p| p.into_inner());
+        p.as_ref().map(|(p, _)| p.clone())
+    }
+
+    /// A stall speeds up the agent's verdict on the link (it probes at once).
+    fn report_stall(&self, interface: String) {
+        self.source.report(PathReport::Path {
+            interface,
+            rtt: None,
+            stalled: true,
+        });
     }
 
     fn rebind(&mut self, to: &LocalPath) -> std::io::Result<std::net::SocketAddr> {

@@ -220,6 +220,7 @@ pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -
             // The peer is a roam listener: go on over this connection as tcp-resume, so the
             // session still survives a handover.
             let events = vec![
+                p.source_event.clone(),
                 SessionEvent::TransportChosen {
                     transport: Transport::TcpResume,
                     why: format!("{why}; MPTCP was stripped on {path}, so tcp-resume"),
@@ -246,13 +247,20 @@ pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -
         }
         Err(_) => Transport::Tcp,
     };
-    let mut connect_events = vec![SessionEvent::TransportChosen { transport, why }];
+    let mut connect_events = vec![
+        p.source_event.clone(),
+        SessionEvent::TransportChosen { transport, why },
+    ];
     match &mptcp {
         Err(detail) => connect_events.push(SessionEvent::MptcpFallback {
             path: path.clone(),
             detail: detail.clone(),
             now: transport,
         }),
+        Ok(token) if p.source.steers_mptcp() => {
+            p.source
+                .report(crate::decision::PathReport::MptcpConnected { token: *token });
+        }
         Ok(_) => connect_events.push(SessionEvent::KernelPathManager {
             detail: "roamd does not steer this connection: the kernel's path manager and its \
                      endpoints (`ip mptcp endpoint`) decide the subflows"

@@ -1,0 +1,357 @@
+//! Decisions from roamd: a subscription over its Unix socket (crate `roam-ipc`), the link table
+//! it pushes, and path reports sent back on the same connection.
+//!
+//! Fail-static: when roamd goes away the last decision stays in force (the watch channel simply
+//! stops changing) and the session's own stall detector keeps working; the follower reconnects
+//! with a bounded backoff, subscribes again, registers its MPTCP connections again, and the
+//! first update after that replaces the kept decision.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use roam_ipc::client::ClientError;
+use roam_ipc::proto::{Reply, Request, Update};
+use roam_ipc::tokio_client::AsyncClient;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::{DecisionSource, LinkView, PathReport, Snapshot, SubscribeFuture};
+use crate::error::{Error, Result};
+use crate::monitor::links::LinkTable;
+use crate::monitor::netlink::RouteSocket;
+
+/// How long connecting, hello, subscribe and the first update may take before the agent is
+/// taken as absent.
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The reconnect backoff after roamd went away: from the first to the last, doubling.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+
+/// Reports a session may queue while the follower is busy; beyond that they are dropped
+/// (figures are advisory, the next one will do).
+const REPORT_QUEUE: usize = 64;
+
+/// Decisions pushed by roamd, the device's agent.
+#[derive(Debug)]
+pub struct Roamd {
+    socket: PathBuf,
+    /// One sender per live subscription; reports go to the first still open.
+    reports: Mutex<Vec<mpsc::Sender<PathReport>>>,
+}
+
+impl Roamd {
+    /// roamd at `ROAM_SOCKET`, else `/run/roam/roamd.sock`.
+    pub fn from_env() -> Roamd {
+        Roamd::at(roam_ipc::socket_path(None))
+    }
+
+    /// roamd at `socket`.
+    pub fn at(socket: impl Into<PathBuf>) -> Roamd {
+        Roamd {
+            socket: socket.into(),
+            reports: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The socket it talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl DecisionSource for Roamd {
+    fn subscribe<'a>(&'a self, app: Option<&'a str>) -> SubscribeFuture<'a> {
+        Box::pin(async move {
+            let app = app.map(str::to_owned);
+            let (client, update) = tokio::time::timeout(
+                SUBSCRIBE_TIMEOUT,
+                connect_and_subscribe(&self.socket, app.as_deref()),
+            )
+            .await
+            .map_err(|_| Error::AgentRequired {
+                what: "following roamd".into(),
+                detail: format!(
+                    "roamd at {} did not subscribe us within {SUBSCRIBE_TIMEOUT:?}",
+                    self.socket.display()
+                ),
+            })??;
+            let mut routes = RouteSocket::open()
+                .map_err(|e| Error::io("opening the netlink route socket", e))?;
+            let first = snapshot(&mut routes, update).await?;
+            let (tx, rx) = watch::channel(Arc::new(first));
+            let (report_tx, report_rx) = mpsc::channel(REPORT_QUEUE);
+            {
+                let mut senders = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+                senders.retain(|s| !s.is_closed());
+                senders.push(report_tx);
+            }
+            let follower = Follower {
+                socket: self.socket.clone(),
+                app: app.clone(),
+                routes,
+                tokens: Vec::new(),
+            };
+            let span = tracing::info_span!("roamd_follower", app = app.as_deref().unwrap_or("own"));
+            tokio::spawn(follower.run(client, tx, report_rx).instrument(span));
+            Ok(rx)
+        })
+    }
+
+    fn report(&self, report: PathReport) {
+        let senders = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = senders.iter().find(|s| !s.is_closed())
+            && s.try_send(report).is_err()
+        {
+            tracing::debug!("path report dropped (queue full)");
+        }
+    }
+
+    fn steers_mptcp(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> String {
+        format!("roamd at {}", self.socket.display())
+    }
+}
+
+fn agent_error(socket: &Path, e: ClientError) -> Error {
+    match e {
+        ClientError::Refused { code, message } => Error::Agent {
+            what: "subscribing to roamd".into(),
+            code,
+            message,
+        },
+        other => Error::AgentRequired {
+            what: "following roamd".into(),
+            detail: format!("{} ({})", other, socket.display()),
+        },
+    }
+}
+
+/// Hello, subscribe, and the update the agent sends right after.
+async fn connect_and_subscribe(socket: &Path, app: Option<&str>) -> Result<(AsyncClient, Update)> {
+    let mut c = AsyncClient::connect(socket)
+        .await
+        .map_err(|e| agent_error(socket, e))?;
+    // The agent knows who we are from SO_PEERCRED; only an admin may name an app, so the
+    // app id goes along only then (tests and system services run as root).
+    let (our_app, admin) = match &c.hello {
+        Reply::Hello { app, admin, .. } => (app.clone(), *admin),
+        _ => (String::new(), false),
+    };
+    let named = app.filter(|a| admin && *a != our_app).map(str::to_owned);
+    if let Some(a) = app
+        && !admin
+        && a != our_app
+    {
+        tracing::info!(asked = a, agent_says = %our_app, "roamd knows this process as another app id; following its decisions for that one");
+    }
+    c.call(|id| Request::Subscribe {
+        id,
+        app: named,
+        flow: None,
+    })
+    .await
+    .map_err(|e| agent_error(socket, e))?;
+    // Bounded: the update follows the `subscribed` reply at once.
+    for _ in 0..16 {
+        match c.next().await.map_err(|e| agent_error(socket, e))? {
+            Reply::Update(u) => return Ok((c, u)),
+            other => tracing::debug!(?other, "before the first update"),
+        }
+    }
+    Err(Error::AgentRequired {
+        what: "following roamd".into(),
+        detail: "roamd sent no update after subscribing".into(),
+    })
+}
+
+/// roamd's link table with the addresses the session binds to (read here: the agent's
+/// interface objects carry none).
+async fn snapshot(routes: &mut RouteSocket, u: Update) -> Result<Snapshot> {
+    let mut table = LinkTable::default();
+    routes
+        .dump(&mut table)
+        .await
+        .map_err(|e| Error::io("dumping addresses", e))?;
+    let links = u
+        .interfaces
+        .iter()
+        .map(|i| LinkView {
+            name: i.name.clone(),
+            kind: i.kind,
+            state: i.state,
+            addrs: table
+                .iter()
+                .find(|l| l.name == i.name)
+                .map(|l| l.addrs.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok(Snapshot {
+        decision: u.decision,
+        links,
+    })
+}
+
+struct Follower {
+    socket: PathBuf,
+    app: Option<String>,
+    routes: RouteSocket,
+    /// MPTCP connections to register again after a reconnect.
+    tokens: Vec<u32>,
+}
+
+impl Follower {
+    async fn run(
+        mut self,
+        mut client: AsyncClient,
+        tx: watch::Sender<Arc<Snapshot>>,
+        mut reports: mpsc::Receiver<PathReport>,
+    ) {
+        // Each turn: follow until the connection breaks, then reconnect. Ends when every
+        // session using these decisions is gone.
+        loop {
+            if self.follow(&mut client, &tx, &mut reports).await.is_none() {
+                return;
+            }
+            tracing::warn!(socket = %self.socket.display(), "roamd went away; keeping the last decision");
+            match self.reconnect(&tx, &mut reports).await {
+                Some(c) => client = c,
+                None => return,
+            }
+        }
+    }
+
+    /// Follows one connection; `None` when the sessions are gone, `Some` when roamd is.
+    async fn follow(
+        &mut self,
+        client: &mut AsyncClient,
+        tx: &watch::Sender<Arc<Snapshot>>,
+        reports: &mut mpsc::Receiver<PathReport>,
+    ) -> Option<()> {
+        loop {
+            tokio::select! {
+                r = client.next() => match r {
+                    Ok(Reply::Update(u)) => self.publish(tx, u).await,
+                    Ok(Reply::Error { id, code, message }) => {
+                        tracing::debug!(?id, %code, %message, "roamd refused a report");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "roamd connection ended");
+                        return Some(());
+                    }
+                },
+                r = reports.recv() => match r {
+                    Some(report) => {
+                        if self.send(client, report).await.is_err() {
+                            return Some(());
+                        }
+                    }
+                    None => return None,
+                },
+                _ = tx.closed() => return None,
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        client: &mut AsyncClient,
+        report: PathReport,
+    ) -> Result<u64, ClientError> {
+        match report {
+            PathReport::Path {
+                interface,
+                rtt,
+                stalled,
+            } => {
+                client
+                    .send(|id| Request::ReportPath {
+                        id,
+                        interface,
+                        rtt_ms: rtt.map(|r| r.as_secs_f64() * 1e3),
+                        stalled,
+                    })
+                    .await
+            }
+            PathReport::MptcpConnected { token } => {
+                if !self.tokens.contains(&token) {
+                    self.tokens.push(token);
+                }
+                client.send(|id| Request::RegisterMptcp { id, token }).await
+            }
+        }
+    }
+
+    async fn reconnect(
+        &mut self,
+        tx: &watch::Sender<Arc<Snapshot>>,
+        reports: &mut mpsc::Receiver<PathReport>,
+    ) -> Option<AsyncClient> {
+        let mut wait = BACKOFF.0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = reports.recv() => match r {
+                    // Figures while roamd is away are stale by the time it returns; tokens
+                    // are kept for the re-registration.
+                    Some(PathReport::MptcpConnected { token }) => {
+                        if !self.tokens.contains(&token) {
+                            self.tokens.push(token);
+                        }
+                        continue;
+                    }
+                    Some(_) => continue,
+                    None => return None,
+                },
+                _ = tx.closed() => return None,
+            }
+            let attempt = tokio::time::timeout(
+                SUBSCRIBE_TIMEOUT,
+                connect_and_subscribe(&self.socket, self.app.as_deref()),
+            )
+            .await;
+            match attempt {
+                Ok(Ok((mut client, update))) => {
+                    tracing::info!(socket = %self.socket.display(), "roamd is back; subscribed again");
+                    for token in self.tokens.clone() {
+                        if client
+                            .send(|id| Request::RegisterMptcp { id, token })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    self.publish(tx, update).await;
+                    return Some(client);
+                }
+                Ok(Err(e)) => tracing::trace!(error = %e, "roamd not back yet"),
+                Err(_) => tracing::debug!("roamd answered but did not subscribe us in time"),
+            }
+            wait = (wait * 2).min(BACKOFF.1);
+        }
+    }
+
+    async fn publish(&mut self, tx: &watch::Sender<Arc<Snapshot>>, u: Update) {
+        let snap = match snapshot(&mut self.routes, u).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading addresses failed; keeping the last decision");
+                return;
+            }
+        };
+        tx.send_if_modified(|cur| {
+            if **cur == snap {
+                return false;
+            }
+            tracing::debug!(paths = ?snap.decision.paths, "decision from roamd");
+            *cur = Arc::new(snap);
+            true
+        });
+    }
+}

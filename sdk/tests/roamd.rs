@@ -1,0 +1,209 @@
+//! A session that follows roamd: it says so, it keeps going when roamd is killed (fail-static:
+//! last decision plus its own stall detector), and it subscribes again when roamd returns.
+//!
+//! roamd runs as a real process inside the handset: this test binary started again with the
+//! filter `agent_process_helper` and `ROAM_SDK_TEST_AGENT` set, which runs the agent's own
+//! shell (`roam_agent::daemon::run`) until it is killed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::*;
+use roam::SessionEvent;
+use roam_ipc::client::Client;
+use roam_ipc::proto::{Reply, Request};
+use roam_tests::privilege::require_netns;
+use roam_tests::topology::Topology;
+
+const AGENT_ENV: &str = "ROAM_SDK_TEST_AGENT";
+const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\n";
+
+/// Not a test of its own: the body of the agent process the tests start. Returns at once
+/// unless `ROAM_SDK_TEST_AGENT` names a socket.
+#[test]
+fn agent_process_helper() {
+    let Some(dir) = std::env::var_os(AGENT_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let config = roam_agent::config::Config::from_str("roamd.toml", AGENT_CONFIG)
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let socket = dir.join("roamd.sock");
+    let opts = roam_agent::daemon::Options {
+        config,
+        policy_path: Some(dir.join("policy.roam")),
+        socket: socket.clone(),
+        dry_run: false,
+        sysfs_root: PathBuf::from("/sys/class/net"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let r = rt.block_on(roam_agent::daemon::run(opts, |_| {
+        println!("agent-ready");
+    }));
+    r.expect("roamd failed");
+}
+
+/// roamd in the handset, killed (SIGKILL) on drop.
+struct AgentProc {
+    child: Child,
+}
+
+impl AgentProc {
+    fn start(topo: &Topology, dir: &Path) -> Result<AgentProc> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = topo.handset().command(exe.to_str().context("exe path")?);
+        cmd.args([
+            "agent_process_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(AGENT_ENV, dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("starting roamd")?;
+        let out = child.stdout.take().context("roamd stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.contains("agent-ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut agent = AgentProc { child };
+        if rx.recv_timeout(EVENT_TIMEOUT).is_err() {
+            agent.kill();
+            bail!("roamd did not become ready within {EVENT_TIMEOUT:?}");
+        }
+        Ok(agent)
+    }
+
+    fn kill(&mut self) {
+        // `ip netns exec` execs the program: this pid is roamd's.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The agent's view of its subscribers (as root: admin detail).
+fn subscribers(socket: &Path) -> Result<Vec<String>> {
+    let mut c = Client::connect(socket, Some(EVENT_TIMEOUT))?;
+    match c.call(|id| Request::Status { id })? {
+        Reply::Status { status, .. } => Ok(status
+            .clients
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.app)
+            .collect()),
+        other => bail!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<()> {
+    if !require_netns("a_session_follows_roamd_survives_its_death_and_subscribes_again") {
+        return Ok(());
+    }
+    let _serial = roam_tests::serial::exclusive();
+    let topo = two_links()?;
+    let dir = std::env::temp_dir().join(format!("roam-sdk-roamd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("policy.roam"), POLICY)?;
+    let socket = dir.join("roamd.sock");
+    let mut agent = AgentProc::start(&topo, &dir)?;
+
+    let pki = Pki::generate()?;
+    let (server_tx, server_rx) = mpsc::channel();
+    let server = start_server(&topo, pki.server_tls()?, server_tx)?;
+    wait_for(&server_rx, "the listener", |n| {
+        matches!(n, ServerNote::Listening)
+    })?;
+    let (client_tx, client_rx) = mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    // A policy text the session would use without roamd: cellular first. Following roamd
+    // (WiFi first) is what puts the session on wlan0.
+    let builder = roam::Session::builder()
+        .app("com.example.chat")
+        .policy(
+            "link wifi = kind wifi\nlink cell = kind cellular\ndefault { prefer cell over wifi }",
+        )
+        .roamd_socket(&socket)
+        .transport(roam::TransportPreference::Quic)
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME);
+    let client = start_client(&topo, builder, client_tx, stop_rx)?;
+    let chosen = wait_for(&client_rx, "the decision source", |n| {
+        matches!(
+            n,
+            ClientNote::Event(_, SessionEvent::DecisionSourceChosen { .. })
+        )
+    })?;
+    let ClientNote::Event(_, SessionEvent::DecisionSourceChosen { source, why }) = chosen else {
+        unreachable!()
+    };
+    assert!(source.starts_with("roamd at "), "{source}: {why}");
+    let wlan = topo.link("wlan0")?.handset_v4;
+    let rmnet = topo.link("rmnet0")?.handset_v4;
+    wait_server_sees(&server_rx, wlan.into())?;
+    assert_eq!(subscribers(&socket)?, ["com.example.chat"]);
+
+    // roamd dies: the stream goes on on the last decision's path.
+    agent.kill();
+    let t0 = Instant::now();
+    wait_server_sees(&server_rx, wlan.into())?;
+    eprintln!(
+        "figure: 2 MiB more delivered over wlan0 {:?} after roamd was killed",
+        t0.elapsed()
+    );
+
+    // roamd returns; the session subscribes again and follows it: WiFi going down now
+    // reaches the session only as a decision pushed by the new roamd.
+    let t1 = Instant::now();
+    let _agent = AgentProc::start(&topo, &dir)?;
+    let mut back = None;
+    for _ in 0..250 {
+        // Bounded: the follower's backoff is at most 1 s; 250 x 20 ms covers it twice over.
+        if subscribers(&socket)? == ["com.example.chat"] {
+            back = Some(t1.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let back = back.context("the session did not subscribe again within 5 s")?;
+    eprintln!("figure: session subscribed again {back:?} after roamd was restarted");
+    topo.link_down("wlan0")?;
+    // Only roamd can tell the session this (no embedded monitor runs beside it).
+    wait_for(
+        &client_rx,
+        "a decision without wlan0 from the new roamd",
+        |n| {
+            matches!(n, ClientNote::Event(_, SessionEvent::DecisionUpdated(d))
+            if !d.paths.is_empty() && d.paths.iter().all(|p| p.interface != "wlan0"))
+        },
+    )?;
+    let m = wait_moved(&client_rx, "rmnet0")?;
+    assert_eq!(m.to.local, std::net::IpAddr::from(rmnet));
+    wait_server_sees(&server_rx, rmnet.into())?;
+
+    let s = finish(stop, client, server)?;
+    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
