@@ -6,6 +6,8 @@
 //! to the VM. Never with a lock held: a listener may call back into the bridge.
 
 use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -190,6 +192,45 @@ impl Bridge {
             }
         };
         binder.bind(fd, network)
+    }
+
+    /// The SDK's socket hook for this bridge's sessions: every socket a session opens goes on
+    /// the `Network` of its path's interface (the LinkBook's handle for that name), through
+    /// the app's binder or the NDK. Where there is neither (the host, without a binder) the
+    /// socket stays as the SDK binds it (address and device), said once in the log.
+    pub fn session_binder(self: &Arc<Self>) -> Arc<roam::session::SocketBinderFn> {
+        let bridge = Arc::downgrade(self);
+        Arc::new(move |path: &roam::path::LocalPath, fd: BorrowedFd<'_>| {
+            let bridge = bridge
+                .upgrade()
+                .ok_or_else(|| io::Error::other("the RoamBridge was closed"))?;
+            let network = lock(&bridge.inner.decider)
+                .links()
+                .network_of(&path.interface)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no Android Network is known for {}", path.interface),
+                    )
+                })?;
+            let have_binder = bridge
+                .binder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            if !have_binder && crate::binder::NdkBinder::load().is_err() {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        "no socket binder and no NDK: session sockets are not put on Networks"
+                    );
+                });
+                return Ok(());
+            }
+            bridge
+                .bind_socket(fd.as_raw_fd(), network)
+                .map_err(|e| io::Error::other(e.to_string()))
+        })
     }
 }
 

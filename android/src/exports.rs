@@ -355,6 +355,7 @@ pub extern "system" fn Java_io_roam_RoamNative_sessionConnect<'l>(
         }
         let mut builder = roam::Session::builder()
             .decision_source(Arc::new(bridge.decisions()))
+            .socket_binder(bridge.session_binder())
             .connect_timeout(Duration::from_millis(timeout_ms as u64));
         if let Some(app) = opt_string(env, &app)? {
             builder = builder.app(app);

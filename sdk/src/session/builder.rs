@@ -84,6 +84,7 @@ pub struct SessionBuilder {
     /// roamd's socket; `None`: `ROAM_SOCKET`, else the default.
     pub(crate) roamd_socket: Option<PathBuf>,
     pub(crate) use_roamd: bool,
+    pub(crate) binder: Option<super::socket::SocketBinder>,
 }
 
 impl Default for SessionBuilder {
@@ -114,6 +115,7 @@ impl SessionBuilder {
             path_control: None,
             roamd_socket: None,
             use_roamd: true,
+            binder: None,
         }
     }
 
@@ -182,6 +184,15 @@ impl SessionBuilder {
     /// Errors surface from [`SessionBuilder::connect`] as [`Error::Policy`].
     pub fn policy(mut self, text: impl Into<String>) -> Self {
         self.policy = Some(text.into());
+        self
+    }
+
+    /// A hook called for every socket the session opens (the first UDP socket, the warm
+    /// backup, every rebind, TCP and MPTCP sockets, tcp-resume reconnects), after the socket is
+    /// made and before it is bound, with the path it is for. On Android the bridge puts the
+    /// socket on the path's `Network` here. An error fails that socket like a failed bind.
+    pub fn socket_binder(mut self, binder: Arc<super::SocketBinderFn>) -> Self {
+        self.binder = Some(super::socket::SocketBinder(binder));
         self
     }
 

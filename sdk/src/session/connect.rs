@@ -257,7 +257,13 @@ async fn connect_quic(b: SessionBuilder, p: Prepared, why: String) -> Result<Ses
     client.transport_config(Arc::new(b.transport_config()?));
 
     let won = race(&cands, b.attempt_delay, |path, peer| {
-        attempt(path, peer, client.clone(), server_name.clone())
+        attempt(
+            path,
+            peer,
+            client.clone(),
+            server_name.clone(),
+            b.binder.clone(),
+        )
     })
     .await?;
     tracing::info!(path = %won.path, local = %won.local, peer = %won.conn.remote_address(), "connected");
@@ -291,6 +297,7 @@ async fn connect_quic(b: SessionBuilder, p: Prepared, why: String) -> Result<Ses
         events: events.clone(),
         shared: shared.clone(),
         warm: None,
+        binder: b.binder.clone(),
         source,
         reported: None,
     };
@@ -383,9 +390,10 @@ async fn attempt(
     peer: SocketAddr,
     client: quinn::ClientConfig,
     server_name: String,
+    binder: Option<super::socket::SocketBinder>,
 ) -> Result<Attempt> {
-    let socket =
-        bind_udp(&path).map_err(|e| Error::io(format!("binding a UDP socket on {path}"), e))?;
+    let socket = bind_udp(&path, binder.as_ref())
+        .map_err(|e| Error::io(format!("binding a UDP socket on {path}"), e))?;
     let local = socket
         .local_addr()
         .map_err(|e| Error::io("reading the socket's address", e))?;

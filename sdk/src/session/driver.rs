@@ -50,6 +50,8 @@ pub(crate) struct Driver {
     pub(crate) events: broadcast::Sender<SessionEvent>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) warm: Option<(LocalPath, std::net::UdpSocket)>,
+    /// The app's socket hook, run on every socket bound here.
+    pub(crate) binder: Option<super::socket::SocketBinder>,
     /// Keeps the source alive as long as the session, and hears its path reports.
     pub(crate) source: Arc<dyn DecisionSource>,
     /// When the RTT was last reported.
@@ -137,7 +139,7 @@ impl Driver {
                     }
                 }
                 Action::Warm(p) => {
-                    self.warm = p.and_then(|p| match bind_udp(&p) {
+                    self.warm = p.and_then(|p| match bind_udp(&p, self.binder.as_ref()) {
                         Ok(s) => {
                             tracing::debug!(path = %p, "backup socket ready");
                             Some((p, s))
@@ -181,7 +183,7 @@ impl Driver {
             Some((p, s)) if &p == to => s,
             other => {
                 self.warm = other;
-                bind_udp(to)?
+                bind_udp(to, self.binder.as_ref())?
             }
         };
         let local = socket.local_addr()?;

@@ -18,6 +18,8 @@ mod driver;
 mod mptcp;
 mod resume;
 pub(crate) mod socket;
+
+pub use socket::SocketBinderFn;
 mod tcp;
 mod tls_stream;
 

@@ -203,7 +203,13 @@ pub(crate) fn check_mptcp(s: &TcpStream) -> std::result::Result<u32, String> {
 
 /// Connects the MPTCP transport over the prepared candidates.
 pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -> Result<Session> {
-    let (path, sock) = race(&p.cands, b.attempt_delay, StreamProto::Mptcp).await?;
+    let (path, sock) = race(
+        &p.cands,
+        b.attempt_delay,
+        StreamProto::Mptcp,
+        b.binder.clone(),
+    )
+    .await?;
     let peer = sock
         .peer_addr()
         .map_err(|e| Error::io("reading the peer's address", e))?;

@@ -32,6 +32,7 @@ pub(crate) async fn connect_bound(
     path: &LocalPath,
     peer: SocketAddr,
     proto: StreamProto,
+    binder: Option<&super::socket::SocketBinder>,
 ) -> io::Result<TcpStream> {
     let domain = Domain::for_address(peer);
     let p = match proto {
@@ -39,7 +40,7 @@ pub(crate) async fn connect_bound(
         StreamProto::Tcp => Protocol::TCP,
     };
     let s = Socket::new(domain, Type::STREAM, Some(p))?;
-    super::socket::bind_to_path(&s, path)?;
+    super::socket::bind_to_path(&s, path, binder)?;
     s.set_tcp_nodelay(true)?;
     s.set_nonblocking(true)?;
     match s.connect(&peer.into()) {
@@ -62,12 +63,16 @@ pub(crate) async fn race(
     cands: &[(LocalPath, SocketAddr)],
     delay: Duration,
     proto: StreamProto,
+    binder: Option<super::socket::SocketBinder>,
 ) -> Result<(LocalPath, TcpStream)> {
-    super::connect::race(cands, delay, move |path, peer| async move {
-        tracing::debug!(%path, %peer, ?proto, "TCP candidate");
-        match connect_bound(&path, peer, proto).await {
-            Ok(s) => Ok((path, s)),
-            Err(e) => Err(stream_connect_error(&path, peer, e)),
+    super::connect::race(cands, delay, move |path, peer| {
+        let binder = binder.clone();
+        async move {
+            tracing::debug!(%path, %peer, ?proto, "TCP candidate");
+            match connect_bound(&path, peer, proto, binder.as_ref()).await {
+                Ok(s) => Ok((path, s)),
+                Err(e) => Err(stream_connect_error(&path, peer, e)),
+            }
         }
     })
     .await

@@ -34,6 +34,8 @@ pub(crate) struct Resumer {
     /// How long the session may stay without a connection before it gives up.
     pub(crate) give_up_after: Duration,
     pub(crate) keep_alive: Duration,
+    /// The app's socket hook, run on every reconnect's socket.
+    pub(crate) binder: Option<crate::session::socket::SocketBinder>,
 }
 
 /// Starts a new session on `tls` (already connected on `path`): NEW, WELCOME, then the
@@ -250,7 +252,7 @@ impl Supervisor {
         self.shared.lock().core.detach();
         let r = &self.r;
         let attempt = async {
-            let sock = connect_bound(to, r.peer, StreamProto::Tcp)
+            let sock = connect_bound(to, r.peer, StreamProto::Tcp, r.binder.as_ref())
                 .await
                 .map_err(|e| Retry(format!("connecting from {to}: {e}")))?;
             let conn_view = ConnView::of(&sock, Some(to.clone()));
@@ -326,8 +328,13 @@ pub(crate) async fn connect(
     let (path, tls) = match existing {
         Some(e) => e,
         None => {
-            let (path, sock) =
-                crate::session::tcp::race(&p.cands, b.attempt_delay, StreamProto::Tcp).await?;
+            let (path, sock) = crate::session::tcp::race(
+                &p.cands,
+                b.attempt_delay,
+                StreamProto::Tcp,
+                b.binder.clone(),
+            )
+            .await?;
             let peer = sock
                 .peer_addr()
                 .map_err(|e| Error::io("reading the peer's address", e))?;
@@ -357,6 +364,7 @@ pub(crate) async fn connect(
         connect_timeout: b.connect_timeout,
         give_up_after: b.idle_timeout,
         keep_alive: b.keep_alive,
+        binder: b.binder.clone(),
     };
     tracing::info!(%path, %peer, "tcp-resume session connecting");
     let stream = start(

@@ -250,7 +250,11 @@ public final class HostBridgeTest {
             o.caDer = ca;
             o.serverName = "server.roam.test";
             o.connectTimeoutMs = 10_000;
+            List<long[]> bound = new CopyOnWriteArrayList<>();
+            bridge.setSocketBinder((sock, net) -> bound.add(new long[] {sock, net}));
             RoamSession s = RoamSession.connect(bridge, "127.0.0.1:" + port, o);
+            check(!bound.isEmpty() && bound.stream().allMatch(b -> b[1] == 200),
+                    "every socket of the session went through the binder on network 200 (" + bound.size() + " calls)");
             String path = s.path();
             check(path.contains("\"interface\":\"lo\""), "session connected over the decided link: " + path);
 
