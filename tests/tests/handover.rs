@@ -1,6 +1,7 @@
 //! Handover measurements end to end: each baseline keeps its bytes intact through a link
-//! failure it can survive, moves to the other path (the server sees it), dies when it cannot,
-//! and the bench binary writes the documented JSON.
+//! failure it can survive, moves to the other path (the server sees it), dies when it cannot;
+//! roam survives the blackhole quinn dies in; and the bench binary writes the documented JSON
+//! with roam's rows beside the baselines'.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use roam_tests::handover::{Outcome, RunConfig, bench_topology, run_once, run_with};
 use roam_tests::scenario::Scenario;
+use roam_tests::system::roam::Roam;
 use roam_tests::system::{Transport, baseline};
 use roam_tests::tls::{SERVER_NAME, TestPki, client_trusting};
 use roam_tests::topology::{SERVICE_V4, Topology};
@@ -59,6 +61,21 @@ fn assert_intact(o: &Outcome) {
     );
 }
 
+/// The server last saw the client on rmnet0's address, and rmnet0 carried the stream after
+/// the failure.
+fn assert_ended_on_rmnet0(o: &Outcome) {
+    let peers = peer_ips(o);
+    assert_eq!(
+        peers.last().map(String::as_str),
+        Some("198.18.1.2"),
+        "{peers:?}"
+    );
+    assert!(
+        bytes_after_failure(o, 1) > 100_000,
+        "rmnet0 carried nothing after the failure"
+    );
+}
+
 #[test]
 fn quinn_survives_link_down_and_the_server_sees_it_migrate() {
     let Some(_serial) =
@@ -75,15 +92,27 @@ fn quinn_survives_link_down_and_the_server_sees_it_migrate() {
         Some("198.18.0.2"),
         "{peers:?}"
     );
-    assert_eq!(
-        peers.last().map(String::as_str),
-        Some("198.18.1.2"),
-        "{peers:?}"
-    );
-    assert!(
-        bytes_after_failure(&o, 1) > 100_000,
-        "rmnet0 carried nothing after the failure"
-    );
+    assert_ended_on_rmnet0(&o);
+}
+
+#[test]
+fn roam_quic_survives_a_silent_blackhole_and_says_where_it_went() {
+    let Some(_serial) = roam_tests::serial::netns_test(
+        "roam_quic_survives_a_silent_blackhole_and_says_where_it_went",
+    ) else {
+        return;
+    };
+    let system = Arc::new(Roam::new(Transport::Quic).unwrap());
+    let o = run_once(system.clone(), Scenario::Blackhole, &cfg()).unwrap();
+    // Where plain quinn dies (see below), roam's stall detector moves the session.
+    assert_intact(&o);
+    assert!(o.gap < Duration::from_secs(1), "gap {:?}", o.gap);
+    assert_ended_on_rmnet0(&o);
+    let moved = system.events().into_iter().any(|(at, e)| {
+        at >= o.failed_at
+            && matches!(e, roam::SessionEvent::PathChanged { to, .. } if to.interface == "rmnet0")
+    });
+    assert!(moved, "no PathChanged to rmnet0: {:?}", system.events());
 }
 
 #[test]
@@ -253,7 +282,7 @@ fn bench_binary_writes_the_documented_json() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_handover-bench"))
         .args([
             "--transport",
-            "tcp-resume",
+            "all",
             "--scenario",
             "link-down",
             "--repeats",
@@ -272,35 +301,75 @@ fn bench_binary_writes_the_documented_json() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("baseline-tcp-reconnect"), "{stdout}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 1);
-    let r = runs[0].as_object().unwrap();
-    let mut keys: Vec<_> = r.keys().map(String::as_str).collect();
-    keys.sort();
+    let rows: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["transport"].as_str().unwrap(),
+                r["system"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // roam beside each baseline, measured in the same run.
     assert_eq!(
-        keys,
+        rows,
         [
-            "bytes_delivered",
-            "bytes_sent",
-            "corrupted",
-            "gap_ms",
-            "repeats",
-            "rtt_ms",
-            "scenario",
-            "session_errors",
-            "system",
-            "transport"
+            ("quic", "roam"),
+            ("quic", "baseline-quinn"),
+            ("mptcp", "roam"),
+            ("mptcp", "baseline-kernel-mptcp"),
+            ("tcp-resume", "roam"),
+            ("tcp-resume", "baseline-tcp-reconnect"),
         ]
     );
-    assert_eq!(r["scenario"], "link-down");
-    assert_eq!(r["transport"], "tcp-resume");
-    assert_eq!(r["system"], "baseline-tcp-reconnect");
-    assert_eq!(r["bytes_sent"], r["bytes_delivered"]);
-    assert!(r["gap_ms"]["p50"].as_f64().unwrap() > 0.0);
+    for r in runs {
+        let r = r.as_object().unwrap();
+        let mut keys: Vec<_> = r.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "bytes_delivered",
+                "bytes_sent",
+                "corrupted",
+                "gap_ms",
+                "repeats",
+                "rtt_ms",
+                "scenario",
+                "session_errors",
+                "system",
+                "transport"
+            ]
+        );
+        assert_eq!(r["scenario"], "link-down");
+        assert!(r["gap_ms"]["p50"].as_f64().unwrap() > 0.0);
+        if r["system"] == "roam" {
+            // Every byte of every roam session arrived, intact, through the link going down.
+            assert!(r["bytes_sent"].as_u64().unwrap() > 500_000, "{r:?}");
+            assert_eq!(r["bytes_sent"], r["bytes_delivered"], "{r:?}");
+            assert_eq!(r["corrupted"], 0, "{r:?}");
+            assert_eq!(r["session_errors"], 0, "{r:?}");
+        }
+    }
+    // The table shows the roam rows beside the baselines.
+    let table: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    for t in ["quic", "mptcp", "tcp-resume"] {
+        assert!(
+            table.contains(&vec!["link-down", t, "roam"]),
+            "no roam row for {t}:\n{stdout}"
+        );
+    }
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg") && picture.contains("rmnet0"));
+    assert!(
+        picture.contains("roam (quic)"),
+        "no roam panel in the picture"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
