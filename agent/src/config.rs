@@ -57,6 +57,11 @@ pub struct Config {
     pub routing: Option<RoutingConfig>,
     /// Whether roamd manages the in-kernel MPTCP endpoints.
     pub mptcp: bool,
+    /// Whether roamd runs the userspace MPTCP path manager for registered connections
+    /// (`[mptcp] userspace = true`). Off by default: `net.mptcp.pm_type` is per network
+    /// namespace, so turning it on changes how every MPTCP connection in the namespace gets
+    /// its subflows (only roamd opens them, and only for connections apps registered).
+    pub mptcp_userspace: bool,
 }
 
 impl Default for Config {
@@ -72,6 +77,7 @@ impl Default for Config {
             interfaces: Vec::new(),
             routing: Some(RoutingConfig::default()),
             mptcp: true,
+            mptcp_userspace: false,
         }
     }
 }
@@ -179,7 +185,8 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMptcp {
-    enabled: bool,
+    enabled: Option<bool>,
+    userspace: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -351,7 +358,11 @@ impl Config {
 
         Ok(Config {
             routing,
-            mptcp: raw.mptcp.is_none_or(|m| m.enabled),
+            mptcp: raw.mptcp.as_ref().is_none_or(|m| m.enabled.unwrap_or(true)),
+            mptcp_userspace: raw
+                .mptcp
+                .as_ref()
+                .is_some_and(|m| m.userspace.unwrap_or(false)),
             socket: raw.socket,
             policy: raw.policy,
             admin_group: raw.admin_group.map(|g| match g.into_inner() {
@@ -550,6 +561,9 @@ metered = false
         assert_eq!(c.probe, ProbeConfig::default());
         assert_eq!(c.routing, Some(RoutingConfig::default()));
         assert!(c.mptcp);
+        assert!(!c.mptcp_userspace, "the userspace path manager is opt-in");
+        let us = Config::from_str("u", "[mptcp]\nuserspace = true\n").unwrap();
+        assert!(us.mptcp && us.mptcp_userspace);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::config::{Config, resolve_group};
 use crate::core::{Action, ClientId, Core, Event, LinkInfo, MptcpPlan, Policy, RoutingPlan};
 use crate::enforce::mptcp::MptcpEnforcer;
 use crate::enforce::routing::RoutingEnforcer;
+use crate::enforce::userspace_pm::{self, Done, PmCommand, PmEvent, PmEvents, UserspacePm};
 use crate::ipc::proto::{self, Reply, Request, Status};
 use crate::ipc::server::{self, FromClient, Peer};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
@@ -71,7 +72,13 @@ struct Daemon {
     /// can wait behind another family's slow one).
     nl80211: Option<Arc<std::sync::Mutex<Nl80211>>>,
     wireless_tx: mpsc::Sender<(u32, Wireless)>,
+    /// The userspace path manager's worker; answers carry the client and request id to reply
+    /// to (`None`: the core's own steering).
+    upm: Option<UserspacePm<Reply2>>,
 }
+
+/// Who a userspace path manager answer goes to.
+type Reply2 = Option<(ClientId, u64)>;
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
 /// the socket accepts connections.
@@ -145,6 +152,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         mptcp: None,
         nl80211,
         wireless_tx,
+        upm: None,
     };
     if let Some(cfg) = opts.config.routing {
         let mut enforcer =
@@ -188,6 +196,29 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             }
         }
         d.mptcp = Some(enforcer);
+    }
+    let (upm_tx, mut upm_done) = mpsc::unbounded_channel::<Done<Reply2>>();
+    let mut pm_events: Option<PmEvents> = None;
+    let mut pm_type_was: Option<u8> = None;
+    if opts.config.mptcp_userspace && opts.dry_run {
+        tracing::info!("dry run: the userspace MPTCP path manager is not started");
+    } else if opts.config.mptcp_userspace {
+        // Events first: a connection made while the rest starts is still seen.
+        pm_events = Some(PmEvents::open().context(
+            "joining the mptcp_pm_events group (set `[mptcp] userspace = false` on a kernel without it)",
+        )?);
+        d.upm = Some(
+            UserspacePm::start(upm_tx)
+                .context("opening the mptcp_pm family for the userspace path manager")?,
+        );
+        pm_type_was = Some(userspace_pm::set_pm_type(1).context(
+            "setting net.mptcp.pm_type = 1 (userspace path manager) in roamd's network namespace",
+        )?);
+        tracing::info!(
+            was = pm_type_was,
+            "userspace MPTCP path manager on: net.mptcp.pm_type = 1 in this network namespace"
+        );
+        d.core.enable_steering();
     }
     let initial = monitor
         .dump()
@@ -247,6 +278,14 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             Some((index, w)) = wireless.recv() => {
                 d.core.handle(Instant::now(), Event::Wireless { index, ssid: w.ssid, signal_dbm: w.signal_dbm });
             }
+            r = next_pm_events(&mut pm_events) => match r {
+                Ok(events) => d.on_pm_events(events),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading mptcp_pm_events failed; registered connections are no longer steered");
+                    pm_events = None;
+                }
+            },
+            Some(done) = upm_done.recv() => d.on_pm_done(done),
             Some(r) = replies.recv() => {
                 d.core.handle(r.at, Event::ProbeReply { index: r.index, seq: r.seq });
             }
@@ -255,6 +294,12 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         d.run_actions();
     };
     acceptor.abort();
+    if let Some(old) = pm_type_was {
+        drop(d.upm.take());
+        if let Err(e) = userspace_pm::set_pm_type(old) {
+            tracing::warn!(error = %e, old, "could not restore net.mptcp.pm_type");
+        }
+    }
     if !d.dry_run {
         if let Some(m) = &mut d.mptcp {
             m.clear();
@@ -265,6 +310,14 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     }
     tracing::info!("roamd stopped");
     result
+}
+
+/// The next batch of MPTCP events, or never when the userspace path manager is off.
+async fn next_pm_events(e: &mut Option<PmEvents>) -> std::io::Result<Vec<PmEvent>> {
+    match e {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Removes the socket file when roamd stops, also on an error after binding.
@@ -427,6 +480,39 @@ impl Daemon {
                     Action::QueryWireless { index } => self.query_wireless(index),
                     Action::Routing(plan) => self.apply_routing(&plan),
                     Action::Mptcp(plan) => self.apply_mptcp(&plan),
+                    Action::SubflowCreate {
+                        token,
+                        local,
+                        remote,
+                        backup,
+                        index,
+                    } => self.steer(PmCommand::Create {
+                        token,
+                        local,
+                        remote,
+                        backup,
+                        index,
+                    }),
+                    Action::SubflowSetBackup {
+                        token,
+                        local,
+                        remote,
+                        backup,
+                    } => self.steer(PmCommand::SetBackup {
+                        token,
+                        local,
+                        remote,
+                        backup,
+                    }),
+                    Action::SubflowDestroy {
+                        token,
+                        local,
+                        remote,
+                    } => self.steer(PmCommand::Destroy {
+                        token,
+                        local,
+                        remote,
+                    }),
                 }
             }
             if failed.is_empty() {
@@ -466,6 +552,78 @@ impl Daemon {
             return;
         }
         r.apply(plan);
+    }
+
+    fn steer(&mut self, cmd: PmCommand) {
+        match &self.upm {
+            Some(u) => u.submit(None, cmd),
+            None => tracing::info!(?cmd, "dry run: subflow not changed"),
+        }
+    }
+
+    fn on_pm_events(&mut self, events: Vec<PmEvent>) {
+        let events: Vec<Event> = events
+            .into_iter()
+            .map(|e| match e {
+                PmEvent::Connection {
+                    token,
+                    local,
+                    remote,
+                } => Event::MptcpConnection {
+                    token,
+                    local,
+                    remote,
+                },
+                PmEvent::Closed { token } => Event::MptcpClosed { token },
+                PmEvent::SubflowUp {
+                    token,
+                    local,
+                    remote,
+                    backup,
+                } => Event::MptcpSubflowUp {
+                    token,
+                    local,
+                    remote,
+                    backup,
+                },
+                PmEvent::SubflowClosed {
+                    token,
+                    local,
+                    remote,
+                } => Event::MptcpSubflowClosed {
+                    token,
+                    local,
+                    remote,
+                },
+            })
+            .collect();
+        if !events.is_empty() {
+            self.core.handle_all(Instant::now(), events);
+        }
+    }
+
+    /// The kernel answered a userspace path manager request: reply to the app that asked.
+    fn on_pm_done(&mut self, (tag, cmd, result): Done<Reply2>) {
+        let Some((client, id)) = tag else { return };
+        let reply = match result {
+            Ok(()) => Reply::Ok { id },
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {
+                Reply::Error {
+                    id: Some(id),
+                    code: "not_found".into(),
+                    message: format!(
+                        "the kernel has no such subflow of {:#010x}: {e}",
+                        cmd.token()
+                    ),
+                }
+            }
+            Err(e) => Reply::Error {
+                id: Some(id),
+                code: "failed".into(),
+                message: format!("the kernel refused {cmd:?}: {e}"),
+            },
+        };
+        self.reply(client, &reply);
     }
 
     fn apply_mptcp(&mut self, plan: &MptcpPlan) {
@@ -665,6 +823,8 @@ impl Daemon {
                     }
                     c.mptcp_tokens.push(token);
                 }
+                self.core
+                    .handle(now, Event::MptcpRegistered { client, token });
                 Reply::Ok { id }
             }
             Request::MptcpSubflowCreate { id, token, .. }
@@ -677,15 +837,7 @@ impl Daemon {
                     .conns
                     .values()
                     .any(|c| Some(c.peer.uid) == uid && c.mptcp_tokens.contains(&token));
-                if registered {
-                    Reply::Error {
-                        id: Some(id),
-                        code: "failed".into(),
-                        message: "this roamd does not steer MPTCP subflows (no userspace path \
-                                  manager)"
-                            .into(),
-                    }
-                } else {
+                if !registered {
                     Reply::Error {
                         id: Some(id),
                         code: "denied".into(),
@@ -694,10 +846,102 @@ impl Daemon {
                              (send register_mptcp first)"
                         ),
                     }
+                } else if self.upm.is_none() {
+                    Reply::Error {
+                        id: Some(id),
+                        code: "failed".into(),
+                        message: "this roamd does not steer MPTCP subflows (no userspace path \
+                                  manager; `[mptcp] userspace = true` in its config)"
+                            .into(),
+                    }
+                } else {
+                    match self.subflow_command(&request) {
+                        Ok(cmd) => {
+                            if let Some(u) = &self.upm {
+                                u.submit(Some((client, id)), cmd);
+                            }
+                            // Answered when the kernel has (on_pm_done).
+                            return;
+                        }
+                        Err(message) => Reply::Error {
+                            id: Some(id),
+                            code: "not_found".into(),
+                            message,
+                        },
+                    }
                 }
             }
         };
         self.reply(client, &reply);
+    }
+
+    /// The kernel request for an app's `mptcp_subflow_*`, checked against the connections and
+    /// subflows the kernel's events told about.
+    fn subflow_command(&self, request: &Request) -> Result<PmCommand, String> {
+        let token = match request {
+            Request::MptcpSubflowCreate { token, .. }
+            | Request::MptcpSubflowDestroy { token, .. }
+            | Request::MptcpSubflowSetBackup { token, .. } => *token,
+            _ => return Err("not a subflow request".into()),
+        };
+        let Some(subflows) = self.core.mptcp_subflows(token) else {
+            return Err(format!(
+                "the kernel has no client MPTCP connection {token:#010x} that roamd saw \
+                 established (connections made before roamd started are not steered)"
+            ));
+        };
+        let find = |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
+            subflows.iter().any(|(l, r)| {
+                l.ip() == local.ip()
+                    && (local.port() == 0 || l.port() == local.port())
+                    && *r == remote
+            })
+        };
+        Ok(match *request {
+            Request::MptcpSubflowCreate {
+                local,
+                remote,
+                backup,
+                ..
+            } => PmCommand::Create {
+                token,
+                local,
+                remote,
+                backup,
+                index: 0,
+            },
+            Request::MptcpSubflowDestroy { local, remote, .. } => {
+                if !find(local, remote) {
+                    return Err(format!(
+                        "connection {token:#010x} has no subflow {local} -> {remote}"
+                    ));
+                }
+                PmCommand::Destroy {
+                    token,
+                    local,
+                    remote,
+                }
+            }
+            Request::MptcpSubflowSetBackup {
+                local,
+                remote,
+                backup,
+                ..
+            } => {
+                if !find(local, remote) {
+                    return Err(format!(
+                        "connection {token:#010x} has no subflow {local} -> {remote}"
+                    ));
+                }
+                PmCommand::SetBackup {
+                    token,
+                    local,
+                    remote,
+                    backup,
+                }
+            }
+            _ => return Err("not a subflow request".into()),
+        })
     }
 
     /// Re-reads the policy file. On error the policy in force stays and the rendered error

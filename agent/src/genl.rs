@@ -6,7 +6,7 @@ use std::io;
 use std::marker::PhantomData;
 
 use netlink_packet_core::{DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, ParseableParametrized};
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::nlas::{GenlCtrlAttrs, McastGrpAttrs};
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 use netlink_sys::protocols::NETLINK_GENERIC;
@@ -93,6 +93,8 @@ pub(crate) fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
 pub(crate) struct GenlSocket<F> {
     req: Requester,
     family: u16,
+    /// The family's multicast groups: name and id.
+    groups: Vec<(String, u32)>,
     kind: PhantomData<F>,
 }
 
@@ -124,11 +126,37 @@ impl<F: Family> GenlSocket<F> {
                 _ => None,
             })
             .ok_or_else(|| io::Error::other(format!("nlctrl gave no id for {}", F::NAME)))?;
+        let groups = replies
+            .iter()
+            .flat_map(|g| g.payload.nlas.iter())
+            .filter_map(|a| match a {
+                GenlCtrlAttrs::McastGroups(gs) => Some(gs),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|g| {
+                let name = g.iter().find_map(|a| match a {
+                    McastGrpAttrs::Name(n) => Some(n.clone()),
+                    _ => None,
+                })?;
+                let id = g.iter().find_map(|a| match a {
+                    McastGrpAttrs::Id(i) => Some(*i),
+                    _ => None,
+                })?;
+                Some((name, id))
+            })
+            .collect();
         Ok(GenlSocket {
             req,
             family,
+            groups,
             kind: PhantomData,
         })
+    }
+
+    /// The id of the family's multicast group `name` (`mptcp_pm_events`), if it has one.
+    pub(crate) fn group(&self, name: &str) -> Option<u32> {
+        self.groups.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
     }
 
     fn call(&mut self, cmd: u8, attrs: Vec<u8>, flags: u16) -> io::Result<Vec<Vec<u8>>> {

@@ -14,6 +14,7 @@
 //! usable links, and not at all with no subscriber.
 pub mod decide;
 pub mod probe;
+mod steer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -230,6 +231,47 @@ pub enum Event {
     },
     /// A new policy replaces the one in force (it parsed; the shell checked that).
     PolicyReplaced(Policy),
+    /// The kernel created or established an MPTCP connection (`mptcp_pm_events`).
+    MptcpConnection {
+        /// Its token.
+        token: u32,
+        /// Local address and port of its first subflow.
+        local: SocketAddr,
+        /// Remote address and port of its first subflow.
+        remote: SocketAddr,
+    },
+    /// An MPTCP connection closed.
+    MptcpClosed {
+        /// Its token.
+        token: u32,
+    },
+    /// A subflow of an MPTCP connection is established (or changed priority).
+    MptcpSubflowUp {
+        /// The connection's token.
+        token: u32,
+        /// Local address and port.
+        local: SocketAddr,
+        /// Remote address and port.
+        remote: SocketAddr,
+        /// Its backup flag.
+        backup: bool,
+    },
+    /// A subflow closed, or a join failed.
+    MptcpSubflowClosed {
+        /// The connection's token.
+        token: u32,
+        /// Local address and port.
+        local: SocketAddr,
+        /// Remote address and port.
+        remote: SocketAddr,
+    },
+    /// A subscribed client registered an MPTCP connection: steer it by its decision.
+    MptcpRegistered {
+        /// The client.
+        client: ClientId,
+        /// The connection's token.
+        token: u32,
+    },
 }
 
 /// Something the shell must do.
@@ -267,6 +309,39 @@ pub enum Action {
     Routing(RoutingPlan),
     /// The MPTCP endpoints should now look like this (sent when it changes).
     Mptcp(MptcpPlan),
+    /// Open a subflow of a registered connection (userspace path manager).
+    SubflowCreate {
+        /// The connection's token.
+        token: u32,
+        /// Local address, port 0.
+        local: SocketAddr,
+        /// Remote address and port.
+        remote: SocketAddr,
+        /// Join as backup.
+        backup: bool,
+        /// Interface of the local address.
+        index: u32,
+    },
+    /// Set or clear a subflow's backup flag (MP_PRIO).
+    SubflowSetBackup {
+        /// The connection's token.
+        token: u32,
+        /// Local address and port.
+        local: SocketAddr,
+        /// Remote address and port.
+        remote: SocketAddr,
+        /// The new flag.
+        backup: bool,
+    },
+    /// Close a subflow whose link is gone.
+    SubflowDestroy {
+        /// The connection's token.
+        token: u32,
+        /// Local address and port.
+        local: SocketAddr,
+        /// Remote address and port.
+        remote: SocketAddr,
+    },
 }
 
 #[derive(Debug)]
@@ -355,6 +430,7 @@ pub struct Core {
     actions: VecDeque<Action>,
     routing: Option<(RoutingConfig, RoutingPlan)>,
     mptcp: Option<MptcpPlan>,
+    steering: Option<steer::Steering>,
 }
 
 impl Core {
@@ -370,6 +446,86 @@ impl Core {
             actions: VecDeque::new(),
             routing: None,
             mptcp: None,
+            steering: None,
+        }
+    }
+
+    /// Turns per-connection MPTCP steering on (the userspace path manager runs): registered
+    /// connections get subflows on their decision's paths, and the backup is promoted and the
+    /// dead subflow closed when a path fails ([`Action::SubflowCreate`] and friends).
+    pub fn enable_steering(&mut self) {
+        self.steering = Some(steer::Steering::default());
+    }
+
+    /// Whether the kernel told about a client-side MPTCP connection with this token, and the
+    /// subflows it has: `(local, remote)` pairs.
+    pub fn mptcp_subflows(&self, token: u32) -> Option<Vec<(SocketAddr, SocketAddr)>> {
+        let c = self.steering.as_ref()?.conns.get(&token)?;
+        Some(c.subflows.keys().copied().collect())
+    }
+
+    fn plan_steering(&mut self, now: Instant) {
+        let Some(st) = &mut self.steering else { return };
+        for (&token, conn) in st.conns.iter_mut() {
+            let Some(decision) = conn
+                .client
+                .and_then(|c| self.clients.get(&c))
+                .and_then(|c| c.last.as_ref())
+            else {
+                continue;
+            };
+            let mut wants = Vec::new();
+            for path in &decision.paths {
+                let Some((&index, link)) = self
+                    .links
+                    .iter()
+                    .find(|(_, l)| l.info.name == path.interface)
+                else {
+                    continue;
+                };
+                if !link.state.is_usable() {
+                    continue;
+                }
+                for (a, _) in link.addrs.iter().filter(|(a, _)| usable_address(a)) {
+                    wants.push(steer::Want {
+                        addr: *a,
+                        index,
+                        backup: path.role == roam_policy::Role::Backup,
+                    });
+                }
+            }
+            for step in steer::plan(conn, &wants, now) {
+                tracing::info!(token, ?step, "steering");
+                self.actions.push_back(match step {
+                    steer::Step::Promote {
+                        local,
+                        remote,
+                        backup,
+                    } => Action::SubflowSetBackup {
+                        token,
+                        local,
+                        remote,
+                        backup,
+                    },
+                    steer::Step::Create {
+                        local,
+                        remote,
+                        backup,
+                        index,
+                    } => Action::SubflowCreate {
+                        token,
+                        local,
+                        remote,
+                        backup,
+                        index,
+                    },
+                    steer::Step::Destroy { local, remote } => Action::SubflowDestroy {
+                        token,
+                        local,
+                        remote,
+                    },
+                });
+            }
         }
     }
 
@@ -617,9 +773,63 @@ impl Core {
             }
             Event::ClientUnsubscribed { client } => {
                 self.clients.remove(&client);
+                if let Some(st) = &mut self.steering {
+                    for c in st.conns.values_mut().filter(|c| c.client == Some(client)) {
+                        c.client = None;
+                    }
+                }
             }
             Event::PolicyReplaced(policy) => {
                 self.policy = policy;
+            }
+            Event::MptcpConnection {
+                token,
+                local,
+                remote,
+            } => {
+                if let Some(st) = &mut self.steering {
+                    let c = st.conn(token);
+                    c.remote = Some(remote);
+                    // CREATED then ESTABLISHED name the same first subflow.
+                    c.subflows.entry((local, remote)).or_insert(false);
+                }
+            }
+            Event::MptcpClosed { token } => {
+                if let Some(st) = &mut self.steering {
+                    st.conns.remove(&token);
+                }
+            }
+            Event::MptcpSubflowUp {
+                token,
+                local,
+                remote,
+                backup,
+            } => {
+                if let Some(st) = &mut self.steering
+                    && let Some(c) = st.conns.get_mut(&token)
+                {
+                    c.creating.remove(&local.ip());
+                    c.subflows.insert((local, remote), backup);
+                }
+            }
+            Event::MptcpSubflowClosed {
+                token,
+                local,
+                remote,
+            } => {
+                if let Some(st) = &mut self.steering
+                    && let Some(c) = st.conns.get_mut(&token)
+                {
+                    c.subflows.remove(&(local, remote));
+                    c.destroying.remove(&(local, remote));
+                }
+            }
+            Event::MptcpRegistered { client, token } => {
+                if self.clients.contains_key(&client)
+                    && let Some(st) = &mut self.steering
+                {
+                    st.conn(token).client = Some(client);
+                }
             }
         }
     }
@@ -751,6 +961,8 @@ impl Core {
             }
             client.last = Some(decision);
         }
+        // Subflows move before apps are told: an app reading the news finds them moved.
+        self.plan_steering(now);
         self.actions.extend(pushes);
         self.pace_probes(now);
         self.next_recheck = self.hold_recheck(now);

@@ -4,9 +4,11 @@
 //! - [`mptcp`]: the in-kernel MPTCP path manager's endpoints, from the device-wide default
 //!   decision (generic netlink `mptcp_pm`).
 //!
-//! Not built yet: per-connection control through the userspace path manager for apps whose
-//! decision differs from the device default (subflow create/destroy by token).
+//! - [`userspace_pm`]: per-connection subflow control through the userspace path manager
+//!   (subflow create/destroy and MP_PRIO by connection token) and its event stream, for
+//!   connections apps registered (`[mptcp] userspace = true`).
 //!
 //! Both remove exactly what they added, on exit and, after a crash, at the next start.
 pub mod mptcp;
 pub mod routing;
+pub mod userspace_pm;

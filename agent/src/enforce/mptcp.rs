@@ -67,11 +67,21 @@ impl fmt::Display for KernelEndpoint {
 
 /// The `mptcp_pm` generic netlink family.
 #[derive(Debug)]
-struct MptcpPm;
+pub(crate) struct MptcpPm;
 
 impl Family for MptcpPm {
     const NAME: &'static str = "mptcp_pm";
     const VERSION: u8 = 1;
+}
+
+/// Appends an address's family and address attributes (inside a nested `MPTCP_PM_ATTR_ADDR`).
+pub(crate) fn put_ip(inner: &mut Vec<u8>, a: IpAddr) {
+    let (family, kind, octets) = match a {
+        IpAddr::V4(v4) => (libc::AF_INET, ADDR_ADDR4, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (libc::AF_INET6, ADDR_ADDR6, v6.octets().to_vec()),
+    };
+    put(inner, ADDR_FAMILY, &(family as u16).to_ne_bytes());
+    put(inner, kind, &octets);
 }
 
 /// The nested `MPTCP_PM_ATTR_ADDR` for an endpoint.
@@ -79,24 +89,7 @@ fn addr_attr(id: u8, addr: Option<IpAddr>, flags: Option<u32>, index: Option<i32
     let mut inner = Vec::new();
     put(&mut inner, ADDR_ID, &[id]);
     if let Some(a) = addr {
-        match a {
-            IpAddr::V4(v4) => {
-                put(
-                    &mut inner,
-                    ADDR_FAMILY,
-                    &(libc::AF_INET as u16).to_ne_bytes(),
-                );
-                put(&mut inner, ADDR_ADDR4, &v4.octets());
-            }
-            IpAddr::V6(v6) => {
-                put(
-                    &mut inner,
-                    ADDR_FAMILY,
-                    &(libc::AF_INET6 as u16).to_ne_bytes(),
-                );
-                put(&mut inner, ADDR_ADDR6, &v6.octets());
-            }
-        }
+        put_ip(&mut inner, a);
     }
     if let Some(f) = flags {
         put(&mut inner, ADDR_FLAGS, &f.to_ne_bytes());

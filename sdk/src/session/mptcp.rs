@@ -284,10 +284,15 @@ pub(crate) async fn connect_mptcp(b: SessionBuilder, p: Prepared, why: String) -
         inner: Inner::Stream(Box::new(StreamSession {
             tls: stream,
             links: Some(p.decisions),
-            control: b
-                .path_control
-                .clone()
-                .unwrap_or_else(|| Arc::new(Roamd::from_env())),
+            // The roamd the session follows (`roamd_socket`), so the requests reach the agent
+            // the connection was registered with.
+            control: b.path_control.clone().unwrap_or_else(|| {
+                Arc::new(Roamd::at(
+                    b.roamd_socket
+                        .clone()
+                        .unwrap_or_else(|| roam_ipc::socket_path(None)),
+                ))
+            }),
             _watcher: Some(watcher),
         })),
         events,
