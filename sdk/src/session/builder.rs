@@ -85,6 +85,7 @@ pub struct SessionBuilder {
     pub(crate) roamd_socket: Option<PathBuf>,
     pub(crate) use_roamd: bool,
     pub(crate) binder: Option<super::socket::SocketBinder>,
+    pub(crate) dns: super::resolve::DnsConfig,
 }
 
 impl Default for SessionBuilder {
@@ -96,7 +97,8 @@ impl Default for SessionBuilder {
 impl SessionBuilder {
     /// The defaults: no app id, `auto` transport, the decision's multipath mode, the
     /// system's trust store, connect timeout 10 s, Happy Eyeballs attempt delay 250 ms
-    /// (RFC 8305), idle timeout 30 s, keep-alive every 1 s, the built-in policy.
+    /// (RFC 8305), idle timeout 30 s, keep-alive every 1 s, the built-in policy, names
+    /// resolved over each link through `/etc/resolv.conf`'s nameservers with a 2 s timeout.
     pub fn new() -> Self {
         SessionBuilder {
             app: None,
@@ -116,6 +118,7 @@ impl SessionBuilder {
             roamd_socket: None,
             use_roamd: true,
             binder: None,
+            dns: super::resolve::DnsConfig::default(),
         }
     }
 
@@ -193,6 +196,31 @@ impl SessionBuilder {
     /// socket on the path's `Network` here. An error fails that socket like a failed bind.
     pub fn socket_binder(mut self, binder: Arc<super::SocketBinderFn>) -> Self {
         self.binder = Some(super::socket::SocketBinder(binder));
+        self
+    }
+
+    /// The nameservers (port 53) of `interface`, as its DHCP lease or carrier gave them: names
+    /// are resolved on each link through its own nameservers, asked over that link, and the
+    /// addresses a link resolved are the ones tried on it. A link without nameservers of its
+    /// own asks `/etc/resolv.conf`'s over itself, or, when that lists none or only loopback
+    /// ones (a local stub), uses the system resolver. Called again for the same interface,
+    /// replaces its list.
+    pub fn nameservers(
+        mut self,
+        interface: impl Into<String>,
+        servers: impl IntoIterator<Item = std::net::IpAddr>,
+    ) -> Self {
+        self.dns
+            .per_link
+            .insert(interface.into(), servers.into_iter().collect());
+        self
+    }
+
+    /// How long resolving a name on one link may take, its nameservers asked in turn with an
+    /// equal share each (default 2 s). Links are asked at once; one that does not answer in
+    /// time just offers no candidates.
+    pub fn dns_timeout(mut self, d: Duration) -> Self {
+        self.dns.timeout = d;
         self
     }
 

@@ -7,8 +7,9 @@
 //! fails, whichever comes first. The first handshake to finish wins; the others are dropped,
 //! with their endpoints, so the session keeps exactly one endpoint.
 //!
-//! Resolution uses the system resolver (`getaddrinfo`), which cannot be pinned to an interface;
-//! the addresses it returns are then tried on every permitted interface.
+//! Names are resolved on each permitted interface through that link's nameservers
+//! (`resolve`), and a link's candidates are the addresses it resolved; an IP literal is tried
+//! on every permitted interface.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use tracing::Instrument;
 
 use super::builder::{SessionBuilder, TransportPreference};
 use super::driver::Driver;
+use super::resolve::Resolved;
 use super::socket::bind_udp;
 use super::{Session, Shared, negotiated_alpn, write_header};
 use crate::decision::{DecisionSource, Snapshot};
@@ -140,13 +142,16 @@ async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<Prepared
             detail: snap.blocked_detail(),
         });
     }
-    let peers = resolve(&host, port).await?;
+    let peers = match host.parse::<IpAddr>() {
+        Ok(ip) => Resolved::everywhere(vec![SocketAddr::new(ip, port)], &snap),
+        Err(_) => super::resolve::resolve(&b.dns, &snap, &host, port, b.binder.as_ref()).await?,
+    };
     let cands = candidates(&snap, &peers);
     if cands.is_empty() {
         return Err(Error::NoPermittedPath {
             app,
             detail: format!(
-                "the permitted interfaces ({}) have no address of the peer's family ({peers:?})",
+                "the permitted interfaces ({}) have no address of the peer's family ({peers})",
                 snap.decision
                     .paths
                     .iter()
@@ -187,24 +192,6 @@ pub(super) fn parse_target(target: &str) -> Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-pub(super) async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let err = |detail: String| Error::Resolve {
-        host: host.to_owned(),
-        detail,
-    };
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(err("no A or AAAA record".into()));
-    }
-    Ok(addrs)
-}
-
 /// RFC 8305 section 4: alternate the families, starting with IPv6, keeping each family's
 /// order.
 fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
@@ -219,13 +206,13 @@ fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     }
 }
 
-/// Every (local path, peer) pair, interfaces in the decision's order.
-pub(super) fn candidates(snap: &Snapshot, peers: &[SocketAddr]) -> Vec<(LocalPath, SocketAddr)> {
-    let peers = interleave(peers);
+/// Every (local path, peer) pair, interfaces in the decision's order, each with the addresses
+/// it resolved.
+pub(super) fn candidates(snap: &Snapshot, peers: &Resolved) -> Vec<(LocalPath, SocketAddr)> {
     let (paths_v4, paths_v6) = (snap.local_paths(false), snap.local_paths(true));
     let mut out = Vec::new();
     for p in &snap.decision.paths {
-        for peer in &peers {
+        for peer in &interleave(peers.on(&p.interface)) {
             let list = if peer.is_ipv6() { &paths_v6 } else { &paths_v4 };
             if let Some(lp) = list.iter().find(|l| l.interface == p.interface) {
                 out.push((lp.clone(), *peer));
@@ -493,34 +480,18 @@ mod tests {
 
     #[test]
     fn candidates_follow_the_decision_order_then_the_families() {
-        let link = |name: &str, addrs: &[&str]| crate::decision::LinkView {
-            name: name.into(),
-            kind: crate::monitor::links::kind_from_name(name),
-            state: roam_policy::LinkState::Up,
-            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-        };
-        let path = |i: &str, role| Path {
-            interface: i.into(),
-            link: "x".into(),
-            role,
-        };
-        let snap = Snapshot {
-            decision: Decision {
-                app: None,
-                multipath: MultipathMode::Handover,
-                paths: vec![path("rmnet0", Role::Primary), path("wlan0", Role::Backup)],
-                explain: vec![],
-            },
-            links: vec![
-                link("wlan0", &["198.18.0.2", "2001:db8:0:0::2"]),
-                link("rmnet0", &["198.18.1.2"]),
+        let snap = snapshot(
+            &["rmnet0", "wlan0"],
+            &[
+                ("wlan0", &["198.18.0.2", "2001:db8:0:0::2"]),
+                ("rmnet0", &["198.18.1.2"]),
             ],
-        };
+        );
         let peers: Vec<SocketAddr> = vec![
             "198.19.0.1:9".parse().unwrap(),
             "[2001:db8:ffff::1]:9".parse().unwrap(),
         ];
-        let c: Vec<String> = candidates(&snap, &peers)
+        let c: Vec<String> = candidates(&snap, &Resolved::everywhere(peers, &snap))
             .iter()
             .map(|(p, a)| format!("{}>{a}", p.interface))
             .collect();
@@ -532,5 +503,55 @@ mod tests {
                 "wlan0>198.19.0.1:9"
             ]
         );
+    }
+
+    #[test]
+    fn each_link_tries_the_addresses_it_resolved() {
+        let snap = snapshot(
+            &["wlan0", "rmnet0"],
+            &[("wlan0", &["198.18.0.2"]), ("rmnet0", &["198.18.1.2"])],
+        );
+        let mut r = Resolved::default();
+        r.insert("wlan0".into(), vec!["198.18.0.1:9".parse().unwrap()]);
+        r.insert("rmnet0".into(), vec!["198.18.1.1:9".parse().unwrap()]);
+        let c: Vec<String> = candidates(&snap, &r)
+            .iter()
+            .map(|(p, a)| format!("{}>{a}", p.interface))
+            .collect();
+        assert_eq!(c, ["wlan0>198.18.0.1:9", "rmnet0>198.18.1.1:9"]);
+        // A link that resolved nothing has no candidates.
+        let mut r = Resolved::default();
+        r.insert("rmnet0".into(), vec!["198.18.1.1:9".parse().unwrap()]);
+        assert_eq!(candidates(&snap, &r).len(), 1);
+    }
+
+    /// A handover decision over `order` (primary first) and the links with their addresses.
+    fn snapshot(order: &[&str], links: &[(&str, &[&str])]) -> Snapshot {
+        let role = |i| if i == 0 { Role::Primary } else { Role::Backup };
+        Snapshot {
+            decision: Decision {
+                app: None,
+                multipath: MultipathMode::Handover,
+                paths: order
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| Path {
+                        interface: (*name).into(),
+                        link: "x".into(),
+                        role: role(i),
+                    })
+                    .collect(),
+                explain: vec![],
+            },
+            links: links
+                .iter()
+                .map(|(name, addrs)| crate::decision::LinkView {
+                    name: (*name).into(),
+                    kind: crate::monitor::links::kind_from_name(name),
+                    state: roam_policy::LinkState::Up,
+                    addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                })
+                .collect(),
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! bidirectional stream), MPTCP (TLS over an MPTCP socket) or TCP with resumption.
 //!
 //! - [`builder`]: [`SessionBuilder`] and the transport preference.
-//! - `connect`: resolution and the Happy Eyeballs race across families and interfaces.
+//! - `connect`: the Happy Eyeballs race across families and interfaces.
+//! - `resolve`: names resolved on each link through its own nameservers.
 //! - `socket`, `tcp`: UDP, TCP and MPTCP sockets bound to an interface and its address.
 //! - `driver`: the tokio task that runs a client session's [`crate::path::manager`].
 //! - `mptcp`: the MPTCP transport: subflows, fallback detection, the kernel's view.
@@ -16,6 +17,7 @@ pub mod builder;
 mod connect;
 mod driver;
 mod mptcp;
+mod resolve;
 mod resume;
 pub(crate) mod socket;
 
