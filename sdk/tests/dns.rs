@@ -8,8 +8,8 @@
 mod common;
 #[path = "common/dnsmasq.rs"]
 mod dnsmasq;
-#[path = "common/named.rs"]
-mod named;
+#[path = "common/run.rs"]
+mod run;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
@@ -74,32 +74,16 @@ fn a_session_to_a_name_resolved_on_its_link_survives_a_handover() -> Result<()> 
     let topo = two_links()?;
     let mut dns = start_dns(&topo)?;
     let pki = Pki::generate()?;
-    let (server_tx, server_rx) = mpsc::channel();
     // The shared server listens on IPv4 only: the AAAA candidate goes unanswered and the race
     // moves on to the A one after the attempt delay, as Happy Eyeballs should.
-    let server = start_server(&topo, pki.server_tls()?, server_tx)?;
-    wait_for(&server_rx, "the listener", |n| {
-        matches!(n, ServerNote::Listening)
-    })?;
-    let (client_tx, client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let client = named::start_client_to(
+    let run = run::Run::start(
         &topo,
-        format!("{NAME}:{PORT}"),
+        &pki,
         builder(&topo, &pki),
-        client_tx,
-        stop_rx,
+        Some(format!("{NAME}:{PORT}")),
     )?;
-    let connected = wait_for(&client_rx, "the session", |n| {
-        matches!(n, ClientNote::Connected(_))
-    })?;
-    assert!(
-        matches!(&connected, ClientNote::Connected(Some(i)) if i == "wlan0"),
-        "the session did not start on the preferred link: {connected:?}"
-    );
     let wlan = topo.link("wlan0")?.handset_v4;
     let rmnet = topo.link("rmnet0")?.handset_v4;
-    wait_server_sees(&server_rx, wlan.into())?;
 
     // Each link asked its own nameserver both questions, from its own address.
     let queries = dns.queries();
@@ -115,8 +99,8 @@ fn a_session_to_a_name_resolved_on_its_link_survives_a_handover() -> Result<()> 
     }
     eprintln!("figure: dnsmasq saw {} queries: {queries:?}", queries.len());
 
-    wifi_goes_down(&topo, &client_rx, &server_rx, rmnet.into())?;
-    let s = finish(stop, client, server)?;
+    wifi_goes_down(&topo, &run.client_rx, &run.server_rx, rmnet.into())?;
+    let s = run.finish()?;
     let ips: Vec<IpAddr> = s.peers.iter().map(SocketAddr::ip).collect();
     assert_eq!(ips, [IpAddr::from(wlan), rmnet.into()], "{:?}", s.peers);
     Ok(())

@@ -1,0 +1,113 @@
+//! WiFi flapping: 20 down/up cycles of wlan0 under a hashed QUIC stream. The session leaves
+//! WiFi at the first loss, stays on cellular while WiFi keeps flapping (each return is shorter
+//! than the policy's 1 s hold), and goes back to WiFi once it has stayed up for the hold.
+//!
+//! A cycle takes about a second whatever `DOWN` and `UP` say: bringing the link up waits for
+//! its operstate, which the kernel's linkwatch reports at most once a second per device. WiFi
+//! is usable (carrier and addresses) for about `UP` of each cycle.
+
+mod common;
+#[path = "common/run.rs"]
+mod run;
+
+use std::net::IpAddr;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::*;
+use roam::SessionEvent;
+use roam::path::MigrationReason;
+
+const CYCLES: u32 = 20;
+/// Down, then up, per cycle: WiFi comes back for less than the hold each time.
+const DOWN: Duration = Duration::from_millis(50);
+const UP: Duration = Duration::from_millis(150);
+
+#[test]
+fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("survives_twenty_wifi_flaps_and_returns_after_the_hold")
+    else {
+        return Ok(());
+    };
+    let topo = Arc::new(two_links()?);
+    let wlan: IpAddr = topo.link("wlan0")?.handset_v4.into();
+    let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
+    let pki = Pki::generate()?;
+    let builder = roam::Session::builder()
+        .app("com.example.chat")
+        .policy(POLICY)
+        .use_roamd(false)
+        .transport(roam::TransportPreference::Quic)
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME);
+    let run = run::Run::start(&topo, &pki, builder, None)?;
+    let (client_rx, server_rx) = (&run.client_rx, &run.server_rx);
+
+    let flapper = topo.flap("wlan0", DOWN, UP, CYCLES)?;
+    let first = wait_moved(client_rx, "rmnet0")?;
+    assert_eq!(first.reason, MigrationReason::LinkLost);
+    let flaps = flapper.wait().context("flapping wlan0")?;
+    assert_eq!(flaps.len(), 2 * CYCLES as usize, "not every flap ran");
+    let (last_up, up) = *flaps.last().context("no flap")?;
+    let flapping = last_up - flaps[0].0;
+    assert!(up, "the flapper did not leave wlan0 up");
+
+    // Every move until WiFi stayed up; none back to WiFi while it flapped.
+    let mut moves = vec![first];
+    let back = loop {
+        let m = wait_moved_any(client_rx)?;
+        if m.to.interface == "wlan0" {
+            break m;
+        }
+        moves.push(m);
+    };
+    assert!(
+        back.at > last_up,
+        "the session went back to wlan0 while it was still flapping ({:?} before the last up)",
+        last_up - back.at
+    );
+    assert_eq!(back.reason, MigrationReason::PrimaryChanged);
+    let held = back.at - last_up;
+    assert!(
+        held >= Duration::from_millis(900),
+        "back on wlan0 {held:?} after it came up: the 1 s hold was not respected"
+    );
+    wait_server_sees(server_rx, wlan)?;
+
+    let s = run.finish()?;
+    eprintln!(
+        "figure: {CYCLES} flaps of wlan0 ({DOWN:?} down, {UP:?} up, {flapping:?} in all): {} moves to rmnet0, back on \
+         wlan0 {held:?} after its last return (hold 1 s), longest delivery gap {:?}, {} bytes \
+         intact",
+        moves.len(),
+        s.max_gap,
+        s.bytes
+    );
+    let ips: Vec<IpAddr> = s.peers.iter().map(|p| p.ip()).collect();
+    assert_eq!(ips.first(), Some(&wlan), "{:?}", s.peers);
+    assert_eq!(
+        ips.last(),
+        Some(&wlan),
+        "the server does not see the client on WiFi at the end: {:?}",
+        s.peers
+    );
+    assert!(ips.contains(&rmnet), "{:?}", s.peers);
+    Ok(())
+}
+
+/// The next move of the session, wherever to.
+fn wait_moved_any(rx: &mpsc::Receiver<ClientNote>) -> Result<Moved> {
+    match wait_for(rx, "the session moving", |n| {
+        matches!(n, ClientNote::Event(_, SessionEvent::PathChanged { .. }))
+    })? {
+        ClientNote::Event(at, SessionEvent::PathChanged { from, to, reason }) => Ok(Moved {
+            at,
+            from,
+            to,
+            reason,
+        }),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+}
