@@ -32,9 +32,20 @@ fn demo_survives_wifi_down_and_back_with_every_byte_intact() {
     );
     assert!(stdout.contains("roamd decides: primary rmnet0"), "{stdout}");
     assert!(stdout.contains("roamd decides: primary wlan0"), "{stdout}");
-    // A roam session, which says honestly whose decisions it follows, moved off WiFi.
+    // A roam session subscribed to that roamd, followed its pushes and moved off WiFi.
     assert!(stdout.contains("roam::Session over quic"), "{stdout}");
-    assert!(stdout.contains("embedded monitor"), "{stdout}");
+    assert!(
+        stdout.contains("session's decision source: roamd at"),
+        "the session did not follow roamd:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("session follows roamd's push: primary rmnet0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("session follows roamd's push: primary wlan0"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("session moves wlan0 -> rmnet0 (link lost)"),
         "{stdout}"

@@ -4,8 +4,9 @@
 //! Real roam on both sides of the handset: the agent (`roam_agent::daemon`, run by this very
 //! binary re-executed inside the handset namespace, since `cargo run -p roam-tests` builds no
 //! `roamd`) watching the links and deciding, and a `roam::Session` to a `roam::Listener` in the
-//! server namespace. The SDK cannot subscribe to roamd yet, so the session follows its embedded
-//! monitor and the same policy; the demo shows both views side by side.
+//! server namespace. The session subscribes to that roamd on its socket (the first session
+//! event says so) and follows the decisions it pushes; the timeline shows roamd deciding and the
+//! session following, and where the server sees the client.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,10 +121,11 @@ fn run(args: &Args) -> Result<()> {
             .unwrap_or("none")
     );
     println!(
-        "session  roam::Session over {transport}, TLS verified against a test CA; the session follows its"
+        "session  roam::Session over {transport}, TLS verified against a test CA, subscribing to roamd"
     );
     println!(
-        "         embedded monitor (the SDK cannot subscribe to roamd yet); roamd's view shown alongside"
+        "         on {} for its decisions",
+        system.agent_socket().unwrap_or_default().display()
     );
 
     let outage = Duration::from_millis(args.outage_ms.clamp(10, 10_000));
@@ -175,6 +177,14 @@ fn run(args: &Args) -> Result<()> {
             .unwrap_or("?");
         events.push((*at, format!("server sees the client at {peer} ({link})")));
     }
+    let follows_roamd = session_events.iter().any(|(_, e)| {
+        matches!(e, SessionEvent::DecisionSourceChosen { source, .. } if source.starts_with("roamd"))
+    });
+    // Where the session ended: the last move's destination.
+    let ended_on = session_events.iter().rev().find_map(|(_, e)| match e {
+        SessionEvent::PathChanged { to, .. } => Some(to.interface.clone()),
+        _ => None,
+    });
     let mut last: Option<Option<String>> = None;
     for u in agent_updates {
         if last.as_ref() == Some(&u.primary) {
@@ -197,8 +207,16 @@ fn run(args: &Args) -> Result<()> {
                     .unwrap_or_else(|| "nothing".into()),
                 to.interface
             ),
+            SessionEvent::DecisionSourceChosen { source, why } => {
+                format!("session's decision source: {source} ({why})")
+            }
             SessionEvent::DecisionUpdated(d) => format!(
-                "session's embedded monitor: primary {}",
+                "session {}: primary {}",
+                if follows_roamd {
+                    "follows roamd's push"
+                } else {
+                    "hears its embedded monitor"
+                },
                 d.primary().map(|p| p.interface.as_str()).unwrap_or("none")
             ),
             SessionEvent::Degraded { path, reason } => {
@@ -217,7 +235,10 @@ fn run(args: &Args) -> Result<()> {
     events.sort_by_key(|e| e.0);
     for (at, what) in &events {
         // Events before the failure are the setup, already told above.
-        if *at < down_at && !what.starts_with("server sees") {
+        if *at < down_at
+            && !what.starts_with("server sees")
+            && !what.starts_with("session's decision source")
+        {
             continue;
         }
         println!("  {:>7.3}  {what}", secs(*at));
@@ -236,8 +257,9 @@ fn run(args: &Args) -> Result<()> {
     let intact =
         o.corrupted == 0 && o.delivered == o.sent && o.delivery.digest == expected_digest(o.sent);
     println!(
-        "  {:>7.3}  session ends: {} of {} bytes delivered, {}",
+        "  {:>7.3}  session ends on {}: {} of {} bytes delivered, {}",
         secs(Instant::now().min(o.delivery.arrivals.last().copied().unwrap_or(o.failed_at))),
+        ended_on.as_deref().unwrap_or("the link it started on"),
         o.delivered * MSG_LEN as u64,
         o.sent * MSG_LEN as u64,
         if intact {

@@ -1,11 +1,13 @@
 //! `roam`: the SDK measured like the baselines: a `roam::Session` in the handset (QUIC, MPTCP
 //! or tcp-resume, asked for by name), a `roam::Listener` in the server namespace.
 //!
-//! The session decides with its embedded monitor and the policy [`POLICY`] (WiFi over
-//! cellular): the SDK cannot follow roamd's decisions yet. For MPTCP the agent runs in the
-//! handset as well (see [`crate::agent`]), because subflows on the backup link exist only when
-//! something sets the kernel's endpoints, and roamd is what re-prioritises them when a link
-//! fails; without it the row would measure the kernel's path manager again.
+//! Where roamd runs in the handset (see [`crate::agent`]) the session subscribes to it on the
+//! agent's socket and follows its pushed decisions, as an app on a phone with roamd does;
+//! without an agent it decides with its embedded monitor and the policy [`POLICY`] (WiFi over
+//! cellular), and never looks for a roamd outside the test. For MPTCP the agent always runs,
+//! because subflows on the backup link exist only when something sets the kernel's endpoints,
+//! and roamd is what re-prioritises them when a link fails; without it the row would measure
+//! the kernel's path manager again.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -96,6 +98,11 @@ impl Roam {
             .unwrap_or_default()
     }
 
+    /// The socket of the roamd running for the current run, which the session follows.
+    pub fn agent_socket(&self) -> Option<std::path::PathBuf> {
+        lock(&self.agent).as_ref().map(|a| a.socket().to_path_buf())
+    }
+
     fn preference(&self) -> TransportPreference {
         match self.transport {
             Transport::Quic => TransportPreference::Quic,
@@ -166,7 +173,7 @@ impl System for Roam {
     }
 
     fn client(&self, mut ctx: ClientCtx) -> Task {
-        let builder = roam::Session::builder()
+        let mut builder = roam::Session::builder()
             .app(self.app.clone())
             .policy(self.policy.clone())
             .transport(self.preference())
@@ -174,6 +181,11 @@ impl System for Roam {
             .server_name(SERVER_NAME)
             .connect_timeout(ctx.timeout)
             .idle_timeout(ctx.timeout);
+        // Follow this run's agent, never one that happens to run on the machine.
+        builder = match lock(&self.agent).as_ref() {
+            Some(agent) => builder.roamd_socket(agent.socket()),
+            None => builder.use_roamd(false),
+        };
         let log = self.events.clone();
         Box::pin(async move {
             let target = SocketAddr::new(ctx.service, PORT).to_string();
