@@ -55,6 +55,11 @@ fn demo_survives_wifi_down_and_back_with_every_byte_intact() {
         stdout.contains("(rmnet0)"),
         "the server never saw the client on rmnet0:\n{stdout}"
     );
+    // WiFi back: the session returns to it and stays, whether or not the first try stalled.
+    assert!(
+        stdout.contains("session ends on wlan0"),
+        "the session did not end on the returned WiFi:\n{stdout}"
+    );
     assert!(stdout.contains("every byte intact"), "{stdout}");
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
     std::fs::remove_file(&svg).unwrap();

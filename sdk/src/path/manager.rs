@@ -13,6 +13,13 @@
 //!   (doubling on each new stall, cleared when its link changes) so the session does not go
 //!   straight back to a silent blackhole.
 //!
+//! A link that has just come back (or a new address) is often not ready to carry traffic the
+//! moment the decision names it: routes, neighbours or the address are still being set up. So a
+//! stall within `return_grace` of moving to such a path is not taken as a blackhole: the session
+//! falls back and retries after `retry_after`, doubling, up to `return_retries` times; only then
+//! is the path suspected for the long `suspect_for`. A returning primary is thus retried in
+//! bounded time, and a link that is really broken does not keep the session bouncing.
+//!
 //! Stall detection needs traffic to judge: the transport sends keep-alives while idle, and the
 //! driver reports app writes ([`Input::Activity`]) so sampling speeds up when data is sent.
 
@@ -42,6 +49,14 @@ pub struct Config {
     pub suspect_for: Duration,
     /// The longest a stalled path is avoided.
     pub suspect_max: Duration,
+    /// A stall this soon after moving to a returning link or a new address means the path was
+    /// not ready yet: it is retried after `retry_after` rather than suspected.
+    pub return_grace: Duration,
+    /// How long the session waits on the other path before trying a returning link again after
+    /// it stalled within `return_grace` (doubles on each such stall).
+    pub retry_after: Duration,
+    /// How many quick retries a returning link gets before it is suspected for `suspect_for`.
+    pub return_retries: u32,
     /// `Interactive` asks the driver to keep a socket ready on the backup path.
     pub mode: MultipathMode,
 }
@@ -56,6 +71,9 @@ impl Default for Config {
             idle_sample: Duration::from_millis(100),
             suspect_for: Duration::from_secs(30),
             suspect_max: Duration::from_secs(600),
+            return_grace: Duration::from_secs(1),
+            retry_after: Duration::from_millis(200),
+            return_retries: 4,
             mode: MultipathMode::Handover,
         }
     }
@@ -110,7 +128,10 @@ pub enum Action {
 #[derive(Debug, Clone, Copy)]
 struct Suspect {
     until: Instant,
+    /// Stalls that made the path suspected for `suspect_for` or longer.
     strikes: u32,
+    /// Quick retries used up since the link came back (stalls within `return_grace`).
+    retries: u32,
     /// False once `until` has passed and the path was reconsidered; the strikes stay so a
     /// path that stalls again is avoided for longer.
     live: bool,
@@ -204,6 +225,8 @@ pub struct PathManager {
     stall: StallDetector,
     /// A move asked for and not answered yet.
     pending: Option<(LocalPath, MigrationReason)>,
+    /// When the session last moved, and why.
+    moved: Option<(Instant, MigrationReason)>,
     warm: Option<LocalPath>,
     degraded: Option<DegradedReason>,
     next_sample: Instant,
@@ -222,6 +245,7 @@ impl PathManager {
             suspects: HashMap::new(),
             stall: StallDetector::new(grace),
             pending: None,
+            moved: None,
             warm: None,
             degraded: None,
             actions: VecDeque::new(),
@@ -268,6 +292,7 @@ impl PathManager {
                     Some((p, reason)) if p == to => reason,
                     _ => MigrationReason::PrimaryChanged,
                 };
+                self.moved = Some((now, reason));
                 let from = std::mem::replace(&mut self.current, to.clone());
                 self.stall.restart(now, self.cfg.post_move_grace);
                 self.degraded = None;
@@ -327,8 +352,51 @@ impl PathManager {
     fn on_stall(&mut self, now: Instant) {
         tracing::warn!(path = %self.current, "path stalled: no acknowledgement with data in flight");
         let name = self.current.interface.clone();
-        self.suspect(now, &name);
+        if !self.retry_soon(now, &name) {
+            self.suspect(now, &name);
+        }
         self.reconsider(now, Some(MigrationReason::Stalled));
+    }
+
+    /// When the current path stalled right after the session moved to it because it returned
+    /// (or was renumbered), and it has never stalled for real since, avoids it only for a
+    /// short, doubling while and returns true; otherwise false.
+    fn retry_soon(&mut self, now: Instant, interface: &str) -> bool {
+        let returning = self.moved.is_some_and(|(at, reason)| {
+            matches!(
+                reason,
+                MigrationReason::PrimaryChanged | MigrationReason::AddressChanged
+            ) && now.saturating_duration_since(at) < self.cfg.return_grace
+        });
+        if !returning {
+            return false;
+        }
+        let e = self
+            .suspects
+            .entry(interface.to_owned())
+            .or_insert(Suspect {
+                until: now,
+                strikes: 0,
+                retries: 0,
+                live: true,
+            });
+        if e.strikes > 0 || e.retries >= self.cfg.return_retries {
+            return false;
+        }
+        e.retries += 1;
+        e.live = true;
+        let wait = self
+            .cfg
+            .retry_after
+            .saturating_mul(1 << (e.retries - 1).min(16));
+        e.until = now + wait.min(self.cfg.suspect_for);
+        tracing::info!(
+            path = interface,
+            retry = e.retries,
+            ?wait,
+            "the returning path is not ready yet: retrying it soon"
+        );
+        true
     }
 
     fn suspect(&mut self, now: Instant, interface: &str) {
@@ -339,6 +407,7 @@ impl PathManager {
             .or_insert(Suspect {
                 until: now,
                 strikes: 0,
+                retries: 0,
                 live: true,
             });
         e.strikes = e.strikes.saturating_add(1);
@@ -459,6 +528,10 @@ mod tests {
         /// Sending continuously.
         busy: bool,
         log: Vec<Action>,
+        /// When each move was asked for.
+        moved_at: Vec<Instant>,
+        /// `now`, for `path_ok`s that change with time.
+        clock: std::rc::Rc<std::cell::Cell<Instant>>,
     }
 
     impl Sim {
@@ -475,6 +548,8 @@ mod tests {
                 path_ok: Box::new(|_| true),
                 busy: true,
                 log: Vec::new(),
+                moved_at: Vec::new(),
+                clock: std::rc::Rc::new(std::cell::Cell::new(now)),
             }
         }
 
@@ -497,6 +572,7 @@ mod tests {
             while let Some(a) = self.pm.poll_action() {
                 match &a {
                     Action::Sample => {
+                        self.clock.set(self.now);
                         if self.busy {
                             self.sent += 10;
                         }
@@ -511,6 +587,7 @@ mod tests {
                         self.pm.handle(self.now, Input::Sample(s));
                     }
                     Action::Move { to, .. } => {
+                        self.moved_at.push(self.now);
                         let to = to.clone();
                         self.pm.handle(self.now, Input::Moved(to));
                     }
@@ -662,6 +739,104 @@ mod tests {
         s.pm.handle(now, Input::Paths(vec![wlan(), rmnet()]));
         s.drain();
         assert_eq!(s.moves().last().unwrap().0, "wlan0");
+    }
+
+    /// WiFi lost, the session on cellular; WiFi back and named primary at once, but it carries
+    /// nothing for its first `not_ready`; returns the instant it came back.
+    fn wifi_returns_not_ready(s: &mut Sim, not_ready: Duration) -> Instant {
+        let now = s.now;
+        s.pm.handle(now, Input::Paths(vec![rmnet()]));
+        let t = s.ms(1_000);
+        s.run_until(t);
+        let back = s.now;
+        let ready = back + not_ready;
+        let clock = s.clock.clone();
+        s.path_ok = Box::new(move |p| p.interface != "wlan0" || clock.get() >= ready);
+        s.pm.handle(back, Input::Paths(vec![wlan(), rmnet()]));
+        back
+    }
+
+    #[test]
+    fn a_returning_link_that_is_not_ready_yet_is_retried_soon_and_kept() {
+        // The demo's timeline: WiFi back, the session moves at once, stalls (the link's routes
+        // are not there yet), falls back to cellular, and must not stay there for 30 s.
+        let mut s = Sim::new(Config::default());
+        let back = wifi_returns_not_ready(&mut s, Duration::from_millis(400));
+        let t = s.ms(30_000);
+        s.run_until(t);
+        let m = s.moves();
+        assert_eq!(
+            m,
+            [
+                ("rmnet0".into(), MigrationReason::LinkLost),
+                ("wlan0".into(), MigrationReason::PrimaryChanged),
+                ("rmnet0".into(), MigrationReason::Stalled),
+                ("wlan0".into(), MigrationReason::PrimaryChanged),
+            ]
+        );
+        assert_eq!(s.pm.current(), &wlan(), "settled on WiFi");
+        // Moved back at once, fell back within the stall threshold (with its grace), and
+        // retried after `retry_after`, not `suspect_for`.
+        assert_eq!(s.moved_at[1], back);
+        let fell_back = s.moved_at[2] - back;
+        // 3 PTOs of 28 ms, three times over after a move, plus a sampling interval.
+        assert!(fell_back <= Duration::from_millis(300), "{fell_back:?}");
+        assert!(fell_back >= Duration::from_millis(252), "{fell_back:?}");
+        let retried = s.moved_at[3] - s.moved_at[2];
+        assert_eq!(retried, Config::default().retry_after);
+        // Once there, it carries traffic: no degradation left, nothing suspect.
+        assert!(s.pm.degraded.is_none());
+        assert!(!s.pm.is_suspect(s.now, "wlan0"));
+    }
+
+    #[test]
+    fn a_returning_link_gets_a_few_quick_retries_then_the_long_suspicion() {
+        // WiFi comes back broken for good: quick retries with a doubling wait, then 30 s away.
+        let mut s = Sim::new(Config::default());
+        let back = wifi_returns_not_ready(&mut s, Duration::from_secs(3_600));
+        let t = s.ms(20_000);
+        s.run_until(t);
+        let to_wlan: Vec<Duration> = s
+            .moves()
+            .iter()
+            .zip(&s.moved_at)
+            .filter(|((to, _), _)| to == "wlan0")
+            .map(|(_, at)| *at - back)
+            .collect();
+        // The first move plus `return_retries` retries, all within a few seconds.
+        assert_eq!(to_wlan.len(), 5, "{to_wlan:?}");
+        assert!(to_wlan[4] < Duration::from_secs(5), "{to_wlan:?}");
+        let waits: Vec<Duration> = to_wlan.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            waits.windows(2).all(|w| w[1] > w[0]),
+            "backoff grows: {waits:?}"
+        );
+        assert_eq!(s.pm.current(), &rmnet());
+        assert!(s.pm.is_suspect(s.now, "wlan0"));
+        // After the long suspicion it is tried once more, as any stalled path is.
+        let t = s.ms(30_000);
+        s.run_until(t);
+        assert_eq!(
+            s.moves().iter().filter(|(to, _)| to == "wlan0").count(),
+            6,
+            "{:?}",
+            s.moves()
+        );
+    }
+
+    #[test]
+    fn a_link_that_blackholes_long_after_returning_gets_no_quick_retry() {
+        // The grace is for a path that is not ready, not for one that breaks later.
+        let mut s = Sim::new(Config::default());
+        wifi_returns_not_ready(&mut s, Duration::ZERO);
+        let t = s.ms(5_000);
+        s.run_until(t);
+        assert_eq!(s.pm.current(), &wlan());
+        s.path_ok = Box::new(|p| p.interface != "wlan0");
+        let t = s.ms(10_000);
+        s.run_until(t);
+        assert_eq!(s.moves().len(), 3, "{:?}", s.moves());
+        assert_eq!(s.pm.current(), &rmnet());
     }
 
     #[test]
