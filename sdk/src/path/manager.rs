@@ -371,15 +371,7 @@ impl PathManager {
         if !returning {
             return false;
         }
-        let e = self
-            .suspects
-            .entry(interface.to_owned())
-            .or_insert(Suspect {
-                until: now,
-                strikes: 0,
-                retries: 0,
-                live: true,
-            });
+        let e = suspect_entry(&mut self.suspects, now, interface);
         if e.strikes > 0 || e.retries >= self.cfg.return_retries {
             return false;
         }
@@ -401,15 +393,7 @@ impl PathManager {
 
     fn suspect(&mut self, now: Instant, interface: &str) {
         let cfg = &self.cfg;
-        let e = self
-            .suspects
-            .entry(interface.to_owned())
-            .or_insert(Suspect {
-                until: now,
-                strikes: 0,
-                retries: 0,
-                live: true,
-            });
+        let e = suspect_entry(&mut self.suspects, now, interface);
         e.strikes = e.strikes.saturating_add(1);
         e.live = true;
         let factor = 1u32 << (e.strikes - 1).min(16);
@@ -497,6 +481,20 @@ impl PathManager {
     fn emit(&mut self, e: SessionEvent) {
         self.actions.push_back(Action::Event(e));
     }
+}
+
+/// The suspicion record of `interface`, a fresh one if it has none.
+fn suspect_entry<'a>(
+    suspects: &'a mut HashMap<String, Suspect>,
+    now: Instant,
+    interface: &str,
+) -> &'a mut Suspect {
+    suspects.entry(interface.to_owned()).or_insert(Suspect {
+        until: now,
+        strikes: 0,
+        retries: 0,
+        live: true,
+    })
 }
 
 #[cfg(test)]
