@@ -1,6 +1,6 @@
 //! A silent blackhole on WiFi at 50 ms emulated round-trip time (every path runs through the
 //! harness's link emulator): the session must notice the stall by itself, with PTOs ten times
-//! a plain veth's, and move to cellular. Each repeat is a fresh session on the same paths;
+//! a plain veth's, and move to cellular. Each of 3 repeats is a fresh session on the same paths;
 //! the delivery gap at the server is measured and printed (issue 5 aims at p99 under 400 ms),
 //! while the test asserts what must hold whatever the machine's load: the session survives and
 //! every byte arrives once, in order.
@@ -20,7 +20,7 @@ use roam_tests::emulator::PathConfig;
 use roam_tests::topology::{Direction, Topology};
 
 const RTT: Duration = Duration::from_millis(50);
-const REPEATS: usize = 5;
+const REPEATS: usize = 3;
 
 #[test]
 fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
