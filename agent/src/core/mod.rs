@@ -472,6 +472,8 @@ impl Core {
                 .and_then(|c| self.clients.get(&c))
                 .and_then(|c| c.last.as_ref())
             else {
+                // Nobody steers it: no creation of ours is waiting for an answer.
+                conn.creating.clear();
                 continue;
             };
             let mut wants = Vec::new();
@@ -808,8 +810,12 @@ impl Core {
                 if let Some(st) = &mut self.steering
                     && let Some(c) = st.conns.get_mut(&token)
                 {
-                    c.creating.remove(&local.ip());
-                    c.subflows.insert((local, remote), backup);
+                    // The event's flag is the peer's (MP_JOIN's answer, or its MP_PRIO): ours
+                    // is the one we asked for, and stays what we last set.
+                    let asked = c.creating.remove(&local.ip()).map(|(_, b)| b);
+                    c.subflows
+                        .entry((local, remote))
+                        .or_insert(asked.unwrap_or(backup));
                 }
             }
             Event::MptcpSubflowClosed {
@@ -849,7 +855,12 @@ impl Core {
                 .into_iter()
                 .flatten()
         });
-        links.chain(self.next_recheck).min()
+        // A subflow creation the kernel did not answer with an event is asked again.
+        let retries = self
+            .steering
+            .iter()
+            .flat_map(|st| st.conns.values().filter_map(steer::next_retry));
+        links.chain(self.next_recheck).chain(retries).min()
     }
 
     /// The next action for the shell, if any.

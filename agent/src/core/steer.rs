@@ -29,8 +29,9 @@ pub(super) struct Conn {
     pub(super) remote: Option<SocketAddr>,
     /// (local, remote) -> backup flag, for every established subflow.
     pub(super) subflows: BTreeMap<(SocketAddr, SocketAddr), bool>,
-    /// Local addresses a subflow was asked from, and when.
-    pub(super) creating: BTreeMap<IpAddr, Instant>,
+    /// Local addresses a subflow was asked from, when, and with which backup flag: the
+    /// kernel's events carry the peer's flag for a subflow this end opened, not ours.
+    pub(super) creating: BTreeMap<IpAddr, (Instant, bool)>,
     /// Subflows asked to close.
     pub(super) destroying: BTreeSet<(SocketAddr, SocketAddr)>,
 }
@@ -95,6 +96,11 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
     };
     let mut steps = Vec::new();
     let want_of = |ip: IpAddr| wants.iter().find(|w| w.addr == ip);
+    // A creation asked for a path no longer wanted is forgotten, and one unanswered for
+    // CREATE_RETRY is asked again below: nothing stays behind to wake the core for nothing.
+    conn.creating.retain(|a, (t, _)| {
+        want_of(*a).is_some() && now.saturating_duration_since(*t) < CREATE_RETRY
+    });
     // Flags first.
     for ((l, r), backup) in conn.subflows.iter_mut() {
         if let Some(w) = want_of(l.ip())
@@ -114,12 +120,8 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
         .filter(|w| w.addr.is_ipv4() == remote.is_ipv4())
     {
         let have = conn.subflows.keys().any(|(l, _)| l.ip() == w.addr);
-        let asked = conn
-            .creating
-            .get(&w.addr)
-            .is_some_and(|t| now.saturating_duration_since(*t) < CREATE_RETRY);
-        if !have && !asked {
-            conn.creating.insert(w.addr, now);
+        if !have && !conn.creating.contains_key(&w.addr) {
+            conn.creating.insert(w.addr, (now, w.backup));
             steps.push(Step::Create {
                 local: SocketAddr::new(w.addr, 0),
                 remote,
@@ -146,4 +148,9 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// When an unanswered subflow creation of a steered connection is due to be asked again.
+pub(super) fn next_retry(conn: &Conn) -> Option<Instant> {
+    conn.creating.values().map(|(t, _)| *t + CREATE_RETRY).min()
 }

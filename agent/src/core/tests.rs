@@ -677,3 +677,234 @@ fn wireless_facts_are_asked_when_a_link_comes_up_and_with_probes() {
     let i = &core.interfaces(t0 + ms(25_000))[0];
     assert_eq!((i.ssid.as_deref(), i.signal_dbm), (None, None));
 }
+
+/// Steering tests: a handset with roamd's userspace path manager, one subscribed app whose
+/// MPTCP connection started on wlan0 towards the server.
+mod steering {
+    use super::*;
+
+    const TOKEN: u32 = 0x1234_5678;
+    const APP: ClientId = 7;
+
+    fn local(index: u32, port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 18, index as u8, 2], port))
+    }
+
+    fn server() -> SocketAddr {
+        SocketAddr::from(([198, 19, 0, 1], 4433))
+    }
+
+    /// The steering actions among `actions`, in order, as short strings a test can compare:
+    /// `create rmnet0 backup`, `prio wlan0 primary`, `destroy wlan0`.
+    fn steps(actions: &[Action]) -> Vec<String> {
+        let name = |a: &SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => match u32::from(v4.octets()[2]) {
+                WLAN => "wlan0",
+                RMNET => "rmnet0",
+                BNEP => "bnep0",
+                _ => "?",
+            },
+            IpAddr::V6(_) => "?",
+        };
+        let role = |b: bool| if b { "backup" } else { "primary" };
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SubflowCreate {
+                    token,
+                    local,
+                    remote,
+                    backup,
+                    index,
+                } => {
+                    assert_eq!((*token, *remote), (TOKEN, server()));
+                    assert_eq!(local.port(), 0, "a new subflow's port is the kernel's");
+                    assert_eq!(
+                        name(local),
+                        ["?", "?", "wlan0", "rmnet0", "bnep0"][*index as usize]
+                    );
+                    Some(format!("create {} {}", name(local), role(*backup)))
+                }
+                Action::SubflowSetBackup {
+                    token,
+                    local,
+                    backup,
+                    ..
+                } => {
+                    assert_eq!(*token, TOKEN);
+                    Some(format!("prio {} {}", name(local), role(*backup)))
+                }
+                Action::SubflowDestroy { token, local, .. } => {
+                    assert_eq!(*token, TOKEN);
+                    Some(format!("destroy {}", name(local)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The steering steps, and the index of the first push after them (pushes come after).
+    fn steps_before_push(actions: &[Action]) -> Vec<String> {
+        if let Some(p) = actions
+            .iter()
+            .position(|a| matches!(a, Action::Push { .. }))
+        {
+            assert!(
+                steps(&actions[p..]).is_empty(),
+                "subflows must move before apps are told: {actions:?}"
+            );
+        }
+        steps(actions)
+    }
+
+    /// A handset with steering on, the app subscribed, its connection established from wlan0
+    /// and registered; returns the steps that registering produced.
+    fn steered(t0: Instant) -> (Core, Vec<String>) {
+        let mut core = handset(plain(), false, t0);
+        core.enable_steering();
+        subscribe(&mut core, t0, APP, "com.example.chat");
+        drain(&mut core);
+        core.handle(
+            t0,
+            Event::MptcpConnection {
+                token: TOKEN,
+                local: local(WLAN, 40000),
+                remote: server(),
+            },
+        );
+        assert!(
+            steps(&drain(&mut core)).is_empty(),
+            "an unregistered connection is nobody's to steer"
+        );
+        core.handle(
+            t0,
+            Event::MptcpRegistered {
+                client: APP,
+                token: TOKEN,
+            },
+        );
+        let s = steps(&drain(&mut core));
+        (core, s)
+    }
+
+    fn up(core: &mut Core, now: Instant, index: u32, port: u16, backup: bool) {
+        core.handle(
+            now,
+            Event::MptcpSubflowUp {
+                token: TOKEN,
+                local: local(index, port),
+                remote: server(),
+                backup,
+            },
+        );
+    }
+
+    fn down(core: &mut Core, now: Instant, index: u32, name: &str, kind: LinkKind) {
+        let mut i = info(index, name, kind, false);
+        i.admin_up = false;
+        core.handle(now, Event::LinkUpdated(i));
+    }
+
+    #[test]
+    fn registering_makes_a_backup_subflow_on_every_backup_path_ahead_of_time() {
+        let t0 = Instant::now();
+        let (mut core, s) = steered(t0);
+        assert_eq!(s, ["create rmnet0 backup", "create bnep0 backup"]);
+        // Established: nothing more to do, nothing to wake up for.
+        up(&mut core, t0 + ms(3), RMNET, 40001, true);
+        up(&mut core, t0 + ms(3), BNEP, 40002, true);
+        assert!(steps(&drain(&mut core)).is_empty());
+        let mut subflows = core.mptcp_subflows(TOKEN).expect("known connection");
+        subflows.sort();
+        assert_eq!(subflows.len(), 3);
+        assert_eq!(core.poll_timeout(), None, "no periodic wakeup for steering");
+    }
+
+    #[test]
+    fn link_down_promotes_the_backup_then_destroys_the_dead_subflow() {
+        let t0 = Instant::now();
+        let (mut core, _) = steered(t0);
+        up(&mut core, t0 + ms(3), RMNET, 40001, true);
+        up(&mut core, t0 + ms(3), BNEP, 40002, true);
+        drain(&mut core);
+        down(&mut core, t0 + ms(100), WLAN, "wlan0", LinkKind::Wifi);
+        let actions = drain(&mut core);
+        assert_eq!(
+            steps_before_push(&actions),
+            ["prio rmnet0 primary", "destroy wlan0"],
+            "the survivor carries data before the dead subflow goes"
+        );
+        assert!(pushes(&actions).contains_key(&APP), "the app is told too");
+        // The kernel confirms: nothing asked twice.
+        core.handle(
+            t0 + ms(101),
+            Event::MptcpSubflowClosed {
+                token: TOKEN,
+                local: local(WLAN, 40000),
+                remote: server(),
+            },
+        );
+        assert!(steps(&drain(&mut core)).is_empty());
+    }
+
+    #[test]
+    fn our_backup_flag_holds_whatever_flag_the_kernel_event_carries() {
+        // The kernel's SUB_ESTABLISHED carries the peer's backup bit (0 from a server that
+        // never asks for backup), not the one this end joined with.
+        let t0 = Instant::now();
+        let (mut core, _) = steered(t0);
+        up(&mut core, t0 + ms(3), RMNET, 40001, false);
+        up(&mut core, t0 + ms(3), BNEP, 40002, false);
+        assert!(steps(&drain(&mut core)).is_empty());
+        down(&mut core, t0 + ms(100), WLAN, "wlan0", LinkKind::Wifi);
+        assert_eq!(
+            steps(&drain(&mut core)),
+            ["prio rmnet0 primary", "destroy wlan0"]
+        );
+    }
+
+    #[test]
+    fn the_dead_subflow_stays_until_a_usable_one_is_established() {
+        let t0 = Instant::now();
+        let (mut core, s) = steered(t0);
+        assert_eq!(s, ["create rmnet0 backup", "create bnep0 backup"]);
+        // wlan0 dies before either backup subflow is established.
+        down(&mut core, t0 + ms(1), WLAN, "wlan0", LinkKind::Wifi);
+        let s = steps(&drain(&mut core));
+        assert!(
+            !s.iter().any(|s| s.starts_with("destroy")),
+            "the only subflow was closed with nothing to take over: {s:?}"
+        );
+        // rmnet0's subflow is established, as a backup: promoted, then wlan0's goes.
+        up(&mut core, t0 + ms(4), RMNET, 40001, true);
+        assert_eq!(
+            steps(&drain(&mut core)),
+            ["prio rmnet0 primary", "destroy wlan0"]
+        );
+    }
+
+    #[test]
+    fn an_unanswered_creation_is_asked_again_after_one_second() {
+        let t0 = Instant::now();
+        let (mut core, s) = steered(t0);
+        assert_eq!(s, ["create rmnet0 backup", "create bnep0 backup"]);
+        // bnep0's join is established; rmnet0's is never answered.
+        up(&mut core, t0 + ms(3), BNEP, 40002, true);
+        assert!(steps(&drain(&mut core)).is_empty());
+        assert_eq!(core.poll_timeout(), Some(t0 + steer::CREATE_RETRY));
+        // Other events before then do not ask again.
+        core.handle(t0 + ms(999), addr(BNEP));
+        assert!(steps(&drain(&mut core)).is_empty());
+        let t1 = core.poll_timeout().expect("a retry is due");
+        assert_eq!(t1, t0 + steer::CREATE_RETRY);
+        core.handle_timeout(t1);
+        assert_eq!(steps(&drain(&mut core)), ["create rmnet0 backup"]);
+        assert_eq!(core.poll_timeout(), Some(t1 + steer::CREATE_RETRY));
+        // Once rmnet0 is gone, nothing waits for its subflow any more.
+        down(&mut core, t1 + ms(10), RMNET, "rmnet0", LinkKind::Cellular);
+        drain(&mut core);
+        core.handle_timeout(t1 + steer::CREATE_RETRY);
+        assert!(steps(&drain(&mut core)).is_empty());
+        assert_eq!(core.poll_timeout(), None);
+    }
+}
