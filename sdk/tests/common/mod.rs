@@ -2,6 +2,8 @@
 //! their namespaces, and waits on their events with deadlines (no sleeps).
 #![allow(dead_code)] // each test binary uses a part
 
+pub mod helper;
+
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
