@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -426,8 +426,7 @@ fn packet_socket(dev: &str) -> io::Result<OwnedFd> {
         tv_usec: POLL.as_micros() as libc::suseconds_t,
     };
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-    let rcvbuf: libc::c_int = 4 << 20;
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf)?;
+    force_recv_buffer(&fd, 4 << 20)?;
     // SAFETY: sockaddr_ll is plain data.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
@@ -445,6 +444,15 @@ fn packet_socket(dev: &str) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
+}
+
+/// Gives a socket a receive buffer of `bytes`: `SO_RCVBUFFORCE` (root: past
+/// `net.core.rmem_max`, whatever a fresh machine has it at), else `SO_RCVBUF`.
+pub(crate) fn force_recv_buffer(fd: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let fd = fd.as_fd().try_clone_to_owned()?;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size)
+        .or_else(|_| setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size))
 }
 
 fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {

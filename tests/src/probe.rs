@@ -29,6 +29,7 @@ impl EchoServer {
             .run(|| UdpSocket::bind(bind))?
             .with_context(|| format!("binding {bind}"))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        roomy(&sock)?;
         let addr = sock.local_addr()?;
         let peers = Arc::new(Mutex::new(HashSet::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -80,6 +81,13 @@ impl Drop for EchoServer {
             let _ = t.join();
         }
     }
+}
+
+/// Gives a socket a receive buffer for a few hundred milliseconds of probes at full rate, so
+/// a receiver thread the scheduler delays does not turn into measured loss.
+fn roomy(sock: &UdpSocket) -> Result<()> {
+    crate::emulator::force_recv_buffer(sock, 4 << 20)
+        .context("enlarging the probe socket's receive buffer")
 }
 
 /// How to probe.
@@ -142,6 +150,7 @@ pub fn probe(
     let sock = ns
         .run(|| UdpSocket::bind(bind.unwrap_or(any)))?
         .context("binding the probe socket")?;
+    roomy(&sock)?;
     // Not connected: with no route, connect would fail, and a failure to inject must read as
     // lost probes, not as an error.
     let rx = sock.try_clone()?;
