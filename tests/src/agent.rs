@@ -147,6 +147,15 @@ impl Agent {
     /// Starts the agent in `ns` with `policy`, waits for its ready line, subscribes to the
     /// decisions for `app` and waits for the first one (at most 5 s each).
     pub fn start(ns: &Netns, exe: &AgentExe, policy: &str, app: &str) -> Result<Agent> {
+        let agent = Agent::start_unsubscribed(ns, exe, policy)?;
+        agent.subscribe(app)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent in `ns` with `policy` and waits for its ready line (at most 5 s), with
+    /// no subscription: the agent as it idles when no app listens. [`Agent::updates`] stays
+    /// empty.
+    pub fn start_unsubscribed(ns: &Netns, exe: &AgentExe, policy: &str) -> Result<Agent> {
         let dir =
             std::env::temp_dir().join(format!("roam-agent-{}-{}", std::process::id(), ns.name()));
         std::fs::create_dir_all(&dir)?;
@@ -178,8 +187,13 @@ impl Agent {
             updates: Arc::new(Mutex::new(Vec::new())),
         };
         agent.wait_ready()?;
-        agent.subscribe(app)?;
         Ok(agent)
+    }
+
+    /// The agent's process id, for reading `/proc/PID`. `ip netns exec` enters the namespace
+    /// and then execs the agent, so the process it started is the agent itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn wait_ready(&mut self) -> Result<()> {

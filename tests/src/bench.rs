@@ -52,8 +52,8 @@ pub struct Report {
     pub runs: Vec<RunReport>,
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Nearest-rank percentile `p` (0-100) of sorted values; 0 for none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

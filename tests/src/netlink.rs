@@ -170,17 +170,38 @@ impl Rtnl {
         {
             return Ok(l);
         }
-        // Events that raced with the dump are newer than (or as new as) what it showed.
+        // Events that raced with the dump are newer than (or as new as) what it showed; they
+        // come first.
+        if let Some((_, l)) = self.next_link_event(name, deadline, &pred)? {
+            return Ok(l);
+        }
+        bail!("interface {name} did not reach the expected state within {timeout:?}")
+    }
+
+    /// Waits for the next link notification about `name` that satisfies `pred`, for at most
+    /// until `deadline` (`None` once it passes), and returns it with the moment it was read.
+    ///
+    /// Unlike [`Rtnl::wait_link`] this never dumps: it answers "when did the kernel announce
+    /// the change", so call it from a thread that is already waiting when the change is made;
+    /// the stamp is then the kernel's notification reaching user space. Events held back by an
+    /// earlier dump come first, stamped when they are handed out.
+    pub fn next_link_event(
+        &mut self,
+        name: &str,
+        deadline: Instant,
+        pred: impl Fn(&LinkInfo) -> bool,
+    ) -> Result<Option<(Instant, LinkInfo)>> {
         if let Some(l) = self
             .pending
             .drain(..)
             .filter(|l| l.name == name)
             .find(|l| pred(l))
         {
-            return Ok(l);
+            return Ok(Some((Instant::now(), l)));
         }
         // Bounded by the deadline: recv returns None once it passes.
         while let Some(buf) = self.recv(deadline)? {
+            let at = Instant::now();
             for (ty, _, payload) in messages(&buf) {
                 if ty != RTM_NEWLINK {
                     continue;
@@ -189,11 +210,11 @@ impl Rtnl {
                     && l.name == name
                     && pred(&l)
                 {
-                    return Ok(l);
+                    return Ok(Some((at, l)));
                 }
             }
         }
-        bail!("interface {name} did not reach the expected state within {timeout:?}")
+        Ok(None)
     }
 
     fn request_dump(&mut self) -> io::Result<()> {
