@@ -9,7 +9,12 @@
 //! - its decision's best path changes (the policy's primary, e.g. WiFi back after `hold`);
 //! - the path it is on disappears (link down, address removed, no longer permitted);
 //! - it sees its own path stall: acknowledgement-eliciting frames went out and no ACK frame
-//!   came back for `stall_ptos` probe timeouts. A stalled path is suspected for a while
+//!   came back within `stall_rtts` smoothed round trips plus the peer's `max_ack_delay` (never
+//!   less than `min_stall`). An ACK for a frame is due one round trip plus at most
+//!   `max_ack_delay` after it left, so this scales with the path: ~190 ms at 55 ms RTT, the
+//!   60 ms floor on a LAN. Whole probe timeouts would be much longer, since each carries four
+//!   RTT variances (quinn does not expose the variance, and the time it takes to notice a
+//!   stall is the time the app's data sits in a hole). A stalled path is suspected for a while
 //!   (doubling on each new stall, cleared when its link changes) so the session does not go
 //!   straight back to a silent blackhole.
 //!
@@ -34,9 +39,11 @@ use crate::events::SessionEvent;
 /// Tunables of the manager.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// How many probe timeouts without an ACK, with data in flight, make a stall.
-    pub stall_ptos: u32,
-    /// The peer's maximum ACK delay, part of the probe timeout (QUIC's default is 25 ms).
+    /// How many smoothed round trips (plus `max_ack_delay`) without an ACK, with data in
+    /// flight, make a stall. Below 2 a late ACK on a jittery path looks like a hole.
+    pub stall_rtts: u32,
+    /// The peer's maximum ACK delay: how long it may hold back an ACK (QUIC's default is
+    /// 25 ms).
     pub max_ack_delay: Duration,
     /// Never call a path stalled sooner than this, whatever the RTT.
     pub min_stall: Duration,
@@ -64,7 +71,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            stall_ptos: 3,
+            stall_rtts: 3,
             max_ack_delay: Duration::from_millis(25),
             min_stall: Duration::from_millis(60),
             post_move_grace: 3,
@@ -148,8 +155,8 @@ struct StallDetector {
     /// Multiplier of the threshold (the grace after a move).
     grace: u32,
     stalled: bool,
-    /// The last sample showed frames going out.
-    active: bool,
+    /// When a sample last showed frames going out or ACKs coming in.
+    last_progress: Option<Instant>,
 }
 
 impl StallDetector {
@@ -160,7 +167,7 @@ impl StallDetector {
             unacked_since: None,
             grace,
             stalled: false,
-            active: false,
+            last_progress: None,
         }
     }
 
@@ -172,16 +179,18 @@ impl StallDetector {
     }
 
     fn threshold(&self, cfg: &Config) -> Duration {
-        // RFC 9002: PTO = srtt + max(4 rttvar, granularity) + max_ack_delay; rttvar is not
-        // exposed, so take 2 srtt for it.
-        let pto = self.last.rtt * 3 + cfg.max_ack_delay;
-        (pto * cfg.stall_ptos).max(cfg.min_stall) * self.grace.max(1)
+        // The ACK for a frame is due within one RTT plus the peer's ACK delay; `stall_rtts`
+        // round trips leave room for RTT jitter (quinn does not expose rttvar).
+        let due = self.last.rtt * cfg.stall_rtts.max(1) + cfg.max_ack_delay;
+        due.max(cfg.min_stall) * self.grace.max(1)
     }
 
     /// Returns `Some(true)` when a stall starts, `Some(false)` when ACKs resume after one.
     fn sample(&mut self, now: Instant, s: TransportSample, cfg: &Config) -> Option<bool> {
         let acked = s.acks_received > self.last.acks_received;
-        self.active = s.ack_eliciting_sent > self.last.ack_eliciting_sent;
+        if acked || s.ack_eliciting_sent > self.last.ack_eliciting_sent {
+            self.last_progress = Some(now);
+        }
         self.last = s;
         if acked {
             self.sent_at_ack = s.ack_eliciting_sent;
@@ -194,6 +203,10 @@ impl StallDetector {
             return None;
         }
         if s.ack_eliciting_sent > self.sent_at_ack && self.unacked_since.is_none() {
+            tracing::trace!(
+                unacked = s.ack_eliciting_sent - self.sent_at_ack,
+                "waiting for an ACK"
+            );
             self.unacked_since = Some(now);
         }
         match self.unacked_since {
@@ -205,10 +218,22 @@ impl StallDetector {
         }
     }
 
-    /// How soon to sample again.
-    fn interval(&self, cfg: &Config) -> Duration {
-        if self.active || self.unacked_since.is_some() || self.stalled {
-            (self.threshold(cfg) / 8).max(Duration::from_millis(2))
+    /// How often to sample while data is in flight: a stall is seen within 1/16 of the
+    /// threshold of its due time (a sample is one lock of quinn's connection state).
+    fn busy_interval(&self, cfg: &Config) -> Duration {
+        (self.threshold(cfg) / 16).max(Duration::from_millis(2))
+    }
+
+    /// How soon to sample again. A sender limited by its congestion or flow-control window
+    /// goes quiet between bursts, and a blackhole can start in such a pause: the busy pace is
+    /// kept for `idle_sample` after the last progress so the first unanswered burst is seen
+    /// at once, not one idle period later.
+    fn interval(&self, now: Instant, cfg: &Config) -> Duration {
+        let recent = self
+            .last_progress
+            .is_some_and(|t| now.saturating_duration_since(t) < cfg.idle_sample);
+        if recent || self.unacked_since.is_some() || self.stalled {
+            self.busy_interval(cfg)
         } else {
             cfg.idle_sample
         }
@@ -279,12 +304,11 @@ impl PathManager {
                     }
                     None => {}
                 }
-                self.next_sample = now + self.stall.interval(&self.cfg);
+                self.next_sample = now + self.stall.interval(now, &self.cfg);
             }
             Input::Activity => {
                 // Sample soon after data starts to flow, not at the idle pace.
-                let soon =
-                    now + (self.stall.threshold(&self.cfg) / 8).max(Duration::from_millis(2));
+                let soon = now + self.stall.busy_interval(&self.cfg);
                 self.next_sample = self.next_sample.min(soon);
             }
             Input::Moved(to) => {
@@ -350,7 +374,12 @@ impl PathManager {
     }
 
     fn on_stall(&mut self, now: Instant) {
-        tracing::warn!(path = %self.current, "path stalled: no acknowledgement with data in flight");
+        tracing::warn!(
+            path = %self.current,
+            rtt = ?self.stall.last.rtt,
+            threshold = ?self.stall.threshold(&self.cfg),
+            "path stalled: no acknowledgement with data in flight"
+        );
         let name = self.current.interface.clone();
         if !self.retry_soon(now, &name) {
             self.suspect(now, &name);
@@ -530,6 +559,12 @@ mod tests {
         moved_at: Vec<Instant>,
         /// `now`, for `path_ok`s that change with time.
         clock: std::rc::Rc<std::cell::Cell<Instant>>,
+        /// With a delay: each burst's ACK comes back after the delay it draws (round trip plus
+        /// the peer's ACK delay), if its path still delivers then, and `rtt` follows the
+        /// draws as quinn's smoothed RTT does. Without: ACKs come back at once.
+        delay: Option<Box<dyn FnMut() -> Duration>>,
+        /// Bursts sent and not acknowledged yet: when the ACK is due, the path, the delay.
+        inflight: Vec<(Instant, LocalPath, Duration)>,
     }
 
     impl Sim {
@@ -548,6 +583,44 @@ mod tests {
                 log: Vec::new(),
                 moved_at: Vec::new(),
                 clock: std::rc::Rc::new(std::cell::Cell::new(now)),
+                delay: None,
+                inflight: Vec::new(),
+            }
+        }
+
+        /// A path with delayed, jittery ACKs; `rtt` starts at the first draw.
+        fn with_delay(cfg: Config, mut delay: impl FnMut() -> Duration + 'static) -> Sim {
+            let mut s = Sim::new(cfg);
+            s.rtt = delay();
+            s.delay = Some(Box::new(delay));
+            s
+        }
+
+        /// The delayed-ACK transport's answer to a sample.
+        fn transport_delayed(&mut self) {
+            let current = self.pm.current().clone();
+            if self.busy {
+                self.sent += 10;
+                if let Some(delay) = self.delay.as_mut() {
+                    let d = delay();
+                    self.inflight.push((self.now + d, current.clone(), d));
+                }
+            }
+            let now = self.now;
+            let mut arrived = Vec::new();
+            self.inflight.retain(|(due, path, d)| {
+                if *due > now {
+                    return true;
+                }
+                arrived.push((path.clone(), *d));
+                false
+            });
+            for (path, d) in arrived {
+                if path == current && (self.path_ok)(&path) {
+                    self.acks += 1;
+                    // RFC 9002's smoothed RTT.
+                    self.rtt = (self.rtt * 7 + d) / 8;
+                }
             }
         }
 
@@ -571,11 +644,15 @@ mod tests {
                 match &a {
                     Action::Sample => {
                         self.clock.set(self.now);
-                        if self.busy {
-                            self.sent += 10;
-                        }
-                        if (self.path_ok)(self.pm.current()) {
-                            self.acks = self.sent;
+                        if self.delay.is_some() {
+                            self.transport_delayed();
+                        } else {
+                            if self.busy {
+                                self.sent += 10;
+                            }
+                            if (self.path_ok)(self.pm.current()) {
+                                self.acks = self.sent;
+                            }
                         }
                         let s = TransportSample {
                             ack_eliciting_sent: self.sent,
@@ -593,6 +670,21 @@ mod tests {
                 }
                 self.log.push(a);
             }
+        }
+
+        /// Blackholes wlan0 now and steps in 1 ms increments until the first move is asked
+        /// for; returns how long that took.
+        fn blackhole_wlan(&mut self) -> Duration {
+            self.path_ok = Box::new(|p| p.interface != "wlan0");
+            let failed_at = self.now;
+            for _ in 0..1000 {
+                let t = self.ms(1);
+                self.run_until(t);
+                if !self.moves().is_empty() {
+                    return self.now - failed_at;
+                }
+            }
+            panic!("never moved");
         }
 
         fn moves(&self) -> Vec<(String, MigrationReason)> {
@@ -638,27 +730,79 @@ mod tests {
     }
 
     #[test]
-    fn stall_is_detected_between_three_and_four_ptos() {
+    fn stall_is_detected_within_three_rtts_plus_the_ack_delay() {
         let mut s = Sim::new(Config::default());
         let t = s.ms(500);
         s.run_until(t);
-        s.path_ok = Box::new(|p| p.interface != "wlan0");
-        let failed_at = s.now;
-        // Step in 1 ms increments and note when the move is asked for.
-        let mut moved = None;
-        for _ in 0..1000 {
-            let t = s.ms(1);
-            s.run_until(t);
-            if !s.moves().is_empty() {
-                moved = Some(s.now - failed_at);
-                break;
-            }
-        }
-        let moved = moved.expect("never moved");
-        // 3 PTOs of (3 x 1 ms + 25 ms), plus up to two sampling intervals (threshold / 8).
-        let threshold = Duration::from_millis(84);
+        let moved = s.blackhole_wlan();
+        // max(60 ms floor, 3 x 1 ms + 25 ms), plus up to two sampling intervals (1/16 each).
+        let threshold = Duration::from_millis(60);
         assert!(moved >= threshold, "moved after {moved:?}");
         assert!(moved <= threshold + threshold / 4, "moved after {moved:?}");
+    }
+
+    /// A deterministic xorshift generator: the same jitter on every run.
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// 50 ms round trips with up to 50 ms of jitter, a peer holding ACKs up to 25 ms, and one
+    /// ACK in 40 a further 100 ms late.
+    fn jittery_50ms(seed: u64) -> impl FnMut() -> Duration {
+        let mut r = rng(seed);
+        move || {
+            let spike = if r().is_multiple_of(40) { 100 } else { 0 };
+            Duration::from_millis(50 + r() % 51 + r() % 26 + spike)
+        }
+    }
+
+    #[test]
+    fn a_healthy_path_with_jittery_rtt_never_moves() {
+        for seed in [1, 7, 42, 1234, 99_991] {
+            let mut s = Sim::with_delay(Config::default(), jittery_50ms(seed));
+            let mut coin = rng(seed ^ 0x5eed);
+            // Bulk, sparse and idle spells, so lone frames after a pause are judged too.
+            for _ in 0..600 {
+                s.busy = !coin().is_multiple_of(3);
+                let t = s.ms(100);
+                s.run_until(t);
+            }
+            assert!(s.moves().is_empty(), "seed {seed}: {:?}", s.moves());
+            assert!(s.acks > 1_000, "seed {seed}: the path carried traffic");
+        }
+    }
+
+    #[test]
+    fn a_blackhole_at_50_ms_rtt_is_seen_within_three_rtts_plus_the_ack_delay() {
+        let mut r = rng(3);
+        let mut s = Sim::with_delay(Config::default(), move || {
+            Duration::from_millis(50 + r() % 26)
+        });
+        let t = s.ms(2_000);
+        s.run_until(t);
+        let srtt = s.rtt;
+        assert!(srtt >= Duration::from_millis(50) && srtt <= Duration::from_millis(75));
+        let moved = s.blackhole_wlan();
+        let threshold = srtt * 3 + Duration::from_millis(25);
+        // Noticed from the first sample after the failure on: up to two sampling intervals
+        // (1/16 of the threshold each) late, and never before the threshold.
+        assert!(
+            moved >= threshold,
+            "moved after {moved:?}, threshold {threshold:?}"
+        );
+        assert!(
+            moved <= threshold + threshold / 8 + Duration::from_millis(2),
+            "moved after {moved:?}, threshold {threshold:?}"
+        );
+        // Three full PTOs (each with 4 rttvar) were ~600-800 ms here.
+        assert!(moved < Duration::from_millis(280), "moved after {moved:?}");
+        assert_eq!(s.moves(), [("rmnet0".into(), MigrationReason::Stalled)]);
     }
 
     #[test]
@@ -727,7 +871,8 @@ mod tests {
         assert_eq!(m.len(), 3, "{m:?}");
         assert_eq!(m[1], ("wlan0".into(), MigrationReason::PrimaryChanged));
         assert_eq!(m[2], ("rmnet0".into(), MigrationReason::Stalled));
-        let t = s.ms(9_000);
+        // The second stall was ~5.4 s in: wlan0 stays suspect until ~15.4 s.
+        let t = s.ms(8_500);
         s.run_until(t);
         assert_eq!(s.moves().len(), 3, "backoff doubled");
         // The link going away and returning clears the suspicion at once.
@@ -777,9 +922,9 @@ mod tests {
         // retried after `retry_after`, not `suspect_for`.
         assert_eq!(s.moved_at[1], back);
         let fell_back = s.moved_at[2] - back;
-        // 3 PTOs of 28 ms, three times over after a move, plus a sampling interval.
-        assert!(fell_back <= Duration::from_millis(300), "{fell_back:?}");
-        assert!(fell_back >= Duration::from_millis(252), "{fell_back:?}");
+        // The 60 ms floor, three times over after a move, plus a sampling interval or two.
+        assert!(fell_back <= Duration::from_millis(220), "{fell_back:?}");
+        assert!(fell_back >= Duration::from_millis(180), "{fell_back:?}");
         let retried = s.moved_at[3] - s.moved_at[2];
         assert_eq!(retried, Config::default().retry_after);
         // Once there, it carries traffic: no degradation left, nothing suspect.
