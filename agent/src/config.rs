@@ -16,12 +16,15 @@
 //! idle_interval_ms = 2000
 //! timeout_ms = 100
 //! miss_limit = 3
+//! portal_url = "http://198.18.0.1/generate_204"  # captive-portal check; plain http, address literal
+//! portal_status = 204               # what it answers when no portal is in the way
 //!
 //! [[interface]]                     # overrides, first match wins
 //! name = "eth1"                     # glob on the interface name
 //! kind = "cellular"
 //! metered = true
 //! probe_targets = ["198.18.1.1:7777"]
+//! portal_url = "http://198.18.1.1/generate_204"
 //! ```
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,7 +36,12 @@ use roam_policy::LinkKind;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::core::{MIN_PROBE_INTERVAL, ProbeConfig, RoutingConfig};
+use crate::core::{MIN_PROBE_INTERVAL, PortalCheck, ProbeConfig, RoutingConfig};
+use crate::probe::portal::PortalUrl;
+
+/// What a captive-portal URL answers when nothing stands in the way, unless the config says
+/// otherwise.
+pub const DEFAULT_PORTAL_STATUS: u16 = 204;
 use crate::monitor::classify::{KindOverride, glob_match};
 
 /// The parsed, checked config.
@@ -51,6 +59,11 @@ pub struct Config {
     pub probe: ProbeConfig,
     /// Probe targets for interfaces without their own.
     pub probe_targets: Vec<SocketAddr>,
+    /// The captive-portal check for interfaces without their own (`[probe] portal_url`).
+    pub portal: Option<PortalCheck>,
+    /// The status `portal_url` answers with when nothing is in the way (`[probe]
+    /// portal_status`, default 204).
+    pub portal_status: u16,
     /// Per-interface overrides, in file order.
     pub interfaces: Vec<InterfaceOverride>,
     /// Policy routing; `None` when the config turns it off.
@@ -74,6 +87,8 @@ impl Default for Config {
             apps: BTreeMap::new(),
             probe: ProbeConfig::default(),
             probe_targets: Vec::new(),
+            portal: None,
+            portal_status: DEFAULT_PORTAL_STATUS,
             interfaces: Vec::new(),
             routing: Some(RoutingConfig::default()),
             mptcp: true,
@@ -102,6 +117,8 @@ pub struct InterfaceOverride {
     pub metered: Option<bool>,
     /// Probe targets to use instead of the global ones.
     pub probe_targets: Option<Vec<SocketAddr>>,
+    /// The captive-portal URL to fetch instead of the global one.
+    pub portal_url: Option<PortalUrl>,
 }
 
 /// A config file that could not be used: where, and what is wrong.
@@ -223,6 +240,8 @@ struct RawProbe {
     loss_window: Option<Spanned<usize>>,
     degraded_rtt_ms: Option<u64>,
     degraded_loss_pct: Option<Spanned<f64>>,
+    portal_url: Option<Spanned<String>>,
+    portal_status: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +251,7 @@ struct RawInterface {
     kind: Option<Spanned<String>>,
     metered: Option<bool>,
     probe_targets: Option<Vec<Spanned<String>>>,
+    portal_url: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -276,6 +296,8 @@ impl Config {
 
         let mut probe = ProbeConfig::default();
         let mut probe_targets = Vec::new();
+        let mut portal_url = None;
+        let mut portal_status = DEFAULT_PORTAL_STATUS;
         if let Some(p) = raw.probe {
             let interval = |v: &Option<Spanned<u64>>, dflt: Duration| match v {
                 None => Ok(dflt),
@@ -310,6 +332,16 @@ impl Config {
                 probe.degraded_loss_pct = *l.get_ref();
             }
             probe_targets = targets(&p.targets, &err)?;
+            portal_url = p.portal_url.as_ref().map(|u| url(u, &err)).transpose()?;
+            if let Some(st) = p.portal_status {
+                if !(100..=599).contains(st.get_ref()) {
+                    return Err(err(
+                        st.span(),
+                        "must be an HTTP status from 100 to 599".into(),
+                    ));
+                }
+                portal_status = *st.get_ref();
+            }
         }
 
         let mut interfaces = Vec::new();
@@ -331,6 +363,7 @@ impl Config {
                 kind,
                 metered: i.metered,
                 probe_targets,
+                portal_url: i.portal_url.as_ref().map(|u| url(u, &err)).transpose()?,
             });
         }
 
@@ -372,6 +405,11 @@ impl Config {
             apps,
             probe,
             probe_targets,
+            portal: portal_url.map(|url| PortalCheck {
+                url,
+                expect: portal_status,
+            }),
+            portal_status,
             interfaces,
         })
     }
@@ -407,6 +445,27 @@ impl Config {
             .unwrap_or_else(|| self.probe_targets.clone());
         (metered, targets)
     }
+
+    /// The captive-portal check of interface `name`: its own URL (first override that sets
+    /// one), else the global one; `None` when neither is configured.
+    pub fn portal_for(&self, name: &str) -> Option<PortalCheck> {
+        self.interfaces
+            .iter()
+            .filter(|i| glob_match(&i.name, name))
+            .find_map(|i| i.portal_url.clone())
+            .map(|url| PortalCheck {
+                url,
+                expect: self.portal_status,
+            })
+            .or_else(|| self.portal.clone())
+    }
+}
+
+fn url(
+    u: &Spanned<String>,
+    err: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<PortalUrl, ConfigError> {
+    u.get_ref().parse().map_err(|e| err(u.span(), e))
 }
 
 fn targets(
@@ -505,6 +564,13 @@ metered = false
             ("sockett = \"x\"\n", 1, 1, "unknown field `sockett`"),
             ("[probe]\nfast_interval_ms = 5\n", 2, 20, "at least 10 ms"),
             (
+                "[probe]\nportal_url = \"https://198.18.0.1/\"\n",
+                2,
+                14,
+                "not a plain http:// URL",
+            ),
+            ("[probe]\nportal_status = 42\n", 2, 17, "HTTP status"),
+            (
                 "[probe]\ntargets = [\"198.18.0.1\"]\n",
                 2,
                 12,
@@ -548,6 +614,28 @@ metered = false
             );
             assert!(r.ends_with(&format!("\n{}^", " ".repeat(col - 1))), "{r}");
         }
+    }
+
+    #[test]
+    fn portal_checks_come_from_the_interface_else_the_probe_section() {
+        let c = Config::from_str(
+            "t.toml",
+            "[probe]\nportal_url = \"http://198.18.0.1/generate_204\"\n\
+             [[interface]]\nname = \"wlan*\"\nportal_url = \"http://198.18.1.1:8080/g\"\n",
+        )
+        .unwrap();
+        let w = c.portal_for("wlan0").unwrap();
+        assert_eq!(w.url.addr, "198.18.1.1:8080".parse().unwrap());
+        assert_eq!(w.expect, DEFAULT_PORTAL_STATUS);
+        assert_eq!(c.portal_for("rmnet0").unwrap().url.path, "/generate_204");
+        let none = Config::from_str("t.toml", "").unwrap();
+        assert_eq!(none.portal_for("wlan0"), None);
+        let st = Config::from_str(
+            "t.toml",
+            "[probe]\nportal_url = \"http://198.18.0.1/\"\nportal_status = 200\n",
+        )
+        .unwrap();
+        assert_eq!(st.portal_for("x").unwrap().expect, 200);
     }
 
     #[test]

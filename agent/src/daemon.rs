@@ -21,7 +21,8 @@ use crate::ipc::server::{self, FromClient, Peer};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
 use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
 use crate::monitor::nl80211::{Nl80211, Wireless};
-use crate::probe::{ProbeReply, Prober};
+use crate::probe::{ProbeReply, Prober, portal};
+use tracing::Instrument;
 
 /// How roamd was started.
 #[derive(Debug, Clone)]
@@ -72,6 +73,8 @@ struct Daemon {
     /// can wait behind another family's slow one).
     nl80211: Option<Arc<std::sync::Mutex<Nl80211>>>,
     wireless_tx: mpsc::Sender<(u32, Wireless)>,
+    /// Finished captive-portal checks: interface index and HTTP status (or why none).
+    portal_tx: mpsc::Sender<(u32, Result<u16, String>)>,
     /// The userspace path manager's worker; answers carry the client and request id to reply
     /// to (`None`: the core's own steering).
     upm: Option<UserspacePm<Reply2>>,
@@ -132,6 +135,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     let mut monitor = Monitor::open().context("opening the netlink route socket")?;
     let (reply_tx, mut replies) = mpsc::channel::<ProbeReply>(1024);
     let (wireless_tx, mut wireless) = mpsc::channel::<(u32, Wireless)>(64);
+    let (portal_tx, mut portal_done) = mpsc::channel::<(u32, Result<u16, String>)>(64);
     let nl80211 = match Nl80211::open() {
         Ok(n) => Some(Arc::new(std::sync::Mutex::new(n))),
         Err(e) => {
@@ -152,6 +156,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         mptcp: None,
         nl80211,
         wireless_tx,
+        portal_tx,
         upm: None,
     };
     if let Some(cfg) = opts.config.routing {
@@ -286,6 +291,9 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
                 }
             },
             Some(done) = upm_done.recv() => d.on_pm_done(done),
+            Some((index, status)) = portal_done.recv() => {
+                d.core.handle(Instant::now(), Event::PortalChecked { index, status });
+            }
             Some(r) = replies.recv() => {
                 d.core.handle(r.at, Event::ProbeReply { index: r.index, seq: r.seq });
             }
@@ -409,6 +417,7 @@ impl Daemon {
                 let facts = SysfsFacts::read(&self.sysfs_root, &l.name);
                 let kind = classify(&l.name, &facts, l.info_kind.as_deref(), &self.overrides);
                 let (metered, probe_targets) = self.config.link_settings(&l.name);
+                let portal = self.config.portal_for(&l.name);
                 Event::LinkUpdated(LinkInfo {
                     index: l.index,
                     name: l.name,
@@ -418,6 +427,7 @@ impl Daemon {
                     metered,
                     probe_targets,
                     wireless: facts.wireless || facts.devtype.as_deref() == Some("wlan"),
+                    portal,
                 })
             }
             MonitorEvent::LinkGone { index } => {
@@ -475,6 +485,22 @@ impl Daemon {
                             tracing::debug!(%interface, %target, error = %e, "probe not sent");
                             failed.push(Event::ProbeSendFailed { index, seq });
                         }
+                    }
+                    Action::CheckPortal {
+                        index,
+                        interface,
+                        url,
+                    } => {
+                        let done = self.portal_tx.clone();
+                        let span = tracing::debug_span!("portal", %interface, %url);
+                        tokio::spawn(
+                            async move {
+                                let status = portal::check(&interface, &url).await;
+                                tracing::debug!(?status, "portal check");
+                                let _ = done.send((index, status)).await;
+                            }
+                            .instrument(span),
+                        );
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
                     Action::QueryWireless { index } => self.query_wireless(index),

@@ -676,3 +676,143 @@ fn the_reflector_answers_only_probes_and_never_more_than_it_got() {
     assert_eq!(n, LEN);
     assert_eq!(parsed, Some(Probe { reply: true, ..req }));
 }
+
+/// A tiny HTTP server in a namespace: answers every request with `status` (changeable while it
+/// runs) and reports each request's line and peer. Stops when dropped.
+struct HttpResponder {
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpResponder {
+    fn start(
+        ns: &str,
+        listen: &str,
+        status: u16,
+    ) -> (
+        std::sync::mpsc::Receiver<(String, std::net::SocketAddr)>,
+        HttpResponder,
+    ) {
+        use std::io::BufRead;
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+        let ns = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        let listen: std::net::SocketAddr = listen.parse().unwrap();
+        let status = std::sync::Arc::new(AtomicU16::new(status));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (status2, stop2) = (status.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with an open namespace fd.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let listener = std::net::TcpListener::bind(listen).unwrap();
+            // The timeout only lets the thread see `stop`.
+            socket2::SockRef::from(&listener)
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
+                let Ok((mut conn, peer)) = listener.accept() else {
+                    continue;
+                };
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let _ = reader.read_line(&mut line);
+                let code = status2.load(Ordering::Relaxed);
+                let body = if code == 204 {
+                    ""
+                } else {
+                    "<html><form>log in to the hotel WiFi</form></html>"
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} Whatever\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tx.send((line.trim_end().to_owned(), peer));
+            }
+        });
+        ready_rx.recv().unwrap();
+        (
+            rx,
+            HttpResponder {
+                status,
+                stop,
+                thread: Some(thread),
+            },
+        )
+    }
+
+    fn set_status(&self, code: u16) {
+        self.status
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for HttpResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_captive_portal_keeps_wifi_unvalidated_until_it_answers_204() {
+    if !can_run("a_captive_portal_keeps_wifi_unvalidated_until_it_answers_204") {
+        return;
+    }
+    let mut hs = Handset::new(
+        "[[interface]]\nname = \"wlan0\"\nportal_url = \"http://198.18.1.1:8080/generate_204\"\n",
+    );
+    // A hotel WiFi: the portal answers its login page (200) to everything.
+    let (requests, portal) = HttpResponder::start(&hs.s, "198.18.1.1:8080", 200);
+    hs.start_roamd(&[]);
+    let mut sub = hs.subscriber(None);
+    wait_update(&mut sub, WAIT, "rmnet0 validated by its echo probes", |u| {
+        state_of(u, "rmnet0") == Some("validated")
+    });
+    let (line, peer) = requests.recv_timeout(WAIT).expect("the portal check");
+    assert_eq!(line, "GET /generate_204 HTTP/1.1");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::from([198, 18, 1, 2]),
+        "the check must leave through wlan0"
+    );
+    // Asked again at the idle pace only because the first answer marked wlan0 captive.
+    requests.recv_timeout(WAIT).expect("the portal asked again");
+    let (code, out, err) = hs.roamctl(None, &["links", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let links: Vec<Interface> = serde_json::from_str(out.trim()).unwrap();
+    let state = |name: &str| {
+        links
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.state.as_str().to_owned())
+    };
+    assert_eq!(
+        state("wlan0").as_deref(),
+        Some("up"),
+        "echo probes answer on wlan0, yet a portal is in the way: {out}"
+    );
+    assert_eq!(state("rmnet0").as_deref(), Some("validated"), "{out}");
+    assert!(
+        hs.log()
+            .contains("captive portal: http://198.18.1.1:8080/generate_204 answered HTTP 200"),
+        "{}",
+        hs.log()
+    );
+    // The user logs in: the next check gets 204 and wlan0 is validated.
+    portal.set_status(204);
+    wait_update(&mut sub, WAIT, "wlan0 validated after the login", |u| {
+        state_of(u, "wlan0") == Some("validated")
+    });
+}

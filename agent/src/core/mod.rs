@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use roam_policy::{Decision, Flow, Interface, LinkKind, LinkState, MultipathMode, Path, State};
 
+use crate::probe::portal::PortalUrl;
 pub use decide::{Policy, PolicyLoadError};
 pub use probe::ProbeConfig;
 use probe::{LinkProbe, Verdict};
@@ -50,6 +51,33 @@ pub struct LinkInfo {
     pub probe_targets: Vec<SocketAddr>,
     /// sysfs says it is an 802.11 interface: nl80211 can tell its SSID and signal.
     pub wireless: bool,
+    /// The captive-portal check: until it answers as expected the link is not `validated`,
+    /// whatever the echo probes say. `None`: echo probes alone validate it.
+    pub portal: Option<PortalCheck>,
+}
+
+/// A URL to fetch from a link and the HTTP status that means "no portal in the way".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalCheck {
+    /// What to fetch.
+    pub url: PortalUrl,
+    /// The status of open internet (204 unless configured).
+    pub expect: u16,
+}
+
+/// Where a link's captive-portal check stands since the link last came up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Portal {
+    /// Not asked yet.
+    Unchecked,
+    /// Asked at this instant; no answer yet. Keeps the reason of the last captive answer,
+    /// so a portal that stays is logged once.
+    Pending { at: Instant, was: Option<String> },
+    /// The expected status came back.
+    Open,
+    /// Something else came back (a portal's page, a redirect) or nothing did; asked at this
+    /// instant, and asked again at the idle probe pace (the user may log in).
+    Captive { why: String, at: Instant },
 }
 
 /// How often a wireless link's SSID and signal are asked again while it is probed. Asked
@@ -206,6 +234,13 @@ pub enum Event {
         /// The session saw no progress: probe that link now rather than at its next turn.
         stalled: bool,
     },
+    /// The captive-portal check of this interface finished.
+    PortalChecked {
+        /// Interface index.
+        index: u32,
+        /// The HTTP status, or why there is none.
+        status: Result<u16, String>,
+    },
     /// nl80211's answer about a wireless link.
     Wireless {
         /// Interface index.
@@ -300,6 +335,16 @@ pub enum Action {
         /// Interface index.
         index: u32,
     },
+    /// Fetch this URL from this interface (bound to it) and answer with
+    /// [`Event::PortalChecked`].
+    CheckPortal {
+        /// Interface index.
+        index: u32,
+        /// Interface name (for `SO_BINDTODEVICE`).
+        interface: String,
+        /// What to fetch.
+        url: PortalUrl,
+    },
     /// Probing of this interface stopped: its socket can be closed.
     StopProbing {
         /// Interface index.
@@ -350,6 +395,7 @@ struct Link {
     addrs: BTreeSet<(IpAddr, u8)>,
     routes: BTreeSet<Route>,
     probe: LinkProbe,
+    portal: Portal,
     state: LinkState,
     up_since: Option<Instant>,
     mode: ProbeMode,
@@ -659,6 +705,7 @@ impl Core {
                                 addrs: BTreeSet::new(),
                                 routes: BTreeSet::new(),
                                 probe: LinkProbe::new(),
+                                portal: Portal::Unchecked,
                                 state: LinkState::Down,
                                 up_since: None,
                                 mode: ProbeMode::Off,
@@ -716,6 +763,33 @@ impl Core {
             Event::ProbeReply { index, seq } => {
                 if let Some(link) = self.links.get_mut(&index) {
                     link.probe.reply(seq, now, &self.probe_cfg);
+                }
+            }
+            Event::PortalChecked { index, status } => {
+                if let Some(link) = self.links.get_mut(&index)
+                    && let Some(check) = &link.info.portal
+                    && let Portal::Pending { at, was } = &mut link.portal
+                {
+                    let (at, was) = (*at, was.take());
+                    link.portal = match status {
+                        Ok(s) if s == check.expect => Portal::Open,
+                        Ok(s) => Portal::Captive {
+                            why: format!(
+                                "captive portal: {} answered HTTP {s}, not {}",
+                                check.url, check.expect
+                            ),
+                            at,
+                        },
+                        Err(e) => Portal::Captive {
+                            why: format!("captive portal check of {} failed: {e}", check.url),
+                            at,
+                        },
+                    };
+                    if let Portal::Captive { why, .. } = &link.portal
+                        && was.as_ref() != Some(why)
+                    {
+                        tracing::info!(interface = %link.info.name, reason = %why, "not validated");
+                    }
                 }
             }
             Event::ProbeSendFailed { index, seq } => {
@@ -987,8 +1061,19 @@ impl Core {
                 // it returns: it starts again as `up`.
                 link.probe.reset();
             }
+            if !l3 {
+                link.portal = Portal::Unchecked;
+            }
             let new = if l3 {
-                link.probe.state(&self.probe_cfg)
+                let probed = link.probe.state(&self.probe_cfg);
+                // Echo replies prove a path to the reflector, not to the internet: with a
+                // portal check configured, only its expected answer validates.
+                let portal_open = link.info.portal.is_none() || link.portal == Portal::Open;
+                if probed.is_usable() && probed != LinkState::Up && !portal_open {
+                    LinkState::Up
+                } else {
+                    probed
+                }
             } else {
                 LinkState::Down
             };
@@ -1007,6 +1092,8 @@ impl Core {
                     "no usable address"
                 } else if link.probe.verdict() == Verdict::Failed {
                     "probes unanswered"
+                } else if let Portal::Captive { why, .. } = &link.portal {
+                    why.as_str()
                 } else {
                     "probe figures"
                 };
@@ -1094,6 +1181,27 @@ impl Core {
                     target,
                     seq,
                 });
+                // With a probe, never on a timer of its own: once when the link comes up,
+                // again at the idle pace while a portal is in the way.
+                let ask = match &link.portal {
+                    Portal::Unchecked => true,
+                    Portal::Captive { at, .. } => {
+                        now.saturating_duration_since(*at) >= self.probe_cfg.idle_interval
+                    }
+                    Portal::Pending { .. } | Portal::Open => false,
+                };
+                if ask && let Some(check) = &link.info.portal {
+                    let was = match &link.portal {
+                        Portal::Captive { why, .. } => Some(why.clone()),
+                        _ => None,
+                    };
+                    link.portal = Portal::Pending { at: now, was };
+                    self.actions.push_back(Action::CheckPortal {
+                        index,
+                        interface: link.info.name.clone(),
+                        url: check.url.clone(),
+                    });
+                }
                 // After a long pause (the shell was late) send one probe, not a burst.
                 link.next_probe = Some((due + iv).max(now + iv / 2));
             }

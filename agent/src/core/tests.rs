@@ -34,6 +34,7 @@ fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
             Vec::new()
         },
         wireless: false,
+        portal: None,
     }
 }
 
@@ -907,4 +908,86 @@ mod steering {
         assert!(steps(&drain(&mut core)).is_empty());
         assert_eq!(core.poll_timeout(), None);
     }
+}
+
+#[test]
+fn a_captive_portal_keeps_a_link_from_being_validated_until_it_answers_204() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), true, t0);
+    let mut wlan = info(WLAN, "wlan0", LinkKind::Wifi, true);
+    wlan.portal = Some(PortalCheck {
+        url: "http://198.18.1.1/generate_204".parse().unwrap(),
+        expect: 204,
+    });
+    core.handle(t0, Event::LinkUpdated(wlan));
+    subscribe(&mut core, t0, 1, "app");
+    let state = |core: &Core, now: Instant, name: &str| {
+        core.interfaces(now)
+            .into_iter()
+            .find(|i| i.name == name)
+            .map(|i| i.state)
+    };
+    let checks = |log: &[(Instant, Action)]| -> Vec<Instant> {
+        log.iter()
+            .filter_map(|(t, a)| match a {
+                Action::CheckPortal { index, url, .. } => {
+                    assert_eq!(*index, WLAN);
+                    assert_eq!(url.to_string(), "http://198.18.1.1/generate_204");
+                    Some(*t)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // Echo probes answer everywhere; only wlan0 has a portal check, asked with its first probe.
+    let log = simulate(&mut core, t0, t0 + ms(500), |_, _| Some(ms(2)));
+    assert_eq!(checks(&log), vec![t0]);
+    let now = t0 + ms(500);
+    assert_eq!(state(&core, now, "rmnet0"), Some(LinkState::Validated));
+    assert_eq!(
+        state(&core, now, "wlan0"),
+        Some(LinkState::Up),
+        "no answer yet"
+    );
+    // A login page: not validated, and asked again at the idle pace, with a probe.
+    core.handle(
+        now,
+        Event::PortalChecked {
+            index: WLAN,
+            status: Ok(200),
+        },
+    );
+    assert_eq!(state(&core, now, "wlan0"), Some(LinkState::Up));
+    let log = simulate(&mut core, now, t0 + ms(2_600), |_, _| Some(ms(2)));
+    let again = checks(&log);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(again[0] >= t0 + ProbeConfig::default().idle_interval);
+    let now = t0 + ms(2_600);
+    assert_eq!(state(&core, now, "wlan0"), Some(LinkState::Up));
+    // The user logged in: 204, validated, and no more checks.
+    core.handle(
+        now,
+        Event::PortalChecked {
+            index: WLAN,
+            status: Ok(204),
+        },
+    );
+    assert_eq!(state(&core, now, "wlan0"), Some(LinkState::Validated));
+    let log = simulate(&mut core, now, t0 + ms(10_000), |_, _| Some(ms(2)));
+    assert!(checks(&log).is_empty());
+    // Down and up again: checked anew.
+    let mut down = info(WLAN, "wlan0", LinkKind::Wifi, true);
+    down.admin_up = false;
+    core.handle(t0 + ms(10_000), Event::LinkUpdated(down));
+    let mut up = info(WLAN, "wlan0", LinkKind::Wifi, true);
+    up.portal = Some(PortalCheck {
+        url: "http://198.18.1.1/generate_204".parse().unwrap(),
+        expect: 204,
+    });
+    core.handle(t0 + ms(10_001), Event::LinkUpdated(up));
+    let log = simulate(&mut core, t0 + ms(10_001), t0 + ms(10_500), |_, _| {
+        Some(ms(2))
+    });
+    assert_eq!(checks(&log).len(), 1);
+    assert_eq!(state(&core, t0 + ms(10_500), "wlan0"), Some(LinkState::Up));
 }

@@ -2,6 +2,7 @@
 //! interface (`SO_BINDTODEVICE`), so a probe leaves through the link it judges whatever the
 //! routing table prefers. When to probe is the core's business (`crate::core`); this file only
 //! sends what it is told and reports what comes back.
+pub mod portal;
 pub mod reflect;
 pub mod wire;
 
