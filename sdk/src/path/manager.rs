@@ -157,6 +157,12 @@ struct StallDetector {
     stalled: bool,
     /// When a sample last showed frames going out or ACKs coming in.
     last_progress: Option<Instant>,
+    /// When a sample last showed frames going out.
+    last_sent: Option<Instant>,
+    /// The app wrote since the last sample.
+    written: bool,
+    /// Data the app wrote before the last sample has not visibly gone out since.
+    queued: bool,
 }
 
 impl StallDetector {
@@ -168,7 +174,15 @@ impl StallDetector {
             grace,
             stalled: false,
             last_progress: None,
+            last_sent: None,
+            written: false,
+            queued: false,
         }
+    }
+
+    /// The app wrote: data is waiting to go out.
+    fn note_write(&mut self) {
+        self.written = true;
     }
 
     /// After a move: what was in flight is judged on the new path, with grace.
@@ -176,6 +190,8 @@ impl StallDetector {
         self.grace = grace;
         self.stalled = false;
         self.unacked_since = (self.last.ack_eliciting_sent > self.sent_at_ack).then_some(now);
+        // What is in flight left from the old path: an ACK on the new one is due from now on.
+        self.last_sent = self.last_sent.map(|_| now);
     }
 
     fn threshold(&self, cfg: &Config) -> Duration {
@@ -188,8 +204,24 @@ impl StallDetector {
     /// Returns `Some(true)` when a stall starts, `Some(false)` when ACKs resume after one.
     fn sample(&mut self, now: Instant, s: TransportSample, cfg: &Config) -> Option<bool> {
         let acked = s.acks_received > self.last.acks_received;
-        if acked || s.ack_eliciting_sent > self.last.ack_eliciting_sent {
+        let sent = s.ack_eliciting_sent > self.last.ack_eliciting_sent;
+        if acked || sent {
             self.last_progress = Some(now);
+        }
+        if sent {
+            self.last_sent = Some(now);
+        }
+        // quinn accepts a write only within the peer's flow-control limits, and sends what it
+        // accepted at once unless its congestion window is full. So a write a whole sampling
+        // interval old, nothing sent since and no ACK means a full window: data is in flight,
+        // the newest of it sent by the last sample that saw frames go out, and an ACK is due
+        // from then on. Without this, a window-limited sender in a blackhole shows nothing new
+        // until quinn's probe timeout (~80 ms at 50 ms RTT) and the clock starts only then.
+        let stuck = self.queued && !acked && !sent;
+        self.queued = self.written || (self.queued && !sent);
+        self.written = false;
+        if stuck && self.unacked_since.is_none() {
+            self.unacked_since = self.last_sent;
         }
         self.last = s;
         if acked {
@@ -307,6 +339,7 @@ impl PathManager {
                 self.next_sample = now + self.stall.interval(now, &self.cfg);
             }
             Input::Activity => {
+                self.stall.note_write();
                 // Sample soon after data starts to flow, not at the idle pace.
                 let soon = now + self.stall.busy_interval(&self.cfg);
                 self.next_sample = self.next_sample.min(soon);
@@ -803,6 +836,66 @@ mod tests {
         // Three full PTOs (each with 4 rttvar) were ~600-800 ms here.
         assert!(moved < Duration::from_millis(280), "moved after {moved:?}");
         assert_eq!(s.moves(), [("rmnet0".into(), MigrationReason::Stalled)]);
+    }
+
+    #[test]
+    fn a_window_limited_sender_is_judged_from_its_last_send_not_its_next_probe() {
+        let cfg = Config::default();
+        let mut d = StallDetector::new(1);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let sample = |sent, acks| TransportSample {
+            ack_eliciting_sent: sent,
+            acks_received: acks,
+            rtt: Duration::from_millis(55),
+        };
+        // Bulk flow: every 12 ms frames go out and ACKs come in.
+        for i in 0..10 {
+            d.note_write();
+            assert_eq!(
+                d.sample(at(i * 12), sample(100 * (i + 1), 10 * (i + 1)), &cfg),
+                None
+            );
+        }
+        // The last ACK opened the window, it filled at once (108 ms); then the hole: the app
+        // keeps writing, nothing can go out, nothing comes back.
+        let last_send = at(108);
+        let threshold = d.threshold(&cfg);
+        let mut stalled_at = None;
+        for i in 10..60 {
+            d.note_write();
+            if d.sample(at(i * 12), sample(1000, 100), &cfg) == Some(true) {
+                stalled_at = Some(at(i * 12));
+                break;
+            }
+        }
+        let stalled_at = stalled_at.expect("never stalled");
+        assert!(
+            stalled_at >= last_send + threshold,
+            "{:?}",
+            stalled_at - last_send
+        );
+        assert!(stalled_at <= last_send + threshold + Duration::from_millis(12));
+
+        // The same pause with the ACK clock running is no stall: a write that could not go out
+        // at once is fine as long as ACKs open the window.
+        let mut d = StallDetector::new(1);
+        for i in 0..100 {
+            d.note_write();
+            let sent = 100 * (1 + i / 10);
+            assert_eq!(d.sample(at(i * 12), sample(sent, i + 1), &cfg), None, "{i}");
+        }
+        // And a write that went out is judged from its sending, as any frame.
+        let mut d = StallDetector::new(1);
+        assert_eq!(d.sample(at(0), sample(10, 1), &cfg), None);
+        assert_eq!(d.sample(at(1_000), sample(10, 1), &cfg), None);
+        d.note_write();
+        assert_eq!(d.sample(at(1_012), sample(20, 1), &cfg), None);
+        assert_eq!(d.sample(at(1_024), sample(20, 1), &cfg), None);
+        assert_eq!(
+            d.sample(at(1_012) + threshold, sample(20, 1), &cfg),
+            Some(true)
+        );
     }
 
     #[test]
