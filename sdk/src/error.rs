@@ -22,12 +22,14 @@ pub enum Error {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// The system resolver did not turn the name into any address.
+    /// The name resolved to no address on any permitted link: each link's nameservers (set
+    /// with `SessionBuilder::nameservers`, else resolv.conf's, asked over that link) or, where
+    /// there are none, the system resolver. `detail` says what each link's server answered.
     #[error("the name `{host}` does not resolve ({detail}); check the name and the device's DNS")]
     Resolve {
         /// The name that was looked up.
         host: String,
-        /// What the resolver said.
+        /// What the resolvers said, link by link.
         detail: String,
     },
     /// The policy leaves this app no usable interface: the session is blocked rather than sent
