@@ -207,9 +207,12 @@ fn the_bridge_works_from_a_real_jvm() -> Result<()> {
     // Drain both pipes on threads so a chatty JVM cannot block on a full pipe.
     let mut out_pipe = child.stdout.take().context("no stdout")?;
     let mut err_pipe = child.stderr.take().context("no stderr")?;
+    // The JVM's stdout reaching end of file is the event that it has exited (or closed it).
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
     let out_t = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut out_pipe, &mut s);
+        let _ = eof_tx.send(());
         s
     });
     let err_t = std::thread::spawn(move || {
@@ -217,17 +220,15 @@ fn the_bridge_works_from_a_real_jvm() -> Result<()> {
         let _ = std::io::Read::read_to_string(&mut err_pipe, &mut s);
         s
     });
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if started.elapsed() > JAVA_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the JVM ran longer than {JAVA_TIMEOUT:?} and was killed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    if eof_rx
+        .recv_timeout(JAVA_TIMEOUT.saturating_sub(started.elapsed()))
+        .is_err()
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the JVM ran longer than {JAVA_TIMEOUT:?} and was killed");
+    }
+    let status = child.wait()?;
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     println!("---- java stdout ({:?}) ----\n{stdout}", started.elapsed());
