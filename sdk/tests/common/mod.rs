@@ -171,11 +171,23 @@ pub struct ClientSide {
     pub server_said: String,
 }
 
-/// Starts a session from the handset to the server and sends a deterministic stream paced at
-/// 16 KiB per millisecond until `stop` fires (or 60 s pass), then half-closes and reads the
-/// server's answer.
+/// Starts a session from the handset to the server's service address; see
+/// [`start_client_to`].
 pub fn start_client(
     topo: &Topology,
+    builder: roam::SessionBuilder,
+    notes: mpsc::Sender<ClientNote>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<JoinHandle<Result<ClientSide>>> {
+    start_client_to(topo, format!("{SERVICE_V4}:{PORT}"), builder, notes, stop)
+}
+
+/// Starts a session from the handset to `target` (the service address, or a name the session
+/// resolves) and sends a deterministic stream paced at 16 KiB per millisecond until `stop`
+/// fires (or 60 s pass), then half-closes and reads the server's answer.
+pub fn start_client_to(
+    topo: &Topology,
+    target: String,
     builder: roam::SessionBuilder,
     notes: mpsc::Sender<ClientNote>,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -185,7 +197,6 @@ pub fn start_client(
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            let target = format!("{SERVICE_V4}:{PORT}");
             let mut s = builder.connect(&target).await?;
             let mut events = s.events();
             let _ = notes.send(ClientNote::Connected(s.path().interface));
