@@ -65,11 +65,7 @@ struct Run {
 
 fn start(topo: &Topology, builder: SessionBuilder) -> anyhow::Result<Run> {
     let pki = Pki::generate()?;
-    let (server_tx, server_rx) = mpsc::channel();
-    let server = start_server(topo, pki.server_tls()?, server_tx)?;
-    wait_for(&server_rx, "the listener", |n| {
-        matches!(n, ServerNote::Listening)
-    })?;
+    let (server_rx, server) = start_server_ready(topo, &pki)?;
     let (client_tx, client_rx) = mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let builder = builder

@@ -30,11 +30,7 @@ struct Run {
 /// Starts the server and an MPTCP (or `transport`) session from the handset.
 fn start(topo: Topology, transport: TransportPreference) -> anyhow::Result<Run> {
     let pki = Pki::generate()?;
-    let (server_tx, server_rx) = mpsc::channel();
-    let server = start_server(&topo, pki.server_tls()?, server_tx)?;
-    wait_for(&server_rx, "the listener", |n| {
-        matches!(n, ServerNote::Listening)
-    })?;
+    let (server_rx, server) = start_server_ready(&topo, &pki)?;
     let (client_tx, client_rx) = mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let builder = roam::Session::builder()
@@ -275,11 +271,7 @@ fn auto_falls_back_from_blocked_quic_to_mptcp_and_says_why() -> anyhow::Result<(
          udp dport {PORT} counter drop\n }}\n}}\n"
     ))?;
     let pki = Pki::generate()?;
-    let (server_tx, server_rx) = mpsc::channel();
-    let server = start_server(&topo, pki.server_tls()?, server_tx)?;
-    wait_for(&server_rx, "the listener", |n| {
-        matches!(n, ServerNote::Listening)
-    })?;
+    let (server_rx, server) = start_server_ready(&topo, &pki)?;
     let (client_tx, client_rx) = mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let builder = roam::Session::builder()

@@ -27,23 +27,9 @@ struct Run {
 }
 
 /// The listener, its notes and its thread.
-type Server = (
-    mpsc::Receiver<ServerNote>,
-    std::thread::JoinHandle<anyhow::Result<ServerSide>>,
-);
-
-fn start_server_only(topo: &Topology, pki: &Pki) -> anyhow::Result<Server> {
-    let (server_tx, server_rx) = mpsc::channel();
-    let server = start_server(topo, pki.server_tls()?, server_tx)?;
-    wait_for(&server_rx, "the listener", |n| {
-        matches!(n, ServerNote::Listening)
-    })?;
-    Ok((server_rx, server))
-}
-
 fn start(topo: Topology, transport: TransportPreference) -> anyhow::Result<Run> {
     let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_only(&topo, &pki)?;
+    let (server_rx, server) = start_server_ready(&topo, &pki)?;
     let (client_tx, client_rx) = mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let builder = roam::Session::builder()

@@ -129,11 +129,7 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
     let mut agent = AgentProc::start(&topo, &dir)?;
 
     let pki = Pki::generate()?;
-    let (server_tx, server_rx) = mpsc::channel();
-    let server = start_server(&topo, pki.server_tls()?, server_tx)?;
-    wait_for(&server_rx, "the listener", |n| {
-        matches!(n, ServerNote::Listening)
-    })?;
+    let (server_rx, server) = start_server_ready(&topo, &pki)?;
     let (client_tx, client_rx) = mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     // A policy text the session would use without roamd: cellular first. Following roamd

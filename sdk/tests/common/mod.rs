@@ -95,6 +95,20 @@ pub struct ServerSide {
     pub peers: Vec<SocketAddr>,
 }
 
+/// Starts the server (`start_server` with `pki`'s certificate) and waits until it listens;
+/// returns its notes and the handle `finish` joins.
+pub fn start_server_ready(
+    topo: &Topology,
+    pki: &Pki,
+) -> Result<(mpsc::Receiver<ServerNote>, JoinHandle<Result<ServerSide>>)> {
+    let (server_tx, server_rx) = mpsc::channel();
+    let server = start_server(topo, pki.server_tls()?, server_tx)?;
+    wait_for(&server_rx, "the listener", |n| {
+        matches!(n, ServerNote::Listening)
+    })?;
+    Ok((server_rx, server))
+}
+
 /// Starts a Listener on the service address in the server namespace; it takes one session,
 /// hashes everything to the end of the stream, answers with its byte count and hash, and
 /// waits for the client to close.

@@ -10,7 +10,7 @@ use roam_tests::topology::Topology;
 
 use crate::common::{
     ClientNote, ClientSide, PORT, Pki, ServerNote, ServerSide, finish, start_client_to,
-    start_server, wait_for, wait_server_sees,
+    start_server_ready, wait_for, wait_server_sees,
 };
 
 /// A running session and its server.
@@ -31,11 +31,7 @@ impl Run {
         builder: roam::SessionBuilder,
         target: Option<String>,
     ) -> Result<Run> {
-        let (server_tx, server_rx) = mpsc::channel();
-        let server = start_server(topo, pki.server_tls()?, server_tx)?;
-        wait_for(&server_rx, "the listener", |n| {
-            matches!(n, ServerNote::Listening)
-        })?;
+        let (server_rx, server) = start_server_ready(topo, pki)?;
         let (client_tx, client_rx) = mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
         let target =
