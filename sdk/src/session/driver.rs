@@ -65,6 +65,50 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Reports the RTT of the session's path to its decision source, at most every
+/// [`REPORT_EVERY`] (`reported` remembers when it last did).
+pub(crate) fn report_rtt(
+    source: &dyn DecisionSource,
+    reported: &mut Option<std::time::Instant>,
+    now: std::time::Instant,
+    path: &LocalPath,
+    rtt: std::time::Duration,
+) {
+    if reported.is_some_and(|r| now.duration_since(r) < REPORT_EVERY) {
+        return;
+    }
+    *reported = Some(now);
+    source.report(PathReport::Path {
+        interface: path.interface.clone(),
+        rtt: Some(rtt),
+        stalled: false,
+    });
+}
+
+/// When the path manager's action says the session's path stalled (a move away from
+/// `current` because of it, or no alternative to it), tells the decision source: a stall
+/// speeds up the agent's verdict on the link (it probes at once).
+pub(crate) fn report_stall(source: &dyn DecisionSource, a: &Action, current: Option<&LocalPath>) {
+    let interface = match a {
+        Action::Move {
+            reason: MigrationReason::Stalled,
+            ..
+        } => current.map(|p| p.interface.clone()),
+        Action::Event(SessionEvent::Degraded {
+            path,
+            reason: DegradedReason::StalledNoAlternative,
+        }) => Some(path.interface.clone()),
+        _ => None,
+    };
+    if let Some(interface) = interface {
+        source.report(PathReport::Path {
+            interface,
+            rtt: None,
+            stalled: true,
+        });
+    }
+}
+
 impl Driver {
     pub(crate) fn spawn(self) -> Handle {
         let span = tracing::Span::current();
@@ -101,43 +145,28 @@ impl Driver {
 
     fn act(&mut self) {
         while let Some(a) = self.pm.poll_action() {
+            report_stall(&*self.source, &a, self.current().as_ref());
             match a {
                 Action::Sample => {
                     let s = sample(&self.conn.stats());
                     let t = now();
-                    if self
-                        .reported
-                        .is_none_or(|r| t.duration_since(r) >= REPORT_EVERY)
-                        && let Some(path) = self.current()
-                    {
-                        self.reported = Some(t);
-                        self.source.report(PathReport::Path {
-                            interface: path.interface,
-                            rtt: Some(s.rtt),
-                            stalled: false,
-                        });
+                    if let Some(path) = self.current() {
+                        report_rtt(&*self.source, &mut self.reported, t, &path, s.rtt);
                     }
                     self.pm.handle(t, Input::Sample(s));
                 }
-                Action::Move { to, reason } => {
-                    if reason == MigrationReason::Stalled
-                        && let Some(from) = self.current()
-                    {
-                        self.report_stall(from.interface);
+                Action::Move { to, reason } => match self.rebind(&to) {
+                    Ok(local) => {
+                        tracing::info!(%to, %local, %reason, "session moved");
+                        *self.shared.path.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((to.clone(), local));
+                        self.pm.handle(now(), Input::Moved(to));
                     }
-                    match self.rebind(&to) {
-                        Ok(local) => {
-                            tracing::info!(%to, %local, %reason, "session moved");
-                            *self.shared.path.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some((to.clone(), local));
-                            self.pm.handle(now(), Input::Moved(to));
-                        }
-                        Err(e) => {
-                            tracing::warn!(%to, error = %e, "could not move the session there");
-                            self.pm.handle(now(), Input::MoveFailed(to));
-                        }
+                    Err(e) => {
+                        tracing::warn!(%to, error = %e, "could not move the session there");
+                        self.pm.handle(now(), Input::MoveFailed(to));
                     }
-                }
+                },
                 Action::Warm(p) => {
                     self.warm = p.and_then(|p| match bind_udp(&p, self.binder.as_ref()) {
                         Ok(s) => {
@@ -151,13 +180,6 @@ impl Driver {
                     });
                 }
                 Action::Event(e) => {
-                    if let SessionEvent::Degraded {
-                        path,
-                        reason: DegradedReason::StalledNoAlternative,
-                    } = &e
-                    {
-                        self.report_stall(path.interface.clone());
-                    }
                     let _ = self.events.send(e);
                 }
             }
@@ -167,15 +189,6 @@ impl Driver {
     fn current(&self) -> Option<LocalPath> {
         let p = self.shared.path.lock().unwrap_or_else(|p| p.into_inner());
         p.as_ref().map(|(p, _)| p.clone())
-    }
-
-    /// A stall speeds up the agent's verdict on the link (it probes at once).
-    fn report_stall(&self, interface: String) {
-        self.source.report(PathReport::Path {
-            interface,
-            rtt: None,
-            stalled: true,
-        });
     }
 
     fn rebind(&mut self, to: &LocalPath) -> std::io::Result<std::net::SocketAddr> {

@@ -1,6 +1,14 @@
 //! The client's side of tcp-resume: the first connection (NEW / WELCOME), and the supervisor
 //! that watches the decision and the connection's health through the sans-I/O
 //! [`PathManager`], and on a failure reconnects over the best usable interface and resumes.
+//!
+//! The connection's health is TCP's own (`progress`): the path manager's stall detector judges
+//! the kernel's acknowledgement progress, and the session reports its RTT and its stalls to
+//! the decision source as QUIC sessions do. A move away from a path that failed (gone, stalled,
+//! connection lost) reconnects at once, the old connection being useless. A move to a better
+//! path while the current one works (WiFi back, say) connects there first and switches only
+//! once TCP and TLS are up: a path that is not ready, or dark, costs a failed attempt in the
+//! background instead of a stream held up until the connect timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,14 +20,15 @@ use tracing::Instrument;
 
 use super::core::Core;
 use super::driver::{ConnView, ResumeStream, Shared, proof, read_frame, run_connection};
+use super::progress::{DELAYED_ACK, TcpProgress, TcpReading};
 use super::wire::{Frame, Secret, SessionId};
 use super::{MAGIC, RECV_WINDOW, SEND_BUFFER};
 use crate::decision::{DecisionSource, Snapshot};
 use crate::error::{Error, Result};
 use crate::events::SessionEvent;
-use crate::path::LocalPath;
 use crate::path::manager::{Action, Config, Input, PathManager, TransportSample};
-use crate::session::driver::Handle;
+use crate::path::{LocalPath, MigrationReason};
+use crate::session::driver::{Handle, report_rtt, report_stall};
 use crate::session::tcp::{StreamProto, connect_bound};
 use crate::session::tls_stream::{self, TlsStream};
 
@@ -71,6 +80,12 @@ pub(crate) async fn start(
     shared.lock().conn = Some(ConnView::of(tls.get_ref(), Some(path.clone())));
     let v6 = r.peer.is_ipv6();
     let now = tokio::time::Instant::now().into_std();
+    // The stall detector judges TCP's ACKs, which the peer's kernel may delay longer than a
+    // QUIC peer would.
+    let pm_cfg = Config {
+        max_ack_delay: pm_cfg.max_ack_delay.max(DELAYED_ACK),
+        ..pm_cfg
+    };
     let mut pm = PathManager::new(pm_cfg, path.clone(), now);
     pm.handle(now, Input::Paths(decisions.borrow().local_paths(v6)));
     let sup = Supervisor {
@@ -80,7 +95,9 @@ pub(crate) async fn start(
         decisions,
         events,
         v6,
-        _source: source,
+        source,
+        progress: TcpProgress::default(),
+        reported: None,
     };
     let span = tracing::Span::current();
     let task = tokio::spawn(sup.run(tls, rest).instrument(span));
@@ -97,7 +114,11 @@ struct Supervisor {
     decisions: watch::Receiver<Arc<Snapshot>>,
     events: broadcast::Sender<SessionEvent>,
     v6: bool,
-    _source: Arc<dyn DecisionSource>,
+    /// Keeps the source alive as long as the session, and hears its path reports.
+    source: Arc<dyn DecisionSource>,
+    progress: TcpProgress,
+    /// When the RTT was last reported.
+    reported: Option<std::time::Instant>,
 }
 
 fn now() -> std::time::Instant {
@@ -105,6 +126,14 @@ fn now() -> std::time::Instant {
 }
 
 type ConnTask = tokio::task::JoinHandle<std::io::Result<()>>;
+/// A connection being made on a better path, in the background.
+type DialTask = tokio::task::JoinHandle<std::result::Result<Dialed, Failure>>;
+
+/// A fresh connection with TLS up, not yet carrying the session.
+struct Dialed {
+    tls: TlsStream<TcpStream>,
+    view: ConnView,
+}
 
 impl Supervisor {
     fn spawn_conn(&self, tls: TlsStream<TcpStream>, rest: Vec<u8>) -> ConnTask {
@@ -113,31 +142,45 @@ impl Supervisor {
 
     async fn run(mut self, tls: TlsStream<TcpStream>, rest: Vec<u8>) {
         let mut conn = Some(self.spawn_conn(tls, rest));
+        let mut dialing: Option<(LocalPath, DialTask)> = None;
         let mut source_alive = true;
         let mut keep_alive = tokio::time::interval(self.r.keep_alive);
         loop {
             // Actions first: samples, moves, events.
             while let Some(a) = self.pm.poll_action() {
+                report_stall(&*self.source, &a, Some(self.pm.current()));
                 match a {
                     Action::Sample => {
                         let s = self.sample();
-                        self.pm.handle(now(), Input::Sample(s));
+                        let t = now();
+                        report_rtt(
+                            &*self.source,
+                            &mut self.reported,
+                            t,
+                            self.pm.current(),
+                            s.rtt,
+                        );
+                        self.pm.handle(t, Input::Sample(s));
                     }
                     Action::Move { to, reason } => {
+                        // A newer move replaces one still connecting.
+                        if let Some((_, d)) = dialing.take() {
+                            d.abort();
+                        }
+                        if conn.is_some() && reason == MigrationReason::PrimaryChanged {
+                            tracing::info!(%to, %reason, "moving: connecting there first");
+                            let d = tokio::spawn(self.dial(&to).in_current_span());
+                            dialing = Some((to, d));
+                            continue;
+                        }
                         tracing::info!(%to, %reason, "moving: reconnecting and resuming");
                         if let Some(c) = conn.take() {
                             c.abort();
                         }
-                        match self.reconnect(&to).await {
-                            Ok(c) => {
-                                conn = Some(c);
-                                self.pm.handle(now(), Input::Moved(to));
-                            }
-                            Err(Fatal(e)) => return self.shared.fail(e),
-                            Err(Retry(e)) => {
-                                tracing::warn!(%to, error = %e, "resuming there failed");
-                                self.pm.handle(now(), Input::MoveFailed(to));
-                            }
+                        let r = self.reconnect(&to).await;
+                        match self.settle(to, r) {
+                            Ok(c) => conn = c,
+                            Err(e) => return self.shared.fail(e),
                         }
                     }
                     Action::Warm(_) => {}
@@ -147,6 +190,9 @@ impl Supervisor {
                 }
             }
             if conn.is_none() {
+                if let Some((_, d)) = dialing.take() {
+                    d.abort();
+                }
                 // No move proposed (every path suspect or the same one): retry on the current
                 // path, bounded by the give-up deadline in `retry_current`.
                 match self.retry_current().await {
@@ -172,6 +218,26 @@ impl Supervisor {
                     let cur = self.pm.current().clone();
                     self.pm.handle(now(), Input::MoveFailed(cur));
                 }
+                r = async { (&mut dialing.as_mut().expect("guarded").1).await }, if dialing.is_some() => {
+                    let (to, _) = dialing.take().expect("guarded");
+                    let dialed = r.unwrap_or_else(|e| Err(Retry(e.to_string())));
+                    let resumed = match dialed {
+                        Ok(d) => {
+                            // Only now does the stream leave the current connection.
+                            if let Some(c) = conn.take() {
+                                c.abort();
+                            }
+                            self.resume_on(&to, d).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    // A failed attempt leaves the current connection as it was.
+                    match self.settle(to, resumed) {
+                        Ok(Some(c)) => conn = Some(c),
+                        Ok(None) => {}
+                        Err(e) => return self.shared.fail(e),
+                    }
+                }
                 r = self.decisions.changed(), if source_alive => match r {
                     Ok(()) => {
                         let snap = self.decisions.borrow_and_update().clone();
@@ -181,11 +247,11 @@ impl Supervisor {
                     Err(_) => source_alive = false,
                 },
                 _ = keep_alive.tick() => {
+                    // Not `Input::Activity`: that would take a PING held back by a closed
+                    // window for a full congestion window; TCP says what is in flight.
                     let mut st = self.shared.lock();
                     st.core.ping();
                     self.shared.doorbell.notify_one();
-                    drop(st);
-                    self.pm.handle(now(), Input::Activity);
                 }
                 _ = tokio::time::sleep_until(deadline) => self.pm.handle_timeout(now()),
             }
@@ -195,20 +261,38 @@ impl Supervisor {
         }
     }
 
-    fn sample(&self) -> TransportSample {
-        let st = self.shared.lock();
-        let rtt = st
-            .conn
-            .as_ref()
-            .and_then(|c| c.fd.as_ref())
-            .and_then(|fd| crate::mptcp::sockopt::tcp_info(std::os::fd::AsFd::as_fd(fd)).ok())
-            .map(|t| Duration::from_micros(t.rtt_us.into()))
-            .unwrap_or_default();
-        TransportSample {
-            ack_eliciting_sent: st.core.eliciting_sent,
-            acks_received: st.core.acks_received,
-            rtt,
+    /// Tells the path manager how a move to `to` went: the new connection, `None` after a
+    /// failure worth another try elsewhere or later, `Err` when the session cannot go on.
+    fn settle(
+        &mut self,
+        to: LocalPath,
+        r: std::result::Result<ConnTask, Failure>,
+    ) -> std::result::Result<Option<ConnTask>, String> {
+        match r {
+            Ok(c) => {
+                self.pm.handle(now(), Input::Moved(to));
+                Ok(Some(c))
+            }
+            Err(Fatal(e)) => Err(e),
+            Err(Retry(e)) => {
+                tracing::warn!(%to, error = %e, "resuming there failed");
+                self.pm.handle(now(), Input::MoveFailed(to));
+                Ok(None)
+            }
         }
+    }
+
+    fn sample(&mut self) -> TransportSample {
+        let reading = {
+            let st = self.shared.lock();
+            st.conn
+                .as_ref()
+                .and_then(|c| c.fd.as_ref())
+                .map(|fd| TcpReading::of(std::os::fd::AsFd::as_fd(fd)))
+        };
+        tracing::trace!(?reading, "TCP progress");
+        let reading = reading.and_then(|r| r.ok());
+        self.progress.sample(reading.unwrap_or_default())
     }
 
     /// Reconnects on the current path until it works or the give-up deadline passes.
@@ -250,15 +334,48 @@ impl Supervisor {
     /// A fresh connection on `to`, TLS, RESUME, RESUMED: the session goes on there.
     async fn reconnect(&mut self, to: &LocalPath) -> std::result::Result<ConnTask, Failure> {
         self.shared.lock().core.detach();
+        let d = self.dial(to).await?;
+        self.resume_on(to, d).await
+    }
+
+    /// TCP and TLS from `to`, within the connect timeout; owns what it needs, so it can run in
+    /// the background while the session goes on.
+    fn dial(
+        &self,
+        to: &LocalPath,
+    ) -> impl std::future::Future<Output = std::result::Result<Dialed, Failure>> + Send + 'static
+    {
         let r = &self.r;
-        let attempt = async {
-            let sock = connect_bound(to, r.peer, StreamProto::Tcp, r.binder.as_ref())
+        let (to, peer, binder) = (to.clone(), r.peer, r.binder.clone());
+        let (tls_cfg, server_name, limit) =
+            (r.tls.clone(), r.server_name.clone(), r.connect_timeout);
+        let attempt = async move {
+            let sock = connect_bound(&to, peer, StreamProto::Tcp, binder.as_ref())
                 .await
                 .map_err(|e| Retry(format!("connecting from {to}: {e}")))?;
-            let conn_view = ConnView::of(&sock, Some(to.clone()));
-            let mut tls = tls_stream::connect(sock, r.tls.clone(), &r.server_name)
+            let view = ConnView::of(&sock, Some(to.clone()));
+            let tls = tls_stream::connect(sock, tls_cfg, &server_name)
                 .await
                 .map_err(|e| Retry(format!("TLS from {to}: {e}")))?;
+            Ok(Dialed { tls, view })
+        };
+        async move {
+            tokio::time::timeout(limit, attempt)
+                .await
+                .map_err(|_| Retry(format!("connecting took over {limit:?}")))?
+        }
+    }
+
+    /// RESUME on a dialed connection and the listener's RESUMED: the session goes on there.
+    async fn resume_on(
+        &mut self,
+        to: &LocalPath,
+        d: Dialed,
+    ) -> std::result::Result<ConnTask, Failure> {
+        self.shared.lock().core.detach();
+        let r = &self.r;
+        let Dialed { mut tls, view } = d;
+        let attempt = async {
             let received = self.shared.lock().core.received();
             let proof = proof(&tls, &r.secret).map_err(|e| Fatal(e.to_string()))?;
             let mut hello = MAGIC.to_vec();
@@ -275,19 +392,19 @@ impl Supervisor {
                 .await
                 .map_err(|e| Retry(format!("waiting for RESUMED: {e}")))?;
             match f {
-                Frame::Resumed { received } => Ok((tls, rest, received, conn_view)),
+                Frame::Resumed { received } => Ok((tls, rest, received)),
                 Frame::Refused { reason } => Err(Fatal(format!("the listener refused: {reason}"))),
                 other => Err(Fatal(format!("expected RESUMED, got {other:?}"))),
             }
         };
-        let (tls, rest, peer_received, view) = tokio::time::timeout(r.connect_timeout, attempt)
+        let (tls, rest, peer_received) = tokio::time::timeout(r.connect_timeout, attempt)
             .await
             .map_err(|_| {
-                Retry(format!(
-                    "resuming from {to} took over {:?}",
-                    r.connect_timeout
-                ))
-            })??;
+            Retry(format!(
+                "resuming from {to} took over {:?}",
+                r.connect_timeout
+            ))
+        })??;
         let resent = {
             let mut st = self.shared.lock();
             let resent = st
@@ -298,6 +415,7 @@ impl Supervisor {
             self.shared.wake_all(&mut st);
             resent
         };
+        self.progress.new_connection();
         tracing::info!(path = %to, resent, "session resumed");
         let _ = self.events.send(SessionEvent::Resumed {
             path: Some(to.clone()),

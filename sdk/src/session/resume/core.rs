@@ -68,10 +68,6 @@ pub(crate) struct Core {
     close_sent: bool,
     /// The connection can carry stream frames (false while detached).
     attached: bool,
-    /// ACK frames received (for the path manager's stall detector).
-    pub(crate) acks_received: u64,
-    /// Acknowledgement-eliciting frames sent (DATA, PING, FIN).
-    pub(crate) eliciting_sent: u64,
 }
 
 impl Core {
@@ -96,8 +92,6 @@ impl Core {
             ping_due: false,
             close_sent: false,
             attached: true,
-            acks_received: 0,
-            eliciting_sent: 0,
         }
     }
 
@@ -226,7 +220,6 @@ impl Core {
                 self.ack_due = true;
             }
             Frame::Ack { received, window } => {
-                self.acks_received += 1;
                 self.on_ack(received, Some(window))?;
             }
             Frame::Ping => self.ack_due = true,
@@ -270,19 +263,16 @@ impl Core {
                 bytes,
             };
             self.sent += n as u64;
-            self.eliciting_sent += 1;
             return Some(f);
         }
         if self.shutdown && !self.fin_sent && self.sent == self.written {
             self.fin_sent = true;
-            self.eliciting_sent += 1;
             return Some(Frame::Fin {
                 offset: self.written,
             });
         }
         if self.ping_due {
             self.ping_due = false;
-            self.eliciting_sent += 1;
             return Some(Frame::Ping);
         }
         // Both directions ended and were acknowledged: the session is over; CLOSE lets the

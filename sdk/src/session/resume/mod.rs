@@ -5,12 +5,14 @@
 //! - `core`: the stream state machine, sans I/O, with its tests.
 //! - `driver`: the connection tasks and the app's stream.
 //! - `client`: the first connection and the supervisor that reconnects.
+//! - `progress`: TCP's acknowledgement progress in the path manager's terms (stalls).
 //! - [`Registry`] (here): the listener's sessions, new ones, resumptions, forged attempts and
 //!   the grace period of a detached session.
 
 mod client;
 mod core;
 mod driver;
+mod progress;
 mod wire;
 
 use std::collections::HashMap;
