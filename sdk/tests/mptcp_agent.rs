@@ -17,6 +17,8 @@
 //! filter `agent_process_helper` / `reflect_process_helper` (see `common::helper`).
 
 mod common;
+#[path = "common/run.rs"]
+mod run;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -65,7 +67,9 @@ fn agent_process_helper() {
         return;
     };
     init_tracing();
-    let config = roam_agent::config::Config::from_str("roamd.toml", AGENT_CONFIG)
+    // A test may give roamd another configuration (`Agent::start_with`).
+    let text = std::fs::read_to_string(dir.join("roamd.toml")).unwrap_or(AGENT_CONFIG.into());
+    let config = roam_agent::config::Config::from_str("roamd.toml", &text)
         .unwrap_or_else(|e| panic!("{}", e.render()));
     let opts = roam_agent::daemon::Options {
         config,
@@ -213,10 +217,16 @@ struct Agent {
 
 impl Agent {
     fn start(topo: &Topology, tag: &str) -> Result<Agent> {
+        Agent::start_with(topo, tag, AGENT_CONFIG, POLICY)
+    }
+
+    /// roamd with this configuration and policy.
+    fn start_with(topo: &Topology, tag: &str, config: &str, policy: &str) -> Result<Agent> {
         let dir =
             std::env::temp_dir().join(format!("roam-sdk-mptcp-agent-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("policy.roam"), POLICY)?;
+        std::fs::write(dir.join("policy.roam"), policy)?;
+        std::fs::write(dir.join("roamd.toml"), config)?;
         let listen = SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT).to_string();
         let reflector = HelperProc::start(
             topo.server(),
@@ -620,5 +630,454 @@ fn a_subflow_request_for_another_uids_connection_is_denied() -> Result<()> {
     r.stop.store(true, Ordering::Relaxed);
     let _ = r.sender.join();
     let _ = r.receiver.join();
+    Ok(())
+}
+
+/// The backup flag of the subflow on `iface`: `None` when there is no such subflow.
+fn backup_on(v: &[roam::Subflow], iface: &str) -> Option<Option<bool>> {
+    v.iter()
+        .find(|s| s.interface.as_deref() == Some(iface))
+        .map(|s| s.backup)
+}
+
+/// The next `SubflowsChanged` whose list satisfies `pred`, up to [`EVENT_TIMEOUT`].
+async fn next_subflows(
+    ev: &mut roam::Events,
+    what: &str,
+    pred: impl Fn(&[roam::Subflow]) -> bool,
+) -> Result<Vec<roam::Subflow>> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, ev.next()).await {
+            Err(_) => bail!("waiting for {what}: no such subflow list within {EVENT_TIMEOUT:?}"),
+            Ok(None) => bail!("the session's events ended while waiting for {what}"),
+            Ok(Some(roam::SessionEvent::SubflowsChanged(v))) if pred(&v) => return Ok(v),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+/// Checks each subflow's `backup` against the kernel's `ss` flags (`b` or `B`).
+fn agrees_with_ss(topo: &Topology, v: &[roam::Subflow]) -> Result<()> {
+    let ss = ss_subflows(topo)?;
+    for s in v {
+        let local = s.local.context("a subflow without a local address")?;
+        let k = ss
+            .iter()
+            .find(|k| k.local == local)
+            .with_context(|| format!("ss does not list the subflow from {local}: {ss:?}"))?;
+        let kernel = k.flags.contains('b') || k.flags.contains('B');
+        assert_eq!(
+            s.backup,
+            Some(kernel),
+            "paths() and ss disagree on {local} ({:?}): ss flags {:?}",
+            s.interface,
+            k.flags
+        );
+    }
+    Ok(())
+}
+
+/// `paths()` reports each subflow's backup flag from sock_diag, agreeing with `ss -tni`: the
+/// backup subflow roamd opens on rmnet0, then wlan0's flag set and cleared through roamd
+/// (`set_backup`), each change a `SubflowsChanged` event. An unprivileged process reads the same
+/// flags; the cost of the reads is printed.
+#[test]
+fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("paths_report_each_subflows_backup_flag_as_ss_does")
+    else {
+        return Ok(());
+    };
+    let topo = two_links()?;
+    let agent = Agent::start(&topo, "backup-flag")?;
+    let pki = Pki::generate()?;
+    let (_server_rx, server) = start_server_ready(&topo, &pki)?;
+    let (note_tx, note_rx) = mpsc::channel::<Vec<roam::Subflow>>();
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let builder = steered_builder(agent.socket(), &pki);
+    let client = topo.handset().spawn("backup-client", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let mut s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+            let mut ev = s.events();
+            let mut step = async |v: Vec<roam::Subflow>| -> Result<()> {
+                note_tx.send(v)?;
+                tokio::time::timeout(EVENT_TIMEOUT, go_rx.recv())
+                    .await
+                    .context("the test did not go on")?;
+                Ok(())
+            };
+            let v = next_subflows(&mut ev, "wlan0 primary, rmnet0 backup", |v| {
+                backup_on(v, "wlan0") == Some(Some(false))
+                    && backup_on(v, "rmnet0") == Some(Some(true))
+            })
+            .await?;
+            let id = v
+                .iter()
+                .find(|s| s.interface.as_deref() == Some("wlan0"))
+                .context("no wlan0 subflow")?
+                .id;
+            step(v).await?;
+            // What an app's `paths()` costs (MPTCP_FULL_INFO, a sock_diag socket, a lookup
+            // per subflow).
+            let t = Instant::now();
+            for _ in 0..200 {
+                std::hint::black_box(s.paths());
+            }
+            let per_paths = t.elapsed() / 200;
+            for backup in [true, false] {
+                s.set_backup(id, backup).await?;
+                let v = next_subflows(&mut ev, &format!("wlan0 backup={backup}"), |v| {
+                    backup_on(v, "wlan0") == Some(Some(backup))
+                })
+                .await?;
+                step(v).await?;
+            }
+            s.write_all(b"done").await?;
+            s.shutdown().await?;
+            let mut answer = String::new();
+            tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
+                .await
+                .context("no answer from the server")??;
+            s.close_and_wait(0, b"done").await;
+            Ok(per_paths)
+        })
+    })?;
+    let next = || -> Result<Vec<roam::Subflow>> {
+        note_rx
+            .recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)
+            .context("the client did not report its subflows")
+    };
+
+    let first = next()?;
+    agrees_with_ss(&topo, &first)?;
+    // The same read from another uid (nobody): no CAP_NET_ADMIN, no relation to the socket.
+    let rm = first
+        .iter()
+        .find(|s| s.interface.as_deref() == Some("rmnet0"))
+        .context("no rmnet0 subflow")?;
+    let (local, remote) = (rm.local.context("local")?, rm.remote.context("remote")?);
+    let (flags, per_read) = topo
+        .handset()
+        .spawn("nobody-diag", move || -> Result<_> {
+            // SAFETY: plain system call; it changes the credentials of this thread alone.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            if rc != 0 {
+                bail!("setresuid: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: a NUL-terminated literal. (sysfs shows the root namespace's devices.)
+            let ifindex = unsafe { libc::if_nametoindex(c"rmnet0".as_ptr()) };
+            let mut d = roam::mptcp::diag::Diag::open()?;
+            let flags = d.subflow_flags(local, remote, ifindex)?;
+            let t = Instant::now();
+            for _ in 0..1000 {
+                std::hint::black_box(d.subflow_flags(local, remote, ifindex)?);
+            }
+            Ok((flags, t.elapsed() / 1000))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the unprivileged reader panicked"))??;
+    assert_eq!(
+        flags.map(|f| f.backup_local()),
+        Some(true),
+        "an unprivileged process does not read rmnet0's backup flag: {flags:?}"
+    );
+    go_tx.send(())?;
+
+    let backup = next()?;
+    assert_eq!(backup_on(&backup, "wlan0"), Some(Some(true)));
+    agrees_with_ss(&topo, &backup)?;
+    go_tx.send(())?;
+    let cleared = next()?;
+    agrees_with_ss(&topo, &cleared)?;
+    go_tx.send(())?;
+    let per_paths = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    // The session's subflow watcher reads every 50 ms.
+    let tick = Duration::from_millis(50);
+    eprintln!(
+        "figure: sock_diag backup-flag read {per_read:?} per subflow (as nobody, 1000 reads); \
+         paths() with 2 subflows {per_paths:?}; 2 reads per {tick:?} watcher tick = {:.3}% of it",
+        200.0 * per_read.as_secs_f64() / tick.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// roamd without probes (no figure of its own for any link) hears the RTT of the MPTCP
+/// session's subflow on wlan0: its `links` answer carries it.
+#[test]
+fn roamd_hears_the_mptcp_subflows_rtt() -> Result<()> {
+    let Some(_serial) = roam_tests::serial::netns_test("roamd_hears_the_mptcp_subflows_rtt") else {
+        return Ok(());
+    };
+    const NO_PROBES: &str =
+        "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
+    let topo = two_links()?;
+    let agent = Agent::start_with(&topo, "rtt", NO_PROBES, POLICY)?;
+    let links = |socket: &std::path::Path| -> Result<Vec<roam_policy::model::Interface>> {
+        let mut c = Client::connect(socket, Some(EVENT_TIMEOUT))?;
+        match c.call(|id| Request::Links { id })? {
+            roam_ipc::proto::Reply::Links { interfaces, .. } => Ok(interfaces),
+            other => bail!("links answered {other:?}"),
+        }
+    };
+    let rtt_of = |v: &[roam_policy::model::Interface], name: &str| {
+        v.iter().find(|i| i.name == name).and_then(|i| i.rtt_ms)
+    };
+    let before = links(&agent.socket())?;
+    assert_eq!(
+        rtt_of(&before, "wlan0"),
+        None,
+        "roamd has an RTT for wlan0 before any session: {before:?}"
+    );
+    let pki = Pki::generate()?;
+    let builder = steered_builder(agent.socket(), &pki);
+    let r = run::Run::start(&topo, &pki, builder, None)?;
+    // The server's per-MiB notes are the clock: one `links` call per note, bounded.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let (rtt, waited) = loop {
+        let now = links(&agent.socket())?;
+        if let Some(rtt) = rtt_of(&now, "wlan0") {
+            break (rtt, now);
+        }
+        if Instant::now() > deadline {
+            bail!("roamd never heard wlan0's RTT: {now:?}");
+        }
+        wait_for(&r.server_rx, "more data at the server", |n| {
+            matches!(n, ServerNote::Received(_))
+        })?;
+    };
+    let kernel = ss_rtt_ms(&topo, "wlan0")?;
+    let s = r.finish()?;
+    eprintln!(
+        "figure: roamd's wlan0 rtt_ms {rtt:.3} from the MPTCP session's reports (kernel srtt of \
+         the subflow {kernel:.3} ms), {} bytes intact",
+        s.bytes
+    );
+    assert!(
+        rtt > 0.0 && rtt < 1000.0,
+        "an implausible RTT for a veth: {rtt} ms ({waited:?})"
+    );
+    Ok(())
+}
+
+/// The smoothed RTT `ss -tni` shows for the subflow from `link`'s address, in ms.
+fn ss_rtt_ms(topo: &Topology, link: &str) -> Result<f64> {
+    let ip = IpAddr::from(topo.link(link)?.handset_v4);
+    let ss = ss_subflows(topo)?;
+    ss.iter()
+        .find(|k| k.local.ip() == ip)
+        .and_then(|k| k.rtt_ms)
+        .with_context(|| format!("no subflow with an RTT from {ip} in ss: {ss:?}"))
+}
+
+/// Bytes the server received over `link`.
+fn rx_bytes(topo: &Topology, link: &str) -> Result<u64> {
+    topo.server_stats()?
+        .into_iter()
+        .find(|(n, _)| n == link)
+        .map(|(_, s)| s.rx_bytes)
+        .with_context(|| format!("no stats for {link}"))
+}
+
+/// Waits, on the server's per-MiB notes (bounded by `within`), until the stream runs over
+/// `to` rather than `from`: a MiB of the stream of which at least three quarters came over
+/// `to`. Returns when it saw that.
+fn wait_stream_moved(
+    topo: &Topology,
+    notes: &mpsc::Receiver<ServerNote>,
+    to: &str,
+    from: &str,
+    within: Duration,
+) -> Result<Instant> {
+    let deadline = Instant::now() + within;
+    let mut last = (rx_bytes(topo, to)?, rx_bytes(topo, from)?);
+    loop {
+        wait_for(notes, "more data at the server", |n| {
+            matches!(n, ServerNote::Received(_))
+        })?;
+        let now = (rx_bytes(topo, to)?, rx_bytes(topo, from)?);
+        let (d_to, d_from) = (now.0 - last.0, now.1 - last.1);
+        if d_to > 3 * d_from && d_to > 512 * 1024 {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the stream did not move from {from} to {to} within {within:?}; the handset's \
+                 subflows: {:?}",
+                ss_subflows(topo)
+            );
+        }
+        last = now;
+    }
+}
+
+/// Waits for the stream to come back to wlan0 after it came up at `up_at`, then checks the
+/// kernel's view (the wlan0 subflow is joined and no backup, any subflow left on rmnet0 is one)
+/// against the session's `paths()` (its `SubflowsChanged`), that it took at least `hold`, and
+/// both ends' hashes (`common::finish`). Returns the server's side and the time it took.
+fn back_on_wifi(
+    topo: &Topology,
+    r: run::Run,
+    up_at: Instant,
+    hold: Duration,
+) -> Result<(ServerSide, Duration)> {
+    let back = wait_stream_moved(topo, &r.server_rx, "wlan0", "rmnet0", 4 * EVENT_TIMEOUT)?;
+    let n = wait_for(
+        &r.client_rx,
+        "wlan0 primary again in the session's subflows",
+        |n| {
+            matches!(n, ClientNote::Event(_, roam::SessionEvent::SubflowsChanged(v))
+            if backup_on(v, "wlan0") == Some(Some(false))
+                && backup_on(v, "rmnet0").is_none_or(|b| b == Some(true)))
+        },
+    )?;
+    let ClientNote::Event(_, roam::SessionEvent::SubflowsChanged(v)) = n else {
+        bail!("unexpected {n:?}");
+    };
+    agrees_with_ss(topo, &v)?;
+    let wlan = IpAddr::from(topo.link("wlan0")?.handset_v4);
+    let ss = ss_subflows(topo)?;
+    assert!(
+        ss.iter()
+            .any(|k| k.local.ip() == wlan && !k.flags.contains('b') && k.flags.contains('J')),
+        "no joined, non-backup subflow from wlan0 in ss: {ss:?}"
+    );
+    let s = r.finish()?;
+    let held = back.saturating_duration_since(up_at);
+    assert!(
+        held >= hold,
+        "back on wlan0 {held:?} after it came up: the {hold:?} hold was not respected"
+    );
+    Ok((s, held))
+}
+
+/// An MPTCP session of `com.example.chat` following (and steered by) the roamd at `socket`.
+fn steered_builder(socket: PathBuf, pki: &Pki) -> roam::SessionBuilder {
+    roam::Session::builder()
+        .app("com.example.chat")
+        .roamd_socket(socket)
+        .transport(roam::TransportPreference::Mptcp)
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME)
+}
+
+/// A hashed stream (`common::run`) over an MPTCP session that `agent` steers, once roamd's
+/// backup subflow on rmnet0 is up (the session's `paths()` says so).
+fn start_steered(topo: &Topology, agent: &Agent) -> Result<run::Run> {
+    let pki = Pki::generate()?;
+    let builder = steered_builder(agent.socket(), &pki);
+    let r = run::Run::start(topo, &pki, builder, None)?;
+    wait_for(&r.client_rx, "roamd's backup subflow on rmnet0", |n| {
+        matches!(n, ClientNote::Event(_, roam::SessionEvent::SubflowsChanged(v))
+            if backup_on(v, "rmnet0") == Some(Some(true)))
+    })?;
+    Ok(r)
+}
+
+/// The preferred link returning, roamd steering: WiFi goes down, the stream moves to cellular;
+/// WiFi comes back, and once it has been up for the policy's hold (1 s) roamd opens a subflow
+/// on it and makes cellular the backup: the stream is back on WiFi (the server's per-link
+/// bytes, the kernel's `ss` flags, the session's `paths()`), every byte intact.
+#[test]
+#[ignore = "roamd cannot re-open a subflow on wlan0 after closing the one it started on: the \
+            kernel answers its SUBFLOW_CREATE with EINVAL every second, so the stream stays on \
+            rmnet0 (an agent/ fix; run with --ignored to see it)"]
+fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
+    let Some(_serial) = roam_tests::serial::netns_test("the_stream_returns_to_wifi_after_the_hold")
+    else {
+        return Ok(());
+    };
+    const HOLD: Duration = Duration::from_secs(1);
+    let topo = two_links()?;
+    let agent = Agent::start(&topo, "return")?;
+    let r = start_steered(&topo, &agent)?;
+
+    let down_at = Instant::now();
+    topo.link_down("wlan0")?;
+    let on_cell = wait_stream_moved(&topo, &r.server_rx, "rmnet0", "wlan0", EVENT_TIMEOUT)?;
+    let up_at = Instant::now();
+    topo.link_up("wlan0")?;
+    let (s, held) = back_on_wifi(&topo, r, up_at, HOLD)?;
+    eprintln!(
+        "figure: mptcp (roamd) wifi down -> stream on cellular within {:?}; wifi back -> stream on \
+         wifi {held:?} after `ip link set up` (hold {HOLD:?}); longest delivery gap {:?}, {} bytes \
+         intact",
+        on_cell - down_at,
+        s.max_gap,
+        s.bytes
+    );
+    Ok(())
+}
+
+/// 20 flaps of WiFi (50 ms down, 150 ms up: every return shorter than the 4 s hold) under a
+/// stream hashed at both ends, roamd steering: the stream leaves WiFi at the first loss, stays
+/// on cellular while WiFi flaps, and is back on WiFi once WiFi stayed up for the hold. The
+/// hold is 4 s for the reason `flap.rs` gives (an up phase lasts up to a linkwatch second).
+#[test]
+#[ignore = "roamd cannot re-open a subflow on wlan0 after closing the one it started on: the \
+            kernel answers its SUBFLOW_CREATE with EINVAL every second, so the stream stays on \
+            rmnet0 (an agent/ fix; run with --ignored to see it)"]
+fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("survives_twenty_wifi_flaps_and_returns_after_the_hold")
+    else {
+        return Ok(());
+    };
+    const CYCLES: u32 = 20;
+    const DOWN: Duration = Duration::from_millis(50);
+    const UP: Duration = Duration::from_millis(150);
+    const HOLD: Duration = Duration::from_secs(4);
+    let topo = Arc::new(two_links()?);
+    let policy = POLICY.replace("hold 1s", &format!("hold {}s", HOLD.as_secs()));
+    let agent = Agent::start_with(&topo, "flap", AGENT_CONFIG, &policy)?;
+    let r = start_steered(&topo, &agent)?;
+
+    let flapper = topo.flap("wlan0", DOWN, UP, CYCLES)?;
+    let first_down = Instant::now();
+    wait_stream_moved(&topo, &r.server_rx, "rmnet0", "wlan0", EVENT_TIMEOUT)?;
+    let wlan_before = rx_bytes(&topo, "wlan0")?;
+    let cell_before = rx_bytes(&topo, "rmnet0")?;
+    let flaps = flapper.wait().context("flapping wlan0")?;
+    assert_eq!(flaps.len(), 2 * CYCLES as usize, "not every flap ran");
+    let (last_up, up) = *flaps.last().context("no flap")?;
+    assert!(up, "the flapper did not leave wlan0 up");
+    // While WiFi flapped, the stream stayed on cellular: WiFi carried handshakes at most.
+    let (wlan_flapping, cell_flapping) = (
+        rx_bytes(&topo, "wlan0")? - wlan_before,
+        rx_bytes(&topo, "rmnet0")? - cell_before,
+    );
+    let longest_up = flaps
+        .windows(2)
+        .filter(|w| w[0].1 && !w[1].1)
+        .map(|w| w[1].0 - w[0].0)
+        .max()
+        .context("no up phase")?;
+    assert!(
+        longest_up < HOLD,
+        "an up phase lasted {longest_up:?}, longer than the hold: the test's premise is gone"
+    );
+    assert!(
+        wlan_flapping < cell_flapping / 20,
+        "the stream went back to wlan0 while it flapped: {wlan_flapping} bytes there, \
+         {cell_flapping} on rmnet0"
+    );
+    let (s, held) = back_on_wifi(&topo, r, last_up, HOLD)?;
+    eprintln!(
+        "figure: mptcp (roamd) {CYCLES} flaps of wlan0 ({DOWN:?} down, {UP:?} up, {:?} in all, \
+         longest up phase {longest_up:?}): {wlan_flapping} bytes over wlan0 and {cell_flapping} \
+         over rmnet0 while it flapped; stream back on wlan0 {held:?} after its last return (hold \
+         {HOLD:?}); longest delivery gap {:?}, {} bytes intact",
+        last_up - first_down,
+        s.max_gap,
+        s.bytes
+    );
     Ok(())
 }

@@ -107,8 +107,13 @@ pub struct Subflow {
     pub remote: Option<SocketAddr>,
     /// The interface owning the local address, when this end knows it.
     pub interface: Option<String>,
-    /// Whether the subflow is a backup (MP_PRIO); `None` where it cannot be read without
-    /// privileges (see [`Session::paths`]).
+    /// Whether the subflow is a backup: `true` when either end marked it so (MP_JOIN's backup
+    /// bit or MP_PRIO; `ss -tni` shows `b` for this end, `B` for the peer), and the kernel's
+    /// scheduler sends on it only when no other subflow can. For MPTCP it is read through
+    /// socket diagnostics ([`crate::mptcp::diag`]), which any process may use on Linux 6.x;
+    /// `None` when the kernel does not say (a kernel that shows the subflows' ULP data only to
+    /// CAP_NET_ADMIN, a subflow gone between the two reads). Always `Some(false)` for QUIC and
+    /// plain TCP.
     pub backup: Option<bool>,
     /// Smoothed round-trip time.
     pub rtt: Duration,
@@ -208,8 +213,8 @@ impl Session {
     /// and bytes (`MPTCP_FULL_INFO`, or `MPTCP_SUBFLOW_ADDRS` + `MPTCP_TCPINFO` on kernels
     /// before 6.5); the one connection of QUIC and TCP sessions.
     ///
-    /// `backup` is `None` for MPTCP: the kernel reports the MP_PRIO flag per subflow only to
-    /// the path manager (roamd) and socket diagnostics, not through `SOL_MPTCP` options.
+    /// For MPTCP, `backup` comes from socket diagnostics (one `NETLINK_SOCK_DIAG` lookup per
+    /// subflow): the kernel reports the MP_PRIO flags there, not through `SOL_MPTCP` options.
     pub fn paths(&self) -> Vec<Subflow> {
         match &self.inner {
             Inner::Quic(q) => {

@@ -7,7 +7,12 @@
 //! reaches TCP) or sets `MPTCP_INFO_FLAG_FALLBACK`, and the session says
 //! [`SessionEvent::MptcpFallback`]. A watcher task re-reads the subflows every
 //! [`WATCH_INTERVAL`] and reports changes as [`SessionEvent::SubflowsChanged`]: the kernel's
-//! MPTCP events go only to CAP_NET_ADMIN listeners, so an app polls its own socket.
+//! MPTCP events go only to CAP_NET_ADMIN listeners, so an app polls its own socket. A change is
+//! a subflow coming or going or its backup flag changing (read through sock_diag, a few
+//! microseconds per subflow). The watcher also sends the decision source the RTT of every
+//! subflow that carried data, per interface, at most once per [`REPORT_EVERY`] (roamd's
+//! `report_path`, as QUIC sessions do), so policy conditions such as `wifi.rtt > 150ms` see
+//! MPTCP traffic too.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,14 +29,15 @@ use tracing::Instrument;
 
 use super::builder::SessionBuilder;
 use super::connect::Prepared;
-use super::driver::Handle;
+use super::driver::{Handle, REPORT_EVERY};
 use super::tcp::{StreamProto, race};
 use super::tls_stream::{self, TlsStream};
 use super::{Inner, PathInfo, Session, Subflow, Transport, header, read_header_after_magic};
-use crate::decision::Snapshot;
+use crate::decision::{PathReport, Snapshot};
 use crate::error::{Error, Result};
 use crate::events::SessionEvent;
 use crate::mptcp::control::{PathControl, Roamd};
+use crate::mptcp::diag::Diag;
 use crate::mptcp::sockopt;
 use crate::path::LocalPath;
 
@@ -74,6 +80,7 @@ impl StreamSession {
         for s in &mut v {
             s.interface = s.local.and_then(|a| self.interface_of(a.ip()));
         }
+        read_backup(&mut Diag::open().ok(), &mut v);
         v
     }
 
@@ -186,6 +193,37 @@ fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
             }]
         }
     }
+}
+
+/// Fills in each MPTCP subflow's `backup` from sock_diag (`crate::mptcp::diag`): `Some(true)`
+/// when either end marked it a backup (`ss`'s `b` or `B`), `None` when the kernel does not say
+/// (no sock_diag socket, the subflow gone, or ULP data hidden from this process). The
+/// fallen-back TCP path (id 0, `backup` already set) is left alone.
+fn read_backup(diag: &mut Option<Diag>, v: &mut [Subflow]) {
+    let Some(d) = diag else { return };
+    for s in v.iter_mut().filter(|s| s.backup.is_none()) {
+        let (Some(local), Some(remote)) = (s.local, s.remote) else {
+            continue;
+        };
+        // A subflow bound to its device is found only on that device.
+        let ifindex = s.interface.as_deref().map(ifindex).unwrap_or(0);
+        s.backup = match d.subflow_flags(local, remote, ifindex) {
+            Ok(f) => f.map(|f| f.backup_local() || f.backup_remote()),
+            Err(e) => {
+                tracing::debug!(%local, %remote, error = %e, "sock_diag lookup failed");
+                None
+            }
+        };
+    }
+}
+
+/// The index of interface `name`, 0 when there is none.
+fn ifindex(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
 /// Whether the socket still speaks MPTCP; `Err(detail)` when it fell back to TCP.
@@ -315,6 +353,60 @@ pub(crate) fn tls_connect_error(peer: SocketAddr, e: io::Error) -> Error {
     }
 }
 
+/// Which subflow RTTs go to the decision source, and when: every [`REPORT_EVERY`] at most,
+/// one report per interface whose subflow carried data since the last round (its bytes
+/// acknowledged grew), so an idle backup subflow's handshake RTT is not passed off as fresh.
+#[derive(Debug, Default)]
+struct RttReports {
+    /// When the last round went out.
+    at: Option<std::time::Instant>,
+    /// Bytes acknowledged per subflow (local, remote) at the last round.
+    acked: Vec<((SocketAddr, SocketAddr), u64)>,
+}
+
+impl RttReports {
+    fn due(&mut self, now: std::time::Instant, subflows: &[Subflow]) -> Vec<PathReport> {
+        if self
+            .at
+            .is_some_and(|at| now.duration_since(at) < REPORT_EVERY)
+        {
+            return Vec::new();
+        }
+        let mut out: Vec<PathReport> = Vec::new();
+        let mut acked = Vec::new();
+        for s in subflows {
+            let (Some(local), Some(remote), Some(bytes)) = (s.local, s.remote, s.bytes_acked)
+            else {
+                continue;
+            };
+            acked.push(((local, remote), bytes));
+            let before = self
+                .acked
+                .iter()
+                .find(|(k, _)| *k == (local, remote))
+                .map_or(0, |(_, b)| *b);
+            let Some(interface) = s.interface.clone() else {
+                continue;
+            };
+            let reported = out
+                .iter()
+                .any(|r| matches!(r, PathReport::Path { interface: i, .. } if *i == interface));
+            if bytes > before && s.rtt > Duration::ZERO && !reported {
+                out.push(PathReport::Path {
+                    interface,
+                    rtt: Some(s.rtt),
+                    stalled: false,
+                });
+            }
+        }
+        self.acked = acked;
+        if !out.is_empty() {
+            self.at = Some(now);
+        }
+        out
+    }
+}
+
 fn spawn_watcher(
     stream: &TlsStream<TcpStream>,
     mut decisions: watch::Receiver<Arc<Snapshot>>,
@@ -331,9 +423,11 @@ fn spawn_watcher(
         .map_err(|e| Error::io("registering the MPTCP watcher socket", e))?;
     let span = tracing::Span::current();
     let task = async move {
-        let _source = source;
-        let key = |v: &[Subflow]| -> Vec<(u32, Option<SocketAddr>, Option<SocketAddr>)> {
-            v.iter().map(|s| (s.id, s.local, s.remote)).collect()
+        type Key = Vec<(u32, Option<SocketAddr>, Option<SocketAddr>, Option<bool>)>;
+        let key = |v: &[Subflow]| -> Key {
+            v.iter()
+                .map(|s| (s.id, s.local, s.remote, s.backup))
+                .collect()
         };
         let name = |snap: &Snapshot, v: &mut Vec<Subflow>| {
             for s in v.iter_mut() {
@@ -345,7 +439,14 @@ fn spawn_watcher(
                 });
             }
         };
-        let mut last = Vec::new();
+        // Opened here, in the session's network namespace; without it `backup` stays None.
+        let mut diag = Diag::open()
+            .inspect_err(
+                |e| tracing::debug!(error = %e, "no sock_diag socket: backup flags unread"),
+            )
+            .ok();
+        let mut last: Vec<Subflow> = Vec::new();
+        let mut rtt = RttReports::default();
         let mut source_alive = true;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         loop {
@@ -359,8 +460,12 @@ fn spawn_watcher(
                 },
                 _ = tick.tick() => {
                     let mut now = read_subflows(&sock);
+                    name(&decisions.borrow().clone(), &mut now);
+                    read_backup(&mut diag, &mut now);
+                    for r in rtt.due(tokio::time::Instant::now().into_std(), &now) {
+                        source.report(r);
+                    }
                     if key(&now) != key(&last) {
-                        name(&decisions.borrow().clone(), &mut now);
                         tracing::info!(subflows = ?key(&now), "subflows changed");
                         last = now.clone();
                         let _ = events.send(SessionEvent::SubflowsChanged(now));
@@ -427,4 +532,60 @@ pub(crate) async fn read_magic(tls: &mut TlsStream<TcpStream>) -> Result<[u8; 4]
         .await
         .map_err(|e| Error::Protocol(format!("reading the session header: {e}")))?;
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subflow(iface: &str, port: u16, rtt_ms: u64, acked: u64) -> Subflow {
+        Subflow {
+            id: u32::from(port),
+            local: Some(SocketAddr::from(([198, 18, 0, 2], port))),
+            remote: Some(SocketAddr::from(([198, 19, 0, 1], 4433))),
+            interface: Some(iface.into()),
+            backup: Some(false),
+            rtt: Duration::from_millis(rtt_ms),
+            bytes_sent: None,
+            bytes_acked: Some(acked),
+            bytes_received: None,
+        }
+    }
+
+    fn rtt_of(r: &[PathReport], iface: &str) -> Option<Duration> {
+        r.iter().find_map(|r| match r {
+            PathReport::Path { interface, rtt, .. } if interface == iface => *rtt,
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn rtts_of_subflows_that_carried_data_go_out_once_per_period() {
+        let t0 = std::time::Instant::now();
+        let mut r = RttReports::default();
+        // wlan0 carried data, rmnet0 (a backup, handshake only) did not.
+        let v = [subflow("wlan0", 1, 20, 5000), subflow("rmnet0", 2, 80, 0)];
+        let first = r.due(t0, &v);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(rtt_of(&first, "wlan0"), Some(Duration::from_millis(20)));
+        // Within the period: nothing, whatever changed.
+        let v = [subflow("wlan0", 1, 25, 9000), subflow("rmnet0", 2, 80, 100)];
+        assert!(r.due(t0 + REPORT_EVERY / 2, &v).is_empty());
+        // After it: both moved data since the last round.
+        let next = r.due(t0 + REPORT_EVERY, &v);
+        assert_eq!(rtt_of(&next, "rmnet0"), Some(Duration::from_millis(80)));
+        assert_eq!(next.len(), 2);
+        // Idle subflows, an unnamed interface and an unmeasured RTT are not reported.
+        let mut idle = [subflow("wlan0", 1, 25, 9000), subflow("rmnet0", 2, 0, 200)];
+        idle[0].interface = None;
+        idle[0].bytes_acked = Some(10_000);
+        assert!(r.due(t0 + 3 * REPORT_EVERY, &idle).is_empty());
+        // Two subflows on one interface: one report for it.
+        let v = [
+            subflow("wlan0", 1, 30, 20_000),
+            subflow("wlan0", 3, 40, 500),
+        ];
+        let one = r.due(t0 + 4 * REPORT_EVERY, &v);
+        assert_eq!(one.len(), 1, "{one:?}");
+    }
 }

@@ -360,3 +360,73 @@ pub fn strip_mptcp(topo: &Topology, link: &str) -> Result<()> {
          iifname \"{dev}\" tcp flags syn reset tcp option mptcp counter\n }}\n}}\n"
     ))
 }
+
+/// One established TCP subflow of port [`PORT`] as the handset's `ss -tni` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsSubflow {
+    /// The local address, without ss's `%device`.
+    pub local: SocketAddr,
+    /// What follows `tcp-ulp-mptcp flags:` (`M`/`m` MP_CAPABLE from the remote/local end,
+    /// `J`/`j` MP_JOIN, `B`/`b` backup asked by the remote/local end, `e` fully established);
+    /// empty for a socket without the MPTCP ULP.
+    pub flags: String,
+    /// The smoothed RTT (`rtt:` in ms).
+    pub rtt_ms: Option<f64>,
+}
+
+/// The handset's established TCP sockets to port [`PORT`] (`ss -tniH state established`), with
+/// their MPTCP subflow flags: the kernel's own view of the subflows.
+pub fn ss_subflows(topo: &Topology) -> Result<Vec<SsSubflow>> {
+    let out = topo.handset().exec(
+        "ss",
+        &[
+            "-tniH",
+            "state",
+            "established",
+            &format!("( dport = :{PORT} )"),
+        ],
+    )?;
+    parse_ss_subflows(&out)
+}
+
+/// Parses `ss -tniH state established` output: a socket line (`Recv-Q Send-Q Local Peer`)
+/// followed by indented detail lines.
+pub fn parse_ss_subflows(out: &str) -> Result<Vec<SsSubflow>> {
+    let mut v: Vec<SsSubflow> = Vec::new();
+    for line in out.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            let local = line
+                .split_whitespace()
+                .nth(2)
+                .with_context(|| format!("no local address in ss line {line:?}"))?;
+            // `198.18.0.2%wlan0:40000`: drop the device.
+            let local = match (local.find('%'), local.rfind(':')) {
+                (Some(p), Some(c)) if p < c => format!("{}{}", &local[..p], &local[c..]),
+                _ => local.to_owned(),
+            };
+            v.push(SsSubflow {
+                local: local
+                    .parse()
+                    .with_context(|| format!("ss local address {local:?}"))?,
+                flags: String::new(),
+                rtt_ms: None,
+            });
+        } else if let Some(last) = v.last_mut() {
+            last.rtt_ms = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rtt:"))
+                .and_then(|r| r.split('/').next()?.parse().ok());
+            if let Some(rest) = line.split("tcp-ulp-mptcp").nth(1) {
+                last.flags = rest
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("flags:"))
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+    }
+    Ok(v)
+}
