@@ -821,13 +821,6 @@ fn roamd_hears_the_mptcp_subflows_rtt() -> Result<()> {
         "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
     let topo = two_links()?;
     let agent = Agent::start_with(&topo, "rtt", NO_PROBES, POLICY)?;
-    let links = |socket: &std::path::Path| -> Result<Vec<roam_policy::model::Interface>> {
-        let mut c = Client::connect(socket, Some(EVENT_TIMEOUT))?;
-        match c.call(|id| Request::Links { id })? {
-            roam_ipc::proto::Reply::Links { interfaces, .. } => Ok(interfaces),
-            other => bail!("links answered {other:?}"),
-        }
-    };
     let rtt_of = |v: &[roam_policy::model::Interface], name: &str| {
         v.iter().find(|i| i.name == name).and_then(|i| i.rtt_ms)
     };
@@ -866,6 +859,40 @@ fn roamd_hears_the_mptcp_subflows_rtt() -> Result<()> {
         "an implausible RTT for a veth: {rtt} ms ({waited:?})"
     );
     Ok(())
+}
+
+/// roamd's view of the interfaces (`links`, what `roamctl links --json` prints).
+fn links(socket: &std::path::Path) -> Result<Vec<roam_policy::model::Interface>> {
+    let mut c = Client::connect(socket, Some(EVENT_TIMEOUT))?;
+    match c.call(|id| Request::Links { id })? {
+        roam_ipc::proto::Reply::Links { interfaces, .. } => Ok(interfaces),
+        other => bail!("links answered {other:?}"),
+    }
+}
+
+/// Waits, one `links` call per MiB the server receives, until roamd has seen `link` up for
+/// `d`: the policy's hold keeps a returning link from being first only while another one has
+/// been up for the hold.
+fn wait_up_for(
+    agent: &Agent,
+    notes: &mpsc::Receiver<ServerNote>,
+    link: &str,
+    d: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + d + EVENT_TIMEOUT;
+    loop {
+        let v = links(&agent.socket())?;
+        let up_for = v.iter().find(|i| i.name == link).and_then(|i| i.up_for_ms);
+        if up_for.is_some_and(|ms| ms as u128 >= d.as_millis()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("roamd did not see {link} up for {d:?}: {v:?}");
+        }
+        wait_for(notes, "more data at the server", |n| {
+            matches!(n, ServerNote::Received(_))
+        })?;
+    }
 }
 
 /// The smoothed RTT `ss -tni` shows for the subflow from `link`'s address, in ms.
@@ -987,9 +1014,9 @@ fn start_steered(topo: &Topology, agent: &Agent) -> Result<run::Run> {
 /// on it and makes cellular the backup: the stream is back on WiFi (the server's per-link
 /// bytes, the kernel's `ss` flags, the session's `paths()`), every byte intact.
 #[test]
-#[ignore = "roamd cannot re-open a subflow on wlan0 after closing the one it started on: the \
-            kernel answers its SUBFLOW_CREATE with EINVAL every second, so the stream stays on \
-            rmnet0 (an agent/ fix; run with --ignored to see it)"]
+#[ignore = "roamd's second SUBFLOW_CREATE on a connection fails with EINVAL (it sends no \
+            MPTCP_PM_ADDR_ATTR_ID: the kernel files the first subflow's address under id 0 and \
+            refuses the next one's id 0), so no subflow returns to wlan0; an agent/ fix"]
 fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
     let Some(_serial) = roam_tests::serial::netns_test("the_stream_returns_to_wifi_after_the_hold")
     else {
@@ -999,6 +1026,7 @@ fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
     let topo = two_links()?;
     let agent = Agent::start(&topo, "return")?;
     let r = start_steered(&topo, &agent)?;
+    wait_up_for(&agent, &r.server_rx, "rmnet0", HOLD)?;
 
     let down_at = Instant::now();
     topo.link_down("wlan0")?;
@@ -1022,9 +1050,9 @@ fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
 /// on cellular while WiFi flaps, and is back on WiFi once WiFi stayed up for the hold. The
 /// hold is 4 s for the reason `flap.rs` gives (an up phase lasts up to a linkwatch second).
 #[test]
-#[ignore = "roamd cannot re-open a subflow on wlan0 after closing the one it started on: the \
-            kernel answers its SUBFLOW_CREATE with EINVAL every second, so the stream stays on \
-            rmnet0 (an agent/ fix; run with --ignored to see it)"]
+#[ignore = "roamd's second SUBFLOW_CREATE on a connection fails with EINVAL (it sends no \
+            MPTCP_PM_ADDR_ATTR_ID: the kernel files the first subflow's address under id 0 and \
+            refuses the next one's id 0), so no subflow returns to wlan0; an agent/ fix"]
 fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
     let Some(_serial) =
         roam_tests::serial::netns_test("survives_twenty_wifi_flaps_and_returns_after_the_hold")
@@ -1039,6 +1067,7 @@ fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
     let policy = POLICY.replace("hold 1s", &format!("hold {}s", HOLD.as_secs()));
     let agent = Agent::start_with(&topo, "flap", AGENT_CONFIG, &policy)?;
     let r = start_steered(&topo, &agent)?;
+    wait_up_for(&agent, &r.server_rx, "rmnet0", HOLD)?;
 
     let flapper = topo.flap("wlan0", DOWN, UP, CYCLES)?;
     let first_down = Instant::now();

@@ -148,7 +148,11 @@ impl AsyncWrite for StreamSession {
     }
 }
 
-/// The subflows of an MPTCP socket, or its one TCP connection after a fallback.
+/// `TCP_CLOSE` (`tcpi_state`).
+const TCP_CLOSE: u8 = 7;
+
+/// The subflows of an MPTCP socket (closed ones left out), or its one TCP connection after a
+/// fallback.
 fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
     let fd = s.as_fd();
     let raw = match sockopt::full_info(fd) {
@@ -160,23 +164,7 @@ fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
         Err(e) => Err(e),
     };
     match raw {
-        Ok(subs) => subs
-            .into_iter()
-            .map(|r| {
-                let tcp = r.tcp.unwrap_or_default();
-                Subflow {
-                    id: r.id.unwrap_or(0),
-                    local: r.local,
-                    remote: r.remote,
-                    interface: None,
-                    backup: None,
-                    rtt: Duration::from_micros(tcp.rtt_us.into()),
-                    bytes_sent: tcp.bytes_sent,
-                    bytes_acked: tcp.bytes_acked,
-                    bytes_received: tcp.bytes_received,
-                }
-            })
-            .collect(),
+        Ok(subs) => live_subflows(subs),
         Err(_) => {
             // Plain TCP (fallen back): one path, from TCP_INFO.
             let tcp = sockopt::tcp_info(fd).unwrap_or_default();
@@ -193,6 +181,29 @@ fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
             }]
         }
     }
+}
+
+/// The kernel's subflows as paths, closed ones left out: the kernel keeps a closed initial
+/// subflow in the connection's list as long as the connection lives (roamd closing it at a
+/// handover, say), and it is no path any more.
+fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<Subflow> {
+    raw.into_iter()
+        .filter(|r| r.tcp.is_none_or(|t| t.state != TCP_CLOSE))
+        .map(|r| {
+            let tcp = r.tcp.unwrap_or_default();
+            Subflow {
+                id: r.id.unwrap_or(0),
+                local: r.local,
+                remote: r.remote,
+                interface: None,
+                backup: None,
+                rtt: Duration::from_micros(tcp.rtt_us.into()),
+                bytes_sent: tcp.bytes_sent,
+                bytes_acked: tcp.bytes_acked,
+                bytes_received: tcp.bytes_received,
+            }
+        })
+        .collect()
 }
 
 /// Fills in each MPTCP subflow's `backup` from sock_diag (`crate::mptcp::diag`): `Some(true)`
@@ -557,6 +568,29 @@ mod tests {
             PathReport::Path { interface, rtt, .. } if interface == iface => *rtt,
             _ => None,
         })
+    }
+
+    #[test]
+    fn a_closed_subflow_is_no_path() {
+        let raw = |id, state| sockopt::RawSubflow {
+            id: Some(id),
+            local: Some(SocketAddr::from(([198, 18, 0, 2], 40000 + id as u16))),
+            remote: Some(SocketAddr::from(([198, 19, 0, 1], 4433))),
+            tcp: Some(sockopt::TcpInfo {
+                state,
+                rtt_us: 500,
+                ..Default::default()
+            }),
+        };
+        // The initial subflow closed at a handover, a joined one established, one connecting,
+        // and one the kernel gave no tcp_info for.
+        let mut unknown = raw(4, 1);
+        unknown.tcp = None;
+        let v = live_subflows(vec![raw(1, TCP_CLOSE), raw(2, 1), raw(3, 2), unknown]);
+        let ids: Vec<u32> = v.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [2, 3, 4]);
+        assert_eq!(v[0].rtt, Duration::from_micros(500));
+        assert_eq!(v[0].backup, None, "read later, through sock_diag");
     }
 
     #[test]
