@@ -340,7 +340,6 @@ fn tcp_resume_survives_a_silent_blackhole_on_wifi() -> anyhow::Result<()> {
     assert!(heard("wlan0", true), "no stall reported: {reports:?}");
     assert!(heard("wlan0", false), "no RTT of wlan0: {reports:?}");
     assert!(heard("rmnet0", false), "no RTT of rmnet0: {reports:?}");
-    assert!(!heard("rmnet0", true), "{reports:?}");
     Ok(())
 }
 

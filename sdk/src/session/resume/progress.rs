@@ -12,11 +12,13 @@
 //!
 //! The detector counts ack-eliciting sends and ACKs received. Here one "send" is a flight:
 //! data in flight that no ACK progress has answered since the last sample that saw some, and
-//! one "ACK" is a sample that saw `bytes_acked` grow. Data waits for an ACK when segments are
-//! in flight, or when bytes are queued while the peer's window is open: a link that drops
-//! frames at the device refuses them before they count as sent (TCP keeps them unsent and
-//! tries again on its retransmission timer). Bytes held back by a closed window wait for the
-//! peer's app, not the path, so a slow reader is never taken for a stall.
+//! one "ACK" is a sample that saw `bytes_acked` grow, or the kernel's zero-window probes
+//! answered. Data waits for an ACK when segments are in flight, when a zero-window probe is
+//! out (`tcpi_probes`), or when bytes are queued while the peer's window is open: a link that
+//! drops frames at the device refuses them before they count as sent (TCP keeps them unsent
+//! and tries again on its retransmission timer). Bytes held back by a closed window wait for
+//! the peer's app, not the path, so a slow reader is never taken for a stall; but a path that
+//! dies while the window is closed leaves the kernel's probes unanswered, and that is one.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -39,6 +41,8 @@ pub(crate) struct TcpReading {
     pub(crate) unsent: u32,
     /// `tcpi_snd_wnd`: the window the peer advertised (0: its app is not reading).
     pub(crate) peer_window: u32,
+    /// `tcpi_probes`: zero-window probes sent and not answered yet.
+    pub(crate) probes: u8,
     /// The kernel's smoothed RTT.
     pub(crate) rtt: Duration,
 }
@@ -70,13 +74,15 @@ impl TcpReading {
             unacked: info.tcpi_unacked,
             unsent: info.tcpi_notsent_bytes,
             peer_window: info.tcpi_snd_wnd,
+            probes: info.tcpi_probes,
             rtt: Duration::from_micros(info.tcpi_rtt.into()),
         })
     }
 
-    /// Data waits for an ACK: in flight, or queued with the peer's window open.
+    /// Data waits for an ACK: in flight, a zero-window probe out, or queued with the peer's
+    /// window open.
     fn waiting(&self) -> bool {
-        self.unacked > 0 || (self.unsent > 0 && self.peer_window > 0)
+        self.unacked > 0 || self.probes > 0 || (self.unsent > 0 && self.peer_window > 0)
     }
 }
 
@@ -92,6 +98,8 @@ pub(crate) struct TcpProgress {
     flights: u64,
     /// A flight was counted and no ACK progress came since.
     waiting: bool,
+    /// The last reading had zero-window probes out.
+    probing: bool,
 }
 
 impl TcpProgress {
@@ -99,12 +107,15 @@ impl TcpProgress {
     pub(crate) fn new_connection(&mut self) {
         self.acked = 0;
         self.waiting = false;
+        self.probing = false;
     }
 
     /// The sample for the path manager from a reading of the current connection.
     pub(crate) fn sample(&mut self, r: TcpReading) -> TransportSample {
-        if r.bytes_acked > self.acked {
-            self.acked = r.bytes_acked;
+        // The kernel clears its probe count on the first ACK that comes back.
+        let probe_answered = std::mem::replace(&mut self.probing, r.probes > 0) && r.probes == 0;
+        if r.bytes_acked > self.acked || probe_answered {
+            self.acked = self.acked.max(r.bytes_acked);
             self.acks += 1;
             self.waiting = false;
         } else if !r.waiting() {
@@ -158,6 +169,10 @@ mod tests {
         peer_window: u64,
         delivers: bool,
         refuses: bool,
+        /// Zero-window probes out, when the next goes, and when the answer to the last comes.
+        probes: u8,
+        next_probe: Instant,
+        probe_answer: Option<Instant>,
         moves: Vec<(Duration, String, MigrationReason)>,
     }
 
@@ -181,6 +196,9 @@ mod tests {
                 peer_window: u32::MAX.into(),
                 delivers: true,
                 refuses: false,
+                probes: 0,
+                next_probe: now,
+                probe_answer: None,
                 moves: Vec::new(),
             }
         }
@@ -208,6 +226,23 @@ mod tests {
                 self.unsent.min(room)
             };
             self.unsent -= n;
+            // The persist timer: with the window closed and nothing in flight, a probe every
+            // 200 ms, answered one RTT later if the path delivers.
+            if self.probe_answer.is_some_and(|t| t <= now) {
+                self.probes = 0;
+                self.probe_answer = None;
+            }
+            if self.peer_window == 0 && self.unsent > 0 && self.in_flight() == 0 {
+                if now >= self.next_probe {
+                    self.probes = self.probes.saturating_add(1);
+                    self.next_probe = now + Duration::from_millis(200);
+                    if self.delivers {
+                        self.probe_answer = Some(now + self.rtt);
+                    }
+                }
+            } else {
+                self.probes = 0;
+            }
             if n > 0 {
                 self.sent_total += n;
                 self.sent.push_back((now, self.sent_total));
@@ -230,6 +265,7 @@ mod tests {
                                 unacked: self.sent.len() as u32,
                                 unsent: self.unsent.min(u32::MAX.into()) as u32,
                                 peer_window: self.peer_window as u32,
+                                probes: self.probes,
                                 rtt: self.rtt,
                             };
                             let s = self.progress.sample(r);
@@ -303,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_that_stops_reading_or_a_slow_path_is_no_stall() {
+    fn a_peer_that_stops_reading_or_a_slow_path_is_no_stall_until_the_path_dies() {
         // The peer's app stops reading: its window closes, everything sent is acknowledged,
         // and the app's bytes wait unsent for a minute.
         let mut s = Sim::new(Duration::from_millis(20));
@@ -312,6 +348,14 @@ mod tests {
         s.run(60_000);
         assert!(s.moves.is_empty(), "{:?}", s.moves);
         assert!(s.unsent > 0);
+        // Then the path dies with the window still closed: the probes go unanswered.
+        s.delivers = false;
+        let hole = s.now - s.t0;
+        s.run(2_000);
+        let (at, _, reason) = s.moves.first().expect("never moved");
+        assert_eq!(*reason, MigrationReason::Stalled);
+        // The next probe (up to 200 ms later), then the 60 ms floor.
+        assert!(*at - hole <= Duration::from_millis(300), "{:?}", *at - hole);
         // A slow, long path: 400 ms RTT with a window's worth always in flight.
         let mut s = Sim::new(Duration::from_millis(400));
         s.peer_window = 256 * 1024;
