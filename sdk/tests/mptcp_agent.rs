@@ -49,6 +49,9 @@ const BASELINE_PORT: u16 = 5201;
 /// 3 misses, at most 3 x 20 + 40 = 100 ms after it died.
 const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n\n\
                             [probe]\ntargets = [\"198.19.0.1:7777\"]\nfast_interval_ms = 20\ntimeout_ms = 40\n";
+/// roamd without probe targets: the only RTTs it has are the sessions' reports.
+const NO_PROBES: &str =
+    "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
 /// One message per this interval.
 const PACE: Duration = Duration::from_micros(100);
 /// Repeats per system and failure.
@@ -817,8 +820,6 @@ fn roamd_hears_the_mptcp_subflows_rtt() -> Result<()> {
     let Some(_serial) = roam_tests::serial::netns_test("roamd_hears_the_mptcp_subflows_rtt") else {
         return Ok(());
     };
-    const NO_PROBES: &str =
-        "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
     let topo = two_links()?;
     let agent = Agent::start_with(&topo, "rtt", NO_PROBES, POLICY)?;
     let rtt_of = |v: &[roam_policy::model::Interface], name: &str| {
@@ -1107,6 +1108,72 @@ fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
         last_up - first_down,
         s.max_gap,
         s.bytes
+    );
+    Ok(())
+}
+
+/// A policy condition on WiFi's RTT acts on an MPTCP session: roamd, with no probes of its own,
+/// learns wlan0's RTT only from the session's reports; when the path to the server over wlan0
+/// slows to 400 ms, `prefer cell over wifi if wifi.rtt > 150ms` applies, and roamd moves the
+/// stream to rmnet0 (the server's per-link bytes), with wlan0's subflow made the backup (`ss`,
+/// the session's `paths()`).
+#[test]
+fn a_wifi_rtt_condition_moves_an_mptcp_session_to_cellular() -> Result<()> {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("a_wifi_rtt_condition_moves_an_mptcp_session_to_cellular")
+    else {
+        return Ok(());
+    };
+    const SLOW: Duration = Duration::from_millis(400);
+    // (`prefer wifi over cell unless wifi.rtt > 150ms` alone would keep WiFi first: without an
+    // applicable `prefer`, the base order is the classes' declaration order.)
+    const RTT_POLICY: &str = "link wifi = kind wifi\nlink cell = kind cellular\n\
+                              default {\n  prefer cell over wifi if wifi.rtt > 150ms\n  \
+                              prefer wifi over cell\n}\n";
+    init_tracing();
+    let plain = roam_tests::emulator::PathConfig::default();
+    let topo = Topology::builder()
+        .link("wlan0", roam_policy::LinkKind::Wifi)
+        .link("rmnet0", roam_policy::LinkKind::Cellular)
+        .emulated(plain, plain)
+        .build()?;
+    let agent = Agent::start_with(&topo, "rtt-policy", NO_PROBES, RTT_POLICY)?;
+    let r = start_steered(&topo, &agent)?;
+    let fast = links(&agent.socket())?;
+    topo.emulator("wlan0")
+        .context("wlan0 is not emulated")?
+        .set_rtt(SLOW);
+    let slowed = Instant::now();
+    let moved = wait_stream_moved(&topo, &r.server_rx, "rmnet0", "wlan0", 3 * EVENT_TIMEOUT)
+        .with_context(|| format!("roamd's view: {:?}", links(&agent.socket())))?;
+    let seen = links(&agent.socket())?;
+    let rtt_of = |v: &[roam_policy::model::Interface]| {
+        v.iter().find(|i| i.name == "wlan0").and_then(|i| i.rtt_ms)
+    };
+    let n = wait_for(&r.client_rx, "wlan0's subflow made the backup", |n| {
+        matches!(n, ClientNote::Event(_, roam::SessionEvent::SubflowsChanged(v))
+            if backup_on(v, "wlan0") == Some(Some(true))
+                && backup_on(v, "rmnet0") == Some(Some(false)))
+    })?;
+    let ClientNote::Event(_, roam::SessionEvent::SubflowsChanged(v)) = n else {
+        bail!("unexpected {n:?}");
+    };
+    agrees_with_ss(&topo, &v)?;
+    let s = r.finish()?;
+    eprintln!(
+        "figure: mptcp (roamd, no probes) wlan0 slowed to {SLOW:?} RTT -> stream on rmnet0 {:?} \
+         later; roamd's wlan0 rtt_ms {:?} before, {:?} at the move; longest delivery gap {:?}, {} \
+         bytes intact",
+        moved - slowed,
+        rtt_of(&fast),
+        rtt_of(&seen),
+        s.max_gap,
+        s.bytes
+    );
+    assert!(
+        rtt_of(&seen).is_some_and(|r| r > 150.0),
+        "the stream moved, but roamd's wlan0 RTT is {:?}",
+        rtt_of(&seen)
     );
     Ok(())
 }
