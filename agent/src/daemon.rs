@@ -512,12 +512,14 @@ impl Daemon {
                         remote,
                         backup,
                         index,
+                        id,
                     } => self.steer(PmCommand::Create {
                         token,
                         local,
                         remote,
                         backup,
                         index,
+                        id,
                     }),
                     Action::SubflowSetBackup {
                         token,
@@ -903,7 +905,7 @@ impl Daemon {
 
     /// The kernel request for an app's `mptcp_subflow_*`, checked against the connections and
     /// subflows the kernel's events told about.
-    fn subflow_command(&self, request: &Request) -> Result<PmCommand, String> {
+    fn subflow_command(&mut self, request: &Request) -> Result<PmCommand, String> {
         let token = match request {
             Request::MptcpSubflowCreate { token, .. }
             | Request::MptcpSubflowDestroy { token, .. }
@@ -935,6 +937,9 @@ impl Daemon {
                 remote,
                 backup,
                 index: 0,
+                id: self.core.mptcp_local_id(token, local.ip()).ok_or_else(|| {
+                    format!("connection {token:#010x} has no MPTCP address id left for {local}")
+                })?,
             },
             Request::MptcpSubflowDestroy { local, remote, .. } => {
                 if !find(local, remote) {

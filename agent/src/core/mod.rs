@@ -366,6 +366,8 @@ pub enum Action {
         backup: bool,
         /// Interface of the local address.
         index: u32,
+        /// The local address's MPTCP address id (stable per address and connection).
+        id: u8,
     },
     /// Set or clear a subflow's backup flag (MP_PRIO).
     SubflowSetBackup {
@@ -510,6 +512,17 @@ impl Core {
         Some(c.subflows.keys().copied().collect())
     }
 
+    /// The MPTCP address id for a subflow of connection `token` from `local` (an app's own
+    /// `mptcp_subflow_create`): the same allocation as roamd's own subflows, so the two never
+    /// collide. `None` for an unknown connection or when its ids are exhausted.
+    pub fn mptcp_local_id(&mut self, token: u32, local: IpAddr) -> Option<u8> {
+        self.steering
+            .as_mut()?
+            .conns
+            .get_mut(&token)?
+            .local_id(local)
+    }
+
     fn plan_steering(&mut self, now: Instant) {
         let Some(st) = &mut self.steering else { return };
         for (&token, conn) in st.conns.iter_mut() {
@@ -560,12 +573,14 @@ impl Core {
                         remote,
                         backup,
                         index,
+                        id,
                     } => Action::SubflowCreate {
                         token,
                         local,
                         remote,
                         backup,
                         index,
+                        id,
                     },
                     steer::Step::Destroy { local, remote } => Action::SubflowDestroy {
                         token,

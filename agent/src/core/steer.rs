@@ -34,6 +34,25 @@ pub(super) struct Conn {
     pub(super) creating: BTreeMap<IpAddr, (Instant, bool)>,
     /// Subflows asked to close.
     pub(super) destroying: BTreeSet<(SocketAddr, SocketAddr)>,
+    /// The MPTCP address id each local address of ours was given, for the connection's life.
+    pub(super) ids: BTreeMap<IpAddr, u8>,
+}
+
+impl Conn {
+    /// The address id for subflows from `addr`: the one it was given before, else the lowest
+    /// unused one from 1 (0 is the initial subflow's). The kernel keeps one id per local
+    /// address of a connection and refuses (`EINVAL`) a subflow whose address or id matches
+    /// an entry but not both, so every address needs its own id, and the same one each time
+    /// (an entry can outlive its subflow when the peer closed it). `None` when all 255 are
+    /// taken.
+    pub(super) fn local_id(&mut self, addr: IpAddr) -> Option<u8> {
+        if let Some(id) = self.ids.get(&addr) {
+            return Some(*id);
+        }
+        let id = (1..=u8::MAX).find(|i| !self.ids.values().any(|v| v == i))?;
+        self.ids.insert(addr, id);
+        Some(id)
+    }
 }
 
 /// What the core knows for steering.
@@ -81,6 +100,7 @@ pub(super) enum Step {
         remote: SocketAddr,
         backup: bool,
         index: u32,
+        id: u8,
     },
     Destroy {
         local: SocketAddr,
@@ -121,12 +141,17 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
     {
         let have = conn.subflows.keys().any(|(l, _)| l.ip() == w.addr);
         if !have && !conn.creating.contains_key(&w.addr) {
+            let Some(id) = conn.local_id(w.addr) else {
+                tracing::warn!(addr = %w.addr, "no MPTCP address id left for this connection");
+                continue;
+            };
             conn.creating.insert(w.addr, (now, w.backup));
             steps.push(Step::Create {
                 local: SocketAddr::new(w.addr, 0),
                 remote,
                 backup: w.backup,
                 index: w.index,
+                id,
             });
         }
     }
@@ -153,4 +178,86 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
 /// When an unanswered subflow creation of a steered connection is due to be asked again.
 pub(super) fn next_retry(conn: &Conn) -> Option<Instant> {
     conn.creating.values().map(|(t, _)| *t + CREATE_RETRY).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_local_address_keeps_its_own_nonzero_id() {
+        let mut c = Conn::default();
+        let a: IpAddr = "198.18.2.2".parse().unwrap();
+        let b: IpAddr = "198.18.3.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8:0:3::2".parse().unwrap();
+        let (ia, ib, i6) = (c.local_id(a), c.local_id(b), c.local_id(v6));
+        assert_eq!((ia, ib, i6), (Some(1), Some(2), Some(3)));
+        // The same address asks again (a subflow re-created after its link returned).
+        assert_eq!(c.local_id(b), Some(2));
+        assert_eq!(c.local_id(a), Some(1));
+    }
+
+    #[test]
+    fn ids_run_out_after_255_addresses_without_wrapping_to_zero() {
+        let mut c = Conn::default();
+        for i in 0..255u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + i));
+            assert_eq!(c.local_id(ip), Some((i + 1) as u8));
+        }
+        assert_eq!(c.local_id("198.19.9.9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_path_that_returns_is_created_again_with_its_first_id() {
+        let remote: SocketAddr = "198.19.0.1:4433".parse().unwrap();
+        let wlan: IpAddr = "198.18.2.2".parse().unwrap();
+        let rmnet: IpAddr = "198.18.3.2".parse().unwrap();
+        let mut c = Conn {
+            remote: Some(remote),
+            ..Conn::default()
+        };
+        // The initial subflow on wlan0 (id 0, the kernel's), rmnet0 wanted as backup.
+        c.subflows
+            .insert((SocketAddr::new(wlan, 40000), remote), false);
+        let t0 = Instant::now();
+        let wants = |w: bool| {
+            let mut v = Vec::new();
+            if w {
+                v.push(Want {
+                    addr: wlan,
+                    index: 2,
+                    backup: false,
+                });
+            }
+            v.push(Want {
+                addr: rmnet,
+                index: 3,
+                backup: !w,
+            });
+            v
+        };
+        let ids = |steps: &[Step]| -> Vec<(IpAddr, u8)> {
+            steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Create { local, id, .. } => Some((local.ip(), *id)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(ids(&plan(&mut c, &wants(true), t0)), [(rmnet, 1)]);
+        c.creating.clear();
+        c.subflows
+            .insert((SocketAddr::new(rmnet, 40001), remote), true);
+        // wlan0 goes: its subflow is closed; it returns: a new subflow from it, not id 1.
+        plan(&mut c, &wants(false), t0);
+        c.subflows.remove(&(SocketAddr::new(wlan, 40000), remote));
+        assert_eq!(ids(&plan(&mut c, &wants(true), t0)), [(wlan, 2)]);
+        c.creating.clear();
+        // And again after a second flap: the same id as the first time.
+        assert_eq!(
+            ids(&plan(&mut c, &wants(true), t0 + CREATE_RETRY)),
+            [(wlan, 2)]
+        );
+    }
 }

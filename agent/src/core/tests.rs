@@ -717,8 +717,10 @@ mod steering {
                     remote,
                     backup,
                     index,
+                    id,
                 } => {
                     assert_eq!((*token, *remote), (TOKEN, server()));
+                    assert_ne!(*id, 0, "id 0 is the initial subflow's");
                     assert_eq!(local.port(), 0, "a new subflow's port is the kernel's");
                     assert_eq!(
                         name(local),

@@ -27,6 +27,7 @@ const ATTR_ADDR: u16 = 1;
 const ATTR_TOKEN: u16 = 4;
 const ATTR_ADDR_REMOTE: u16 = 6;
 
+const ADDR_ID: u16 = 2;
 #[cfg(test)]
 const ADDR_ADDR4: u16 = 3;
 const ADDR_PORT: u16 = 5;
@@ -71,6 +72,10 @@ pub enum PmCommand {
         backup: bool,
         /// Interface to bind the subflow to (0: none).
         index: u32,
+        /// The local address's MPTCP address id, 1-255: each local address of a connection
+        /// needs its own, and the same one every time (the kernel refuses a subflow whose
+        /// address or id matches an earlier one but not both).
+        id: u8,
     },
     /// Close the subflow with these addresses (`ip mptcp subflow del ...`).
     Destroy {
@@ -107,12 +112,13 @@ impl PmCommand {
 
     fn encode(&self) -> (u8, Vec<u8>) {
         let mut out = Vec::new();
-        let (cmd, local, remote, flags, index) = match *self {
+        let (cmd, local, remote, flags, index, id) = match *self {
             PmCommand::Create {
                 local,
                 remote,
                 backup,
                 index,
+                id,
                 ..
             } => (
                 CMD_SUBFLOW_CREATE,
@@ -120,9 +126,10 @@ impl PmCommand {
                 remote,
                 Some(if backup { FLAG_BACKUP } else { 0 }),
                 Some(index),
+                Some(id),
             ),
             PmCommand::Destroy { local, remote, .. } => {
-                (CMD_SUBFLOW_DESTROY, local, remote, None, None)
+                (CMD_SUBFLOW_DESTROY, local, remote, None, None, None)
             }
             PmCommand::SetBackup {
                 local,
@@ -135,28 +142,32 @@ impl PmCommand {
                 remote,
                 Some(if backup { FLAG_BACKUP } else { 0 }),
                 None,
+                None,
             ),
         };
         put(&mut out, ATTR_TOKEN, &self.token().to_ne_bytes());
         put(
             &mut out,
             ATTR_ADDR | NLA_F_NESTED,
-            &addr_nest(local, flags, index),
+            &addr_nest(local, id, flags, index),
         );
         put(
             &mut out,
             ATTR_ADDR_REMOTE | NLA_F_NESTED,
-            &addr_nest(remote, None, None),
+            &addr_nest(remote, None, None, None),
         );
         (cmd, out)
     }
 }
 
 /// A nested `MPTCP_PM_ATTR_ADDR`: family, address, port (host order, as the kernel reads it),
-/// flags and interface when given.
-fn addr_nest(a: SocketAddr, flags: Option<u32>, index: Option<u32>) -> Vec<u8> {
+/// address id, flags and interface when given.
+fn addr_nest(a: SocketAddr, id: Option<u8>, flags: Option<u32>, index: Option<u32>) -> Vec<u8> {
     let mut inner = Vec::new();
     put_ip(&mut inner, a.ip());
+    if let Some(id) = id {
+        put(&mut inner, ADDR_ID, &[id]);
+    }
     if a.port() != 0 {
         put(&mut inner, ADDR_PORT, &a.port().to_ne_bytes());
     }
@@ -432,6 +443,7 @@ mod tests {
             remote: "198.19.0.1:4433".parse().unwrap(),
             backup: true,
             index: 3,
+            id: 7,
         };
         let (c, bytes) = cmd.encode();
         assert_eq!(c, CMD_SUBFLOW_CREATE);
@@ -445,6 +457,10 @@ mod tests {
         );
         assert!(local.contains(&(ADDR_FLAGS, &FLAG_BACKUP.to_ne_bytes()[..])));
         assert!(local.contains(&(ADDR_IF_IDX, &3i32.to_ne_bytes()[..])));
+        assert!(
+            local.contains(&(ADDR_ID, &[7][..])),
+            "the address id is a u8"
+        );
         let remote = attrs(top[2].1);
         assert!(remote.contains(&(ADDR_PORT, &4433u16.to_ne_bytes()[..])));
     }
