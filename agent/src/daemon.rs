@@ -631,8 +631,11 @@ impl Daemon {
     }
 
     /// The kernel answered a userspace path manager request: reply to the app that asked.
-    fn on_pm_done(&mut self, (tag, cmd, result): Done<Reply2>) {
+    fn on_pm_done(&mut self, (tag, cmd, result, detail): Done<Reply2>) {
         let Some((client, id)) = tag else { return };
+        let why = detail
+            .map(|d| format!(" (the kernel says: {d})"))
+            .unwrap_or_default();
         let reply = match result {
             Ok(()) => Reply::Ok { id },
             Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {
@@ -640,7 +643,7 @@ impl Daemon {
                     id: Some(id),
                     code: "not_found".into(),
                     message: format!(
-                        "the kernel has no such subflow of {:#010x}: {e}",
+                        "the kernel has no such subflow of {:#010x}: {e}{why}",
                         cmd.token()
                     ),
                 }
@@ -648,7 +651,7 @@ impl Daemon {
             Err(e) => Reply::Error {
                 id: Some(id),
                 code: "failed".into(),
-                message: format!("the kernel refused {cmd:?}: {e}"),
+                message: format!("the kernel refused {cmd:?}: {e}{why}"),
             },
         };
         self.reply(client, &reply);

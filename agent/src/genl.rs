@@ -175,6 +175,11 @@ impl<F: Family> GenlSocket<F> {
             .collect())
     }
 
+    /// The kernel's message for the last refused request, taken once.
+    pub(crate) fn take_detail(&mut self) -> Option<String> {
+        self.req.take_detail()
+    }
+
     /// Sends a request and waits for its acknowledgement.
     pub(crate) fn request(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
         let t = std::time::Instant::now();

@@ -180,8 +180,9 @@ fn addr_nest(a: SocketAddr, id: Option<u8>, flags: Option<u32>, index: Option<u3
     inner
 }
 
-/// A finished command: what was asked, and the kernel's answer.
-pub type Done<T> = (T, PmCommand, io::Result<()>);
+/// A finished command: what was asked, the kernel's answer, and its message when it refused
+/// and said why (extended ack, e.g. `did not match address and id`).
+pub type Done<T> = (T, PmCommand, io::Result<()>, Option<String>);
 
 /// Runs [`PmCommand`]s on a thread of its own, in order; each answer goes back with the tag
 /// `T` the caller gave (who to reply to).
@@ -205,13 +206,19 @@ impl<T: Send + std::fmt::Debug + 'static> UserspacePm<T> {
                     let (c, a) = cmd.encode();
                     let t = std::time::Instant::now();
                     let r = pm.request(c, a);
+                    let detail = r.is_err().then(|| pm.take_detail()).flatten();
                     match &r {
                         Ok(()) => {
                             tracing::info!(?cmd, took_us = t.elapsed().as_micros() as u64, "done")
                         }
-                        Err(e) => tracing::info!(?cmd, error = %e, "refused by the kernel"),
+                        Err(e) => tracing::warn!(
+                            ?cmd,
+                            error = %e,
+                            kernel_says = detail.as_deref().unwrap_or("-"),
+                            "refused by the kernel"
+                        ),
                     }
-                    if done.send((tag, cmd, r)).is_err() {
+                    if done.send((tag, cmd, r, detail)).is_err() {
                         return;
                     }
                 }
@@ -434,6 +441,39 @@ pub fn set_pm_type(value: u8) -> io::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request the kernel refuses comes back with the kernel's reason, not only its errno.
+    /// Runs in a network namespace of its own (a thread that unshared it): nothing is sent.
+    #[test]
+    fn a_refused_request_carries_the_kernels_reason() {
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "needs root (CAP_NET_ADMIN) under CI"
+            );
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let r = std::thread::spawn(|| {
+            // SAFETY: only this thread's network namespace changes.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let mut pm = GenlSocket::<MptcpPm>::open().expect("mptcp_pm family");
+            let cmd = PmCommand::Create {
+                token: 0xdead_beef,
+                local: "198.18.2.2:0".parse().unwrap(),
+                remote: "198.19.0.1:4433".parse().unwrap(),
+                backup: false,
+                index: 0,
+                id: 1,
+            };
+            let (c, a) = cmd.encode();
+            let e = pm.request(c, a).expect_err("no such connection");
+            (e.raw_os_error(), pm.take_detail())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r, (Some(libc::EINVAL), Some("invalid token".to_owned())));
+    }
 
     #[test]
     fn commands_carry_token_and_both_addresses() {
