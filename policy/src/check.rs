@@ -217,6 +217,8 @@ pub(crate) fn check(file: &ast::File, source: &str) -> (Option<Policy>, Vec<Diag
         diagnostics: Vec::new(),
         class_index: HashMap::new(),
         classes: Vec::new(),
+        inert_prefers: Vec::new(),
+        reorders: false,
     };
     cx.declare_classes(file);
     let mut default: Option<(Rules, Span)> = None;
@@ -250,6 +252,12 @@ pub(crate) fn check(file: &ast::File, source: &str) -> (Option<Policy>, Vec<Diag
             }
         }
     }
+    if !cx.reorders {
+        for (span, guard, ids) in std::mem::take(&mut cx.inert_prefers) {
+            let d = cx.inert_prefer(span, &guard, &ids);
+            cx.diagnostics.push(d);
+        }
+    }
     let mut diagnostics = cx.diagnostics;
     diagnostics.sort_by_key(|d| d.span.start);
     let policy = if diagnostics.iter().any(Diagnostic::is_error) {
@@ -269,6 +277,12 @@ struct Checker {
     diagnostics: Vec<Diagnostic>,
     class_index: HashMap<String, (usize, Span)>,
     classes: Vec<Class>,
+    /// Guarded `prefer`s whose classes are already in declaration order: the statement, its
+    /// guard and its classes. They change nothing unless something else reorders classes.
+    inert_prefers: Vec<(Span, ast::Guard, Vec<usize>)>,
+    /// Some statement can put a class before one declared earlier (`prefer` against
+    /// declaration order, `start on`).
+    reorders: bool,
 }
 
 impl Checker {
@@ -426,9 +440,17 @@ impl Checker {
                             ));
                         }
                     }
-                    ids.into_iter()
-                        .collect::<Option<Vec<_>>>()
-                        .map(StmtKind::Prefer)
+                    let ids = ids.into_iter().collect::<Option<Vec<_>>>();
+                    if let Some(ids) = &ids {
+                        if ids.windows(2).all(|p| p[0] < p[1]) {
+                            if let Some(g) = &st.guard {
+                                self.inert_prefers.push((st.span, g.clone(), ids.clone()));
+                            }
+                        } else {
+                            self.reorders = true;
+                        }
+                    }
+                    ids.map(StmtKind::Prefer)
                 }
                 Body::Use(list) => {
                     for (i, a) in list.iter().enumerate() {
@@ -447,6 +469,7 @@ impl Checker {
                 Body::Never(a) => self.class(a).map(StmtKind::Never),
                 Body::Avoid(a) => self.class(a).map(StmtKind::Avoid),
                 Body::Start { on, add, after } => {
+                    self.reorders = true;
                     let on_i = self.class(on);
                     let add_i = self.class(add);
                     if on.name == add.name {
@@ -553,6 +576,39 @@ impl Checker {
             }
         }
         Rules { statements }
+    }
+
+    /// The warning for a guarded `prefer` that can never change the order: its classes are
+    /// tried in declaration order already, whether its condition holds or not.
+    fn inert_prefer(&self, span: Span, guard: &ast::Guard, ids: &[usize]) -> Diagnostic {
+        let names: Vec<&str> = ids.iter().map(|i| self.classes[*i].name.as_str()).collect();
+        let reversed: Vec<&str> = names.iter().rev().copied().collect();
+        let word = if guard.unless { "unless" } else { "if" };
+        let d = Diagnostic::warning(
+            span,
+            format!(
+                "this `prefer` changes nothing, with or without its `{word}`: {} already come \
+                 in this order (the order their `link` lines are declared in)",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        if guard.unless {
+            d.with_help(format!(
+                "to leave `{}` when the condition holds, write `prefer {} if ...` with the same \
+                 condition",
+                names[0],
+                reversed.join(" over ")
+            ))
+        } else {
+            d.with_help(format!(
+                "to change the order, write `prefer {}`; or drop the statement",
+                reversed.join(" over ")
+            ))
+        }
     }
 
     fn cond(&mut self, cond: &ast::Cond) -> Option<Cond> {

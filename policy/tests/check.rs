@@ -192,6 +192,33 @@ fn did_you_mean() {
 }
 
 #[test]
+fn a_guarded_prefer_in_declaration_order_is_flagged_only_when_nothing_reorders() {
+    let src = format!("{CLASSES}default {{\n  prefer wifi over cell unless wifi.rtt > 150ms\n}}\n");
+    let checked = check(&src);
+    let w: Vec<_> = checked.warnings().collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        w[0].help.as_deref(),
+        Some(
+            "to leave `wifi` when the condition holds, write `prefer cell over wifi if ...` with \
+             the same condition"
+        )
+    );
+    assert_eq!(diags(&src)[0].1, 5, "on the statement's line");
+    // Another statement that can reverse wifi and cell gives it something to do: no warning.
+    for other in [
+        "app \"x\" { prefer cell over wifi }\n",
+        "app \"x\" { start on cell then add wifi after 1MB }\n",
+    ] {
+        let src = format!("{src}{other}");
+        assert_eq!(check(&src).warnings().count(), 0, "{other}");
+    }
+    // Unguarded, it documents the order: no warning either.
+    let src = format!("{CLASSES}default {{ prefer wifi over cell }}\n");
+    assert!(check(&src).diagnostics.is_empty());
+}
+
+#[test]
 fn warnings_do_not_reject_the_policy() {
     for (body, needle) in [
         (
@@ -222,6 +249,14 @@ fn warnings_do_not_reject_the_policy() {
         (
             "default { use wifi, wifi only }\n",
             "`wifi` is listed twice",
+        ),
+        (
+            "default { prefer wifi over cell unless wifi.rtt > 150ms }\n",
+            "this `prefer` changes nothing, with or without its `unless`",
+        ),
+        (
+            "default { prefer wifi over cell if cell.down }\n",
+            "this `prefer` changes nothing, with or without its `if`",
         ),
     ] {
         let src = format!("{CLASSES}{body}");
