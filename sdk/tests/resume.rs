@@ -440,22 +440,29 @@ fn tcp_resume_survives_twenty_wifi_flaps_and_returns_after_the_hold() -> anyhow:
         longest_up < HOLD,
         "wlan0 was up for {longest_up:?} at once, over the hold: the premise is gone"
     );
-    // The session stayed off wlan0 while it flapped, and went back once it held.
-    let mut away = 1;
-    let back = wait_for(&h.run.client_rx, "the session back on wlan0", |n| match n {
-        ClientNote::Event(_, SessionEvent::PathChanged { to, .. }) if to.interface == "wlan0" => {
-            true
-        }
-        ClientNote::Event(_, SessionEvent::PathChanged { .. }) => {
-            away += 1;
-            false
+    // Back on wlan0 for good only once it held: the decision never named it while it flapped.
+    // (On a loaded machine a stall of rmnet0 may move the session to wlan0, its backup, between
+    // two flaps: the detector's call, counted and shown, not the hold broken.)
+    let mut moves = vec![(first.at, first.to.interface.clone(), first.reason)];
+    wait_for(&h.run.client_rx, "the session back on wlan0", |n| match n {
+        ClientNote::Event(at, SessionEvent::PathChanged { to, reason, .. }) => {
+            moves.push((*at, to.interface.clone(), *reason));
+            to.interface == "wlan0" && *at > last_up
         }
         _ => false,
     })?;
-    let ClientNote::Event(back_at, SessionEvent::PathChanged { reason, .. }) = back else {
-        bail!("unexpected {back:?}");
-    };
-    assert!(back_at > last_up, "back on wlan0 while it still flapped");
+    let early = moves
+        .iter()
+        .filter(|(at, to, _)| to == "wlan0" && *at <= last_up);
+    assert!(
+        early
+            .clone()
+            .all(|(_, _, r)| *r == MigrationReason::Stalled),
+        "back on wlan0 while it still flapped: {moves:?}"
+    );
+    let stalls = early.count();
+    let away = moves.iter().filter(|(_, to, _)| to == "rmnet0").count();
+    let &(back_at, _, reason) = moves.last().context("no move")?;
     assert_eq!(reason, MigrationReason::PrimaryChanged);
     let held = back_at - last_up;
     assert!(held >= HOLD - Duration::from_millis(100), "{held:?}");
@@ -464,8 +471,8 @@ fn tcp_resume_survives_twenty_wifi_flaps_and_returns_after_the_hold() -> anyhow:
     let (s, ips) = h.finish()?;
     eprintln!(
         "figure: tcp-resume, {CYCLES} flaps of wlan0 (longest up phase {longest_up:?}): {away} \
-         moves to rmnet0, back on wlan0 {held:?} after its last return, longest delivery gap \
-         {:?}, {} bytes intact",
+         moves to rmnet0, {stalls} to wlan0 by a stall of rmnet0 while it flapped, back on \
+         wlan0 {held:?} after its last return, longest delivery gap {:?}, {} bytes intact",
         s.max_gap, s.bytes
     );
     assert_eq!(

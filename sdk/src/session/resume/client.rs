@@ -126,8 +126,17 @@ fn now() -> std::time::Instant {
 }
 
 type ConnTask = tokio::task::JoinHandle<std::io::Result<()>>;
-/// A connection being made on a better path, in the background.
-type DialTask = tokio::task::JoinHandle<std::result::Result<Dialed, Failure>>;
+/// A connection being made on a better path, in the background; dropped, it stops.
+struct Dialing {
+    to: LocalPath,
+    task: tokio::task::JoinHandle<std::result::Result<Dialed, Failure>>,
+}
+
+impl Drop for Dialing {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// A fresh connection with TLS up, not yet carrying the session.
 struct Dialed {
@@ -142,7 +151,7 @@ impl Supervisor {
 
     async fn run(mut self, tls: TlsStream<TcpStream>, rest: Vec<u8>) {
         let mut conn = Some(self.spawn_conn(tls, rest));
-        let mut dialing: Option<(LocalPath, DialTask)> = None;
+        let mut dialing: Option<Dialing> = None;
         let mut source_alive = true;
         let mut keep_alive = tokio::time::interval(self.r.keep_alive);
         loop {
@@ -164,13 +173,11 @@ impl Supervisor {
                     }
                     Action::Move { to, reason } => {
                         // A newer move replaces one still connecting.
-                        if let Some((_, d)) = dialing.take() {
-                            d.abort();
-                        }
+                        dialing = None;
                         if conn.is_some() && reason == MigrationReason::PrimaryChanged {
                             tracing::info!(%to, %reason, "moving: connecting there first");
-                            let d = tokio::spawn(self.dial(&to).in_current_span());
-                            dialing = Some((to, d));
+                            let task = tokio::spawn(self.dial(&to).in_current_span());
+                            dialing = Some(Dialing { to, task });
                             continue;
                         }
                         tracing::info!(%to, %reason, "moving: reconnecting and resuming");
@@ -190,9 +197,7 @@ impl Supervisor {
                 }
             }
             if conn.is_none() {
-                if let Some((_, d)) = dialing.take() {
-                    d.abort();
-                }
+                dialing = None;
                 // No move proposed (every path suspect or the same one): retry on the current
                 // path, bounded by the give-up deadline in `retry_current`.
                 match self.retry_current().await {
@@ -218,8 +223,8 @@ impl Supervisor {
                     let cur = self.pm.current().clone();
                     self.pm.handle(now(), Input::MoveFailed(cur));
                 }
-                r = async { (&mut dialing.as_mut().expect("guarded").1).await }, if dialing.is_some() => {
-                    let (to, _) = dialing.take().expect("guarded");
+                r = async { (&mut dialing.as_mut().expect("guarded").task).await }, if dialing.is_some() => {
+                    let to = dialing.take().expect("guarded").to.clone();
                     let dialed = r.unwrap_or_else(|e| Err(Retry(e.to_string())));
                     let resumed = match dialed {
                         Ok(d) => {
