@@ -41,18 +41,7 @@ impl System for BaselineKernelMptcp {
 
     fn server(&self, ctx: ServerCtx) -> Task {
         Box::pin(async move {
-            let addr = SocketAddr::new(ctx.service, PORT);
-            let sock = Socket::new(
-                Domain::for_address(addr),
-                Type::STREAM,
-                Some(Protocol::MPTCP),
-            )
-            .context("opening an MPTCP socket (is net.mptcp.enabled set?)")?;
-            sock.set_reuse_address(true)?;
-            sock.bind(&addr.into())?;
-            sock.listen(8)?;
-            sock.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(sock.into())?;
+            let listener = listen_mptcp(SocketAddr::new(ctx.service, PORT))?;
             let _ = ctx.ready.send(());
             let (mut stream, peer) = listener.accept().await?;
             ctx.recorder.note_peer(Instant::now(), peer);
@@ -69,6 +58,22 @@ impl System for BaselineKernelMptcp {
             Ok(())
         })
     }
+}
+
+/// A listening MPTCP socket (`IPPROTO_MPTCP`) on `addr`, for a tokio runtime.
+pub fn listen_mptcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(Protocol::MPTCP),
+    )
+    .context("opening an MPTCP socket (is net.mptcp.enabled set?)")?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
+    sock.listen(8)?;
+    sock.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(sock.into())?)
 }
 
 /// Connects an MPTCP socket (`IPPROTO_MPTCP`) to `addr` without blocking the runtime.

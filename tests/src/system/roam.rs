@@ -7,7 +7,9 @@
 //! cellular), and never looks for a roamd outside the test. For MPTCP the agent always runs,
 //! because subflows on the backup link exist only when something sets the kernel's endpoints,
 //! and roamd is what re-prioritises them when a link fails; without it the row would measure
-//! the kernel's path manager again.
+//! the kernel's path manager again. The benchmark's MPTCP agent also probes both links against a
+//! reflector in the server namespace ([`Roam::with_probes`]), so a silent blackhole is found by
+//! missed probes (within about 100 ms), not by the kernel's retransmission timer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,9 +20,9 @@ use roam::{SessionEvent, TransportPreference};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ClientCtx, ServerCtx, System, Task, Transport, write_messages};
-use crate::agent::{Agent, AgentExe, AgentUpdate};
+use crate::agent::{Agent, AgentConfig, AgentExe, AgentUpdate, REFLECT_PORT, Reflector};
 use crate::tls::{SERVER_NAME, TestPki};
-use crate::topology::Topology;
+use crate::topology::{SERVICE_V4, Topology};
 
 /// Port of the roam listener (UDP for QUIC, TCP for the others) on the service address.
 pub const PORT: u16 = 4443;
@@ -38,7 +40,9 @@ pub struct Roam {
     policy: String,
     app: String,
     agent_exe: Option<AgentExe>,
+    probes: bool,
     agent: Mutex<Option<Agent>>,
+    reflector: Mutex<Option<Reflector>>,
     events: Arc<Mutex<Vec<(Instant, SessionEvent)>>>,
 }
 
@@ -51,17 +55,20 @@ impl Roam {
             policy: POLICY.to_owned(),
             app: APP.to_owned(),
             agent_exe: None,
+            probes: false,
             agent: Mutex::new(None),
+            reflector: Mutex::new(None),
             events: Arc::default(),
         })
     }
 
     /// What the benchmark measures for `transport`: the agent runs in the handset for MPTCP
-    /// (started from `exe`), not for the others, whose sessions decide alone.
+    /// (started from `exe`) and probes the links ([`Roam::with_probes`]), not for the others,
+    /// whose sessions decide alone.
     pub fn for_bench(transport: Transport, exe: &AgentExe) -> Result<Roam> {
         let r = Roam::new(transport)?;
         Ok(match transport {
-            Transport::Mptcp => r.with_agent(exe.clone()),
+            Transport::Mptcp => r.with_agent(exe.clone()).with_probes(),
             Transport::Quic | Transport::TcpResume => r,
         })
     }
@@ -70,6 +77,14 @@ impl Roam {
     /// [`System::finish`]).
     pub fn with_agent(mut self, exe: AgentExe) -> Roam {
         self.agent_exe = Some(exe);
+        self
+    }
+
+    /// With an agent ([`Roam::with_agent`]): a reflector (`roamd reflect`) runs on the service
+    /// address, port [`REFLECT_PORT`], in the server namespace, and the agent probes every link
+    /// against it ([`AgentConfig::probing`]: every 20 ms, 40 ms timeout, down after 3 misses).
+    pub fn with_probes(mut self) -> Roam {
+        self.probes = true;
         self
     }
 
@@ -128,11 +143,26 @@ impl System for Roam {
     fn prepare(&self, topo: &Topology) -> Result<()> {
         lock(&self.events).clear();
         let mut agent = lock(&self.agent);
-        // The previous run's agent goes before this one's starts.
+        let mut reflector = lock(&self.reflector);
+        // The previous run's agent and reflector go before this one's start.
         *agent = None;
+        *reflector = None;
         if let Some(exe) = &self.agent_exe {
+            let config = if self.probes {
+                let r = Reflector::start(
+                    topo.server(),
+                    exe,
+                    SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT),
+                )
+                .context("starting the probe reflector in the server namespace")?;
+                let config = AgentConfig::probing(&[r.addr()]);
+                *reflector = Some(r);
+                config
+            } else {
+                AgentConfig::netlink_only()
+            };
             *agent = Some(
-                Agent::start(topo.handset(), exe, &self.policy, &self.app)
+                Agent::start_with(topo.handset(), exe, &self.policy, &self.app, &config)
                     .context("starting roamd in the handset")?,
             );
         }
@@ -141,6 +171,7 @@ impl System for Roam {
 
     fn finish(&self) {
         *lock(&self.agent) = None;
+        *lock(&self.reflector) = None;
     }
 
     fn server(&self, ctx: ServerCtx) -> Task {
