@@ -75,6 +75,10 @@ pub struct Config {
     /// namespace, so turning it on changes how every MPTCP connection in the namespace gets
     /// its subflows (only roamd opens them, and only for connections apps registered).
     pub mptcp_userspace: bool,
+    /// The cgroup v2 roamd attaches its per-subflow TCP options program to (`[mptcp]
+    /// bpf_cgroup`); `None`: the cgroup2 mount's root, found in /proc/self/mountinfo. Only
+    /// used with `userspace = true`, and only apps in this cgroup get per-subflow options.
+    pub mptcp_bpf_cgroup: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Default for Config {
             routing: Some(RoutingConfig::default()),
             mptcp: true,
             mptcp_userspace: false,
+            mptcp_bpf_cgroup: None,
         }
     }
 }
@@ -204,6 +209,7 @@ struct RawConfig {
 struct RawMptcp {
     enabled: Option<bool>,
     userspace: Option<bool>,
+    bpf_cgroup: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -396,6 +402,7 @@ impl Config {
                 .mptcp
                 .as_ref()
                 .is_some_and(|m| m.userspace.unwrap_or(false)),
+            mptcp_bpf_cgroup: raw.mptcp.as_ref().and_then(|m| m.bpf_cgroup.clone()),
             socket: raw.socket,
             policy: raw.policy,
             admin_group: raw.admin_group.map(|g| match g.into_inner() {
@@ -652,6 +659,19 @@ metered = false
         assert!(!c.mptcp_userspace, "the userspace path manager is opt-in");
         let us = Config::from_str("u", "[mptcp]\nuserspace = true\n").unwrap();
         assert!(us.mptcp && us.mptcp_userspace);
+        assert_eq!(
+            us.mptcp_bpf_cgroup, None,
+            "default: the cgroup2 mount's root"
+        );
+        let cg = Config::from_str(
+            "c",
+            "[mptcp]\nuserspace = true\nbpf_cgroup = \"/sys/fs/cgroup/apps\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cg.mptcp_bpf_cgroup,
+            Some(PathBuf::from("/sys/fs/cgroup/apps"))
+        );
     }
 
     #[test]

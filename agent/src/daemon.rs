@@ -15,6 +15,7 @@ use crate::config::{Config, resolve_group};
 use crate::core::{Action, ClientId, Core, Event, LinkInfo, MptcpPlan, Policy, RoutingPlan};
 use crate::enforce::mptcp::MptcpEnforcer;
 use crate::enforce::routing::RoutingEnforcer;
+use crate::enforce::subflow_opts::{self, Outcome, SubflowOptions};
 use crate::enforce::userspace_pm::{self, Done, PmCommand, PmEvent, PmEvents, UserspacePm};
 use crate::ipc::proto::{self, Reply, Request, Status};
 use crate::ipc::server::{self, FromClient, Peer};
@@ -78,7 +79,15 @@ struct Daemon {
     /// The userspace path manager's worker; answers carry the client and request id to reply
     /// to (`None`: the core's own steering).
     upm: Option<UserspacePm<Reply2>>,
+    /// Per-subflow TCP options (BPF): `None` without the userspace path manager, `Some(Err)`
+    /// with why BPF could not be used.
+    subflow_opts: Option<Result<SubflowOptions, String>>,
+    /// Subflow creations with options under way: their map keys, by client and request id.
+    opts_pending: HashMap<(ClientId, u64), subflow_opts::Key>,
 }
+
+/// The congestion controls the kernel has loaded.
+const AVAILABLE_CC: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
 
 /// Who a userspace path manager answer goes to.
 type Reply2 = Option<(ClientId, u64)>;
@@ -158,6 +167,8 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         wireless_tx,
         portal_tx,
         upm: None,
+        subflow_opts: None,
+        opts_pending: HashMap::new(),
     };
     if let Some(cfg) = opts.config.routing {
         let mut enforcer =
@@ -224,6 +235,16 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             "userspace MPTCP path manager on: net.mptcp.pm_type = 1 in this network namespace"
         );
         d.core.enable_steering();
+        let opts = SubflowOptions::open(opts.config.mptcp_bpf_cgroup.as_deref());
+        match &opts {
+            Ok(o) => {
+                tracing::info!(cgroup = %o.cgroup().display(), "per-subflow TCP options on: sock_ops program attached (bpf_link)")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "per-subflow TCP options are unavailable; mptcp_subflow_create with options will fail")
+            }
+        }
+        d.subflow_opts = Some(opts);
     }
     let initial = monitor
         .dump()
@@ -636,8 +657,19 @@ impl Daemon {
         let why = detail
             .map(|d| format!(" (the kernel says: {d})"))
             .unwrap_or_default();
+        let options = self
+            .opts_pending
+            .remove(&(client, id))
+            .map(|k| self.take_options(&k));
         let reply = match result {
-            Ok(()) => Reply::Ok { id },
+            Ok(()) => match options {
+                None | Some(Ok(())) => Reply::Ok { id },
+                Some(Err(message)) => Reply::Error {
+                    id: Some(id),
+                    code: "failed".into(),
+                    message,
+                },
+            },
             Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {
                 Reply::Error {
                     id: Some(id),
@@ -655,6 +687,31 @@ impl Daemon {
             },
         };
         self.reply(client, &reply);
+    }
+
+    /// Removes a subflow's options entry once the kernel answered its creation, and says
+    /// whether the program applied them (it ran while the kernel connected the subflow).
+    fn take_options(&mut self, k: &subflow_opts::Key) -> Result<(), String> {
+        let Some(Ok(so)) = &self.subflow_opts else {
+            return Ok(());
+        };
+        let keep = "the subflow is open with the connection's own options; close it with \
+                    mptcp_subflow_destroy if they do not do";
+        match so.take(k) {
+            Ok(Outcome::Applied) => Ok(()),
+            Ok(Outcome::Refused { options, errno }) => Err(format!(
+                "the kernel refused {} for the new subflow: {}; {keep}",
+                options.join(", "),
+                std::io::Error::from_raw_os_error(errno)
+            )),
+            Ok(Outcome::NotRun) => Err(format!(
+                "the subflow was created but roamd's sock_ops program did not see it connect: \
+                 the app's MPTCP socket is not in the cgroup {} (set `[mptcp] bpf_cgroup` to \
+                 one that holds the apps); {keep}",
+                so.cgroup().display()
+            )),
+            Err(e) => Err(format!("reading the subflow's options entry: {e}; {keep}")),
+        }
     }
 
     fn apply_mptcp(&mut self, plan: &MptcpPlan) {
@@ -886,24 +943,112 @@ impl Daemon {
                             .into(),
                     }
                 } else {
+                    let key = match self.subflow_options(&request) {
+                        Ok(k) => k,
+                        Err(message) => {
+                            let reply = Reply::Error {
+                                id: Some(id),
+                                code: "failed".into(),
+                                message,
+                            };
+                            self.reply(client, &reply);
+                            return;
+                        }
+                    };
                     match self.subflow_command(&request) {
                         Ok(cmd) => {
+                            if let Some(k) = key {
+                                self.opts_pending.insert((client, id), k);
+                            }
                             if let Some(u) = &self.upm {
                                 u.submit(Some((client, id)), cmd);
                             }
                             // Answered when the kernel has (on_pm_done).
                             return;
                         }
-                        Err(message) => Reply::Error {
-                            id: Some(id),
-                            code: "not_found".into(),
-                            message,
-                        },
+                        Err(message) => {
+                            if let (Some(k), Some(Ok(so))) = (key, &self.subflow_opts) {
+                                let _ = so.remove(&k);
+                            }
+                            Reply::Error {
+                                id: Some(id),
+                                code: "not_found".into(),
+                                message,
+                            }
+                        }
                     }
                 }
             }
         };
         self.reply(client, &reply);
+    }
+
+    /// For a `mptcp_subflow_create` with options: records them in the BPF map for the
+    /// subflow's addresses and returns the key to remove once the kernel answered.
+    fn subflow_options(&self, request: &Request) -> Result<Option<subflow_opts::Key>, String> {
+        let Request::MptcpSubflowCreate {
+            local,
+            remote,
+            options: Some(options),
+            ..
+        } = request
+        else {
+            return Ok(None);
+        };
+        if options.is_empty() {
+            return Ok(None);
+        }
+        options
+            .check()
+            .map_err(|e| format!("invalid subflow options: {e}"))?;
+        if let Some(n) = options.notsent_lowat {
+            return Err(format!(
+                "TCP_NOTSENT_LOWAT = {n} belongs to the connection, not to one subflow (the \
+                 kernel keeps it on the MPTCP socket): set it with set_tcp_options"
+            ));
+        }
+        let so = match &self.subflow_opts {
+            Some(Ok(so)) => so,
+            Some(Err(why)) => {
+                return Err(format!(
+                    "this roamd cannot set per-subflow TCP options: {why}"
+                ));
+            }
+            None => {
+                return Err(
+                    "this roamd cannot set per-subflow TCP options: it runs no userspace \
+                            path manager (`[mptcp] userspace = true`)"
+                        .into(),
+                );
+            }
+        };
+        // The program cannot load a module (bpf_setsockopt does not): a name the kernel does
+        // not have now is refused before any subflow is made.
+        if let Some(cc) = &options.congestion {
+            let have = std::fs::read_to_string(AVAILABLE_CC).unwrap_or_default();
+            if !have.split_whitespace().any(|a| a == cc) {
+                return Err(format!(
+                    "TCP_CONGESTION = {cc:?}: the kernel has no such congestion control \
+                     (available: {}); load its module (`modprobe tcp_{cc}`) or pick another",
+                    have.trim()
+                ));
+            }
+        }
+        let k = so.key(local.ip(), *remote);
+        so.insert(&k, options).map_err(|e| match e.raw_os_error() {
+            Some(libc::EEXIST) => format!(
+                "another subflow {} -> {remote} with options is being created; ask again when \
+                 it is answered",
+                local.ip()
+            ),
+            Some(libc::E2BIG) => format!(
+                "{} subflow creations with options are under way, the most roamd keeps; ask \
+                 again when one is answered",
+                subflow_opts::MAX_ENTRIES
+            ),
+            _ => format!("recording the subflow's options in the BPF map: {e}"),
+        })?;
+        Ok(Some(k))
     }
 
     /// The kernel request for an app's `mptcp_subflow_*`, checked against the connections and

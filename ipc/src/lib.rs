@@ -29,4 +29,4 @@ pub fn socket_path(flag: Option<&Path>) -> PathBuf {
 }
 
 pub use client::ClientError;
-pub use proto::{FrameError, Reply, Request, VERSION};
+pub use proto::{FrameError, Keepalive, Reply, Request, TcpOptions, VERSION};

@@ -102,6 +102,11 @@ pub enum Request {
         /// Open it as a backup subflow (MP_PRIO).
         #[serde(default)]
         backup: bool,
+        /// TCP options for this subflow alone, set by roamd's sock_ops program when the
+        /// subflow sends its SYN. Absent: the connection's own options. An agent from before
+        /// this field refuses the request as `bad_request` (unknown field).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        options: Option<TcpOptions>,
     },
     /// Close one subflow of a registered MPTCP connection.
     MptcpSubflowDestroy {
@@ -146,6 +151,132 @@ impl Request {
             | Request::MptcpSubflowDestroy { id, .. }
             | Request::MptcpSubflowSetBackup { id, .. } => Some(*id),
         }
+    }
+}
+
+/// TCP options of one connection or subflow; every field is optional and an absent one is
+/// left as the kernel has it. Linux applies all of them to an MPTCP socket and passes them to
+/// every subflow, present and future (`net/mptcp/sockopt.c`); roamd applies them to a single
+/// subflow with `bpf_setsockopt` (`mptcp_subflow_create` with `options`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TcpOptions {
+    /// `TCP_NODELAY`: send small segments at once instead of coalescing them (Nagle off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodelay: Option<bool>,
+    /// `SO_KEEPALIVE` with `TCP_KEEPIDLE`, `TCP_KEEPINTVL` and `TCP_KEEPCNT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_CONGESTION`: a congestion control the kernel has (`reno`, `cubic`, `bbr`; see
+    /// `/proc/sys/net/ipv4/tcp_available_congestion_control`), at most 15 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub congestion: Option<String>,
+    /// `TCP_NOTSENT_LOWAT`: the socket is writable only while fewer than this many bytes wait
+    /// unsent, which keeps the send queue (and the latency of what is written next) short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notsent_lowat: Option<u32>,
+}
+
+/// TCP keepalive: after `idle_secs` without traffic, a probe every `interval_secs`; after
+/// `count` unanswered probes the connection (or subflow) is reset. `ss -tno` shows the timer as
+/// `timer:(keepalive,...)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    /// `TCP_KEEPIDLE`, 1 to 32767 seconds.
+    pub idle_secs: u32,
+    /// `TCP_KEEPINTVL`, 1 to 32767 seconds.
+    pub interval_secs: u32,
+    /// `TCP_KEEPCNT`, 1 to 127 probes.
+    pub count: u32,
+}
+
+/// The kernel's limits (`MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`, `MAX_TCP_KEEPCNT`,
+/// `TCP_CA_NAME_MAX - 1`).
+const MAX_KEEPIDLE: u32 = 32767;
+const MAX_KEEPINTVL: u32 = 32767;
+const MAX_KEEPCNT: u32 = 127;
+/// The longest congestion control name the kernel takes.
+pub const MAX_CONGESTION_NAME: usize = 15;
+
+impl TcpOptions {
+    /// No option set.
+    pub fn new() -> TcpOptions {
+        TcpOptions::default()
+    }
+
+    /// Sets `TCP_NODELAY`.
+    pub fn nodelay(mut self, on: bool) -> TcpOptions {
+        self.nodelay = Some(on);
+        self
+    }
+
+    /// Turns keepalive on with these timings (seconds, and probes).
+    pub fn keepalive(mut self, idle_secs: u32, interval_secs: u32, count: u32) -> TcpOptions {
+        self.keepalive = Some(Keepalive {
+            idle_secs,
+            interval_secs,
+            count,
+        });
+        self
+    }
+
+    /// Sets the congestion control by name (`reno`, `cubic`, `bbr`, ...).
+    pub fn congestion(mut self, name: impl Into<String>) -> TcpOptions {
+        self.congestion = Some(name.into());
+        self
+    }
+
+    /// Sets `TCP_NOTSENT_LOWAT` in bytes.
+    pub fn notsent_lowat(mut self, bytes: u32) -> TcpOptions {
+        self.notsent_lowat = Some(bytes);
+        self
+    }
+
+    /// Whether no option is set.
+    pub fn is_empty(&self) -> bool {
+        *self == TcpOptions::default()
+    }
+
+    /// Checks the values against the kernel's limits; the error names the option and the
+    /// range it takes.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(k) = &self.keepalive {
+            for (name, v, max) in [
+                (
+                    "TCP_KEEPIDLE (keepalive idle_secs)",
+                    k.idle_secs,
+                    MAX_KEEPIDLE,
+                ),
+                (
+                    "TCP_KEEPINTVL (keepalive interval_secs)",
+                    k.interval_secs,
+                    MAX_KEEPINTVL,
+                ),
+                ("TCP_KEEPCNT (keepalive count)", k.count, MAX_KEEPCNT),
+            ] {
+                if !(1..=max).contains(&v) {
+                    return Err(format!("{name} = {v} is outside 1..={max}"));
+                }
+            }
+        }
+        if let Some(c) = &self.congestion
+            && (c.is_empty()
+                || c.len() > MAX_CONGESTION_NAME
+                || !c.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "TCP_CONGESTION = {c:?} is not a congestion control name (1 to \
+                 {MAX_CONGESTION_NAME} printable ASCII bytes, e.g. `reno`, `cubic`, `bbr`)"
+            ));
+        }
+        if let Some(n) = self.notsent_lowat
+            && i32::try_from(n).is_err()
+        {
+            return Err(format!("TCP_NOTSENT_LOWAT = {n} is over {}", i32::MAX));
+        }
+        Ok(())
     }
 }
 
@@ -467,6 +598,24 @@ mod tests {
                     local: "198.18.1.2:0".parse().unwrap(),
                     remote: "[2001:db8::1]:443".parse().unwrap(),
                     backup: true,
+                    options: None,
+                },
+            ),
+            (
+                r#"{"type":"mptcp_subflow_create","id":7,"token":7,"local":"198.18.1.2:0","remote":"198.19.0.1:443","backup":false,"options":{"nodelay":true,"keepalive":{"idle_secs":30,"interval_secs":5,"count":3},"congestion":"reno","notsent_lowat":16384}}"#,
+                Request::MptcpSubflowCreate {
+                    id: 7,
+                    token: 7,
+                    local: "198.18.1.2:0".parse().unwrap(),
+                    remote: "198.19.0.1:443".parse().unwrap(),
+                    backup: false,
+                    options: Some(
+                        TcpOptions::new()
+                            .nodelay(true)
+                            .keepalive(30, 5, 3)
+                            .congestion("reno")
+                            .notsent_lowat(16384),
+                    ),
                 },
             ),
             (
@@ -493,6 +642,37 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tcp_options_are_checked_against_the_kernels_limits() {
+        assert_eq!(TcpOptions::new().check(), Ok(()));
+        assert!(TcpOptions::new().is_empty());
+        let ok = TcpOptions::new()
+            .keepalive(32767, 1, 127)
+            .congestion("cubic")
+            .notsent_lowat(0);
+        assert_eq!(ok.check(), Ok(()));
+        for (bad, names) in [
+            (TcpOptions::new().keepalive(0, 5, 3), "TCP_KEEPIDLE"),
+            (TcpOptions::new().keepalive(30, 32768, 3), "TCP_KEEPINTVL"),
+            (TcpOptions::new().keepalive(30, 5, 128), "TCP_KEEPCNT"),
+            (TcpOptions::new().congestion(""), "TCP_CONGESTION"),
+            (
+                TcpOptions::new().congestion("a-very-long-name"),
+                "TCP_CONGESTION",
+            ),
+            (TcpOptions::new().congestion("re no"), "TCP_CONGESTION"),
+            (
+                TcpOptions::new().notsent_lowat(1 << 31),
+                "TCP_NOTSENT_LOWAT",
+            ),
+        ] {
+            let e = bad.check().unwrap_err();
+            assert!(e.contains(names), "{e}");
+        }
+        // An unknown option is refused, not ignored.
+        assert!(serde_json::from_str::<TcpOptions>(r#"{"cork":true}"#).is_err());
     }
 
     #[test]

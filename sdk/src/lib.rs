@@ -49,5 +49,8 @@ pub use error::{Error, Result};
 pub use events::{Events, SessionEvent};
 pub use listener::Listener;
 pub use roam_policy::model;
-pub use session::{PathInfo, Session, SessionBuilder, Subflow, Transport, TransportPreference};
+pub use session::{
+    Keepalive, PathInfo, Session, SessionBuilder, Subflow, TcpOptions, Transport,
+    TransportPreference,
+};
 pub use tls::ClientTls;

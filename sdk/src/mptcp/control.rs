@@ -4,6 +4,10 @@
 //! `mptcp_subflow_create`, `mptcp_subflow_destroy` and `mptcp_subflow_set_backup` requests
 //! (crate `roam-ipc`, `ipc/PROTOCOL.md`).
 //!
+//! [`PathRequest::OpenWith`] adds TCP options for the new subflow alone (`options` of
+//! `mptcp_subflow_create`); a roamd from before them answers `bad_request`, told as
+//! [`Error::AgentRequired`] naming the request.
+//!
 //! roamd accepts them only for connections registered (`register_mptcp`) by the same app (the
 //! same uid, from `SO_PEERCRED`) on a connection that is still open; a session following roamd
 //! registers its connection itself. Errors: `denied` (not this app's connection),
@@ -16,7 +20,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 
 use roam_ipc::client::ClientError;
-use roam_ipc::proto::{Reply, Request};
+use roam_ipc::proto::{Reply, Request, TcpOptions};
 use roam_ipc::tokio_client::AsyncClient;
 
 use crate::error::{Error, Result};
@@ -38,6 +42,20 @@ pub enum PathRequest {
         remote: SocketAddr,
         /// Open it as a backup (MP_PRIO).
         backup: bool,
+    },
+    /// Open a subflow as [`PathRequest::Open`] does, with TCP options of its own, which
+    /// roamd's sock_ops program sets on it as it connects.
+    OpenWith {
+        /// The connection token.
+        token: u32,
+        /// The local address (port 0: the kernel picks).
+        local: SocketAddr,
+        /// The remote address.
+        remote: SocketAddr,
+        /// Open it as a backup (MP_PRIO).
+        backup: bool,
+        /// The subflow's options.
+        options: TcpOptions,
     },
     /// Close the subflow with these addresses.
     Close {
@@ -65,7 +83,7 @@ impl PathRequest {
     /// roamd's request `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            PathRequest::Open { .. } => "mptcp_subflow_create",
+            PathRequest::Open { .. } | PathRequest::OpenWith { .. } => "mptcp_subflow_create",
             PathRequest::Close { .. } => "mptcp_subflow_destroy",
             PathRequest::SetBackup { .. } => "mptcp_subflow_set_backup",
         }
@@ -85,6 +103,21 @@ impl PathRequest {
                 local,
                 remote,
                 backup,
+                options: None,
+            },
+            PathRequest::OpenWith {
+                token,
+                local,
+                remote,
+                backup,
+                ref options,
+            } => Request::MptcpSubflowCreate {
+                id,
+                token,
+                local,
+                remote,
+                backup,
+                options: Some(options.clone()),
             },
             PathRequest::Close {
                 token,
@@ -212,6 +245,39 @@ mod tests {
             serde_json::to_value(r.to_request(7)).unwrap(),
             serde_json::json!({"type": "mptcp_subflow_set_backup", "id": 7, "token": 3735928559u32,
                    "local": "198.18.1.2:40000", "remote": "198.19.0.1:4433", "backup": true})
+        );
+    }
+
+    #[test]
+    fn a_subflow_with_options_carries_them_and_one_without_sends_none() {
+        let (local, remote) = (
+            "198.18.1.2:0".parse().unwrap(),
+            "198.19.0.1:4433".parse().unwrap(),
+        );
+        let with = PathRequest::OpenWith {
+            token: 1,
+            local,
+            remote,
+            backup: false,
+            options: TcpOptions::new().congestion("reno"),
+        };
+        assert_eq!(with.kind(), "mptcp_subflow_create");
+        assert_eq!(
+            serde_json::to_value(with.to_request(3)).unwrap()["options"],
+            serde_json::json!({"congestion": "reno"})
+        );
+        // Without options the field is left out, so an older roamd still takes the request.
+        let plain = PathRequest::Open {
+            token: 1,
+            local,
+            remote,
+            backup: false,
+        };
+        assert!(
+            serde_json::to_value(plain.to_request(4))
+                .unwrap()
+                .get("options")
+                .is_none()
         );
     }
 

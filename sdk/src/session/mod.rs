@@ -7,6 +7,7 @@
 //! - `socket`, `tcp`: UDP, TCP and MPTCP sockets bound to an interface and its address.
 //! - `driver`: the tokio task that runs a client session's [`crate::path::manager`].
 //! - `mptcp`: the MPTCP transport: subflows, fallback detection, the kernel's view.
+//! - `options`: TCP options of a session's connection and of one MPTCP subflow.
 //! - `tls_stream`: rustls over the TCP transports.
 //!
 //! On ALPN `roam/1` the client's first bidirectional stream (QUIC) or the TLS stream (TCP
@@ -17,10 +18,12 @@ pub mod builder;
 mod connect;
 mod driver;
 mod mptcp;
+mod options;
 mod resolve;
 mod resume;
 pub(crate) mod socket;
 
+pub use options::{Keepalive, TcpOptions};
 pub use socket::SocketBinderFn;
 mod tcp;
 mod tls_stream;

@@ -1,0 +1,213 @@
+//! TCP options of a session's connection ([`Session::set_tcp_options`]) and of one MPTCP
+//! subflow ([`Session::open_path_with`]).
+//!
+//! Connection-wide options need no agent: Linux takes `TCP_NODELAY`, `SO_KEEPALIVE`,
+//! `TCP_KEEPIDLE`/`TCP_KEEPINTVL`/`TCP_KEEPCNT`, `TCP_CONGESTION` and `TCP_NOTSENT_LOWAT` on
+//! an MPTCP socket and copies them to every subflow, present and future
+//! (`net/mptcp/sockopt.c`). Options that differ between subflows have no userspace setter; roamd
+//! sets them with a BPF sock_ops program as the subflow connects.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+pub use roam_ipc::proto::{Keepalive, TcpOptions};
+
+use super::Session;
+use crate::error::{Error, Result};
+use crate::mptcp::control::PathRequest;
+use crate::mptcp::sockopt;
+
+impl Session {
+    /// Sets TCP options on an MPTCP session's connection: on the MPTCP socket, which the
+    /// kernel applies to every subflow it has and every one it opens later. Options left
+    /// `None` are not touched. Other transports (also an MPTCP session that fell back to
+    /// TCP): [`Error::NotOnThisTransport`].
+    ///
+    /// An option the kernel refuses stops the call with an [`Error::Io`] naming it and the
+    /// value; the options before it stay set. Options that need no privilege: all of these,
+    /// except a congestion control outside `net.ipv4.tcp_allowed_congestion_control` (it needs
+    /// CAP_NET_ADMIN).
+    pub fn set_tcp_options(&self, options: &TcpOptions) -> Result<()> {
+        options.check().map_err(|e| {
+            Error::io(
+                "set_tcp_options",
+                io::Error::new(io::ErrorKind::InvalidInput, e),
+            )
+        })?;
+        let (_, token) = self.mptcp_control("set_tcp_options")?;
+        let fd = mptcp_socket(token)?;
+        // SAFETY: the descriptor belongs to this session's socket, which `&self` keeps open
+        // for the whole call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        apply(fd, options, self.transport.as_str())
+    }
+
+    /// Opens an MPTCP subflow from `local` to `remote` (as [`Session::open_path`]) whose TCP
+    /// options differ from the connection's: roamd records them for that subflow's addresses
+    /// and its sock_ops program sets them (`bpf_setsockopt`) when the subflow sends its SYN.
+    /// `Ok` means roamd created the subflow and the kernel took every option.
+    ///
+    /// Per subflow: `nodelay`, `keepalive` and `congestion` (a congestion control the kernel
+    /// has loaded). `notsent_lowat` belongs to the connection ([`Session::set_tcp_options`]):
+    /// the kernel keeps it on the MPTCP socket. A later [`Session::set_tcp_options`] of the
+    /// same option sets it on every subflow, this one too.
+    ///
+    /// Needs a roamd that runs the userspace path manager and can load BPF (CAP_BPF and
+    /// CAP_NET_ADMIN, a cgroup v2 holding the app); otherwise [`Error::Agent`] with code
+    /// `failed` says why (also when the kernel refused an option for the new subflow: the
+    /// message names it, and the subflow stays open with the connection's options). An older
+    /// roamd that does not know per-subflow options: [`Error::AgentRequired`]. To change the
+    /// options of an existing subflow, open a new one with them, then [`Session::close_path`]
+    /// the old one.
+    pub async fn open_path_with(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        options: &TcpOptions,
+    ) -> Result<()> {
+        options.check().map_err(|e| {
+            Error::io(
+                "open_path_with",
+                io::Error::new(io::ErrorKind::InvalidInput, e),
+            )
+        })?;
+        let (s, token) = self.mptcp_control("open_path_with")?;
+        s.control
+            .request(PathRequest::OpenWith {
+                token,
+                local,
+                remote,
+                backup: false,
+                options: options.clone(),
+            })
+            .await
+    }
+}
+
+/// The descriptor of this process's MPTCP socket with connection token `token`.
+///
+/// The session's socket lives in `session/mptcp.rs`, which keeps it private; finding it by the
+/// token the kernel reports for it (`MPTCP_INFO`) needs nothing from there. Tokens are unique
+/// among a namespace's connections; the peer's socket in the same process (tests) has its own.
+fn mptcp_socket(token: u32) -> Result<RawFd> {
+    let dir = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| Error::io("listing /proc/self/fd to find the session's socket", e))?;
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: only read with getsockopt, which fails harmlessly on a descriptor that is
+        // not a socket or was closed meanwhile (the directory's own one).
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        if sockopt::mptcp_info(b).is_ok_and(|i| i.token == token && !i.is_fallback()) {
+            return Ok(fd);
+        }
+    }
+    Err(Error::Stream(format!(
+        "set_tcp_options: no MPTCP socket with token {token:#010x} in this process"
+    )))
+}
+
+/// Sets each option given on `fd`, in an order where each one's meaning is complete
+/// (keepalive on before its timings).
+fn apply(fd: BorrowedFd<'_>, o: &TcpOptions, transport: &str) -> Result<()> {
+    let set = |level,
+               name: libc::c_int,
+               label: &str,
+               value: &dyn std::fmt::Display,
+               bytes: &[u8]| {
+        setsockopt(fd, level, name, bytes).map_err(|e| {
+            let hint = hint(label, &e);
+            Error::io(
+                format!("setting {label} = {value} on the {transport} socket (the kernel refused it{hint})"),
+                e,
+            )
+        })
+    };
+    let int = |v: i32| v.to_ne_bytes();
+    if let Some(on) = o.nodelay {
+        set(
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            "TCP_NODELAY",
+            &on,
+            &int(on.into()),
+        )?;
+    }
+    if let Some(k) = o.keepalive {
+        set(
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            "SO_KEEPALIVE",
+            &1,
+            &int(1),
+        )?;
+        for (name, label, v) in [
+            (libc::TCP_KEEPIDLE, "TCP_KEEPIDLE", k.idle_secs),
+            (libc::TCP_KEEPINTVL, "TCP_KEEPINTVL", k.interval_secs),
+            (libc::TCP_KEEPCNT, "TCP_KEEPCNT", k.count),
+        ] {
+            // check() bounded them far below i32::MAX.
+            set(libc::IPPROTO_TCP, name, label, &v, &int(v as i32))?;
+        }
+    }
+    if let Some(cc) = &o.congestion {
+        set(
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            "TCP_CONGESTION",
+            cc,
+            cc.as_bytes(),
+        )?;
+    }
+    if let Some(n) = o.notsent_lowat {
+        set(
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            "TCP_NOTSENT_LOWAT",
+            &n,
+            &int(n as i32),
+        )?;
+    }
+    Ok(())
+}
+
+/// What a person can do about the kernel's refusal.
+fn hint(label: &str, e: &io::Error) -> &'static str {
+    match (label, e.raw_os_error()) {
+        ("TCP_CONGESTION", Some(libc::ENOENT)) => {
+            ": no such congestion control; see /proc/sys/net/ipv4/tcp_available_congestion_control \
+             or load its module"
+        }
+        ("TCP_CONGESTION", Some(libc::EPERM)) => {
+            ": it is not in net.ipv4.tcp_allowed_congestion_control, which only CAP_NET_ADMIN may \
+             bypass"
+        }
+        (_, Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
+            ": this kernel's MPTCP does not take the option; a newer kernel does"
+        }
+        _ => "",
+    }
+}
+
+fn setsockopt(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &[u8],
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(v.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "option value too large"))?;
+    // SAFETY: `v` is valid for reads of `len` bytes for the whole call; the fd is borrowed and
+    // stays open.
+    let r = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, v.as_ptr().cast(), len) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

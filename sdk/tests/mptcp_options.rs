@@ -1,0 +1,474 @@
+//! TCP options of MPTCP sessions, read back from the kernel's own view (`ss -tnio` in the
+//! handset: each subflow's congestion control and its `timer:(keepalive,...)`).
+//!
+//! - Connection-wide (`Session::set_tcp_options`, no agent): the options reach the subflow
+//!   the connection has and the one the kernel's path manager opens afterwards.
+//! - Per subflow (`Session::open_path_with`, roamd with the userspace path manager and its BPF
+//!   sock_ops program): a subflow on rmnet0 with `reno` and keepalive while the one on wlan0
+//!   keeps the connection's `cubic` and no keepalive.
+//!
+//! roamd runs as a real process: this test binary started again with the filter
+//! `agent_process_helper` (see `common::helper`).
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use anyhow::{Context, Result, bail};
+use common::helper::HelperProc;
+use common::*;
+use roam::{TcpOptions, TransportPreference};
+use roam_ipc::client::Client;
+use roam_ipc::proto::{Reply, Request};
+use roam_tests::topology::{SERVICE_V4, Topology};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const AGENT_ENV: &str = "ROAM_SDK_TEST_AGENT_OPTIONS";
+/// roamd steering nothing by itself (no session subscribes) but serving subflow requests.
+const AGENT_CONFIG: &str =
+    "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
+
+/// Not a test of its own: the body of the agent process the tests start. Returns at once
+/// unless `ROAM_SDK_TEST_AGENT_OPTIONS` names a directory.
+#[test]
+fn agent_process_helper() {
+    let Some(dir) = std::env::var_os(AGENT_ENV).map(PathBuf::from) else {
+        return;
+    };
+    // To standard error, which the test inherits (standard output is read for the ready line).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    mount_cgroup2();
+    let text = std::fs::read_to_string(dir.join("roamd.toml")).expect("roamd.toml");
+    let config = roam_agent::config::Config::from_str("roamd.toml", &text)
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let opts = roam_agent::daemon::Options {
+        config,
+        policy_path: Some(dir.join("policy.roam")),
+        socket: dir.join("roamd.sock"),
+        dry_run: false,
+        sysfs_root: PathBuf::from("/sys/class/net"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let r = rt.block_on(roam_agent::daemon::run(opts, |_| {
+        println!("agent-ready");
+    }));
+    r.expect("roamd failed");
+}
+
+/// `ip netns exec` gives the process a mount namespace of its own with a fresh sysfs, which
+/// hides the host's cgroup mounts: mount the cgroup2 hierarchy again there, where roamd looks
+/// for it by default. The mount stays in this process's private mount namespace.
+fn mount_cgroup2() {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    if roam_agent::enforce::subflow_opts::cgroup2_root(&info).is_some() {
+        return;
+    }
+    // SAFETY: NUL-terminated literals; a plain mount of a kernel file system.
+    let r = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            c"/sys/fs/cgroup".as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "mounting cgroup2: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// roamd in the handset; its directory is removed on drop.
+struct Agent {
+    _agent: HelperProc,
+    dir: PathBuf,
+}
+
+impl Agent {
+    fn start(topo: &Topology, tag: &str, config: &str) -> Result<Agent> {
+        let dir = std::env::temp_dir().join(format!(
+            "roam-sdk-mptcp-options-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("policy.roam"), POLICY)?;
+        std::fs::write(dir.join("roamd.toml"), config)?;
+        let agent = HelperProc::start(
+            topo.handset(),
+            "agent_process_helper",
+            (AGENT_ENV, dir.as_os_str()),
+            "agent-ready",
+            "ROAM_AGENT_LOG",
+        )?;
+        Ok(Agent { _agent: agent, dir })
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("roamd.sock")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One established subflow to [`PORT`] as `ss -tnioH` shows it.
+#[derive(Debug)]
+struct SsView {
+    local: SocketAddr,
+    /// The congestion control named in its detail line.
+    congestion: Option<String>,
+    /// Its `timer:(...)` field, e.g. `keepalive,44sec,0`.
+    timer: Option<String>,
+    /// The socket line and its detail lines, for messages.
+    text: String,
+}
+
+/// The handset's established subflows to [`PORT`], with the congestion controls this kernel
+/// has (`tcp_available_congestion_control`) picked out of each detail line.
+fn ss_view(topo: &Topology) -> Result<(String, Vec<SsView>)> {
+    let out = topo.handset().exec(
+        "ss",
+        &[
+            "-tnioH",
+            "state",
+            "established",
+            &format!("( dport = :{PORT} )"),
+        ],
+    )?;
+    let ccs = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")?;
+    let ccs: Vec<&str> = ccs.split_whitespace().collect();
+    let mut v: Vec<SsView> = Vec::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        if !line.starts_with(char::is_whitespace) {
+            let local = line
+                .split_whitespace()
+                .nth(2)
+                .with_context(|| format!("no local address in ss line {line:?}"))?;
+            let local = match (local.find('%'), local.rfind(':')) {
+                (Some(p), Some(c)) if p < c => format!("{}{}", &local[..p], &local[c..]),
+                _ => local.to_owned(),
+            };
+            v.push(SsView {
+                local: local
+                    .parse()
+                    .with_context(|| format!("ss local {local:?}"))?,
+                congestion: None,
+                timer: line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("timer:("))
+                    .map(|t| t.trim_end_matches(')').to_owned()),
+                text: line.to_owned(),
+            });
+        } else if let Some(last) = v.last_mut() {
+            if last.congestion.is_none() {
+                last.congestion = line
+                    .split_whitespace()
+                    .find(|w| ccs.contains(w))
+                    .map(str::to_owned);
+            }
+            last.text.push('\n');
+            last.text.push_str(line);
+        }
+    }
+    Ok((out, v))
+}
+
+/// [`ss_view`] once no subflow has data in flight: `ss` shows one timer per socket, and while
+/// a segment waits for its ACK that is the retransmission timer (`on,...`), not keepalive.
+/// Re-read until then (an ACK on veth takes microseconds), at most for [`EVENT_TIMEOUT`].
+fn ss_view_idle(topo: &Topology) -> Result<(String, Vec<SsView>)> {
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let (raw, v) = ss_view(topo)?;
+        let busy = v
+            .iter()
+            .any(|s| s.timer.as_deref().is_some_and(|t| t.starts_with("on,")));
+        if !busy || std::time::Instant::now() > deadline {
+            return Ok((raw, v));
+        }
+    }
+}
+
+fn on(v: &[SsView], ip: IpAddr) -> Result<&SsView> {
+    v.iter()
+        .find(|s| s.local.ip() == ip)
+        .with_context(|| format!("ss lists no subflow from {ip}: {v:#?}"))
+}
+
+fn keepalive(s: &SsView) -> bool {
+    s.timer
+        .as_deref()
+        .is_some_and(|t| t.starts_with("keepalive,"))
+}
+
+/// What the client thread tells the test.
+#[derive(Debug)]
+enum Note {
+    /// The options are set (connection-wide test) / the subflow was asked for (per-subflow).
+    Set,
+    /// The session's subflows now include one on rmnet0.
+    Both,
+}
+
+/// The client's next note; when it has none (it stopped), the client's own error.
+fn expect_note<T>(
+    rx: &mpsc::Receiver<Note>,
+    client: &mut Option<std::thread::JoinHandle<Result<T>>>,
+    what: &str,
+) -> Result<Note> {
+    match rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT) {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            let why = match client.take().map(|c| c.join()) {
+                Some(Ok(Err(e))) => format!("{e:#}"),
+                Some(Err(_)) => "it panicked".into(),
+                _ => e.to_string(),
+            };
+            bail!("the client did not tell {what}: {why}")
+        }
+    }
+}
+
+/// Waits until the session's subflows include one on `iface`.
+async fn wait_subflow_on(ev: &mut roam::Events, iface: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, ev.next()).await {
+            Err(_) => bail!("no subflow on {iface} within {EVENT_TIMEOUT:?}"),
+            Ok(None) => bail!("the session's events ended before a subflow on {iface}"),
+            Ok(Some(roam::SessionEvent::SubflowsChanged(v)))
+                if v.iter().any(|s| s.interface.as_deref() == Some(iface)) =>
+            {
+                return Ok(());
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+/// Ends a session cleanly: the server answers with what it received.
+async fn finish_session(mut s: roam::Session) -> Result<()> {
+    s.write_all(b"done").await?;
+    s.shutdown().await?;
+    let mut answer = String::new();
+    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
+        .await
+        .context("no answer from the server")??;
+    s.close_and_wait(0, b"done").await;
+    Ok(())
+}
+
+/// `set_tcp_options` on an MPTCP session without roamd: congestion control, keepalive,
+/// nodelay and notsent_lowat reach the subflow on wlan0 and the subflow on rmnet0 that the
+/// kernel's path manager opens afterwards (an endpoint added once the options are set), as
+/// `ss` shows; a congestion control the kernel lacks is refused with an error naming it.
+#[test]
+fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("connection_options_reach_every_subflow_present_and_future")
+    else {
+        return Ok(());
+    };
+    let topo = two_links()?;
+    let pki = Pki::generate()?;
+    let (_server_rx, server) = start_server_ready(&topo, &pki)?;
+    let (note_tx, note_rx) = mpsc::channel::<Note>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let builder = roam::Session::builder()
+        .app("com.example.chat")
+        .policy(POLICY)
+        .transport(TransportPreference::Mptcp)
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME);
+    let mut client = Some(topo.handset().spawn("options-client", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+            let mut ev = s.events();
+            let refused = s
+                .set_tcp_options(&TcpOptions::new().congestion("nosuchcc"))
+                .expect_err("a congestion control the kernel lacks was taken");
+            s.set_tcp_options(
+                &TcpOptions::new()
+                    .nodelay(true)
+                    .keepalive(45, 5, 3)
+                    .congestion("reno")
+                    .notsent_lowat(16384),
+            )?;
+            note_tx.send(Note::Set)?;
+            wait_subflow_on(&mut ev, "rmnet0").await?;
+            note_tx.send(Note::Both)?;
+            go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
+            finish_session(s).await?;
+            Ok(refused.to_string())
+        })
+    })?);
+    assert!(matches!(
+        expect_note(&note_rx, &mut client, "the options are set")?,
+        Note::Set
+    ));
+    let rm = topo.link("rmnet0")?;
+    topo.handset().ip(&[
+        "mptcp",
+        "endpoint",
+        "add",
+        &rm.handset_v4.to_string(),
+        "dev",
+        &rm.name,
+        "subflow",
+    ])?;
+    assert!(matches!(
+        expect_note(&note_rx, &mut client, "a subflow on rmnet0")?,
+        Note::Both
+    ));
+    let (raw, v) = ss_view_idle(&topo)?;
+    eprintln!("ss -tnioH in the handset:\n{raw}");
+    let wlan = on(&v, topo.link("wlan0")?.handset_v4.into())?;
+    let cell = on(&v, rm.handset_v4.into())?;
+    for s in [wlan, cell] {
+        assert_eq!(s.congestion.as_deref(), Some("reno"), "{}", s.text);
+        assert!(keepalive(s), "no keepalive timer: {}", s.text);
+    }
+    go_tx.send(())?;
+    let refused = client
+        .take()
+        .context("client gone")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    assert!(
+        refused.contains("TCP_CONGESTION") && refused.contains("nosuchcc"),
+        "the refusal does not name the option and value: {refused}"
+    );
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    Ok(())
+}
+
+/// `open_path_with` through roamd: the connection runs `cubic` (set connection-wide), the
+/// subflow opened on rmnet0 gets `reno` and keepalive from roamd's sock_ops program, and the
+/// subflow on wlan0, which has no entry in the program's map, keeps `cubic` and no keepalive.
+/// A congestion control the kernel lacks, and `notsent_lowat` (the connection's), are refused
+/// before any subflow is made.
+#[test]
+fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("a_subflow_opened_with_options_differs_from_the_others")
+    else {
+        return Ok(());
+    };
+    let topo = two_links()?;
+    let agent = Agent::start(&topo, "per-subflow", AGENT_CONFIG)?;
+    let pki = Pki::generate()?;
+    let (_server_rx, server) = start_server_ready(&topo, &pki)?;
+    let (note_tx, note_rx) = mpsc::channel::<Note>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let socket = agent.socket();
+    // The session follows its embedded policy (roamd steers nothing) and asks roamd for the
+    // subflow.
+    let builder = roam::Session::builder()
+        .app("com.example.chat")
+        .policy(POLICY)
+        .use_roamd(false)
+        .roamd_socket(socket.clone())
+        .transport(TransportPreference::Mptcp)
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME);
+    let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
+    let mut client = Some(topo.handset().spawn("per-subflow-client", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+            let mut ev = s.events();
+            let token = s.mptcp_token().context("no MPTCP token")?;
+            // Registered on a connection that stays open as long as the session.
+            let mut reg = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
+            match reg.call(|id| Request::RegisterMptcp { id, token })? {
+                Reply::Ok { .. } => {}
+                other => bail!("register_mptcp: {other:?}"),
+            }
+            s.set_tcp_options(&TcpOptions::new().congestion("cubic"))?;
+            let remote = s.path().remote;
+            let local = SocketAddr::new(rmnet, 0);
+            let refused = s
+                .open_path_with(local, remote, &TcpOptions::new().congestion("nosuchcc"))
+                .await
+                .expect_err("a congestion control the kernel lacks was taken");
+            let lowat = s
+                .open_path_with(local, remote, &TcpOptions::new().notsent_lowat(4096))
+                .await
+                .expect_err("a subflow's own TCP_NOTSENT_LOWAT was taken");
+            assert!(lowat.to_string().contains("TCP_NOTSENT_LOWAT"), "{lowat}");
+            s.open_path_with(
+                local,
+                remote,
+                &TcpOptions::new().congestion("reno").keepalive(45, 5, 3),
+            )
+            .await?;
+            note_tx.send(Note::Set)?;
+            wait_subflow_on(&mut ev, "rmnet0").await?;
+            note_tx.send(Note::Both)?;
+            go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
+            finish_session(s).await?;
+            drop(reg);
+            Ok(refused.to_string())
+        })
+    })?);
+    assert!(matches!(
+        expect_note(&note_rx, &mut client, "the subflow was asked for")?,
+        Note::Set
+    ));
+    assert!(matches!(
+        expect_note(&note_rx, &mut client, "a subflow on rmnet0")?,
+        Note::Both
+    ));
+    let (raw, v) = ss_view_idle(&topo)?;
+    eprintln!("ss -tnioH in the handset:\n{raw}");
+    let wlan = on(&v, topo.link("wlan0")?.handset_v4.into())?;
+    let cell = on(&v, rmnet)?;
+    assert_eq!(cell.congestion.as_deref(), Some("reno"), "{}", cell.text);
+    assert!(
+        keepalive(cell),
+        "no keepalive timer on rmnet0: {}",
+        cell.text
+    );
+    assert_eq!(wlan.congestion.as_deref(), Some("cubic"), "{}", wlan.text);
+    assert!(
+        !keepalive(wlan),
+        "wlan0 got rmnet0's keepalive: {}",
+        wlan.text
+    );
+    assert_eq!(v.len(), 2, "one subflow per link, no more: {v:#?}");
+    go_tx.send(())?;
+    let refused = client
+        .take()
+        .context("client gone")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    assert!(
+        refused.contains("nosuchcc") && refused.contains("failed"),
+        "the refusal does not say what failed: {refused}"
+    );
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    Ok(())
+}
