@@ -222,6 +222,8 @@ enum Note {
     Set,
     /// The session's subflows now include one on rmnet0.
     Both,
+    /// `set_path_options` replaced rmnet0's subflow.
+    Changed,
 }
 
 /// The client's next note; when it has none (it stopped), the client's own error.
@@ -365,7 +367,8 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
 /// subflow opened on rmnet0 gets `reno` and keepalive from roamd's sock_ops program, and the
 /// subflow on wlan0, which has no entry in the program's map, keeps `cubic` and no keepalive.
 /// A congestion control the kernel lacks, and `notsent_lowat` (the connection's), are refused
-/// before any subflow is made.
+/// before any subflow is made. Then `set_path_options` replaces rmnet0's subflow by one with
+/// `bbr` and no keepalive (make before break): still two subflows, rmnet0's on a new port.
 #[test]
 fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     let Some(_serial) =
@@ -427,6 +430,17 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
             wait_subflow_on(&mut ev, "rmnet0").await?;
             note_tx.send(Note::Both)?;
             go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
+            // Make before break: rmnet0's subflow replaced by one with other options.
+            let id = s
+                .paths()
+                .iter()
+                .find(|p| p.local.is_some_and(|l| l.ip() == rmnet))
+                .context("no subflow from rmnet0 in paths()")?
+                .id;
+            s.set_path_options(id, &TcpOptions::new().congestion("bbr").nodelay(true))
+                .await?;
+            note_tx.send(Note::Changed)?;
+            go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
             finish_session(s).await?;
             drop(reg);
             Ok(refused.to_string())
@@ -457,6 +471,29 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
         wlan.text
     );
     assert_eq!(v.len(), 2, "one subflow per link, no more: {v:#?}");
+    let old_port = cell.local.port();
+    go_tx.send(())?;
+    assert!(matches!(
+        expect_note(&note_rx, &mut client, "rmnet0's subflow replaced")?,
+        Note::Changed
+    ));
+    let (raw, v) = ss_view_idle(&topo)?;
+    eprintln!("ss -tnioH in the handset after set_path_options:\n{raw}");
+    let cell = on(&v, rmnet)?;
+    assert_ne!(
+        cell.local.port(),
+        old_port,
+        "rmnet0's subflow was not replaced: {v:#?}"
+    );
+    assert_eq!(cell.congestion.as_deref(), Some("bbr"), "{}", cell.text);
+    assert!(
+        !keepalive(cell),
+        "the new subflow kept the old one's keepalive: {}",
+        cell.text
+    );
+    let wlan = on(&v, topo.link("wlan0")?.handset_v4.into())?;
+    assert_eq!(wlan.congestion.as_deref(), Some("cubic"), "{}", wlan.text);
+    assert_eq!(v.len(), 2, "the old subflow was not closed: {v:#?}");
     go_tx.send(())?;
     let refused = client
         .take()

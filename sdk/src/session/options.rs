@@ -15,6 +15,7 @@ pub use roam_ipc::proto::{Keepalive, TcpOptions};
 
 use super::Session;
 use crate::error::{Error, Result};
+use crate::events::SessionEvent;
 use crate::mptcp::control::PathRequest;
 use crate::mptcp::sockopt;
 
@@ -83,7 +84,59 @@ impl Session {
             })
             .await
     }
+
+    /// Changes the TCP options of the MPTCP subflow `id` (see [`Session::paths`]), make
+    /// before break: opens a new subflow with `options` between the same addresses (through
+    /// roamd, as [`Session::open_path_with`]), waits until it is established, then closes
+    /// subflow `id` ([`Session::close_path`]). Linux has no way to change one subflow's options
+    /// in place.
+    ///
+    /// If the new subflow is not established within 5 seconds, the old one is
+    /// kept and the error says so. Client sessions only (the server side has no subflow
+    /// watcher to see the new subflow come up).
+    pub async fn set_path_options(&self, id: u32, options: &TcpOptions) -> Result<()> {
+        let (local, remote) = self.subflow("set_path_options", id)?;
+        let mut events = self.events();
+        let before: Vec<SocketAddr> = self.paths().iter().filter_map(|p| p.local).collect();
+        self.open_path_with(SocketAddr::new(local.ip(), 0), remote, options)
+            .await?;
+        let up = |v: &[super::Subflow]| {
+            v.iter().any(|p| {
+                p.local
+                    .is_some_and(|l| l.ip() == local.ip() && !before.contains(&l))
+                    && p.remote == Some(remote)
+                    && !p.rtt.is_zero()
+            })
+        };
+        let wait = async {
+            loop {
+                match events.next().await {
+                    Some(SessionEvent::SubflowsChanged(v)) if up(&v) => return true,
+                    Some(_) => {}
+                    None => return false,
+                }
+            }
+        };
+        let came = up(&self.paths())
+            || tokio::time::timeout(PATH_OPTIONS_TIMEOUT, wait)
+                .await
+                .unwrap_or(false);
+        if !came {
+            return Err(Error::Timeout {
+                what: format!(
+                    "set_path_options: the new subflow {} -> {remote} to replace subflow {id} \
+                     (kept; the new one may still come up)",
+                    local.ip()
+                ),
+                limit: PATH_OPTIONS_TIMEOUT,
+            });
+        }
+        self.close_path(id).await
+    }
 }
+
+/// How long [`Session::set_path_options`] waits for the new subflow.
+const PATH_OPTIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The descriptor of this process's MPTCP socket with connection token `token`.
 ///
