@@ -509,3 +509,74 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
         .map_err(|_| anyhow::anyhow!("server panicked"))??;
     Ok(())
 }
+
+/// roamd that cannot use BPF (here: its `[mptcp] bpf_cgroup` does not exist) still starts,
+/// still opens plain subflows, and answers `open_path_with` with a `failed` that says why and
+/// what to do; no subflow is made for it.
+#[test]
+fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
+    let Some(_serial) =
+        roam_tests::serial::netns_test("without_bpf_roamd_says_why_and_plain_subflows_still_work")
+    else {
+        return Ok(());
+    };
+    let topo = two_links()?;
+    let config = format!("{AGENT_CONFIG}bpf_cgroup = \"/nonexistent/roam-test\"\n");
+    let agent = Agent::start(&topo, "no-bpf", &config)?;
+    let pki = Pki::generate()?;
+    let (_server_rx, server) = start_server_ready(&topo, &pki)?;
+    let socket = agent.socket();
+    let builder = roam::Session::builder()
+        .app("com.example.chat")
+        .policy(POLICY)
+        .use_roamd(false)
+        .roamd_socket(socket.clone())
+        .transport(TransportPreference::Mptcp)
+        .tls(pki.client_tls())
+        .server_name(SERVER_NAME);
+    let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
+    let client = topo.handset().spawn("no-bpf-client", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+            let mut ev = s.events();
+            let token = s.mptcp_token().context("no MPTCP token")?;
+            let mut reg = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
+            match reg.call(|id| Request::RegisterMptcp { id, token })? {
+                Reply::Ok { .. } => {}
+                other => bail!("register_mptcp: {other:?}"),
+            }
+            let remote = s.path().remote;
+            let local = SocketAddr::new(rmnet, 0);
+            let refused = s
+                .open_path_with(local, remote, &TcpOptions::new().congestion("reno"))
+                .await
+                .expect_err("per-subflow options without BPF were taken");
+            let plain_before = s.paths().len();
+            s.open_path(local, remote).await?;
+            wait_subflow_on(&mut ev, "rmnet0").await?;
+            finish_session(s).await?;
+            drop(reg);
+            Ok((refused, plain_before))
+        })
+    })?;
+    let (refused, before) = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    assert_eq!(before, 1, "the refused request made a subflow anyway");
+    assert!(
+        matches!(&refused, roam::Error::Agent { code, .. } if code == "failed"),
+        "{refused:?}"
+    );
+    let text = refused.to_string();
+    assert!(
+        text.contains("/nonexistent/roam-test") && text.contains("bpf_cgroup"),
+        "the error does not say why and what to do: {text}"
+    );
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    Ok(())
+}

@@ -509,7 +509,13 @@ impl SubflowOptions {
             .read(true)
             .custom_flags(libc::O_DIRECTORY)
             .open(&cgroup)
-            .map_err(|e| format!("opening the cgroup {}: {e}", cgroup.display()))?;
+            .map_err(|e| {
+                format!(
+                    "opening the cgroup {}: {e}; set `[mptcp] bpf_cgroup` to a cgroup v2 \
+                     directory that holds the apps, or leave it out for the cgroup2 mount's root",
+                    cgroup.display()
+                )
+            })?;
         let netns_cookie = netns_cookie().map_err(|e| {
             format!("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14): {e}")
         })?;
@@ -752,7 +758,9 @@ mod tests {
 
     /// The verifier takes the program and it attaches to a cgroup of its own (root only;
     /// with `CI` set a missing privilege fails instead of skipping). An entry is written,
-    /// read back unrun, and removed; a second insert of the same key is refused.
+    /// read back unrun, and removed; a second insert of the same key is refused. A TCP
+    /// connection made from the cgroup gets its entry's options, and the program is gone from
+    /// the cgroup once the link is closed.
     #[test]
     fn the_kernel_loads_and_attaches_the_program() {
         // SAFETY: plain system call.
@@ -817,12 +825,31 @@ mod tests {
         };
         let ka = socket2::SockRef::from(&c).keepalive().unwrap();
         let (ccc, cca) = (cc(&c), cc(&a));
+        // The bpf_link is the only thing holding the program on the cgroup: closing it (as
+        // roamd's exit or crash does) detaches it.
+        let attached_with = attached(&cg);
         drop(so);
+        let attached_after = attached(&cg);
         std::fs::remove_dir(&cg).unwrap();
+        assert_eq!(
+            (attached_with, attached_after),
+            (1, 0),
+            "programs on the cgroup"
+        );
         assert_eq!(outcome, Outcome::Applied);
         assert_eq!(ccc, "reno");
         assert!(ka);
         assert_ne!(cca, "reno", "the accepted socket had no entry");
+    }
+
+    /// How many sock_ops programs are attached to the cgroup `dir` (`BPF_PROG_QUERY`).
+    fn attached(dir: &Path) -> u32 {
+        const BPF_PROG_QUERY: i32 = 16;
+        let d = std::fs::File::open(dir).unwrap();
+        let mut a = Attr::new();
+        a.u32(0, d.as_raw_fd() as u32).u32(4, BPF_CGROUP_SOCK_OPS);
+        bpf(BPF_PROG_QUERY, &mut a).unwrap();
+        u32::from_ne_bytes(a.0[24..28].try_into().unwrap())
     }
 
     #[test]
