@@ -367,8 +367,9 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
 /// subflow opened on rmnet0 gets `reno` and keepalive from roamd's sock_ops program, and the
 /// subflow on wlan0, which has no entry in the program's map, keeps `cubic` and no keepalive.
 /// A congestion control the kernel lacks, and `notsent_lowat` (the connection's), are refused
-/// before any subflow is made. Then `set_path_options` replaces rmnet0's subflow by one with
-/// `bbr` and no keepalive (make before break): still two subflows, rmnet0's on a new port.
+/// before any subflow is made, and another uid naming the connection is denied. Then
+/// `set_path_options` replaces rmnet0's subflow by one with `bbr` and no keepalive (make
+/// before break): still two subflows, rmnet0's on a new port.
 #[test]
 fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     let Some(_serial) =
@@ -411,6 +412,34 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
             s.set_tcp_options(&TcpOptions::new().congestion("cubic"))?;
             let remote = s.path().remote;
             let local = SocketAddr::new(rmnet, 0);
+            // Another uid (nobody) naming this connection is denied before anything else.
+            let forged = {
+                let socket = socket.clone();
+                std::thread::spawn(move || -> Result<String> {
+                    // SAFETY: plain system call; it changes this thread's credentials alone.
+                    let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                    if rc != 0 {
+                        bail!("setresuid: {}", std::io::Error::last_os_error());
+                    }
+                    let mut c = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
+                    Ok(
+                        match c.call(|id| Request::MptcpSubflowCreate {
+                            id,
+                            token,
+                            local,
+                            remote,
+                            backup: false,
+                            options: Some(TcpOptions::new().congestion("reno")),
+                        }) {
+                            Err(roam_ipc::ClientError::Refused { code, .. }) => code,
+                            other => format!("{other:?}"),
+                        },
+                    )
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the forging thread panicked"))??
+            };
+            assert_eq!(forged, "denied", "another uid's subflow with options");
             let refused = s
                 .open_path_with(local, remote, &TcpOptions::new().congestion("nosuchcc"))
                 .await
