@@ -56,7 +56,8 @@ pub(crate) struct StreamSession {
 }
 
 impl StreamSession {
-    fn socket(&self) -> &TcpStream {
+    /// The connection's socket (MPTCP, or TCP after a fallback).
+    pub(crate) fn socket(&self) -> &TcpStream {
         self.tls.get_ref()
     }
 

@@ -9,21 +9,21 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 pub use roam_ipc::proto::{Keepalive, TcpOptions};
 
-use super::Session;
+use super::{Inner, Session};
 use crate::error::{Error, Result};
 use crate::events::SessionEvent;
 use crate::mptcp::control::PathRequest;
-use crate::mptcp::sockopt;
 
 impl Session {
     /// Sets TCP options on an MPTCP session's connection: on the MPTCP socket, which the
     /// kernel applies to every subflow it has and every one it opens later. Options left
-    /// `None` are not touched. Other transports (also an MPTCP session that fell back to
-    /// TCP): [`Error::NotOnThisTransport`].
+    /// `None` are not touched. An MPTCP session that fell back to TCP (and a plain TCP one)
+    /// gets them on its one connection. QUIC and tcp-resume (whose connection is replaced on
+    /// every move): [`Error::NotOnThisTransport`].
     ///
     /// An option the kernel refuses stops the call with an [`Error::Io`] naming it and the
     /// value; the options before it stay set. Options that need no privilege: all of these,
@@ -36,12 +36,13 @@ impl Session {
                 io::Error::new(io::ErrorKind::InvalidInput, e),
             )
         })?;
-        let (_, token) = self.mptcp_control("set_tcp_options")?;
-        let fd = mptcp_socket(token)?;
-        // SAFETY: the descriptor belongs to this session's socket, which `&self` keeps open
-        // for the whole call.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        apply(fd, options, self.transport.as_str())
+        let Inner::Stream(s) = &self.inner else {
+            return Err(Error::NotOnThisTransport {
+                what: "set_tcp_options",
+                transport: self.transport.as_str(),
+            });
+        };
+        apply(s.socket().as_fd(), options, self.transport.as_str())
     }
 
     /// Opens an MPTCP subflow from `local` to `remote` (as [`Session::open_path`]) whose TCP
@@ -137,34 +138,6 @@ impl Session {
 
 /// How long [`Session::set_path_options`] waits for the new subflow.
 const PATH_OPTIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The descriptor of this process's MPTCP socket with connection token `token`.
-///
-/// The session's socket lives in `session/mptcp.rs`, which keeps it private; finding it by the
-/// token the kernel reports for it (`MPTCP_INFO`) needs nothing from there. Tokens are unique
-/// among a namespace's connections; the peer's socket in the same process (tests) has its own.
-fn mptcp_socket(token: u32) -> Result<RawFd> {
-    let dir = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| Error::io("listing /proc/self/fd to find the session's socket", e))?;
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: only read with getsockopt, which fails harmlessly on a descriptor that is
-        // not a socket or was closed meanwhile (the directory's own one).
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        if sockopt::mptcp_info(b).is_ok_and(|i| i.token == token && !i.is_fallback()) {
-            return Ok(fd);
-        }
-    }
-    Err(Error::Stream(format!(
-        "set_tcp_options: no MPTCP socket with token {token:#010x} in this process"
-    )))
-}
 
 /// Sets each option given on `fd`, in an order where each one's meaning is complete
 /// (keepalive on before its timings).
