@@ -88,6 +88,14 @@ pub struct TcpInfo {
     pub bytes_received: Option<u64>,
     /// Bytes sent on this subflow, retransmissions included (5.5+).
     pub bytes_sent: Option<u64>,
+    /// `tcpi_probes`: zero-window probes sent and not answered yet.
+    pub probes: u8,
+    /// `tcpi_unacked`: segments sent and not acknowledged yet.
+    pub unacked: u32,
+    /// `tcpi_notsent_bytes`: bytes written and not sent yet (4.6+).
+    pub notsent_bytes: Option<u32>,
+    /// `tcpi_snd_wnd`: the window the peer advertised (5.19+; 0: its app is not reading).
+    pub snd_wnd: Option<u32>,
 }
 
 /// One subflow as `MPTCP_FULL_INFO` (or the older options) describe it.
@@ -133,6 +141,10 @@ pub fn parse_tcp_info(b: &[u8]) -> Option<TcpInfo> {
         bytes_acked: u64_at(b, 120),
         bytes_received: u64_at(b, 128),
         bytes_sent: u64_at(b, 200),
+        probes: *b.get(3)?,
+        unacked: u32_at(b, 24)?,
+        notsent_bytes: u32_at(b, 144),
+        snd_wnd: u32_at(b, 228),
     })
 }
 
@@ -397,6 +409,15 @@ mod tests {
             std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received),
             128
         );
+        assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_probes), 3);
+        assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_unacked), 24);
+        assert_eq!(
+            std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes),
+            144
+        );
+        assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_sent), 200);
+        assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_snd_wnd), 228);
+        assert!(TCP_INFO_SIZE >= 228 + 4, "tcpi_snd_wnd is asked for");
     }
 
     #[test]

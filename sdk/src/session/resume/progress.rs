@@ -21,7 +21,7 @@
 //! dies while the window is closed leaves the kernel's probes unanswered, and that is one.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use crate::path::manager::TransportSample;
@@ -48,34 +48,17 @@ pub(crate) struct TcpReading {
 }
 
 impl TcpReading {
-    /// Reads `fd`'s connection. (`crate::mptcp::sockopt::tcp_info` keeps only the figures an
-    /// MPTCP subflow needs; this reads the whole `struct tcp_info`, Linux 5.19+ for
-    /// `tcpi_snd_wnd`.)
+    /// Reads `fd`'s connection (`TCP_INFO`). Kernels before 5.19 report no peer window:
+    /// queued data then counts as waiting only when something is in flight.
     pub(crate) fn of(fd: BorrowedFd<'_>) -> io::Result<TcpReading> {
-        // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` is valid for writes of `len` bytes during the call and carries no
-        // pointers; the kernel writes at most `len` bytes. The fd is borrowed, so it is open.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let i = crate::mptcp::sockopt::tcp_info(fd)?;
         Ok(TcpReading {
-            bytes_acked: info.tcpi_bytes_acked,
-            unacked: info.tcpi_unacked,
-            unsent: info.tcpi_notsent_bytes,
-            peer_window: info.tcpi_snd_wnd,
-            probes: info.tcpi_probes,
-            rtt: Duration::from_micros(info.tcpi_rtt.into()),
+            bytes_acked: i.bytes_acked.unwrap_or(0),
+            unacked: i.unacked,
+            unsent: i.notsent_bytes.unwrap_or(0),
+            peer_window: i.snd_wnd.unwrap_or(0),
+            probes: i.probes,
+            rtt: Duration::from_micros(i.rtt_us.into()),
         })
     }
 
