@@ -417,7 +417,7 @@ mod tests {
         );
         assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_sent), 200);
         assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_snd_wnd), 228);
-        assert!(TCP_INFO_SIZE >= 228 + 4, "tcpi_snd_wnd is asked for");
+        const { assert!(TCP_INFO_SIZE >= 228 + 4, "tcpi_snd_wnd is asked for") };
     }
 
     #[test]
