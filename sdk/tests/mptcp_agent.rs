@@ -66,29 +66,7 @@ const AFTER: u64 = 3000;
 /// unless `ROAM_SDK_TEST_AGENT_MPTCP` names a directory.
 #[test]
 fn agent_process_helper() {
-    let Some(dir) = std::env::var_os(AGENT_ENV).map(PathBuf::from) else {
-        return;
-    };
-    init_tracing();
-    // A test may give roamd another configuration (`Agent::start_with`).
-    let text = std::fs::read_to_string(dir.join("roamd.toml")).unwrap_or(AGENT_CONFIG.into());
-    let config = roam_agent::config::Config::from_str("roamd.toml", &text)
-        .unwrap_or_else(|e| panic!("{}", e.render()));
-    let opts = roam_agent::daemon::Options {
-        config,
-        policy_path: Some(dir.join("policy.roam")),
-        socket: dir.join("roamd.sock"),
-        dry_run: false,
-        sysfs_root: PathBuf::from("/sys/class/net"),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let r = rt.block_on(roam_agent::daemon::run(opts, |_| {
-        println!("agent-ready");
-    }));
-    r.expect("roamd failed");
+    helper::agent_process_body(AGENT_ENV, AGENT_CONFIG, || {});
 }
 
 /// Not a test of its own: `roamd reflect --listen ADDR` in the server namespace. Returns at
@@ -211,11 +189,10 @@ impl Drop for Watch {
     }
 }
 
-/// roamd and its reflector for one repeat; both killed on drop, the directory removed.
+/// roamd and its reflector for one repeat; both killed on drop, roamd's directory removed.
 struct Agent {
-    _agent: HelperProc,
+    agent: helper::AgentProc,
     _reflector: HelperProc,
-    dir: PathBuf,
 }
 
 impl Agent {
@@ -225,11 +202,6 @@ impl Agent {
 
     /// roamd with this configuration and policy.
     fn start_with(topo: &Topology, tag: &str, config: &str, policy: &str) -> Result<Agent> {
-        let dir =
-            std::env::temp_dir().join(format!("roam-sdk-mptcp-agent-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("policy.roam"), policy)?;
-        std::fs::write(dir.join("roamd.toml"), config)?;
         let listen = SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT).to_string();
         let reflector = HelperProc::start(
             topo.server(),
@@ -238,28 +210,21 @@ impl Agent {
             "reflect-ready",
             "ROAM_AGENT_LOG",
         )?;
-        let agent = HelperProc::start(
+        let agent = helper::AgentProc::start(
             topo.handset(),
-            "agent_process_helper",
-            (AGENT_ENV, dir.as_os_str()),
-            "agent-ready",
-            "ROAM_AGENT_LOG",
+            AGENT_ENV,
+            &format!("mptcp-agent-{tag}"),
+            config,
+            policy,
         )?;
         Ok(Agent {
-            _agent: agent,
+            agent,
             _reflector: reflector,
-            dir,
         })
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("roamd.sock")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.agent.socket()
     }
 }
 

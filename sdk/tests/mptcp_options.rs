@@ -13,11 +13,9 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
-use common::helper::HelperProc;
 use common::*;
 use roam::{TcpOptions, TransportPreference};
 use roam_ipc::client::Client;
@@ -34,33 +32,7 @@ const AGENT_CONFIG: &str =
 /// unless `ROAM_SDK_TEST_AGENT_OPTIONS` names a directory.
 #[test]
 fn agent_process_helper() {
-    let Some(dir) = std::env::var_os(AGENT_ENV).map(PathBuf::from) else {
-        return;
-    };
-    // To standard error, which the test inherits (standard output is read for the ready line).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
-    mount_cgroup2();
-    let text = std::fs::read_to_string(dir.join("roamd.toml")).expect("roamd.toml");
-    let config = roam_agent::config::Config::from_str("roamd.toml", &text)
-        .unwrap_or_else(|e| panic!("{}", e.render()));
-    let opts = roam_agent::daemon::Options {
-        config,
-        policy_path: Some(dir.join("policy.roam")),
-        socket: dir.join("roamd.sock"),
-        dry_run: false,
-        sysfs_root: PathBuf::from("/sys/class/net"),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let r = rt.block_on(roam_agent::daemon::run(opts, |_| {
-        println!("agent-ready");
-    }));
-    r.expect("roamd failed");
+    helper::agent_process_body(AGENT_ENV, AGENT_CONFIG, mount_cgroup2);
 }
 
 /// `ip netns exec` gives the process a mount namespace of its own with a fresh sysfs, which
@@ -89,40 +61,15 @@ fn mount_cgroup2() {
     );
 }
 
-/// roamd in the handset; its directory is removed on drop.
-struct Agent {
-    _agent: HelperProc,
-    dir: PathBuf,
-}
-
-impl Agent {
-    fn start(topo: &Topology, tag: &str, config: &str) -> Result<Agent> {
-        let dir = std::env::temp_dir().join(format!(
-            "roam-sdk-mptcp-options-{}-{tag}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("policy.roam"), POLICY)?;
-        std::fs::write(dir.join("roamd.toml"), config)?;
-        let agent = HelperProc::start(
-            topo.handset(),
-            "agent_process_helper",
-            (AGENT_ENV, dir.as_os_str()),
-            "agent-ready",
-            "ROAM_AGENT_LOG",
-        )?;
-        Ok(Agent { _agent: agent, dir })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("roamd.sock")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// roamd in the handset with `config`; killed on drop, its directory removed.
+fn start_agent(topo: &Topology, tag: &str, config: &str) -> Result<helper::AgentProc> {
+    helper::AgentProc::start(
+        topo.handset(),
+        AGENT_ENV,
+        &format!("mptcp-options-{tag}"),
+        config,
+        POLICY,
+    )
 }
 
 /// One established subflow to [`PORT`] as `ss -tnioH` shows it.
@@ -378,7 +325,7 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let agent = Agent::start(&topo, "per-subflow", AGENT_CONFIG)?;
+    let agent = start_agent(&topo, "per-subflow", AGENT_CONFIG)?;
     let pki = Pki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let (note_tx, note_rx) = mpsc::channel::<Note>();
@@ -551,7 +498,7 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
     };
     let topo = two_links()?;
     let config = format!("{AGENT_CONFIG}bpf_cgroup = \"/nonexistent/roam-test\"\n");
-    let agent = Agent::start(&topo, "no-bpf", &config)?;
+    let agent = start_agent(&topo, "no-bpf", &config)?;
     let pki = Pki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let socket = agent.socket();

@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -19,86 +17,15 @@ use roam::SessionEvent;
 use roam_ipc::client::Client;
 use roam_ipc::proto::{Reply, Request};
 use roam_tests::privilege::require_netns;
-use roam_tests::topology::Topology;
 
 const AGENT_ENV: &str = "ROAM_SDK_TEST_AGENT";
 const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\n";
 
 /// Not a test of its own: the body of the agent process the tests start. Returns at once
-/// unless `ROAM_SDK_TEST_AGENT` names a socket.
+/// unless `ROAM_SDK_TEST_AGENT` names a directory.
 #[test]
 fn agent_process_helper() {
-    let Some(dir) = std::env::var_os(AGENT_ENV).map(PathBuf::from) else {
-        return;
-    };
-    let config = roam_agent::config::Config::from_str("roamd.toml", AGENT_CONFIG)
-        .unwrap_or_else(|e| panic!("{}", e.render()));
-    let socket = dir.join("roamd.sock");
-    let opts = roam_agent::daemon::Options {
-        config,
-        policy_path: Some(dir.join("policy.roam")),
-        socket: socket.clone(),
-        dry_run: false,
-        sysfs_root: PathBuf::from("/sys/class/net"),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let r = rt.block_on(roam_agent::daemon::run(opts, |_| {
-        println!("agent-ready");
-    }));
-    r.expect("roamd failed");
-}
-
-/// roamd in the handset, killed (SIGKILL) on drop.
-struct AgentProc {
-    child: Child,
-}
-
-impl AgentProc {
-    fn start(topo: &Topology, dir: &Path) -> Result<AgentProc> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = topo.handset().command(exe.to_str().context("exe path")?);
-        cmd.args([
-            "agent_process_helper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(AGENT_ENV, dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().context("starting roamd")?;
-        let out = child.stdout.take().context("roamd stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line.contains("agent-ready") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let mut agent = AgentProc { child };
-        if rx.recv_timeout(EVENT_TIMEOUT).is_err() {
-            agent.kill();
-            bail!("roamd did not become ready within {EVENT_TIMEOUT:?}");
-        }
-        Ok(agent)
-    }
-
-    fn kill(&mut self) {
-        // `ip netns exec` execs the program: this pid is roamd's.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    helper::agent_process_body(AGENT_ENV, AGENT_CONFIG, || {});
 }
 
 /// The agent's view of its subscribers (as root: admin detail).
@@ -122,11 +49,9 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
     }
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
-    let dir = std::env::temp_dir().join(format!("roam-sdk-roamd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("policy.roam"), POLICY)?;
-    let socket = dir.join("roamd.sock");
-    let mut agent = AgentProc::start(&topo, &dir)?;
+    let mut agent =
+        helper::AgentProc::start(topo.handset(), AGENT_ENV, "roamd", AGENT_CONFIG, POLICY)?;
+    let socket = agent.socket();
 
     let pki = Pki::generate()?;
     let (server_rx, server) = start_server_ready(&topo, &pki)?;
@@ -171,7 +96,7 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
     // roamd returns; the session subscribes again and follows it: WiFi going down now
     // reaches the session only as a decision pushed by the new roamd.
     let t1 = Instant::now();
-    let _agent = AgentProc::start(&topo, &dir)?;
+    agent.restart(topo.handset())?;
     let mut back = None;
     for _ in 0..250 {
         // Bounded: the follower's backoff is at most 1 s; 250 x 20 ms covers it twice over.
@@ -200,6 +125,5 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
     let s = finish(stop, client, server)?;
     let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
     assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -73,3 +73,103 @@ impl Drop for HelperProc {
         self.kill();
     }
 }
+
+/// The body of a roamd helper process (a `#[test]` that returns at once unless `env` names
+/// a directory): roamd with `DIR/roamd.toml` (else `default_config`), `DIR/policy.roam` and
+/// its socket at `DIR/roamd.sock`, logging to standard error, until it is killed. `before`
+/// runs first, in the helper process (e.g. to mount what roamd needs there).
+pub fn agent_process_body(env: &str, default_config: &str, before: impl FnOnce()) {
+    let Some(dir) = std::env::var_os(env).map(std::path::PathBuf::from) else {
+        return;
+    };
+    // Standard output is read for the ready line.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    before();
+    let text = std::fs::read_to_string(dir.join("roamd.toml"))
+        .unwrap_or_else(|_| default_config.to_owned());
+    let config = roam_agent::config::Config::from_str("roamd.toml", &text)
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let opts = roam_agent::daemon::Options {
+        config,
+        policy_path: Some(dir.join("policy.roam")),
+        socket: dir.join("roamd.sock"),
+        dry_run: false,
+        sysfs_root: std::path::PathBuf::from("/sys/class/net"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let r = rt.block_on(roam_agent::daemon::run(opts, |_| {
+        println!("agent-ready");
+    }));
+    r.expect("roamd failed");
+}
+
+/// roamd running in a namespace as a helper process of this test binary (whose helper test
+/// `agent_process_helper` calls [`agent_process_body`] with `env`), with a directory of its
+/// own for its config, policy and socket; killed on drop, the directory removed.
+pub struct AgentProc {
+    proc: Option<HelperProc>,
+    dir: std::path::PathBuf,
+    env: String,
+}
+
+impl AgentProc {
+    /// Writes `config` and `policy` to a new directory named after `tag` and starts roamd in
+    /// `ns`; returns once it serves.
+    pub fn start(
+        ns: &Netns,
+        env: &str,
+        tag: &str,
+        config: &str,
+        policy: &str,
+    ) -> Result<AgentProc> {
+        let dir = std::env::temp_dir().join(format!("roam-sdk-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("policy.roam"), policy)?;
+        std::fs::write(dir.join("roamd.toml"), config)?;
+        let mut a = AgentProc {
+            proc: None,
+            dir,
+            env: env.to_owned(),
+        };
+        a.restart(ns)?;
+        Ok(a)
+    }
+
+    /// Starts roamd again in `ns` (after [`AgentProc::kill`]) with the same directory.
+    pub fn restart(&mut self, ns: &Netns) -> Result<()> {
+        self.kill();
+        self.proc = Some(HelperProc::start(
+            ns,
+            "agent_process_helper",
+            (&self.env, self.dir.as_os_str()),
+            "agent-ready",
+            "ROAM_AGENT_LOG",
+        )?);
+        Ok(())
+    }
+
+    /// Kills roamd (SIGKILL: no clean-up of its own runs) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("roamd.sock")
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
