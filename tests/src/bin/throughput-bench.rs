@@ -1,0 +1,1151 @@
+//! `throughput-bench`: bulk throughput of a roam MPTCP session against raw MPTCP sockets, in
+//! the same run, on the same handset topology and the same kernel endpoints.
+//!
+//! ```text
+//! throughput-bench                       # unlimited veth, 500 and 100 Mbit/s paths; ~50 s
+//! throughput-bench --quick --json tp.json
+//! throughput-bench --regime 100 --repeats 9 --direction up
+//! ```
+//!
+//! Rows, per link regime (each regime a topology of its own, roamd and its probe reflector
+//! running through all rows, so every row's MPTCP connection gets the same endpoints from it):
+//!
+//! * `raw-mptcp`: an `IPPROTO_MPTCP` socket pair, plaintext.
+//! * `raw-mptcp-tls`: the same sockets carrying rustls TLS 1.3 with roam's own client and server
+//!   configurations (same cipher suite), records pumped through 256 KiB buffers: the cost of TLS
+//!   alone, so what roam adds on top of it is visible.
+//! * `roam`: a `roam::Session` asked for MPTCP, following roamd, to a `roam::Listener`.
+//!
+//! The sender writes a counter pattern (byte `p` of the stream is byte `p % 8` of the
+//! little-endian `p / 8`) for a fixed time, then closes; the receiver checks every byte against
+//! the pattern and the byte count against the sender's, and measures from its first byte to
+//! the end of the stream. A row whose bytes are not intact fails the run; a connection that
+//! stops moving data is counted as stalled (with `ss` of both ends logged) and left out of the
+//! figures. A rate regime is a tbf on both ends of both paths.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use clap::Parser;
+use roam_policy::LinkKind;
+use roam_tests::agent::{Agent, AgentConfig, AgentExe, REFLECT_PORT, Reflector};
+use roam_tests::system::mptcp::{connect_mptcp, listen_mptcp};
+use roam_tests::system::roam::{APP, POLICY};
+use roam_tests::tls::{SERVER_NAME, TestPki};
+use roam_tests::topology::{SERVICE_V4, Topology};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How much the sender hands to a write at once.
+const CHUNK: usize = 128 * 1024;
+/// The receiver's read buffer.
+const READ_BUF: usize = 256 * 1024;
+/// How long connecting, the handshake and the closing exchange may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// First port of the servers; each run gets its own so no run meets another's leftovers.
+const PORT_BASE: u16 = 5300;
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Bulk throughput of a roam MPTCP session against raw MPTCP sockets (plain and TLS), same run"
+)]
+struct Args {
+    /// Link regimes, comma-separated: `unlimited` (plain veth, CPU bound) or a per-path rate in
+    /// Mbit/s (a tbf on both ends of every path).
+    #[arg(long, default_value = "unlimited,500,100")]
+    regime: String,
+    /// Repeats per regime and row (default 5, or 2 with --quick).
+    #[arg(long)]
+    repeats: Option<u32>,
+    /// Seconds each transfer sends for (default 1.0, or 0.3 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// `down` (server to handset, as a phone mostly receives) or `up`.
+    #[arg(long, default_value = "down")]
+    direction: String,
+    /// Short runs: 2 repeats of 0.3 s each (about 10 s for the default regimes).
+    #[arg(long)]
+    quick: bool,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A measured row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Row {
+    Raw,
+    RawTls,
+    Roam,
+}
+
+impl Row {
+    const ALL: [Row; 3] = [Row::Raw, Row::RawTls, Row::Roam];
+
+    fn name(self) -> &'static str {
+        match self {
+            Row::Raw => "raw-mptcp",
+            Row::RawTls => "raw-mptcp-tls",
+            Row::Roam => "roam",
+        }
+    }
+
+    /// Short enough for a thread name (`tp-s-tls`), so a profile tells the rows apart.
+    fn short(self) -> &'static str {
+        match self {
+            Row::Raw => "raw",
+            Row::RawTls => "tls",
+            Row::Roam => "roam",
+        }
+    }
+}
+
+/// A link regime: no limit, or a rate per path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Regime {
+    Unlimited,
+    Mbit(u32),
+}
+
+impl Regime {
+    fn parse(s: &str) -> Result<Regime> {
+        let s = s.trim();
+        if s == "unlimited" {
+            return Ok(Regime::Unlimited);
+        }
+        let mbit: u32 = s
+            .parse()
+            .map_err(|_| anyhow!("regime `{s}`: expected `unlimited` or a rate in Mbit/s"))?;
+        ensure!(
+            (1..=10_000).contains(&mbit),
+            "regime `{s}`: the rate must be 1 to 10000 Mbit/s"
+        );
+        Ok(Regime::Mbit(mbit))
+    }
+
+    fn name(self) -> String {
+        match self {
+            Regime::Unlimited => "unlimited".to_owned(),
+            Regime::Mbit(m) => format!("{m} Mbit/s"),
+        }
+    }
+
+    fn rate_mbit(self) -> Option<u32> {
+        match self {
+            Regime::Unlimited => None,
+            Regime::Mbit(m) => Some(m),
+        }
+    }
+}
+
+/// Which end sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Server to handset.
+    Down,
+    /// Handset to server.
+    Up,
+}
+
+/// Throughput figures over the repeats, Mbit/s.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Mbit {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+/// One row of the report: one system in one regime, all repeats.
+#[derive(Debug, Clone, Serialize)]
+struct RowReport {
+    /// `unlimited` or `N Mbit/s`.
+    regime: String,
+    /// The per-path rate limit; `null` when unlimited.
+    rate_mbit: Option<u32>,
+    /// `down` or `up`.
+    direction: &'static str,
+    /// `raw-mptcp`, `raw-mptcp-tls` or `roam`.
+    system: &'static str,
+    /// Always `mptcp`.
+    transport: &'static str,
+    repeats: u32,
+    /// Repeats whose connection stopped moving data (left out of the throughput figures).
+    stalled: u32,
+    /// How long each transfer sent for.
+    seconds: f64,
+    throughput_mbit: Mbit,
+    /// Bytes the senders wrote, all repeats.
+    bytes_sent: u64,
+    /// Bytes the receivers got, each checked against the pattern, all repeats.
+    bytes_delivered: u64,
+    /// Whether every repeat delivered exactly what was sent, in order, unaltered.
+    intact: bool,
+    /// The TLS cipher suite (for the TLS rows).
+    cipher_suite: Option<String>,
+    /// CPU time of the sending and receiving threads per delivered byte, ns (median).
+    cpu_ns_per_byte: f64,
+    /// Decisions roamd pushed during the transfers (link state changes it saw), all repeats.
+    roamd_updates: u64,
+    /// The largest fraction of a transfer's bytes that crossed `rmnet0`, the backup path.
+    backup_share_max: f64,
+}
+
+/// roam's median against the raw rows' in one regime.
+#[derive(Debug, Clone, Serialize)]
+struct Ratio {
+    regime: String,
+    rate_mbit: Option<u32>,
+    roam_over_raw: f64,
+    roam_over_raw_tls: f64,
+}
+
+/// The file `--json` writes.
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    runs: Vec<RowReport>,
+    ratios: Vec<Ratio>,
+}
+
+fn main() -> ExitCode {
+    // Re-executed inside the namespaces as roamd and as its reflector.
+    if let Some(code) = roam_tests::agent::agent_main() {
+        return code;
+    }
+    let args = Args::parse();
+    if let Err(code) = roam_tests::binary::start(
+        "throughput-bench",
+        "sudo ./target/release/throughput-bench --quick",
+    ) {
+        return code;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("throughput-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let regimes = args
+        .regime
+        .split(',')
+        .map(Regime::parse)
+        .collect::<Result<Vec<_>>>()?;
+    let flow = match args.direction.as_str() {
+        "down" => Flow::Down,
+        "up" => Flow::Up,
+        other => bail!("--direction {other}: expected down or up"),
+    };
+    let repeats = args
+        .repeats
+        .unwrap_or(if args.quick { 2 } else { 5 })
+        .max(1);
+    let seconds = args.seconds.unwrap_or(if args.quick { 0.3 } else { 1.0 });
+    ensure!(
+        (0.05..=60.0).contains(&seconds),
+        "--seconds must be between 0.05 and 60"
+    );
+    let send_for = Duration::from_secs_f64(seconds);
+    let exe = AgentExe::current()?;
+    let pki = Arc::new(TestPki::generate()?);
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    let mut port = PORT_BASE;
+    for regime in &regimes {
+        let bench = Bench::new(*regime, &exe)?;
+        let mut results: [Vec<Transfer>; 3] = Default::default();
+        let mut stalls = [0u32; 3];
+        for repeat in 0..repeats {
+            // The rows take turns repeat by repeat: all meet the same machine.
+            for ((row, out), stalled) in Row::ALL.iter().zip(&mut results).zip(&mut stalls) {
+                port += 1;
+                let what = format!("{} / {} / repeat {}", row.name(), regime.name(), repeat + 1);
+                let t = match bench.transfer(*row, flow, send_for, &pki, port) {
+                    Ok(t) => t,
+                    // A stalled connection is a result (counted, shown); anything else, a
+                    // damaged stream above all, ends the run.
+                    Err(e) if is_stall(&e) => {
+                        eprintln!("  {what}: STALLED: {e:#}");
+                        *stalled += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.context(what)),
+                };
+                eprintln!(
+                    "  {:<14} {:<14} #{:<2} {:>9.1} Mbit/s  {:>11} bytes intact  cpu {:.2} ns/B  \
+                     rmnet0 {:.1}%",
+                    row.name(),
+                    regime.name(),
+                    repeat + 1,
+                    t.mbit(),
+                    t.delivered,
+                    t.cpu_ns_per_byte(),
+                    t.backup_share * 100.0
+                );
+                out.push(t);
+            }
+        }
+        for ((row, out), stalled) in Row::ALL.iter().zip(&results).zip(stalls) {
+            runs.push(row_report(*regime, flow, *row, seconds, out, stalled));
+        }
+    }
+    let ratios = ratios(&runs);
+    println!();
+    print!("{}", table(&runs, &ratios));
+    println!(
+        "direction {}, {repeats} repeats of {seconds} s per row, total {:.1} s",
+        flow_name(flow),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&Report { runs, ratios })?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("json: {}", path.display());
+    }
+    Ok(())
+}
+
+fn flow_name(flow: Flow) -> &'static str {
+    match flow {
+        Flow::Down => "down",
+        Flow::Up => "up",
+    }
+}
+
+/// One regime's topology, with roamd in the handset and its reflector in the server namespace.
+struct Bench {
+    // Field order is drop order: the agent and reflector stop before the namespaces go.
+    agent: Agent,
+    _reflector: Reflector,
+    topo: Topology,
+}
+
+impl Bench {
+    fn new(regime: Regime, exe: &AgentExe) -> Result<Bench> {
+        let topo = Topology::builder()
+            .link("wlan0", LinkKind::Wifi)
+            .link("rmnet0", LinkKind::Cellular)
+            .build()?;
+        if let Some(mbit) = regime.rate_mbit() {
+            shape(&topo, mbit)?;
+        }
+        let reflector = Reflector::start(
+            topo.server(),
+            exe,
+            SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT),
+        )
+        .context("starting the probe reflector")?;
+        let agent = Agent::start_with(
+            topo.handset(),
+            exe,
+            POLICY,
+            APP,
+            &AgentConfig::probing(&[reflector.addr()]),
+        )
+        .context("starting roamd in the handset")?;
+        // The rows start once roamd has probed both links good, not while it still validates.
+        agent.wait_for("both links validated", SETUP_TIMEOUT, |u| {
+            u.links.len() == 2 && u.links.iter().all(|l| l.ends_with("=validated"))
+        })?;
+        tracing::info!(
+            endpoints = %topo.handset().ip(&["mptcp", "endpoint", "show"])?.trim(),
+            "roamd's MPTCP endpoints"
+        );
+        Ok(Bench {
+            agent,
+            _reflector: reflector,
+            topo,
+        })
+    }
+
+    /// One transfer of `row`: a server in the server namespace, a client in the handset,
+    /// `flow` says which one sends.
+    fn transfer(
+        &self,
+        row: Row,
+        flow: Flow,
+        send_for: Duration,
+        pki: &Arc<TestPki>,
+        port: u16,
+    ) -> Result<Transfer> {
+        let addr = SocketAddr::new(IpAddr::V4(SERVICE_V4), port);
+        let began = Instant::now();
+        let counters_before = self.path_bytes()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let limit = send_for + SETUP_TIMEOUT * 2;
+        let server_role = match flow {
+            Flow::Down => Role::Send(send_for),
+            Flow::Up => Role::Receive,
+        };
+        let client_role = match flow {
+            Flow::Down => Role::Receive,
+            Flow::Up => Role::Send(send_for),
+        };
+        let server_pki = pki.clone();
+        let server = self
+            .topo
+            .server()
+            .spawn(&format!("tp-s-{}", row.short()), move || {
+                on_runtime(limit, async move {
+                    let end = server_end(row, addr, &server_pki, ready_tx).await?;
+                    end.run(server_role).await
+                })
+            })?;
+        if ready_rx.recv_timeout(SETUP_TIMEOUT).is_err() {
+            return Err(join(server)
+                .err()
+                .unwrap_or_else(|| anyhow!("the server did not listen within {SETUP_TIMEOUT:?}")));
+        }
+        let client_pki = pki.clone();
+        let socket = self.agent.socket().to_path_buf();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let client = self
+            .topo
+            .handset()
+            .spawn(&format!("tp-c-{}", row.short()), move || {
+                let r = on_runtime(limit, async move {
+                    let end = client_end(row, addr, &client_pki, &socket).await?;
+                    end.run(client_role).await
+                });
+                let _ = done_tx.send(());
+                r
+            })?;
+        // A transfer still going well after it should have ended is stuck: say how the
+        // connections look while it is, then wait for the runtime's limit to end it.
+        let overdue = send_for + SETUP_TIMEOUT;
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(overdue) {
+            for ns in [self.topo.handset(), self.topo.server()] {
+                let ss = ns.exec("ss", &["-tanMi"]).unwrap_or_default();
+                tracing::warn!(
+                    netns = ns.name(),
+                    "{} stuck after {overdue:?}:\n{ss}",
+                    row.name()
+                );
+            }
+        }
+        let client = join(client).context("client");
+        let server = join(server).context("server");
+        let (client, server) = match (client, server) {
+            (Ok(c), Ok(s)) => (c, s),
+            // An end that failed leaves the other waiting: its error is the one that counts.
+            // Only when both merely waited did the connection itself stall.
+            (Err(c), Err(s)) if is_stall(&c) && is_stall(&s) => {
+                return Err(anyhow::Error::new(Stalled(limit)).context(format!("{c:#}; {s:#}")));
+            }
+            (Err(c), Err(s)) if is_stall(&c) => return Err(s),
+            (Err(c), Err(s)) if is_stall(&s) => return Err(c),
+            (Err(c), Err(s)) => bail!("{c:#}; {s:#}"),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        let (sent, recv) = match flow {
+            Flow::Down => (server, client),
+            Flow::Up => (client, server),
+        };
+        let (
+            Side::Sent {
+                bytes,
+                cpu: send_cpu,
+            },
+            Side::Received(r),
+        ) = (sent, recv)
+        else {
+            bail!("the ends did not play their roles");
+        };
+        ensure!(
+            r.bytes == bytes,
+            "the receiver got {} bytes, the sender wrote {bytes}",
+            r.bytes
+        );
+        ensure!(bytes > 0, "nothing was sent");
+        // A decision during a transfer means roamd saw a link change state: on these steady
+        // paths, a false alarm (probes missed on a busy link or by a starved CPU).
+        let roamd_updates = self
+            .agent
+            .updates()
+            .iter()
+            .filter(|u| u.at >= began)
+            .count() as u64;
+        let counters_after = self.path_bytes()?;
+        let moved: Vec<u64> = counters_after
+            .iter()
+            .zip(&counters_before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let total = moved.iter().sum::<u64>().max(1);
+        Ok(Transfer {
+            backup_share: moved.iter().skip(1).sum::<u64>() as f64 / total as f64,
+            roamd_updates,
+            sent: bytes,
+            delivered: r.bytes,
+            elapsed: r.elapsed,
+            cpu: send_cpu + r.cpu,
+            cipher_suite: r.cipher_suite,
+        })
+    }
+}
+
+/// A tbf of `mbit` on both ends of every path. Its bucket holds 2 ms at the rate (at least
+/// 4 kB, as [`Topology::rate_limit`]'s): a 4 kB bucket at hundreds of Mbit/s costs a timer
+/// every few tens of microseconds, CPU this 2-core machine's endpoints then lack. The queue
+/// holds 100 ms, as a phone's link buffers do.
+fn shape(topo: &Topology, mbit: u32) -> Result<()> {
+    let rate = format!("{mbit}mbit");
+    let burst = format!("{}", (u64::from(mbit) * 1_000_000 / 8 / 500).max(4096));
+    for l in topo.links() {
+        for (ns, dev) in [(topo.handset(), &l.name), (topo.server(), &l.server_dev)] {
+            ns.exec(
+                "tc",
+                &[
+                    "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate, "burst", &burst,
+                    "latency", "100ms",
+                ],
+            )
+            .with_context(|| format!("shaping {dev} to {rate}"))?;
+        }
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// Bytes through each path's server end (received plus sent), in link order.
+    fn path_bytes(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .topo
+            .server_stats()?
+            .into_iter()
+            .map(|(_, s)| s.rx_bytes + s.tx_bytes)
+            .collect())
+    }
+}
+
+fn join<T>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
+    h.join().map_err(|_| anyhow!("thread panicked"))?
+}
+
+/// Runs `fut` on a current-thread runtime, at most `limit`.
+fn on_runtime<T>(limit: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| anyhow::Error::new(Stalled(limit)))?
+    })
+}
+
+/// A transfer that did not end within its time limit: the connection stopped moving data.
+#[derive(Debug)]
+struct Stalled(Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the transfer stalled (not over after {:?})", self.0)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+fn is_stall(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Stalled>())
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the pointer it is given.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// What one end does.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// Write the pattern for this long, then close.
+    Send(Duration),
+    /// Read and check to the end of the stream, then close.
+    Receive,
+}
+
+/// What one end reports.
+enum Side {
+    Sent { bytes: u64, cpu: Duration },
+    Received(Received),
+}
+
+struct Received {
+    bytes: u64,
+    elapsed: Duration,
+    cpu: Duration,
+    cipher_suite: Option<String>,
+}
+
+/// One transfer's figures.
+struct Transfer {
+    /// The fraction of the bytes on the paths that crossed `rmnet0` (the backup).
+    backup_share: f64,
+    roamd_updates: u64,
+    sent: u64,
+    delivered: u64,
+    elapsed: Duration,
+    cpu: Duration,
+    cipher_suite: Option<String>,
+}
+
+impl Transfer {
+    fn mbit(&self) -> f64 {
+        self.delivered as f64 * 8.0 / self.elapsed.as_secs_f64() / 1e6
+    }
+
+    fn cpu_ns_per_byte(&self) -> f64 {
+        self.cpu.as_nanos() as f64 / self.delivered.max(1) as f64
+    }
+}
+
+/// A connected end of one row.
+enum End {
+    /// A plain stream: raw MPTCP or a roam session.
+    Plain(Box<dyn Stream>),
+    /// Raw MPTCP with TLS pumped here.
+    Tls(Box<TlsPump>),
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl End {
+    async fn run(self, role: Role) -> Result<Side> {
+        match (self, role) {
+            (End::Plain(mut s), Role::Send(d)) => {
+                let cpu0 = thread_cpu();
+                let mut pattern = Pattern::default();
+                let end = Instant::now() + d;
+                // Bounded by the clock.
+                while Instant::now() < end {
+                    s.write_all(pattern.next_chunk()).await.context("write")?;
+                }
+                s.shutdown().await.context("shutdown")?;
+                wait_close(&mut s).await?;
+                Ok(Side::Sent {
+                    bytes: pattern.offset,
+                    cpu: thread_cpu() - cpu0,
+                })
+            }
+            (End::Plain(mut s), Role::Receive) => {
+                let cpu0 = thread_cpu();
+                let mut check = Check::default();
+                let mut buf = vec![0u8; READ_BUF];
+                loop {
+                    let n = s.read(&mut buf).await.context("read")?;
+                    if n == 0 {
+                        break;
+                    }
+                    check.feed(&buf[..n])?;
+                }
+                let elapsed = check.elapsed()?;
+                let cpu = thread_cpu() - cpu0;
+                s.shutdown().await.context("shutdown")?;
+                Ok(Side::Received(Received {
+                    bytes: check.offset,
+                    elapsed,
+                    cpu,
+                    cipher_suite: None,
+                }))
+            }
+            (End::Tls(mut t), Role::Send(d)) => {
+                let cpu0 = thread_cpu();
+                let mut pattern = Pattern::default();
+                let end = Instant::now() + d;
+                while Instant::now() < end {
+                    t.write_all(pattern.next_chunk()).await?;
+                }
+                t.close().await?;
+                t.wait_close().await?;
+                Ok(Side::Sent {
+                    bytes: pattern.offset,
+                    cpu: thread_cpu() - cpu0,
+                })
+            }
+            (End::Tls(mut t), Role::Receive) => {
+                let cpu0 = thread_cpu();
+                let mut check = Check::default();
+                t.read_to_end(|b| check.feed(b)).await?;
+                let elapsed = check.elapsed()?;
+                let cpu = thread_cpu() - cpu0;
+                let suite = t.cipher_suite();
+                t.close().await?;
+                Ok(Side::Received(Received {
+                    bytes: check.offset,
+                    elapsed,
+                    cpu,
+                    cipher_suite: suite,
+                }))
+            }
+        }
+    }
+}
+
+/// After our close: the peer's close (end of stream) with nothing before it.
+async fn wait_close<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> Result<()> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(SETUP_TIMEOUT, s.read_to_end(&mut rest))
+        .await
+        .context("the receiver did not close")?
+        .context("waiting for the receiver's close")?;
+    ensure!(rest.is_empty(), "the receiver sent {} bytes", rest.len());
+    Ok(())
+}
+
+async fn server_end(
+    row: Row,
+    addr: SocketAddr,
+    pki: &TestPki,
+    ready: std::sync::mpsc::SyncSender<()>,
+) -> Result<End> {
+    match row {
+        Row::Raw | Row::RawTls => {
+            let listener = listen_mptcp(addr)?;
+            let _ = ready.send(());
+            let (s, _) = tokio::time::timeout(SETUP_TIMEOUT, listener.accept())
+                .await
+                .context("no connection arrived")??;
+            if row == Row::Raw {
+                return Ok(End::Plain(Box::new(s)));
+            }
+            let tls = rustls::ServerConnection::new(Arc::new(pki.roam_server()?))?;
+            Ok(End::Tls(Box::new(TlsPump::handshake(s, tls.into()).await?)))
+        }
+        Row::Roam => {
+            let listener =
+                roam::Listener::bind(addr, pki.roam_server()?).context("binding the listener")?;
+            let _ = ready.send(());
+            let s = tokio::time::timeout(SETUP_TIMEOUT, listener.accept())
+                .await
+                .context("no session arrived")??;
+            ensure!(
+                s.transport() == roam::Transport::Mptcp,
+                "the session came over {:?}, not MPTCP",
+                s.transport()
+            );
+            Ok(End::Plain(Box::new(s)))
+        }
+    }
+}
+
+async fn client_end(
+    row: Row,
+    addr: SocketAddr,
+    pki: &TestPki,
+    roamd: &std::path::Path,
+) -> Result<End> {
+    match row {
+        Row::Raw => Ok(End::Plain(Box::new(connect_mptcp(addr).await?))),
+        Row::RawTls => {
+            let cfg = pki.roam_client().build(&[])?;
+            let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)?;
+            let tls = rustls::ClientConnection::new(Arc::new(cfg), name)?;
+            let s = connect_mptcp(addr).await?;
+            Ok(End::Tls(Box::new(TlsPump::handshake(s, tls.into()).await?)))
+        }
+        Row::Roam => {
+            let s = roam::Session::builder()
+                .app(APP)
+                .policy(POLICY)
+                .roamd_socket(roamd)
+                .transport(roam::TransportPreference::Mptcp)
+                .tls(pki.roam_client())
+                .server_name(SERVER_NAME)
+                .connect_timeout(SETUP_TIMEOUT)
+                .connect(&addr.to_string())
+                .await
+                .context("connecting the roam session")?;
+            ensure!(
+                s.transport() == roam::Transport::Mptcp,
+                "the session runs over {:?}, not MPTCP",
+                s.transport()
+            );
+            Ok(End::Plain(Box::new(s)))
+        }
+    }
+}
+
+/// The stream's content: byte `p` is byte `p % 8` of the little-endian `p / 8`.
+#[derive(Default)]
+struct Pattern {
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl Pattern {
+    /// The next [`CHUNK`] bytes (the offset stays a multiple of 8).
+    fn next_chunk(&mut self) -> &[u8] {
+        self.buf.resize(CHUNK, 0);
+        let first = self.offset / 8;
+        for (i, w) in self.buf.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&(first + i as u64).to_le_bytes());
+        }
+        self.offset += CHUNK as u64;
+        &self.buf
+    }
+}
+
+/// Checks received bytes against [`Pattern`], in order.
+#[derive(Default)]
+struct Check {
+    offset: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Check {
+    fn feed(&mut self, mut b: &[u8]) -> Result<()> {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        // Bytes up to the next multiple of 8, then whole words, then the rest.
+        while !b.is_empty() && !self.offset.is_multiple_of(8) {
+            self.byte(b[0])?;
+            b = &b[1..];
+        }
+        let words = b.chunks_exact(8);
+        let tail = words.remainder();
+        let first = self.offset / 8;
+        for (i, w) in words.enumerate() {
+            let want = first + i as u64;
+            if u64::from_le_bytes(w.try_into().expect("8 bytes")) != want {
+                bail!("byte {} of the stream differs from what was sent", want * 8);
+            }
+        }
+        self.offset += (b.len() - tail.len()) as u64;
+        for &x in tail {
+            self.byte(x)?;
+        }
+        Ok(())
+    }
+
+    fn byte(&mut self, x: u8) -> Result<()> {
+        let want = ((self.offset / 8) >> (8 * (self.offset % 8))) as u8;
+        ensure!(
+            x == want,
+            "byte {} of the stream differs from what was sent",
+            self.offset
+        );
+        self.offset += 1;
+        Ok(())
+    }
+
+    /// From the first byte to the last.
+    fn elapsed(&self) -> Result<Duration> {
+        match (self.first, self.last) {
+            (Some(a), Some(b)) if b > a => Ok(b - a),
+            _ => bail!("nothing arrived, or all of it at once"),
+        }
+    }
+}
+
+/// rustls over a raw MPTCP socket with nothing in between: records are encrypted into and
+/// decrypted from 256 KiB buffers, one socket call per buffer.
+struct TlsPump {
+    io: TcpStream,
+    tls: rustls::Connection,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    /// Bytes read with the handshake's last flight that came after it (the peer's first
+    /// records), for [`TlsPump::read_to_end`].
+    early: Vec<u8>,
+}
+
+impl TlsPump {
+    async fn handshake(io: TcpStream, tls: rustls::Connection) -> Result<TlsPump> {
+        let mut t = TlsPump {
+            io,
+            tls,
+            out: Vec::with_capacity(READ_BUF),
+            buf: vec![0u8; READ_BUF],
+            early: Vec::new(),
+        };
+        let fut = async {
+            // Bounded by SETUP_TIMEOUT: each turn sends or waits for the peer.
+            loop {
+                t.flush().await?;
+                if !t.tls.is_handshaking() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let n = t.io.read(&mut t.buf).await?;
+                ensure!(n > 0, "the peer closed during the TLS handshake");
+                let mut rd = &t.buf[..n];
+                // Records after the handshake wait for read_to_end, which drains their
+                // plaintext as it goes (rustls holds only so much).
+                while !rd.is_empty() && t.tls.is_handshaking() {
+                    t.tls.read_tls(&mut rd)?;
+                    t.tls.process_new_packets()?;
+                }
+                t.early = rd.to_vec();
+            }
+        };
+        tokio::time::timeout(SETUP_TIMEOUT, fut)
+            .await
+            .context("the TLS handshake took too long")??;
+        Ok(t)
+    }
+
+    fn cipher_suite(&self) -> Option<String> {
+        self.tls
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+    }
+
+    /// Sends every pending record.
+    async fn flush(&mut self) -> Result<()> {
+        self.out.clear();
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut self.out)?;
+        }
+        self.io.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    async fn write_all(&mut self, mut data: &[u8]) -> Result<()> {
+        // Bounded: rustls takes some of `data` whenever its buffer was flushed.
+        while !data.is_empty() {
+            let n = std::io::Write::write(&mut self.tls.writer(), data)?;
+            data = &data[n..];
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends close_notify and half-closes.
+    async fn close(&mut self) -> Result<()> {
+        self.tls.send_close_notify();
+        self.flush().await?;
+        self.io.shutdown().await?;
+        Ok(())
+    }
+
+    /// Reads plaintext into `sink` until the peer's close_notify and end of stream.
+    async fn read_to_end(&mut self, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut plain = vec![0u8; READ_BUF];
+        let mut closed = false;
+        let early = std::mem::take(&mut self.early);
+        let mut first = Some(early.as_slice());
+        loop {
+            // Whatever came with the handshake (plaintext rustls already holds, then records),
+            // then the socket.
+            let mut rd = match first.take() {
+                Some(e) => e,
+                None => {
+                    let n = self.io.read(&mut self.buf).await?;
+                    if n == 0 {
+                        ensure!(closed, "the stream ended without close_notify");
+                        return Ok(());
+                    }
+                    &self.buf[..n]
+                }
+            };
+            loop {
+                // Drain the plaintext so rustls takes more records.
+                loop {
+                    match std::io::Read::read(&mut self.tls.reader(), &mut plain) {
+                        Ok(0) => break,
+                        Ok(k) => sink(&plain[..k])?,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if rd.is_empty() {
+                    break;
+                }
+                self.tls.read_tls(&mut rd)?;
+                closed |= self.tls.process_new_packets()?.peer_has_closed();
+            }
+        }
+    }
+
+    /// After our close: the peer's close_notify and end of stream, with no data before them.
+    async fn wait_close(&mut self) -> Result<()> {
+        let mut got = 0usize;
+        tokio::time::timeout(
+            SETUP_TIMEOUT,
+            self.read_to_end(|b| {
+                got += b.len();
+                Ok(())
+            }),
+        )
+        .await
+        .context("the receiver did not close")??;
+        ensure!(got == 0, "the receiver sent {got} bytes");
+        Ok(())
+    }
+}
+
+fn row_report(
+    regime: Regime,
+    flow: Flow,
+    row: Row,
+    seconds: f64,
+    t: &[Transfer],
+    stalled: u32,
+) -> RowReport {
+    let mut mbit: Vec<f64> = t.iter().map(Transfer::mbit).collect();
+    mbit.sort_by(f64::total_cmp);
+    let mut cpu: Vec<f64> = t.iter().map(Transfer::cpu_ns_per_byte).collect();
+    cpu.sort_by(f64::total_cmp);
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    RowReport {
+        regime: regime.name(),
+        rate_mbit: regime.rate_mbit(),
+        direction: flow_name(flow),
+        system: row.name(),
+        transport: "mptcp",
+        repeats: t.len() as u32 + stalled,
+        stalled,
+        seconds,
+        throughput_mbit: Mbit {
+            median: round(median(&mbit)),
+            min: round(mbit.first().copied().unwrap_or(0.0)),
+            max: round(mbit.last().copied().unwrap_or(0.0)),
+        },
+        bytes_sent: t.iter().map(|x| x.sent).sum(),
+        bytes_delivered: t.iter().map(|x| x.delivered).sum(),
+        // A transfer returns only once its receiver checked every byte against the pattern and
+        // the count against the sender's; anything else fails the run.
+        intact: !t.is_empty() && t.iter().all(|x| x.sent == x.delivered),
+        cipher_suite: t.iter().find_map(|x| x.cipher_suite.clone()),
+        cpu_ns_per_byte: (median(&cpu) * 100.0).round() / 100.0,
+        roamd_updates: t.iter().map(|x| x.roamd_updates).sum(),
+        backup_share_max: (t.iter().map(|x| x.backup_share).fold(0.0, f64::max) * 1000.0).round()
+            / 1000.0,
+    }
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn ratios(runs: &[RowReport]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    let mut regimes: Vec<&str> = runs.iter().map(|r| r.regime.as_str()).collect();
+    regimes.dedup();
+    for regime in regimes {
+        let find = |sys: &str| {
+            runs.iter()
+                .find(|r| r.regime == regime && r.system == sys)
+                .map(|r| (r.throughput_mbit.median, r.rate_mbit))
+        };
+        if let (Some((raw, rate)), Some((tls, _)), Some((roam, _))) =
+            (find("raw-mptcp"), find("raw-mptcp-tls"), find("roam"))
+            && raw > 0.0
+            && tls > 0.0
+        {
+            let ratio = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
+            out.push(Ratio {
+                regime: regime.to_owned(),
+                rate_mbit: rate,
+                roam_over_raw: ratio(roam, raw),
+                roam_over_raw_tls: ratio(roam, tls),
+            });
+        }
+    }
+    out
+}
+
+fn table(runs: &[RowReport], ratios: &[Ratio]) -> String {
+    let header = [
+        "regime",
+        "system",
+        "repeats",
+        "stalled",
+        "median",
+        "min",
+        "max",
+        "cpu ns/B",
+        "delivered",
+        "intact",
+        "roamd updates",
+    ]
+    .map(String::from);
+    let mut rows: Vec<[String; 11]> = runs
+        .iter()
+        .map(|r| {
+            [
+                r.regime.clone(),
+                r.system.to_owned(),
+                r.repeats.to_string(),
+                r.stalled.to_string(),
+                format!("{:.1}", r.throughput_mbit.median),
+                format!("{:.1}", r.throughput_mbit.min),
+                format!("{:.1}", r.throughput_mbit.max),
+                format!("{:.2}", r.cpu_ns_per_byte),
+                format!("{:.1} MB", r.bytes_delivered as f64 / 1e6),
+                if r.intact { "yes" } else { "NO" }.to_owned(),
+                r.roamd_updates.to_string(),
+            ]
+        })
+        .collect();
+    rows.insert(0, header.clone());
+    let mut out = aligned(&rows, 2);
+    out.push_str(
+        "throughput in Mbit/s over repeats; cpu = sender + receiver thread CPU per byte (median); \
+         roamd updates = decisions roamd pushed during the transfers (a link changed state)\n\n",
+    );
+    let mut r: Vec<[String; 3]> = vec![["regime", "roam/raw", "roam/raw+TLS"].map(String::from)];
+    for x in ratios {
+        r.push([
+            x.regime.clone(),
+            format!("{:.3}", x.roam_over_raw),
+            format!("{:.3}", x.roam_over_raw_tls),
+        ]);
+    }
+    out.push_str(&aligned(&r, 1));
+    out.push_str("ratios of medians; the aim is roam/raw >= 0.97\n");
+    out
+}
+
+/// Rows as an aligned table: the first `text` columns left, the rest right, a rule under the
+/// header (the first row).
+fn aligned<const N: usize>(rows: &[[String; N]], text: usize) -> String {
+    let mut width = [0usize; N];
+    for row in rows {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let rule = width.map(|w| "-".repeat(w));
+    for (k, row) in rows.iter().enumerate() {
+        for (i, (c, w)) in row.iter().zip(width).enumerate() {
+            if i < text {
+                out.push_str(&format!("{c:<w$}  "));
+            } else {
+                out.push_str(&format!("{c:>w$}  "));
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        if k == 0 {
+            for (c, w) in rule.iter().zip(width) {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+            out.truncate(out.trim_end().len());
+            out.push('\n');
+        }
+    }
+    out
+}
