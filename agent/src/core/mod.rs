@@ -627,6 +627,14 @@ impl Core {
                 );
             }
         }
+        if plan.endpoints.is_empty() && !current.endpoints.is_empty() {
+            // No usable path left: removing the last endpoints would only make the kernel
+            // close the subflows connections still have (a link judged down by probes on an
+            // overloaded device may still carry them), with nothing to move to. They stay
+            // until a path is usable again.
+            tracing::info!("no usable path: MPTCP endpoints kept as they are");
+            return;
+        }
         if &plan != current {
             self.actions.push_back(Action::Mptcp(plan.clone()));
             self.mptcp = Some(plan);

@@ -589,6 +589,45 @@ fn mptcp_endpoints_follow_the_device_default_decision() {
 }
 
 #[test]
+fn the_last_mptcp_endpoints_stay_when_no_path_is_usable() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), false, t0);
+    core.enable_mptcp(t0);
+    drain(&mut core);
+    let plans = |core: &mut Core| -> Vec<Vec<IpAddr>> {
+        drain(core)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Mptcp(p) => Some(p.endpoints.keys().copied().collect()),
+                _ => None,
+            })
+            .collect()
+    };
+    let addr = |i: u32| IpAddr::from([198, 18, i as u8, 2]);
+    let lose = |core: &mut Core, i: u32, name: &str, kind: LinkKind| {
+        let mut down = info(i, name, kind, false);
+        down.carrier = false;
+        core.handle(t0, Event::LinkUpdated(down));
+    };
+    lose(&mut core, WLAN, "wlan0", LinkKind::Wifi);
+    lose(&mut core, RMNET, "rmnet0", LinkKind::Cellular);
+    assert_eq!(
+        plans(&mut core),
+        [vec![addr(RMNET), addr(BNEP)], vec![addr(BNEP)]]
+    );
+    // The last usable link goes too: nothing to move to, so bnep0's endpoint is not removed
+    // (that would only close what its subflows still carry).
+    lose(&mut core, BNEP, "bnep0", LinkKind::Bluetooth);
+    assert!(plans(&mut core).is_empty());
+    // A path returns: the plan follows again.
+    core.handle(
+        t0,
+        Event::LinkUpdated(info(WLAN, "wlan0", LinkKind::Wifi, false)),
+    );
+    assert_eq!(plans(&mut core), [vec![addr(WLAN)]]);
+}
+
+#[test]
 fn the_mptcp_plan_follows_hold_with_no_subscriber() {
     let t0 = Instant::now();
     let policy = Policy::parse(&PLAIN.replace("over bt }", "over bt; hold 10s }")).unwrap();
