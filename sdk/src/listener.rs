@@ -9,23 +9,32 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc, watch};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::session::{Session, accept_server};
 
-/// How many accepted TCP sessions may wait for [`Listener::accept`].
-const TCP_BACKLOG: usize = 64;
+/// How many accepted sessions may wait for [`Listener::accept`].
+const BACKLOG: usize = 64;
+
+/// How many QUIC handshakes (with their session header) may be under way at once; more
+/// clients wait in quinn's queue of incoming connections.
+const QUIC_HANDSHAKES: usize = 256;
 
 /// Accepts sessions on one address: UDP for QUIC, TCP (MPTCP) for the other transports.
+///
+/// Handshakes run concurrently, each bounded by the header timeout: a client that stalls in
+/// its handshake or never sends its session header holds up no other client.
 #[derive(Debug)]
 pub struct Listener {
     endpoint: quinn::Endpoint,
-    header_timeout: Duration,
     tcp_local: SocketAddr,
-    tcp_sessions: Mutex<mpsc::Receiver<Session>>,
+    sessions: Mutex<mpsc::Receiver<Session>>,
+    /// Set when the QUIC endpoint stops accepting (closed).
+    quic_closed: watch::Receiver<bool>,
     _tcp_task: crate::session::TaskHandle,
+    _quic_task: crate::session::TaskHandle,
 }
 
 impl Listener {
@@ -64,20 +73,25 @@ impl Listener {
         let tcp_local = tcp
             .local_addr()
             .map_err(|e| Error::io("reading the TCP listener's address", e))?;
-        let (tx, rx) = mpsc::channel(TCP_BACKLOG);
+        let (tx, rx) = mpsc::channel(BACKLOG);
         let header_timeout = Duration::from_secs(10);
         let span = tracing::info_span!("listener", %tcp_local);
-        let task = tokio::spawn(
-            crate::session::tcp_accept_loop(tcp, tls, tx, header_timeout, resume_grace)
-                .instrument(span),
+        let tcp_task = tokio::spawn(
+            crate::session::tcp_accept_loop(tcp, tls, tx.clone(), header_timeout, resume_grace)
+                .instrument(span.clone()),
+        );
+        let (closed_tx, quic_closed) = watch::channel(false);
+        let quic_task = tokio::spawn(
+            quic_accept_loop(endpoint.clone(), tx, header_timeout, closed_tx).instrument(span),
         );
         tracing::info!(%quic_local, %tcp_local, "listening");
         Ok(Listener {
             endpoint,
-            header_timeout,
             tcp_local,
-            tcp_sessions: Mutex::new(rx),
-            _tcp_task: crate::session::TaskHandle::new(task.abort_handle()),
+            sessions: Mutex::new(rx),
+            quic_closed,
+            _tcp_task: crate::session::TaskHandle::new(tcp_task.abort_handle()),
+            _quic_task: crate::session::TaskHandle::new(quic_task.abort_handle()),
         })
     }
 
@@ -95,42 +109,22 @@ impl Listener {
     }
 
     /// Waits for the next session, QUIC or TCP. A client whose handshake or session header
-    /// fails is logged and skipped; a tcp-resume client coming back joins its session and is
-    /// not returned again; only the listener's own end is an error.
+    /// fails (or takes longer than the header timeout, 10 s) is logged and skipped; a
+    /// tcp-resume client coming back joins its session and is not returned again; only the
+    /// listener's own end is an error.
     pub async fn accept(&self) -> Result<Session> {
-        let mut tcp = self.tcp_sessions.lock().await;
-        loop {
-            tokio::select! {
-                incoming = self.endpoint.accept() => {
-                    let incoming = incoming.ok_or_else(|| {
-                        Error::io(
-                            "accepting sessions",
-                            std::io::Error::other("the listener's endpoint was closed"),
-                        )
-                    })?;
-                    let peer = incoming.remote_address();
-                    let conn = match incoming.await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::info!(%peer, error = %e, "handshake failed");
-                            continue;
-                        }
-                    };
-                    match accept_server(conn, self.endpoint.clone(), self.header_timeout).await {
-                        Ok(s) => {
-                            tracing::info!(%peer, app = s.app().unwrap_or("default"), "session accepted");
-                            return Ok(s);
-                        }
-                        Err(e) => tracing::info!(%peer, error = %e, "session refused"),
-                    }
-                }
-                s = tcp.recv() => {
-                    return s.ok_or_else(|| Error::io(
-                        "accepting sessions",
-                        std::io::Error::other("the TCP listener stopped"),
-                    ));
-                }
-            }
+        let mut sessions = self.sessions.lock().await;
+        let mut closed = self.quic_closed.clone();
+        tokio::select! {
+            biased;
+            s = sessions.recv() => s.ok_or_else(|| Error::io(
+                "accepting sessions",
+                std::io::Error::other("the listener stopped"),
+            )),
+            _ = closed.wait_for(|c| *c) => Err(Error::io(
+                "accepting sessions",
+                std::io::Error::other("the listener's endpoint was closed"),
+            )),
         }
     }
 
@@ -138,6 +132,49 @@ impl Listener {
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"listener closed");
     }
+}
+
+/// Accepts QUIC connections for ever: each handshake and session header in a task of its own
+/// (at most [`QUIC_HANDSHAKES`] at once), bounded by `header_timeout`; sessions go to `tx`.
+/// Says `closed` when the endpoint stops.
+async fn quic_accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<Session>,
+    header_timeout: Duration,
+    closed: watch::Sender<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(QUIC_HANDSHAKES));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (tx, endpoint) = (tx.clone(), endpoint.clone());
+        let peer = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let handshake = async {
+                    let conn = incoming
+                        .await
+                        .map_err(|e| Error::Protocol(format!("QUIC handshake: {e}")))?;
+                    accept_server(conn, endpoint, header_timeout).await
+                };
+                match tokio::time::timeout(header_timeout, handshake).await {
+                    Ok(Ok(s)) => {
+                        tracing::info!(%peer, app = s.app().unwrap_or("default"), "session accepted");
+                        let _ = tx.send(s).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "session refused"),
+                    Err(_) => tracing::info!(
+                        %peer,
+                        "no QUIC handshake and session header within {header_timeout:?}"
+                    ),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    let _ = closed.send(true);
 }
 
 /// A listening stream socket on `addr`: MPTCP when the kernel has it, else TCP.
