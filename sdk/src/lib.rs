@@ -29,9 +29,18 @@
 //! - [`events`], [`error`]: what the app is told.
 //!
 //! Transports: QUIC, MPTCP (with fallback detection) and TCP with resumption. With roamd
-//! running the session follows its pushed decisions and reports its path figures; without it
-//! the session evaluates the policy itself over an embedded monitor. If roamd dies the session
-//! keeps its last decision and subscribes again when roamd returns.
+//! running the session follows its pushed decisions and reports its path figures (RTT, stalls)
+//! for every transport; without it the session evaluates the policy itself over an embedded
+//! monitor. If roamd dies the session keeps its last decision and subscribes again when roamd
+//! returns.
+//!
+//! MPTCP sessions are multipath sockets an app can see and steer: [`Session::paths`] lists
+//! every subflow (id, addresses, interface, backup flag, RTT, bytes), [`Session::local_addrs`]
+//! and [`Session::peer_addrs`] return lists, and through roamd (CAP_NET_ADMIN) an app opens,
+//! closes and re-prioritises its own subflows ([`Session::open_path`], [`Session::close_path`],
+//! [`Session::set_backup`]). TCP options go on the whole connection
+//! ([`Session::set_tcp_options`]) or on one subflow ([`Session::open_path_with`],
+//! [`Session::set_path_options`]: roamd's BPF sock_ops program).
 #![warn(missing_docs)]
 
 pub mod decision;
