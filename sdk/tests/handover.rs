@@ -167,3 +167,57 @@ fn survives_a_silent_blackhole_on_wifi() -> anyhow::Result<()> {
     assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
     Ok(())
 }
+
+/// WiFi back with its address but none of its routes yet (DHCP and router advertisements
+/// often come after the link): the session does not move there until the kernel can route to
+/// the peer from it, so it never leaves the working cellular path for a dead end.
+#[test]
+fn a_returning_wifi_without_routes_yet_is_not_moved_to_until_they_come() -> anyhow::Result<()> {
+    if !require_netns("a_returning_wifi_without_routes_yet_is_not_moved_to_until_they_come") {
+        return Ok(());
+    }
+    let _serial = roam_tests::serial::exclusive();
+    let r = start()?;
+    let wlan = r.topo.link("wlan0")?.clone();
+    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+    r.topo.link_down("wlan0")?;
+    wait_moved(&r.client_rx, "rmnet0")?;
+    wait_server_sees(&r.server_rx, rmnet.into())?;
+
+    // Up again: the IPv4 address survived `link set down`, the routes through it did not.
+    r.topo.handset().ip(&["link", "set", &wlan.name, "up"])?;
+    r.topo
+        .wait_link(r.topo.handset(), &wlan.name, EVENT_TIMEOUT, |i| {
+            i.operstate == roam_tests::netlink::OperState::Up
+        })?;
+    // Past the policy's hold (1 s) and a few quick retries, the session stays on rmnet0.
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match r.client_rx.recv_timeout(left) {
+            Ok(ClientNote::Event(_, roam::SessionEvent::PathChanged { to, .. })) => {
+                anyhow::ensure!(
+                    to.interface != "wlan0",
+                    "the session moved to wlan0 while it had no route to the peer"
+                );
+            }
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(e) => anyhow::bail!("the client stopped: {e}"),
+        }
+    }
+    wait_server_sees(&r.server_rx, rmnet.into())?;
+
+    // The routes arrive: the session returns to WiFi.
+    let t = Instant::now();
+    r.topo.configure_link(&wlan)?;
+    let m = wait_moved(&r.client_rx, "wlan0")?;
+    eprintln!(
+        "figure: wlan0's routes back -> session moved back in {:?}",
+        m.at.saturating_duration_since(t)
+    );
+    wait_server_sees(&r.server_rx, wlan.handset_v4.into())?;
+    let s = finish(r.stop, r.client, r.server)?;
+    eprintln!("figure: longest delivery gap {:?}", s.max_gap);
+    Ok(())
+}

@@ -108,3 +108,54 @@ impl RouteSocket {
         Ok((changed, done))
     }
 }
+
+/// Whether a route in the kernel's tables (not only the on-link guess the kernel makes for a
+/// socket bound to a device) takes traffic from `local` on interface `oif` to `peer`:
+/// `ip route get fibmatch PEER from LOCAL oif DEV`. `Err` with `EHOSTUNREACH` or
+/// `ENETUNREACH` when none does (a link whose address is back before its routes); other
+/// errors mean the kernel could not be asked (no netlink in a sandbox, say).
+pub fn fib_route(local: std::net::IpAddr, peer: std::net::IpAddr, oif: u32) -> io::Result<()> {
+    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
+    let addr = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(a) => RouteAddress::Inet(a),
+        std::net::IpAddr::V6(a) => RouteAddress::Inet6(a),
+    };
+    let mut m = RouteMessage::default();
+    let (family, len) = if peer.is_ipv4() {
+        (AddressFamily::Inet, 32)
+    } else {
+        (AddressFamily::Inet6, 128)
+    };
+    m.header.address_family = family;
+    m.header.destination_prefix_length = len;
+    m.header.source_prefix_length = len;
+    m.header.flags = RouteFlags::FibMatch;
+    m.attributes.push(RouteAttribute::Destination(addr(peer)));
+    m.attributes.push(RouteAttribute::Source(addr(local)));
+    m.attributes.push(RouteAttribute::Oif(oif));
+    let mut req = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(m)),
+    );
+    req.header.flags = NLM_F_REQUEST;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+
+    let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
+    s.bind_auto()?;
+    s.connect(&SocketAddr::new(0, 0))?;
+    // The kernel answers inside sendmsg; the timeout only guards against the unexpected.
+    socket2::SockRef::from(&s).set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    s.send(&buf, 0)?;
+    let mut rx = vec![0u8; 8192];
+    let n = s.recv(&mut &mut rx[..], 0)?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[..n])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match reply.payload {
+        NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
+        _ => Ok(()),
+    }
+}

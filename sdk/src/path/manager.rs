@@ -366,8 +366,10 @@ impl PathManager {
             }
             Input::MoveFailed(to) => {
                 self.pending = None;
-                // Treat it as a path that does not work now; its next link change clears it.
-                self.suspect(now, &to.interface);
+                // Nothing was sent: the path is not ready (no route yet, no address), not
+                // broken. It is tried again after `retry_after`, doubling up to
+                // `suspect_for`, without a strike; its next link change clears it.
+                self.not_ready(now, &to.interface);
                 self.reconsider(now, None);
             }
         }
@@ -451,6 +453,26 @@ impl PathManager {
             "the returning path is not ready yet: retrying it soon"
         );
         true
+    }
+
+    /// A move to `interface` could not be made (the driver found no route or could not bind):
+    /// avoid it for `retry_after`, doubling on each failure in a row, at most `suspect_for`.
+    fn not_ready(&mut self, now: Instant, interface: &str) {
+        let cfg = &self.cfg;
+        let e = suspect_entry(&mut self.suspects, now, interface);
+        e.retries = e.retries.saturating_add(1);
+        e.live = true;
+        let wait = cfg
+            .retry_after
+            .saturating_mul(1 << (e.retries - 1).min(16))
+            .min(cfg.suspect_for);
+        e.until = now + wait;
+        tracing::info!(
+            path = interface,
+            retry = e.retries,
+            ?wait,
+            "path not ready; trying it again later"
+        );
     }
 
     fn suspect(&mut self, now: Instant, interface: &str) {
@@ -1175,5 +1197,40 @@ mod tests {
         }
         assert_eq!(asked, ["rmnet0", "bnep0"]);
         assert_eq!(pm.current(), &third);
+    }
+
+    /// WiFi is back and primary, but the driver cannot move there yet (no route): the session
+    /// stays on cellular and WiFi is tried again after 200 ms, 400 ms, 800 ms..., and taken as
+    /// soon as a move succeeds.
+    #[test]
+    fn a_path_that_cannot_be_moved_to_yet_is_tried_again_soon_doubling() {
+        let t0 = Instant::now();
+        let mut pm = PathManager::new(Config::default(), rmnet(), t0);
+        pm.handle(t0, Input::Paths(vec![rmnet()]));
+        while pm.poll_action().is_some() {}
+        pm.handle(t0, Input::Paths(vec![wlan(), rmnet()]));
+        let mut now = t0;
+        let mut tries = Vec::new();
+        for _ in 0..1000 {
+            while let Some(a) = pm.poll_action() {
+                if let Action::Move { to, .. } = a {
+                    assert_eq!(to, wlan());
+                    tries.push(now.duration_since(t0).as_millis());
+                    if tries.len() < 4 {
+                        pm.handle(now, Input::MoveFailed(to));
+                        assert_eq!(pm.current(), &rmnet(), "stays where it is");
+                    } else {
+                        pm.handle(now, Input::Moved(to));
+                    }
+                }
+            }
+            if pm.current() == &wlan() {
+                break;
+            }
+            now = pm.poll_timeout();
+            pm.handle_timeout(now);
+        }
+        assert_eq!(pm.current(), &wlan());
+        assert_eq!(tries, [0, 200, 600, 1400], "retries after 200, 400, 800 ms");
     }
 }

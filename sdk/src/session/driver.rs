@@ -192,6 +192,13 @@ impl Driver {
     }
 
     fn rebind(&mut self, to: &LocalPath) -> std::io::Result<std::net::SocketAddr> {
+        // A link that is back (or an address that is new) often has its address before its
+        // routes: moving there now would only stall until a retry. The kernel's route lookup
+        // for the peer from that path says so first (a failed move keeps the session where it
+        // is and the path is retried soon).
+        route_to(to, self.conn.remote_address()).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("no route to the peer from {to} yet: {e}"))
+        })?;
         let socket = match self.warm.take() {
             Some((p, s)) if &p == to => s,
             other => {
@@ -202,6 +209,37 @@ impl Driver {
         let local = socket.local_addr()?;
         self.endpoint.rebind(socket)?;
         Ok(local)
+    }
+}
+
+/// Whether a route of the kernel's takes traffic from `path` to `peer`. A socket bound to a
+/// device gets the kernel's on-link guess when no route matches (its packets then go nowhere),
+/// so the tables themselves are asked (`ip route get fibmatch`). Only "no route" refuses the
+/// move: when the kernel cannot be asked (no such interface index, netlink refused in a
+/// sandbox), the move goes ahead as before.
+fn route_to(path: &LocalPath, peer: std::net::SocketAddr) -> std::io::Result<()> {
+    let Ok(name) = std::ffi::CString::new(path.interface.as_str()) else {
+        return Ok(());
+    };
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    let oif = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if oif == 0 {
+        return Ok(());
+    }
+    match crate::monitor::netlink::fib_route(path.local, peer.ip(), oif) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EHOSTUNREACH | libc::ENETUNREACH)
+            ) =>
+        {
+            Err(e)
+        }
+        Err(e) => {
+            tracing::debug!(%path, error = %e, "route lookup failed; moving anyway");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 
