@@ -64,6 +64,11 @@ pub struct Config {
     pub retry_after: Duration,
     /// How many quick retries a returning link gets before it is suspected for `suspect_for`.
     pub return_retries: u32,
+    /// A path the driver could not move to (no route yet: nothing was sent) is tried again
+    /// this often (a route lookup: cheap) ...
+    pub not_ready_poll: Duration,
+    /// ... this many times in a row, then after `retry_after`, doubling up to `suspect_for`.
+    pub not_ready_polls: u32,
     /// `Interactive` asks the driver to keep a socket ready on the backup path.
     pub mode: MultipathMode,
 }
@@ -81,6 +86,8 @@ impl Default for Config {
             return_grace: Duration::from_secs(1),
             retry_after: Duration::from_millis(200),
             return_retries: 4,
+            not_ready_poll: Duration::from_millis(50),
+            not_ready_polls: 40,
             mode: MultipathMode::Handover,
         }
     }
@@ -456,16 +463,20 @@ impl PathManager {
     }
 
     /// A move to `interface` could not be made (the driver found no route or could not bind):
-    /// avoid it for `retry_after`, doubling on each failure in a row, at most `suspect_for`.
+    /// try it again every `not_ready_poll` for `not_ready_polls` times (routes usually follow
+    /// an address within a second), then after `retry_after`, doubling, at most `suspect_for`.
     fn not_ready(&mut self, now: Instant, interface: &str) {
         let cfg = &self.cfg;
         let e = suspect_entry(&mut self.suspects, now, interface);
         e.retries = e.retries.saturating_add(1);
         e.live = true;
-        let wait = cfg
-            .retry_after
-            .saturating_mul(1 << (e.retries - 1).min(16))
-            .min(cfg.suspect_for);
+        let wait = if e.retries <= cfg.not_ready_polls {
+            cfg.not_ready_poll
+        } else {
+            cfg.retry_after
+                .saturating_mul(1 << (e.retries - 1 - cfg.not_ready_polls).min(16))
+                .min(cfg.suspect_for)
+        };
         e.until = now + wait;
         tracing::info!(
             path = interface,
@@ -1200,12 +1211,16 @@ mod tests {
     }
 
     /// WiFi is back and primary, but the driver cannot move there yet (no route): the session
-    /// stays on cellular and WiFi is tried again after 200 ms, 400 ms, 800 ms..., and taken as
-    /// soon as a move succeeds.
+    /// stays on cellular and WiFi is tried again every 50 ms for a while, then after 200 ms,
+    /// 400 ms, 800 ms..., and taken as soon as a move succeeds.
     #[test]
-    fn a_path_that_cannot_be_moved_to_yet_is_tried_again_soon_doubling() {
+    fn a_path_that_cannot_be_moved_to_yet_is_tried_again_soon_then_less_often() {
         let t0 = Instant::now();
-        let mut pm = PathManager::new(Config::default(), rmnet(), t0);
+        let cfg = Config {
+            not_ready_polls: 2,
+            ..Config::default()
+        };
+        let mut pm = PathManager::new(cfg, rmnet(), t0);
         pm.handle(t0, Input::Paths(vec![rmnet()]));
         while pm.poll_action().is_some() {}
         pm.handle(t0, Input::Paths(vec![wlan(), rmnet()]));
@@ -1216,7 +1231,7 @@ mod tests {
                 if let Action::Move { to, .. } = a {
                     assert_eq!(to, wlan());
                     tries.push(now.duration_since(t0).as_millis());
-                    if tries.len() < 4 {
+                    if tries.len() < 6 {
                         pm.handle(now, Input::MoveFailed(to));
                         assert_eq!(pm.current(), &rmnet(), "stays where it is");
                     } else {
@@ -1231,6 +1246,10 @@ mod tests {
             pm.handle_timeout(now);
         }
         assert_eq!(pm.current(), &wlan());
-        assert_eq!(tries, [0, 200, 600, 1400], "retries after 200, 400, 800 ms");
+        assert_eq!(
+            tries,
+            [0, 50, 100, 300, 700, 1500],
+            "two polls 50 ms apart, then after 200, 400, 800 ms"
+        );
     }
 }
