@@ -478,12 +478,21 @@ impl PathManager {
                 .min(cfg.suspect_for)
         };
         e.until = now + wait;
-        tracing::info!(
-            path = interface,
-            retry = e.retries,
-            ?wait,
-            "path not ready; trying it again later"
-        );
+        if e.retries == 1 || e.retries > cfg.not_ready_polls {
+            tracing::info!(
+                path = interface,
+                retry = e.retries,
+                ?wait,
+                "path not ready (no route to the peer yet?); trying it again later"
+            );
+        } else {
+            tracing::debug!(
+                path = interface,
+                retry = e.retries,
+                ?wait,
+                "path still not ready"
+            );
+        }
     }
 
     fn suspect(&mut self, now: Instant, interface: &str) {

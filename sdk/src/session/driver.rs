@@ -163,7 +163,15 @@ impl Driver {
                         self.pm.handle(now(), Input::Moved(to));
                     }
                     Err(e) => {
-                        tracing::warn!(%to, error = %e, "could not move the session there");
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EHOSTUNREACH | libc::ENETUNREACH)
+                        ) {
+                            // Routes not there yet: looked up again shortly (path manager).
+                            tracing::debug!(%to, error = %e, "not moving there yet");
+                        } else {
+                            tracing::warn!(%to, error = %e, "could not move the session there");
+                        }
                         self.pm.handle(now(), Input::MoveFailed(to));
                     }
                 },
@@ -196,9 +204,7 @@ impl Driver {
         // routes: moving there now would only stall until a retry. The kernel's route lookup
         // for the peer from that path says so first (a failed move keeps the session where it
         // is and the path is retried soon).
-        route_to(to, self.conn.remote_address()).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("no route to the peer from {to} yet: {e}"))
-        })?;
+        route_to(to, self.conn.remote_address())?;
         let socket = match self.warm.take() {
             Some((p, s)) if &p == to => s,
             other => {
