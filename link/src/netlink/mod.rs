@@ -1,0 +1,1 @@
+//! The kernel's netlink wire formats roam speaks, typed: parse and emit, no sockets.
