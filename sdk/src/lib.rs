@@ -16,17 +16,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout:
-//! - [`session`]: [`Session`] (the byte stream), [`SessionBuilder`], connecting and racing
-//!   candidates, the driver that moves a session.
-//! - [`listener`]: [`Listener`], the server side.
-//! - [`path`]: the sans-I/O path manager that decides when a session moves.
+//! Layout, in floors: each module imports only from the floors below it.
+//! - Ground floor: [`vocab`] (the words every room speaks: [`LocalPath`](vocab::LocalPath),
+//!   [`Transport`], [`Subflow`], [`PathInfo`], [`SessionEvent`]), [`error`].
+//! - [`path`]: the sans-I/O path manager that decides when a session moves; it emits its own
+//!   events ([`path::manager::PathEvent`]), which the transports' drivers pass on as
+//!   [`SessionEvent`]s.
 //! - [`decision`]: where decisions come from ([`DecisionSource`]): roamd ([`decision::Roamd`])
-//!   when it answers, else [`Embedded`].
-//! - [`monitor`]: the embedded link monitor (netlink).
-//! - [`mptcp`]: the kernel's MPTCP socket options and subflow control through roamd.
-//! - [`tls`]: rustls configurations with ALPN `roam/1`.
-//! - [`events`], [`error`]: what the app is told.
+//!   when it answers, else [`Embedded`] over the embedded link monitor ([`monitor`]).
+//! - [`mptcp`]: the kernel's MPTCP socket options, socket diagnostics and subflow control
+//!   through roamd. [`tls`]: rustls configurations with ALPN `roam/1`.
+//! - `net`: sockets bound to an interface, names resolved on each link, the Happy Eyeballs
+//!   race over the candidates.
+//! - `transport`: QUIC, MPTCP and tcp-resume, each with its connect, accept and driver side.
+//! - [`session`]: [`Session`] (the byte stream), [`SessionBuilder`], the session header, and
+//!   [`SessionBuilder::connect`] from the target down to a transport. [`events`]: [`Events`],
+//!   what the app is told.
+//! - [`listener`]: [`Listener`], the server side; it dispatches each accepted connection to
+//!   its transport.
 //!
 //! Transports: QUIC, MPTCP (with fallback detection) and TCP with resumption. With roamd
 //! running the session follows its pushed decisions and reports its path figures (RTT, stalls)
@@ -49,9 +56,12 @@ pub mod events;
 pub mod listener;
 pub mod monitor;
 pub mod mptcp;
+mod net;
 pub mod path;
 pub mod session;
 pub mod tls;
+mod transport;
+pub mod vocab;
 
 pub use decision::{DecisionSource, Embedded, Snapshot};
 pub use error::{Error, Result};

@@ -2,6 +2,11 @@
 //! to another interface keeps its session; and, on the same port number, a TCP listener
 //! (an MPTCP socket, which accepts plain TCP too) for the MPTCP and tcp-resume transports.
 //! Each accepted connection becomes a [`Session`].
+//!
+//! The listener owns the sockets and dispatches: QUIC connections go to the QUIC transport's
+//! accept side; a TCP connection gets its TLS handshake here, and its first four bytes say
+//! which transport takes it: `ROAM` the MPTCP one (which serves plain TCP too), `RRES`
+//! tcp-resume's registry. Any other ALPN than `roam/1` is an app's stream over MPTCP or TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,18 +14,18 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{Mutex, Semaphore, mpsc, watch};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
-use crate::session::{Session, accept_server};
+use crate::session::{Session, header};
+use crate::transport::tls_stream::{self, TlsStream};
+use crate::transport::{Connection, TaskHandle, mptcp, quic, resume};
 
 /// How many accepted sessions may wait for [`Listener::accept`].
 const BACKLOG: usize = 64;
-
-/// How many QUIC handshakes (with their session header) may be under way at once; more
-/// clients wait in quinn's queue of incoming connections.
-const QUIC_HANDSHAKES: usize = 256;
 
 /// Accepts sessions on one address: UDP for QUIC, TCP (MPTCP) for the other transports.
 ///
@@ -30,11 +35,11 @@ const QUIC_HANDSHAKES: usize = 256;
 pub struct Listener {
     endpoint: quinn::Endpoint,
     tcp_local: SocketAddr,
-    sessions: Mutex<mpsc::Receiver<Session>>,
+    sessions: Mutex<mpsc::Receiver<Connection>>,
     /// Set when the QUIC endpoint stops accepting (closed).
     quic_closed: watch::Receiver<bool>,
-    _tcp_task: crate::session::TaskHandle,
-    _quic_task: crate::session::TaskHandle,
+    _tcp_task: TaskHandle,
+    _quic_task: TaskHandle,
 }
 
 impl Listener {
@@ -44,7 +49,7 @@ impl Listener {
     /// TCP too), else a TCP one. Detached tcp-resume sessions wait 30 s for their client
     /// ([`Listener::bind_with_grace`] chooses).
     pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> Result<Listener> {
-        Listener::bind_with_grace(addr, tls, crate::session::DEFAULT_RESUME_GRACE)
+        Listener::bind_with_grace(addr, tls, resume::DEFAULT_GRACE)
     }
 
     /// [`Listener::bind`] with the time a detached tcp-resume session is kept for its client
@@ -77,12 +82,12 @@ impl Listener {
         let header_timeout = Duration::from_secs(10);
         let span = tracing::info_span!("listener", %tcp_local);
         let tcp_task = tokio::spawn(
-            crate::session::tcp_accept_loop(tcp, tls, tx.clone(), header_timeout, resume_grace)
+            tcp_accept_loop(tcp, tls, tx.clone(), header_timeout, resume_grace)
                 .instrument(span.clone()),
         );
         let (closed_tx, quic_closed) = watch::channel(false);
         let quic_task = tokio::spawn(
-            quic_accept_loop(endpoint.clone(), tx, header_timeout, closed_tx).instrument(span),
+            quic::accept_loop(endpoint.clone(), tx, header_timeout, closed_tx).instrument(span),
         );
         tracing::info!(%quic_local, %tcp_local, "listening");
         Ok(Listener {
@@ -90,8 +95,8 @@ impl Listener {
             tcp_local,
             sessions: Mutex::new(rx),
             quic_closed,
-            _tcp_task: crate::session::TaskHandle::new(tcp_task.abort_handle()),
-            _quic_task: crate::session::TaskHandle::new(quic_task.abort_handle()),
+            _tcp_task: TaskHandle::new(tcp_task.abort_handle()),
+            _quic_task: TaskHandle::new(quic_task.abort_handle()),
         })
     }
 
@@ -117,7 +122,7 @@ impl Listener {
         let mut closed = self.quic_closed.clone();
         tokio::select! {
             biased;
-            s = sessions.recv() => s.ok_or_else(|| Error::io(
+            s = sessions.recv() => s.map(Session::from).ok_or_else(|| Error::io(
                 "accepting sessions",
                 std::io::Error::other("the listener stopped"),
             )),
@@ -134,47 +139,71 @@ impl Listener {
     }
 }
 
-/// Accepts QUIC connections for ever: each handshake and session header in a task of its own
-/// (at most [`QUIC_HANDSHAKES`] at once), bounded by `header_timeout`; sessions go to `tx`.
-/// Says `closed` when the endpoint stops.
-async fn quic_accept_loop(
-    endpoint: quinn::Endpoint,
-    tx: mpsc::Sender<Session>,
+/// Accepts TCP (and MPTCP) connections: each gets its TLS handshake
+/// and header in a task of its own (a slow client holds up no one), then becomes a session
+/// sent to `tx`, or joins the detached tcp-resume session it proves it owns.
+async fn tcp_accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    tx: mpsc::Sender<Connection>,
     header_timeout: Duration,
-    closed: watch::Sender<bool>,
+    resume_grace: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(QUIC_HANDSHAKES));
-    while let Some(incoming) = endpoint.accept().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
+    let registry = resume::Registry::new(resume_grace);
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: the listener stays; wait a little so as not to spin.
+                tracing::warn!(error = %e, "accepting a TCP connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let (tx, endpoint) = (tx.clone(), endpoint.clone());
-        let peer = incoming.remote_address();
+        if tx.is_closed() {
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        let (tls, tx, registry) = (tls.clone(), tx.clone(), registry.clone());
         tokio::spawn(
             async move {
-                let _slot = slot;
                 let handshake = async {
-                    let conn = incoming
+                    let mut s = tls_stream::accept(sock, tls)
                         .await
-                        .map_err(|e| Error::Protocol(format!("QUIC handshake: {e}")))?;
-                    accept_server(conn, endpoint, header_timeout).await
+                        .map_err(|e| Error::io("TLS handshake", e))?;
+                    let roam = s.alpn() == crate::tls::ALPN;
+                    if !roam {
+                        return Ok(Some(mptcp::accept(s, false).await?));
+                    }
+                    let magic = read_magic(&mut s).await?;
+                    match &magic {
+                        header::MAGIC => Ok(Some(mptcp::accept(s, true).await?)),
+                        resume::MAGIC => registry.accept(s, peer).await,
+                        other => Err(Error::Protocol(format!("bad magic {other:?}"))),
+                    }
                 };
                 match tokio::time::timeout(header_timeout, handshake).await {
-                    Ok(Ok(s)) => {
-                        tracing::info!(%peer, app = s.app().unwrap_or("default"), "session accepted");
-                        let _ = tx.send(s).await;
+                    Ok(Ok(Some(session))) => {
+                        tracing::info!(%peer, transport = %session.transport, app = session.app.as_deref().unwrap_or("default"), "session accepted");
+                        let _ = tx.send(session).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "session refused"),
-                    Err(_) => tracing::info!(
-                        %peer,
-                        "no QUIC handshake and session header within {header_timeout:?}"
-                    ),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TCP session refused"),
+                    Err(_) => tracing::info!(%peer, "TCP client sent no header in time"),
                 }
             }
             .in_current_span(),
         );
     }
-    let _ = closed.send(true);
+}
+
+/// Reads the 4-byte magic that says which protocol a TCP connection speaks.
+async fn read_magic(tls: &mut TlsStream<TcpStream>) -> Result<[u8; 4]> {
+    let mut m = [0u8; 4];
+    tls.read_exact(&mut m)
+        .await
+        .map_err(|e| Error::Protocol(format!("reading the session header: {e}")))?;
+    Ok(m)
 }
 
 /// A listening stream socket on `addr`: MPTCP when the kernel has it, else TCP.

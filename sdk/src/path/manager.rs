@@ -33,8 +33,7 @@ use std::time::{Duration, Instant};
 
 use roam_policy::MultipathMode;
 
-use super::{DegradedReason, LocalPath, MigrationReason};
-use crate::events::SessionEvent;
+use crate::vocab::{DegradedReason, LocalPath, MigrationReason};
 
 /// Tunables of the manager.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,8 +134,36 @@ pub enum Action {
     Warm(Option<LocalPath>),
     /// Read the transport's counters now and answer with [`Input::Sample`].
     Sample,
-    /// Tell the app.
-    Event(SessionEvent),
+    /// Tell the app (the driver passes it on as the [`crate::SessionEvent`] of the same name).
+    Event(PathEvent),
+}
+
+/// What the manager has to tell the app about the session's path. The manager speaks only of
+/// paths; the driver turns each into the [`crate::SessionEvent`] of the same name.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PathEvent {
+    /// The session now sends from `to`.
+    PathChanged {
+        /// The path it left (`None` if it had none).
+        from: Option<LocalPath>,
+        /// The path it uses now.
+        to: LocalPath,
+        /// Why it moved.
+        reason: MigrationReason,
+    },
+    /// The session's path is not carrying traffic and it cannot move.
+    Degraded {
+        /// The path it is on.
+        path: LocalPath,
+        /// Why it is degraded.
+        reason: DegradedReason,
+    },
+    /// Acknowledgements flow again after [`PathEvent::Degraded`] or a stall.
+    Recovered {
+        /// The path that carries traffic.
+        path: LocalPath,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -337,7 +364,7 @@ impl PathManager {
                     Some(false) => {
                         let was = self.degraded.take();
                         tracing::info!(path = %self.current, ?was, "acknowledgements resumed");
-                        self.emit(SessionEvent::Recovered {
+                        self.emit(PathEvent::Recovered {
                             path: self.current.clone(),
                         });
                     }
@@ -364,7 +391,7 @@ impl PathManager {
                 if self.warm.as_ref() == Some(&to) {
                     self.warm = None;
                 }
-                self.emit(SessionEvent::PathChanged {
+                self.emit(PathEvent::PathChanged {
                     from: Some(from),
                     to,
                     reason,
@@ -556,7 +583,7 @@ impl PathManager {
                     && self.degraded != Some(why)
                 {
                     self.degraded = Some(why);
-                    self.emit(SessionEvent::Degraded {
+                    self.emit(PathEvent::Degraded {
                         path: self.current.clone(),
                         reason: why,
                     });
@@ -582,7 +609,7 @@ impl PathManager {
         }
     }
 
-    fn emit(&mut self, e: SessionEvent) {
+    fn emit(&mut self, e: PathEvent) {
         self.actions.push_back(Action::Event(e));
     }
 }
@@ -799,7 +826,7 @@ mod tests {
         let changed = s
             .log
             .iter()
-            .filter(|a| matches!(a, Action::Event(SessionEvent::PathChanged { .. })))
+            .filter(|a| matches!(a, Action::Event(PathEvent::PathChanged { .. })))
             .count();
         assert_eq!(changed, 1);
     }
@@ -1126,7 +1153,7 @@ mod tests {
         assert!(s.moves().is_empty());
         assert!(s.log.iter().any(|a| matches!(
             a,
-            Action::Event(SessionEvent::Degraded {
+            Action::Event(PathEvent::Degraded {
                 reason: DegradedReason::NoPermittedPath,
                 ..
             })
@@ -1144,7 +1171,7 @@ mod tests {
         assert!(s.moves().is_empty());
         assert!(s.log.iter().any(|a| matches!(
             a,
-            Action::Event(SessionEvent::Degraded {
+            Action::Event(PathEvent::Degraded {
                 reason: DegradedReason::StalledNoAlternative,
                 ..
             })
@@ -1154,7 +1181,7 @@ mod tests {
         s.run_until(t);
         assert!(matches!(
             s.log.iter().rev().find(|a| matches!(a, Action::Event(_))),
-            Some(Action::Event(SessionEvent::Recovered { .. }))
+            Some(Action::Event(PathEvent::Recovered { .. }))
         ));
     }
 

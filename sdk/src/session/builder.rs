@@ -11,10 +11,12 @@ use tokio::sync::watch;
 
 use super::Session;
 use crate::decision::{DecisionSource, Embedded, Roamd, Snapshot};
-use crate::error::{Error, Result};
-use crate::events::SessionEvent;
+use crate::error::Result;
+use crate::net::resolve::DnsConfig;
+use crate::net::socket::SocketBinder;
 use crate::path::manager;
 use crate::tls::ClientTls;
+use crate::vocab::SessionEvent;
 
 /// Which transport a session uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -84,8 +86,8 @@ pub struct SessionBuilder {
     /// roamd's socket; `None`: `ROAM_SOCKET`, else the default.
     pub(crate) roamd_socket: Option<PathBuf>,
     pub(crate) use_roamd: bool,
-    pub(crate) binder: Option<super::socket::SocketBinder>,
-    pub(crate) dns: super::resolve::DnsConfig,
+    pub(crate) binder: Option<SocketBinder>,
+    pub(crate) dns: DnsConfig,
 }
 
 impl Default for SessionBuilder {
@@ -118,7 +120,7 @@ impl SessionBuilder {
             roamd_socket: None,
             use_roamd: true,
             binder: None,
-            dns: super::resolve::DnsConfig::default(),
+            dns: DnsConfig::default(),
         }
     }
 
@@ -184,7 +186,7 @@ impl SessionBuilder {
     }
 
     /// A policy text (the roam policy language) to evaluate instead of the built-in one.
-    /// Errors surface from [`SessionBuilder::connect`] as [`Error::Policy`].
+    /// Errors surface from [`SessionBuilder::connect`] as [`crate::Error::Policy`].
     pub fn policy(mut self, text: impl Into<String>) -> Self {
         self.policy = Some(text.into());
         self
@@ -195,7 +197,7 @@ impl SessionBuilder {
     /// made and before it is bound, with the path it is for. On Android the bridge puts the
     /// socket on the path's `Network` here. An error fails that socket like a failed bind.
     pub fn socket_binder(mut self, binder: Arc<super::SocketBinderFn>) -> Self {
-        self.binder = Some(super::socket::SocketBinder(binder));
+        self.binder = Some(SocketBinder(binder));
         self
     }
 
@@ -319,22 +321,12 @@ impl SessionBuilder {
         let told = chosen(&embedded, why);
         Ok((embedded, rx, told))
     }
-
-    pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig> {
-        let mut t = quinn::TransportConfig::default();
-        t.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
-                Error::TlsConfig(format!("idle timeout {:?} is too large", self.idle_timeout))
-            })?,
-        ));
-        t.keep_alive_interval(Some(self.keep_alive));
-        Ok(t)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn transport_words_round_trip() {

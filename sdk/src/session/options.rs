@@ -13,10 +13,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 pub use roam_ipc::proto::{Keepalive, TcpOptions};
 
-use super::{Inner, Session};
+use super::Session;
 use crate::error::{Error, Result};
-use crate::events::SessionEvent;
 use crate::mptcp::control::PathRequest;
+use crate::transport::Stream;
+use crate::vocab::{SessionEvent, Subflow};
 
 impl Session {
     /// Sets TCP options on an MPTCP session's connection: on the MPTCP socket, which the
@@ -36,13 +37,13 @@ impl Session {
                 io::Error::new(io::ErrorKind::InvalidInput, e),
             )
         })?;
-        let Inner::Stream(s) = &self.inner else {
+        let Stream::Mptcp(s) = &self.conn.stream else {
             return Err(Error::NotOnThisTransport {
                 what: "set_tcp_options",
-                transport: self.transport.as_str(),
+                transport: self.conn.transport.as_str(),
             });
         };
-        apply(s.socket().as_fd(), options, self.transport.as_str())
+        apply(s.socket().as_fd(), options, self.conn.transport.as_str())
     }
 
     /// Opens an MPTCP subflow from `local` to `remote` (as [`Session::open_path`]) whose TCP
@@ -101,7 +102,7 @@ impl Session {
         let before: Vec<SocketAddr> = self.paths().iter().filter_map(|p| p.local).collect();
         self.open_path_with(SocketAddr::new(local.ip(), 0), remote, options)
             .await?;
-        let up = |v: &[super::Subflow]| {
+        let up = |v: &[Subflow]| {
             v.iter().any(|p| {
                 p.local
                     .is_some_and(|l| l.ip() == local.ip() && !before.contains(&l))

@@ -1,19 +1,6 @@
-//! The tcp-resume transport (sdk/RESUME.md): a session layer over TLS on TCP with a session
-//! id, byte offsets and acknowledgements, that resumes over a fresh TCP connection.
-//!
-//! - `wire`: the frames.
-//! - `core`: the stream state machine, sans I/O, with its tests.
-//! - `driver`: the connection tasks and the app's stream.
-//! - `client`: the first connection and the supervisor that reconnects.
-//! - `progress`: TCP's acknowledgement progress in the path manager's terms (stalls).
-//! - [`Registry`] (here): the listener's sessions, new ones, resumptions, forged attempts and
-//!   the grace period of a detached session.
-
-mod client;
-mod core;
-mod driver;
-mod progress;
-mod wire;
+//! The listener's side of tcp-resume: a table of its sessions. A connection whose magic was
+//! [`super::MAGIC`] starts a new session (NEW) or resumes a detached one (RESUME, with its proof);
+//! a detached session waits out its grace period for its client.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,27 +11,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
-pub(crate) use client::connect as connect_client;
-pub(crate) use driver::ResumeStream;
-
-use self::core::Core;
-use self::driver::{
-    ConnView, Shared, proof, proofs_match, read_frame, run_connection, write_frame,
+use super::core::Core;
+use super::driver::{
+    ConnView, ResumeStream, Shared, proof, proofs_match, read_frame, run_connection, write_frame,
 };
-use self::wire::{Frame, Secret, SessionId};
-use super::tls_stream::TlsStream;
-use super::{Inner, Session, Transport};
+use super::wire::{Frame, Secret, SessionId};
+use super::{RECV_WINDOW, SEND_BUFFER};
 use crate::error::{Error, Result};
-use crate::events::SessionEvent;
+use crate::transport::tls_stream::TlsStream;
+use crate::transport::{Connection, Stream, TaskHandle};
+use crate::vocab::{SessionEvent, Transport};
 
-/// The first four bytes of a tcp-resume connection (inside TLS).
-pub(crate) const MAGIC: &[u8; 4] = b"RRES";
-/// How long a listener keeps a detached session by default.
-pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-/// Bytes an end keeps until the peer acknowledges them.
-pub(crate) const SEND_BUFFER: usize = 4 << 20;
-/// The receive window: bytes received and not yet read by the app.
-pub(crate) const RECV_WINDOW: u64 = 4 << 20;
 /// A server connection that hears nothing for this long is dropped (the session detaches).
 const SERVER_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,14 +65,14 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Handles a connection whose magic was [`MAGIC`]: a new session (returned), or a
+    /// Handles a connection whose magic was [`super::MAGIC`]: a new session (returned), or a
     /// resumption (handed to its session; `None`), or a refusal (an error, after telling the
     /// client why).
     pub(crate) async fn accept(
         self: &Arc<Self>,
         mut tls: TlsStream<TcpStream>,
         peer: SocketAddr,
-    ) -> Result<Option<Session>> {
+    ) -> Result<Option<Connection>> {
         let _ =
             socket2::SockRef::from(tls.get_ref()).set_tcp_user_timeout(Some(SERVER_USER_TIMEOUT));
         let (f, rest) = read_frame(&mut tls)
@@ -154,7 +131,7 @@ impl Registry {
         rest: Vec<u8>,
         app: String,
         peer: SocketAddr,
-    ) -> Result<Session> {
+    ) -> Result<Connection> {
         let (id, secret) = (random16()?, random16()?);
         write_frame(&mut tls, &Frame::Welcome { id, secret })
             .await
@@ -179,10 +156,10 @@ impl Registry {
             .instrument(span),
         );
         let app = (!app.is_empty()).then_some(app);
-        Ok(Session {
-            inner: Inner::Resume(Box::new(ResumeStream {
+        Ok(Connection {
+            stream: Stream::Resume(Box::new(ResumeStream {
                 shared,
-                _driver: super::driver::Handle::new(task.abort_handle()),
+                _driver: TaskHandle::new(task.abort_handle()),
             })),
             events,
             app,

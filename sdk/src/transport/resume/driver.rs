@@ -17,9 +17,9 @@ use tokio::sync::Notify;
 use super::core::Core;
 use super::wire::{Frame, Secret};
 use crate::mptcp::sockopt;
-use crate::path::LocalPath;
-use crate::session::tls_stream::TlsStream;
-use crate::session::{PathInfo, Subflow};
+use crate::transport::TaskHandle;
+use crate::transport::tls_stream::TlsStream;
+use crate::vocab::{LocalPath, PathInfo, Subflow};
 
 /// The TLS exporter label of the resumption proof.
 pub(crate) const PROOF_LABEL: &[u8] = b"EXPORTER-roam-resume";
@@ -211,7 +211,7 @@ pub(crate) async fn run_connection(
 #[derive(Debug)]
 pub(crate) struct ResumeStream {
     pub(crate) shared: Shared,
-    pub(crate) _driver: crate::session::driver::Handle,
+    pub(crate) _driver: TaskHandle,
 }
 
 fn over(why: &str) -> io::Error {

@@ -1,5 +1,5 @@
-//! The client's side of tcp-resume: the first connection (NEW / WELCOME), and the supervisor
-//! that watches the decision and the connection's health through the sans-I/O
+//! The client's side of tcp-resume once connected: NEW / WELCOME ([`start`]), then the
+//! supervisor that watches the decision and the connection's health through the sans-I/O
 //! [`PathManager`], and on a failure reconnects over the best usable interface and resumes.
 //!
 //! The connection's health is TCP's own (`progress`): the path manager's stall detector judges
@@ -25,12 +25,13 @@ use super::wire::{Frame, Secret, SessionId};
 use super::{MAGIC, RECV_WINDOW, SEND_BUFFER};
 use crate::decision::{DecisionSource, Snapshot};
 use crate::error::{Error, Result};
-use crate::events::SessionEvent;
+use crate::net::socket::SocketBinder;
+use crate::net::tcp::{StreamProto, connect_bound};
 use crate::path::manager::{Action, Config, Input, PathManager, TransportSample};
-use crate::path::{LocalPath, MigrationReason};
-use crate::session::driver::{Handle, report_rtt, report_stall};
-use crate::session::tcp::{StreamProto, connect_bound};
-use crate::session::tls_stream::{self, TlsStream};
+use crate::transport::TaskHandle;
+use crate::transport::report::{report_rtt, report_stall};
+use crate::transport::tls_stream::{self, TlsStream};
+use crate::vocab::{LocalPath, MigrationReason, SessionEvent};
 
 /// What the supervisor needs to reconnect.
 pub(crate) struct Resumer {
@@ -44,7 +45,7 @@ pub(crate) struct Resumer {
     pub(crate) give_up_after: Duration,
     pub(crate) keep_alive: Duration,
     /// The app's socket hook, run on every reconnect's socket.
-    pub(crate) binder: Option<crate::session::socket::SocketBinder>,
+    pub(crate) binder: Option<SocketBinder>,
 }
 
 /// Starts a new session on `tls` (already connected on `path`): NEW, WELCOME, then the
@@ -103,7 +104,7 @@ pub(crate) async fn start(
     let task = tokio::spawn(sup.run(tls, rest).instrument(span));
     Ok(ResumeStream {
         shared,
-        _driver: Handle::new(task.abort_handle()),
+        _driver: TaskHandle::new(task.abort_handle()),
     })
 }
 
@@ -192,7 +193,7 @@ impl Supervisor {
                     }
                     Action::Warm(_) => {}
                     Action::Event(e) => {
-                        let _ = self.events.send(e);
+                        let _ = self.events.send(e.into());
                     }
                 }
             }
@@ -438,75 +439,3 @@ enum Failure {
     Fatal(String),
 }
 use Failure::{Fatal, Retry};
-
-/// Connects a tcp-resume session: over `existing` (an MPTCP connection that fell back, TLS
-/// already up) or a fresh TCP connection raced over the candidates.
-pub(crate) async fn connect(
-    b: crate::session::SessionBuilder,
-    p: crate::session::connect::Prepared,
-    existing: Option<(LocalPath, TlsStream<TcpStream>)>,
-    connect_events: Vec<SessionEvent>,
-) -> Result<crate::session::Session> {
-    let tls_cfg = Arc::new(b.tls.build(&b.alpn)?);
-    let (path, tls) = match existing {
-        Some(e) => e,
-        None => {
-            let (path, sock) = crate::session::tcp::race(
-                &p.cands,
-                b.attempt_delay,
-                StreamProto::Tcp,
-                b.binder.clone(),
-            )
-            .await?;
-            let peer = sock
-                .peer_addr()
-                .map_err(|e| Error::io("reading the peer's address", e))?;
-            let tls = tls_stream::connect(sock, tls_cfg.clone(), &p.server_name)
-                .await
-                .map_err(|e| crate::session::mptcp::tls_connect_error(peer, e))?;
-            (path, tls)
-        }
-    };
-    let alpn = tls.alpn();
-    if alpn != crate::tls::ALPN {
-        return Err(Error::Protocol(
-            "tcp-resume needs ALPN roam/1, and the server chose another protocol".into(),
-        ));
-    }
-    let peer = tls
-        .get_ref()
-        .peer_addr()
-        .map_err(|e| Error::io("reading the peer's address", e))?;
-    let (events, _) = broadcast::channel(64);
-    let r = Resumer {
-        id: [0; 16],
-        secret: [0; 16],
-        peer,
-        server_name: p.server_name.clone(),
-        tls: tls_cfg,
-        connect_timeout: b.connect_timeout,
-        give_up_after: b.idle_timeout,
-        keep_alive: b.keep_alive,
-        binder: b.binder.clone(),
-    };
-    tracing::info!(%path, %peer, "tcp-resume session connecting");
-    let stream = start(
-        tls,
-        path,
-        b.app.as_deref(),
-        r,
-        b.path.clone(),
-        p.decisions,
-        p.source,
-        events.clone(),
-    )
-    .await?;
-    Ok(crate::session::Session {
-        inner: crate::session::Inner::Resume(Box::new(stream)),
-        events,
-        app: b.app,
-        alpn,
-        transport: crate::session::Transport::TcpResume,
-        connect_events,
-    })
-}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::path::LocalPath;
+use crate::vocab::LocalPath;
 
 /// What [`crate::SessionBuilder::socket_binder`] takes: called with the path and the socket.
 pub type SocketBinderFn = dyn Fn(&LocalPath, BorrowedFd<'_>) -> io::Result<()> + Send + Sync;

@@ -122,7 +122,7 @@ mod tests {
 
     use super::*;
     use crate::path::manager::{Action, Config, Input, PathManager};
-    use crate::path::{LocalPath, MigrationReason};
+    use crate::vocab::{LocalPath, MigrationReason};
 
     fn path(interface: &str, local: &str) -> LocalPath {
         LocalPath {

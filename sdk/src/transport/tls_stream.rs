@@ -5,10 +5,13 @@
 //! `roam/1`, real certificate checks) through this adapter.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::error::Error;
 
 /// A TLS connection over `IO`.
 #[derive(Debug)]
@@ -246,4 +249,16 @@ pub(crate) async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
     w.write_all(data).await?;
     w.flush().await
+}
+
+/// A TLS failure on a TCP transport in the error an app reacts to.
+pub(crate) fn tls_connect_error(peer: SocketAddr, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        Error::Tls {
+            peer,
+            detail: e.to_string(),
+        }
+    } else {
+        Error::io(format!("TLS handshake with {peer}"), e)
+    }
 }

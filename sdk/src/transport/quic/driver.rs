@@ -16,28 +16,12 @@ use tokio::sync::{Notify, broadcast, watch};
 use tracing::Instrument;
 
 use super::Shared;
-use super::socket::bind_udp;
-use crate::decision::{DecisionSource, PathReport, Snapshot};
-use crate::events::SessionEvent;
+use crate::decision::{DecisionSource, Snapshot};
+use crate::net::socket::{SocketBinder, bind_udp};
 use crate::path::manager::{Action, Input, PathManager, TransportSample};
-use crate::path::{DegradedReason, LocalPath, MigrationReason};
-
-/// Aborts the driver when the session is dropped.
-#[derive(Debug)]
-pub(crate) struct Handle(tokio::task::AbortHandle);
-
-impl Handle {
-    /// Aborts `task` when dropped.
-    pub(crate) fn new(task: tokio::task::AbortHandle) -> Handle {
-        Handle(task)
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::transport::TaskHandle;
+use crate::transport::report::{report_rtt, report_stall};
+use crate::vocab::{LocalPath, SessionEvent};
 
 pub(crate) struct Driver {
     pub(crate) pm: PathManager,
@@ -51,68 +35,21 @@ pub(crate) struct Driver {
     pub(crate) shared: Arc<Shared>,
     pub(crate) warm: Option<(LocalPath, std::net::UdpSocket)>,
     /// The app's socket hook, run on every socket bound here.
-    pub(crate) binder: Option<super::socket::SocketBinder>,
+    pub(crate) binder: Option<SocketBinder>,
     /// Keeps the source alive as long as the session, and hears its path reports.
     pub(crate) source: Arc<dyn DecisionSource>,
     /// When the RTT was last reported.
     pub(crate) reported: Option<std::time::Instant>,
 }
 
-/// How often a session reports its RTT to the decision source.
-pub(crate) const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Reports the RTT of the session's path to its decision source, at most every
-/// [`REPORT_EVERY`] (`reported` remembers when it last did).
-pub(crate) fn report_rtt(
-    source: &dyn DecisionSource,
-    reported: &mut Option<std::time::Instant>,
-    now: std::time::Instant,
-    path: &LocalPath,
-    rtt: std::time::Duration,
-) {
-    if reported.is_some_and(|r| now.duration_since(r) < REPORT_EVERY) {
-        return;
-    }
-    *reported = Some(now);
-    source.report(PathReport::Path {
-        interface: path.interface.clone(),
-        rtt: Some(rtt),
-        stalled: false,
-    });
-}
-
-/// When the path manager's action says the session's path stalled (a move away from
-/// `current` because of it, or no alternative to it), tells the decision source: a stall
-/// speeds up the agent's verdict on the link (it probes at once).
-pub(crate) fn report_stall(source: &dyn DecisionSource, a: &Action, current: Option<&LocalPath>) {
-    let interface = match a {
-        Action::Move {
-            reason: MigrationReason::Stalled,
-            ..
-        } => current.map(|p| p.interface.clone()),
-        Action::Event(SessionEvent::Degraded {
-            path,
-            reason: DegradedReason::StalledNoAlternative,
-        }) => Some(path.interface.clone()),
-        _ => None,
-    };
-    if let Some(interface) = interface {
-        source.report(PathReport::Path {
-            interface,
-            rtt: None,
-            stalled: true,
-        });
-    }
-}
-
 impl Driver {
-    pub(crate) fn spawn(self) -> Handle {
+    pub(crate) fn spawn(self) -> TaskHandle {
         let span = tracing::Span::current();
-        Handle(tokio::spawn(self.run().instrument(span)).abort_handle())
+        TaskHandle::new(tokio::spawn(self.run().instrument(span)).abort_handle())
     }
 
     async fn run(mut self) {
@@ -188,7 +125,7 @@ impl Driver {
                     });
                 }
                 Action::Event(e) => {
-                    let _ = self.events.send(e);
+                    let _ = self.events.send(e.into());
                 }
             }
         }

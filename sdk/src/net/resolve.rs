@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use super::socket::{SocketBinder, bind_to_path};
 use crate::decision::Snapshot;
 use crate::error::{Error, Result};
-use crate::path::LocalPath;
+use crate::vocab::LocalPath;
 
 /// Where nameservers listen.
 pub(crate) const DNS_PORT: u16 = 53;

@@ -1,0 +1,282 @@
+//! The MPTCP transport: TLS over one `IPPROTO_MPTCP` socket whose first subflow is bound to the
+//! decision's best interface; further subflows come from the path manager (the kernel's, with
+//! its endpoints, or roamd's userspace one by connection token).
+//!
+//! Fallback is never silent: right after the handshake the socket is asked `MPTCP_INFO`; a
+//! socket the peer or a middlebox turned into plain TCP answers `EOPNOTSUPP` (the option
+//! reaches TCP) or sets `MPTCP_INFO_FLAG_FALLBACK`, and the session says
+//! [`crate::SessionEvent::MptcpFallback`]. A watcher task re-reads the subflows every
+//! `watcher::WATCH_INTERVAL` and reports changes as [`crate::SessionEvent::SubflowsChanged`]:
+//! the kernel's MPTCP events go only to CAP_NET_ADMIN listeners, so an app polls its own
+//! socket. A change is a subflow coming or going or its backup flag changing (read through
+//! sock_diag, a few microseconds per subflow). The watcher also sends the decision source the
+//! RTT of every subflow that carried data, per interface, at most once per
+//! [`crate::transport::report::REPORT_EVERY`] (roamd's `report_path`, as QUIC sessions do), so
+//! policy conditions such as `wifi.rtt > 150ms` see MPTCP traffic too.
+//!
+//! - `connect`: the client's connection, raced over the candidates, and its fallback check.
+//! - `accept`: the listener's side once TLS is up and the magic said `ROAM`.
+//! - `watcher`: the client's task that reports subflows, fallbacks and RTTs.
+//! - here: the session's stream and the kernel's view of its subflows.
+
+mod accept;
+mod connect;
+mod watcher;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+pub(crate) use accept::accept;
+pub(crate) use connect::connect;
+
+use crate::decision::Snapshot;
+use crate::mptcp::control::PathControl;
+use crate::mptcp::diag::Diag;
+use crate::mptcp::sockopt;
+use crate::transport::TaskHandle;
+use crate::transport::tls_stream::TlsStream;
+use crate::vocab::{PathInfo, Subflow};
+
+/// A TLS byte stream over one TCP or MPTCP socket.
+#[derive(Debug)]
+pub(crate) struct MptcpStream {
+    pub(crate) tls: TlsStream<TcpStream>,
+    /// The decisions, to name the interface of each local address (clients).
+    pub(crate) links: Option<watch::Receiver<Arc<Snapshot>>>,
+    /// Who opens, closes and re-prioritises subflows (roamd).
+    pub(crate) control: Arc<dyn PathControl>,
+    pub(crate) _watcher: Option<TaskHandle>,
+}
+
+impl MptcpStream {
+    /// The connection's socket (MPTCP, or TCP after a fallback).
+    pub(crate) fn socket(&self) -> &TcpStream {
+        self.tls.get_ref()
+    }
+
+    fn interface_of(&self, ip: std::net::IpAddr) -> Option<String> {
+        let snap = self.links.as_ref()?.borrow().clone();
+        snap.links
+            .iter()
+            .find(|l| l.addrs.contains(&ip))
+            .map(|l| l.name.clone())
+    }
+
+    pub(crate) fn token(&self) -> Option<u32> {
+        sockopt::mptcp_info(self.socket().as_fd())
+            .ok()
+            .filter(|i| !i.is_fallback())
+            .map(|i| i.token)
+    }
+
+    pub(crate) fn paths(&self) -> Vec<Subflow> {
+        let mut v = read_subflows(self.socket());
+        for s in &mut v {
+            s.interface = s.local.and_then(|a| self.interface_of(a.ip()));
+        }
+        read_backup(&mut Diag::open().ok(), &mut v);
+        v
+    }
+
+    pub(crate) fn path(&self) -> PathInfo {
+        let paths = self.paths();
+        let s = self.socket();
+        let best = paths
+            .iter()
+            .filter(|p| p.rtt > Duration::ZERO || p.bytes_acked.unwrap_or(0) > 0)
+            .min_by_key(|p| p.id)
+            .or(paths.first());
+        PathInfo {
+            interface: best.and_then(|b| b.interface.clone()),
+            local: best.and_then(|b| b.local).or_else(|| s.local_addr().ok()),
+            remote: best
+                .and_then(|b| b.remote)
+                .or_else(|| s.peer_addr().ok())
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            rtt: best.map(|b| b.rtt).unwrap_or_default(),
+            bytes_sent: paths.iter().filter_map(|p| p.bytes_sent).sum(),
+            bytes_received: paths.iter().filter_map(|p| p.bytes_received).sum(),
+        }
+    }
+
+    pub(crate) fn abort(&self) {
+        let _ = socket2::SockRef::from(self.socket()).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for MptcpStream {
+    fn drop(&mut self) {
+        // The watcher holds a duplicate of the descriptor until its abort is processed; shut
+        // the connection down now so the peer learns at once.
+        if self._watcher.is_some() {
+            self.abort();
+        }
+    }
+}
+
+impl AsyncRead for MptcpStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MptcpStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// `TCP_CLOSE` (`tcpi_state`).
+const TCP_CLOSE: u8 = 7;
+
+/// The subflows of an MPTCP socket (closed ones left out), or its one TCP connection after a
+/// fallback.
+pub(crate) fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
+    let fd = s.as_fd();
+    let raw = match sockopt::full_info(fd) {
+        Ok((_, subs)) => Ok(subs),
+        // Before 6.5: no MPTCP_FULL_INFO (EOPNOTSUPP from the MPTCP level itself).
+        Err(e) if sockopt::is_not_mptcp(&e) && sockopt::mptcp_info(fd).is_ok() => {
+            sockopt::subflows_legacy(fd)
+        }
+        Err(e) => Err(e),
+    };
+    match raw {
+        Ok(subs) => live_subflows(subs),
+        Err(_) => {
+            // Plain TCP (fallen back): one path, from TCP_INFO.
+            let tcp = sockopt::tcp_info(fd).unwrap_or_default();
+            vec![Subflow {
+                id: 0,
+                local: s.local_addr().ok(),
+                remote: s.peer_addr().ok(),
+                interface: None,
+                backup: Some(false),
+                rtt: Duration::from_micros(tcp.rtt_us.into()),
+                bytes_sent: tcp.bytes_sent,
+                bytes_acked: tcp.bytes_acked,
+                bytes_received: tcp.bytes_received,
+            }]
+        }
+    }
+}
+
+/// The kernel's subflows as paths, closed ones left out: the kernel keeps a closed initial
+/// subflow in the connection's list as long as the connection lives (roamd closing it at a
+/// handover, say), and it is no path any more.
+fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<Subflow> {
+    raw.into_iter()
+        .filter(|r| r.tcp.is_none_or(|t| t.state != TCP_CLOSE))
+        .map(|r| {
+            let tcp = r.tcp.unwrap_or_default();
+            Subflow {
+                id: r.id.unwrap_or(0),
+                local: r.local,
+                remote: r.remote,
+                interface: None,
+                backup: None,
+                rtt: Duration::from_micros(tcp.rtt_us.into()),
+                bytes_sent: tcp.bytes_sent,
+                bytes_acked: tcp.bytes_acked,
+                bytes_received: tcp.bytes_received,
+            }
+        })
+        .collect()
+}
+
+/// Fills in each MPTCP subflow's `backup` from sock_diag (`crate::mptcp::diag`): `Some(true)`
+/// when either end marked it a backup (`ss`'s `b` or `B`), `None` when the kernel does not say
+/// (no sock_diag socket, the subflow gone, or ULP data hidden from this process). The
+/// fallen-back TCP path (id 0, `backup` already set) is left alone.
+pub(crate) fn read_backup(diag: &mut Option<Diag>, v: &mut [Subflow]) {
+    let Some(d) = diag else { return };
+    for s in v.iter_mut().filter(|s| s.backup.is_none()) {
+        let (Some(local), Some(remote)) = (s.local, s.remote) else {
+            continue;
+        };
+        // A subflow bound to its device is found only on that device.
+        let ifindex = s.interface.as_deref().map(ifindex).unwrap_or(0);
+        s.backup = match d.subflow_flags(local, remote, ifindex) {
+            Ok(f) => f.map(|f| f.backup_local() || f.backup_remote()),
+            Err(e) => {
+                tracing::debug!(%local, %remote, error = %e, "sock_diag lookup failed");
+                None
+            }
+        };
+    }
+}
+
+/// The index of interface `name`, 0 when there is none.
+fn ifindex(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Whether the socket still speaks MPTCP; `Err(detail)` when it fell back to TCP.
+pub(crate) fn check_mptcp(s: &TcpStream) -> std::result::Result<u32, String> {
+    match sockopt::mptcp_info(s.as_fd()) {
+        Ok(i) if i.is_fallback() => Err("MPTCP_INFO has the fallback flag set".into()),
+        Ok(i) => Ok(i.token),
+        Err(e) if sockopt::is_not_mptcp(&e) => Err(format!(
+            "SOL_MPTCP/MPTCP_INFO answered `{e}`: the connection is plain TCP (MP_CAPABLE was \
+             not answered)"
+        )),
+        Err(e) => Err(format!("MPTCP_INFO failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_subflow_is_no_path() {
+        let raw = |id, state| sockopt::RawSubflow {
+            id: Some(id),
+            local: Some(SocketAddr::from(([198, 18, 0, 2], 40000 + id as u16))),
+            remote: Some(SocketAddr::from(([198, 19, 0, 1], 4433))),
+            tcp: Some(sockopt::TcpInfo {
+                state,
+                rtt_us: 500,
+                ..Default::default()
+            }),
+        };
+        // The initial subflow closed at a handover, a joined one established, one connecting,
+        // and one the kernel gave no tcp_info for.
+        let mut unknown = raw(4, 1);
+        unknown.tcp = None;
+        let v = live_subflows(vec![raw(1, TCP_CLOSE), raw(2, 1), raw(3, 2), unknown]);
+        let ids: Vec<u32> = v.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [2, 3, 4]);
+        assert_eq!(v[0].rtt, Duration::from_micros(500));
+        assert_eq!(v[0].backup, None, "read later, through sock_diag");
+    }
+}
