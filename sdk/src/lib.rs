@@ -16,9 +16,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout, in floors: each module imports only from the floors below it.
+//! Layout, in floors: a module imports only from its own line and the lines above (one
+//! exception: the transports write and read the session header, `session::header`, a leaf
+//! that imports only the error type).
 //! - Ground floor: [`vocab`] (the words every room speaks: [`LocalPath`](vocab::LocalPath),
-//!   [`Transport`], [`Subflow`], [`PathInfo`], [`SessionEvent`]), [`error`].
+//!   [`Transport`], [`Subflow`], [`PathInfo`], [`SessionEvent`]), [`error`], and [`events`]
+//!   ([`Events`], how the app reads them).
 //! - [`path`]: the sans-I/O path manager that decides when a session moves; it emits its own
 //!   events ([`path::manager::PathEvent`]), which the transports' drivers pass on as
 //!   [`SessionEvent`]s.
@@ -30,8 +33,7 @@
 //!   race over the candidates.
 //! - `transport`: QUIC, MPTCP and tcp-resume, each with its connect, accept and driver side.
 //! - [`session`]: [`Session`] (the byte stream), [`SessionBuilder`], the session header, and
-//!   [`SessionBuilder::connect`] from the target down to a transport. [`events`]: [`Events`],
-//!   what the app is told.
+//!   [`SessionBuilder::connect`] from the target down to a transport.
 //! - [`listener`]: [`Listener`], the server side; it dispatches each accepted connection to
 //!   its transport.
 //!

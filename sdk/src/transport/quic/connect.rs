@@ -37,7 +37,7 @@ pub(crate) async fn connect(d: Dial, why: String) -> Result<Connection> {
         idle_timeout,
         keep_alive,
         binder,
-        path,
+        path: pm_cfg,
         multipath,
         source,
         decisions,
@@ -71,7 +71,7 @@ pub(crate) async fn connect(d: Dial, why: String) -> Result<Connection> {
     }
 
     let v6 = won.conn.remote_address().is_ipv6();
-    let mut cfg = path;
+    let mut cfg = pm_cfg;
     cfg.mode = multipath.unwrap_or(snap.decision.multipath);
     let now = tokio::time::Instant::now().into_std();
     let mut pm = PathManager::new(cfg, won.path.clone(), now);
