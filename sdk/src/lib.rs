@@ -75,3 +75,70 @@ pub use session::{
     TransportPreference,
 };
 pub use tls::ClientTls;
+
+/// The floors of the Layout above, checked on the source: a room that imports from a floor
+/// above its own brings the import cycles back.
+#[cfg(test)]
+mod floors {
+    /// `crate::` spelt so that this file's own code does not match it.
+    const CRATE: &str = concat!("crate", "::");
+
+    /// The rooms of the crate that `text`'s code (not its comments) names.
+    fn rooms(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim_start) {
+            if line.starts_with("//") {
+                continue;
+            }
+            for (i, _) in line.match_indices(CRATE) {
+                let rest = &line[i + CRATE.len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                out.push(rest[..end].to_owned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_room_imports_only_from_its_floor_and_below() {
+        let ground: &[&str] = &[];
+        let on_vocab: &[&str] = &["vocab"];
+        let below_transport: &[&str] = &["decision", "error", "monitor", "vocab"];
+        let files: &[(&str, &str, &[&str])] = &[
+            ("vocab.rs", include_str!("vocab.rs"), ground),
+            ("events.rs", include_str!("events.rs"), on_vocab),
+            ("path/mod.rs", include_str!("path/mod.rs"), on_vocab),
+            ("path/manager.rs", include_str!("path/manager.rs"), on_vocab),
+            ("net/race.rs", include_str!("net/race.rs"), below_transport),
+            (
+                "net/resolve.rs",
+                include_str!("net/resolve.rs"),
+                below_transport,
+            ),
+            (
+                "net/socket.rs",
+                include_str!("net/socket.rs"),
+                below_transport,
+            ),
+            ("net/tcp.rs", include_str!("net/tcp.rs"), below_transport),
+        ];
+        for (file, text, allowed) in files {
+            for room in rooms(text) {
+                assert!(
+                    allowed.contains(&room.as_str()),
+                    "{file} imports crate::{room}, a floor above its own (allowed: {allowed:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_room_finder_sees_code_and_skips_comments() {
+        let text = format!(
+            "use {CRATE}vocab::LocalPath;\n/// [`{CRATE}Session`]\n  let x = {CRATE}session::header::MAGIC;"
+        );
+        assert_eq!(rooms(&text), ["vocab", "session"]);
+    }
+}
