@@ -36,8 +36,7 @@ use roam_policy::LinkKind;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::core::{MIN_PROBE_INTERVAL, PortalCheck, ProbeConfig, RoutingConfig};
-use crate::probe::portal::PortalUrl;
+use crate::core::{MIN_PROBE_INTERVAL, PortalCheck, PortalUrl, ProbeConfig, RoutingConfig};
 
 /// What a captive-portal URL answers when nothing stands in the way, unless the config says
 /// otherwise.

@@ -12,13 +12,16 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, resolve_group};
-use crate::core::{Action, ClientId, Core, Event, LinkInfo, MptcpPlan, Policy, RoutingPlan};
+use crate::core::{
+    Action, AgentFacts, ClientId, Core, Event, LinkInfo, MptcpEvent, Policy, Requested,
+    SubflowCommand,
+};
 use crate::enforce::mptcp::MptcpEnforcer;
 use crate::enforce::routing::RoutingEnforcer;
 use crate::enforce::subflow_opts::{self, Outcome, SubflowOptions};
-use crate::enforce::userspace_pm::{self, Done, PmCommand, PmEvent, PmEvents, UserspacePm};
-use crate::ipc::proto::{self, Reply, Request, Status};
-use crate::ipc::server::{self, FromClient, Peer};
+use crate::enforce::userspace_pm::{self, Done, PmEvents, UserspacePm};
+use crate::ipc::proto::{self, Reply, TcpOptions};
+use crate::ipc::server::{self, FromClient, Peer, supplementary_groups};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
 use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
 use crate::monitor::nl80211::{Nl80211, Wireless};
@@ -51,12 +54,11 @@ pub fn load_policy(path: &Path) -> Result<Policy, String> {
     Policy::parse(&source).map_err(|e| e.render(&path.display().to_string()))
 }
 
+/// The I/O half of a client; who it is and what it may do is the core's (`Core::connect`).
 struct Conn {
-    peer: Peer,
+    app: String,
     tx: mpsc::Sender<Arc<[u8]>>,
     reader: AbortHandle,
-    subscribed: bool,
-    mptcp_tokens: Vec<u32>,
 }
 
 struct Daemon {
@@ -78,10 +80,10 @@ struct Daemon {
     portal_tx: mpsc::Sender<(u32, Result<u16, String>)>,
     /// The userspace path manager's worker; answers carry the client and request id to reply
     /// to (`None`: the core's own steering).
-    upm: Option<UserspacePm<Reply2>>,
-    /// Per-subflow TCP options (BPF): `None` without the userspace path manager, `Some(Err)`
-    /// with why BPF could not be used.
-    subflow_opts: Option<Result<SubflowOptions, String>>,
+    upm: Option<UserspacePm<Tag>>,
+    /// Per-subflow TCP options (BPF): `None` without the userspace path manager or when BPF
+    /// could not be used (the core knows why and tells apps).
+    subflow_opts: Option<SubflowOptions>,
     /// Subflow creations with options under way: their map keys, by client and request id.
     opts_pending: HashMap<(ClientId, u64), subflow_opts::Key>,
 }
@@ -90,7 +92,7 @@ struct Daemon {
 const AVAILABLE_CC: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
 
 /// Who a userspace path manager answer goes to.
-type Reply2 = Option<(ClientId, u64)>;
+type Tag = Option<(ClientId, u64)>;
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
 /// the socket accepts connections.
@@ -152,8 +154,17 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             None
         }
     };
+    let mut core = Core::new(policy, opts.config.probe.clone());
+    core.describe(AgentFacts {
+        agent: server::agent_name(),
+        policy: opts
+            .policy_path
+            .as_ref()
+            .map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
+        dry_run: opts.dry_run,
+    });
     let mut d = Daemon {
-        core: Core::new(policy, opts.config.probe.clone()),
+        core,
         conns: HashMap::new(),
         prober: Prober::new(reply_tx),
         overrides: config.kind_overrides(),
@@ -213,7 +224,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         }
         d.mptcp = Some(enforcer);
     }
-    let (upm_tx, mut upm_done) = mpsc::unbounded_channel::<Done<Reply2>>();
+    let (upm_tx, mut upm_done) = mpsc::unbounded_channel::<Done<Tag>>();
     let mut pm_events: Option<PmEvents> = None;
     let mut pm_type_was: Option<u8> = None;
     if opts.config.mptcp_userspace && opts.dry_run {
@@ -234,8 +245,9 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             was = pm_type_was,
             "userspace MPTCP path manager on: net.mptcp.pm_type = 1 in this network namespace"
         );
-        d.core.enable_steering();
         let opts = SubflowOptions::open(opts.config.mptcp_bpf_cgroup.as_deref());
+        d.core
+            .enable_steering(opts.as_ref().map(|_| ()).map_err(|e| e.clone()));
         match &opts {
             Ok(o) => {
                 tracing::info!(cgroup = %o.cgroup().display(), "per-subflow TCP options on: sock_ops program attached (bpf_link)")
@@ -244,7 +256,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
                 tracing::warn!(error = %e, "per-subflow TCP options are unavailable; mptcp_subflow_create with options will fail")
             }
         }
-        d.subflow_opts = Some(opts);
+        d.subflow_opts = opts.ok();
     }
     let initial = monitor
         .dump()
@@ -294,7 +306,10 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
                 Err(MonitorError::Overrun) => {
                     tracing::warn!("netlink notifications were lost; dumping again");
                     match monitor.dump().await {
-                        Ok(events) => d.resync(events),
+                        Ok(events) => {
+                            let dump = d.translate_all(events);
+                            d.core.resync(Instant::now(), dump);
+                        }
                         Err(e) => break Err(anyhow::Error::from(e).context("re-dumping after an overrun")),
                     }
                 }
@@ -305,7 +320,9 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
                 d.core.handle(Instant::now(), Event::Wireless { index, ssid: w.ssid, signal_dbm: w.signal_dbm });
             }
             r = next_pm_events(&mut pm_events) => match r {
-                Ok(events) => d.on_pm_events(events),
+                Ok(events) => if !events.is_empty() {
+                d.core.handle_all(Instant::now(), events.into_iter().map(Event::Mptcp));
+            },
                 Err(e) => {
                     tracing::error!(error = %e, "reading mptcp_pm_events failed; registered connections are no longer steered");
                     pm_events = None;
@@ -342,7 +359,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
 }
 
 /// The next batch of MPTCP events, or never when the userspace path manager is off.
-async fn next_pm_events(e: &mut Option<PmEvents>) -> std::io::Result<Vec<PmEvent>> {
+async fn next_pm_events(e: &mut Option<PmEvents>) -> std::io::Result<Vec<MptcpEvent>> {
     match e {
         Some(e) => e.next().await,
         None => std::future::pending().await,
@@ -375,60 +392,19 @@ fn has_capability(bit: u32) -> bool {
         .is_some_and(|caps| caps & (1u64 << bit) != 0)
 }
 
-/// Supplementary groups of a process, from `/proc/PID/status`. Read at connect time: the
-/// group list of a live peer that connected a moment ago.
-fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
-    let Some(pid) = pid.filter(|p| *p > 0) else {
-        return Vec::new();
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
 impl Daemon {
     fn on_monitor(&mut self, events: Vec<MonitorEvent>) {
-        let core_events: Vec<Event> = events
-            .into_iter()
-            .filter_map(|e| self.translate(e))
-            .collect();
-        if !core_events.is_empty() {
-            self.core.handle_all(Instant::now(), core_events);
+        let events = self.translate_all(events);
+        if !events.is_empty() {
+            self.core.handle_all(Instant::now(), events);
         }
     }
 
-    /// After lost notifications: links missing from a fresh dump are gone, and the others
-    /// have exactly the dump's addresses and routes. One batch, so subscribers only see the
-    /// outcome.
-    fn resync(&mut self, events: Vec<MonitorEvent>) {
-        let seen: Vec<u32> = events
-            .iter()
-            .filter_map(|e| match e {
-                MonitorEvent::Link(l) => Some(l.index),
-                _ => None,
-            })
-            .collect();
-        let mut core_events: Vec<Event> = self
-            .core
-            .link_indices()
+    fn translate_all(&mut self, events: Vec<MonitorEvent>) -> Vec<Event> {
+        events
             .into_iter()
-            .map(|index| {
-                if seen.contains(&index) {
-                    Event::Forget { index }
-                } else {
-                    Event::LinkRemoved { index }
-                }
-            })
-            .collect();
-        core_events.extend(events.into_iter().filter_map(|e| self.translate(e)));
-        self.core.handle_all(Instant::now(), core_events);
+            .filter_map(|e| self.translate(e))
+            .collect()
     }
 
     fn translate(&mut self, e: MonitorEvent) -> Option<Event> {
@@ -459,29 +435,30 @@ impl Daemon {
                 index,
                 addr,
                 prefix_len,
-                present,
-            } => {
-                if present {
-                    Event::AddressAdded {
-                        index,
-                        addr,
-                        prefix_len,
-                    }
-                } else {
-                    Event::AddressRemoved {
-                        index,
-                        addr,
-                        prefix_len,
-                    }
-                }
-            }
-            MonitorEvent::Route { route, present } => {
-                if present {
-                    Event::RouteAdded(route)
-                } else {
-                    Event::RouteRemoved(route)
-                }
-            }
+                present: true,
+            } => Event::AddressAdded {
+                index,
+                addr,
+                prefix_len,
+            },
+            MonitorEvent::Address {
+                index,
+                addr,
+                prefix_len,
+                present: false,
+            } => Event::AddressRemoved {
+                index,
+                addr,
+                prefix_len,
+            },
+            MonitorEvent::Route {
+                route,
+                present: true,
+            } => Event::RouteAdded(route),
+            MonitorEvent::Route {
+                route,
+                present: false,
+            } => Event::RouteRemoved(route),
         })
     }
 
@@ -492,10 +469,8 @@ impl Daemon {
             let mut failed = Vec::new();
             while let Some(a) = self.core.poll_action() {
                 match a {
-                    Action::Push { client, update } => {
-                        let frame: Arc<[u8]> = proto::encode(&Reply::Update(update)).into();
-                        self.send(client, frame);
-                    }
+                    Action::Push { client, update } => self.reply(client, &Reply::Update(update)),
+                    Action::Reply { client, reply } => self.reply(client, &reply),
                     Action::SendProbe {
                         index,
                         interface,
@@ -525,43 +500,28 @@ impl Daemon {
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
                     Action::QueryWireless { index } => self.query_wireless(index),
-                    Action::Routing(plan) => self.apply_routing(&plan),
-                    Action::Mptcp(plan) => self.apply_mptcp(&plan),
-                    Action::SubflowCreate {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                        index,
-                        id,
-                    } => self.steer(PmCommand::Create {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                        index,
-                        id,
-                    }),
-                    Action::SubflowSetBackup {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                    } => self.steer(PmCommand::SetBackup {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                    }),
-                    Action::SubflowDestroy {
-                        token,
-                        local,
-                        remote,
-                    } => self.steer(PmCommand::Destroy {
-                        token,
-                        local,
-                        remote,
-                    }),
+                    Action::Routing(plan) => match &mut self.routing {
+                        Some(_) if self.dry_run => tracing::info!(
+                            routes = plan.routes.len(),
+                            rules = plan.rules.len(),
+                            "dry run: policy routing not applied"
+                        ),
+                        Some(r) => r.apply(&plan),
+                        None => {}
+                    },
+                    Action::Mptcp(plan) => match &mut self.mptcp {
+                        Some(_) if self.dry_run => tracing::info!(
+                            endpoints = plan.endpoints.len(),
+                            "dry run: MPTCP endpoints not changed"
+                        ),
+                        Some(m) => m.apply(&plan),
+                        None => {}
+                    },
+                    Action::Reload { client, id } => {
+                        let outcome = self.reload();
+                        self.core.reloaded(client, id, outcome);
+                    }
+                    Action::Subflow { command, requested } => self.subflow(command, requested),
                 }
             }
             if failed.is_empty() {
@@ -590,69 +550,85 @@ impl Daemon {
         });
     }
 
-    fn apply_routing(&mut self, plan: &RoutingPlan) {
-        let Some(r) = &mut self.routing else { return };
-        if self.dry_run {
-            tracing::info!(
-                routes = plan.routes.len(),
-                rules = plan.rules.len(),
-                "dry run: policy routing not applied"
-            );
+    /// Hands a subflow command to the userspace path manager; an app's subflow options are
+    /// recorded for the BPF program first.
+    fn subflow(&mut self, command: SubflowCommand, requested: Option<Requested>) {
+        let Some(upm) = &self.upm else {
+            tracing::info!(?command, "dry run: subflow not changed");
             return;
+        };
+        let Some(Requested {
+            client,
+            id,
+            options,
+        }) = requested
+        else {
+            upm.submit(None, command);
+            return;
+        };
+        if let Some(options) = options {
+            match self.record_options(&command, &options) {
+                Ok(key) => {
+                    self.opts_pending.insert((client, id), key);
+                }
+                Err(message) => {
+                    let reply = Reply::Error {
+                        id: Some(id),
+                        code: "failed".into(),
+                        message,
+                    };
+                    return self.reply(client, &reply);
+                }
+            }
         }
-        r.apply(plan);
+        if let Some(upm) = &self.upm {
+            upm.submit(Some((client, id)), command);
+        }
     }
 
-    fn steer(&mut self, cmd: PmCommand) {
-        match &self.upm {
-            Some(u) => u.submit(None, cmd),
-            None => tracing::info!(?cmd, "dry run: subflow not changed"),
+    /// Records a new subflow's TCP options in the BPF map (the core checked them) and returns
+    /// the key to remove once the kernel answered.
+    fn record_options(
+        &self,
+        command: &SubflowCommand,
+        options: &TcpOptions,
+    ) -> Result<subflow_opts::Key, String> {
+        let (SubflowCommand::Create { local, remote, .. }, Some(so)) =
+            (command, &self.subflow_opts)
+        else {
+            return Err("this roamd cannot set per-subflow TCP options".into());
+        };
+        // The program cannot load a module (bpf_setsockopt does not): a name the kernel does
+        // not have now is refused before any subflow is made.
+        if let Some(cc) = &options.congestion {
+            let have = std::fs::read_to_string(AVAILABLE_CC).unwrap_or_default();
+            if !have.split_whitespace().any(|a| a == cc) {
+                return Err(format!(
+                    "TCP_CONGESTION = {cc:?}: the kernel has no such congestion control \
+                     (available: {}); load its module (`modprobe tcp_{cc}`) or pick another",
+                    have.trim()
+                ));
+            }
         }
-    }
-
-    fn on_pm_events(&mut self, events: Vec<PmEvent>) {
-        let events: Vec<Event> = events
-            .into_iter()
-            .map(|e| match e {
-                PmEvent::Connection {
-                    token,
-                    local,
-                    remote,
-                } => Event::MptcpConnection {
-                    token,
-                    local,
-                    remote,
-                },
-                PmEvent::Closed { token } => Event::MptcpClosed { token },
-                PmEvent::SubflowUp {
-                    token,
-                    local,
-                    remote,
-                    backup,
-                } => Event::MptcpSubflowUp {
-                    token,
-                    local,
-                    remote,
-                    backup,
-                },
-                PmEvent::SubflowClosed {
-                    token,
-                    local,
-                    remote,
-                } => Event::MptcpSubflowClosed {
-                    token,
-                    local,
-                    remote,
-                },
-            })
-            .collect();
-        if !events.is_empty() {
-            self.core.handle_all(Instant::now(), events);
-        }
+        let k = so.key(local.ip(), *remote);
+        so.insert(&k, options).map_err(|e| match e.raw_os_error() {
+            Some(libc::EEXIST) => format!(
+                "another subflow {} -> {remote} with options is being created; ask again when \
+                 it is answered",
+                local.ip()
+            ),
+            Some(libc::E2BIG) => format!(
+                "{} subflow creations with options are under way, the most roamd keeps; ask \
+                 again when one is answered",
+                subflow_opts::MAX_ENTRIES
+            ),
+            _ => format!("recording the subflow's options in the BPF map: {e}"),
+        })?;
+        Ok(k)
     }
 
     /// The kernel answered a userspace path manager request: reply to the app that asked.
-    fn on_pm_done(&mut self, (tag, cmd, result, detail): Done<Reply2>) {
+    fn on_pm_done(&mut self, (tag, cmd, result, detail): Done<Tag>) {
         let Some((client, id)) = tag else { return };
         let why = detail
             .map(|d| format!(" (the kernel says: {d})"))
@@ -692,7 +668,7 @@ impl Daemon {
     /// Removes a subflow's options entry once the kernel answered its creation, and says
     /// whether the program applied them (it ran while the kernel connected the subflow).
     fn take_options(&mut self, k: &subflow_opts::Key) -> Result<(), String> {
-        let Some(Ok(so)) = &self.subflow_opts else {
+        let Some(so) = &self.subflow_opts else {
             return Ok(());
         };
         let keep = "the subflow is open with the connection's own options; close it with \
@@ -714,18 +690,6 @@ impl Daemon {
         }
     }
 
-    fn apply_mptcp(&mut self, plan: &MptcpPlan) {
-        let Some(m) = &mut self.mptcp else { return };
-        if self.dry_run {
-            tracing::info!(
-                endpoints = plan.endpoints.len(),
-                "dry run: MPTCP endpoints not changed"
-            );
-            return;
-        }
-        m.apply(plan);
-    }
-
     /// Queues a frame for a client; a client whose queue is full is not reading and is dropped.
     fn send(&mut self, client: ClientId, frame: Arc<[u8]>) {
         let Some(c) = self.conns.get(&client) else {
@@ -734,7 +698,7 @@ impl Daemon {
         match c.tx.try_send(frame) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(client, app = %c.peer.app, "client does not read its events; dropping it");
+                tracing::warn!(client, app = %c.app, "client does not read its events; dropping it");
                 self.drop_client(client);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.drop_client(client),
@@ -742,17 +706,15 @@ impl Daemon {
     }
 
     fn reply(&mut self, client: ClientId, reply: &Reply) {
-        self.send(client, proto::encode(reply).into());
+        let frame: Arc<[u8]> = proto::encode(reply).into();
+        self.send(client, frame);
     }
 
     fn drop_client(&mut self, client: ClientId) {
         if let Some(c) = self.conns.remove(&client) {
             c.reader.abort();
-            if c.subscribed {
-                self.core
-                    .handle(Instant::now(), Event::ClientUnsubscribed { client });
-            }
         }
+        self.core.disconnect(Instant::now(), client);
     }
 
     fn on_client(&mut self, m: FromClient) {
@@ -764,363 +726,18 @@ impl Daemon {
                 reader,
             } => {
                 tracing::info!(client, uid = peer.uid, app = %peer.app, admin = peer.admin, "client connected");
-                self.conns.insert(
-                    client,
-                    Conn {
-                        peer,
-                        tx,
-                        reader,
-                        subscribed: false,
-                        mptcp_tokens: Vec::new(),
-                    },
-                );
+                let app = peer.app.clone();
+                self.conns.insert(client, Conn { app, tx, reader });
+                self.core.connect(client, peer);
             }
             FromClient::Gone { client } => {
                 tracing::debug!(client, "client gone");
                 self.drop_client(client);
             }
-            FromClient::Request { client, request } => self.on_request(client, request),
-        }
-    }
-
-    fn on_request(&mut self, client: ClientId, request: Request) {
-        let Some(conn) = self.conns.get(&client) else {
-            return;
-        };
-        let peer = conn.peer.clone();
-        let id = request.id();
-        let denied = |what: &str| Reply::Error {
-            id,
-            code: "denied".into(),
-            message: format!(
-                "{what} needs root or the admin group; this connection is uid {} (app `{}`)",
-                peer.uid, peer.app
-            ),
-        };
-        let now = Instant::now();
-        let reply = match request {
-            // The connection task answers hello and refuses a second one.
-            Request::Hello { .. } => return,
-            Request::Subscribe { id, app, flow } => {
-                let app = app.unwrap_or_else(|| peer.app.clone());
-                if app != peer.app && !peer.admin {
-                    denied(&format!("subscribing as another app (`{app}`)"))
-                } else {
-                    self.reply(
-                        client,
-                        &Reply::Subscribed {
-                            id,
-                            app: app.clone(),
-                        },
-                    );
-                    if let Some(c) = self.conns.get_mut(&client) {
-                        c.subscribed = true;
-                    }
-                    self.core
-                        .handle(now, Event::ClientSubscribed { client, app, flow });
-                    return;
-                }
-            }
-            Request::Unsubscribe { id } => {
-                if let Some(c) = self.conns.get_mut(&client) {
-                    c.subscribed = false;
-                }
-                self.core.handle(now, Event::ClientUnsubscribed { client });
-                Reply::Ok { id }
-            }
-            Request::Status { id } => {
-                let detail = peer.admin;
-                let status = Status {
-                    agent: server::agent_name(),
-                    policy: self
-                        .policy_path
-                        .as_ref()
-                        .map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
-                    dry_run: self.dry_run,
-                    interfaces: self.core.interfaces(now).len(),
-                    subscribers: self.conns.values().filter(|c| c.subscribed).count(),
-                    mptcp_connections: self.conns.values().map(|c| c.mptcp_tokens.len()).sum(),
-                    clients: detail.then(|| self.core.clients()),
-                    probes: detail.then(|| self.core.probes()),
-                };
-                Reply::Status { id, status }
-            }
-            Request::Links { id } => Reply::Links {
-                id,
-                interfaces: self.core.interfaces(now),
-            },
-            Request::Explain { id, app, flow } => {
-                let app = app.unwrap_or_else(|| peer.app.clone());
-                if app != peer.app && !peer.admin {
-                    denied(&format!("reading another app's decision (`{app}`)"))
-                } else {
-                    Reply::Decision {
-                        id,
-                        decision: self.core.explain(&app, flow, now),
-                    }
-                }
-            }
-            Request::Reload { id } => {
-                if !peer.admin {
-                    denied("reload")
-                } else {
-                    match self.reload() {
-                        Ok(policy) => Reply::Reloaded { id, policy },
-                        Err(message) => Reply::Error {
-                            id: Some(id),
-                            code: "reload_failed".into(),
-                            message,
-                        },
-                    }
-                }
-            }
-            Request::ReportPath {
-                id,
-                interface,
-                rtt_ms,
-                stalled,
-            } => {
-                if !self.conns.get(&client).is_some_and(|c| c.subscribed) {
-                    Reply::Error {
-                        id: Some(id),
-                        code: "not_subscribed".into(),
-                        message:
-                            "path reports are taken from subscribed sessions only; subscribe first"
-                                .into(),
-                    }
-                } else {
-                    self.core.handle(
-                        now,
-                        Event::PathReport {
-                            client,
-                            interface,
-                            rtt_ms,
-                            stalled,
-                        },
-                    );
-                    Reply::Ok { id }
-                }
-            }
-            Request::RegisterMptcp { id, token } => {
-                if let Some(c) = self.conns.get_mut(&client)
-                    && !c.mptcp_tokens.contains(&token)
-                {
-                    // Bounded: a client cannot grow the agent without limit.
-                    if c.mptcp_tokens.len() >= 1024 {
-                        c.mptcp_tokens.remove(0);
-                    }
-                    c.mptcp_tokens.push(token);
-                }
-                self.core
-                    .handle(now, Event::MptcpRegistered { client, token });
-                Reply::Ok { id }
-            }
-            Request::MptcpSubflowCreate { id, token, .. }
-            | Request::MptcpSubflowDestroy { id, token, .. }
-            | Request::MptcpSubflowSetBackup { id, token, .. } => {
-                // The same app: a connection of the same uid that registered the token and is
-                // still open (one-shot control connections next to a session's subscription).
-                let uid = self.conns.get(&client).map(|c| c.peer.uid);
-                let registered = self
-                    .conns
-                    .values()
-                    .any(|c| Some(c.peer.uid) == uid && c.mptcp_tokens.contains(&token));
-                if !registered {
-                    Reply::Error {
-                        id: Some(id),
-                        code: "denied".into(),
-                        message: format!(
-                            "MPTCP connection {token:#010x} was not registered by this app \
-                             (send register_mptcp first)"
-                        ),
-                    }
-                } else if self.upm.is_none() {
-                    Reply::Error {
-                        id: Some(id),
-                        code: "failed".into(),
-                        message: "this roamd does not steer MPTCP subflows (no userspace path \
-                                  manager; `[mptcp] userspace = true` in its config)"
-                            .into(),
-                    }
-                } else {
-                    let key = match self.subflow_options(&request) {
-                        Ok(k) => k,
-                        Err(message) => {
-                            let reply = Reply::Error {
-                                id: Some(id),
-                                code: "failed".into(),
-                                message,
-                            };
-                            self.reply(client, &reply);
-                            return;
-                        }
-                    };
-                    match self.subflow_command(&request) {
-                        Ok(cmd) => {
-                            if let Some(k) = key {
-                                self.opts_pending.insert((client, id), k);
-                            }
-                            if let Some(u) = &self.upm {
-                                u.submit(Some((client, id)), cmd);
-                            }
-                            // Answered when the kernel has (on_pm_done).
-                            return;
-                        }
-                        Err(message) => {
-                            if let (Some(k), Some(Ok(so))) = (key, &self.subflow_opts) {
-                                let _ = so.remove(&k);
-                            }
-                            Reply::Error {
-                                id: Some(id),
-                                code: "not_found".into(),
-                                message,
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        self.reply(client, &reply);
-    }
-
-    /// For a `mptcp_subflow_create` with options: records them in the BPF map for the
-    /// subflow's addresses and returns the key to remove once the kernel answered.
-    fn subflow_options(&self, request: &Request) -> Result<Option<subflow_opts::Key>, String> {
-        let Request::MptcpSubflowCreate {
-            local,
-            remote,
-            options: Some(options),
-            ..
-        } = request
-        else {
-            return Ok(None);
-        };
-        if options.is_empty() {
-            return Ok(None);
-        }
-        options
-            .check()
-            .map_err(|e| format!("invalid subflow options: {e}"))?;
-        if let Some(n) = options.notsent_lowat {
-            return Err(format!(
-                "TCP_NOTSENT_LOWAT = {n} belongs to the connection, not to one subflow (the \
-                 kernel keeps it on the MPTCP socket): set it with set_tcp_options"
-            ));
-        }
-        let so = match &self.subflow_opts {
-            Some(Ok(so)) => so,
-            Some(Err(why)) => {
-                return Err(format!(
-                    "this roamd cannot set per-subflow TCP options: {why}"
-                ));
-            }
-            None => {
-                return Err(
-                    "this roamd cannot set per-subflow TCP options: it runs no userspace \
-                            path manager (`[mptcp] userspace = true`)"
-                        .into(),
-                );
-            }
-        };
-        // The program cannot load a module (bpf_setsockopt does not): a name the kernel does
-        // not have now is refused before any subflow is made.
-        if let Some(cc) = &options.congestion {
-            let have = std::fs::read_to_string(AVAILABLE_CC).unwrap_or_default();
-            if !have.split_whitespace().any(|a| a == cc) {
-                return Err(format!(
-                    "TCP_CONGESTION = {cc:?}: the kernel has no such congestion control \
-                     (available: {}); load its module (`modprobe tcp_{cc}`) or pick another",
-                    have.trim()
-                ));
+            FromClient::Request { client, request } => {
+                self.core.request(Instant::now(), client, request)
             }
         }
-        let k = so.key(local.ip(), *remote);
-        so.insert(&k, options).map_err(|e| match e.raw_os_error() {
-            Some(libc::EEXIST) => format!(
-                "another subflow {} -> {remote} with options is being created; ask again when \
-                 it is answered",
-                local.ip()
-            ),
-            Some(libc::E2BIG) => format!(
-                "{} subflow creations with options are under way, the most roamd keeps; ask \
-                 again when one is answered",
-                subflow_opts::MAX_ENTRIES
-            ),
-            _ => format!("recording the subflow's options in the BPF map: {e}"),
-        })?;
-        Ok(Some(k))
-    }
-
-    /// The kernel request for an app's `mptcp_subflow_*`, checked against the connections and
-    /// subflows the kernel's events told about.
-    fn subflow_command(&mut self, request: &Request) -> Result<PmCommand, String> {
-        let token = match request {
-            Request::MptcpSubflowCreate { token, .. }
-            | Request::MptcpSubflowDestroy { token, .. }
-            | Request::MptcpSubflowSetBackup { token, .. } => *token,
-            _ => return Err("not a subflow request".into()),
-        };
-        let Some(subflows) = self.core.mptcp_subflows(token) else {
-            return Err(format!(
-                "the kernel has no client MPTCP connection {token:#010x} that roamd saw \
-                 established (connections made before roamd started are not steered)"
-            ));
-        };
-        let find = |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
-            subflows.iter().any(|(l, r)| {
-                l.ip() == local.ip()
-                    && (local.port() == 0 || l.port() == local.port())
-                    && *r == remote
-            })
-        };
-        Ok(match *request {
-            Request::MptcpSubflowCreate {
-                local,
-                remote,
-                backup,
-                ..
-            } => PmCommand::Create {
-                token,
-                local,
-                remote,
-                backup,
-                index: 0,
-                id: self.core.mptcp_local_id(token, local.ip()).ok_or_else(|| {
-                    format!("connection {token:#010x} has no MPTCP address id left for {local}")
-                })?,
-            },
-            Request::MptcpSubflowDestroy { local, remote, .. } => {
-                if !find(local, remote) {
-                    return Err(format!(
-                        "connection {token:#010x} has no subflow {local} -> {remote}"
-                    ));
-                }
-                PmCommand::Destroy {
-                    token,
-                    local,
-                    remote,
-                }
-            }
-            Request::MptcpSubflowSetBackup {
-                local,
-                remote,
-                backup,
-                ..
-            } => {
-                if !find(local, remote) {
-                    return Err(format!(
-                        "connection {token:#010x} has no subflow {local} -> {remote}"
-                    ));
-                }
-                PmCommand::SetBackup {
-                    token,
-                    local,
-                    remote,
-                    backup,
-                }
-            }
-            _ => return Err("not a subflow request".into()),
-        })
     }
 
     /// Re-reads the policy file. On error the policy in force stays and the rendered error

@@ -1,6 +1,6 @@
 //! The listening side of the protocol: accept, identify the peer (`SO_PEERCRED`), read frames,
-//! write frames. What a request means is decided by the daemon (`crate::daemon`); this file
-//! only moves frames and drops a connection that breaks the protocol.
+//! write frames. What a request means, and who may make it, is decided by the core
+//! (`roam_agent_core::clients`); this file only moves frames and drops a connection that breaks the protocol.
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -16,20 +16,9 @@ use tracing::Instrument;
 use crate::core::ClientId;
 use roam_ipc::proto::{self, FrameError, Reply, Request, VERSION};
 
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// uid from `SO_PEERCRED`.
-    pub uid: u32,
-    /// Primary gid from `SO_PEERCRED`.
-    pub gid: u32,
-    /// pid from `SO_PEERCRED`, if the kernel gave one.
-    pub pid: Option<i32>,
-    /// The app id the uid maps to (`uid:N` when the config does not name it).
-    pub app: String,
-    /// Root, or a member of the configured admin group.
-    pub admin: bool,
-}
+/// Who is on the other end of a connection: the core's type, since what a peer may do is the
+/// core's decision (`roam_agent_core::clients`).
+pub use crate::core::Peer;
 
 /// How long a new connection has to say hello.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -91,6 +80,24 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
+}
+
+/// Supplementary groups of a process, from `/proc/PID/status`, for the admin-group check. Read
+/// at connect time: the group list of a live peer that connected a moment ago.
+pub fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 /// Accepts connections for ever, giving each an id and a task. `identify` turns peer
