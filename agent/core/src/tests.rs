@@ -26,7 +26,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
+/// A link with carrier, admin-up, and a probe target when `targets`.
+pub(crate) fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
     LinkInfo {
         index,
         name: name.into(),
@@ -44,7 +45,8 @@ fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
     }
 }
 
-fn addr(index: u32) -> Event {
+/// Address 198.18.INDEX.2/24 on link `index`.
+pub(crate) fn addr(index: u32) -> Event {
     Event::AddressAdded {
         index,
         addr: IpAddr::from([198, 18, index as u8, 2]),
@@ -693,12 +695,29 @@ fn a_resync_batch_applies_only_its_outcome() {
     let mut core = handset(plain(), false, t0);
     subscribe(&mut core, t0, 1, "a");
     drain(&mut core);
+    let dump = |links: &[(u32, &str, LinkKind)], addrs: &[u32]| -> Vec<Event> {
+        let mut v: Vec<Event> = links
+            .iter()
+            .map(|(i, n, k)| Event::LinkUpdated(info(*i, n, *k, false)))
+            .collect();
+        v.extend(addrs.iter().map(|i| addr(*i)));
+        v
+    };
+    let all = [
+        (WLAN, "wlan0", LinkKind::Wifi),
+        (RMNET, "rmnet0", LinkKind::Cellular),
+        (BNEP, "bnep0", LinkKind::Bluetooth),
+    ];
     // The same state again after a re-dump: nothing to tell anyone.
-    core.handle_all(t0, [Event::Forget { index: WLAN }, addr(WLAN)]);
+    core.resync(t0, dump(&all, &[WLAN, RMNET, BNEP]));
     assert!(pushes(&drain(&mut core)).is_empty());
     // An address that went away while notifications were lost is gone after the re-dump.
-    core.handle_all(t0, [Event::Forget { index: WLAN }]);
+    core.resync(t0, dump(&all, &[RMNET, BNEP]));
     assert_eq!(pushes(&drain(&mut core))[&1], names(&["rmnet0", "bnep0"]));
+    // So is a link missing from the dump, and it is no longer probed or planned for.
+    core.resync(t0, dump(&all[..2], &[WLAN, RMNET]));
+    assert_eq!(pushes(&drain(&mut core))[&1], names(&["wlan0", "rmnet0"]));
+    assert_eq!(core.link_indices(), [WLAN, RMNET]);
 }
 
 #[test]
