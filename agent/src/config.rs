@@ -428,6 +428,19 @@ impl Config {
             .unwrap_or_else(|| format!("uid:{uid}"))
     }
 
+    /// Whether any link has probe targets.
+    pub fn probes_anything(&self) -> bool {
+        !self.probe_targets.is_empty() || self.interfaces.iter().any(|i| i.probe_targets.is_some())
+    }
+
+    /// Drops every probe target: no link is probed (roamd cannot bind probes to links).
+    pub fn without_probes(&mut self) {
+        self.probe_targets.clear();
+        for i in &mut self.interfaces {
+            i.probe_targets = None;
+        }
+    }
+
     /// Kind overrides for the classifier, in file order.
     pub fn kind_overrides(&self) -> Vec<KindOverride> {
         self.interfaces

@@ -3,7 +3,7 @@
 //! (`roam_agent_core::clients`); this file only moves frames and drops a connection that breaks the protocol.
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::config::{Config, resolve_group};
 use crate::core::ClientId;
 use roam_ipc::proto::{self, FrameError, Reply, Request, VERSION};
 
@@ -82,9 +83,32 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How a connection's credentials become a [`Peer`]: the config names its app, and root or a
+/// member of the config's `admin_group` (primary or supplementary group) is admin. The group
+/// is looked up in `/etc/group` once, now.
+pub fn identify(config: &Config) -> Arc<dyn Fn(u32, u32, Option<i32>) -> Peer + Send + Sync> {
+    let admin_gid = config.admin_group.as_ref().and_then(|g| {
+        let etc = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let gid = resolve_group(g, &etc);
+        if gid.is_none() {
+            tracing::warn!(group = ?g, "admin_group not found in /etc/group; only root is admin");
+        }
+        gid
+    });
+    let config = config.clone();
+    Arc::new(move |uid: u32, gid: u32, pid: Option<i32>| Peer {
+        uid,
+        gid,
+        pid,
+        app: config.app_of(uid),
+        admin: uid == 0
+            || admin_gid.is_some_and(|g| gid == g || supplementary_groups(pid).contains(&g)),
+    })
+}
+
 /// Supplementary groups of a process, from `/proc/PID/status`, for the admin-group check. Read
 /// at connect time: the group list of a live peer that connected a moment ago.
-pub fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
+fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
     let Some(pid) = pid.filter(|p| *p > 0) else {
         return Vec::new();
     };
@@ -98,6 +122,16 @@ pub fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
             })
         })
         .unwrap_or_default()
+}
+
+/// Removes the socket file when dropped: when roamd stops, also on an error after binding.
+#[derive(Debug)]
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Accepts connections for ever, giving each an id and a task. `identify` turns peer
