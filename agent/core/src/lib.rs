@@ -55,6 +55,9 @@ pub use plan::{
 pub use portal::{PortalCheck, PortalUrl};
 use probe::LinkProbe;
 pub use probe::ProbeConfig;
+/// The wire's types the core speaks in: `ProbeMode` is one enum for the pace the core sets and
+/// the pace `status` shows (roam-ipc is the crate apps link, so it cannot depend on the core;
+/// the core depends on it for pure wire types instead of keeping a copy and a conversion).
 pub use roam_ipc::proto::{ClientView, ProbeMode, ProbeView, Update};
 pub use steer::{CREATE_RETRY, MAX_CONNECTIONS};
 pub use subflow::{MptcpEvent, SubflowCommand};

@@ -67,6 +67,8 @@ pub struct Route {
     pub gateway: Option<IpAddr>,
 }
 
+/// What the core keeps about one interface: the monitor's facts, what probing and the portal
+/// check concluded, and the state and pace derived from them.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) info: LinkInfo,
