@@ -197,7 +197,9 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading the policy");
                 // The outcome is logged inside; SIGHUP has nobody else to tell.
-                let _ = d.reload();
+                if let Ok((policy, _)) = d.reload() {
+                    d.core.handle(Instant::now(), Event::PolicyReplaced(policy));
+                }
             }
             r = monitor.next() => match r {
                 Ok(events) => d.on_monitor(events),
@@ -375,7 +377,7 @@ impl Daemon {
                     Action::Mptcp(plan) => self.kernel.mptcp(&plan),
                     Action::Reload { client, id } => {
                         let outcome = self.reload();
-                        self.core.reloaded(client, id, outcome);
+                        self.core.reloaded(Instant::now(), client, id, outcome);
                     }
                     Action::Subflow { command, requested } => match &mut self.subflows {
                         Some(s) => {
@@ -463,9 +465,9 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the policy file. On error the policy in force stays and the rendered error
-    /// (file, line, column, caret) is returned and logged.
-    fn reload(&mut self) -> Result<String, String> {
+    /// Re-reads the policy file: the new policy and the file's name, or the rendered error
+    /// (file, line, column, caret), logged either way. The caller puts it in force.
+    fn reload(&self) -> Result<(Policy, String), String> {
         let Some(path) = self.policy_path.clone() else {
             let msg = "roamd runs the built-in policy (started without --policy): there is no file to reload".to_owned();
             tracing::warn!("{msg}");
@@ -474,9 +476,7 @@ impl Daemon {
         match load_policy(&path) {
             Ok(policy) => {
                 tracing::info!(file = %path.display(), policy = %policy.summary(), "policy reloaded");
-                self.core
-                    .handle(Instant::now(), Event::PolicyReplaced(policy));
-                Ok(path.display().to_string())
+                Ok((policy, path.display().to_string()))
             }
             Err(rendered) => {
                 tracing::error!(file = %path.display(), "reload failed; the previous policy stays in force:\n{rendered}");

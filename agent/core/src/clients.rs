@@ -19,7 +19,7 @@ use std::time::Instant;
 use roam_ipc::proto::{Reply, Request, Status, TcpOptions};
 use roam_policy::{Decision, Flow, LinkKind, LinkState, MultipathMode, Path};
 
-use crate::{Action, ClientId, Core, Requested, SubflowCommand};
+use crate::{Action, ClientId, Core, Event, Policy, Requested, SubflowCommand};
 
 /// Who is on the other end of a connection, as the shell identified it (`SO_PEERCRED`, the
 /// config's uid-to-app map, the admin group).
@@ -298,14 +298,23 @@ impl Core {
         self.reply(client, reply);
     }
 
-    /// The shell read the policy file again for an admin's `reload`: `Ok` with the file's name
-    /// (the new policy is in force already), or the rendered error (the old one stays).
-    pub fn reloaded(&mut self, client: ClientId, id: u64, outcome: Result<String, String>) {
-        let reply = match outcome {
-            Ok(policy) => Reply::Reloaded { id, policy },
-            Err(message) => error(id, "reload_failed", message),
-        };
-        self.reply(client, reply);
+    /// The shell read the policy file again for an admin's `reload` ([`Action::Reload`]): the
+    /// new policy with the file's name, or the rendered error (the old policy stays). The
+    /// admin is answered first, then the new policy is put in force.
+    pub fn reloaded(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        id: u64,
+        outcome: Result<(Policy, String), String>,
+    ) {
+        match outcome {
+            Ok((policy, file)) => {
+                self.reply(client, Reply::Reloaded { id, policy: file });
+                self.handle(now, Event::PolicyReplaced(policy));
+            }
+            Err(message) => self.reply(client, error(id, "reload_failed", message)),
+        }
     }
 
     fn reply(&mut self, client: ClientId, reply: Reply) {
@@ -662,12 +671,37 @@ mod tests {
                 id: 4
             }]
         );
-        core.reloaded(ROOT, 4, Ok("/etc/roam/policy.roam".into()));
-        assert!(
-            matches!(reply(&drain(&mut core), ROOT), Reply::Reloaded { id: 4, policy } if policy == "/etc/roam/policy.roam")
+        // The admin is answered before anyone hears of the new policy's decisions.
+        ask(&mut core, t0, ALICE, subscribe(None));
+        let cell_first = Policy::parse(
+            "link wifi = kind wifi\nlink cell = kind cellular\n\
+             default { prefer cell over wifi }\n",
+        )
+        .unwrap();
+        let file = "/etc/roam/policy.roam".to_owned();
+        core.reloaded(t0, ROOT, 4, Ok((cell_first, file.clone())));
+        let a = drain(&mut core);
+        assert_eq!(
+            a[0],
+            Action::Reply {
+                client: ROOT,
+                reply: Reply::Reloaded {
+                    id: 4,
+                    policy: file
+                }
+            }
         );
-        core.reloaded(ROOT, 4, Err("p.roam:3:20: error: ...".into()));
-        assert_eq!(code(&reply(&drain(&mut core), ROOT)), "reload_failed");
+        assert!(
+            matches!(&a[1], Action::Push { client: ALICE, update } if update.decision.paths[0].interface == "rmnet0"),
+            "{a:?}"
+        );
+        core.reloaded(t0, ROOT, 4, Err("p.roam:3:20: error: ...".into()));
+        let a = drain(&mut core);
+        assert_eq!(code(&reply(&a, ROOT)), "reload_failed");
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::Push { .. })),
+            "the old policy stays"
+        );
     }
 
     #[test]
