@@ -11,7 +11,7 @@
 //! - a connection keeps at most [`MAX_TOKENS`] registered MPTCP tokens, the oldest forgotten
 //!   first;
 //! - an `mptcp_subflow_*` request is carried out only for a token that an open connection of
-//!   the same uid registered ([`ClientTable::owns`]); admin rights do not widen this;
+//!   the same uid registered (`ClientTable::owns`); admin rights do not widen this;
 //! - a registration steers the connection only while its registrant is subscribed.
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;

@@ -38,7 +38,7 @@ pub enum Event {
         prefix_len: u8,
     },
     /// Forget a link's addresses and routes: a fresh dump follows in the same batch
-    /// ([`Core::handle_all`]) after notifications were lost.
+    /// ([`Core::resync`](crate::Core::resync)) after notifications were lost.
     Forget {
         /// Interface index.
         index: u32,
