@@ -36,8 +36,7 @@ use roam_policy::LinkKind;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::core::{MIN_PROBE_INTERVAL, PortalCheck, ProbeConfig, RoutingConfig};
-use crate::probe::portal::PortalUrl;
+use crate::core::{MIN_PROBE_INTERVAL, PortalCheck, PortalUrl, ProbeConfig, RoutingConfig};
 
 /// What a captive-portal URL answers when nothing stands in the way, unless the config says
 /// otherwise.
@@ -427,6 +426,19 @@ impl Config {
             .get(&uid)
             .cloned()
             .unwrap_or_else(|| format!("uid:{uid}"))
+    }
+
+    /// Whether any link has probe targets.
+    pub fn probes_anything(&self) -> bool {
+        !self.probe_targets.is_empty() || self.interfaces.iter().any(|i| i.probe_targets.is_some())
+    }
+
+    /// Drops every probe target: no link is probed (roamd cannot bind probes to links).
+    pub fn without_probes(&mut self) {
+        self.probe_targets.clear();
+        for i in &mut self.interfaces {
+            i.probe_targets = None;
+        }
     }
 
     /// Kind overrides for the classifier, in file order.

@@ -11,14 +11,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::config::{Config, resolve_group};
-use crate::core::{Action, ClientId, Core, Event, LinkInfo, MptcpPlan, Policy, RoutingPlan};
-use crate::enforce::mptcp::MptcpEnforcer;
-use crate::enforce::routing::RoutingEnforcer;
-use crate::enforce::subflow_opts::{self, Outcome, SubflowOptions};
-use crate::enforce::userspace_pm::{self, Done, PmCommand, PmEvent, PmEvents, UserspacePm};
-use crate::ipc::proto::{self, Reply, Request, Status};
-use crate::ipc::server::{self, FromClient, Peer};
+use crate::config::Config;
+use crate::core::{Action, AgentFacts, ClientId, Core, Event, LinkInfo, Policy};
+use crate::enforce::Enforcers;
+use crate::enforce::subflows::{FromKernel, Subflows};
+use crate::ipc::proto::{self, Reply};
+use crate::ipc::server::{self, FromClient};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
 use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
 use crate::monitor::nl80211::{Nl80211, Wireless};
@@ -51,12 +49,11 @@ pub fn load_policy(path: &Path) -> Result<Policy, String> {
     Policy::parse(&source).map_err(|e| e.render(&path.display().to_string()))
 }
 
+/// The I/O half of a client; who it is and what it may do is the core's (`Core::connect`).
 struct Conn {
-    peer: Peer,
+    app: String,
     tx: mpsc::Sender<Arc<[u8]>>,
     reader: AbortHandle,
-    subscribed: bool,
-    mptcp_tokens: Vec<u32>,
 }
 
 struct Daemon {
@@ -67,30 +64,16 @@ struct Daemon {
     overrides: Vec<KindOverride>,
     sysfs_root: PathBuf,
     policy_path: Option<PathBuf>,
-    dry_run: bool,
-    routing: Option<RoutingEnforcer>,
-    mptcp: Option<MptcpEnforcer>,
+    kernel: Enforcers,
     /// nl80211, when the kernel has cfg80211; queried off the loop (generic netlink requests
     /// can wait behind another family's slow one).
     nl80211: Option<Arc<std::sync::Mutex<Nl80211>>>,
     wireless_tx: mpsc::Sender<(u32, Wireless)>,
     /// Finished captive-portal checks: interface index and HTTP status (or why none).
     portal_tx: mpsc::Sender<(u32, Result<u16, String>)>,
-    /// The userspace path manager's worker; answers carry the client and request id to reply
-    /// to (`None`: the core's own steering).
-    upm: Option<UserspacePm<Reply2>>,
-    /// Per-subflow TCP options (BPF): `None` without the userspace path manager, `Some(Err)`
-    /// with why BPF could not be used.
-    subflow_opts: Option<Result<SubflowOptions, String>>,
-    /// Subflow creations with options under way: their map keys, by client and request id.
-    opts_pending: HashMap<(ClientId, u64), subflow_opts::Key>,
+    /// The userspace path manager, when the config asks for it (never in a dry run).
+    subflows: Option<Subflows>,
 }
-
-/// The congestion controls the kernel has loaded.
-const AVAILABLE_CC: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
-
-/// Who a userspace path manager answer goes to.
-type Reply2 = Option<(ClientId, u64)>;
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
 /// the socket accepts connections.
@@ -100,7 +83,10 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         None => Policy::default_policy(),
     };
     tracing::info!(policy = %policy.summary(), file = ?opts.policy_path, "policy loaded");
-    if !opts.dry_run && (opts.config.routing.is_some() || opts.config.mptcp) && !has_net_admin() {
+    if !opts.dry_run
+        && (opts.config.routing.is_some() || opts.config.mptcp)
+        && !has_capability(CAP_NET_ADMIN)
+    {
         anyhow::bail!(
             "roamd changes routing rules and MPTCP endpoints and needs CAP_NET_ADMIN (and CAP_NET_RAW \
              for its probes); run it as root or with those capabilities, pass --dry-run to only \
@@ -112,34 +98,22 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         tracing::info!("dry run: observing and deciding only; the kernel is not changed");
     }
 
-    let admin_gid = opts.config.admin_group.as_ref().and_then(|g| {
-        let etc = std::fs::read_to_string("/etc/group").unwrap_or_default();
-        let gid = resolve_group(g, &etc);
-        if gid.is_none() {
-            tracing::warn!(group = ?g, "admin_group not found in /etc/group; only root is admin");
-        }
-        gid
-    });
+    let identify = server::identify(&opts.config);
 
     // Bound first: a second roamd must fail here, before it touches the first one's routes
     // and endpoints.
     let listener = server::bind(&opts.socket)
         .with_context(|| format!("listening on {}", opts.socket.display()))?;
-    let _socket_file = SocketFile(opts.socket.clone());
+    let _socket_file = server::SocketFile(opts.socket.clone());
     let mut config = opts.config.clone();
-    let probing = !config.probe_targets.is_empty()
-        || config.interfaces.iter().any(|i| i.probe_targets.is_some());
-    // CAP_NET_RAW (13) is what SO_BINDTODEVICE needs. Without it every probe would fail to
+    // CAP_NET_RAW is what SO_BINDTODEVICE needs. Without it every probe would fail to
     // leave, and a failed probe counts as a lost one: links would be declared dead for the
     // agent's own lack of rights. Not probing at all is the honest outcome.
-    if probing && !has_capability(13) {
+    if config.probes_anything() && !has_capability(CAP_NET_RAW) {
         tracing::warn!(
             "probes need CAP_NET_RAW to bind to an interface; without it links are never validated by probes (they stay `up`)"
         );
-        config.probe_targets.clear();
-        for i in &mut config.interfaces {
-            i.probe_targets = None;
-        }
+        config.without_probes();
     }
     let mut monitor = Monitor::open().context("opening the netlink route socket")?;
     let (reply_tx, mut replies) = mpsc::channel::<ProbeReply>(1024);
@@ -152,120 +126,56 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             None
         }
     };
+    let mut core = Core::new(policy, opts.config.probe.clone());
+    core.describe(AgentFacts {
+        agent: server::agent_name(),
+        policy: opts
+            .policy_path
+            .as_ref()
+            .map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
+        dry_run: opts.dry_run,
+    });
+    let kernel = Enforcers::open(
+        opts.config.routing.is_some(),
+        opts.config.mptcp,
+        opts.dry_run,
+    )?;
+    if let Some(cfg) = opts.config.routing {
+        core.enable_routing(cfg);
+    }
+    let mut subflows = None;
+    if opts.config.mptcp_userspace && opts.dry_run {
+        tracing::info!("dry run: the userspace MPTCP path manager is not started");
+    } else if opts.config.mptcp_userspace {
+        let (s, options) = Subflows::start(opts.config.mptcp_bpf_cgroup.as_deref())?;
+        core.enable_steering(options);
+        subflows = Some(s);
+    }
     let mut d = Daemon {
-        core: Core::new(policy, opts.config.probe.clone()),
+        core,
         conns: HashMap::new(),
         prober: Prober::new(reply_tx),
         overrides: config.kind_overrides(),
         config,
         sysfs_root: opts.sysfs_root.clone(),
         policy_path: opts.policy_path.clone(),
-        dry_run: opts.dry_run,
-        routing: None,
-        mptcp: None,
+        kernel,
         nl80211,
         wireless_tx,
         portal_tx,
-        upm: None,
-        subflow_opts: None,
-        opts_pending: HashMap::new(),
+        subflows,
     };
-    if let Some(cfg) = opts.config.routing {
-        let mut enforcer =
-            RoutingEnforcer::open().context("opening the rtnetlink request socket")?;
-        // A roamd that was killed left its rules and tables: remove them before planning anew.
-        if opts.dry_run {
-            for item in enforcer.stale()? {
-                tracing::info!(%item, "dry run: would remove stale");
-            }
-        } else {
-            let n = enforcer
-                .remove_stale()
-                .context("removing policy routing left by an earlier roamd")?;
-            if n > 0 {
-                tracing::info!(
-                    removed = n,
-                    "removed routes and rules left by an earlier roamd"
-                );
-            }
-        }
-        d.routing = Some(enforcer);
-        d.core.enable_routing(cfg);
-    }
-    if opts.config.mptcp {
-        let mut enforcer = MptcpEnforcer::open().context(
-            "opening the mptcp_pm generic netlink family (set `[mptcp] enabled = false` in the config on a kernel without MPTCP)",
-        )?;
-        if opts.dry_run {
-            for e in enforcer.stale()? {
-                tracing::info!(endpoint = %e, "dry run: would remove stale endpoint");
-            }
-        } else {
-            let n = enforcer
-                .remove_stale()
-                .context("removing MPTCP endpoints left by an earlier roamd")?;
-            if n > 0 {
-                tracing::info!(
-                    removed = n,
-                    "removed MPTCP endpoints left by an earlier roamd"
-                );
-            }
-        }
-        d.mptcp = Some(enforcer);
-    }
-    let (upm_tx, mut upm_done) = mpsc::unbounded_channel::<Done<Reply2>>();
-    let mut pm_events: Option<PmEvents> = None;
-    let mut pm_type_was: Option<u8> = None;
-    if opts.config.mptcp_userspace && opts.dry_run {
-        tracing::info!("dry run: the userspace MPTCP path manager is not started");
-    } else if opts.config.mptcp_userspace {
-        // Events first: a connection made while the rest starts is still seen.
-        pm_events = Some(PmEvents::open().context(
-            "joining the mptcp_pm_events group (set `[mptcp] userspace = false` on a kernel without it)",
-        )?);
-        d.upm = Some(
-            UserspacePm::start(upm_tx)
-                .context("opening the mptcp_pm family for the userspace path manager")?,
-        );
-        pm_type_was = Some(userspace_pm::set_pm_type(1).context(
-            "setting net.mptcp.pm_type = 1 (userspace path manager) in roamd's network namespace",
-        )?);
-        tracing::info!(
-            was = pm_type_was,
-            "userspace MPTCP path manager on: net.mptcp.pm_type = 1 in this network namespace"
-        );
-        d.core.enable_steering();
-        let opts = SubflowOptions::open(opts.config.mptcp_bpf_cgroup.as_deref());
-        match &opts {
-            Ok(o) => {
-                tracing::info!(cgroup = %o.cgroup().display(), "per-subflow TCP options on: sock_ops program attached (bpf_link)")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "per-subflow TCP options are unavailable; mptcp_subflow_create with options will fail")
-            }
-        }
-        d.subflow_opts = Some(opts);
-    }
     let initial = monitor
         .dump()
         .await
         .context("dumping links, addresses and routes")?;
     d.on_monitor(initial);
-    if d.mptcp.is_some() {
+    if opts.config.mptcp {
         d.core.enable_mptcp(Instant::now());
     }
     d.run_actions();
 
     let (client_tx, mut from_clients) = mpsc::channel::<FromClient>(1024);
-    let cfg = opts.config.clone();
-    let identify = Arc::new(move |uid: u32, gid: u32, pid: Option<i32>| Peer {
-        uid,
-        gid,
-        pid,
-        app: cfg.app_of(uid),
-        admin: uid == 0
-            || admin_gid.is_some_and(|g| gid == g || supplementary_groups(pid).contains(&g)),
-    });
     let acceptor = tokio::spawn(server::accept_loop(listener, identify, client_tx));
 
     let mut sighup = signal(SignalKind::hangup())?;
@@ -287,14 +197,19 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading the policy");
                 // The outcome is logged inside; SIGHUP has nobody else to tell.
-                let _ = d.reload();
+                if let Ok((policy, _)) = d.reload() {
+                    d.core.handle(Instant::now(), Event::PolicyReplaced(policy));
+                }
             }
             r = monitor.next() => match r {
                 Ok(events) => d.on_monitor(events),
                 Err(MonitorError::Overrun) => {
                     tracing::warn!("netlink notifications were lost; dumping again");
                     match monitor.dump().await {
-                        Ok(events) => d.resync(events),
+                        Ok(events) => {
+                            let dump = d.translate_all(events);
+                            d.core.resync(Instant::now(), dump);
+                        }
                         Err(e) => break Err(anyhow::Error::from(e).context("re-dumping after an overrun")),
                     }
                 }
@@ -304,14 +219,16 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
             Some((index, w)) = wireless.recv() => {
                 d.core.handle(Instant::now(), Event::Wireless { index, ssid: w.ssid, signal_dbm: w.signal_dbm });
             }
-            r = next_pm_events(&mut pm_events) => match r {
-                Ok(events) => d.on_pm_events(events),
-                Err(e) => {
-                    tracing::error!(error = %e, "reading mptcp_pm_events failed; registered connections are no longer steered");
-                    pm_events = None;
+            k = Subflows::next_of(&mut d.subflows) => match k {
+                FromKernel::Events(events) => {
+                    d.core.handle_all(Instant::now(), events.into_iter().map(Event::Mptcp));
+                }
+                FromKernel::Done(done) => {
+                    if let Some((client, reply)) = d.subflows.as_mut().and_then(|s| s.answer(done)) {
+                        d.reply(client, &reply);
+                    }
                 }
             },
-            Some(done) = upm_done.recv() => d.on_pm_done(done),
             Some((index, status)) = portal_done.recv() => {
                 d.core.handle(Instant::now(), Event::PortalChecked { index, status });
             }
@@ -323,45 +240,18 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         d.run_actions();
     };
     acceptor.abort();
-    if let Some(old) = pm_type_was {
-        drop(d.upm.take());
-        if let Err(e) = userspace_pm::set_pm_type(old) {
-            tracing::warn!(error = %e, old, "could not restore net.mptcp.pm_type");
-        }
+    if let Some(s) = d.subflows.take() {
+        s.stop();
     }
-    if !d.dry_run {
-        if let Some(m) = &mut d.mptcp {
-            m.clear();
-        }
-        if let Some(r) = &mut d.routing {
-            r.clear();
-        }
-    }
+    d.kernel.clear();
     tracing::info!("roamd stopped");
     result
 }
 
-/// The next batch of MPTCP events, or never when the userspace path manager is off.
-async fn next_pm_events(e: &mut Option<PmEvents>) -> std::io::Result<Vec<PmEvent>> {
-    match e {
-        Some(e) => e.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Removes the socket file when roamd stops, also on an error after binding.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Whether this process holds CAP_NET_ADMIN.
-fn has_net_admin() -> bool {
-    has_capability(12)
-}
+/// Capability numbers (`linux/capability.h`): routes, rules and endpoints need the first,
+/// binding probes to an interface (`SO_BINDTODEVICE`) the second.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
 
 /// Whether this process holds capability number `bit` (`CapEff` in `/proc/self/status`).
 fn has_capability(bit: u32) -> bool {
@@ -375,60 +265,19 @@ fn has_capability(bit: u32) -> bool {
         .is_some_and(|caps| caps & (1u64 << bit) != 0)
 }
 
-/// Supplementary groups of a process, from `/proc/PID/status`. Read at connect time: the
-/// group list of a live peer that connected a moment ago.
-fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
-    let Some(pid) = pid.filter(|p| *p > 0) else {
-        return Vec::new();
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
 impl Daemon {
     fn on_monitor(&mut self, events: Vec<MonitorEvent>) {
-        let core_events: Vec<Event> = events
-            .into_iter()
-            .filter_map(|e| self.translate(e))
-            .collect();
-        if !core_events.is_empty() {
-            self.core.handle_all(Instant::now(), core_events);
+        let events = self.translate_all(events);
+        if !events.is_empty() {
+            self.core.handle_all(Instant::now(), events);
         }
     }
 
-    /// After lost notifications: links missing from a fresh dump are gone, and the others
-    /// have exactly the dump's addresses and routes. One batch, so subscribers only see the
-    /// outcome.
-    fn resync(&mut self, events: Vec<MonitorEvent>) {
-        let seen: Vec<u32> = events
-            .iter()
-            .filter_map(|e| match e {
-                MonitorEvent::Link(l) => Some(l.index),
-                _ => None,
-            })
-            .collect();
-        let mut core_events: Vec<Event> = self
-            .core
-            .link_indices()
+    fn translate_all(&mut self, events: Vec<MonitorEvent>) -> Vec<Event> {
+        events
             .into_iter()
-            .map(|index| {
-                if seen.contains(&index) {
-                    Event::Forget { index }
-                } else {
-                    Event::LinkRemoved { index }
-                }
-            })
-            .collect();
-        core_events.extend(events.into_iter().filter_map(|e| self.translate(e)));
-        self.core.handle_all(Instant::now(), core_events);
+            .filter_map(|e| self.translate(e))
+            .collect()
     }
 
     fn translate(&mut self, e: MonitorEvent) -> Option<Event> {
@@ -459,29 +308,30 @@ impl Daemon {
                 index,
                 addr,
                 prefix_len,
-                present,
-            } => {
-                if present {
-                    Event::AddressAdded {
-                        index,
-                        addr,
-                        prefix_len,
-                    }
-                } else {
-                    Event::AddressRemoved {
-                        index,
-                        addr,
-                        prefix_len,
-                    }
-                }
-            }
-            MonitorEvent::Route { route, present } => {
-                if present {
-                    Event::RouteAdded(route)
-                } else {
-                    Event::RouteRemoved(route)
-                }
-            }
+                present: true,
+            } => Event::AddressAdded {
+                index,
+                addr,
+                prefix_len,
+            },
+            MonitorEvent::Address {
+                index,
+                addr,
+                prefix_len,
+                present: false,
+            } => Event::AddressRemoved {
+                index,
+                addr,
+                prefix_len,
+            },
+            MonitorEvent::Route {
+                route,
+                present: true,
+            } => Event::RouteAdded(route),
+            MonitorEvent::Route {
+                route,
+                present: false,
+            } => Event::RouteRemoved(route),
         })
     }
 
@@ -492,10 +342,8 @@ impl Daemon {
             let mut failed = Vec::new();
             while let Some(a) = self.core.poll_action() {
                 match a {
-                    Action::Push { client, update } => {
-                        let frame: Arc<[u8]> = proto::encode(&Reply::Update(update)).into();
-                        self.send(client, frame);
-                    }
+                    Action::Push { client, update } => self.reply(client, &Reply::Update(update)),
+                    Action::Reply { client, reply } => self.reply(client, &reply),
                     Action::SendProbe {
                         index,
                         interface,
@@ -525,43 +373,20 @@ impl Daemon {
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
                     Action::QueryWireless { index } => self.query_wireless(index),
-                    Action::Routing(plan) => self.apply_routing(&plan),
-                    Action::Mptcp(plan) => self.apply_mptcp(&plan),
-                    Action::SubflowCreate {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                        index,
-                        id,
-                    } => self.steer(PmCommand::Create {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                        index,
-                        id,
-                    }),
-                    Action::SubflowSetBackup {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                    } => self.steer(PmCommand::SetBackup {
-                        token,
-                        local,
-                        remote,
-                        backup,
-                    }),
-                    Action::SubflowDestroy {
-                        token,
-                        local,
-                        remote,
-                    } => self.steer(PmCommand::Destroy {
-                        token,
-                        local,
-                        remote,
-                    }),
+                    Action::Routing(plan) => self.kernel.routing(&plan),
+                    Action::Mptcp(plan) => self.kernel.mptcp(&plan),
+                    Action::Reload { client, id } => {
+                        let outcome = self.reload();
+                        self.core.reloaded(Instant::now(), client, id, outcome);
+                    }
+                    Action::Subflow { command, requested } => match &mut self.subflows {
+                        Some(s) => {
+                            if let Some((client, reply)) = s.submit(command, requested) {
+                                self.reply(client, &reply);
+                            }
+                        }
+                        None => tracing::info!(?command, "dry run: subflow not changed"),
+                    },
                 }
             }
             if failed.is_empty() {
@@ -590,142 +415,6 @@ impl Daemon {
         });
     }
 
-    fn apply_routing(&mut self, plan: &RoutingPlan) {
-        let Some(r) = &mut self.routing else { return };
-        if self.dry_run {
-            tracing::info!(
-                routes = plan.routes.len(),
-                rules = plan.rules.len(),
-                "dry run: policy routing not applied"
-            );
-            return;
-        }
-        r.apply(plan);
-    }
-
-    fn steer(&mut self, cmd: PmCommand) {
-        match &self.upm {
-            Some(u) => u.submit(None, cmd),
-            None => tracing::info!(?cmd, "dry run: subflow not changed"),
-        }
-    }
-
-    fn on_pm_events(&mut self, events: Vec<PmEvent>) {
-        let events: Vec<Event> = events
-            .into_iter()
-            .map(|e| match e {
-                PmEvent::Connection {
-                    token,
-                    local,
-                    remote,
-                } => Event::MptcpConnection {
-                    token,
-                    local,
-                    remote,
-                },
-                PmEvent::Closed { token } => Event::MptcpClosed { token },
-                PmEvent::SubflowUp {
-                    token,
-                    local,
-                    remote,
-                    backup,
-                } => Event::MptcpSubflowUp {
-                    token,
-                    local,
-                    remote,
-                    backup,
-                },
-                PmEvent::SubflowClosed {
-                    token,
-                    local,
-                    remote,
-                } => Event::MptcpSubflowClosed {
-                    token,
-                    local,
-                    remote,
-                },
-            })
-            .collect();
-        if !events.is_empty() {
-            self.core.handle_all(Instant::now(), events);
-        }
-    }
-
-    /// The kernel answered a userspace path manager request: reply to the app that asked.
-    fn on_pm_done(&mut self, (tag, cmd, result, detail): Done<Reply2>) {
-        let Some((client, id)) = tag else { return };
-        let why = detail
-            .map(|d| format!(" (the kernel says: {d})"))
-            .unwrap_or_default();
-        let options = self
-            .opts_pending
-            .remove(&(client, id))
-            .map(|k| self.take_options(&k));
-        let reply = match result {
-            Ok(()) => match options {
-                None | Some(Ok(())) => Reply::Ok { id },
-                Some(Err(message)) => Reply::Error {
-                    id: Some(id),
-                    code: "failed".into(),
-                    message,
-                },
-            },
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {
-                Reply::Error {
-                    id: Some(id),
-                    code: "not_found".into(),
-                    message: format!(
-                        "the kernel has no such subflow of {:#010x}: {e}{why}",
-                        cmd.token()
-                    ),
-                }
-            }
-            Err(e) => Reply::Error {
-                id: Some(id),
-                code: "failed".into(),
-                message: format!("the kernel refused {cmd:?}: {e}{why}"),
-            },
-        };
-        self.reply(client, &reply);
-    }
-
-    /// Removes a subflow's options entry once the kernel answered its creation, and says
-    /// whether the program applied them (it ran while the kernel connected the subflow).
-    fn take_options(&mut self, k: &subflow_opts::Key) -> Result<(), String> {
-        let Some(Ok(so)) = &self.subflow_opts else {
-            return Ok(());
-        };
-        let keep = "the subflow is open with the connection's own options; close it with \
-                    mptcp_subflow_destroy if they do not do";
-        match so.take(k) {
-            Ok(Outcome::Applied) => Ok(()),
-            Ok(Outcome::Refused { options, errno }) => Err(format!(
-                "the kernel refused {} for the new subflow: {}; {keep}",
-                options.join(", "),
-                std::io::Error::from_raw_os_error(errno)
-            )),
-            Ok(Outcome::NotRun) => Err(format!(
-                "the subflow was created but roamd's sock_ops program did not see it connect: \
-                 the app's MPTCP socket is not in the cgroup {} (set `[mptcp] bpf_cgroup` to \
-                 one that holds the apps); {keep}",
-                so.cgroup().display()
-            )),
-            Err(e) => Err(format!("reading the subflow's options entry: {e}; {keep}")),
-        }
-    }
-
-    fn apply_mptcp(&mut self, plan: &MptcpPlan) {
-        let Some(m) = &mut self.mptcp else { return };
-        if self.dry_run {
-            tracing::info!(
-                endpoints = plan.endpoints.len(),
-                "dry run: MPTCP endpoints not changed"
-            );
-            return;
-        }
-        m.apply(plan);
-    }
-
     /// Queues a frame for a client; a client whose queue is full is not reading and is dropped.
     fn send(&mut self, client: ClientId, frame: Arc<[u8]>) {
         let Some(c) = self.conns.get(&client) else {
@@ -734,7 +423,7 @@ impl Daemon {
         match c.tx.try_send(frame) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(client, app = %c.peer.app, "client does not read its events; dropping it");
+                tracing::warn!(client, app = %c.app, "client does not read its events; dropping it");
                 self.drop_client(client);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.drop_client(client),
@@ -742,17 +431,15 @@ impl Daemon {
     }
 
     fn reply(&mut self, client: ClientId, reply: &Reply) {
-        self.send(client, proto::encode(reply).into());
+        let frame: Arc<[u8]> = proto::encode(reply).into();
+        self.send(client, frame);
     }
 
     fn drop_client(&mut self, client: ClientId) {
         if let Some(c) = self.conns.remove(&client) {
             c.reader.abort();
-            if c.subscribed {
-                self.core
-                    .handle(Instant::now(), Event::ClientUnsubscribed { client });
-            }
         }
+        self.core.disconnect(Instant::now(), client);
     }
 
     fn on_client(&mut self, m: FromClient) {
@@ -764,368 +451,23 @@ impl Daemon {
                 reader,
             } => {
                 tracing::info!(client, uid = peer.uid, app = %peer.app, admin = peer.admin, "client connected");
-                self.conns.insert(
-                    client,
-                    Conn {
-                        peer,
-                        tx,
-                        reader,
-                        subscribed: false,
-                        mptcp_tokens: Vec::new(),
-                    },
-                );
+                let app = peer.app.clone();
+                self.conns.insert(client, Conn { app, tx, reader });
+                self.core.connect(client, peer);
             }
             FromClient::Gone { client } => {
                 tracing::debug!(client, "client gone");
                 self.drop_client(client);
             }
-            FromClient::Request { client, request } => self.on_request(client, request),
+            FromClient::Request { client, request } => {
+                self.core.request(Instant::now(), client, request)
+            }
         }
     }
 
-    fn on_request(&mut self, client: ClientId, request: Request) {
-        let Some(conn) = self.conns.get(&client) else {
-            return;
-        };
-        let peer = conn.peer.clone();
-        let id = request.id();
-        let denied = |what: &str| Reply::Error {
-            id,
-            code: "denied".into(),
-            message: format!(
-                "{what} needs root or the admin group; this connection is uid {} (app `{}`)",
-                peer.uid, peer.app
-            ),
-        };
-        let now = Instant::now();
-        let reply = match request {
-            // The connection task answers hello and refuses a second one.
-            Request::Hello { .. } => return,
-            Request::Subscribe { id, app, flow } => {
-                let app = app.unwrap_or_else(|| peer.app.clone());
-                if app != peer.app && !peer.admin {
-                    denied(&format!("subscribing as another app (`{app}`)"))
-                } else {
-                    self.reply(
-                        client,
-                        &Reply::Subscribed {
-                            id,
-                            app: app.clone(),
-                        },
-                    );
-                    if let Some(c) = self.conns.get_mut(&client) {
-                        c.subscribed = true;
-                    }
-                    self.core
-                        .handle(now, Event::ClientSubscribed { client, app, flow });
-                    return;
-                }
-            }
-            Request::Unsubscribe { id } => {
-                if let Some(c) = self.conns.get_mut(&client) {
-                    c.subscribed = false;
-                }
-                self.core.handle(now, Event::ClientUnsubscribed { client });
-                Reply::Ok { id }
-            }
-            Request::Status { id } => {
-                let detail = peer.admin;
-                let status = Status {
-                    agent: server::agent_name(),
-                    policy: self
-                        .policy_path
-                        .as_ref()
-                        .map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
-                    dry_run: self.dry_run,
-                    interfaces: self.core.interfaces(now).len(),
-                    subscribers: self.conns.values().filter(|c| c.subscribed).count(),
-                    mptcp_connections: self.conns.values().map(|c| c.mptcp_tokens.len()).sum(),
-                    clients: detail.then(|| self.core.clients()),
-                    probes: detail.then(|| self.core.probes()),
-                };
-                Reply::Status { id, status }
-            }
-            Request::Links { id } => Reply::Links {
-                id,
-                interfaces: self.core.interfaces(now),
-            },
-            Request::Explain { id, app, flow } => {
-                let app = app.unwrap_or_else(|| peer.app.clone());
-                if app != peer.app && !peer.admin {
-                    denied(&format!("reading another app's decision (`{app}`)"))
-                } else {
-                    Reply::Decision {
-                        id,
-                        decision: self.core.explain(&app, flow, now),
-                    }
-                }
-            }
-            Request::Reload { id } => {
-                if !peer.admin {
-                    denied("reload")
-                } else {
-                    match self.reload() {
-                        Ok(policy) => Reply::Reloaded { id, policy },
-                        Err(message) => Reply::Error {
-                            id: Some(id),
-                            code: "reload_failed".into(),
-                            message,
-                        },
-                    }
-                }
-            }
-            Request::ReportPath {
-                id,
-                interface,
-                rtt_ms,
-                stalled,
-            } => {
-                if !self.conns.get(&client).is_some_and(|c| c.subscribed) {
-                    Reply::Error {
-                        id: Some(id),
-                        code: "not_subscribed".into(),
-                        message:
-                            "path reports are taken from subscribed sessions only; subscribe first"
-                                .into(),
-                    }
-                } else {
-                    self.core.handle(
-                        now,
-                        Event::PathReport {
-                            client,
-                            interface,
-                            rtt_ms,
-                            stalled,
-                        },
-                    );
-                    Reply::Ok { id }
-                }
-            }
-            Request::RegisterMptcp { id, token } => {
-                if let Some(c) = self.conns.get_mut(&client)
-                    && !c.mptcp_tokens.contains(&token)
-                {
-                    // Bounded: a client cannot grow the agent without limit.
-                    if c.mptcp_tokens.len() >= 1024 {
-                        c.mptcp_tokens.remove(0);
-                    }
-                    c.mptcp_tokens.push(token);
-                }
-                self.core
-                    .handle(now, Event::MptcpRegistered { client, token });
-                Reply::Ok { id }
-            }
-            Request::MptcpSubflowCreate { id, token, .. }
-            | Request::MptcpSubflowDestroy { id, token, .. }
-            | Request::MptcpSubflowSetBackup { id, token, .. } => {
-                // The same app: a connection of the same uid that registered the token and is
-                // still open (one-shot control connections next to a session's subscription).
-                let uid = self.conns.get(&client).map(|c| c.peer.uid);
-                let registered = self
-                    .conns
-                    .values()
-                    .any(|c| Some(c.peer.uid) == uid && c.mptcp_tokens.contains(&token));
-                if !registered {
-                    Reply::Error {
-                        id: Some(id),
-                        code: "denied".into(),
-                        message: format!(
-                            "MPTCP connection {token:#010x} was not registered by this app \
-                             (send register_mptcp first)"
-                        ),
-                    }
-                } else if self.upm.is_none() {
-                    Reply::Error {
-                        id: Some(id),
-                        code: "failed".into(),
-                        message: "this roamd does not steer MPTCP subflows (no userspace path \
-                                  manager; `[mptcp] userspace = true` in its config)"
-                            .into(),
-                    }
-                } else {
-                    let key = match self.subflow_options(&request) {
-                        Ok(k) => k,
-                        Err(message) => {
-                            let reply = Reply::Error {
-                                id: Some(id),
-                                code: "failed".into(),
-                                message,
-                            };
-                            self.reply(client, &reply);
-                            return;
-                        }
-                    };
-                    match self.subflow_command(&request) {
-                        Ok(cmd) => {
-                            if let Some(k) = key {
-                                self.opts_pending.insert((client, id), k);
-                            }
-                            if let Some(u) = &self.upm {
-                                u.submit(Some((client, id)), cmd);
-                            }
-                            // Answered when the kernel has (on_pm_done).
-                            return;
-                        }
-                        Err(message) => {
-                            if let (Some(k), Some(Ok(so))) = (key, &self.subflow_opts) {
-                                let _ = so.remove(&k);
-                            }
-                            Reply::Error {
-                                id: Some(id),
-                                code: "not_found".into(),
-                                message,
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        self.reply(client, &reply);
-    }
-
-    /// For a `mptcp_subflow_create` with options: records them in the BPF map for the
-    /// subflow's addresses and returns the key to remove once the kernel answered.
-    fn subflow_options(&self, request: &Request) -> Result<Option<subflow_opts::Key>, String> {
-        let Request::MptcpSubflowCreate {
-            local,
-            remote,
-            options: Some(options),
-            ..
-        } = request
-        else {
-            return Ok(None);
-        };
-        if options.is_empty() {
-            return Ok(None);
-        }
-        options
-            .check()
-            .map_err(|e| format!("invalid subflow options: {e}"))?;
-        if let Some(n) = options.notsent_lowat {
-            return Err(format!(
-                "TCP_NOTSENT_LOWAT = {n} belongs to the connection, not to one subflow (the \
-                 kernel keeps it on the MPTCP socket): set it with set_tcp_options"
-            ));
-        }
-        let so = match &self.subflow_opts {
-            Some(Ok(so)) => so,
-            Some(Err(why)) => {
-                return Err(format!(
-                    "this roamd cannot set per-subflow TCP options: {why}"
-                ));
-            }
-            None => {
-                return Err(
-                    "this roamd cannot set per-subflow TCP options: it runs no userspace \
-                            path manager (`[mptcp] userspace = true`)"
-                        .into(),
-                );
-            }
-        };
-        // The program cannot load a module (bpf_setsockopt does not): a name the kernel does
-        // not have now is refused before any subflow is made.
-        if let Some(cc) = &options.congestion {
-            let have = std::fs::read_to_string(AVAILABLE_CC).unwrap_or_default();
-            if !have.split_whitespace().any(|a| a == cc) {
-                return Err(format!(
-                    "TCP_CONGESTION = {cc:?}: the kernel has no such congestion control \
-                     (available: {}); load its module (`modprobe tcp_{cc}`) or pick another",
-                    have.trim()
-                ));
-            }
-        }
-        let k = so.key(local.ip(), *remote);
-        so.insert(&k, options).map_err(|e| match e.raw_os_error() {
-            Some(libc::EEXIST) => format!(
-                "another subflow {} -> {remote} with options is being created; ask again when \
-                 it is answered",
-                local.ip()
-            ),
-            Some(libc::E2BIG) => format!(
-                "{} subflow creations with options are under way, the most roamd keeps; ask \
-                 again when one is answered",
-                subflow_opts::MAX_ENTRIES
-            ),
-            _ => format!("recording the subflow's options in the BPF map: {e}"),
-        })?;
-        Ok(Some(k))
-    }
-
-    /// The kernel request for an app's `mptcp_subflow_*`, checked against the connections and
-    /// subflows the kernel's events told about.
-    fn subflow_command(&mut self, request: &Request) -> Result<PmCommand, String> {
-        let token = match request {
-            Request::MptcpSubflowCreate { token, .. }
-            | Request::MptcpSubflowDestroy { token, .. }
-            | Request::MptcpSubflowSetBackup { token, .. } => *token,
-            _ => return Err("not a subflow request".into()),
-        };
-        let Some(subflows) = self.core.mptcp_subflows(token) else {
-            return Err(format!(
-                "the kernel has no client MPTCP connection {token:#010x} that roamd saw \
-                 established (connections made before roamd started are not steered)"
-            ));
-        };
-        let find = |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
-            subflows.iter().any(|(l, r)| {
-                l.ip() == local.ip()
-                    && (local.port() == 0 || l.port() == local.port())
-                    && *r == remote
-            })
-        };
-        Ok(match *request {
-            Request::MptcpSubflowCreate {
-                local,
-                remote,
-                backup,
-                ..
-            } => PmCommand::Create {
-                token,
-                local,
-                remote,
-                backup,
-                index: 0,
-                id: self.core.mptcp_local_id(token, local.ip()).ok_or_else(|| {
-                    format!("connection {token:#010x} has no MPTCP address id left for {local}")
-                })?,
-            },
-            Request::MptcpSubflowDestroy { local, remote, .. } => {
-                if !find(local, remote) {
-                    return Err(format!(
-                        "connection {token:#010x} has no subflow {local} -> {remote}"
-                    ));
-                }
-                PmCommand::Destroy {
-                    token,
-                    local,
-                    remote,
-                }
-            }
-            Request::MptcpSubflowSetBackup {
-                local,
-                remote,
-                backup,
-                ..
-            } => {
-                if !find(local, remote) {
-                    return Err(format!(
-                        "connection {token:#010x} has no subflow {local} -> {remote}"
-                    ));
-                }
-                PmCommand::SetBackup {
-                    token,
-                    local,
-                    remote,
-                    backup,
-                }
-            }
-            _ => return Err("not a subflow request".into()),
-        })
-    }
-
-    /// Re-reads the policy file. On error the policy in force stays and the rendered error
-    /// (file, line, column, caret) is returned and logged.
-    fn reload(&mut self) -> Result<String, String> {
+    /// Re-reads the policy file: the new policy and the file's name, or the rendered error
+    /// (file, line, column, caret), logged either way. The caller puts it in force.
+    fn reload(&self) -> Result<(Policy, String), String> {
         let Some(path) = self.policy_path.clone() else {
             let msg = "roamd runs the built-in policy (started without --policy): there is no file to reload".to_owned();
             tracing::warn!("{msg}");
@@ -1134,9 +476,7 @@ impl Daemon {
         match load_policy(&path) {
             Ok(policy) => {
                 tracing::info!(file = %path.display(), policy = %policy.summary(), "policy reloaded");
-                self.core
-                    .handle(Instant::now(), Event::PolicyReplaced(policy));
-                Ok(path.display().to_string())
+                Ok((policy, path.display().to_string()))
             }
             Err(rendered) => {
                 tracing::error!(file = %path.display(), "reload failed; the previous policy stays in force:\n{rendered}");

@@ -1,7 +1,8 @@
 //! roamd, the roam agent, and roamctl, its command line.
 //!
 //! Layout, by layer:
-//! - [`core`]: the sans-I/O state machine (link table, probe pacing, decisions, pushes).
+//! - [`core`]: the sans-I/O state machine (link table, probe pacing, decisions, pushes, the
+//!   client table and its permission rules): the `roam-agent-core` crate in `agent/core/`.
 //! - `monitor`: the netlink route socket and interface classification.
 //! - `probe`: the UDP echo prober's sockets and the reflector.
 //! - `ipc`: the Unix socket protocol between roamd and apps (the `roam-ipc` crate, `ipc/PROTOCOL.md`).
@@ -11,7 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod core;
+pub use roam_agent_core as core;
 pub mod daemon;
 pub mod enforce;
 mod genl;

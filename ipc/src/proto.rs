@@ -325,7 +325,8 @@ pub struct ClientView {
     pub primary: Option<String>,
 }
 
-/// How often a link is probed right now.
+/// How often a link is probed right now: the pace roamd's core sets (`roam-agent-core` uses
+/// this very type) and `status` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeMode {

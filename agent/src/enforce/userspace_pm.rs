@@ -56,60 +56,16 @@ const EA_DPORT: u16 = 10;
 const EA_BACKUP: u16 = 11;
 const EA_SERVER_SIDE: u16 = 18;
 
-/// One request to the userspace path manager.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PmCommand {
-    /// Open a subflow from `local` (port 0: the kernel picks) to `remote`
-    /// (`ip mptcp subflow add addr LOCAL rport P raddr R token T`).
-    Create {
-        /// Connection token.
-        token: u32,
-        /// Local address.
-        local: SocketAddr,
-        /// Remote address.
-        remote: SocketAddr,
-        /// Join as a backup subflow.
-        backup: bool,
-        /// Interface to bind the subflow to (0: none).
-        index: u32,
-        /// The local address's MPTCP address id, 1-255: each local address of a connection
-        /// needs its own, and the same one every time (the kernel refuses a subflow whose
-        /// address or id matches an earlier one but not both).
-        id: u8,
-    },
-    /// Close the subflow with these addresses (`ip mptcp subflow del ...`).
-    Destroy {
-        /// Connection token.
-        token: u32,
-        /// Local address and port.
-        local: SocketAddr,
-        /// Remote address and port.
-        remote: SocketAddr,
-    },
-    /// Set or clear the backup flag of the subflows from `local` to `remote` (MP_PRIO); a
-    /// port 0 matches any port.
-    SetBackup {
-        /// Connection token.
-        token: u32,
-        /// Local address (and port).
-        local: SocketAddr,
-        /// Remote address and port.
-        remote: SocketAddr,
-        /// The new flag.
-        backup: bool,
-    },
+/// One request to the userspace path manager: the core's subflow command, under the name this
+/// module's callers know.
+pub use crate::core::SubflowCommand as PmCommand;
+
+/// Turns a command into its `mptcp_pm` request: command number and attributes.
+trait Encode {
+    fn encode(&self) -> (u8, Vec<u8>);
 }
 
-impl PmCommand {
-    /// The connection the command is for.
-    pub fn token(&self) -> u32 {
-        match *self {
-            PmCommand::Create { token, .. }
-            | PmCommand::Destroy { token, .. }
-            | PmCommand::SetBackup { token, .. } => token,
-        }
-    }
-
+impl Encode for PmCommand {
     fn encode(&self) -> (u8, Vec<u8>) {
         let mut out = Vec::new();
         let (cmd, local, remote, flags, index, id) = match *self {
@@ -246,44 +202,9 @@ impl<T: Send + 'static> Drop for UserspacePm<T> {
     }
 }
 
-/// One connection or subflow event from the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PmEvent {
-    /// A connection was created or became established (its first subflow's addresses).
-    Connection {
-        /// Token.
-        token: u32,
-        /// Local address and port.
-        local: SocketAddr,
-        /// Remote address and port.
-        remote: SocketAddr,
-    },
-    /// The connection closed.
-    Closed {
-        /// Token.
-        token: u32,
-    },
-    /// A subflow is established, or changed priority.
-    SubflowUp {
-        /// Token.
-        token: u32,
-        /// Local address and port.
-        local: SocketAddr,
-        /// Remote address and port.
-        remote: SocketAddr,
-        /// Its backup flag.
-        backup: bool,
-    },
-    /// A subflow closed (or a join failed).
-    SubflowClosed {
-        /// Token.
-        token: u32,
-        /// Local address and port.
-        local: SocketAddr,
-        /// Remote address and port.
-        remote: SocketAddr,
-    },
-}
+/// One connection or subflow event from the kernel: the core's event type, under the name this
+/// module's callers know.
+pub use crate::core::MptcpEvent as PmEvent;
 
 /// Parses one generic netlink event's command and attributes. Server-side connections (the
 /// peer opened them) and unknown events give `None`.

@@ -1,9 +1,9 @@
 //! The listening side of the protocol: accept, identify the peer (`SO_PEERCRED`), read frames,
-//! write frames. What a request means is decided by the daemon (`crate::daemon`); this file
-//! only moves frames and drops a connection that breaks the protocol.
+//! write frames. What a request means, and who may make it, is decided by the core
+//! (`roam_agent_core::clients`); this file only moves frames and drops a connection that breaks the protocol.
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,23 +13,13 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::config::{Config, resolve_group};
 use crate::core::ClientId;
 use roam_ipc::proto::{self, FrameError, Reply, Request, VERSION};
 
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// uid from `SO_PEERCRED`.
-    pub uid: u32,
-    /// Primary gid from `SO_PEERCRED`.
-    pub gid: u32,
-    /// pid from `SO_PEERCRED`, if the kernel gave one.
-    pub pid: Option<i32>,
-    /// The app id the uid maps to (`uid:N` when the config does not name it).
-    pub app: String,
-    /// Root, or a member of the configured admin group.
-    pub admin: bool,
-}
+/// Who is on the other end of a connection: the core's type, since what a peer may do is the
+/// core's decision (`roam_agent_core::clients`).
+pub use crate::core::Peer;
 
 /// How long a new connection has to say hello.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -91,6 +81,57 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
+}
+
+/// How a connection's credentials become a [`Peer`]: the config names its app, and root or a
+/// member of the config's `admin_group` (primary or supplementary group) is admin. The group
+/// is looked up in `/etc/group` once, now.
+pub fn identify(config: &Config) -> Arc<dyn Fn(u32, u32, Option<i32>) -> Peer + Send + Sync> {
+    let admin_gid = config.admin_group.as_ref().and_then(|g| {
+        let etc = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let gid = resolve_group(g, &etc);
+        if gid.is_none() {
+            tracing::warn!(group = ?g, "admin_group not found in /etc/group; only root is admin");
+        }
+        gid
+    });
+    let config = config.clone();
+    Arc::new(move |uid: u32, gid: u32, pid: Option<i32>| Peer {
+        uid,
+        gid,
+        pid,
+        app: config.app_of(uid),
+        admin: uid == 0
+            || admin_gid.is_some_and(|g| gid == g || supplementary_groups(pid).contains(&g)),
+    })
+}
+
+/// Supplementary groups of a process, from `/proc/PID/status`, for the admin-group check. Read
+/// at connect time: the group list of a live peer that connected a moment ago.
+fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the socket file when dropped: when roamd stops, also on an error after binding.
+#[derive(Debug)]
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Accepts connections for ever, giving each an id and a task. `identify` turns peer

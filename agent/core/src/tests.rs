@@ -1,6 +1,12 @@
 //! Virtual-time tests of the core: every instant is `t0 + offset`, no clock is read.
 use std::collections::BTreeMap;
 
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use roam_ipc::proto::Request;
+use roam_policy::LinkKind;
+
 use super::*;
 
 const WLAN: u32 = 2;
@@ -20,7 +26,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
+/// A link with carrier, admin-up, and a probe target when `targets`.
+pub(crate) fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
     LinkInfo {
         index,
         name: name.into(),
@@ -38,7 +45,8 @@ fn info(index: u32, name: &str, kind: LinkKind, targets: bool) -> LinkInfo {
     }
 }
 
-fn addr(index: u32) -> Event {
+/// Address 198.18.INDEX.2/24 on link `index`.
+pub(crate) fn addr(index: u32) -> Event {
     Event::AddressAdded {
         index,
         addr: IpAddr::from([198, 18, index as u8, 2]),
@@ -84,15 +92,45 @@ fn pushes(actions: &[Action]) -> BTreeMap<ClientId, Vec<String>> {
         .collect()
 }
 
+/// A peer of uid 1000 running `app`, without admin rights.
+fn peer(app: &str) -> Peer {
+    Peer {
+        uid: 1000,
+        gid: 1000,
+        pid: None,
+        app: app.into(),
+        admin: false,
+    }
+}
+
+/// Connects `client` as `app` and subscribes it to its own decisions.
 fn subscribe(core: &mut Core, now: Instant, client: ClientId, app: &str) {
-    core.handle(
+    core.connect(client, peer(app));
+    core.request(
         now,
-        Event::ClientSubscribed {
-            client,
-            app: app.into(),
+        client,
+        Request::Subscribe {
+            id: 1,
+            app: None,
             flow: None,
         },
     );
+}
+
+fn report(rtt_ms: Option<f64>, stalled: bool) -> Request {
+    Request::ReportPath {
+        id: 2,
+        interface: "wlan0".into(),
+        rtt_ms,
+        stalled,
+    }
+}
+
+/// Something a test feeds the core.
+enum Input {
+    Event(Event),
+    Request(ClientId, Request),
+    Subscribe(ClientId, &'static str),
 }
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -171,38 +209,39 @@ fn nothing_is_pushed_when_nothing_changed() {
     let mut core = handset(plain(), false, t0);
     subscribe(&mut core, t0, 1, "a");
     assert_eq!(pushes(&drain(&mut core)).len(), 1);
-    let quiet: Vec<Event> = vec![
-        Event::RouteAdded(Route {
+    let quiet: Vec<Input> = vec![
+        Input::Event(Event::RouteAdded(Route {
             index: WLAN,
             table: 254,
             dst: None,
             gateway: Some(IpAddr::from([198, 18, 2, 1])),
-        }),
-        Event::AddressAdded {
+        })),
+        Input::Event(Event::AddressAdded {
             index: WLAN,
             addr: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]),
             prefix_len: 64,
-        },
-        Event::AddressAdded {
+        }),
+        Input::Event(Event::AddressAdded {
             index: RMNET,
             addr: IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, 2]),
             prefix_len: 64,
-        },
-        Event::LinkUpdated(info(RMNET, "rmnet0", LinkKind::Cellular, false)),
-        Event::PathReport {
-            client: 1,
-            interface: "wlan0".into(),
-            rtt_ms: Some(12.0),
-            stalled: false,
-        },
-        Event::ClientSubscribed {
-            client: 9,
-            app: "b".into(),
-            flow: None,
-        },
+        }),
+        Input::Event(Event::LinkUpdated(info(
+            RMNET,
+            "rmnet0",
+            LinkKind::Cellular,
+            false,
+        ))),
+        Input::Request(1, report(Some(12.0), false)),
+        Input::Subscribe(9, "b"),
     ];
-    for (n, ev) in quiet.into_iter().enumerate() {
-        core.handle(t0 + ms(10 * n as u64), ev);
+    for (n, input) in quiet.into_iter().enumerate() {
+        let t = t0 + ms(10 * n as u64);
+        match input {
+            Input::Event(ev) => core.handle(t, ev),
+            Input::Request(client, r) => core.request(t, client, r),
+            Input::Subscribe(client, app) => subscribe(&mut core, t, client, app),
+        }
         let p = pushes(&drain(&mut core));
         assert!(!p.contains_key(&1), "event {n} pushed to client 1: {p:?}");
     }
@@ -414,7 +453,7 @@ fn unused_links_are_probed_slowly_and_unsubscribing_stops_everything() {
         !log.iter()
             .any(|(_, a)| matches!(a, Action::SendProbe { index, .. } if *index == RMNET))
     );
-    core.handle(t0 + ms(1_000), Event::ClientUnsubscribed { client: 1 });
+    core.request(t0 + ms(1_000), 1, Request::Unsubscribe { id: 3 });
     let stops: Vec<_> = drain(&mut core)
         .into_iter()
         .filter_map(|a| match a {
@@ -433,15 +472,7 @@ fn a_stall_report_probes_at_once() {
     subscribe(&mut core, t0, 1, "a");
     simulate(&mut core, t0, t0 + ms(120), |_, _| Some(ms(1)));
     let t = t0 + ms(121);
-    core.handle(
-        t,
-        Event::PathReport {
-            client: 1,
-            interface: "wlan0".into(),
-            rtt_ms: None,
-            stalled: true,
-        },
-    );
+    core.request(t, 1, report(None, true));
     let sent: Vec<_> = drain(&mut core)
         .into_iter()
         .filter(|a| matches!(a, Action::SendProbe { interface, .. } if interface == "wlan0"))
@@ -664,12 +695,29 @@ fn a_resync_batch_applies_only_its_outcome() {
     let mut core = handset(plain(), false, t0);
     subscribe(&mut core, t0, 1, "a");
     drain(&mut core);
+    let dump = |links: &[(u32, &str, LinkKind)], addrs: &[u32]| -> Vec<Event> {
+        let mut v: Vec<Event> = links
+            .iter()
+            .map(|(i, n, k)| Event::LinkUpdated(info(*i, n, *k, false)))
+            .collect();
+        v.extend(addrs.iter().map(|i| addr(*i)));
+        v
+    };
+    let all = [
+        (WLAN, "wlan0", LinkKind::Wifi),
+        (RMNET, "rmnet0", LinkKind::Cellular),
+        (BNEP, "bnep0", LinkKind::Bluetooth),
+    ];
     // The same state again after a re-dump: nothing to tell anyone.
-    core.handle_all(t0, [Event::Forget { index: WLAN }, addr(WLAN)]);
+    core.resync(t0, dump(&all, &[WLAN, RMNET, BNEP]));
     assert!(pushes(&drain(&mut core)).is_empty());
     // An address that went away while notifications were lost is gone after the re-dump.
-    core.handle_all(t0, [Event::Forget { index: WLAN }]);
+    core.resync(t0, dump(&all, &[RMNET, BNEP]));
     assert_eq!(pushes(&drain(&mut core))[&1], names(&["rmnet0", "bnep0"]));
+    // So is a link missing from the dump, and it is no longer probed or planned for.
+    core.resync(t0, dump(&all[..2], &[WLAN, RMNET]));
+    assert_eq!(pushes(&drain(&mut core))[&1], names(&["wlan0", "rmnet0"]));
+    assert_eq!(core.link_indices(), [WLAN, RMNET]);
 }
 
 #[test]
@@ -750,13 +798,17 @@ mod steering {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::SubflowCreate {
-                    token,
-                    local,
-                    remote,
-                    backup,
-                    index,
-                    id,
+                Action::Subflow {
+                    command:
+                        SubflowCommand::Create {
+                            token,
+                            local,
+                            remote,
+                            backup,
+                            index,
+                            id,
+                        },
+                    requested: None,
                 } => {
                     assert_eq!((*token, *remote), (TOKEN, server()));
                     assert_ne!(*id, 0, "id 0 is the initial subflow's");
@@ -767,16 +819,23 @@ mod steering {
                     );
                     Some(format!("create {} {}", name(local), role(*backup)))
                 }
-                Action::SubflowSetBackup {
-                    token,
-                    local,
-                    backup,
-                    ..
+                Action::Subflow {
+                    command:
+                        SubflowCommand::SetBackup {
+                            token,
+                            local,
+                            backup,
+                            ..
+                        },
+                    requested: None,
                 } => {
                     assert_eq!(*token, TOKEN);
                     Some(format!("prio {} {}", name(local), role(*backup)))
                 }
-                Action::SubflowDestroy { token, local, .. } => {
+                Action::Subflow {
+                    command: SubflowCommand::Destroy { token, local, .. },
+                    requested: None,
+                } => {
                     assert_eq!(*token, TOKEN);
                     Some(format!("destroy {}", name(local)))
                 }
@@ -803,25 +862,26 @@ mod steering {
     /// and registered; returns the steps that registering produced.
     fn steered(t0: Instant) -> (Core, Vec<String>) {
         let mut core = handset(plain(), false, t0);
-        core.enable_steering();
+        core.enable_steering(Ok(()));
         subscribe(&mut core, t0, APP, "com.example.chat");
         drain(&mut core);
         core.handle(
             t0,
-            Event::MptcpConnection {
+            Event::Mptcp(MptcpEvent::Connection {
                 token: TOKEN,
                 local: local(WLAN, 40000),
                 remote: server(),
-            },
+            }),
         );
         assert!(
             steps(&drain(&mut core)).is_empty(),
             "an unregistered connection is nobody's to steer"
         );
-        core.handle(
+        core.request(
             t0,
-            Event::MptcpRegistered {
-                client: APP,
+            APP,
+            Request::RegisterMptcp {
+                id: 4,
                 token: TOKEN,
             },
         );
@@ -832,12 +892,12 @@ mod steering {
     fn up(core: &mut Core, now: Instant, index: u32, port: u16, backup: bool) {
         core.handle(
             now,
-            Event::MptcpSubflowUp {
+            Event::Mptcp(MptcpEvent::SubflowUp {
                 token: TOKEN,
                 local: local(index, port),
                 remote: server(),
                 backup,
-            },
+            }),
         );
     }
 
@@ -880,11 +940,11 @@ mod steering {
         // The kernel confirms: nothing asked twice.
         core.handle(
             t0 + ms(101),
-            Event::MptcpSubflowClosed {
+            Event::Mptcp(MptcpEvent::SubflowClosed {
                 token: TOKEN,
                 local: local(WLAN, 40000),
                 remote: server(),
-            },
+            }),
         );
         assert!(steps(&drain(&mut core)).is_empty());
     }

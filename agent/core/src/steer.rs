@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::ClientId;
+use roam_policy::Role;
+
+use crate::link;
+use crate::{Action, ClientId, Core, MptcpEvent, SubflowCommand};
 
 /// How long a subflow creation may go unanswered by an event before it is tried again.
 pub const CREATE_RETRY: Duration = Duration::from_secs(1);
@@ -22,20 +25,20 @@ pub const MAX_CONNECTIONS: usize = 4096;
 
 /// One MPTCP connection the kernel told about.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Conn {
+pub(crate) struct Conn {
     /// The subscribed client that registered it.
-    pub(super) client: Option<ClientId>,
+    pub(crate) client: Option<ClientId>,
     /// The peer of its first subflow: where new subflows go.
-    pub(super) remote: Option<SocketAddr>,
+    pub(crate) remote: Option<SocketAddr>,
     /// (local, remote) -> backup flag, for every established subflow.
-    pub(super) subflows: BTreeMap<(SocketAddr, SocketAddr), bool>,
+    pub(crate) subflows: BTreeMap<(SocketAddr, SocketAddr), bool>,
     /// Local addresses a subflow was asked from, when, and with which backup flag: the
     /// kernel's events carry the peer's flag for a subflow this end opened, not ours.
-    pub(super) creating: BTreeMap<IpAddr, (Instant, bool)>,
+    pub(crate) creating: BTreeMap<IpAddr, (Instant, bool)>,
     /// Subflows asked to close.
-    pub(super) destroying: BTreeSet<(SocketAddr, SocketAddr)>,
+    pub(crate) destroying: BTreeSet<(SocketAddr, SocketAddr)>,
     /// The MPTCP address id each local address of ours was given, for the connection's life.
-    pub(super) ids: BTreeMap<IpAddr, u8>,
+    pub(crate) ids: BTreeMap<IpAddr, u8>,
 }
 
 impl Conn {
@@ -45,7 +48,7 @@ impl Conn {
     /// an entry but not both, so every address needs its own id, and the same one each time
     /// (an entry can outlive its subflow when the peer closed it). `None` when all 255 are
     /// taken.
-    pub(super) fn local_id(&mut self, addr: IpAddr) -> Option<u8> {
+    pub(crate) fn local_id(&mut self, addr: IpAddr) -> Option<u8> {
         if let Some(id) = self.ids.get(&addr) {
             return Some(*id);
         }
@@ -56,13 +59,15 @@ impl Conn {
 }
 
 /// What the core knows for steering.
-#[derive(Debug, Default)]
-pub(super) struct Steering {
-    pub(super) conns: BTreeMap<u32, Conn>,
+#[derive(Debug)]
+pub(crate) struct Steering {
+    pub(crate) conns: BTreeMap<u32, Conn>,
+    /// Whether the shell can set TCP options for one subflow, or why not.
+    pub(crate) options: Result<(), String>,
 }
 
 impl Steering {
-    pub(super) fn conn(&mut self, token: u32) -> &mut Conn {
+    pub(crate) fn conn(&mut self, token: u32) -> &mut Conn {
         if !self.conns.contains_key(&token) && self.conns.len() >= MAX_CONNECTIONS {
             // Forget an unregistered one first: nobody steers it.
             let victim = self
@@ -81,36 +86,20 @@ impl Steering {
 
 /// What one usable path of a decision offers a connection: local address, interface, role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Want {
-    pub(super) addr: IpAddr,
-    pub(super) index: u32,
-    pub(super) backup: bool,
+pub(crate) struct Want {
+    pub(crate) addr: IpAddr,
+    pub(crate) index: u32,
+    pub(crate) backup: bool,
 }
 
-/// A steering step, before it becomes an [`super::Action`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Step {
-    Promote {
-        local: SocketAddr,
-        remote: SocketAddr,
-        backup: bool,
-    },
-    Create {
-        local: SocketAddr,
-        remote: SocketAddr,
-        backup: bool,
-        index: u32,
-        id: u8,
-    },
-    Destroy {
-        local: SocketAddr,
-        remote: SocketAddr,
-    },
-}
-
-/// Plans one connection: `wants` are the decision's usable paths (primary first), `alive`
-/// tells whether a local address is on a link the decision still names as usable.
-pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
+/// Plans connection `token`: `wants` are the decision's usable paths (primary first); a
+/// subflow from an address no want names is on a link the decision no longer uses.
+pub(crate) fn plan(
+    token: u32,
+    conn: &mut Conn,
+    wants: &[Want],
+    now: Instant,
+) -> Vec<SubflowCommand> {
     let Some(remote) = conn.remote else {
         return Vec::new();
     };
@@ -126,7 +115,8 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
         if let Some(w) = want_of(l.ip())
             && w.backup != *backup
         {
-            steps.push(Step::Promote {
+            steps.push(SubflowCommand::SetBackup {
+                token,
                 local: *l,
                 remote: *r,
                 backup: w.backup,
@@ -146,7 +136,8 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
                 continue;
             };
             conn.creating.insert(w.addr, (now, w.backup));
-            steps.push(Step::Create {
+            steps.push(SubflowCommand::Create {
+                token,
                 local: SocketAddr::new(w.addr, 0),
                 remote,
                 backup: w.backup,
@@ -165,7 +156,8 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
     if survivors > 0 {
         for k in conn.subflows.keys() {
             if want_of(k.0.ip()).is_none() && conn.destroying.insert(*k) {
-                steps.push(Step::Destroy {
+                steps.push(SubflowCommand::Destroy {
+                    token,
                     local: k.0,
                     remote: k.1,
                 });
@@ -176,8 +168,122 @@ pub(super) fn plan(conn: &mut Conn, wants: &[Want], now: Instant) -> Vec<Step> {
 }
 
 /// When an unanswered subflow creation of a steered connection is due to be asked again.
-pub(super) fn next_retry(conn: &Conn) -> Option<Instant> {
+pub(crate) fn next_retry(conn: &Conn) -> Option<Instant> {
     conn.creating.values().map(|(t, _)| *t + CREATE_RETRY).min()
+}
+
+impl Core {
+    /// Turns per-connection MPTCP steering on (the userspace path manager runs): registered
+    /// connections get subflows on their decision's paths, and the backup is promoted and the
+    /// dead subflow closed when a path fails ([`Action::Subflow`]). `subflow_options` says
+    /// whether apps may give TCP options for one subflow (`Err`: why not, told to the app).
+    pub fn enable_steering(&mut self, subflow_options: Result<(), String>) {
+        self.steering = Some(Steering {
+            conns: BTreeMap::new(),
+            options: subflow_options,
+        });
+    }
+
+    /// Whether the kernel told about a client-side MPTCP connection with this token, and the
+    /// subflows it has: `(local, remote)` pairs.
+    pub fn mptcp_subflows(&self, token: u32) -> Option<Vec<(SocketAddr, SocketAddr)>> {
+        let c = self.steering.as_ref()?.conns.get(&token)?;
+        Some(c.subflows.keys().copied().collect())
+    }
+
+    /// The MPTCP address id for a subflow of connection `token` from `local` (an app's own
+    /// `mptcp_subflow_create`): the same allocation as roamd's own subflows, so the two never
+    /// collide. `None` for an unknown connection or when its ids are exhausted.
+    pub(crate) fn mptcp_local_id(&mut self, token: u32, local: IpAddr) -> Option<u8> {
+        self.steering
+            .as_mut()?
+            .conns
+            .get_mut(&token)?
+            .local_id(local)
+    }
+
+    pub(crate) fn plan_steering(&mut self, now: Instant) {
+        let Some(st) = &mut self.steering else { return };
+        for (&token, conn) in st.conns.iter_mut() {
+            let Some(decision) = conn
+                .client
+                .and_then(|c| self.clients.subs.get(&c))
+                .and_then(|c| c.last.as_ref())
+            else {
+                // Nobody steers it: no creation of ours is waiting for an answer.
+                conn.creating.clear();
+                continue;
+            };
+            let mut wants = Vec::new();
+            for path in &decision.paths {
+                let Some((index, link)) = link::named(&self.links, &path.interface) else {
+                    continue;
+                };
+                if !link.state.is_usable() {
+                    continue;
+                }
+                for a in link.usable_addrs() {
+                    wants.push(Want {
+                        addr: a,
+                        index,
+                        backup: path.role == Role::Backup,
+                    });
+                }
+            }
+            for command in plan(token, conn, &wants, now) {
+                tracing::info!(token, ?command, "steering");
+                self.actions.push_back(Action::Subflow {
+                    command,
+                    requested: None,
+                });
+            }
+        }
+    }
+
+    /// Takes in what the kernel said about MPTCP connections and subflows.
+    pub(crate) fn apply_mptcp_event(&mut self, event: MptcpEvent) {
+        let Some(st) = &mut self.steering else { return };
+        match event {
+            MptcpEvent::Connection {
+                token,
+                local,
+                remote,
+            } => {
+                let c = st.conn(token);
+                c.remote = Some(remote);
+                // CREATED then ESTABLISHED name the same first subflow.
+                c.subflows.entry((local, remote)).or_insert(false);
+            }
+            MptcpEvent::Closed { token } => {
+                st.conns.remove(&token);
+            }
+            MptcpEvent::SubflowUp {
+                token,
+                local,
+                remote,
+                backup,
+            } => {
+                if let Some(c) = st.conns.get_mut(&token) {
+                    // The event's flag is the peer's (MP_JOIN's answer, or its MP_PRIO): ours
+                    // is the one we asked for, and stays what we last set.
+                    let asked = c.creating.remove(&local.ip()).map(|(_, b)| b);
+                    c.subflows
+                        .entry((local, remote))
+                        .or_insert(asked.unwrap_or(backup));
+                }
+            }
+            MptcpEvent::SubflowClosed {
+                token,
+                local,
+                remote,
+            } => {
+                if let Some(c) = st.conns.get_mut(&token) {
+                    c.subflows.remove(&(local, remote));
+                    c.destroying.remove(&(local, remote));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -236,27 +342,27 @@ mod tests {
             });
             v
         };
-        let ids = |steps: &[Step]| -> Vec<(IpAddr, u8)> {
+        let ids = |steps: &[SubflowCommand]| -> Vec<(IpAddr, u8)> {
             steps
                 .iter()
                 .filter_map(|s| match s {
-                    Step::Create { local, id, .. } => Some((local.ip(), *id)),
+                    SubflowCommand::Create { local, id, .. } => Some((local.ip(), *id)),
                     _ => None,
                 })
                 .collect()
         };
-        assert_eq!(ids(&plan(&mut c, &wants(true), t0)), [(rmnet, 1)]);
+        assert_eq!(ids(&plan(7, &mut c, &wants(true), t0)), [(rmnet, 1)]);
         c.creating.clear();
         c.subflows
             .insert((SocketAddr::new(rmnet, 40001), remote), true);
         // wlan0 goes: its subflow is closed; it returns: a new subflow from it, not id 1.
-        plan(&mut c, &wants(false), t0);
+        plan(7, &mut c, &wants(false), t0);
         c.subflows.remove(&(SocketAddr::new(wlan, 40000), remote));
-        assert_eq!(ids(&plan(&mut c, &wants(true), t0)), [(wlan, 2)]);
+        assert_eq!(ids(&plan(7, &mut c, &wants(true), t0)), [(wlan, 2)]);
         c.creating.clear();
         // And again after a second flap: the same id as the first time.
         assert_eq!(
-            ids(&plan(&mut c, &wants(true), t0 + CREATE_RETRY)),
+            ids(&plan(7, &mut c, &wants(true), t0 + CREATE_RETRY)),
             [(wlan, 2)]
         );
     }

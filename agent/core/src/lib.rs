@@ -1,0 +1,434 @@
+//! roamd's core: a sans-I/O state machine, with no tokio, netlink, socket or libc in it.
+//!
+//! Events and the current time go in ([`Core::handle`], [`Core::handle_timeout`]), and so do
+//! clients and their requests ([`Core::connect`], [`Core::request`], [`Core::disconnect`]);
+//! actions come out ([`Core::poll_action`]) together with the next deadline
+//! ([`Core::poll_timeout`]). The core never reads a clock, a socket or a file, so tests drive it
+//! with virtual time and the tokio shell (`roam_agent::daemon`) stays a thin loop around it.
+//!
+//! What it keeps: the link table (carrier, addresses, routes, probe figures), the connected
+//! clients with their rights, subscriptions and MPTCP registrations, the decision each
+//! subscriber was last sent, and the policy in force. After every event it recomputes link
+//! states, plans the kernel (routing tables and rules, MPTCP endpoints from the device-wide
+//! default decision) and emits a plan when it changed, re-evaluates every subscriber's decision
+//! (once per distinct app id) and pushes only what changed; then it paces the probes: fast on
+//! links a subscribed session uses or backs up on, slowly on the other usable links, and not
+//! at all with no subscriber.
+//!
+//! Rooms, by concern:
+//! - [`event`]: what goes in and what comes out ([`Event`], [`Action`]).
+//! - [`link`]: link states, the usable-address rule, the link's record.
+//! - [`plan`]: routing and MPTCP endpoint plans.
+//! - [`probe`] and `pacing`: probe figures and verdicts, and when to probe.
+//! - `steer` and [`subflow`]: per-connection MPTCP steering and the subflow vocabulary.
+//! - [`clients`]: the client table and every permission rule.
+//! - [`portal`]: captive-portal checks. [`decide`]: the one seam to `roam-policy`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clients;
+pub mod decide;
+pub mod event;
+pub mod link;
+mod pacing;
+pub mod plan;
+pub mod portal;
+pub mod probe;
+mod steer;
+pub mod subflow;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+use roam_policy::{Decision, Flow, Interface, LinkState, State};
+
+use clients::ClientTable;
+pub use clients::{AgentFacts, MAX_TOKENS, Peer};
+pub use decide::{Policy, PolicyLoadError};
+pub use event::{Action, Event, Requested};
+use link::{Link, Portal};
+pub use link::{LinkInfo, Route};
+pub use pacing::{MIN_PROBE_INTERVAL, WIRELESS_REFRESH};
+pub use plan::{
+    MAIN_TABLE, MptcpEndpoint, MptcpPlan, PlannedRoute, PlannedRule, RoutingConfig, RoutingPlan,
+};
+pub use portal::{PortalCheck, PortalUrl};
+use probe::LinkProbe;
+pub use probe::ProbeConfig;
+/// The wire's types the core speaks in: `ProbeMode` is one enum for the pace the core sets and
+/// the pace `status` shows (roam-ipc is the crate apps link, so it cannot depend on the core;
+/// the core depends on it for pure wire types instead of keeping a copy and a conversion).
+pub use roam_ipc::proto::{ClientView, ProbeMode, ProbeView, Update};
+pub use steer::{CREATE_RETRY, MAX_CONNECTIONS};
+pub use subflow::{MptcpEvent, SubflowCommand};
+
+/// Identifies one IPC connection for the lifetime of the agent; never reused.
+pub type ClientId = u64;
+
+/// The agent's state machine. See the crate documentation.
+#[derive(Debug)]
+pub struct Core {
+    links: BTreeMap<u32, Link>,
+    clients: ClientTable,
+    policy: Policy,
+    probe_cfg: ProbeConfig,
+    facts: AgentFacts,
+    next_seq: u64,
+    next_recheck: Option<Instant>,
+    actions: VecDeque<Action>,
+    routing: Option<(RoutingConfig, RoutingPlan)>,
+    mptcp: Option<MptcpPlan>,
+    steering: Option<steer::Steering>,
+}
+
+impl Core {
+    /// A core with no links, no clients, this policy and these probe settings.
+    pub fn new(policy: Policy, probe_cfg: ProbeConfig) -> Self {
+        Core {
+            links: BTreeMap::new(),
+            clients: ClientTable::default(),
+            policy,
+            probe_cfg,
+            facts: AgentFacts::default(),
+            next_seq: 1,
+            next_recheck: None,
+            actions: VecDeque::new(),
+            routing: None,
+            mptcp: None,
+            steering: None,
+        }
+    }
+
+    /// Feeds one event in, at `now`.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        self.apply(now, event);
+        self.settle(now);
+    }
+
+    /// Feeds several events that happened together (one netlink datagram, a re-dump): the
+    /// decisions are made once, after the last, so no subscriber sees a half-applied state.
+    pub fn handle_all(&mut self, now: Instant, events: impl IntoIterator<Item = Event>) {
+        for e in events {
+            self.apply(now, e);
+        }
+        self.settle(now);
+    }
+
+    /// After lost netlink notifications, `dump` is a fresh dump of every link, address and
+    /// route: links missing from it are gone, and the others have exactly its addresses and
+    /// routes. One batch, so subscribers only see the outcome.
+    pub fn resync(&mut self, now: Instant, dump: Vec<Event>) {
+        let seen: BTreeSet<u32> = dump
+            .iter()
+            .filter_map(|e| match e {
+                Event::LinkUpdated(l) => Some(l.index),
+                _ => None,
+            })
+            .collect();
+        let forget = self.links.keys().map(|&index| {
+            if seen.contains(&index) {
+                Event::Forget { index }
+            } else {
+                Event::LinkRemoved { index }
+            }
+        });
+        let events: Vec<Event> = forget.chain(dump).collect();
+        self.handle_all(now, events);
+    }
+
+    /// The kernel indices of every link the core knows.
+    pub fn link_indices(&self) -> Vec<u32> {
+        self.links.keys().copied().collect()
+    }
+
+    fn apply(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::LinkUpdated(info) => {
+                let index = info.index;
+                match self.links.get_mut(&index) {
+                    Some(link) => link.info = info,
+                    None => {
+                        tracing::info!(interface = %info.name, index, kind = %info.kind, "link appeared");
+                        self.links.insert(
+                            index,
+                            Link {
+                                info,
+                                addrs: BTreeSet::new(),
+                                routes: BTreeSet::new(),
+                                probe: LinkProbe::new(),
+                                portal: Portal::Unchecked,
+                                state: LinkState::Down,
+                                up_since: None,
+                                mode: ProbeMode::Off,
+                                next_probe: None,
+                                ssid: None,
+                                signal_dbm: None,
+                                wireless_asked: None,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::LinkRemoved { index } => {
+                if let Some(link) = self.links.remove(&index) {
+                    tracing::info!(interface = %link.info.name, index, "link removed");
+                    if link.mode != ProbeMode::Off {
+                        self.actions.push_back(Action::StopProbing { index });
+                    }
+                }
+            }
+            Event::AddressAdded {
+                index,
+                addr,
+                prefix_len,
+            } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.addrs.insert((addr, prefix_len));
+                }
+            }
+            Event::AddressRemoved {
+                index,
+                addr,
+                prefix_len,
+            } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.addrs.remove(&(addr, prefix_len));
+                }
+            }
+            Event::Forget { index } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.addrs.clear();
+                    link.routes.clear();
+                }
+            }
+            Event::RouteAdded(route) => {
+                if let Some(link) = self.links.get_mut(&route.index) {
+                    link.routes.insert(route);
+                }
+            }
+            Event::RouteRemoved(route) => {
+                if let Some(link) = self.links.get_mut(&route.index) {
+                    link.routes.remove(&route);
+                }
+            }
+            Event::ProbeReply { index, seq } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.probe.reply(seq, now, &self.probe_cfg);
+                }
+            }
+            Event::PortalChecked { index, status } => {
+                if let Some(link) = self.links.get_mut(&index)
+                    && let Some(check) = &link.info.portal
+                    && let Portal::Pending { at, was } = &mut link.portal
+                {
+                    let (at, was) = (*at, was.take());
+                    link.portal = match status {
+                        Ok(s) if s == check.expect => Portal::Open,
+                        Ok(s) => Portal::Captive {
+                            why: format!(
+                                "captive portal: {} answered HTTP {s}, not {}",
+                                check.url, check.expect
+                            ),
+                            at,
+                        },
+                        Err(e) => Portal::Captive {
+                            why: format!("captive portal check of {} failed: {e}", check.url),
+                            at,
+                        },
+                    };
+                    if let Portal::Captive { why, .. } = &link.portal
+                        && was.as_ref() != Some(why)
+                    {
+                        tracing::info!(interface = %link.info.name, reason = %why, "not validated");
+                    }
+                }
+            }
+            Event::ProbeSendFailed { index, seq } => {
+                if let Some(link) = self.links.get_mut(&index) {
+                    link.probe.send_failed(seq, &self.probe_cfg);
+                }
+            }
+            Event::Wireless {
+                index,
+                ssid,
+                signal_dbm,
+            } => {
+                if let Some(link) = self.links.get_mut(&index)
+                    && link.info.wireless
+                {
+                    link.ssid = ssid;
+                    link.signal_dbm = signal_dbm.filter(|s| s.is_finite());
+                }
+            }
+            Event::PolicyReplaced(policy) => {
+                self.policy = policy;
+            }
+            Event::Mptcp(e) => self.apply_mptcp_event(e),
+        }
+    }
+
+    /// Processes every deadline that has passed by `now` (probe timeouts, probes due, hold
+    /// thresholds crossed).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.settle(now);
+    }
+
+    /// The next instant [`Core::handle_timeout`] must be called at, if any. `None`: nothing
+    /// will happen until an event arrives (no periodic wakeups when idle).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let links = self.links.values().flat_map(|l| {
+            [l.next_probe, l.probe.next_expiry(&self.probe_cfg)]
+                .into_iter()
+                .flatten()
+        });
+        // A subflow creation the kernel did not answer with an event is asked again.
+        let retries = self
+            .steering
+            .iter()
+            .flat_map(|st| st.conns.values().filter_map(steer::next_retry));
+        links.chain(self.next_recheck).chain(retries).min()
+    }
+
+    /// The next action for the shell, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Every managed interface, as in the policy state file, sorted by name.
+    pub fn interfaces(&self, now: Instant) -> Vec<Interface> {
+        let mut v: Vec<_> = self.links.values().map(|l| l.interface(now)).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The decision the policy in force gives `app` now, with its explanation.
+    pub fn explain(&self, app: &str, flow: Option<Flow>, now: Instant) -> Decision {
+        self.policy.evaluate(&State {
+            app: Some(app.to_owned()),
+            flow,
+            interfaces: self.interfaces(now),
+        })
+    }
+
+    /// The subscribers and what each is using.
+    pub fn clients(&self) -> Vec<ClientView> {
+        self.clients
+            .subs
+            .iter()
+            .map(|(id, c)| ClientView {
+                client: *id,
+                app: c.app.clone(),
+                primary: c
+                    .last
+                    .as_ref()
+                    .and_then(|d| d.primary())
+                    .map(|p| p.interface.clone()),
+            })
+            .collect()
+    }
+
+    /// How each link is being probed, with its addresses and default routes.
+    pub fn probes(&self) -> Vec<ProbeView> {
+        self.links
+            .values()
+            .map(|l| ProbeView {
+                interface: l.info.name.clone(),
+                mode: l.mode,
+                default_routes: l
+                    .routes
+                    .iter()
+                    .filter(|r| r.dst.is_none() && r.table == MAIN_TABLE)
+                    .count(),
+                addresses: l.addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
+            })
+            .collect()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for link in self.links.values_mut() {
+            link.probe.expire(now, &self.probe_cfg);
+        }
+    }
+
+    fn reconcile(&mut self, now: Instant) {
+        self.update_states(now);
+        let interfaces = self.interfaces(now);
+        let summary: Vec<_> = interfaces
+            .iter()
+            .map(|i| (i.name.clone(), i.kind, i.state))
+            .collect();
+        // The kernel is brought in line first, then apps are told: an app that moves on the
+        // news finds the routes and endpoints already there.
+        self.plan_routing();
+        self.plan_mptcp(&interfaces);
+        let mut pushes = Vec::new();
+        // Evaluate once per (app, flow): a thousand sessions of one app cost one evaluation.
+        let mut cache: HashMap<(String, Option<(u64, u64)>), Decision> = HashMap::new();
+        for (&id, client) in &mut self.clients.subs {
+            let decision = cache
+                .entry((client.app.clone(), client.flow.map(|f| (f.bytes, f.age_ms))))
+                .or_insert_with(|| {
+                    self.policy.evaluate(&State {
+                        app: Some(client.app.clone()),
+                        flow: client.flow,
+                        interfaces: interfaces.clone(),
+                    })
+                })
+                .clone();
+            let key = (decision.multipath, decision.paths.clone(), summary.clone());
+            if client.pushed.as_ref() != Some(&key) {
+                let _span = tracing::debug_span!("client", id, app = %client.app).entered();
+                tracing::debug!(
+                    primary = decision.primary().map(|p| p.interface.as_str()),
+                    paths = decision.paths.len(),
+                    "push"
+                );
+                client.pushed = Some(key);
+                pushes.push(Action::Push {
+                    client: id,
+                    update: Update {
+                        decision: decision.clone(),
+                        interfaces: interfaces.clone(),
+                    },
+                });
+            }
+            client.last = Some(decision);
+        }
+        // Subflows move before apps are told: an app reading the news finds them moved.
+        self.plan_steering(now);
+        self.actions.extend(pushes);
+        self.pace_probes(now);
+        self.next_recheck = self.hold_recheck(now);
+    }
+
+    /// Brings everything in line after the inputs changed at `now`: probe timeouts counted,
+    /// then link states, plans, pushes and probe pacing recomputed.
+    pub(crate) fn settle(&mut self, now: Instant) {
+        self.expire(now);
+        self.reconcile(now);
+    }
+
+    /// The first instant after `now` at which a link's `up_for` crosses one of the policy's
+    /// hold durations: the decision may change then with no event.
+    fn hold_recheck(&self, now: Instant) -> Option<Instant> {
+        // The device-wide MPTCP plan follows the default decision even with no subscriber.
+        if self.clients.subs.is_empty() && self.mptcp.is_none() {
+            return None;
+        }
+        let holds = self.policy.hold_thresholds();
+        self.links
+            .values()
+            .filter_map(|l| l.up_since)
+            .flat_map(|t| holds.iter().map(move |d| t + *d))
+            .filter(|t| *t > now)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests;
