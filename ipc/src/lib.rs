@@ -4,16 +4,19 @@
 //! - [`proto`]: the messages ([`proto::Request`], [`proto::Reply`]) and the framing (4-byte
 //!   big-endian length, one JSON object).
 //! - [`client`]: a blocking client (`roamctl`, tests).
-//! - [`tokio_client`]: an async client whose reads are cancel-safe, for SDK sessions that
-//!   follow pushed decisions while they report path figures.
+//! - `tokio_client` (feature `tokio`, on by default): an async client whose reads are
+//!   cancel-safe, for SDK sessions that follow pushed decisions while they report path figures.
 //!
 //! The server side lives in roamd (`roam-agent`): what a request means is the agent's business.
-//! This crate stays lean (serde, serde_json, tokio, roam-policy) so apps can speak the protocol
+//! This crate stays lean (serde, serde_json, roam-policy, and tokio behind the default `tokio`
+//! feature) so apps can speak the protocol
 //! without linking the agent.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod proto;
+#[cfg(feature = "tokio")]
 pub mod tokio_client;
 
 use std::path::{Path, PathBuf};

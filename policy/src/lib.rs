@@ -29,6 +29,7 @@
 //! it into a [`Policy`]; evaluation and explanation live in `eval`; [`fmt`] prints a file
 //! back in canonical form; [`diag`] renders errors; [`model`] holds the JSON shapes every
 //! roam crate speaks.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod ast;
