@@ -141,3 +141,56 @@ impl Station {
         self.signal_avg.or(self.signal).map(f64::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! This kernel has no cfg80211, so nothing here is captured: the replies are built to the
+    //! layout of `linux/nl80211.h` (an s8 dBm signal inside the `STA_INFO` nest).
+    use super::*;
+
+    #[test]
+    fn ssid_and_signal_are_read_from_replies() {
+        let mut iface = ifindex_attrs(3);
+        attr::put(&mut iface, nl_attr::SSID, b"HomeNet");
+        let i = Interface::parse(&iface);
+        assert_eq!(
+            (i.ifindex, i.ssid_text().as_deref()),
+            (Some(3), Some("HomeNet"))
+        );
+        let mut odd = ifindex_attrs(3);
+        attr::put(&mut odd, nl_attr::SSID, &[b'a', 0xff]);
+        assert_eq!(
+            Interface::parse(&odd).ssid_text().as_deref(),
+            Some("a\u{fffd}")
+        );
+        assert_eq!(
+            Interface::parse(&ifindex_attrs(3)).ssid,
+            None,
+            "not associated"
+        );
+
+        let mut sta = Vec::new();
+        attr::put_nested(&mut sta, nl_attr::STA_INFO, |b| {
+            attr::put(b, sta_info::SIGNAL, &[(-71i8) as u8])
+        });
+        assert_eq!(Station::parse(&sta).signal_dbm(), Some(-71.0));
+        let mut sta = Vec::new();
+        attr::put_nested(&mut sta, nl_attr::STA_INFO, |b| {
+            attr::put(b, sta_info::SIGNAL, &[(-71i8) as u8]);
+            attr::put(b, sta_info::SIGNAL_AVG, &[(-68i8) as u8]);
+        });
+        assert_eq!(
+            Station::parse(&sta).signal_dbm(),
+            Some(-68.0),
+            "the average wins"
+        );
+        assert_eq!(Station::parse(&ifindex_attrs(3)).signal_dbm(), None);
+    }
+
+    #[test]
+    fn commands_keep_unknown_values() {
+        for v in 0..=255u8 {
+            assert_eq!(u8::from(Command::from(v)), v);
+        }
+    }
+}

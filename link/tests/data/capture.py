@@ -210,7 +210,7 @@ def inside():
             evs.append(ev.s.recv(65536))
     except socket.timeout:
         pass
-    write("events_kernel_pm", "mptcp_pm_events datagrams for one connection under the in-kernel PM: created, established, a joined subflow from endpoint 201, its priority change, its close when the endpoint went, the close (client and server side)", [("<", d) for d in evs])
+    write("events_kernel_pm", "mptcp_pm_events datagrams for one connection under the in-kernel PM: the listener of the signal endpoint with a port, created, established, a joined subflow from endpoint 201, its close when the endpoint went, the close (client side; this kernel sends no SUB_PRIORITY for a change made here)", [("<", d) for d in evs])
 
     # The userspace PM: roamd's requests by token.
     sh("sysctl -qw net.mptcp.pm_type=1")
@@ -284,7 +284,7 @@ def inside():
             evs.append(ev.s.recv(65536))
     except socket.timeout:
         pass
-    write("events_userspace_pm", "mptcp_pm_events datagrams for one connection under the userspace PM, with subflows created, re-prioritised and destroyed by token (the pm_subflow_* and pm_set_flags_token requests)", [("<", d) for d in evs])
+    write("events_userspace_pm", "mptcp_pm_events datagrams for one connection under the userspace PM, with a subflow created and destroyed by token (the pm_subflow_* and pm_set_flags_token requests; no SUB_PRIORITY for the change made here)", [("<", d) for d in evs])
 
 
 def main():
