@@ -256,6 +256,17 @@ mod tests {
         let e = ErrorMessage::parse(&capped, NLM_F_ACK_TLVS | NLM_F_CAPPED).unwrap();
         assert_eq!((e.message, e.offset), (None, Some(20)));
         assert_eq!(ErrorMessage::parse(&full[..10], 0), None);
+        // An echoed length past the end, a malformed attribute: the errno stays, no message.
+        let mut huge = (-22i32).to_ne_bytes().to_vec();
+        huge.extend(&req);
+        huge[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
+        let e = ErrorMessage::parse(&huge, NLM_F_ACK_TLVS).unwrap();
+        assert_eq!((e.errno, e.message), (22, None));
+        let mut bad = (-22i32).to_ne_bytes().to_vec();
+        bad.extend(&req[..NLMSG_HDRLEN]);
+        bad.extend([200, 0, 1, 0, b'x']);
+        let e = ErrorMessage::parse(&bad, NLM_F_ACK_TLVS | NLM_F_CAPPED).unwrap();
+        assert_eq!(e.message, None);
         assert_eq!(
             ErrorMessage::parse(&full, 0).unwrap().message,
             None,
