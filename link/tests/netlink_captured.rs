@@ -222,16 +222,21 @@ fn refusals_carry_the_kernels_reason() {
     assert_eq!(a.request.len as usize, c.sent.unwrap().len());
 }
 
-/// The connection's token and the subflow's local port, from the userspace PM's events.
-fn userspace_connection() -> (u32, Vec<Event>) {
-    let c = capture("events_userspace_pm");
-    let evs: Vec<Event> = messages(&c.received)
+/// The events a capture's datagrams carry.
+fn events(name: &str) -> Vec<Event> {
+    let c = capture(name);
+    messages(&c.received)
         .iter()
         .map(|m| {
             let g = GenlMessage::parse(m).expect("an event");
             Event::parse(g.header.cmd, g.attrs)
         })
-        .collect();
+        .collect()
+}
+
+/// The userspace PM connection's token and its events.
+fn userspace_connection() -> (u32, Vec<Event>) {
+    let evs = events("events_userspace_pm");
     (evs[0].token.unwrap(), evs)
 }
 
@@ -311,14 +316,7 @@ fn userspace_pm_events_follow_the_connection() {
 
 #[test]
 fn kernel_pm_events_include_listeners_and_the_endpoint_subflow() {
-    let c = capture("events_kernel_pm");
-    let evs: Vec<Event> = messages(&c.received)
-        .iter()
-        .map(|m| {
-            let g = GenlMessage::parse(m).expect("an event");
-            Event::parse(g.header.cmd, g.attrs)
-        })
-        .collect();
+    let evs = events("events_kernel_pm");
     use EventType::*;
     let kinds: Vec<EventType> = evs.iter().map(|e| e.kind).collect();
     assert_eq!(

@@ -57,38 +57,15 @@ pub const GENL_ID_CTRL: u16 = 0x10;
 /// The `nlctrl` version roam sends (what it always sent; the kernel accepts any).
 pub const CTRL_VERSION: u8 = 2;
 
-/// `nlctrl` commands (`CTRL_CMD_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CtrlCommand {
-    /// `CTRL_CMD_NEWFAMILY` (1): a family's description (the answer to `GETFAMILY`).
-    NewFamily,
-    /// `CTRL_CMD_DELFAMILY` (2).
-    DelFamily,
-    /// `CTRL_CMD_GETFAMILY` (3): describe a family, by name or id.
-    GetFamily,
-    /// Another command.
-    Other(u8),
-}
-
-impl From<u8> for CtrlCommand {
-    fn from(v: u8) -> Self {
-        match v {
-            1 => CtrlCommand::NewFamily,
-            2 => CtrlCommand::DelFamily,
-            3 => CtrlCommand::GetFamily,
-            o => CtrlCommand::Other(o),
-        }
-    }
-}
-
-impl From<CtrlCommand> for u8 {
-    fn from(c: CtrlCommand) -> u8 {
-        match c {
-            CtrlCommand::NewFamily => 1,
-            CtrlCommand::DelFamily => 2,
-            CtrlCommand::GetFamily => 3,
-            CtrlCommand::Other(o) => o,
-        }
+kernel_enum! {
+    /// `nlctrl` commands (`CTRL_CMD_*`).
+    pub enum CtrlCommand: u8 {
+        /// `CTRL_CMD_NEWFAMILY` (1): a family's description (the answer to `GETFAMILY`).
+        NewFamily = 1,
+        /// `CTRL_CMD_DELFAMILY` (2).
+        DelFamily = 2,
+        /// `CTRL_CMD_GETFAMILY` (3): describe a family, by name or id.
+        GetFamily = 3,
     }
 }
 

@@ -24,43 +24,18 @@ pub const NLMSGERR_ATTR_MSG: u16 = 1;
 /// `NLMSGERR_ATTR_OFFS`: the offset of the offending attribute in the request, a u32.
 pub const NLMSGERR_ATTR_OFFS: u16 = 2;
 
-/// The control message types every netlink family shares (`NLMSG_*`); the rest are the
-/// family's own (rtnetlink message types, a generic netlink family's id, `SOCK_DIAG_BY_FAMILY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MessageType {
-    /// `NLMSG_NOOP` (1): nothing.
-    Noop,
-    /// `NLMSG_ERROR` (2): an error, or with errno 0 an acknowledgement.
-    Error,
-    /// `NLMSG_DONE` (3): the end of a multipart answer.
-    Done,
-    /// `NLMSG_OVERRUN` (4): data was lost.
-    Overrun,
-    /// The family's own type.
-    Other(u16),
-}
-
-impl From<u16> for MessageType {
-    fn from(v: u16) -> Self {
-        match v {
-            1 => MessageType::Noop,
-            2 => MessageType::Error,
-            3 => MessageType::Done,
-            4 => MessageType::Overrun,
-            o => MessageType::Other(o),
-        }
-    }
-}
-
-impl From<MessageType> for u16 {
-    fn from(t: MessageType) -> u16 {
-        match t {
-            MessageType::Noop => 1,
-            MessageType::Error => 2,
-            MessageType::Done => 3,
-            MessageType::Overrun => 4,
-            MessageType::Other(o) => o,
-        }
+kernel_enum! {
+    /// The control message types every netlink family shares (`NLMSG_*`); the rest are the
+    /// family's own (rtnetlink message types, a generic netlink family's id, `SOCK_DIAG_BY_FAMILY`).
+    pub enum MessageType: u16 {
+        /// `NLMSG_NOOP` (1): nothing.
+        Noop = 1,
+        /// `NLMSG_ERROR` (2): an error, or with errno 0 an acknowledgement.
+        Error = 2,
+        /// `NLMSG_DONE` (3): the end of a multipart answer.
+        Done = 3,
+        /// `NLMSG_OVERRUN` (4): data was lost.
+        Overrun = 4,
     }
 }
 

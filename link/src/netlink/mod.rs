@@ -20,6 +20,43 @@
 //! The tests in `link/tests/netlink_captured.rs` pin these parsers and emitters to bytes
 //! captured once from Linux 6.18 (`link/tests/data/`).
 
+/// Defines an enum of kernel values that keeps the values it does not name as `Other(raw)`,
+/// with the conversions both ways (`From<raw>`, `From<enum> for raw`).
+macro_rules! kernel_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident: $raw:ty {
+            $( $(#[$vmeta:meta])* $variant:ident = $value:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+            /// A value not named here, as the kernel sent it.
+            Other($raw),
+        }
+
+        impl From<$raw> for $name {
+            fn from(v: $raw) -> Self {
+                match v {
+                    $( $value => $name::$variant, )*
+                    o => $name::Other(o),
+                }
+            }
+        }
+
+        impl From<$name> for $raw {
+            fn from(v: $name) -> $raw {
+                match v {
+                    $( $name::$variant => $value, )*
+                    $name::Other(o) => o,
+                }
+            }
+        }
+    };
+}
+
 pub mod attr;
 pub mod genl;
 pub mod header;

@@ -15,72 +15,31 @@ pub const VERSION: u8 = 1;
 /// The multicast group connection and subflow events go to (`MPTCP_PM_EV_GRP_NAME`).
 pub const EVENTS_GROUP: &str = "mptcp_pm_events";
 
-/// `mptcp_pm` commands (`MPTCP_PM_CMD_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Command {
-    /// `ADD_ADDR` (1): add an endpoint.
-    AddAddr,
-    /// `DEL_ADDR` (2): delete an endpoint (closing the subflows that use it).
-    DelAddr,
-    /// `GET_ADDR` (3): one endpoint, or (dump) all of them.
-    GetAddr,
-    /// `FLUSH_ADDRS` (4): delete every endpoint.
-    FlushAddrs,
-    /// `SET_LIMITS` (5).
-    SetLimits,
-    /// `GET_LIMITS` (6).
-    GetLimits,
-    /// `SET_FLAGS` (7): change an endpoint's flags, or (with a token) a subflow's backup flag.
-    SetFlags,
-    /// `ANNOUNCE` (8): announce an address on a connection (userspace PM).
-    Announce,
-    /// `REMOVE` (9): withdraw an announced address (userspace PM).
-    Remove,
-    /// `SUBFLOW_CREATE` (10): open a subflow on a connection (userspace PM).
-    SubflowCreate,
-    /// `SUBFLOW_DESTROY` (11): close a subflow (userspace PM).
-    SubflowDestroy,
-    /// Another command.
-    Other(u8),
-}
-
-impl From<u8> for Command {
-    fn from(v: u8) -> Self {
-        use Command::*;
-        match v {
-            1 => AddAddr,
-            2 => DelAddr,
-            3 => GetAddr,
-            4 => FlushAddrs,
-            5 => SetLimits,
-            6 => GetLimits,
-            7 => SetFlags,
-            8 => Announce,
-            9 => Remove,
-            10 => SubflowCreate,
-            11 => SubflowDestroy,
-            o => Other(o),
-        }
-    }
-}
-
-impl From<Command> for u8 {
-    fn from(c: Command) -> u8 {
-        use Command::*;
-        match c {
-            AddAddr => 1,
-            DelAddr => 2,
-            GetAddr => 3,
-            FlushAddrs => 4,
-            SetLimits => 5,
-            GetLimits => 6,
-            SetFlags => 7,
-            Announce => 8,
-            Remove => 9,
-            SubflowCreate => 10,
-            SubflowDestroy => 11,
-            Other(o) => o,
-        }
+kernel_enum! {
+    /// `mptcp_pm` commands (`MPTCP_PM_CMD_*`).
+    pub enum Command: u8 {
+        /// `ADD_ADDR` (1): add an endpoint.
+        AddAddr = 1,
+        /// `DEL_ADDR` (2): delete an endpoint (closing the subflows that use it).
+        DelAddr = 2,
+        /// `GET_ADDR` (3): one endpoint, or (dump) all of them.
+        GetAddr = 3,
+        /// `FLUSH_ADDRS` (4): delete every endpoint.
+        FlushAddrs = 4,
+        /// `SET_LIMITS` (5).
+        SetLimits = 5,
+        /// `GET_LIMITS` (6).
+        GetLimits = 6,
+        /// `SET_FLAGS` (7): change an endpoint's flags, or (with a token) a subflow's backup flag.
+        SetFlags = 7,
+        /// `ANNOUNCE` (8): announce an address on a connection (userspace PM).
+        Announce = 8,
+        /// `REMOVE` (9): withdraw an announced address (userspace PM).
+        Remove = 9,
+        /// `SUBFLOW_CREATE` (10): open a subflow on a connection (userspace PM).
+        SubflowCreate = 10,
+        /// `SUBFLOW_DESTROY` (11): close a subflow (userspace PM).
+        SubflowDestroy = 11,
     }
 }
 
@@ -301,69 +260,30 @@ impl Request {
     }
 }
 
-/// Event types (`enum mptcp_event_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
-    /// `CREATED` (1): a connection was created (its first subflow's SYN).
-    Created,
-    /// `ESTABLISHED` (2): the connection is established.
-    Established,
-    /// `CLOSED` (3): the connection closed.
-    Closed,
-    /// `ANNOUNCED` (6): the peer announced an address.
-    Announced,
-    /// `REMOVED` (7): the peer withdrew an address.
-    Removed,
-    /// `SUB_ESTABLISHED` (10): a subflow is established.
-    SubEstablished,
-    /// `SUB_CLOSED` (11): a subflow closed, or a join failed.
-    SubClosed,
-    /// `SUB_PRIORITY` (13): a subflow's backup flag changed.
-    SubPriority,
-    /// `LISTENER_CREATED` (15): a listening socket was made (e.g. for a `signal` endpoint
-    /// with a port).
-    ListenerCreated,
-    /// `LISTENER_CLOSED` (16).
-    ListenerClosed,
-    /// Another event.
-    Other(u8),
-}
-
-impl From<u8> for EventType {
-    fn from(v: u8) -> Self {
-        use EventType::*;
-        match v {
-            1 => Created,
-            2 => Established,
-            3 => Closed,
-            6 => Announced,
-            7 => Removed,
-            10 => SubEstablished,
-            11 => SubClosed,
-            13 => SubPriority,
-            15 => ListenerCreated,
-            16 => ListenerClosed,
-            o => Other(o),
-        }
-    }
-}
-
-impl From<EventType> for u8 {
-    fn from(e: EventType) -> u8 {
-        use EventType::*;
-        match e {
-            Created => 1,
-            Established => 2,
-            Closed => 3,
-            Announced => 6,
-            Removed => 7,
-            SubEstablished => 10,
-            SubClosed => 11,
-            SubPriority => 13,
-            ListenerCreated => 15,
-            ListenerClosed => 16,
-            Other(o) => o,
-        }
+kernel_enum! {
+    /// Event types (`enum mptcp_event_type`).
+    pub enum EventType: u8 {
+        /// `CREATED` (1): a connection was created (its first subflow's SYN).
+        Created = 1,
+        /// `ESTABLISHED` (2): the connection is established.
+        Established = 2,
+        /// `CLOSED` (3): the connection closed.
+        Closed = 3,
+        /// `ANNOUNCED` (6): the peer announced an address.
+        Announced = 6,
+        /// `REMOVED` (7): the peer withdrew an address.
+        Removed = 7,
+        /// `SUB_ESTABLISHED` (10): a subflow is established.
+        SubEstablished = 10,
+        /// `SUB_CLOSED` (11): a subflow closed, or a join failed.
+        SubClosed = 11,
+        /// `SUB_PRIORITY` (13): a subflow's backup flag changed.
+        SubPriority = 13,
+        /// `LISTENER_CREATED` (15): a listening socket was made (e.g. for a `signal` endpoint
+        /// with a port).
+        ListenerCreated = 15,
+        /// `LISTENER_CLOSED` (16).
+        ListenerClosed = 16,
     }
 }
 

@@ -9,42 +9,17 @@ pub const FAMILY_NAME: &str = "nl80211";
 /// The version requests carry.
 pub const VERSION: u8 = 1;
 
-/// nl80211 commands roam sends or reads (`NL80211_CMD_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Command {
-    /// `GET_INTERFACE` (5).
-    GetInterface,
-    /// `NEW_INTERFACE` (7): the answer to `GET_INTERFACE`.
-    NewInterface,
-    /// `GET_STATION` (17).
-    GetStation,
-    /// `NEW_STATION` (19): the answer to `GET_STATION`.
-    NewStation,
-    /// Another command.
-    Other(u8),
-}
-
-impl From<u8> for Command {
-    fn from(v: u8) -> Self {
-        match v {
-            5 => Command::GetInterface,
-            7 => Command::NewInterface,
-            17 => Command::GetStation,
-            19 => Command::NewStation,
-            o => Command::Other(o),
-        }
-    }
-}
-
-impl From<Command> for u8 {
-    fn from(c: Command) -> u8 {
-        match c {
-            Command::GetInterface => 5,
-            Command::NewInterface => 7,
-            Command::GetStation => 17,
-            Command::NewStation => 19,
-            Command::Other(o) => o,
-        }
+kernel_enum! {
+    /// nl80211 commands roam sends or reads (`NL80211_CMD_*`).
+    pub enum Command: u8 {
+        /// `GET_INTERFACE` (5).
+        GetInterface = 5,
+        /// `NEW_INTERFACE` (7): the answer to `GET_INTERFACE`.
+        NewInterface = 7,
+        /// `GET_STATION` (17).
+        GetStation = 17,
+        /// `NEW_STATION` (19): the answer to `GET_STATION`.
+        NewStation = 19,
     }
 }
 

@@ -98,6 +98,19 @@ def family(nl):
     return fid, grp
 
 
+def drain(ev, into):
+    """Appends the event datagrams queued on `ev` to `into`, until none comes for a while;
+    returns the new ones."""
+    new = []
+    try:
+        while True:
+            new.append(ev.s.recv(65536))
+    except socket.timeout:
+        pass
+    into.extend(new)
+    return new
+
+
 def addr_nest(kind, parts):
     return nla(kind | 0x8000, b"".join(parts))
 
@@ -169,11 +182,7 @@ def inside():
     sub = None
     evs = []
     ev.s.settimeout(0.3)
-    try:
-        while True:
-            evs.append(ev.s.recv(65536))
-    except socket.timeout:
-        pass
+    drain(ev, evs)
     for d in evs:
         a = dict(attrs(d[20:]))
         if d[16] == 10 and a.get(5) == socket.inet_aton("198.18.1.1") and 18 not in a:
@@ -205,11 +214,7 @@ def inside():
     time.sleep(0.3)
     cli.close()
     time.sleep(0.5)
-    try:
-        while True:
-            evs.append(ev.s.recv(65536))
-    except socket.timeout:
-        pass
+    drain(ev, evs)
     write("events_kernel_pm", "mptcp_pm_events datagrams for one connection under the in-kernel PM: the listener of the signal endpoint with a port, created, established, a joined subflow from endpoint 201, its close when the endpoint went, the close (client side; this kernel sends no SUB_PRIORITY for a change made here)", [("<", d) for d in evs])
 
     # The userspace PM: roamd's requests by token.
@@ -221,11 +226,7 @@ def inside():
     cli2.recv(10)
     time.sleep(0.3)
     evs = []
-    try:
-        while True:
-            evs.append(ev.s.recv(65536))
-    except socket.timeout:
-        pass
+    drain(ev, evs)
     token = None
     for d in evs:
         a = dict(attrs(d[20:]))
@@ -245,15 +246,10 @@ def inside():
     )
     time.sleep(0.3)
     lport = None
-    try:
-        while True:
-            d = ev.s.recv(65536)
-            evs.append(d)
-            a = dict(attrs(d[20:]))
-            if d[16] == 10 and 18 not in a and a.get(5) == socket.inet_aton("198.18.1.1"):
-                lport = struct.unpack(">H", a[9])[0]
-    except socket.timeout:
-        pass
+    for d in drain(ev, evs):
+        a = dict(attrs(d[20:]))
+        if d[16] == 10 and 18 not in a and a.get(5) == socket.inet_aton("198.18.1.1"):
+            lport = struct.unpack(">H", a[9])[0]
     local_p = addr_nest(1, [nla(1, struct.pack("=H", 2)), nla(3, socket.inet_aton("198.18.1.1")),
                             nla(5, struct.pack("=H", lport)), nla(6, struct.pack("=I", 4))])
     nl.exchange(
@@ -279,11 +275,7 @@ def inside():
     time.sleep(0.3)
     cli2.close()
     time.sleep(0.5)
-    try:
-        while True:
-            evs.append(ev.s.recv(65536))
-    except socket.timeout:
-        pass
+    drain(ev, evs)
     write("events_userspace_pm", "mptcp_pm_events datagrams for one connection under the userspace PM, with a subflow created and destroyed by token (the pm_subflow_* and pm_set_flags_token requests; no SUB_PRIORITY for the change made here)", [("<", d) for d in evs])
 
 
