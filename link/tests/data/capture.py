@@ -98,6 +98,16 @@ def family(nl):
     return fid, grp
 
 
+def connect(port):
+    """An MPTCP connection from 198.18.0.1 to the echo server's `port`, data both ways."""
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    c.bind(("198.18.0.1", 0))
+    c.connect(("198.18.0.254", port))
+    c.send(b"x" * 100)
+    c.recv(100)
+    return c
+
+
 def drain(ev, into):
     """Appends the event datagrams queued on `ev` to `into`, until none comes for a while;
     returns the new ones."""
@@ -162,11 +172,7 @@ def inside():
     )
 
     # A connection: the kernel PM opens a second subflow from endpoint 201.
-    cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
-    cli.bind(("198.18.0.1", 0))
-    cli.connect(("198.18.0.254", 4433))
-    cli.send(b"x" * 100)
-    cli.recv(100)
+    cli = connect(4433)
     time.sleep(0.5)
     nl.exchange(
         "pm_set_flags_backup",
@@ -219,11 +225,7 @@ def inside():
 
     # The userspace PM: roamd's requests by token.
     sh("sysctl -qw net.mptcp.pm_type=1")
-    cli2 = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
-    cli2.bind(("198.18.0.1", 0))
-    cli2.connect(("198.18.0.254", 4434))
-    cli2.send(b"y" * 10)
-    cli2.recv(10)
+    cli2 = connect(4434)
     time.sleep(0.3)
     evs = []
     drain(ev, evs)
