@@ -401,3 +401,62 @@ fn truncated_captures_never_panic() {
         }
     }
 }
+
+#[test]
+fn iproute2s_endpoint_requests_read_as_what_it_was_asked() {
+    let fid = mptcp_pm_family().id;
+    let add = capture("ip_endpoint_add");
+    let (m, _, r) = sent_request(&add);
+    assert_eq!(m.header.kind, MessageType::Other(fid));
+    // iproute2 orders the nest differently (id, flags, dev, family, address): the same values.
+    assert_eq!(
+        r,
+        mptcp_pm::Request {
+            addr: Some(Address {
+                addr: Some("198.18.0.1".parse().unwrap()),
+                id: Some(9),
+                port: None,
+                flags: Some(EndpointFlags::SUBFLOW | EndpointFlags::BACKUP),
+                if_idx: Some(2),
+            }),
+            ..mptcp_pm::Request::new(Command::AddAddr)
+        }
+    );
+    assert_eq!(answer(&add).errno, 0);
+    let id_only = Some(Address {
+        id: Some(9),
+        ..Address::default()
+    });
+    for (name, cmd) in [
+        // `nobackup` goes out as an id alone: no flags at all.
+        ("ip_endpoint_change", Command::SetFlags),
+        ("ip_endpoint_delete", Command::DelAddr),
+    ] {
+        let c = capture(name);
+        let (_, _, r) = sent_request(&c);
+        assert_eq!((r.cmd, r.addr, r.token), (cmd, id_only, None), "{name}");
+        assert_eq!(answer(&c).errno, 0, "{name}");
+    }
+    // The dump request is roam's, byte for byte (with iproute2's sequence number).
+    let show = capture("ip_endpoint_show");
+    let (m, _, _) = sent_request(&show);
+    assert_eq!(
+        mptcp_pm::Request::new(Command::GetAddr).emit(
+            fid,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            m.header.seq
+        ),
+        show.sent.clone().unwrap()
+    );
+    let ids: Vec<(Option<u8>, Option<i32>)> = messages(&show.received)
+        .iter()
+        .filter_map(GenlMessage::parse)
+        .map(|g| {
+            let a = mptcp_pm::Request::parse(g.header.cmd, g.attrs)
+                .addr
+                .unwrap();
+            (a.id, a.if_idx)
+        })
+        .collect();
+    assert_eq!(ids, [(Some(9), Some(2)), (Some(202), None)]);
+}

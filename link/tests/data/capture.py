@@ -278,7 +278,39 @@ def inside():
     cli2.close()
     time.sleep(0.5)
     drain(ev, evs)
+    sh("sysctl -qw net.mptcp.pm_type=0")
+    strace_ip("ip_endpoint_add", "`ip mptcp endpoint add 198.18.0.1 id 9 subflow backup dev dummy0` and the ack",
+              ["mptcp", "endpoint", "add", "198.18.0.1", "id", "9", "subflow", "backup", "dev", "dummy0"])
+    strace_ip("ip_endpoint_show", "`ip mptcp endpoint show`: the dump request and the kernel's list (ids 9 and 202)",
+              ["mptcp", "endpoint", "show"])
+    strace_ip("ip_endpoint_change", "`ip mptcp endpoint change id 9 nobackup` and the ack",
+              ["mptcp", "endpoint", "change", "id", "9", "nobackup"])
+    strace_ip("ip_endpoint_delete", "`ip mptcp endpoint delete id 9` and the ack",
+              ["mptcp", "endpoint", "delete", "id", "9"])
     write("events_userspace_pm", "mptcp_pm_events datagrams for one connection under the userspace PM, with a subflow created and destroyed by token (the pm_subflow_* and pm_set_flags_token requests; no SUB_PRIORITY for the change made here)", [("<", d) for d in evs])
+
+
+def strace_ip(name, note, args):
+    """Runs `ip ARGS` under strace and records its last generic netlink request (fd 4: iproute2
+    opens its rtnetlink socket first) and the kernel's answers to it: iproute2 as a second,
+    independent emitter."""
+    log = "/tmp/roamcap-strace.%d" % os.getpid()
+    subprocess.run(["strace", "-qq", "-e", "trace=sendmsg,sendto,recvmsg", "-e", "write=4", "-e", "read=4",
+                    "-o", log, "ip"] + args, check=True, stdout=subprocess.DEVNULL)
+    calls = []
+    with open(log) as f:
+        for line in f:
+            if line.startswith(("sendmsg(", "sendto(", "recvmsg(")):
+                kind = "recv" if line.startswith("recv") else "send"
+                calls.append((kind, line.split("(")[1].split(",")[0], bytearray()))
+            elif line.startswith(" | ") and calls:
+                calls[-1][2].extend(bytes.fromhex("".join(line[10:58].split())))
+    os.unlink(log)
+    calls = [c for c in calls if c[1] == "4" and c[2]]
+    last = max(i for i, c in enumerate(calls) if c[0] == "send")
+    write(name, note + " (%s, recorded with strace)" % subprocess.run(
+        ["ip", "-V"], capture_output=True, text=True).stdout.split(",")[1].strip(),
+        [(">" if c[0] == "send" else "<", bytes(c[2])) for c in calls[last:]])
 
 
 def main():
