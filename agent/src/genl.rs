@@ -110,3 +110,35 @@ impl<F: Family> GenlSocket<F> {
         self.call(cmd, &attrs, if dump { NLM_F_DUMP } else { NLM_F_ACK })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enforce::mptcp::MptcpPm;
+
+    #[derive(Debug)]
+    struct Missing;
+
+    impl Family for Missing {
+        const NAME: &'static str = "roam_no_such";
+        const VERSION: u8 = 1;
+    }
+
+    /// Asking nlctrl needs no privilege: these run as any user, in the current namespace.
+    #[test]
+    fn a_family_the_kernel_lacks_is_not_found() {
+        let e = GenlSocket::<Missing>::open().expect_err("no such family");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
+    fn mptcp_pm_resolves_with_its_events_group() {
+        let pm = GenlSocket::<MptcpPm>::open().expect("this kernel has MPTCP");
+        assert!(pm.family.id > genl::GENL_ID_CTRL);
+        assert!(
+            pm.group(roam_link::netlink::mptcp_pm::EVENTS_GROUP)
+                .is_some()
+        );
+        assert_eq!(pm.group("no_such_group"), None);
+    }
+}
