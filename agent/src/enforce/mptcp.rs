@@ -12,32 +12,17 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+use roam_link::netlink::mptcp_pm::{self, Address, Command, EndpointFlags, Request};
 
 use crate::core::{MptcpEndpoint, MptcpPlan};
-use crate::genl::{Family, GenlSocket, NLA_F_NESTED, attrs, put};
+use crate::genl::{Family, GenlSocket};
 
 /// The first endpoint id roamd uses.
 pub const ID_FIRST: u8 = 200;
 /// The last endpoint id roamd uses.
 pub const ID_LAST: u8 = 254;
-
-const CMD_ADD_ADDR: u8 = 1;
-const CMD_DEL_ADDR: u8 = 2;
-const CMD_GET_ADDR: u8 = 3;
-const CMD_SET_FLAGS: u8 = 7;
-const ATTR_ADDR: u16 = 1;
-const ADDR_FAMILY: u16 = 1;
-const ADDR_ID: u16 = 2;
-const ADDR_ADDR4: u16 = 3;
-const ADDR_ADDR6: u16 = 4;
-const ADDR_FLAGS: u16 = 6;
-const ADDR_IF_IDX: u16 = 7;
-
-/// `subflow`: the kernel opens an extra subflow from this address.
-pub const FLAG_SUBFLOW: u32 = 1 << 1;
-/// `backup`: subflows from this address carry data only when no other can.
-pub const FLAG_BACKUP: u32 = 1 << 2;
 
 /// One endpoint as the kernel lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +31,8 @@ pub struct KernelEndpoint {
     pub id: u8,
     /// Local address.
     pub addr: IpAddr,
-    /// `FLAG_*` bits.
-    pub flags: u32,
+    /// Its flags (`subflow`, `backup`, ...).
+    pub flags: EndpointFlags,
     /// Interface index, 0 when none was given.
     pub index: i32,
 }
@@ -55,10 +40,10 @@ pub struct KernelEndpoint {
 impl fmt::Display for KernelEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} id {}", self.addr, self.id)?;
-        if self.flags & FLAG_SUBFLOW != 0 {
+        if self.flags.contains(EndpointFlags::SUBFLOW) {
             f.write_str(" subflow")?;
         }
-        if self.flags & FLAG_BACKUP != 0 {
+        if self.flags.contains(EndpointFlags::BACKUP) {
             f.write_str(" backup")?;
         }
         write!(f, " dev #{}", self.index)
@@ -70,67 +55,39 @@ impl fmt::Display for KernelEndpoint {
 pub(crate) struct MptcpPm;
 
 impl Family for MptcpPm {
-    const NAME: &'static str = "mptcp_pm";
-    const VERSION: u8 = 1;
+    const NAME: &'static str = mptcp_pm::FAMILY_NAME;
+    const VERSION: u8 = mptcp_pm::VERSION;
 }
 
-/// Appends an address's family and address attributes (inside a nested `MPTCP_PM_ATTR_ADDR`).
-pub(crate) fn put_ip(inner: &mut Vec<u8>, a: IpAddr) {
-    let (family, kind, octets) = match a {
-        IpAddr::V4(v4) => (libc::AF_INET, ADDR_ADDR4, v4.octets().to_vec()),
-        IpAddr::V6(v6) => (libc::AF_INET6, ADDR_ADDR6, v6.octets().to_vec()),
-    };
-    put(inner, ADDR_FAMILY, &(family as u16).to_ne_bytes());
-    put(inner, kind, &octets);
-}
-
-/// The nested `MPTCP_PM_ATTR_ADDR` for an endpoint.
-fn addr_attr(id: u8, addr: Option<IpAddr>, flags: Option<u32>, index: Option<i32>) -> Vec<u8> {
-    let mut inner = Vec::new();
-    put(&mut inner, ADDR_ID, &[id]);
-    if let Some(a) = addr {
-        put_ip(&mut inner, a);
+/// A request about endpoint `id`.
+fn endpoint_request(
+    cmd: Command,
+    id: u8,
+    addr: Option<IpAddr>,
+    flags: Option<EndpointFlags>,
+    index: Option<i32>,
+) -> Request {
+    Request {
+        addr: Some(Address {
+            addr,
+            id: Some(id),
+            flags,
+            if_idx: index,
+            port: None,
+        }),
+        ..Request::new(cmd)
     }
-    if let Some(f) = flags {
-        put(&mut inner, ADDR_FLAGS, &f.to_ne_bytes());
-    }
-    if let Some(i) = index {
-        put(&mut inner, ADDR_IF_IDX, &i.to_ne_bytes());
-    }
-    let mut out = Vec::new();
-    put(&mut out, ATTR_ADDR | NLA_F_NESTED, &inner);
-    out
 }
 
 /// Parses one endpoint from a `GET_ADDR` reply's attributes.
 fn parse_endpoint(buf: &[u8]) -> Option<KernelEndpoint> {
-    let (_, nested) = attrs(buf).into_iter().find(|(k, _)| *k == ATTR_ADDR)?;
-    let mut ep = KernelEndpoint {
-        id: 0,
-        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        flags: 0,
-        index: 0,
-    };
-    let mut have_addr = false;
-    for (k, v) in attrs(nested) {
-        match (k, v.len()) {
-            (ADDR_ID, 1) => ep.id = v[0],
-            (ADDR_ADDR4, 4) => {
-                ep.addr = IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]));
-                have_addr = true;
-            }
-            (ADDR_ADDR6, 16) => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(v);
-                ep.addr = IpAddr::V6(Ipv6Addr::from(o));
-                have_addr = true;
-            }
-            (ADDR_FLAGS, 4) => ep.flags = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
-            (ADDR_IF_IDX, 4) => ep.index = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
-            _ => {}
-        }
-    }
-    have_addr.then_some(ep)
+    let a = Request::parse(Command::GetAddr.into(), buf).addr?;
+    Some(KernelEndpoint {
+        id: a.id.unwrap_or(0),
+        addr: a.addr?,
+        flags: a.flags.unwrap_or_default(),
+        index: a.if_idx.unwrap_or(0),
+    })
 }
 
 /// The `mptcp_pm` requests roamd makes.
@@ -147,34 +104,43 @@ impl PmSocket {
         })
     }
 
-    fn request(&mut self, cmd: u8, attrs: Vec<u8>) -> io::Result<()> {
-        self.0.request(cmd, attrs)
+    fn send(&mut self, r: Request) -> io::Result<()> {
+        self.0.request(r.cmd.into(), r.attrs())
     }
 
     /// Every endpoint in the kernel (`ip mptcp endpoint show`).
     fn endpoints(&mut self) -> io::Result<Vec<KernelEndpoint>> {
         Ok(self
             .0
-            .query(CMD_GET_ADDR, Vec::new(), true)?
+            .query(Command::GetAddr.into(), Vec::new(), true)?
             .iter()
             .filter_map(|a| parse_endpoint(a))
             .collect())
     }
 
-    fn add(&mut self, id: u8, addr: IpAddr, flags: u32, index: i32) -> io::Result<()> {
-        self.request(
-            CMD_ADD_ADDR,
-            addr_attr(id, Some(addr), Some(flags), Some(index)),
-        )
+    fn add(&mut self, id: u8, addr: IpAddr, flags: EndpointFlags, index: i32) -> io::Result<()> {
+        self.send(endpoint_request(
+            Command::AddAddr,
+            id,
+            Some(addr),
+            Some(flags),
+            Some(index),
+        ))
     }
 
     fn del(&mut self, id: u8) -> io::Result<()> {
-        self.request(CMD_DEL_ADDR, addr_attr(id, None, None, None))
+        self.send(endpoint_request(Command::DelAddr, id, None, None, None))
     }
 
     fn set_backup(&mut self, id: u8, addr: IpAddr, backup: bool) -> io::Result<()> {
-        let flags = if backup { FLAG_BACKUP } else { 0 };
-        self.request(CMD_SET_FLAGS, addr_attr(id, Some(addr), Some(flags), None))
+        let flags = EndpointFlags::backup_if(backup);
+        self.send(endpoint_request(
+            Command::SetFlags,
+            id,
+            Some(addr),
+            Some(flags),
+            None,
+        ))
     }
 }
 
@@ -221,7 +187,7 @@ impl Endpoints {
                 tracing::warn!(%addr, "no free endpoint id left in {ID_FIRST}..={ID_LAST}");
                 break;
             };
-            let flags = FLAG_SUBFLOW | if ep.backup { FLAG_BACKUP } else { 0 };
+            let flags = EndpointFlags::SUBFLOW | EndpointFlags::backup_if(ep.backup);
             match self
                 .pm
                 .add(id, addr, flags, i32::try_from(ep.index).unwrap_or(0))
@@ -358,25 +324,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_attributes_round_trip() {
+    fn endpoint_requests_read_back_as_endpoints() {
         let a: IpAddr = "198.18.2.2".parse().unwrap();
-        let bytes = addr_attr(201, Some(a), Some(FLAG_SUBFLOW | FLAG_BACKUP), Some(3));
-        assert_eq!(bytes.len() % 4, 0);
-        let ep = parse_endpoint(&bytes).unwrap();
+        let flags = EndpointFlags::SUBFLOW | EndpointFlags::BACKUP;
+        let r = endpoint_request(Command::AddAddr, 201, Some(a), Some(flags), Some(3));
+        let ep = parse_endpoint(&r.attrs()).unwrap();
         assert_eq!(
             ep,
             KernelEndpoint {
                 id: 201,
                 addr: a,
-                flags: FLAG_SUBFLOW | FLAG_BACKUP,
+                flags,
                 index: 3
             }
         );
         assert_eq!(ep.to_string(), "198.18.2.2 id 201 subflow backup dev #3");
         let v6: IpAddr = "2001:db8::2".parse().unwrap();
-        let ep = parse_endpoint(&addr_attr(7, Some(v6), None, None)).unwrap();
-        assert_eq!((ep.id, ep.addr, ep.flags), (7, v6, 0));
-        assert_eq!(parse_endpoint(&addr_attr(7, None, None, None)), None);
+        let r = endpoint_request(Command::SetFlags, 7, Some(v6), None, None);
+        let ep = parse_endpoint(&r.attrs()).unwrap();
+        assert_eq!((ep.id, ep.addr, ep.flags), (7, v6, EndpointFlags::NONE));
+        let r = endpoint_request(Command::DelAddr, 7, None, None, None);
+        assert_eq!(parse_endpoint(&r.attrs()), None, "no address");
         assert_eq!(parse_endpoint(&[1, 2, 3]), None);
     }
 }

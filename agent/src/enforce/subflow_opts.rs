@@ -461,10 +461,21 @@ impl Attr {
     }
 }
 
-fn bpf(cmd: i32, attr: &mut Attr) -> io::Result<i64> {
-    // SAFETY: `attr` is a zero-initialised `union bpf_attr` of 128 bytes whose pointers (if
-    // any) point to buffers the caller keeps alive for the call; the kernel reads and writes
-    // at most the size given.
+/// Runs bpf(2) command `cmd` on `attr` and returns its result (a new descriptor for the
+/// commands that make one).
+///
+/// # Safety
+/// The kernel follows what `attr` holds, so the caller must make sure that:
+/// - every pointer in it (written as an integer with [`Attr::u64`]) points to memory that
+///   stays valid for the whole call and is at least as large as the command reads or writes
+///   there: the map's key and value sizes for element commands, the instruction count times 8,
+///   the log size given; memory the kernel writes (a lookup's value, the verifier log) must be
+///   writable and not otherwise borrowed;
+/// - every descriptor in it is open for the whole call.
+unsafe fn bpf(cmd: i32, attr: &mut Attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a zero-initialised `union bpf_attr` of 128 bytes, valid for the call;
+    // the kernel reads and writes at most the size given; the memory and descriptors it names
+    // are valid by this function's contract.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -479,9 +490,18 @@ fn bpf(cmd: i32, attr: &mut Attr) -> io::Result<i64> {
     Ok(r)
 }
 
-fn fd_of(r: i64) -> OwnedFd {
-    // SAFETY: the bpf commands called with this return a new descriptor that nothing else
-    // owns.
+/// Takes ownership of descriptor `r`, which closes when the result is dropped.
+///
+/// # Safety
+/// `r` must be an open descriptor that nothing else owns or closes: the result of a bpf
+/// command that makes one (`BPF_MAP_CREATE`, `BPF_PROG_LOAD`, `BPF_LINK_CREATE`), passed here
+/// once.
+unsafe fn fd_of(r: i64) -> OwnedFd {
+    debug_assert!(
+        (0..=i64::from(i32::MAX)).contains(&r),
+        "not a descriptor: {r}"
+    );
+    // SAFETY: an open descriptor owned by nothing else, by this function's contract.
     unsafe { OwnedFd::from_raw_fd(r as i32) }
 }
 
@@ -521,17 +541,21 @@ impl SubflowOptions {
         })?;
         let privilege = "; loading BPF needs CAP_BPF and CAP_NET_ADMIN (run roamd as root or \
                          give it those capabilities)";
-        let map = fd_of(
-            bpf(
-                BPF_MAP_CREATE,
-                Attr::new()
-                    .u32(0, BPF_MAP_TYPE_HASH)
-                    .u32(4, KEY_SIZE as u32)
-                    .u32(8, VALUE_SIZE as u32)
-                    .u32(12, MAX_ENTRIES),
+        // SAFETY: BPF_MAP_CREATE's attributes hold no pointer and no descriptor; its result
+        // is a new descriptor, owned by nothing else, taken once.
+        let map = unsafe {
+            fd_of(
+                bpf(
+                    BPF_MAP_CREATE,
+                    Attr::new()
+                        .u32(0, BPF_MAP_TYPE_HASH)
+                        .u32(4, KEY_SIZE as u32)
+                        .u32(8, VALUE_SIZE as u32)
+                        .u32(12, MAX_ENTRIES),
+                )
+                .map_err(|e| format!("creating the BPF hash map: {e}{privilege}"))?,
             )
-            .map_err(|e| format!("creating the BPF hash map: {e}{privilege}"))?,
-        );
+        };
         let code = program(map.as_raw_fd());
         let license = CString::new("Dual MIT/GPL").unwrap_or_default();
         let mut log = vec![0u8; 64 * 1024];
@@ -547,8 +571,12 @@ impl SubflowOptions {
             .u64(32, log.as_mut_ptr() as u64)
             .u32(68, BPF_CGROUP_SOCK_OPS);
         attr.0[48..64].copy_from_slice(&name);
-        let prog = match bpf(BPF_PROG_LOAD, &mut attr) {
-            Ok(fd) => fd_of(fd),
+        // SAFETY: `code` (its length / 8 instructions), `license` (NUL-terminated) and `log`
+        // (writable, its length given) are locals that outlive the call and are not otherwise
+        // borrowed during it; the result is a new descriptor, owned by nothing else, taken once.
+        let prog = match unsafe { bpf(BPF_PROG_LOAD, &mut attr) } {
+            // SAFETY: `fd` is the new descriptor BPF_PROG_LOAD just made, taken once.
+            Ok(fd) => unsafe { fd_of(fd) },
             Err(e) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let verifier = String::from_utf8_lossy(&log[..end]);
@@ -562,21 +590,26 @@ impl SubflowOptions {
                 ));
             }
         };
-        let link = fd_of(
-            bpf(
-                BPF_LINK_CREATE,
-                Attr::new()
-                    .u32(0, prog.as_raw_fd() as u32)
-                    .u32(4, dir.as_raw_fd() as u32)
-                    .u32(8, BPF_CGROUP_SOCK_OPS),
-            )
-            .map_err(|e| {
-                format!(
-                    "attaching the sock_ops program to the cgroup {} (BPF_LINK_CREATE, Linux 5.7): {e}",
-                    cgroup.display()
+        // SAFETY: no pointers; the program's and the cgroup's descriptors are open (`prog`,
+        // `dir` live past the call); the result is a new descriptor, owned by nothing else,
+        // taken once.
+        let link = unsafe {
+            fd_of(
+                bpf(
+                    BPF_LINK_CREATE,
+                    Attr::new()
+                        .u32(0, prog.as_raw_fd() as u32)
+                        .u32(4, dir.as_raw_fd() as u32)
+                        .u32(8, BPF_CGROUP_SOCK_OPS),
                 )
-            })?,
-        );
+                .map_err(|e| {
+                    format!(
+                        "attaching the sock_ops program to the cgroup {} (BPF_LINK_CREATE, Linux 5.7): {e}",
+                        cgroup.display()
+                    )
+                })?,
+            )
+        };
         Ok(SubflowOptions {
             map,
             _prog: prog,
@@ -601,39 +634,52 @@ impl SubflowOptions {
     /// [`MAX_ENTRIES`] are.
     pub fn insert(&self, k: &[u8; KEY_SIZE], options: &TcpOptions) -> io::Result<()> {
         let v = value(options);
-        bpf(
-            BPF_MAP_UPDATE_ELEM,
-            Attr::new()
-                .u32(0, self.map.as_raw_fd() as u32)
-                .u64(8, k.as_ptr() as u64)
-                .u64(16, v.as_ptr() as u64)
-                .u64(24, BPF_NOEXIST),
-        )
+        // SAFETY: `k` and `v` are the map's key and value sizes (it was created with
+        // KEY_SIZE / VALUE_SIZE) and live past the call, which only reads them; `map` is open.
+        unsafe {
+            bpf(
+                BPF_MAP_UPDATE_ELEM,
+                Attr::new()
+                    .u32(0, self.map.as_raw_fd() as u32)
+                    .u64(8, k.as_ptr() as u64)
+                    .u64(16, v.as_ptr() as u64)
+                    .u64(24, BPF_NOEXIST),
+            )
+        }
         .map(drop)
     }
 
     /// Removes the entry and says what the program did with it.
     pub fn take(&self, k: &[u8; KEY_SIZE]) -> io::Result<Outcome> {
         let mut v = [0u8; VALUE_SIZE];
-        bpf(
-            BPF_MAP_LOOKUP_ELEM,
-            Attr::new()
-                .u32(0, self.map.as_raw_fd() as u32)
-                .u64(8, k.as_ptr() as u64)
-                .u64(16, v.as_mut_ptr() as u64),
-        )?;
+        // SAFETY: `k` is the map's key size and only read; `v`, the map's value size, is a
+        // local the kernel writes and nothing else borrows during the call; `map` is open.
+        unsafe {
+            bpf(
+                BPF_MAP_LOOKUP_ELEM,
+                Attr::new()
+                    .u32(0, self.map.as_raw_fd() as u32)
+                    .u64(8, k.as_ptr() as u64)
+                    .u64(16, v.as_mut_ptr() as u64),
+            )
+        }?;
         self.remove(k)?;
         Ok(outcome(&v))
     }
 
     /// Removes the entry, if any.
     pub fn remove(&self, k: &[u8; KEY_SIZE]) -> io::Result<()> {
-        match bpf(
-            BPF_MAP_DELETE_ELEM,
-            Attr::new()
-                .u32(0, self.map.as_raw_fd() as u32)
-                .u64(8, k.as_ptr() as u64),
-        ) {
+        // SAFETY: `k` is the map's key size, lives past the call and is only read; `map` is
+        // open.
+        let r = unsafe {
+            bpf(
+                BPF_MAP_DELETE_ELEM,
+                Attr::new()
+                    .u32(0, self.map.as_raw_fd() as u32)
+                    .u64(8, k.as_ptr() as u64),
+            )
+        };
+        match r {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r.map(drop),
         }
@@ -848,7 +894,8 @@ mod tests {
         let d = std::fs::File::open(dir).unwrap();
         let mut a = Attr::new();
         a.u32(0, d.as_raw_fd() as u32).u32(4, BPF_CGROUP_SOCK_OPS);
-        bpf(BPF_PROG_QUERY, &mut a).unwrap();
+        // SAFETY: no pointers (no id array asked for); `d` is open for the call.
+        unsafe { bpf(BPF_PROG_QUERY, &mut a) }.unwrap();
         u32::from_ne_bytes(a.0[24..28].try_into().unwrap())
     }
 

@@ -10,51 +10,22 @@
 //! The kernel only lets the userspace path manager steer connections created while the
 //! network namespace's `net.mptcp.pm_type` is 1; [`set_pm_type`] switches it.
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use netlink_sys::protocols::NETLINK_GENERIC;
 use netlink_sys::{Socket, SocketAddr as NlAddr};
 use tokio::io::unix::AsyncFd;
 
-use crate::enforce::mptcp::{MptcpPm, put_ip};
-use crate::genl::{GenlSocket, NLA_F_NESTED, attrs, put};
+use roam_link::netlink::Messages;
+use roam_link::netlink::genl::GenlMessage;
+use roam_link::netlink::mptcp_pm::{
+    self, Address, Command, EndpointFlags, Event, EventType, Request,
+};
 
-const CMD_SET_FLAGS: u8 = 7;
-const CMD_SUBFLOW_CREATE: u8 = 10;
-const CMD_SUBFLOW_DESTROY: u8 = 11;
-
-const ATTR_ADDR: u16 = 1;
-const ATTR_TOKEN: u16 = 4;
-const ATTR_ADDR_REMOTE: u16 = 6;
-
-const ADDR_ID: u16 = 2;
-#[cfg(test)]
-const ADDR_ADDR4: u16 = 3;
-const ADDR_PORT: u16 = 5;
-const ADDR_FLAGS: u16 = 6;
-const ADDR_IF_IDX: u16 = 7;
-
-const FLAG_BACKUP: u32 = 1 << 2;
+use crate::enforce::mptcp::MptcpPm;
+use crate::genl::GenlSocket;
 
 /// The multicast group the kernel sends MPTCP connection and subflow events to.
-pub const EVENTS_GROUP: &str = "mptcp_pm_events";
-
-// `enum mptcp_event_type` and `enum mptcp_event_attr` (linux/mptcp_pm.h).
-const EV_CREATED: u8 = 1;
-const EV_ESTABLISHED: u8 = 2;
-const EV_CLOSED: u8 = 3;
-const EV_SUB_ESTABLISHED: u8 = 10;
-const EV_SUB_CLOSED: u8 = 11;
-const EV_SUB_PRIORITY: u8 = 13;
-const EA_TOKEN: u16 = 1;
-const EA_SADDR4: u16 = 5;
-const EA_SADDR6: u16 = 6;
-const EA_DADDR4: u16 = 7;
-const EA_DADDR6: u16 = 8;
-const EA_SPORT: u16 = 9;
-const EA_DPORT: u16 = 10;
-const EA_BACKUP: u16 = 11;
-const EA_SERVER_SIDE: u16 = 18;
+pub const EVENTS_GROUP: &str = mptcp_pm::EVENTS_GROUP;
 
 /// One request to the userspace path manager: the core's subflow command, under the name this
 /// module's callers know.
@@ -66,8 +37,9 @@ trait Encode {
 }
 
 impl Encode for PmCommand {
+    /// The request's command and attributes: token, the local address (port 0 left out: the
+    /// kernel picks; address id, flags and interface when given), the remote address.
     fn encode(&self) -> (u8, Vec<u8>) {
-        let mut out = Vec::new();
         let (cmd, local, remote, flags, index, id) = match *self {
             PmCommand::Create {
                 local,
@@ -77,15 +49,15 @@ impl Encode for PmCommand {
                 id,
                 ..
             } => (
-                CMD_SUBFLOW_CREATE,
+                Command::SubflowCreate,
                 local,
                 remote,
-                Some(if backup { FLAG_BACKUP } else { 0 }),
+                Some(EndpointFlags::backup_if(backup)),
                 Some(index),
                 Some(id),
             ),
             PmCommand::Destroy { local, remote, .. } => {
-                (CMD_SUBFLOW_DESTROY, local, remote, None, None, None)
+                (Command::SubflowDestroy, local, remote, None, None, None)
             }
             PmCommand::SetBackup {
                 local,
@@ -93,47 +65,27 @@ impl Encode for PmCommand {
                 backup,
                 ..
             } => (
-                CMD_SET_FLAGS,
+                Command::SetFlags,
                 local,
                 remote,
-                Some(if backup { FLAG_BACKUP } else { 0 }),
+                Some(EndpointFlags::backup_if(backup)),
                 None,
                 None,
             ),
         };
-        put(&mut out, ATTR_TOKEN, &self.token().to_ne_bytes());
-        put(
-            &mut out,
-            ATTR_ADDR | NLA_F_NESTED,
-            &addr_nest(local, id, flags, index),
-        );
-        put(
-            &mut out,
-            ATTR_ADDR_REMOTE | NLA_F_NESTED,
-            &addr_nest(remote, None, None, None),
-        );
-        (cmd, out)
+        let request = Request {
+            cmd,
+            token: Some(self.token()),
+            addr: Some(Address {
+                id,
+                flags,
+                if_idx: index.filter(|i| *i != 0).map(|i| i as i32),
+                ..Address::socket(local)
+            }),
+            remote: Some(Address::socket(remote)),
+        };
+        (cmd.into(), request.attrs())
     }
-}
-
-/// A nested `MPTCP_PM_ATTR_ADDR`: family, address, port (host order, as the kernel reads it),
-/// address id, flags and interface when given.
-fn addr_nest(a: SocketAddr, id: Option<u8>, flags: Option<u32>, index: Option<u32>) -> Vec<u8> {
-    let mut inner = Vec::new();
-    put_ip(&mut inner, a.ip());
-    if let Some(id) = id {
-        put(&mut inner, ADDR_ID, &[id]);
-    }
-    if a.port() != 0 {
-        put(&mut inner, ADDR_PORT, &a.port().to_ne_bytes());
-    }
-    if let Some(f) = flags {
-        put(&mut inner, ADDR_FLAGS, &f.to_ne_bytes());
-    }
-    if let Some(i) = index.filter(|i| *i != 0) {
-        put(&mut inner, ADDR_IF_IDX, &(i as i32).to_ne_bytes());
-    }
-    inner
 }
 
 /// A finished command: what was asked, the kernel's answer, and its message when it refused
@@ -209,35 +161,11 @@ pub use crate::core::MptcpEvent as PmEvent;
 /// Parses one generic netlink event's command and attributes. Server-side connections (the
 /// peer opened them) and unknown events give `None`.
 pub fn parse_event(cmd: u8, buf: &[u8]) -> Option<PmEvent> {
-    let mut token = None;
-    let (mut saddr, mut daddr) = (None, None);
-    let (mut sport, mut dport) = (0u16, 0u16);
-    let mut backup = false;
-    let mut server = false;
-    for (k, v) in attrs(buf) {
-        match (k, v.len()) {
-            (EA_TOKEN, 4) => token = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])),
-            (EA_SADDR4, 4) => saddr = Some(IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]))),
-            (EA_DADDR4, 4) => daddr = Some(IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]))),
-            (EA_SADDR6, 16) => saddr = Some(IpAddr::V6(Ipv6Addr::from(to16(v)))),
-            (EA_DADDR6, 16) => daddr = Some(IpAddr::V6(Ipv6Addr::from(to16(v)))),
-            // Ports travel in network order in events.
-            (EA_SPORT, 2) => sport = u16::from_be_bytes([v[0], v[1]]),
-            (EA_DPORT, 2) => dport = u16::from_be_bytes([v[0], v[1]]),
-            (EA_BACKUP, 1) => backup = v[0] != 0,
-            (EA_SERVER_SIDE, _) => server = v.first().is_some_and(|b| *b != 0),
-            _ => {}
-        }
-    }
-    let token = token?;
-    let pair = || {
-        Some((
-            SocketAddr::new(saddr?, sport),
-            SocketAddr::new(daddr?, dport),
-        ))
-    };
-    match cmd {
-        EV_CREATED | EV_ESTABLISHED if !server => {
+    let e = Event::parse(cmd, buf);
+    let token = e.token?;
+    let pair = || Some((e.local()?, e.remote()?));
+    match e.kind {
+        EventType::Created | EventType::Established if !e.server_side => {
             let (local, remote) = pair()?;
             Some(PmEvent::Connection {
                 token,
@@ -245,17 +173,17 @@ pub fn parse_event(cmd: u8, buf: &[u8]) -> Option<PmEvent> {
                 remote,
             })
         }
-        EV_CLOSED => Some(PmEvent::Closed { token }),
-        EV_SUB_ESTABLISHED | EV_SUB_PRIORITY => {
+        EventType::Closed => Some(PmEvent::Closed { token }),
+        EventType::SubEstablished | EventType::SubPriority => {
             let (local, remote) = pair()?;
             Some(PmEvent::SubflowUp {
                 token,
                 local,
                 remote,
-                backup,
+                backup: e.backup.unwrap_or(false),
             })
         }
-        EV_SUB_CLOSED => {
+        EventType::SubClosed => {
             let (local, remote) = pair()?;
             Some(PmEvent::SubflowClosed {
                 token,
@@ -265,12 +193,6 @@ pub fn parse_event(cmd: u8, buf: &[u8]) -> Option<PmEvent> {
         }
         _ => None,
     }
-}
-
-fn to16(v: &[u8]) -> [u8; 16] {
-    let mut o = [0u8; 16];
-    o.copy_from_slice(v);
-    o
 }
 
 /// The `mptcp_pm_events` group, registered with tokio.
@@ -328,20 +250,14 @@ impl PmEvents {
     }
 }
 
-/// Walks the netlink messages of one datagram: header (16), genl header (4), attributes.
-fn split_events(mut rest: &[u8]) -> Vec<PmEvent> {
-    let mut out = Vec::new();
-    while rest.len() >= 20 {
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len < 20 || len > rest.len() {
-            break;
-        }
-        if let Some(e) = parse_event(rest[16], &rest[20..len]) {
-            out.push(e);
-        }
-        rest = &rest[((len + 3) & !3).min(rest.len())..];
-    }
-    out
+/// The events in the netlink messages of one datagram.
+fn split_events(datagram: &[u8]) -> Vec<PmEvent> {
+    Messages::new(datagram)
+        .filter_map(|m| {
+            let g = GenlMessage::parse(&m)?;
+            parse_event(g.header.cmd, g.attrs)
+        })
+        .collect()
 }
 
 /// Sets `net.mptcp.pm_type` of this network namespace (0 kernel, 1 userspace) and returns
@@ -361,6 +277,8 @@ pub fn set_pm_type(value: u8) -> io::Result<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     /// A request the kernel refuses comes back with the kernel's reason, not only its errno.
@@ -407,36 +325,89 @@ mod tests {
             id: 7,
         };
         let (c, bytes) = cmd.encode();
-        assert_eq!(c, CMD_SUBFLOW_CREATE);
-        let top = attrs(&bytes);
-        assert_eq!(top[0], (ATTR_TOKEN, &0xdead_beef_u32.to_ne_bytes()[..]));
-        let local = attrs(top[1].1);
-        assert!(local.contains(&(ADDR_ADDR4, &[198, 18, 2, 2][..])));
-        assert!(
-            !local.iter().any(|(k, _)| *k == ADDR_PORT),
-            "port 0 is left out"
+        let r = Request::parse(c, &bytes);
+        assert_eq!(r.cmd, Command::SubflowCreate);
+        assert_eq!(r.token, Some(0xdead_beef));
+        assert_eq!(
+            r.addr,
+            Some(Address {
+                addr: Some("198.18.2.2".parse().unwrap()),
+                id: Some(7),
+                port: None,
+                flags: Some(EndpointFlags::BACKUP),
+                if_idx: Some(3),
+            }),
+            "port 0 is left out; the address id is a u8"
         );
-        assert!(local.contains(&(ADDR_FLAGS, &FLAG_BACKUP.to_ne_bytes()[..])));
-        assert!(local.contains(&(ADDR_IF_IDX, &3i32.to_ne_bytes()[..])));
-        assert!(
-            local.contains(&(ADDR_ID, &[7][..])),
-            "the address id is a u8"
+        assert_eq!(
+            r.remote,
+            Some(Address::socket("198.19.0.1:4433".parse().unwrap()))
         );
-        let remote = attrs(top[2].1);
-        assert!(remote.contains(&(ADDR_PORT, &4433u16.to_ne_bytes()[..])));
+        let (c, bytes) = PmCommand::Destroy {
+            token: 1,
+            local: "198.18.2.2:40000".parse().unwrap(),
+            remote: "198.19.0.1:4433".parse().unwrap(),
+        }
+        .encode();
+        let r = Request::parse(c, &bytes);
+        assert_eq!(r.cmd, Command::SubflowDestroy);
+        assert_eq!(r.addr.and_then(|a| a.port), Some(40000));
+        assert_eq!(r.addr.and_then(|a| a.flags), None);
+    }
+
+    /// The events of one userspace-PM connection as Linux 6.18 sent them
+    /// (`link/tests/data/events_userspace_pm.hex`): the client side's connection, its subflow
+    /// from 198.18.1.1 coming up and closing, then the close.
+    #[test]
+    fn captured_kernel_events_become_pm_events() {
+        let text = include_str!("../../../link/tests/data/events_userspace_pm.hex");
+        let mut events = Vec::new();
+        for line in text.lines().filter_map(|l| l.strip_prefix("< ")) {
+            let bytes: Vec<u8> = (0..line.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
+                .collect();
+            events.extend(split_events(&bytes));
+        }
+        let [
+            PmEvent::Connection {
+                token,
+                local,
+                remote,
+            },
+            PmEvent::Connection { .. },
+            PmEvent::SubflowUp {
+                local: sub,
+                backup: false,
+                ..
+            },
+            PmEvent::SubflowClosed { local: gone, .. },
+            PmEvent::Closed { token: closed },
+        ] = events[..]
+        else {
+            panic!("unexpected events: {events:?}");
+        };
+        assert_eq!(closed, token);
+        assert_eq!(local.ip(), "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(remote, "198.18.0.254:4434".parse().unwrap());
+        assert_eq!(sub.ip(), "198.18.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(gone, sub);
     }
 
     #[test]
     fn events_parse_with_ports_in_network_order() {
+        use roam_link::netlink::attr::put;
+        use roam_link::netlink::mptcp_pm::event_attr as ea;
         let mut b = Vec::new();
-        put(&mut b, EA_TOKEN, &7u32.to_ne_bytes());
-        put(&mut b, EA_SADDR4, &[198, 18, 1, 2]);
-        put(&mut b, EA_DADDR4, &[198, 19, 0, 1]);
-        put(&mut b, EA_SPORT, &40000u16.to_be_bytes());
-        put(&mut b, EA_DPORT, &4433u16.to_be_bytes());
-        put(&mut b, EA_BACKUP, &[1]);
+        put(&mut b, ea::TOKEN, &7u32.to_ne_bytes());
+        put(&mut b, ea::SADDR4, &[198, 18, 1, 2]);
+        put(&mut b, ea::DADDR4, &[198, 19, 0, 1]);
+        put(&mut b, ea::SPORT, &40000u16.to_be_bytes());
+        put(&mut b, ea::DPORT, &4433u16.to_be_bytes());
+        put(&mut b, ea::BACKUP, &[1]);
+        let sub_established = EventType::SubEstablished.into();
         assert_eq!(
-            parse_event(EV_SUB_ESTABLISHED, &b),
+            parse_event(sub_established, &b),
             Some(PmEvent::SubflowUp {
                 token: 7,
                 local: "198.18.1.2:40000".parse().unwrap(),
@@ -445,17 +416,12 @@ mod tests {
             })
         );
         let mut srv = b.clone();
-        put(&mut srv, EA_SERVER_SIDE, &[1]);
-        assert_eq!(parse_event(EV_ESTABLISHED, &srv), None);
+        put(&mut srv, ea::SERVER_SIDE, &[1]);
+        assert_eq!(parse_event(EventType::Established.into(), &srv), None);
         assert_eq!(
-            parse_event(EV_CLOSED, &b),
+            parse_event(EventType::Closed.into(), &b),
             Some(PmEvent::Closed { token: 7 })
         );
-        // A message header and a genl header in front, as the socket delivers them.
-        let mut dgram = vec![0u8; 20];
-        dgram[..4].copy_from_slice(&((20 + b.len()) as u32).to_ne_bytes());
-        dgram[16] = EV_CLOSED;
-        dgram.extend_from_slice(&b);
-        assert_eq!(split_events(&dgram), [PmEvent::Closed { token: 7 }]);
+        assert_eq!(parse_event(EventType::Other(99).into(), &b), None);
     }
 }

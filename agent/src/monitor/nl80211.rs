@@ -4,22 +4,16 @@
 //! calls wireless; an interface that is not associated has neither, and they stay unknown.
 use std::io;
 
-use crate::genl::{Family, GenlSocket, attrs, put};
+use roam_link::netlink::nl80211::{self, Command, Interface, Station};
 
-const CMD_GET_INTERFACE: u8 = 5;
-const CMD_GET_STATION: u8 = 17;
-const ATTR_IFINDEX: u16 = 3;
-const ATTR_STA_INFO: u16 = 21;
-const ATTR_SSID: u16 = 52;
-const STA_INFO_SIGNAL: u16 = 7;
-const STA_INFO_SIGNAL_AVG: u16 = 13;
+use crate::genl::{Family, GenlSocket};
 
 #[derive(Debug)]
 struct Nl80211Family;
 
 impl Family for Nl80211Family {
-    const NAME: &'static str = "nl80211";
-    const VERSION: u8 = 1;
+    const NAME: &'static str = nl80211::FAMILY_NAME;
+    const VERSION: u8 = nl80211::VERSION;
 }
 
 /// What nl80211 says about one interface.
@@ -43,16 +37,15 @@ impl Nl80211 {
 
     /// Asks for interface `index`'s SSID and signal.
     pub fn query(&mut self, index: u32) -> io::Result<Wireless> {
-        let mut req = Vec::new();
-        put(&mut req, ATTR_IFINDEX, &index.to_ne_bytes());
+        let req = nl80211::ifindex_attrs(index);
         let ssid = self
             .0
-            .query(CMD_GET_INTERFACE, req.clone(), false)?
+            .query(Command::GetInterface.into(), req.clone(), false)?
             .iter()
-            .find_map(|a| ssid_of(a));
+            .find_map(|a| Interface::parse(a).ssid_text());
         // A station interface has one station: its access point.
-        let signal_dbm = match self.0.query(CMD_GET_STATION, req, true) {
-            Ok(replies) => replies.iter().find_map(|a| signal_of(a)),
+        let signal_dbm = match self.0.query(Command::GetStation.into(), req, true) {
+            Ok(replies) => replies.iter().find_map(|a| Station::parse(a).signal_dbm()),
             // Not associated (or not a station): no signal to tell.
             Err(e)
                 if matches!(
@@ -65,56 +58,5 @@ impl Nl80211 {
             Err(e) => return Err(e),
         };
         Ok(Wireless { ssid, signal_dbm })
-    }
-}
-
-/// The SSID in a `GET_INTERFACE` reply; bytes that are not UTF-8 are shown with replacement
-/// characters rather than dropped (SSIDs are octets, policies compare text).
-fn ssid_of(reply: &[u8]) -> Option<String> {
-    attrs(reply)
-        .into_iter()
-        .find(|(k, v)| *k == ATTR_SSID && !v.is_empty())
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-}
-
-/// The signal in a `GET_STATION` reply: the average when the driver gives one, else the last.
-fn signal_of(reply: &[u8]) -> Option<f64> {
-    let (_, info) = attrs(reply)
-        .into_iter()
-        .find(|(k, _)| *k == ATTR_STA_INFO)?;
-    let info = attrs(info);
-    let get = |kind: u16| {
-        info.iter()
-            .find(|(k, v)| *k == kind && v.len() == 1)
-            .map(|(_, v)| f64::from(v[0] as i8))
-    };
-    get(STA_INFO_SIGNAL_AVG).or_else(|| get(STA_INFO_SIGNAL))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::genl::NLA_F_NESTED;
-
-    #[test]
-    fn ssid_and_signal_are_read_from_replies() {
-        let mut iface = Vec::new();
-        put(&mut iface, ATTR_IFINDEX, &3u32.to_ne_bytes());
-        put(&mut iface, ATTR_SSID, b"HomeNet");
-        assert_eq!(ssid_of(&iface).as_deref(), Some("HomeNet"));
-        let mut bare = Vec::new();
-        put(&mut bare, ATTR_IFINDEX, &3u32.to_ne_bytes());
-        assert_eq!(ssid_of(&bare), None, "not associated: no SSID");
-
-        let mut info = Vec::new();
-        put(&mut info, STA_INFO_SIGNAL, &[(-71i8) as u8]);
-        let mut sta = Vec::new();
-        put(&mut sta, ATTR_STA_INFO | NLA_F_NESTED, &info);
-        assert_eq!(signal_of(&sta), Some(-71.0));
-        put(&mut info, STA_INFO_SIGNAL_AVG, &[(-68i8) as u8]);
-        let mut sta = Vec::new();
-        put(&mut sta, ATTR_STA_INFO | NLA_F_NESTED, &info);
-        assert_eq!(signal_of(&sta), Some(-68.0), "the average wins");
-        assert_eq!(signal_of(&bare), None);
     }
 }
