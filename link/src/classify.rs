@@ -17,8 +17,8 @@ use roam_policy::LinkKind;
 /// What sysfs says about an interface. All `None`/`false` when sysfs has no entry (another
 /// namespace's sysfs mount, a container without `/sys`, Android without access).
 ///
-/// Read with `roam_link::socket::read_sysfs` (feature `socket`); the classifier itself only
-/// takes the facts.
+/// Read with `SysfsFacts::read` (feature `socket`); the classifier itself only takes the
+/// facts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SysfsFacts {
     /// `DEVTYPE=` from `uevent` (`wlan`, `wwan`, `bluetooth`, `gadget`, ...).

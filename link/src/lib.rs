@@ -9,7 +9,7 @@
 //!   when watching starts count as up since an unknown, long time).
 //! - [`rtnl`] (feature `rtnl`): rtnetlink messages translated into link events.
 //! - [`socket`] (feature `socket`): the route socket (dump, notifications), the FIB lookup,
-//!   `if_nametoindex` and the sysfs reader.
+//!   `if_nametoindex` and `SysfsFacts::read`.
 //! - [`netlink`]: the kernel's netlink wire formats, typed.
 //!
 //! Everything but [`socket`] is pure: no I/O, no clock (callers pass `now`), no `unsafe`
@@ -29,4 +29,4 @@ pub mod table;
 
 pub use addr::{AddrFacts, usable_ip};
 pub use classify::{KindOverride, SysfsFacts, classify, glob_match, kind_from_name};
-pub use table::{Link, LinkFacts, LinkTable, UpTime};
+pub use table::{Link, LinkFacts, LinkTable, Route, UpTime};

@@ -19,7 +19,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, Ro
 use roam_policy::LinkKind;
 
 use crate::addr::AddrFacts;
-use crate::table::{LinkFacts, LinkTable};
+use crate::table::{LinkFacts, LinkTable, Route};
 
 /// What the kernel said about one interface (`RTM_NEWLINK`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,19 +51,6 @@ impl LinkSeen {
     }
 }
 
-/// One unicast route through an interface (`RTM_NEWROUTE`/`RTM_DELROUTE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RouteSeen {
-    /// Output interface index.
-    pub index: u32,
-    /// Routing table id.
-    pub table: u32,
-    /// Destination prefix; `None` for a default route.
-    pub dst: Option<(IpAddr, u8)>,
-    /// Next hop, for routes through a gateway.
-    pub gateway: Option<IpAddr>,
-}
-
 /// One fact from the route socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -86,7 +73,7 @@ pub enum LinkEvent {
     /// A unicast route appeared (`present`) or went.
     Route {
         /// The route.
-        route: RouteSeen,
+        route: Route,
         /// True when added.
         present: bool,
     },
@@ -190,7 +177,7 @@ fn route(m: &RouteMessage, present: bool) -> Option<LinkEvent> {
     }
     let len = m.header.destination_prefix_length;
     Some(LinkEvent::Route {
-        route: RouteSeen {
+        route: Route {
             index: oif?,
             table,
             dst: if len == 0 {
@@ -436,7 +423,7 @@ mod tests {
         assert_eq!(
             ev,
             [LinkEvent::Route {
-                route: RouteSeen {
+                route: Route {
                     index: 4,
                     table: 254,
                     dst: None,

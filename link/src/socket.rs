@@ -1,6 +1,6 @@
 //! Linux I/O for the link model: the route socket roamd and the SDK both read (dump, then the
 //! kernel's notifications; no polling), the FIB lookup a session asks before moving, the
-//! interface-index lookup, and the sysfs facts the classifier takes.
+//! interface-index lookup, and [`SysfsFacts::read`], the facts the classifier takes.
 //!
 //! Two `unsafe` calls live here, each with its contract stated where it is made: registering
 //! the socket with tokio, and `if_nametoindex`.
@@ -241,24 +241,26 @@ pub fn if_nametoindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-/// Reads what sysfs says about interface `name` below `root` (normally
-/// [`SYSFS_NET`]). Missing files are not errors: they mean "sysfs does not say".
-pub fn read_sysfs(root: &Path, name: &str) -> SysfsFacts {
-    // A name with a slash or `..` would leave the directory: no kernel name has one.
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return SysfsFacts::default();
-    }
-    let dir = root.join(name);
-    let devtype = std::fs::read_to_string(dir.join("uevent"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("DEVTYPE="))
-                .map(|v| v.trim().to_owned())
-        });
-    SysfsFacts {
-        devtype,
-        wireless: dir.join("wireless").is_dir() || dir.join("phy80211").exists(),
+impl SysfsFacts {
+    /// Reads what sysfs says about interface `name` below `root` (normally [`SYSFS_NET`]).
+    /// Missing files are not errors: they mean "sysfs does not say".
+    pub fn read(root: &Path, name: &str) -> SysfsFacts {
+        // A name with a slash or `..` would leave the directory: no kernel name has one.
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return SysfsFacts::default();
+        }
+        let dir = root.join(name);
+        let devtype = std::fs::read_to_string(dir.join("uevent"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("DEVTYPE="))
+                    .map(|v| v.trim().to_owned())
+            });
+        SysfsFacts {
+            devtype,
+            wireless: dir.join("wireless").is_dir() || dir.join("phy80211").exists(),
+        }
     }
 }
 
@@ -279,7 +281,7 @@ mod tests {
             "DEVTYPE=wlan\nINTERFACE=wlp2s0\nIFINDEX=3\n",
         )
         .unwrap();
-        let f = read_sysfs(&root, "wlp2s0");
+        let f = SysfsFacts::read(&root, "wlp2s0");
         assert_eq!(
             f,
             SysfsFacts {
@@ -287,8 +289,8 @@ mod tests {
                 wireless: true
             }
         );
-        assert_eq!(read_sysfs(&root, "nothere"), SysfsFacts::default());
-        assert_eq!(read_sysfs(&root, ".."), SysfsFacts::default());
+        assert_eq!(SysfsFacts::read(&root, "nothere"), SysfsFacts::default());
+        assert_eq!(SysfsFacts::read(&root, ".."), SysfsFacts::default());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

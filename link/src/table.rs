@@ -81,6 +81,21 @@ impl UpTime {
     }
 }
 
+/// One unicast route through an interface (`RTM_NEWROUTE`/`RTM_DELROUTE`): only its owner,
+/// table, destination and next hop matter to roam. Routes are not part of [`LinkTable`];
+/// roamd's core keeps them for policy routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    /// Output interface index.
+    pub index: u32,
+    /// Routing table id.
+    pub table: u32,
+    /// Destination prefix; `None` for a default route.
+    pub dst: Option<(IpAddr, u8)>,
+    /// Next hop, for routes through a gateway.
+    pub gateway: Option<IpAddr>,
+}
+
 /// What the kernel (or Android) says about an interface itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkFacts {
