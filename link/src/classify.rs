@@ -27,6 +27,14 @@ pub struct SysfsFacts {
     pub wireless: bool,
 }
 
+impl SysfsFacts {
+    /// Whether sysfs says the interface is 802.11 (`DEVTYPE=wlan` or a `wireless/`
+    /// directory): nl80211 can tell its SSID and signal.
+    pub fn is_wireless(&self) -> bool {
+        self.wireless || self.devtype.as_deref() == Some("wlan")
+    }
+}
+
 /// One config override: interfaces whose name matches `pattern` (`*` and `?` globs) are of
 /// `kind`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +61,7 @@ pub fn classify(
     if let Some(k) = sysfs.devtype.as_deref().and_then(from_devtype) {
         return k;
     }
-    if sysfs.wireless {
+    if sysfs.is_wireless() {
         return LinkKind::Wifi;
     }
     if let Some(k) = from_name(name) {
