@@ -5,8 +5,8 @@
 //! SDK's [`LinkView`]s. The JNI layer only parses Java's arguments into these types.
 //!
 //! The table itself is roam-link's ([`roam_link::LinkTable`], keyed by network handle): the
-//! same usable-address rule, up times and start-up rule as roamd and the SDK's embedded
-//! monitor. The mapping, per network:
+//! same usable-address rule, up times and start-up rule as the SDK's embedded monitor. The
+//! mapping, per network:
 //! - kind: from the transport (`NetworkCapabilities.TRANSPORT_*`, see [`Transport`]); a
 //!   transport that names no kind (`Other`) leaves it to roam-link's name classifier;
 //! - name: `LinkProperties.getInterfaceName()`; addresses: its `LinkAddress`es, of which only
@@ -16,8 +16,8 @@
 //!   `NET_CAPABILITY_VALIDATED`, `up` otherwise;
 //! - metered: not `NET_CAPABILITY_NOT_METERED`; signal: `getSignalStrength()` when known;
 //! - up time: since the network last became usable. Networks usable during start-up count as
-//!   up since an unknown, long time (`up_for_ms` absent), as in roamd and the SDK
-//!   (`roam_link::table` says why). Android has no dump: ConnectivityManager replays the
+//!   up since an unknown, long time (`up_for_ms` absent), as in the SDK (`roam_link::table`
+//!   says why). Android has no dump: ConnectivityManager replays the
 //!   networks it has right after the service registers its callback, so start-up is the
 //!   [`STARTUP_REPLAY`] after the first report.
 //!

@@ -18,7 +18,7 @@ use crate::monitor::Links;
 ///
 /// Link states are `up` or `down` only (carrier, admin state and a usable address): with no
 /// prober there is no `validated` or `degraded`. The session's own stall detection covers
-/// silent failures. Links, kinds, addresses and up times are roam-link's, as in roamd: a link
+/// silent failures. Links, kinds, addresses and up times are roam-link's: a link
 /// usable when the session subscribes counts as up since an unknown, long time for `hold`.
 #[derive(Debug, Clone)]
 pub struct Embedded {

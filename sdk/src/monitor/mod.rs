@@ -4,8 +4,7 @@
 //! Everything here is roam-link's: the route socket (`roam_link::socket`), the classifier
 //! (with sysfs facts, as roamd classifies), the usable-address rule and the link table with
 //! its up times. A link usable when the monitor starts counts as up since an unknown, long
-//! time, as in roamd and on Android (`roam_link::table` says why). The SDK has no netlink code
-//! of its own.
+//! time, as on Android (`roam_link::table` says why). The SDK has no netlink code of its own.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
