@@ -122,30 +122,10 @@ fn from_name(name: &str) -> Option<LinkKind> {
         .map(|(_, k)| *k)
 }
 
-/// `*` matches any run of characters, `?` exactly one; everything else itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    // Iterative matcher with one backtrack point: linear in practice, no recursion to blow.
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
+/// `*` matches any run of characters, `?` exactly one; everything else itself: the policy
+/// language's globs (`roam_policy::glob`), so a config override and a policy's interface
+/// pattern read the same.
+pub use roam_policy::glob::matches as glob_match;
 
 #[cfg(test)]
 mod tests {
@@ -208,10 +188,16 @@ mod tests {
     #[test]
     fn overrides_then_sysfs_then_names_then_rtnetlink_kind() {
         let none = SysfsFacts::default();
-        let usb_modem = [KindOverride {
-            pattern: "eth1".into(),
-            kind: LinkKind::Cellular,
-        }];
+        let usb_modem = [
+            KindOverride {
+                pattern: "eth1".into(),
+                kind: LinkKind::Cellular,
+            },
+            KindOverride {
+                pattern: "modem?".into(),
+                kind: LinkKind::Cellular,
+            },
+        ];
         type Case<'a> = (
             &'a str,
             SysfsFacts,
@@ -275,6 +261,8 @@ mod tests {
                 LinkKind::Cellular,
             ),
             ("eth2", none.clone(), None, &usb_modem, LinkKind::Ethernet),
+            ("modem1", none.clone(), None, &usb_modem, LinkKind::Cellular),
+            ("modem12", none.clone(), None, &usb_modem, LinkKind::Other),
         ];
         for (name, sysfs, info_kind, overrides, want) in cases {
             assert_eq!(
@@ -282,22 +270,6 @@ mod tests {
                 *want,
                 "{name} {sysfs:?} {info_kind:?}"
             );
-        }
-    }
-
-    #[test]
-    fn globs() {
-        for (p, t, want) in [
-            ("usb*", "usb0", true),
-            ("usb*", "rndis0", false),
-            ("*", "", true),
-            ("w?an0", "wlan0", true),
-            ("w?an0", "wlan10", false),
-            ("*an*", "wlan0", true),
-            ("a*b*c", "axxbyyc", true),
-            ("a*b*c", "axxbyy", false),
-        ] {
-            assert_eq!(glob_match(p, t), want, "{p} {t}");
         }
     }
 }

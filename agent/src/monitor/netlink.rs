@@ -134,50 +134,64 @@ impl Monitor {
 mod tests {
     use super::*;
     use roam_link::AddrFacts;
-    use roam_link::rtnl::emit;
 
     #[test]
-    fn unsettled_addresses_are_absent_and_deprecated_ones_present() {
+    fn unsettled_addresses_reach_the_core_as_absent_and_deprecated_ones_as_present() {
         let ip: IpAddr = "2001:db8::2".parse().unwrap();
-        let mut f = AddrFacts::plain(ip, 64);
-        f.tentative = true;
-        let mut bytes = emit::bytes(emit::address(3, f, true), 0);
-        f.tentative = false;
-        f.deprecated = true;
-        bytes.extend(emit::bytes(emit::address(3, f, true), 0));
-        f.dadfailed = true;
-        bytes.extend(emit::bytes(emit::address(3, f, true), 0));
-        bytes.extend(emit::bytes(
-            emit::address(3, AddrFacts::plain(ip, 64), false),
-            0,
-        ));
-        let (ev, _) = parse_datagram(&bytes, None).unwrap();
-        let present: Vec<bool> = ev
-            .iter()
-            .map(|e| match e {
+        let settled = AddrFacts::plain(ip, 64);
+        let flagged = |set: fn(&mut AddrFacts)| {
+            let mut f = settled;
+            set(&mut f);
+            f
+        };
+        for (facts, announced, want) in [
+            (settled, true, true),
+            (settled, false, false),
+            (flagged(|f| f.tentative = true), true, false),
+            (flagged(|f| f.dadfailed = true), true, false),
+            (flagged(|f| f.deprecated = true), true, true),
+        ] {
+            let e = MonitorEvent::from(LinkEvent::Address {
+                index: 3,
+                facts,
+                present: announced,
+            });
+            assert_eq!(
+                e,
                 MonitorEvent::Address {
-                    present,
-                    addr,
-                    prefix_len: 64,
                     index: 3,
-                } => {
-                    assert_eq!(*addr, ip);
-                    *present
-                }
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(present, [false, true, false, false]);
+                    addr: ip,
+                    prefix_len: 64,
+                    present: want
+                },
+                "{facts:?} announced {announced}"
+            );
+        }
     }
 
     #[test]
-    fn links_keep_their_kernel_facts() {
-        let bytes = emit::bytes(emit::link(7, "wlan0", true, false, Some("veth")), 0);
-        let (ev, _) = parse_datagram(&bytes, None).unwrap();
-        assert!(matches!(
-            &ev[..],
-            [MonitorEvent::Link(l)] if l.index == 7 && l.admin_up && !l.carrier
-                && l.info_kind.as_deref() == Some("veth")
-        ));
+    fn routes_keep_every_field() {
+        let route = roam_link::Route {
+            index: 4,
+            table: 254,
+            dst: Some(("198.18.0.0".parse().unwrap(), 24)),
+            gateway: Some("198.18.0.1".parse().unwrap()),
+        };
+        let e = MonitorEvent::from(LinkEvent::Route {
+            route,
+            present: false,
+        });
+        assert_eq!(
+            e,
+            MonitorEvent::Route {
+                route: crate::core::Route {
+                    index: 4,
+                    table: 254,
+                    dst: route.dst,
+                    gateway: route.gateway,
+                },
+                present: false
+            }
+        );
     }
 }
