@@ -170,6 +170,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         .await
         .context("dumping links, addresses and routes")?;
     d.on_monitor(initial);
+    d.core.started();
     if opts.config.mptcp {
         d.core.enable_mptcp(Instant::now());
     }

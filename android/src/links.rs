@@ -4,15 +4,22 @@
 //! ([`LinkUpdate`], losing, lost) with `now`, and gives the policy's [`Interface`]s and the
 //! SDK's [`LinkView`]s. The JNI layer only parses Java's arguments into these types.
 //!
-//! The mapping, per network:
-//! - kind: from the transport (`NetworkCapabilities.TRANSPORT_*`), see [`Transport`];
-//! - name: `LinkProperties.getInterfaceName()`; addresses: its `LinkAddress`es, link-local ones
-//!   dropped (a session cannot use them to reach a peer);
+//! The table itself is roam-link's ([`roam_link::LinkTable`], keyed by network handle): the
+//! same usable-address rule, up times and start-up rule as the SDK's embedded monitor. The
+//! mapping, per network:
+//! - kind: from the transport (`NetworkCapabilities.TRANSPORT_*`, see [`Transport`]); a
+//!   transport that names no kind (`Other`) leaves it to roam-link's name classifier;
+//! - name: `LinkProperties.getInterfaceName()`; addresses: its `LinkAddress`es, of which only
+//!   usable ones count ([`roam_link::AddrFacts::usable`]: no link-local, loopback, multicast or
+//!   unspecified address can carry a session to a peer);
 //! - state: `down` without a usable address, `degraded` after `onLosing`, `validated` with
 //!   `NET_CAPABILITY_VALIDATED`, `up` otherwise;
 //! - metered: not `NET_CAPABILITY_NOT_METERED`; signal: `getSignalStrength()` when known;
-//! - up time: since the network first had a usable address as far as this table knows (a
-//!   network reported when the service starts counts from then, so `hold` applies to it too).
+//! - up time: since the network last became usable. Networks usable during start-up count as
+//!   up since an unknown, long time (`up_for_ms` absent), as in the SDK (`roam_link::table`
+//!   says why). Android has no dump: ConnectivityManager replays the
+//!   networks it has right after the service registers its callback, so start-up is the
+//!   [`STARTUP_REPLAY`] after the first report.
 //!
 //! `onLost` removes the network: Android never reuses a `Network` handle for a new connection.
 
@@ -22,7 +29,13 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use roam::decision::LinkView;
+use roam_link::{AddrFacts, LinkFacts, LinkTable};
 use roam_policy::{Interface, LinkKind, LinkState};
+
+/// How long after the first report networks still count as present at start-up: Android
+/// replays the networks it has within milliseconds of the callback's registration; a second
+/// leaves room for a busy main thread.
+pub const STARTUP_REPLAY: Duration = Duration::from_secs(1);
 
 /// An Android `Network`, as `Network.getNetworkHandle()` gives it (never 0, which is
 /// `NETWORK_UNSPECIFIED`).
@@ -56,7 +69,16 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The link kind a policy's `link NAME = kind KIND` matches.
+    /// The link kind a policy's `link NAME = kind KIND` matches, for a network on
+    /// `interface`: the transport's when it names one, roam-link's name classifier otherwise.
+    pub fn kind_of(self, interface: &str) -> LinkKind {
+        match self {
+            Transport::Other(_) => roam_link::kind_from_name(interface),
+            known => known.kind(),
+        }
+    }
+
+    /// The link kind the transport itself names ([`LinkKind::Other`] for `Other`).
     pub fn kind(self) -> LinkKind {
         match self {
             Transport::Cellular => LinkKind::Cellular,
@@ -126,49 +148,20 @@ pub struct LinkUpdate {
     pub signal_dbm: Option<i32>,
 }
 
+/// What Android says about a network beyond what roam-link's table keeps.
 #[derive(Debug, Clone)]
-struct Link {
+struct Extra {
     update: LinkUpdate,
     losing: bool,
-    /// When the link last became usable; `None` while it is not.
-    up_since: Option<Instant>,
-}
-
-impl Link {
-    fn usable_addrs(&self) -> Vec<IpAddr> {
-        self.update
-            .addrs
-            .iter()
-            .copied()
-            .filter(|a| is_usable_addr(*a))
-            .collect()
-    }
-
-    fn state(&self) -> LinkState {
-        if self.usable_addrs().is_empty() {
-            LinkState::Down
-        } else if self.losing {
-            LinkState::Degraded
-        } else if self.update.validated {
-            LinkState::Validated
-        } else {
-            LinkState::Up
-        }
-    }
-}
-
-/// Link-local addresses cannot carry a session to a peer; the unspecified address is no source.
-fn is_usable_addr(a: IpAddr) -> bool {
-    match a {
-        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_unspecified(),
-        IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_unspecified(),
-    }
 }
 
 /// Every network Android reported and has not lost, by handle.
 #[derive(Debug, Clone, Default)]
 pub struct LinkBook {
-    links: BTreeMap<NetworkHandle, Link>,
+    table: LinkTable<NetworkHandle>,
+    extra: BTreeMap<NetworkHandle, Extra>,
+    /// When the first network was reported: start-up ends [`STARTUP_REPLAY`] later.
+    first_report: Option<Instant>,
 }
 
 /// A network the table does not know (never reported, or lost).
@@ -183,68 +176,82 @@ impl LinkBook {
     /// Records what Android says about a network; true when anything a decision or a session
     /// depends on changed.
     pub fn update(&mut self, now: Instant, u: LinkUpdate) -> bool {
-        match self.links.get_mut(&u.network) {
-            Some(link) if link.update == u => false,
-            Some(link) => {
-                link.update = u;
-                link.track(now);
-                true
-            }
-            None => {
-                let mut link = Link {
-                    update: u,
-                    losing: false,
-                    up_since: None,
-                };
-                link.track(now);
-                self.links.insert(link.update.network, link);
-                true
-            }
+        let first = *self.first_report.get_or_insert(now);
+        if self.table.is_starting() && now.saturating_duration_since(first) >= STARTUP_REPLAY {
+            self.table.started();
         }
+        if self.extra.get(&u.network).is_some_and(|e| e.update == u) {
+            return false;
+        }
+        let facts = LinkFacts {
+            name: u.interface.clone(),
+            kind: u.transport.kind_of(&u.interface),
+            // Android reports a network only while it is connected.
+            admin_up: true,
+            carrier: true,
+            loopback: false,
+        };
+        // LinkAddress's prefix length does not cross the bridge; nothing here needs it.
+        let addrs = u
+            .addrs
+            .iter()
+            .map(|a| AddrFacts::plain(*a, if a.is_ipv4() { 32 } else { 128 }))
+            .collect();
+        self.table.link(u.network, facts, now);
+        self.table.set_addresses(&u.network, addrs, now);
+        let losing = self.extra.get(&u.network).is_some_and(|e| e.losing);
+        self.extra.insert(u.network, Extra { update: u, losing });
+        true
     }
 
     /// `onLosing`: the network is expected to go soon; it ranks after the others.
     pub fn losing(&mut self, network: NetworkHandle) -> Result<bool, UnknownNetwork> {
-        let link = self
-            .links
+        let e = self
+            .extra
             .get_mut(&network)
             .ok_or(UnknownNetwork(network))?;
-        Ok(!std::mem::replace(&mut link.losing, true))
+        Ok(!std::mem::replace(&mut e.losing, true))
     }
 
     /// `onLost`: forgets the network; true when it was known.
     pub fn lost(&mut self, network: NetworkHandle) -> bool {
-        self.links.remove(&network).is_some()
+        self.table.remove(&network);
+        self.extra.remove(&network).is_some()
     }
 
     /// The network whose interface is `name`, for binding a socket of a path to it.
     pub fn network_of(&self, name: &str) -> Option<NetworkHandle> {
-        self.links
-            .values()
-            .find(|l| l.update.interface == name)
-            .map(|l| l.update.network)
+        self.table.key_of(name).copied()
     }
 
     /// Whether the table knows `network`.
     pub fn contains(&self, network: NetworkHandle) -> bool {
-        self.links.contains_key(&network)
+        self.extra.contains_key(&network)
+    }
+
+    fn state(&self, network: NetworkHandle, link: &roam_link::Link) -> LinkState {
+        let e = &self.extra[&network];
+        if !link.is_usable() {
+            LinkState::Down
+        } else if e.losing {
+            LinkState::Degraded
+        } else if e.update.validated {
+            LinkState::Validated
+        } else {
+            LinkState::Up
+        }
     }
 
     /// The policy's view at `now`.
     pub fn interfaces(&self, now: Instant) -> Vec<Interface> {
-        self.links
-            .values()
-            .map(|l| {
-                let mut i = Interface::new(
-                    l.update.interface.clone(),
-                    l.update.transport.kind(),
-                    l.state(),
-                );
-                i.metered = Some(!l.update.not_metered);
-                i.signal_dbm = l.update.signal_dbm.map(f64::from);
-                i.up_for_ms = l
-                    .up_since
-                    .map(|s| now.saturating_duration_since(s).as_millis() as u64);
+        self.table
+            .iter()
+            .map(|(net, l)| {
+                let e = &self.extra[net];
+                let mut i = l.interface(now);
+                i.state = self.state(*net, l);
+                i.metered = Some(!e.update.not_metered);
+                i.signal_dbm = e.update.signal_dbm.map(f64::from);
                 i
             })
             .collect()
@@ -252,12 +259,12 @@ impl LinkBook {
 
     /// The SDK's view: names, kinds, states and usable addresses.
     pub fn link_views(&self) -> Vec<LinkView> {
-        self.links
-            .values()
-            .map(|l| LinkView {
-                name: l.update.interface.clone(),
-                kind: l.update.transport.kind(),
-                state: l.state(),
+        self.table
+            .iter()
+            .map(|(net, l)| LinkView {
+                name: l.name().to_owned(),
+                kind: l.kind(),
+                state: self.state(*net, l),
                 addrs: l.usable_addrs(),
             })
             .collect()
@@ -266,23 +273,7 @@ impl LinkBook {
     /// The earliest moment after `now` at which a usable link's up time crosses one of
     /// `holds`: the decision may change then with no event from Android.
     pub fn next_hold(&self, now: Instant, holds: &[Duration]) -> Option<Instant> {
-        self.links
-            .values()
-            .filter_map(|l| l.up_since)
-            .flat_map(|since| holds.iter().map(move |h| since + *h))
-            .filter(|t| *t > now)
-            .min()
-    }
-}
-
-impl Link {
-    fn track(&mut self, now: Instant) {
-        let usable = self.state() != LinkState::Down;
-        match (usable, self.up_since) {
-            (true, None) => self.up_since = Some(now),
-            (false, Some(_)) => self.up_since = None,
-            _ => {}
-        }
+        self.table.next_hold(now, holds)
     }
 }
 
@@ -330,7 +321,8 @@ mod tests {
         assert_eq!((i.state, i.up_for_ms), (LinkState::Down, None));
         assert!(book.link_views()[0].addrs.is_empty());
 
-        let t1 = t0 + Duration::from_millis(100);
+        // Past start-up: the address counts from when it came.
+        let t1 = t0 + STARTUP_REPLAY;
         assert!(book.update(t1, wifi(10, &["fe80::1", "198.18.0.2"])));
         assert!(!book.update(t1, wifi(10, &["fe80::1", "198.18.0.2"])));
         let t2 = t1 + Duration::from_millis(250);
@@ -365,9 +357,36 @@ mod tests {
     }
 
     #[test]
-    fn holds_wake_at_the_first_crossing_still_ahead() {
+    fn networks_of_the_start_up_replay_are_up_since_start() {
         let t0 = Instant::now();
         let mut book = LinkBook::default();
+        book.update(t0, wifi(1, &["198.18.0.2"]));
+        let mut cell = wifi(2, &["198.18.1.2"]);
+        cell.transport = Transport::Cellular;
+        cell.interface = "rmnet_data0".into();
+        book.update(t0 + Duration::from_millis(30), cell);
+        let later = t0 + Duration::from_secs(60);
+        let up: Vec<_> = book
+            .interfaces(later)
+            .iter()
+            .map(|i| (i.kind, i.up_for_ms))
+            .collect();
+        assert_eq!(up, [(LinkKind::Wifi, None), (LinkKind::Cellular, None)]);
+        assert_eq!(book.next_hold(t0, &[Duration::from_secs(5)]), None);
+        // A transport that names no kind leaves it to the interface name.
+        let mut clat = wifi(3, &["192.0.0.4"]);
+        clat.transport = Transport::Other(10);
+        clat.interface = "v4-rmnet_data0".into();
+        book.update(later, clat);
+        assert_eq!(book.link_views()[2].kind, LinkKind::Cellular);
+    }
+
+    #[test]
+    fn holds_wake_at_the_first_crossing_still_ahead() {
+        let start = Instant::now();
+        let mut book = LinkBook::default();
+        book.update(start, wifi(1, &[]));
+        let t0 = start + STARTUP_REPLAY;
         book.update(t0, wifi(1, &["198.18.0.2"]));
         let holds = [Duration::from_secs(1), Duration::from_secs(5)];
         assert_eq!(book.next_hold(t0, &holds), Some(t0 + holds[0]));

@@ -79,6 +79,8 @@ pub struct Core {
     routing: Option<(RoutingConfig, RoutingPlan)>,
     mptcp: Option<MptcpPlan>,
     steering: Option<steer::Steering>,
+    /// Still taking in the first dump: links usable now were up before roamd started.
+    starting: bool,
 }
 
 impl Core {
@@ -96,7 +98,15 @@ impl Core {
             routing: None,
             mptcp: None,
             steering: None,
+            starting: true,
         }
+    }
+
+    /// Ends start-up: the shell calls this once the first dump is in. Links usable until then
+    /// count as up since an unknown, long time, so a policy's `hold` does not apply to them
+    /// (roam-link's start-up rule, the same in the SDK and on Android).
+    pub fn started(&mut self) {
+        self.starting = false;
     }
 
     /// Feeds one event in, at `now`.
@@ -158,7 +168,7 @@ impl Core {
                                 probe: LinkProbe::new(),
                                 portal: Portal::Unchecked,
                                 state: LinkState::Down,
-                                up_since: None,
+                                up: roam_link::UpTime::Down,
                                 mode: ProbeMode::Off,
                                 next_probe: None,
                                 ssid: None,
@@ -423,9 +433,7 @@ impl Core {
         let holds = self.policy.hold_thresholds();
         self.links
             .values()
-            .filter_map(|l| l.up_since)
-            .flat_map(|t| holds.iter().map(move |d| t + *d))
-            .filter(|t| *t > now)
+            .filter_map(|l| l.up.next_crossing(now, &holds))
             .min()
     }
 }

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use roam_ipc::proto::ProbeMode;
+use roam_link::{UpTime, usable_ip};
 use roam_policy::{Interface, LinkKind, LinkState};
 
 use crate::probe::{LinkProbe, Verdict};
@@ -54,18 +55,8 @@ pub(crate) enum Portal {
     Captive { why: String, at: Instant },
 }
 
-/// One route the monitor saw; only its owner, table and destination matter to the core.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Route {
-    /// Output interface index.
-    pub index: u32,
-    /// Routing table id.
-    pub table: u32,
-    /// Destination prefix; `None` for a default route.
-    pub dst: Option<(IpAddr, u8)>,
-    /// Next hop, for routes through a gateway.
-    pub gateway: Option<IpAddr>,
-}
+/// One route the monitor saw: roam-link's, the same type the SDK's route socket reports.
+pub use roam_link::Route;
 
 /// What the core keeps about one interface: the monitor's facts, what probing and the portal
 /// check concluded, and the state and pace derived from them.
@@ -77,7 +68,9 @@ pub(crate) struct Link {
     pub(crate) probe: LinkProbe,
     pub(crate) portal: Portal,
     pub(crate) state: LinkState,
-    pub(crate) up_since: Option<Instant>,
+    /// How long the link has been usable: roam-link's rule, so a link usable when roamd
+    /// starts is not held (see `roam_link::table`).
+    pub(crate) up: UpTime,
     pub(crate) mode: ProbeMode,
     pub(crate) next_probe: Option<Instant>,
     pub(crate) ssid: Option<String>,
@@ -87,12 +80,13 @@ pub(crate) struct Link {
 
 impl Link {
     pub(crate) fn has_usable_address(&self) -> bool {
-        self.addrs.iter().any(|(a, _)| usable_address(a))
+        self.addrs.iter().any(|(a, _)| usable_ip(*a))
     }
 
-    /// The addresses that make a link usable (see [`usable_address`]).
+    /// The addresses that make a link usable (roam-link's [`usable_ip`]; the monitor already
+    /// dropped tentative and DAD-failed ones).
     pub(crate) fn usable_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.addrs.iter().map(|(a, _)| *a).filter(usable_address)
+        self.addrs.iter().map(|(a, _)| *a).filter(|a| usable_ip(*a))
     }
 
     pub(crate) fn l3_up(&self) -> bool {
@@ -107,9 +101,7 @@ impl Link {
         i.metered = self.info.metered;
         i.ssid = self.ssid.clone();
         i.signal_dbm = self.signal_dbm;
-        i.up_for_ms = self.up_since.map(|t| {
-            u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
-        });
+        i.up_for_ms = self.up.up_for_ms(now);
         i
     }
 }
@@ -120,21 +112,6 @@ pub(crate) fn named<'a>(links: &'a BTreeMap<u32, Link>, name: &str) -> Option<(u
         .iter()
         .find(|(_, l)| l.info.name == name)
         .map(|(i, l)| (*i, l))
-}
-
-/// Link-local, loopback, multicast and unspecified addresses do not make a link usable.
-pub(crate) fn usable_address(addr: &IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => {
-            !(a.is_loopback() || a.is_link_local() || a.is_unspecified() || a.is_multicast())
-        }
-        IpAddr::V6(a) => {
-            !(a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || a.is_unicast_link_local())
-        }
-    }
 }
 
 impl Core {
@@ -185,7 +162,7 @@ impl Core {
                 tracing::info!(from = %link.state, to = %new, reason = why, "link state");
                 match (link.state.is_usable(), new.is_usable()) {
                     (false, true) => {
-                        link.up_since = Some(now);
+                        link.up.track(true, self.starting, now);
                         if link.info.wireless {
                             // Associated to what, and how well: asked once now, then with
                             // probes.
@@ -196,7 +173,7 @@ impl Core {
                         }
                     }
                     (true, false) => {
-                        link.up_since = None;
+                        link.up = UpTime::Down;
                         link.ssid = None;
                         link.signal_dbm = None;
                     }

@@ -65,6 +65,8 @@ fn handset(policy: Policy, targets: bool, t0: Instant) -> Core {
         core.handle(t0, Event::LinkUpdated(info(i, n, k, targets)));
         core.handle(t0, addr(i));
     }
+    // The handset's links were there when roamd started (the first dump).
+    core.started();
     drain(&mut core);
     core
 }
@@ -259,6 +261,8 @@ fn hold_and_up_for_follow_virtual_time() {
         Policy::parse(&PLAIN.replace("over bt }", "over bt; hold 10s }")).unwrap(),
         ProbeConfig::default(),
     );
+    // roamd has started with no links; they come later.
+    core.started();
     core.handle(
         t0,
         Event::LinkUpdated(info(RMNET, "rmnet0", LinkKind::Cellular, false)),
@@ -659,10 +663,50 @@ fn the_last_mptcp_endpoints_stay_when_no_path_is_usable() {
 }
 
 #[test]
+fn links_usable_at_start_are_not_held() {
+    // roam-link's start-up rule: what the first dump shows usable was up before roamd
+    // started, for an unknown, long time, so `hold` does not apply and no up time is shown.
+    let t0 = Instant::now();
+    let mut core = Core::new(
+        Policy::parse(&PLAIN.replace("over bt }", "over bt; hold 10s }")).unwrap(),
+        ProbeConfig::default(),
+    );
+    for (i, n, k) in [
+        (WLAN, "wlan0", LinkKind::Wifi),
+        (RMNET, "rmnet0", LinkKind::Cellular),
+    ] {
+        core.handle(t0, Event::LinkUpdated(info(i, n, k, false)));
+        core.handle(t0, addr(i));
+    }
+    core.started();
+    subscribe(&mut core, t0, 1, "a");
+    let actions = drain(&mut core);
+    assert_eq!(pushes(&actions)[&1], names(&["wlan0", "rmnet0"]));
+    let Some(Action::Push { update, .. }) = actions.last() else {
+        panic!("no push: {actions:?}");
+    };
+    assert!(update.interfaces.iter().all(|i| i.up_for_ms.is_none()));
+    assert_eq!(core.poll_timeout(), None, "nothing held, no recheck");
+    // A flap after start is held as before.
+    let t1 = t0 + ms(1_000);
+    let mut down = info(WLAN, "wlan0", LinkKind::Wifi, false);
+    down.carrier = false;
+    core.handle(t1, Event::LinkUpdated(down));
+    core.handle(
+        t1,
+        Event::LinkUpdated(info(WLAN, "wlan0", LinkKind::Wifi, false)),
+    );
+    core.handle(t1, addr(WLAN));
+    assert_eq!(pushes(&drain(&mut core))[&1], names(&["rmnet0", "wlan0"]));
+    assert_eq!(core.poll_timeout(), Some(t1 + ms(10_000)));
+}
+
+#[test]
 fn the_mptcp_plan_follows_hold_with_no_subscriber() {
     let t0 = Instant::now();
     let policy = Policy::parse(&PLAIN.replace("over bt }", "over bt; hold 10s }")).unwrap();
     let mut core = Core::new(policy, ProbeConfig::default());
+    core.started();
     core.enable_mptcp(t0);
     core.handle(
         t0,

@@ -1,25 +1,25 @@
 //! The embedded decision source: a route socket, the link table it feeds, and the policy
 //! evaluated whenever a link changes or a `hold` runs out.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use roam_policy::{Interface, LinkState, Policy, State};
+use roam_link::socket::{RouteSocket, SocketError, Watch};
+use roam_policy::{Policy, State};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{DecisionSource, LinkView, Snapshot, SubscribeFuture};
+use super::{DecisionSource, Snapshot, SubscribeFuture};
 use crate::error::Error;
-use crate::monitor::links::LinkTable;
-use crate::monitor::netlink::RouteSocket;
+use crate::monitor::Links;
 
 /// Decisions made in the app's process: a link monitor and a policy.
 ///
 /// Link states are `up` or `down` only (carrier, admin state and a usable address): with no
 /// prober there is no `validated` or `degraded`. The session's own stall detection covers
-/// silent failures.
+/// silent failures. Links, kinds, addresses and up times are roam-link's: a link
+/// usable when the session subscribes counts as up since an unknown, long time for `hold`.
 #[derive(Debug, Clone)]
 pub struct Embedded {
     policy: Arc<Policy>,
@@ -42,22 +42,25 @@ impl Embedded {
 impl DecisionSource for Embedded {
     fn subscribe<'a>(&'a self, app: Option<&'a str>) -> SubscribeFuture<'a> {
         Box::pin(async move {
-            let mut socket = RouteSocket::open()
+            let mut socket = RouteSocket::open(Watch::LinksAndAddresses)
                 .map_err(|e| Error::io("opening the netlink route socket", e))?;
-            let mut table = LinkTable::default();
-            socket
-                .dump(&mut table)
+            let events = socket
+                .dump()
                 .await
-                .map_err(|e| Error::io("dumping links and addresses", e))?;
+                .map_err(|e| Error::io("dumping links and addresses", e.into()))?;
+            let now = Instant::now();
+            let mut links = Links::new();
+            for e in &events {
+                links.apply(e, now.into_std());
+            }
+            links.started();
             let run = Monitor {
                 policy: self.policy.clone(),
                 holds: self.policy.hold_durations(),
                 app: app.map(str::to_owned),
-                usable: usable_names(&table),
-                table,
-                up_since: HashMap::new(),
+                links,
             };
-            let first = run.snapshot(Instant::now());
+            let first = run.snapshot(now);
             let (tx, rx) = watch::channel(Arc::new(first));
             let span = tracing::info_span!("embedded_monitor", app = app.unwrap_or("default"));
             tokio::spawn(run.run(socket, tx).instrument(span));
@@ -74,27 +77,39 @@ struct Monitor {
     policy: Arc<Policy>,
     holds: Vec<Duration>,
     app: Option<String>,
-    table: LinkTable,
-    /// The links usable at the last look.
-    usable: HashSet<String>,
-    /// When each link became usable, for links that did so after the first dump (the others
-    /// have been up "for ever", as far as `hold` is concerned).
-    up_since: HashMap<String, Instant>,
+    links: Links,
 }
 
 impl Monitor {
     async fn run(mut self, mut socket: RouteSocket, tx: watch::Sender<Arc<Snapshot>>) {
-        for _ in 0.. {
+        loop {
             let wake = self.next_hold(Instant::now());
             let changed = tokio::select! {
-                r = socket.next(&mut self.table) => match r {
-                    Ok(changed) => changed,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                r = socket.next() => match r {
+                    Ok(events) => {
+                        let now = Instant::now().into_std();
+                        let mut changed = false;
+                        for e in &events {
+                            changed |= self.links.apply(e, now);
+                        }
+                        changed
+                    }
+                    Err(SocketError::Overrun) => {
                         tracing::warn!("netlink notifications were dropped; dumping again");
-                        self.table = LinkTable::default();
-                        if let Err(e) = socket.dump(&mut self.table).await {
-                            tracing::error!(error = %e, "netlink dump failed; decisions frozen");
-                            return;
+                        self.links.begin_resync();
+                        let dumped = socket.dump().await;
+                        let now = Instant::now().into_std();
+                        match dumped {
+                            Ok(events) => {
+                                for e in &events {
+                                    self.links.apply(e, now);
+                                }
+                                self.links.end_resync(now);
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "netlink dump failed; decisions frozen");
+                                return;
+                            }
                         }
                         true
                     }
@@ -107,9 +122,7 @@ impl Monitor {
                 _ = tx.closed() => return,
             };
             if changed {
-                let now = Instant::now();
-                self.track_up(now);
-                let snap = self.snapshot(now);
+                let snap = self.snapshot(Instant::now());
                 tx.send_if_modified(|cur| {
                     if **cur == snap {
                         return false;
@@ -122,70 +135,24 @@ impl Monitor {
         }
     }
 
-    fn track_up(&mut self, now: Instant) {
-        let usable = usable_names(&self.table);
-        // A link that just came (back) starts its hold now; one that went forgets it.
-        for name in usable.difference(&self.usable) {
-            self.up_since.insert(name.clone(), now);
-        }
-        self.up_since.retain(|name, _| usable.contains(name));
-        self.usable = usable;
-    }
-
     /// The earliest moment a usable link's time up crosses one of the policy's holds.
     fn next_hold(&self, now: Instant) -> Option<Instant> {
-        self.up_since
-            .values()
-            .flat_map(|since| self.holds.iter().map(move |h| *since + *h))
-            .filter(|t| *t > now)
-            .min()
+        self.links
+            .next_hold(now.into_std(), &self.holds)
+            .map(Instant::from_std)
     }
 
     fn snapshot(&self, now: Instant) -> Snapshot {
-        let links: Vec<LinkView> = self
-            .table
-            .iter()
-            .filter(|l| !l.loopback)
-            .map(|l| LinkView {
-                name: l.name.clone(),
-                kind: l.kind(),
-                state: if l.is_usable() {
-                    LinkState::Up
-                } else {
-                    LinkState::Down
-                },
-                addrs: l.addrs.clone(),
-            })
-            .collect();
-        let interfaces = links
-            .iter()
-            .map(|l| {
-                let mut i = Interface::new(l.name.clone(), l.kind, l.state);
-                i.up_for_ms = self
-                    .up_since
-                    .get(&l.name)
-                    .map(|s| now.saturating_duration_since(*s).as_millis() as u64);
-                i
-            })
-            .collect();
         let state = State {
             app: self.app.clone(),
             flow: None,
-            interfaces,
+            interfaces: self.links.interfaces(now.into_std()),
         };
         Snapshot {
             decision: self.policy.evaluate(&state),
-            links,
+            links: self.links.views(),
         }
     }
-}
-
-fn usable_names(table: &LinkTable) -> HashSet<String> {
-    table
-        .iter()
-        .filter(|l| l.is_usable())
-        .map(|l| l.name.clone())
-        .collect()
 }
 
 async fn sleep_until(t: Option<Instant>) {

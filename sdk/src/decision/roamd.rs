@@ -13,13 +13,13 @@ use std::time::Duration;
 use roam_ipc::client::ClientError;
 use roam_ipc::proto::{Reply, Request, Update};
 use roam_ipc::tokio_client::AsyncClient;
+use roam_link::socket::{RouteSocket, Watch};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::{DecisionSource, LinkView, PathReport, Snapshot, SubscribeFuture};
 use crate::error::{Error, Result};
-use crate::monitor::links::LinkTable;
-use crate::monitor::netlink::RouteSocket;
+use crate::monitor::Links;
 
 /// How long connecting, hello, subscribe and the first update may take before the agent is
 /// taken as absent.
@@ -76,7 +76,7 @@ impl DecisionSource for Roamd {
                     self.socket.display()
                 ),
             })??;
-            let mut routes = RouteSocket::open()
+            let mut routes = RouteSocket::open(Watch::Nothing)
                 .map_err(|e| Error::io("opening the netlink route socket", e))?;
             let first = snapshot(&mut routes, update).await?;
             let (tx, rx) = watch::channel(Arc::new(first));
@@ -171,11 +171,15 @@ async fn connect_and_subscribe(socket: &Path, app: Option<&str>) -> Result<(Asyn
 /// roamd's link table with the addresses the session binds to (read here: the agent's
 /// interface objects carry none).
 async fn snapshot(routes: &mut RouteSocket, u: Update) -> Result<Snapshot> {
-    let mut table = LinkTable::default();
-    routes
-        .dump(&mut table)
+    let events = routes
+        .dump()
         .await
-        .map_err(|e| Error::io("dumping addresses", e))?;
+        .map_err(|e| Error::io("dumping addresses", e.into()))?;
+    let now = std::time::Instant::now();
+    let mut table = Links::new();
+    for e in &events {
+        table.apply(e, now);
+    }
     let links = u
         .interfaces
         .iter()
@@ -183,11 +187,7 @@ async fn snapshot(routes: &mut RouteSocket, u: Update) -> Result<Snapshot> {
             name: i.name.clone(),
             kind: i.kind,
             state: i.state,
-            addrs: table
-                .iter()
-                .find(|l| l.name == i.name)
-                .map(|l| l.addrs.clone())
-                .unwrap_or_default(),
+            addrs: table.usable_addrs(&i.name),
         })
         .collect();
     Ok(Snapshot {
