@@ -6,8 +6,6 @@
 //! every byte arrives once, in order.
 
 mod common;
-#[path = "common/run.rs"]
-mod run;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -37,7 +35,7 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
     let emu = topo.emulator("wlan0").context("wlan0 is not emulated")?;
     let wlan: IpAddr = topo.link("wlan0")?.handset_v4.into();
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
 
     let mut gaps = Vec::new();
     let mut moved_in = Vec::new();
@@ -47,9 +45,9 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
             .policy(POLICY)
             .use_roamd(false)
             .transport(roam::TransportPreference::Quic)
-            .tls(pki.client_tls())
+            .tls(pki.roam_client())
             .server_name(SERVER_NAME);
-        let run = run::Run::start(&topo, &pki, builder, None)
+        let run = Run::start(&topo, &pki, builder, None)
             .with_context(|| format!("repeat {repeat}: starting the session"))?;
         let dropped_before = emu.stats(Direction::Up).blackholed;
         let t0 = Instant::now();

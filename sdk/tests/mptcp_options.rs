@@ -7,8 +7,8 @@
 //!   sock_ops program): a subflow on rmnet0 with `reno` and keepalive while the one on wlan0
 //!   keeps the connection's `cubic` and no keepalive.
 //!
-//! roamd runs as a real process: this test binary started again with the filter
-//! `agent_process_helper` (see `common::helper`).
+//! roamd runs as a real process: this test binary started again to run the helper test
+//! `roamd_helper` (`common::start_roamd`).
 
 mod common;
 
@@ -23,16 +23,14 @@ use roam_ipc::proto::{Reply, Request};
 use roam_tests::topology::{SERVICE_V4, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const AGENT_ENV: &str = "ROAM_SDK_TEST_AGENT_OPTIONS";
 /// roamd steering nothing by itself (no session subscribes) but serving subflow requests.
 const AGENT_CONFIG: &str =
     "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
 
-/// Not a test of its own: the body of the agent process the tests start. Returns at once
-/// unless `ROAM_SDK_TEST_AGENT_OPTIONS` names a directory.
+/// Not a test of its own: roamd in the process the tests start (returns at once otherwise).
 #[test]
-fn agent_process_helper() {
-    helper::agent_process_body(AGENT_ENV, AGENT_CONFIG, mount_cgroup2);
+fn roamd_helper() {
+    roam_tests::agent::test_helper_main(mount_cgroup2);
 }
 
 /// `ip netns exec` gives the process a mount namespace of its own with a fresh sysfs, which
@@ -61,86 +59,13 @@ fn mount_cgroup2() {
     );
 }
 
-/// roamd in the handset with `config`; killed on drop, its directory removed.
-fn start_agent(topo: &Topology, tag: &str, config: &str) -> Result<helper::AgentProc> {
-    helper::AgentProc::start(
-        topo.handset(),
-        AGENT_ENV,
-        &format!("mptcp-options-{tag}"),
-        config,
-        POLICY,
-    )
-}
-
-/// One established subflow to [`PORT`] as `ss -tnioH` shows it.
-#[derive(Debug)]
-struct SsView {
-    local: SocketAddr,
-    /// The congestion control named in its detail line.
-    congestion: Option<String>,
-    /// Its `timer:(...)` field, e.g. `keepalive,44sec,0`.
-    timer: Option<String>,
-    /// The socket line and its detail lines, for messages.
-    text: String,
-}
-
-/// The handset's established subflows to [`PORT`], with the congestion controls this kernel
-/// has (`tcp_available_congestion_control`) picked out of each detail line.
-fn ss_view(topo: &Topology) -> Result<(String, Vec<SsView>)> {
-    let out = topo.handset().exec(
-        "ss",
-        &[
-            "-tnioH",
-            "state",
-            "established",
-            &format!("( dport = :{PORT} )"),
-        ],
-    )?;
-    let ccs = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")?;
-    let ccs: Vec<&str> = ccs.split_whitespace().collect();
-    let mut v: Vec<SsView> = Vec::new();
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        if !line.starts_with(char::is_whitespace) {
-            let local = line
-                .split_whitespace()
-                .nth(2)
-                .with_context(|| format!("no local address in ss line {line:?}"))?;
-            let local = match (local.find('%'), local.rfind(':')) {
-                (Some(p), Some(c)) if p < c => format!("{}{}", &local[..p], &local[c..]),
-                _ => local.to_owned(),
-            };
-            v.push(SsView {
-                local: local
-                    .parse()
-                    .with_context(|| format!("ss local {local:?}"))?,
-                congestion: None,
-                timer: line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("timer:("))
-                    .map(|t| t.trim_end_matches(')').to_owned()),
-                text: line.to_owned(),
-            });
-        } else if let Some(last) = v.last_mut() {
-            if last.congestion.is_none() {
-                last.congestion = line
-                    .split_whitespace()
-                    .find(|w| ccs.contains(w))
-                    .map(str::to_owned);
-            }
-            last.text.push('\n');
-            last.text.push_str(line);
-        }
-    }
-    Ok((out, v))
-}
-
-/// [`ss_view`] once no subflow has data in flight: `ss` shows one timer per socket, and while
+/// [`ss_subflows_text`] once no subflow has data in flight: `ss` shows one timer per socket, and while
 /// a segment waits for its ACK that is the retransmission timer (`on,...`), not keepalive.
 /// Re-read until then (an ACK on veth takes microseconds), at most for [`EVENT_TIMEOUT`].
-fn ss_view_idle(topo: &Topology) -> Result<(String, Vec<SsView>)> {
+fn ss_view_idle(topo: &Topology) -> Result<(String, Vec<SsSubflow>)> {
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     loop {
-        let (raw, v) = ss_view(topo)?;
+        let (raw, v) = ss_subflows_text(topo)?;
         let busy = v
             .iter()
             .any(|s| s.timer.as_deref().is_some_and(|t| t.starts_with("on,")));
@@ -150,16 +75,10 @@ fn ss_view_idle(topo: &Topology) -> Result<(String, Vec<SsView>)> {
     }
 }
 
-fn on(v: &[SsView], ip: IpAddr) -> Result<&SsView> {
+fn on(v: &[SsSubflow], ip: IpAddr) -> Result<&SsSubflow> {
     v.iter()
         .find(|s| s.local.ip() == ip)
         .with_context(|| format!("ss lists no subflow from {ip}: {v:#?}"))
-}
-
-fn keepalive(s: &SsView) -> bool {
-    s.timer
-        .as_deref()
-        .is_some_and(|t| t.starts_with("keepalive,"))
 }
 
 /// What the client thread tells the test.
@@ -233,7 +152,7 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let (note_tx, note_rx) = mpsc::channel::<Note>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -241,33 +160,31 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
         .app("com.example.chat")
         .policy(POLICY)
         .transport(TransportPreference::Mptcp)
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME);
-    let mut client = Some(topo.handset().spawn("options-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
-            let mut ev = s.events();
-            let refused = s
-                .set_tcp_options(&TcpOptions::new().congestion("nosuchcc"))
-                .expect_err("a congestion control the kernel lacks was taken");
-            s.set_tcp_options(
-                &TcpOptions::new()
-                    .nodelay(true)
-                    .keepalive(45, 5, 3)
-                    .congestion("reno")
-                    .notsent_lowat(16384),
-            )?;
-            note_tx.send(Note::Set)?;
-            wait_subflow_on(&mut ev, "rmnet0").await?;
-            note_tx.send(Note::Both)?;
-            go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
-            finish_session(s).await?;
-            Ok(refused.to_string())
-        })
-    })?);
+    let mut client = Some(
+        topo.handset()
+            .spawn_async("options-client", move || async move {
+                let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+                let mut ev = s.events();
+                let refused = s
+                    .set_tcp_options(&TcpOptions::new().congestion("nosuchcc"))
+                    .expect_err("a congestion control the kernel lacks was taken");
+                s.set_tcp_options(
+                    &TcpOptions::new()
+                        .nodelay(true)
+                        .keepalive(45, 5, 3)
+                        .congestion("reno")
+                        .notsent_lowat(16384),
+                )?;
+                note_tx.send(Note::Set)?;
+                wait_subflow_on(&mut ev, "rmnet0").await?;
+                note_tx.send(Note::Both)?;
+                go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
+                finish_session(s).await?;
+                Ok(refused.to_string())
+            })?,
+    );
     assert!(matches!(
         expect_note(&note_rx, &mut client, "the options are set")?,
         Note::Set
@@ -292,7 +209,7 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
     let cell = on(&v, rm.handset_v4.into())?;
     for s in [wlan, cell] {
         assert_eq!(s.congestion.as_deref(), Some("reno"), "{}", s.text);
-        assert!(keepalive(s), "no keepalive timer: {}", s.text);
+        assert!(s.keepalive(), "no keepalive timer: {}", s.text);
     }
     go_tx.send(())?;
     let refused = client
@@ -325,12 +242,12 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let agent = start_agent(&topo, "per-subflow", AGENT_CONFIG)?;
-    let pki = Pki::generate()?;
+    let agent = start_roamd(&topo, AGENT_CONFIG, POLICY)?;
+    let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let (note_tx, note_rx) = mpsc::channel::<Note>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
-    let socket = agent.socket();
+    let socket = agent.socket().to_path_buf();
     // The session follows its embedded policy (roamd steers nothing) and asks roamd for the
     // subflow.
     let builder = roam::Session::builder()
@@ -339,14 +256,12 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
         .use_roamd(false)
         .roamd_socket(socket.clone())
         .transport(TransportPreference::Mptcp)
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME);
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
-    let mut client = Some(topo.handset().spawn("per-subflow-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
+    let mut client = Some(topo.handset().spawn_async(
+        "per-subflow-client",
+        move || async move {
             let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
             let token = s.mptcp_token().context("no MPTCP token")?;
@@ -420,8 +335,8 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
             finish_session(s).await?;
             drop(reg);
             Ok(refused.to_string())
-        })
-    })?);
+        },
+    )?);
     assert!(matches!(
         expect_note(&note_rx, &mut client, "the subflow was asked for")?,
         Note::Set
@@ -436,13 +351,13 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     let cell = on(&v, rmnet)?;
     assert_eq!(cell.congestion.as_deref(), Some("reno"), "{}", cell.text);
     assert!(
-        keepalive(cell),
+        cell.keepalive(),
         "no keepalive timer on rmnet0: {}",
         cell.text
     );
     assert_eq!(wlan.congestion.as_deref(), Some("cubic"), "{}", wlan.text);
     assert!(
-        !keepalive(wlan),
+        !wlan.keepalive(),
         "wlan0 got rmnet0's keepalive: {}",
         wlan.text
     );
@@ -463,7 +378,7 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     );
     assert_eq!(cell.congestion.as_deref(), Some("bbr"), "{}", cell.text);
     assert!(
-        !keepalive(cell),
+        !cell.keepalive(),
         "the new subflow kept the old one's keepalive: {}",
         cell.text
     );
@@ -498,24 +413,22 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
     };
     let topo = two_links()?;
     let config = format!("{AGENT_CONFIG}bpf_cgroup = \"/nonexistent/roam-test\"\n");
-    let agent = start_agent(&topo, "no-bpf", &config)?;
-    let pki = Pki::generate()?;
+    let agent = start_roamd(&topo, &config, POLICY)?;
+    let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
-    let socket = agent.socket();
+    let socket = agent.socket().to_path_buf();
     let builder = roam::Session::builder()
         .app("com.example.chat")
         .policy(POLICY)
         .use_roamd(false)
         .roamd_socket(socket.clone())
         .transport(TransportPreference::Mptcp)
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME);
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
-    let client = topo.handset().spawn("no-bpf-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
+    let client = topo
+        .handset()
+        .spawn_async("no-bpf-client", move || async move {
             let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
             let token = s.mptcp_token().context("no MPTCP token")?;
@@ -536,8 +449,7 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
             finish_session(s).await?;
             drop(reg);
             Ok((refused, plain_before))
-        })
-    })?;
+        })?;
     let (refused, before) = client
         .join()
         .map_err(|_| anyhow::anyhow!("client panicked"))??;
