@@ -226,6 +226,21 @@ async fn send_paced<W: AsyncWrite + Unpin>(w: &mut W, stop: &AtomicBool) -> Resu
     Ok(sent)
 }
 
+/// [`send_paced`] until `stop`, then half-closes and waits for the server's end of stream
+/// (everything sent was read); returns how many messages were sent.
+async fn send_until_closed<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let sent = send_paced(s, stop).await?;
+    s.shutdown().await.context("client shutdown")?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_end(&mut rest))
+        .await
+        .context("the server did not close")??;
+    Ok(sent)
+}
+
 /// The server of one repeat: takes one connection, records every message to its end.
 fn start_receiver(
     topo: &Topology,
@@ -285,12 +300,7 @@ fn start_sender(
                     .server_name(SERVER_NAME)
                     .connect(&format!("{SERVICE_V4}:{PORT}"))
                     .await?;
-                let sent = send_paced(&mut s, &stop).await?;
-                s.shutdown().await.context("client shutdown")?;
-                let mut rest = Vec::new();
-                tokio::time::timeout(EVENT_TIMEOUT, s.read_to_end(&mut rest))
-                    .await
-                    .context("the server did not close")??;
+                let sent = send_until_closed(&mut s, &stop).await?;
                 s.close_and_wait(0, b"done").await;
                 Ok(sent)
             }
@@ -300,13 +310,7 @@ fn start_sender(
                     BASELINE_PORT,
                 ))
                 .await?;
-                let sent = send_paced(&mut s, &stop).await?;
-                s.shutdown().await.context("client shutdown")?;
-                let mut rest = Vec::new();
-                tokio::time::timeout(EVENT_TIMEOUT, s.read_to_end(&mut rest))
-                    .await
-                    .context("the server did not close")??;
-                Ok(sent)
+                send_until_closed(&mut s, &stop).await
             }
             _ => bail!("a roam sender needs roamd's socket and TLS"),
         }
@@ -528,18 +532,10 @@ fn a_subflow_request_for_another_uids_connection_is_denied() -> Result<()> {
     };
     // Another uid (nobody), on a thread of its own: SO_PEERCRED takes the connecting
     // thread's credentials, and setresuid through the raw system call changes only this one.
-    let sock = socket.clone();
-    let forged = std::thread::spawn(move || -> Result<Result<(), ClientError>> {
-        // SAFETY: plain system call; it changes the credentials of this thread alone.
-        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        if rc != 0 {
-            bail!("setresuid: {}", std::io::Error::last_os_error());
-        }
-        let mut c = Client::connect(&sock, Some(EVENT_TIMEOUT))?;
+    let forged = as_nobody(|| -> Result<Result<(), ClientError>> {
+        let mut c = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
         Ok(c.call(request).map(|_| ()))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("forging thread panicked"))??;
+    })?;
     match forged {
         Err(ClientError::Refused { code, .. }) if code == "denied" => {}
         other => panic!("another uid's request was not denied: {other:?}"),
@@ -559,23 +555,6 @@ fn backup_on(v: &[roam::Subflow], iface: &str) -> Option<Option<bool>> {
     v.iter()
         .find(|s| s.interface.as_deref() == Some(iface))
         .map(|s| s.backup)
-}
-
-/// The next `SubflowsChanged` whose list satisfies `pred`, up to [`EVENT_TIMEOUT`].
-async fn next_subflows(
-    ev: &mut roam::Events,
-    what: &str,
-    pred: impl Fn(&[roam::Subflow]) -> bool,
-) -> Result<Vec<roam::Subflow>> {
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, ev.next()).await {
-            Err(_) => bail!("waiting for {what}: no such subflow list within {EVENT_TIMEOUT:?}"),
-            Ok(None) => bail!("the session's events ended while waiting for {what}"),
-            Ok(Some(roam::SessionEvent::SubflowsChanged(v))) if pred(&v) => return Ok(v),
-            Ok(Some(_)) => {}
-        }
-    }
 }
 
 /// Checks each subflow's `backup` against the kernel's `ss` flags (`b` or `B`).
@@ -620,7 +599,7 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
     let client = topo
         .handset()
         .spawn_async("backup-client", move || async move {
-            let mut s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+            let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
             let mut step = async |v: Vec<roam::Subflow>| -> Result<()> {
                 note_tx.send(v)?;
@@ -655,13 +634,7 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
                 .await?;
                 step(v).await?;
             }
-            s.write_all(b"done").await?;
-            s.shutdown().await?;
-            let mut answer = String::new();
-            tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
-                .await
-                .context("no answer from the server")??;
-            s.close_and_wait(0, b"done").await;
+            finish_session(s).await?;
             Ok(per_paths)
         })?;
     let next = || -> Result<Vec<roam::Subflow>> {
@@ -678,14 +651,8 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
         .find(|s| s.interface.as_deref() == Some("rmnet0"))
         .context("no rmnet0 subflow")?;
     let (local, remote) = (rm.local.context("local")?, rm.remote.context("remote")?);
-    let (flags, per_read) = topo
-        .handset()
-        .spawn("nobody-diag", move || -> Result<_> {
-            // SAFETY: plain system call; it changes the credentials of this thread alone.
-            let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-            if rc != 0 {
-                bail!("setresuid: {}", std::io::Error::last_os_error());
-            }
+    let (flags, per_read) = topo.handset().run(|| {
+        as_nobody(|| {
             // SAFETY: a NUL-terminated literal. (sysfs shows the root namespace's devices.)
             let ifindex = unsafe { libc::if_nametoindex(c"rmnet0".as_ptr()) };
             let mut d = roam::mptcp::diag::Diag::open()?;
@@ -695,9 +662,8 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
                 std::hint::black_box(d.subflow_flags(local, remote, ifindex)?);
             }
             Ok((flags, t.elapsed() / 1000))
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the unprivileged reader panicked"))??;
+        })
+    })??;
     assert_eq!(
         flags.map(|f| f.backup_local()),
         Some(true),
@@ -712,12 +678,8 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
     let cleared = next()?;
     agrees_with_ss(&topo, &cleared)?;
     go_tx.send(())?;
-    let per_paths = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    let per_paths = join(client, "the client")?;
+    join(server, "the server")?;
     // The session's subflow watcher reads every 50 ms.
     let tick = Duration::from_millis(50);
     eprintln!(
@@ -940,11 +902,9 @@ fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
     let (s, held) = back_on_wifi(&topo, r, up_at, HOLD)?;
     eprintln!(
         "figure: mptcp (roamd) wifi down -> stream on cellular within {:?}; wifi back -> stream on \
-         wifi {held:?} after `ip link set up` (hold {HOLD:?}); longest delivery gap {:?}, {} bytes \
-         intact",
+         wifi {held:?} after `ip link set up` (hold {HOLD:?}); {}",
         on_cell - down_at,
-        s.max_gap,
-        s.bytes
+        s.summary()
     );
     Ok(())
 }
@@ -954,10 +914,10 @@ fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
 /// on cellular while WiFi flaps, and is back on WiFi once WiFi stayed up for the hold. The
 /// hold is 4 s for the reason `flap.rs` gives (an up phase lasts up to a linkwatch second).
 #[test]
-fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
-    let Some(_serial) =
-        roam_tests::serial::netns_test("survives_twenty_wifi_flaps_and_returns_after_the_hold")
-    else {
+fn steered_by_roamd_survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
+    let Some(_serial) = roam_tests::serial::netns_test(
+        "steered_by_roamd_survives_twenty_wifi_flaps_and_returns_after_the_hold",
+    ) else {
         return Ok(());
     };
     const CYCLES: u32 = 20;

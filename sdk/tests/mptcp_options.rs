@@ -13,15 +13,15 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
 use common::*;
 use roam::{TcpOptions, TransportPreference};
 use roam_ipc::client::Client;
-use roam_ipc::proto::{Reply, Request};
+use roam_ipc::proto::Request;
 use roam_tests::topology::{SERVICE_V4, Topology};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// roamd steering nothing by itself (no session subscribes) but serving subflow requests.
 const AGENT_CONFIG: &str =
@@ -62,7 +62,8 @@ fn mount_cgroup2() {
 /// [`ss_subflows_text`] once no subflow has data in flight: `ss` shows one timer per socket, and while
 /// a segment waits for its ACK that is the retransmission timer (`on,...`), not keepalive.
 /// Re-read until then (an ACK on veth takes microseconds), at most for [`EVENT_TIMEOUT`].
-fn ss_view_idle(topo: &Topology) -> Result<(String, Vec<SsSubflow>)> {
+/// Prints what `ss` said, `when` saying at what point of the test.
+fn ss_view_idle(topo: &Topology, when: &str) -> Result<Vec<SsSubflow>> {
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     loop {
         let (raw, v) = ss_subflows_text(topo)?;
@@ -70,7 +71,8 @@ fn ss_view_idle(topo: &Topology) -> Result<(String, Vec<SsSubflow>)> {
             .iter()
             .any(|s| s.timer.as_deref().is_some_and(|t| t.starts_with("on,")));
         if !busy || std::time::Instant::now() > deadline {
-            return Ok((raw, v));
+            eprintln!("ss -tnioH in the handset{when}:\n{raw}");
+            return Ok(v);
         }
     }
 }
@@ -82,7 +84,7 @@ fn on(v: &[SsSubflow], ip: IpAddr) -> Result<&SsSubflow> {
 }
 
 /// What the client thread tells the test.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Note {
     /// The options are set (connection-wide test) / the subflow was asked for (per-subflow).
     Set,
@@ -92,14 +94,17 @@ enum Note {
     Changed,
 }
 
-/// The client's next note; when it has none (it stopped), the client's own error.
+/// The client's next note, which must be `want`; when it has none (it stopped), the client's
+/// own error.
 fn expect_note<T>(
     rx: &mpsc::Receiver<Note>,
     client: &mut Option<std::thread::JoinHandle<Result<T>>>,
+    want: Note,
     what: &str,
-) -> Result<Note> {
+) -> Result<()> {
     match rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT) {
-        Ok(n) => Ok(n),
+        Ok(n) if n == want => Ok(()),
+        Ok(n) => bail!("the client told {n:?} where {what} ({want:?}) was due"),
         Err(e) => {
             let why = match client.take().map(|c| c.join()) {
                 Some(Ok(Err(e))) => format!("{e:#}"),
@@ -113,31 +118,21 @@ fn expect_note<T>(
 
 /// Waits until the session's subflows include one on `iface`.
 async fn wait_subflow_on(ev: &mut roam::Events, iface: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, ev.next()).await {
-            Err(_) => bail!("no subflow on {iface} within {EVENT_TIMEOUT:?}"),
-            Ok(None) => bail!("the session's events ended before a subflow on {iface}"),
-            Ok(Some(roam::SessionEvent::SubflowsChanged(v)))
-                if v.iter().any(|s| s.interface.as_deref() == Some(iface)) =>
-            {
-                return Ok(());
-            }
-            Ok(Some(_)) => {}
-        }
-    }
+    let what = format!("a subflow on {iface}");
+    next_subflows(ev, &what, |v| {
+        v.iter().any(|s| s.interface.as_deref() == Some(iface))
+    })
+    .await
+    .map(drop)
 }
 
-/// Ends a session cleanly: the server answers with what it received.
-async fn finish_session(mut s: roam::Session) -> Result<()> {
-    s.write_all(b"done").await?;
-    s.shutdown().await?;
-    let mut answer = String::new();
-    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
-        .await
-        .context("no answer from the server")??;
-    s.close_and_wait(0, b"done").await;
-    Ok(())
+/// An MPTCP session of [`APP`] that follows its embedded policy (roamd steers nothing) and asks
+/// the roamd at `socket` for subflows.
+fn asking_roamd(pki: &TestPki, socket: &Path) -> roam::SessionBuilder {
+    chat(roam::Session::builder(), pki)
+        .use_roamd(false)
+        .roamd_socket(socket)
+        .transport(TransportPreference::Mptcp)
 }
 
 /// `set_tcp_options` on an MPTCP session without roamd: congestion control, keepalive,
@@ -185,10 +180,7 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
                 Ok(refused.to_string())
             })?,
     );
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "the options are set")?,
-        Note::Set
-    ));
+    expect_note(&note_rx, &mut client, Note::Set, "the options are set")?;
     let rm = topo.link("rmnet0")?;
     topo.handset().ip(&[
         "mptcp",
@@ -199,12 +191,8 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
         &rm.name,
         "subflow",
     ])?;
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "a subflow on rmnet0")?,
-        Note::Both
-    ));
-    let (raw, v) = ss_view_idle(&topo)?;
-    eprintln!("ss -tnioH in the handset:\n{raw}");
+    expect_note(&note_rx, &mut client, Note::Both, "a subflow on rmnet0")?;
+    let v = ss_view_idle(&topo, "")?;
     let wlan = on(&v, topo.link("wlan0")?.handset_v4.into())?;
     let cell = on(&v, rm.handset_v4.into())?;
     for s in [wlan, cell] {
@@ -212,18 +200,12 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
         assert!(s.keepalive(), "no keepalive timer: {}", s.text);
     }
     go_tx.send(())?;
-    let refused = client
-        .take()
-        .context("client gone")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let refused = join(client.take().context("client gone")?, "the client")?;
     assert!(
         refused.contains("TCP_CONGESTION") && refused.contains("nosuchcc"),
         "the refusal does not name the option and value: {refused}"
     );
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    join(server, "the server")?;
     Ok(())
 }
 
@@ -248,41 +230,22 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     let (note_tx, note_rx) = mpsc::channel::<Note>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let socket = agent.socket().to_path_buf();
-    // The session follows its embedded policy (roamd steers nothing) and asks roamd for the
-    // subflow.
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .use_roamd(false)
-        .roamd_socket(socket.clone())
-        .transport(TransportPreference::Mptcp)
-        .tls(pki.roam_client())
-        .server_name(SERVER_NAME);
+    let builder = asking_roamd(&pki, &socket);
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
     let mut client = Some(topo.handset().spawn_async(
         "per-subflow-client",
         move || async move {
             let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
-            let token = s.mptcp_token().context("no MPTCP token")?;
             // Registered on a connection that stays open as long as the session.
-            let mut reg = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
-            match reg.call(|id| Request::RegisterMptcp { id, token })? {
-                Reply::Ok { .. } => {}
-                other => bail!("register_mptcp: {other:?}"),
-            }
+            let (reg, token) = register_mptcp(&socket, &s)?;
             s.set_tcp_options(&TcpOptions::new().congestion("cubic"))?;
             let remote = s.path().remote;
             let local = SocketAddr::new(rmnet, 0);
             // Another uid (nobody) naming this connection is denied before anything else.
             let forged = {
                 let socket = socket.clone();
-                std::thread::spawn(move || -> Result<String> {
-                    // SAFETY: plain system call; it changes this thread's credentials alone.
-                    let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-                    if rc != 0 {
-                        bail!("setresuid: {}", std::io::Error::last_os_error());
-                    }
+                as_nobody(move || -> Result<String> {
                     let mut c = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
                     Ok(
                         match c.call(|id| Request::MptcpSubflowCreate {
@@ -297,9 +260,7 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
                             other => format!("{other:?}"),
                         },
                     )
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the forging thread panicked"))??
+                })?
             };
             assert_eq!(forged, "denied", "another uid's subflow with options");
             let refused = s
@@ -337,16 +298,14 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
             Ok(refused.to_string())
         },
     )?);
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "the subflow was asked for")?,
-        Note::Set
-    ));
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "a subflow on rmnet0")?,
-        Note::Both
-    ));
-    let (raw, v) = ss_view_idle(&topo)?;
-    eprintln!("ss -tnioH in the handset:\n{raw}");
+    expect_note(
+        &note_rx,
+        &mut client,
+        Note::Set,
+        "the subflow was asked for",
+    )?;
+    expect_note(&note_rx, &mut client, Note::Both, "a subflow on rmnet0")?;
+    let v = ss_view_idle(&topo, "")?;
     let wlan = on(&v, topo.link("wlan0")?.handset_v4.into())?;
     let cell = on(&v, rmnet)?;
     assert_eq!(cell.congestion.as_deref(), Some("reno"), "{}", cell.text);
@@ -364,12 +323,13 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     assert_eq!(v.len(), 2, "one subflow per link, no more: {v:#?}");
     let old_port = cell.local.port();
     go_tx.send(())?;
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "rmnet0's subflow replaced")?,
-        Note::Changed
-    ));
-    let (raw, v) = ss_view_idle(&topo)?;
-    eprintln!("ss -tnioH in the handset after set_path_options:\n{raw}");
+    expect_note(
+        &note_rx,
+        &mut client,
+        Note::Changed,
+        "rmnet0's subflow replaced",
+    )?;
+    let v = ss_view_idle(&topo, " after set_path_options")?;
     let cell = on(&v, rmnet)?;
     assert_ne!(
         cell.local.port(),
@@ -386,18 +346,12 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     assert_eq!(wlan.congestion.as_deref(), Some("cubic"), "{}", wlan.text);
     assert_eq!(v.len(), 2, "the old subflow was not closed: {v:#?}");
     go_tx.send(())?;
-    let refused = client
-        .take()
-        .context("client gone")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let refused = join(client.take().context("client gone")?, "the client")?;
     assert!(
         refused.contains("nosuchcc") && refused.contains("failed"),
         "the refusal does not say what failed: {refused}"
     );
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    join(server, "the server")?;
     Ok(())
 }
 
@@ -417,26 +371,14 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
     let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let socket = agent.socket().to_path_buf();
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .use_roamd(false)
-        .roamd_socket(socket.clone())
-        .transport(TransportPreference::Mptcp)
-        .tls(pki.roam_client())
-        .server_name(SERVER_NAME);
+    let builder = asking_roamd(&pki, &socket);
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
     let client = topo
         .handset()
         .spawn_async("no-bpf-client", move || async move {
             let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
-            let token = s.mptcp_token().context("no MPTCP token")?;
-            let mut reg = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
-            match reg.call(|id| Request::RegisterMptcp { id, token })? {
-                Reply::Ok { .. } => {}
-                other => bail!("register_mptcp: {other:?}"),
-            }
+            let (reg, _) = register_mptcp(&socket, &s)?;
             let remote = s.path().remote;
             let local = SocketAddr::new(rmnet, 0);
             let refused = s
@@ -450,9 +392,7 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
             drop(reg);
             Ok((refused, plain_before))
         })?;
-    let (refused, before) = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let (refused, before) = join(client, "the client")?;
     assert_eq!(before, 1, "the refused request made a subflow anyway");
     assert!(
         matches!(&refused, roam::Error::Agent { code, .. } if code == "failed"),
@@ -463,8 +403,6 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
         text.contains("/nonexistent/roam-test") && text.contains("bpf_cgroup"),
         "the error does not say why and what to do: {text}"
     );
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    join(server, "the server")?;
     Ok(())
 }

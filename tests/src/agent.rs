@@ -15,7 +15,9 @@
 //!
 //! Every form prints the same ready line (`roamd: ready: ...`) once it serves; the process is
 //! started with `ip netns exec`, which execs it, so the child's pid is the agent's. A process
-//! of its own keeps the agent's signal handling and namespace separate from the harness.
+//! of its own keeps the agent's signal handling and namespace separate from the harness. Its
+//! standard error goes to a log file ([`Roamd::log`]); `ROAM_AGENT_LOG`, when set, is its
+//! `RUST_LOG`.
 //!
 //! [`AgentConfig`] holds the configurations the benches use: MPTCP endpoints enforced, policy
 //! routing left to the topology, and with [`AgentConfig::probing`] every link probed against a

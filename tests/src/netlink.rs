@@ -17,16 +17,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
 
-const RTMGRP_LINK: u32 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_OPERSTATE: u16 = 16;
-const IFLA_STATS64: u16 = 23;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
+// The kernel's values come from libc (netlink(7), rtnetlink(7)); message types and flags are
+// 16 bits on the wire.
+use libc::{IFLA_IFNAME, IFLA_OPERSTATE, IFLA_STATS64, RTM_GETLINK, RTM_NEWLINK};
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 
 /// RFC 2863 operational state as the kernel reports it (`ip link` shows it after `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +109,7 @@ impl Rtnl {
         // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_LINK;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
         // SAFETY: addr is a valid sockaddr_nl of the size given.
         let rc = unsafe {
             libc::bind(
@@ -229,7 +224,7 @@ impl Rtnl {
         let mut msg = Vec::with_capacity(32);
         msg.extend_from_slice(&32u32.to_ne_bytes());
         msg.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
         msg.extend_from_slice(&self.seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes());
         // struct ifinfomsg, all zero: every family, every interface.

@@ -82,6 +82,14 @@ pub struct ServerSide {
 }
 
 impl ServerSide {
+    /// The longest delivery gap and the bytes, for `figure:` lines.
+    pub fn summary(&self) -> String {
+        format!(
+            "longest delivery gap {:?}, {} bytes intact",
+            self.max_gap, self.bytes
+        )
+    }
+
     /// The addresses the client was seen at, in order, as text.
     pub fn peer_ips(&self) -> Vec<String> {
         self.peers.iter().map(|p| p.ip().to_string()).collect()
@@ -576,4 +584,73 @@ pub fn check_flaps(flaps: &[(Instant, bool)], cycles: u32, hold: Duration) -> Re
         last_up,
         longest_up,
     })
+}
+
+/// Joins a thread of the test, `what` naming it in the error if it panicked.
+pub fn join<T>(h: JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    h.join().map_err(|_| anyhow::anyhow!("{what} panicked"))?
+}
+
+/// Runs `f` on a thread of its own as `nobody` (uid 65534), in the caller's network
+/// namespace: SO_PEERCRED takes the connecting thread's credentials, and setresuid through the
+/// raw system call changes only that thread's (glibc's wrapper would change every thread's).
+pub fn as_nobody<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain system call; it changes the credentials of this thread alone.
+                let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                if rc != 0 {
+                    bail!("setresuid: {}", std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread running as nobody panicked"))?
+    })
+}
+
+/// The next `SubflowsChanged` whose list satisfies `pred`, up to [`EVENT_TIMEOUT`].
+pub async fn next_subflows(
+    ev: &mut roam::Events,
+    what: &str,
+    pred: impl Fn(&[roam::Subflow]) -> bool,
+) -> Result<Vec<roam::Subflow>> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, ev.next()).await {
+            Err(_) => bail!("waiting for {what}: no such subflow list within {EVENT_TIMEOUT:?}"),
+            Ok(None) => bail!("the session's events ended while waiting for {what}"),
+            Ok(Some(SessionEvent::SubflowsChanged(v))) if pred(&v) => return Ok(v),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+/// Ends a session cleanly: half-closes after a last word and reads the server's answer (what it
+/// received), then closes.
+pub async fn finish_session(mut s: roam::Session) -> Result<()> {
+    s.write_all(b"done").await?;
+    s.shutdown().await?;
+    let mut answer = String::new();
+    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
+        .await
+        .context("no answer from the server")??;
+    s.close_and_wait(0, b"done").await;
+    Ok(())
+}
+
+/// Registers the session's MPTCP connection with the roamd at `socket`, on a connection of its
+/// own that must stay open as long as the registration should (the returned client); returns
+/// it and the connection's token.
+pub fn register_mptcp(
+    socket: &std::path::Path,
+    s: &roam::Session,
+) -> Result<(roam_ipc::client::Client, u32)> {
+    let token = s.mptcp_token().context("no MPTCP token")?;
+    let mut reg = roam_ipc::client::Client::connect(socket, Some(EVENT_TIMEOUT))?;
+    match reg.call(|id| roam_ipc::proto::Request::RegisterMptcp { id, token })? {
+        roam_ipc::proto::Reply::Ok { .. } => Ok((reg, token)),
+        other => bail!("register_mptcp: {other:?}"),
+    }
 }
