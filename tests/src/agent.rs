@@ -538,6 +538,10 @@ impl Drop for Roamd {
     fn drop(&mut self) {
         // The namespace goes with its owner; nothing the agent set up needs undoing.
         self.kill();
+        if std::thread::panicking() {
+            // A failing test's best witness: what roamd said, before its directory goes.
+            eprintln!("roamd's log ({}):\n{}", self.dir.display(), self.log());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
