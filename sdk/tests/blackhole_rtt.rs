@@ -15,6 +15,7 @@ use common::*;
 use roam::path::MigrationReason;
 use roam_policy::LinkKind;
 use roam_tests::emulator::PathConfig;
+use roam_tests::stats::{ms, percentile_duration};
 use roam_tests::topology::{Direction, Topology};
 
 const RTT: Duration = Duration::from_millis(50);
@@ -73,10 +74,8 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
 
     gaps.sort();
     moved_in.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     // Nearest rank; with a handful of repeats p99 is the largest.
-    let pct =
-        |v: &[Duration], p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let pct = |v: &[Duration], p: f64| percentile_duration(v, p * 100.0);
     eprintln!(
         "figure: {} ms RTT, silent blackhole on wlan0, {REPEATS} repeats: delivery gap p50 \
          {:.0} ms, p99 {:.0} ms, max {:.0} ms (issue 5 aims p99 < 400 ms); moved after p50 \

@@ -33,6 +33,7 @@ use roam_ipc::client::{Client, ClientError};
 use roam_ipc::proto::Request;
 use roam_tests::agent::{REFLECT_PORT, Reflector, Roamd, probe_section};
 use roam_tests::privilege::require_netns;
+use roam_tests::stats::{ms, percentile_duration};
 use roam_tests::topology::{Direction, SERVICE_V4, Topology};
 use roam_tests::traffic::{MSG_LEN, Recorder, encode, expected_digest};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -438,15 +439,11 @@ fn run_once(system: System, failure: Failure) -> Result<Option<Duration>> {
 /// p50, p99 and max (nearest rank) of `gaps`.
 fn percentiles(gaps: &mut [Duration]) -> (Duration, Duration, Duration) {
     gaps.sort();
-    let rank = |p: f64| {
-        let i = ((p * gaps.len() as f64).ceil() as usize).clamp(1, gaps.len());
-        gaps[i - 1]
-    };
-    (rank(0.50), rank(0.99), gaps[gaps.len() - 1])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    (
+        percentile_duration(gaps, 50.0),
+        percentile_duration(gaps, 99.0),
+        percentile_duration(gaps, 100.0),
+    )
 }
 
 /// Runs both systems `REPEATS` times, alternating, and prints and returns their p99s.
