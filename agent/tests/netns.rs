@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{Handset, can_run, paths, state_of, wait_update};
+use common::{Handset, LinkWatcher, can_run, paths, state_of, wait_update};
 use roam_agent::ipc::proto::{self, Reply, Request};
 use roam_policy::Interface;
 
@@ -75,16 +75,11 @@ fn a_silent_blackhole_turns_the_link_down_within_the_window() {
     if !can_run("a_silent_blackhole_turns_the_link_down_within_the_window") {
         return;
     }
-    if std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(std::env::var_os("CI").is_none(), "nft missing under CI");
-        common::skip(
-            "a_silent_blackhole_turns_the_link_down_within_the_window",
-            "the `nft` tool is not installed (Debian package nftables)",
-        );
+    if !roam_tests::privilege::require_tool(
+        "a_silent_blackhole_turns_the_link_down_within_the_window",
+        "nft",
+        "nftables",
+    ) {
         return;
     }
     let hs = Handset::start("");
@@ -94,15 +89,14 @@ fn a_silent_blackhole_turns_the_link_down_within_the_window() {
     });
     // Drop the probes from wlan0 in the server: the link stays up, only traffic dies.
     let t = Instant::now();
-    common::run(&[
-        "ip",
-        "netns",
-        "exec",
-        &hs.s,
+    hs.s.exec(
         "nft",
-        "add table inet roamt; add chain inet roamt in { type filter hook input priority 0; }; \
-         add rule inet roamt in ip saddr 198.18.1.2 drop",
-    ]);
+        &[
+            "add table inet roamt; add chain inet roamt in { type filter hook input priority 0; }; \
+           add rule inet roamt in ip saddr 198.18.1.2 drop",
+        ],
+    )
+    .unwrap();
     let (u, at) = wait_update(&mut sub, WAIT, "wlan0 down by silence", |u| {
         state_of(u, "wlan0") == Some("down")
     });
@@ -152,7 +146,7 @@ fn a_malformed_frame_costs_only_that_client_its_connection() {
         ),
     ];
     for (what, bytes, code) in bad_inputs {
-        let mut s = UnixStream::connect(&hs.socket).unwrap();
+        let mut s = UnixStream::connect(hs.socket()).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
         hello(&mut s);
         s.write_all(&bytes).unwrap();
@@ -167,7 +161,7 @@ fn a_malformed_frame_costs_only_that_client_its_connection() {
         assert_eq!(n, 0, "{what}: nothing after the error, then EOF");
     }
     // A frame before hello, and a wrong version, are refused the same way.
-    let mut s = UnixStream::connect(&hs.socket).unwrap();
+    let mut s = UnixStream::connect(hs.socket()).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     proto::write_frame(&mut s, &Request::Hello { version: 99 }).unwrap();
     assert!(
@@ -248,13 +242,13 @@ fn an_invalid_reload_keeps_the_old_policy() {
     });
 
     std::fs::write(
-        &hs.policy,
+        hs.policy(),
         "link wifi = kind wifi\ndefault {\n  prefer wifi over cel\n}\n",
     )
     .unwrap();
     let (code, out, err) = hs.roamctl(None, &["reload"]);
     assert_eq!(code, 1, "{out}{err}");
-    let file = hs.policy.display().to_string();
+    let file = hs.policy().display().to_string();
     assert!(
         err.contains(&format!("{file}:3:")),
         "the error names file and line: {err}"
@@ -268,7 +262,7 @@ fn an_invalid_reload_keeps_the_old_policy() {
 
     // A valid policy through `roamctl reload`...
     std::fs::write(
-        &hs.policy,
+        hs.policy(),
         common::POLICY.replace(
             "prefer wifi over cell over bt",
             "prefer cell over wifi over bt",
@@ -282,7 +276,7 @@ fn an_invalid_reload_keeps_the_old_policy() {
     });
     // ...and through SIGHUP.
     std::fs::write(
-        &hs.policy,
+        hs.policy(),
         common::POLICY.replace(
             "prefer wifi over cell over bt",
             "prefer bt over wifi over cell",
@@ -349,12 +343,9 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
     ]);
     let before = hs.kernel_routing();
     let route_get = |hs: &Handset, args: &[&str]| {
-        let o = std::process::Command::new("ip")
-            .args(["-n", &hs.h, "route", "get", "198.18.200.1"])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        let mut all = vec!["route", "get", "198.18.200.1"];
+        all.extend_from_slice(args);
+        hs.h.ip(&all).unwrap()
     };
     assert!(
         route_get(&hs, &["from", "198.18.2.2"]).contains("dev wlan0"),
@@ -371,17 +362,12 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
     assert!(route_get(&hs, &[]).contains("dev wlan0"));
 
     // A second roamd on the same socket refuses to start and leaves the first one's work.
-    let second = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &hs.h,
-            env!("CARGO_BIN_EXE_roamd"),
-            "--socket",
-        ])
-        .arg(&hs.socket)
-        .output()
-        .unwrap();
+    let second =
+        hs.h.command(env!("CARGO_BIN_EXE_roamd"))
+            .arg("--socket")
+            .arg(hs.socket())
+            .output()
+            .unwrap();
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("another roamd is listening there"), "{err}");
@@ -439,14 +425,12 @@ fn mptcp_endpoints_follow_the_default_decision_and_are_removed_exactly() {
         "bnep0",
     ]);
     let endpoints = |hs: &Handset| {
-        let o = std::process::Command::new("ip")
-            .args(["-n", &hs.h, "mptcp", "endpoint", "show"])
-            .output()
-            .unwrap();
-        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| l.trim().to_owned())
-            .collect();
+        let mut v: Vec<String> =
+            hs.h.ip(&["mptcp", "endpoint", "show"])
+                .unwrap()
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .collect();
         v.sort();
         v
     };
@@ -536,24 +520,19 @@ fn reaction_latency_from_kernel_notification_to_subscriber() {
         paths(u).first() == Some(&"wlan0")
     });
 
-    let (rx, watcher) = common::LinkWatcher::start(&hs.h, "wlan0");
+    let watcher = LinkWatcher::start(&hs.h, "wlan0").unwrap();
 
     let flaps = 40;
     let mut lat = Vec::new();
     for _ in 0..flaps {
         for (up, word) in [(false, "down"), (true, "up")] {
-            let _stale: Vec<_> = rx.try_iter().collect();
+            watcher.drain();
             hs.ip_h(&["link", "set", "wlan0", word]);
             let (_, at) = wait_update(&mut sub, WAIT, "wlan0 change", |u| {
                 (paths(u).first() == Some(&"wlan0")) == up
             });
             // The first notification of the new state is the one that triggered the change.
-            let kernel_at = loop {
-                let (t, state) = rx.recv_timeout(WAIT).expect("the kernel's notification");
-                if state == up {
-                    break t;
-                }
-            };
+            let kernel_at = watcher.first(up, WAIT).unwrap();
             lat.push(at.saturating_duration_since(kernel_at));
         }
     }
@@ -597,7 +576,7 @@ fn one_change_reaches_a_thousand_subscribers() {
             paths(u).first() == Some(&"wlan0")
         });
     }
-    let (rx, watcher) = common::LinkWatcher::start(&hs.h, "wlan0");
+    let watcher = LinkWatcher::start(&hs.h, "wlan0").unwrap();
     hs.ip_h(&["link", "set", "wlan0", "down"]);
     let mut last = Instant::now();
     for s in &mut subs {
@@ -606,12 +585,7 @@ fn one_change_reaches_a_thousand_subscribers() {
         });
         last = at;
     }
-    let kernel_at = loop {
-        let (t, up) = rx.recv_timeout(WAIT).expect("the kernel's notification");
-        if !up {
-            break t;
-        }
-    };
+    let kernel_at = watcher.first(false, WAIT).unwrap();
     drop(watcher);
     let took = last.saturating_duration_since(kernel_at);
     eprintln!("one link change -> decision read by all {n} subscribers: {took:?}");
@@ -626,50 +600,43 @@ fn the_reflector_answers_only_probes_and_never_more_than_it_got() {
     }
     use roam_agent::probe::wire::{LEN, Probe};
     let hs = Handset::new("");
-    let ns = std::fs::File::open(format!("/var/run/netns/{}", hs.h)).unwrap();
     // From the handset, to the reflector the fixture runs in the server namespace.
-    let got = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only, with an open namespace fd.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        let s = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let to = "198.18.1.1:7777";
-        s.send_to(b"hello", to).unwrap();
-        s.send_to(
-            &Probe {
-                reply: true,
+    let got =
+        hs.h.run(|| {
+            let s = std::net::UdpSocket::bind("198.18.1.2:0").unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let to = "198.18.1.1:7777";
+            s.send_to(b"hello", to).unwrap();
+            s.send_to(
+                &Probe {
+                    reply: true,
+                    token: 1,
+                    seq: 1,
+                }
+                .emit(),
+                to,
+            )
+            .unwrap();
+            let mut long = Probe {
+                reply: false,
                 token: 1,
-                seq: 1,
+                seq: 2,
             }
-            .emit(),
-            to,
-        )
+            .emit()
+            .to_vec();
+            long.extend_from_slice(&[0; 1000]);
+            s.send_to(&long, to).unwrap();
+            let req = Probe {
+                reply: false,
+                token: 7,
+                seq: 3,
+            };
+            s.send_to(&req.emit(), to).unwrap();
+            let mut buf = [0u8; 2048];
+            let n = s.recv(&mut buf).expect("a reply to the one valid probe");
+            (n, Probe::parse(&buf[..n]), req)
+        })
         .unwrap();
-        let mut long = Probe {
-            reply: false,
-            token: 1,
-            seq: 2,
-        }
-        .emit()
-        .to_vec();
-        long.extend_from_slice(&[0; 1000]);
-        s.send_to(&long, to).unwrap();
-        let req = Probe {
-            reply: false,
-            token: 7,
-            seq: 3,
-        };
-        s.send_to(&req.emit(), to).unwrap();
-        let mut buf = [0u8; 2048];
-        let n = s.recv(&mut buf).expect("a reply to the one valid probe");
-        (n, Probe::parse(&buf[..n]), req)
-    })
-    .join()
-    .unwrap();
     let (n, parsed, req) = got;
     // UDP between two veths keeps order: the first reply is to the valid probe, so nothing
     // before it was answered.
@@ -682,12 +649,12 @@ fn the_reflector_answers_only_probes_and_never_more_than_it_got() {
 struct HttpResponder {
     status: std::sync::Arc<std::sync::atomic::AtomicU16>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl HttpResponder {
     fn start(
-        ns: &str,
+        ns: &roam_tests::netns::Netns,
         listen: &str,
         status: u16,
     ) -> (
@@ -695,22 +662,15 @@ impl HttpResponder {
         HttpResponder,
     ) {
         use std::io::BufRead;
-        use std::os::fd::AsRawFd;
         use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-        let ns = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
         let listen: std::net::SocketAddr = listen.parse().unwrap();
         let status = std::sync::Arc::new(AtomicU16::new(status));
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (status2, stop2) = (status.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with an open namespace fd.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            let listener = std::net::TcpListener::bind(listen).unwrap();
+        let thread = ns.spawn("http-responder", move || {
+            let listener = std::net::TcpListener::bind(listen)?;
             // The timeout only lets the thread see `stop`.
             socket2::SockRef::from(&listener)
                 .set_read_timeout(Some(Duration::from_millis(200)))
@@ -738,7 +698,9 @@ impl HttpResponder {
                 );
                 let _ = tx.send((line.trim_end().to_owned(), peer));
             }
-        });
+            Ok(())
+        })
+        .unwrap();
         ready_rx.recv().unwrap();
         (
             rx,

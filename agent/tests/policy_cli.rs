@@ -31,6 +31,20 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `roamctl policy eval POLICY --state STATE EXTRA...`.
+fn eval(policy: &str, state: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["policy", "eval", policy, "--state", state];
+    args.extend_from_slice(extra);
+    roamctl(&args)
+}
+
+/// [`eval`], which must succeed; the decision it printed.
+fn eval_ok(policy: &str, state: &str, extra: &[&str]) -> serde_json::Value {
+    let out = eval(policy, state, extra);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("eval prints the decision as JSON")
+}
+
 #[test]
 fn check_accepts_a_valid_file_with_a_one_line_summary() {
     let out = roamctl(&["policy", "check", &example("handset.roam")]);
@@ -112,15 +126,7 @@ fn check_of_a_missing_file_says_so() {
 
 #[test]
 fn eval_prints_the_decision_as_json() {
-    let out = roamctl(&[
-        "policy",
-        "eval",
-        &example("handset.roam"),
-        "--state",
-        &example("state-voip.json"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decision = eval_ok(&example("handset.roam"), &example("state-voip.json"), &[]);
     assert_eq!(
         decision,
         serde_json::json!({
@@ -137,17 +143,11 @@ fn eval_prints_the_decision_as_json() {
 
 #[test]
 fn eval_app_flag_wins_over_the_state_file() {
-    let out = roamctl(&[
-        "policy",
-        "eval",
+    let d = eval_ok(
         &example("handset.roam"),
-        "--state",
         &example("state-voip.json"),
-        "--app",
-        "com.example.video",
-    ]);
-    assert!(out.status.success());
-    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        &["--app", "com.example.video"],
+    );
     assert_eq!(d["app"], "com.example.video");
     assert_eq!(d["multipath"], "handover");
     assert_eq!(
@@ -163,15 +163,7 @@ fn eval_without_app_id_uses_only_the_default_block() {
         br#"{"interfaces": [{"name": "wlan0", "kind": "wifi", "state": "validated", "rtt_ms": 400},
                            {"name": "rmnet0", "kind": "cellular", "state": "validated"}]}"#,
     );
-    let out = roamctl(&[
-        "policy",
-        "eval",
-        &example("handset.roam"),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = eval_ok(&example("handset.roam"), state.to_str().unwrap(), &[]);
     assert_eq!(d["app"], serde_json::Value::Null);
     assert_eq!(d["paths"][0]["interface"], "wlan0");
 }
@@ -182,13 +174,7 @@ fn eval_rejects_unknown_fields_with_their_position() {
         "typo.json",
         b"{\"interfaces\": [\n  {\"name\": \"wlan0\", \"kind\": \"wifi\", \"state\": \"up\", \"rtt\": 3}]}",
     );
-    let out = roamctl(&[
-        "policy",
-        "eval",
-        &example("handset.roam"),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let out = eval(&example("handset.roam"), state.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(stderr.contains(":2:"), "{stderr}");
@@ -199,13 +185,7 @@ fn eval_rejects_unknown_fields_with_their_position() {
 #[test]
 fn eval_of_an_invalid_policy_prints_its_errors_and_no_json() {
     let path = scratch("bad.roam", b"default { hold 10 }\n");
-    let out = roamctl(&[
-        "policy",
-        "eval",
-        path.to_str().unwrap(),
-        "--state",
-        &example("state-voip.json"),
-    ]);
+    let out = eval(path.to_str().unwrap(), &example("state-voip.json"), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(text(&out.stderr).contains(":1:16: error: `10` needs a unit"));

@@ -5,7 +5,7 @@
 mod common;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use roam::path::LocalPath;
@@ -55,37 +55,10 @@ fn recording(builder: SessionBuilder) -> (SessionBuilder, Calls) {
     (b, calls)
 }
 
-struct Run {
-    client_rx: mpsc::Receiver<ClientNote>,
-    server_rx: mpsc::Receiver<ServerNote>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    client: std::thread::JoinHandle<anyhow::Result<ClientSide>>,
-    server: std::thread::JoinHandle<anyhow::Result<ServerSide>>,
-}
-
+/// A session made with `builder` (its embedded monitor, no roamd) on wlan0, 1 MiB through.
 fn start(topo: &Topology, builder: SessionBuilder) -> anyhow::Result<Run> {
-    let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_ready(topo, &pki)?;
-    let (client_tx, client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let builder = builder
-        .app("com.example.chat")
-        .policy(POLICY)
-        .use_roamd(false)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
-    let client = start_client(topo, builder, client_tx, stop_rx)?;
-    wait_for(&client_rx, "the session", |n| {
-        matches!(n, ClientNote::Connected(_))
-    })?;
-    wait_server_sees(&server_rx, topo.link("wlan0")?.handset_v4.into())?;
-    Ok(Run {
-        client_rx,
-        server_rx,
-        stop,
-        client,
-        server,
-    })
+    let pki = TestPki::generate()?;
+    Run::start(topo, &pki, chat(builder, &pki).use_roamd(false), None)
 }
 
 #[test]
@@ -121,7 +94,7 @@ fn quic_first_socket_warm_backup_and_rebind_go_through_the_binder() -> anyhow::R
     wait_moved(&r.client_rx, "wlan0")?;
     wait_server_sees(&r.server_rx, topo.link("wlan0")?.handset_v4.into())?;
     assert!(udp(&calls, "wlan0") >= 2, "{:?}", calls.lock().unwrap());
-    finish(r.stop, r.client, r.server)?;
+    r.finish()?;
     Ok(())
 }
 
@@ -140,7 +113,7 @@ fn mptcp_socket_and_tcp_resume_reconnects_go_through_the_binder() -> anyhow::Res
     topo.link_down("wlan0")?;
     wait_moved(&r.client_rx, "rmnet0")?;
     wait_server_sees(&r.server_rx, topo.link("rmnet0")?.handset_v4.into())?;
-    finish(r.stop, r.client, r.server)?;
+    r.finish()?;
     let calls = calls.lock().unwrap().clone();
     let stream = |i: &str, p: i32| {
         calls

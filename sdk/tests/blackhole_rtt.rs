@@ -6,8 +6,6 @@
 //! every byte arrives once, in order.
 
 mod common;
-#[path = "common/run.rs"]
-mod run;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -17,6 +15,7 @@ use common::*;
 use roam::path::MigrationReason;
 use roam_policy::LinkKind;
 use roam_tests::emulator::PathConfig;
+use roam_tests::stats::{ms, percentile_duration};
 use roam_tests::topology::{Direction, Topology};
 
 const RTT: Duration = Duration::from_millis(50);
@@ -37,7 +36,7 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
     let emu = topo.emulator("wlan0").context("wlan0 is not emulated")?;
     let wlan: IpAddr = topo.link("wlan0")?.handset_v4.into();
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
 
     let mut gaps = Vec::new();
     let mut moved_in = Vec::new();
@@ -47,9 +46,9 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
             .policy(POLICY)
             .use_roamd(false)
             .transport(roam::TransportPreference::Quic)
-            .tls(pki.client_tls())
+            .tls(pki.roam_client())
             .server_name(SERVER_NAME);
-        let run = run::Run::start(&topo, &pki, builder, None)
+        let run = Run::start(&topo, &pki, builder, None)
             .with_context(|| format!("repeat {repeat}: starting the session"))?;
         let dropped_before = emu.stats(Direction::Up).blackholed;
         let t0 = Instant::now();
@@ -75,10 +74,8 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
 
     gaps.sort();
     moved_in.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     // Nearest rank; with a handful of repeats p99 is the largest.
-    let pct =
-        |v: &[Duration], p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let pct = |v: &[Duration], p: f64| percentile_duration(v, p * 100.0);
     eprintln!(
         "figure: {} ms RTT, silent blackhole on wlan0, {REPEATS} repeats: delivery gap p50 \
          {:.0} ms, p99 {:.0} ms, max {:.0} ms (issue 5 aims p99 < 400 ms); moved after p50 \

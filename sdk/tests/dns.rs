@@ -8,8 +8,6 @@
 mod common;
 #[path = "common/dnsmasq.rs"]
 mod dnsmasq;
-#[path = "common/run.rs"]
-mod run;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
@@ -40,13 +38,13 @@ fn start_dns(topo: &Topology) -> Result<Dnsmasq> {
 
 /// A QUIC session builder that resolves on each link through that link's end of the path
 /// (IPv4 first, the IPv6 one if it does not answer), as a DHCP lease would say.
-fn builder(topo: &Topology, pki: &Pki) -> SessionBuilder {
+fn builder(topo: &Topology, pki: &TestPki) -> SessionBuilder {
     let mut b = roam::Session::builder()
         .app("com.example.chat")
         .policy(POLICY)
         .use_roamd(false)
         .transport(TransportPreference::Quic)
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME);
     for l in topo.links() {
         b = b.nameservers(
@@ -73,10 +71,10 @@ fn a_session_to_a_name_resolved_on_its_link_survives_a_handover() -> Result<()> 
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
     let mut dns = start_dns(&topo)?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     // The shared server listens on IPv4 only: the AAAA candidate goes unanswered and the race
     // moves on to the A one after the attempt delay, as Happy Eyeballs should.
-    let run = run::Run::start(
+    let run = Run::start(
         &topo,
         &pki,
         builder(&topo, &pki),
@@ -127,42 +125,37 @@ fn no_such_name_refused_and_tls_failure_are_distinct_errors() -> Result<()> {
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
     let _dns = start_dns(&topo)?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let refusing = PORT + 1;
 
     // The server: roam Listeners on both service addresses at PORT, and a QUIC endpoint that
     // refuses every connection at PORT + 1, until the test ends.
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let tls = pki.server_tls()?;
-    let server = topo.server().spawn("servers", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for ip in [IpAddr::from(SERVICE_V4), SERVICE_V6.into()] {
-                let l = Listener::bind(SocketAddr::new(ip, PORT), tls.clone())?;
-                // A session that fails TLS never comes out of accept; one that does is a bug.
-                tasks.spawn(async move { l.accept().await.map(drop) });
-                let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.clone())?;
-                let ep = quinn::Endpoint::server(
-                    quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),
-                    SocketAddr::new(ip, refusing),
-                )?;
-                tasks.spawn(async move {
-                    while let Some(incoming) = ep.accept().await {
-                        incoming.refuse();
-                    }
-                    Ok(())
-                });
-            }
-            ready_tx.send(())?;
-            tokio::select! {
-                _ = stop_rx => Ok(()),
-                Some(r) = tasks.join_next() => bail!("a server ended early: {r:?}"),
-            }
-        })
+    let tls = pki.roam_server()?;
+    let server = topo.server().spawn_async("servers", move || async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for ip in [IpAddr::from(SERVICE_V4), SERVICE_V6.into()] {
+            let l = Listener::bind(SocketAddr::new(ip, PORT), tls.clone())?;
+            // A session that fails TLS never comes out of accept; one that does is a bug.
+            tasks.spawn(async move { l.accept().await.map(drop) });
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.clone())?;
+            let ep = quinn::Endpoint::server(
+                quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),
+                SocketAddr::new(ip, refusing),
+            )?;
+            tasks.spawn(async move {
+                while let Some(incoming) = ep.accept().await {
+                    incoming.refuse();
+                }
+                Ok(())
+            });
+        }
+        ready_tx.send(())?;
+        tokio::select! {
+            _ = stop_rx => Ok(()),
+            Some(r) = tasks.join_next() => bail!("a server ended early: {r:?}"),
+        }
     })?;
     ready_rx
         .recv_timeout(EVENT_TIMEOUT)
@@ -175,9 +168,9 @@ fn no_such_name_refused_and_tls_failure_are_distinct_errors() -> Result<()> {
         let refused = builder(&topo, &pki)
             .connect(&format!("{NAME}:{refusing}"))
             .await;
-        let other_ca = Pki::generate()?;
+        let other_ca = TestPki::generate()?;
         let tls = builder(&topo, &pki)
-            .tls(other_ca.client_tls())
+            .tls(other_ca.roam_client())
             .connect(&format!("{NAME}:{PORT}"))
             .await;
         anyhow::Ok((nxdomain, refused, tls))

@@ -9,8 +9,6 @@
 //! the session rightly goes back to WiFi in the middle of the flapping.
 
 mod common;
-#[path = "common/run.rs"]
-mod run;
 
 use std::net::IpAddr;
 use std::sync::{Arc, mpsc};
@@ -37,36 +35,26 @@ fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
     let topo = Arc::new(two_links()?);
     let wlan: IpAddr = topo.link("wlan0")?.handset_v4.into();
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let builder = roam::Session::builder()
         .app("com.example.chat")
         .policy(POLICY.replace("hold 1s", &format!("hold {}s", HOLD.as_secs())))
         .use_roamd(false)
         .transport(roam::TransportPreference::Quic)
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME);
-    let run = run::Run::start(&topo, &pki, builder, None)?;
+    let run = Run::start(&topo, &pki, builder, None)?;
     let (client_rx, server_rx) = (&run.client_rx, &run.server_rx);
 
     let flapper = topo.flap("wlan0", DOWN, UP, CYCLES)?;
     let first = wait_moved(client_rx, "rmnet0")?;
     assert_eq!(first.reason, MigrationReason::LinkLost);
-    let flaps = flapper.wait().context("flapping wlan0")?;
-    assert_eq!(flaps.len(), 2 * CYCLES as usize, "not every flap ran");
-    let (last_up, up) = *flaps.last().context("no flap")?;
-    let flapping = last_up - flaps[0].0;
-    // The longest time wlan0 was up (as the harness started it) before it went down again.
-    let longest_up = flaps
-        .windows(2)
-        .filter(|w| w[0].1 && !w[1].1)
-        .map(|w| w[1].0 - w[0].0)
-        .max()
-        .context("no up phase")?;
-    assert!(
-        longest_up < HOLD,
-        "an up phase lasted {longest_up:?}, longer than the hold: the test's premise is gone"
-    );
-    assert!(up, "the flapper did not leave wlan0 up");
+    let Flaps {
+        first: first_down,
+        last_up,
+        longest_up,
+    } = check_flaps(&flapper.wait().context("flapping wlan0")?, CYCLES, HOLD)?;
+    let flapping = last_up - first_down;
 
     // Every move until WiFi stayed up; none back to WiFi while it flapped.
     let mut moves = vec![first];

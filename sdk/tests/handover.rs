@@ -9,52 +9,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use roam::path::MigrationReason;
-use roam_policy::LinkKind;
 use roam_tests::privilege::require_netns;
 use roam_tests::topology::{Direction, Topology};
 
-struct Run {
-    topo: Topology,
-    client_rx: mpsc::Receiver<ClientNote>,
-    server_rx: mpsc::Receiver<ServerNote>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    client: std::thread::JoinHandle<anyhow::Result<ClientSide>>,
-    server: std::thread::JoinHandle<anyhow::Result<ServerSide>>,
-}
-
 /// Two links (wlan0 preferred, rmnet0), a server, and a session on wlan0 carrying data.
-fn start() -> anyhow::Result<Run> {
-    init_tracing();
-    let topo = Topology::builder()
-        .link("wlan0", LinkKind::Wifi)
-        .link("rmnet0", LinkKind::Cellular)
-        .build()?;
-    let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_ready(&topo, &pki)?;
-    let (client_tx, client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
-    let client = start_client(&topo, builder, client_tx, stop_rx)?;
-    let connected = wait_for(&client_rx, "the session", |n| {
-        matches!(n, ClientNote::Connected(_))
-    })?;
-    assert!(
-        matches!(&connected, ClientNote::Connected(Some(i)) if i == "wlan0"),
-        "the session did not start on the preferred link: {connected:?}"
-    );
-    wait_server_sees(&server_rx, topo.link("wlan0")?.handset_v4.into())?;
-    Ok(Run {
-        topo,
-        client_rx,
-        server_rx,
-        stop,
-        client,
-        server,
-    })
+fn start() -> anyhow::Result<(Topology, Run)> {
+    let topo = two_links()?;
+    let pki = TestPki::generate()?;
+    let run = Run::start(&topo, &pki, chat(roam::Session::builder(), &pki), None)?;
+    Ok((topo, run))
 }
 
 #[test]
@@ -63,12 +26,12 @@ fn survives_wifi_going_down_and_returns_when_it_comes_back() -> anyhow::Result<(
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let r = start()?;
-    let wlan = r.topo.link("wlan0")?.handset_v4;
-    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+    let (topo, r) = start()?;
+    let wlan = topo.link("wlan0")?.handset_v4;
+    let rmnet = topo.link("rmnet0")?.handset_v4;
 
     let t0 = Instant::now();
-    r.topo.link_down("wlan0")?;
+    topo.link_down("wlan0")?;
     let m = wait_moved(&r.client_rx, "rmnet0")?;
     eprintln!(
         "figure: wlan0 link down -> session moved in {:?}",
@@ -81,7 +44,7 @@ fn survives_wifi_going_down_and_returns_when_it_comes_back() -> anyhow::Result<(
 
     // WiFi returns; after the policy's 1 s hold it is primary again and the session goes back.
     let t0 = Instant::now();
-    r.topo.link_up("wlan0")?;
+    topo.link_up("wlan0")?;
     let m = wait_moved(&r.client_rx, "wlan0")?;
     eprintln!(
         "figure: wlan0 back up -> session back on it in {:?} (hold 1 s)",
@@ -94,18 +57,12 @@ fn survives_wifi_going_down_and_returns_when_it_comes_back() -> anyhow::Result<(
     );
     wait_server_sees(&r.server_rx, wlan.into())?;
 
-    let s = finish(r.stop, r.client, r.server)?;
+    let s = r.finish()?;
     eprintln!(
         "figure: link down and return, longest delivery gap {:?}",
         s.max_gap
     );
-    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
-    assert_eq!(
-        ips,
-        ["198.18.0.2", "198.18.1.2", "198.18.0.2"],
-        "{:?}",
-        s.peers
-    );
+    assert_peers(&s, &["198.18.0.2", "198.18.1.2", "198.18.0.2"]);
     Ok(())
 }
 
@@ -115,10 +72,10 @@ fn survives_the_wifi_address_going_away() -> anyhow::Result<()> {
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let r = start()?;
-    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+    let (topo, r) = start()?;
+    let rmnet = topo.link("rmnet0")?.handset_v4;
     let t0 = Instant::now();
-    r.topo.remove_addresses("wlan0")?;
+    topo.remove_addresses("wlan0")?;
     let m = wait_moved(&r.client_rx, "rmnet0")?;
     eprintln!(
         "figure: wlan0 address removed -> session moved in {:?}",
@@ -126,13 +83,12 @@ fn survives_the_wifi_address_going_away() -> anyhow::Result<()> {
     );
     assert_eq!(m.reason, MigrationReason::LinkLost);
     wait_server_sees(&r.server_rx, rmnet.into())?;
-    let s = finish(r.stop, r.client, r.server)?;
+    let s = r.finish()?;
     eprintln!(
         "figure: address removal, longest delivery gap {:?}",
         s.max_gap
     );
-    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
-    assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
+    assert_peers(&s, &["198.18.0.2", "198.18.1.2"]);
     Ok(())
 }
 
@@ -142,11 +98,11 @@ fn survives_a_silent_blackhole_on_wifi() -> anyhow::Result<()> {
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let r = start()?;
-    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+    let (topo, r) = start()?;
+    let rmnet = topo.link("rmnet0")?.handset_v4;
     // The link stays up with its address and routes: only the session can notice.
     let t0 = Instant::now();
-    r.topo.blackhole("wlan0", Direction::Both)?;
+    topo.blackhole("wlan0", Direction::Both)?;
     let m = wait_moved(&r.client_rx, "rmnet0")?;
     eprintln!(
         "figure: wlan0 silent blackhole -> session moved in {:?}",
@@ -155,16 +111,15 @@ fn survives_a_silent_blackhole_on_wifi() -> anyhow::Result<()> {
     assert_eq!(m.reason, MigrationReason::Stalled);
     wait_server_sees(&r.server_rx, rmnet.into())?;
     assert!(
-        r.topo.blackhole_drops("wlan0", Direction::Up)? > 0,
+        topo.blackhole_drops("wlan0", Direction::Up)? > 0,
         "the blackhole dropped nothing"
     );
-    let s = finish(r.stop, r.client, r.server)?;
+    let s = r.finish()?;
     eprintln!(
         "figure: silent blackhole, longest delivery gap {:?}",
         s.max_gap
     );
-    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
-    assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
+    assert_peers(&s, &["198.18.0.2", "198.18.1.2"]);
     Ok(())
 }
 
@@ -177,19 +132,18 @@ fn a_returning_wifi_without_routes_yet_is_not_moved_to_until_they_come() -> anyh
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let r = start()?;
-    let wlan = r.topo.link("wlan0")?.clone();
-    let rmnet = r.topo.link("rmnet0")?.handset_v4;
-    r.topo.link_down("wlan0")?;
+    let (topo, r) = start()?;
+    let wlan = topo.link("wlan0")?.clone();
+    let rmnet = topo.link("rmnet0")?.handset_v4;
+    topo.link_down("wlan0")?;
     wait_moved(&r.client_rx, "rmnet0")?;
     wait_server_sees(&r.server_rx, rmnet.into())?;
 
     // Up again: the IPv4 address survived `link set down`, the routes through it did not.
-    r.topo.handset().ip(&["link", "set", &wlan.name, "up"])?;
-    r.topo
-        .wait_link(r.topo.handset(), &wlan.name, EVENT_TIMEOUT, |i| {
-            i.operstate == roam_tests::netlink::OperState::Up
-        })?;
+    topo.handset().ip(&["link", "set", &wlan.name, "up"])?;
+    topo.wait_link(topo.handset(), &wlan.name, EVENT_TIMEOUT, |i| {
+        i.operstate == roam_tests::netlink::OperState::Up
+    })?;
     // Past the policy's hold (1 s) and a few quick retries, the session stays on rmnet0.
     let until = Instant::now() + Duration::from_secs(2);
     loop {
@@ -210,14 +164,14 @@ fn a_returning_wifi_without_routes_yet_is_not_moved_to_until_they_come() -> anyh
 
     // The routes arrive: the session returns to WiFi.
     let t = Instant::now();
-    r.topo.configure_link(&wlan)?;
+    topo.configure_link(&wlan)?;
     let m = wait_moved(&r.client_rx, "wlan0")?;
     eprintln!(
         "figure: wlan0's routes back -> session moved back in {:?}",
         m.at.saturating_duration_since(t)
     );
     wait_server_sees(&r.server_rx, wlan.handset_v4.into())?;
-    let s = finish(r.stop, r.client, r.server)?;
+    let s = r.finish()?;
     eprintln!("figure: longest delivery gap {:?}", s.max_gap);
     Ok(())
 }

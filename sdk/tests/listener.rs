@@ -24,18 +24,16 @@ fn clients_that_never_send_their_header_hold_up_no_other() -> Result<()> {
     }
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
-    let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_ready(&topo, &pki)?;
+    let pki = TestPki::generate()?;
+    let server = start_server_ready(&topo, &pki)?;
 
     // Silent clients: a QUIC handshake with roam's ALPN, then nothing.
     let (silent_tx, silent_rx) = mpsc::channel();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let ca = pki.ca.clone();
-    let silent = topo.handset().spawn("silent-quic", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
+    let silent = topo
+        .handset()
+        .spawn_async("silent-quic", move || async move {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca)?;
             let mut tls = rustls::ClientConfig::builder()
@@ -63,8 +61,7 @@ fn clients_that_never_send_their_header_hold_up_no_other() -> Result<()> {
             let _ = released.await;
             drop(conns);
             Ok(())
-        })
-    })?;
+        })?;
     silent_rx
         .recv_timeout(EVENT_TIMEOUT)
         .context("the silent clients did not connect")?;
@@ -72,22 +69,15 @@ fn clients_that_never_send_their_header_hold_up_no_other() -> Result<()> {
     // A real session now: the server (which takes one session, waiting at most EVENT_TIMEOUT
     // from when it listened) must get it while the silent ones still wait for their header.
     let t = Instant::now();
-    let (client_tx, _client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .transport(roam::TransportPreference::Quic)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
-    let client = start_client(&topo, builder, client_tx, stop_rx)?;
-    wait_server_sees(&server_rx, topo.link("wlan0")?.handset_v4.into())?;
+    let builder = chat(roam::Session::builder(), &pki).transport(roam::TransportPreference::Quic);
+    let r = Run::connect(&topo, server, builder, None)?;
+    r.wait_server_sees(topo.link("wlan0")?.handset_v4.into())?;
     eprintln!(
         "figure: session accepted and 1 MiB through {:?} after it started, with {SILENT} silent \
          clients connected before it",
         t.elapsed()
     );
-    let s = finish(stop, client, server)?;
+    let s = r.finish()?;
     assert!(s.bytes > 0);
     let _ = release.send(());
     silent.join().expect("silent client thread")?;

@@ -18,36 +18,11 @@ use roam::{SessionEvent, Transport, TransportPreference};
 use roam_tests::privilege::require_netns;
 use roam_tests::topology::{Direction, Topology};
 
-struct Run {
-    topo: Topology,
-    client_rx: mpsc::Receiver<ClientNote>,
-    server_rx: mpsc::Receiver<ServerNote>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    client: std::thread::JoinHandle<anyhow::Result<ClientSide>>,
-    server: std::thread::JoinHandle<anyhow::Result<ServerSide>>,
-}
-
 /// Starts the server and an MPTCP (or `transport`) session from the handset.
-fn start(topo: Topology, transport: TransportPreference) -> anyhow::Result<Run> {
-    let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_ready(&topo, &pki)?;
-    let (client_tx, client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .transport(transport)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
-    let client = start_client(&topo, builder, client_tx, stop_rx)?;
-    Ok(Run {
-        topo,
-        client_rx,
-        server_rx,
-        stop,
-        client,
-        server,
-    })
+fn start(topo: &Topology, transport: TransportPreference) -> anyhow::Result<Run> {
+    let pki = TestPki::generate()?;
+    let builder = chat(roam::Session::builder(), &pki).transport(transport);
+    Run::spawn(topo, &pki, builder, None)
 }
 
 /// The decision's backup link as a kernel endpoint, as roamd's enforcer sets it.
@@ -92,20 +67,11 @@ fn kernel_subflows(topo: &Topology) -> anyhow::Result<String> {
     )
 }
 
-/// Bytes the server received on `link`'s path.
-fn rx_bytes(topo: &Topology, link: &str) -> anyhow::Result<u64> {
-    topo.server_stats()?
-        .into_iter()
-        .find(|(n, _)| n == link)
-        .map(|(_, s)| s.rx_bytes)
-        .with_context(|| format!("no stats for {link}"))
-}
-
 /// Waits (on the server's per-MiB notes, bounded) until 4 MiB more arrived over `link`.
-fn wait_stream_on(r: &Run, link: &str, before: u64) -> anyhow::Result<()> {
+fn wait_stream_on(topo: &Topology, r: &Run, link: &str, before: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + EVENT_TIMEOUT;
     loop {
-        let rx = rx_bytes(&r.topo, link)?;
+        let rx = rx_bytes(topo, link)?;
         if rx > before + 4 * 1024 * 1024 {
             return Ok(());
         }
@@ -142,7 +108,7 @@ fn mptcp_subflows_follow_the_decision_and_survive_wifi_going_down() -> anyhow::R
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
     backup_endpoint(&topo, "rmnet0")?;
-    let r = start(topo, TransportPreference::Mptcp)?;
+    let r = start(&topo, TransportPreference::Mptcp)?;
     let chosen = wait_for(&r.client_rx, "the transport", |n| {
         matches!(
             n,
@@ -171,10 +137,10 @@ fn mptcp_subflows_follow_the_decision_and_survive_wifi_going_down() -> anyhow::R
     wait_subflows_on(&r.client_rx, &["wlan0", "rmnet0"])?;
 
     // The kernel's own view: two TCP subflows with the MPTCP ULP, one from each link's address.
-    let ss = kernel_subflows(&r.topo)?;
+    let ss = kernel_subflows(&topo)?;
     let flags = ulp_flags(&ss);
     for l in ["wlan0", "rmnet0"] {
-        let addr = format!("{}%{l}:", r.topo.link(l)?.handset_v4);
+        let addr = format!("{}%{l}:", topo.link(l)?.handset_v4);
         assert!(
             ss.contains(&addr),
             "no subflow from {l} ({addr}) in ss:\n{ss}"
@@ -187,16 +153,16 @@ fn mptcp_subflows_follow_the_decision_and_survive_wifi_going_down() -> anyhow::R
         flags.iter().any(|f| f.contains('J') && f.contains('b')),
         "{flags:?}"
     );
-    let msk = r.topo.handset().exec("ss", &["-MnH"])?;
+    let msk = topo.handset().exec("ss", &["-MnH"])?;
     assert!(
         msk.contains(&format!(":{PORT}")),
         "no MPTCP socket in ss -M:\n{msk}"
     );
 
-    let before = rx_bytes(&r.topo, "rmnet0")?;
-    r.topo.link_down("wlan0")?;
-    wait_stream_on(&r, "rmnet0", before)?;
-    let s = finish(r.stop, r.client, r.server)?;
+    let before = rx_bytes(&topo, "rmnet0")?;
+    topo.link_down("wlan0")?;
+    wait_stream_on(&topo, &r, "rmnet0", before)?;
+    let s = r.finish()?;
     eprintln!(
         "figure: mptcp link down (kernel PM, no agent), longest delivery gap {:?}",
         s.max_gap
@@ -213,15 +179,15 @@ fn mptcp_survives_a_silent_blackhole_and_an_address_removal() -> anyhow::Result<
     for failure in ["blackhole", "addr-remove"] {
         let topo = two_links()?;
         backup_endpoint(&topo, "rmnet0")?;
-        let r = start(topo, TransportPreference::Mptcp)?;
+        let r = start(&topo, TransportPreference::Mptcp)?;
         wait_subflows_on(&r.client_rx, &["wlan0", "rmnet0"])?;
-        let before = rx_bytes(&r.topo, "rmnet0")?;
+        let before = rx_bytes(&topo, "rmnet0")?;
         match failure {
-            "blackhole" => r.topo.blackhole("wlan0", Direction::Both)?,
-            _ => r.topo.remove_addresses("wlan0")?,
+            "blackhole" => topo.blackhole("wlan0", Direction::Both)?,
+            _ => topo.remove_addresses("wlan0")?,
         }
-        wait_stream_on(&r, "rmnet0", before).context(failure)?;
-        let s = finish(r.stop, r.client, r.server)?;
+        wait_stream_on(&topo, &r, "rmnet0", before).context(failure)?;
+        let s = r.finish()?;
         eprintln!(
             "figure: mptcp {failure} (kernel PM, no agent), longest delivery gap {:?}",
             s.max_gap
@@ -238,13 +204,13 @@ fn a_path_that_strips_mptcp_makes_the_session_say_it_fell_back() -> anyhow::Resu
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
     strip_mptcp(&topo, "wlan0")?;
-    let r = start(topo, TransportPreference::Mptcp)?;
+    let r = start(&topo, TransportPreference::Mptcp)?;
     let n = wait_for(&r.client_rx, "the fallback event", |n| {
         matches!(n, ClientNote::Event(_, SessionEvent::MptcpFallback { .. }))
     })?;
     eprintln!("fallback: {n:?}");
     // The kernel's view: one subflow, MP_CAPABLE sent (m) but never answered (no M).
-    let ss = kernel_subflows(&r.topo)?;
+    let ss = kernel_subflows(&topo)?;
     let flags = ulp_flags(&ss);
     assert_eq!(flags.len(), 1, "{ss}");
     assert!(flags[0].contains('m') && !flags[0].contains('M'), "{ss}");
@@ -254,7 +220,7 @@ fn a_path_that_strips_mptcp_makes_the_session_say_it_fell_back() -> anyhow::Resu
             matches!(n, ServerNote::Received(_))
         })?;
     }
-    finish(r.stop, r.client, r.server)?;
+    r.finish()?;
     Ok(())
 }
 
@@ -270,17 +236,14 @@ fn auto_falls_back_from_blocked_quic_to_mptcp_and_says_why() -> anyhow::Result<(
         "table inet roam_noudp {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  \
          udp dport {PORT} counter drop\n }}\n}}\n"
     ))?;
-    let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_ready(&topo, &pki)?;
-    let (client_tx, client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    let pki = TestPki::generate()?;
     let builder = roam::Session::builder()
         .policy(POLICY)
         .connect_timeout(std::time::Duration::from_secs(3))
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME);
-    let client = start_client(&topo, builder, client_tx, stop_rx)?;
-    let n = wait_for(&client_rx, "the transport", |n| {
+    let r = Run::spawn(&topo, &pki, builder, None)?;
+    let n = wait_for(&r.client_rx, "the transport", |n| {
         matches!(
             n,
             ClientNote::Event(_, SessionEvent::TransportChosen { .. })
@@ -294,8 +257,10 @@ fn auto_falls_back_from_blocked_quic_to_mptcp_and_says_why() -> anyhow::Result<(
         other => bail!("unexpected {other:?}"),
     }
     for _ in 0..2 {
-        wait_for(&server_rx, "data", |n| matches!(n, ServerNote::Received(_)))?;
+        wait_for(&r.server_rx, "data", |n| {
+            matches!(n, ServerNote::Received(_))
+        })?;
     }
-    finish(stop, client, server)?;
+    r.finish()?;
     Ok(())
 }

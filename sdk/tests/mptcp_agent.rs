@@ -13,12 +13,10 @@
 //! longest pause in delivery from the last message before the failure on. Every repeat builds
 //! its own namespaces; p50/p99/max over the repeats are printed as `figure:` lines.
 //!
-//! roamd and the reflector run as real processes: this test binary started again with the
-//! filter `agent_process_helper` / `reflect_process_helper` (see `common::helper`).
+//! roamd and the reflector run as real processes: this test binary started again to run the
+//! helper test `roamd_helper` (`common::start_roamd`).
 
 mod common;
-#[path = "common/run.rs"]
-mod run;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -29,26 +27,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::helper::HelperProc;
 use common::*;
 use roam_agent::enforce::userspace_pm::{PmEvent, PmEvents};
 use roam_ipc::client::{Client, ClientError};
 use roam_ipc::proto::Request;
+use roam_tests::agent::{REFLECT_PORT, Reflector, Roamd, probe_section};
 use roam_tests::privilege::require_netns;
+use roam_tests::stats::{ms, percentile_duration};
 use roam_tests::topology::{Direction, SERVICE_V4, Topology};
 use roam_tests::traffic::{MSG_LEN, Recorder, encode, expected_digest};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const AGENT_ENV: &str = "ROAM_SDK_TEST_AGENT_MPTCP";
-const REFLECT_ENV: &str = "ROAM_SDK_TEST_REFLECT";
-const REFLECT_PORT: u16 = 7777;
 /// Port of the kernel baseline's plain MPTCP server.
 const BASELINE_PORT: u16 = 5201;
-/// Probes every 20 ms where a session is, each given 40 ms: a silent link is `down` after
-/// 3 misses, at most 3 x 20 + 40 = 100 ms after it died.
-const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n\n\
-                            [probe]\ntargets = [\"198.19.0.1:7777\"]\nfast_interval_ms = 20\ntimeout_ms = 40\n";
 /// roamd without probe targets: the only RTTs it has are the sessions' reports.
 const NO_PROBES: &str =
     "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
@@ -62,32 +54,23 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Delivered after the failure before a repeat ends: 300 ms of messages.
 const AFTER: u64 = 3000;
 
-/// Not a test of its own: the body of the agent process the tests start. Returns at once
-/// unless `ROAM_SDK_TEST_AGENT_MPTCP` names a directory.
+/// Not a test of its own: roamd or its reflector in the process the tests start (returns at
+/// once otherwise).
 #[test]
-fn agent_process_helper() {
-    helper::agent_process_body(AGENT_ENV, AGENT_CONFIG, || {});
+fn roamd_helper() {
+    roam_tests::agent::test_helper_main(|| {});
 }
 
-/// Not a test of its own: `roamd reflect --listen ADDR` in the server namespace. Returns at
-/// once unless `ROAM_SDK_TEST_REFLECT` names the address.
-#[test]
-fn reflect_process_helper() {
-    let Some(addr) = std::env::var_os(REFLECT_ENV) else {
-        return;
-    };
-    let listen: SocketAddr = addr
-        .to_str()
-        .and_then(|a| a.parse().ok())
-        .expect("ROAM_SDK_TEST_REFLECT is ip:port");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(roam_agent::probe::reflect::run(listen, |a| {
-        println!("reflect-ready {a}");
-    }))
-    .expect("reflector failed");
+/// The reflector's address: the service address, where every link reaches it.
+fn reflector_addr() -> SocketAddr {
+    SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT)
+}
+
+/// [`NO_PROBES`] and every link probed against the reflector every 20 ms where a session is,
+/// each probe given 40 ms: a silent link is `down` after 3 misses, at most 3 x 20 + 40 =
+/// 100 ms after it died.
+fn agent_config() -> String {
+    format!("{NO_PROBES}\n{}", probe_section(&[reflector_addr()]))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,11 +127,9 @@ impl Watch {
         let (ready_tx, ready_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
-        let thread = topo.handset().spawn("pm-events", move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
+        let thread = topo
+            .handset()
+            .spawn_async("pm-events", move || async move {
                 let mut ev = PmEvents::open().context("subscribing to mptcp_pm_events")?;
                 let _ = ready_tx.send(());
                 // Bounded: it stops when told, and after two minutes whatever happens.
@@ -162,8 +143,7 @@ impl Watch {
                     }
                 }
                 Ok(())
-            })
-        })?;
+            })?;
         ready_rx
             .recv_timeout(EVENT_TIMEOUT)
             .context("the event watcher did not subscribe")?;
@@ -191,40 +171,26 @@ impl Drop for Watch {
 
 /// roamd and its reflector for one repeat; both killed on drop, roamd's directory removed.
 struct Agent {
-    agent: helper::AgentProc,
-    _reflector: HelperProc,
+    roamd: Roamd,
+    _reflector: Reflector,
 }
 
 impl Agent {
-    fn start(topo: &Topology, tag: &str) -> Result<Agent> {
-        Agent::start_with(topo, tag, AGENT_CONFIG, POLICY)
+    fn start(topo: &Topology) -> Result<Agent> {
+        Agent::start_with(topo, &agent_config(), POLICY)
     }
 
     /// roamd with this configuration and policy.
-    fn start_with(topo: &Topology, tag: &str, config: &str, policy: &str) -> Result<Agent> {
-        let listen = SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT).to_string();
-        let reflector = HelperProc::start(
-            topo.server(),
-            "reflect_process_helper",
-            (REFLECT_ENV, listen.as_ref()),
-            "reflect-ready",
-            "ROAM_AGENT_LOG",
-        )?;
-        let agent = helper::AgentProc::start(
-            topo.handset(),
-            AGENT_ENV,
-            &format!("mptcp-agent-{tag}"),
-            config,
-            policy,
-        )?;
+    fn start_with(topo: &Topology, config: &str, policy: &str) -> Result<Agent> {
+        let reflector = Reflector::start(topo.server(), &roamd_exe()?, reflector_addr())?;
         Ok(Agent {
-            agent,
+            roamd: start_roamd(topo, config, policy)?,
             _reflector: reflector,
         })
     }
 
     fn socket(&self) -> PathBuf {
-        self.agent.socket()
+        self.roamd.socket().to_path_buf()
     }
 }
 
@@ -261,6 +227,21 @@ async fn send_paced<W: AsyncWrite + Unpin>(w: &mut W, stop: &AtomicBool) -> Resu
     Ok(sent)
 }
 
+/// [`send_paced`] until `stop`, then half-closes and waits for the server's end of stream
+/// (everything sent was read); returns how many messages were sent.
+async fn send_until_closed<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let sent = send_paced(s, stop).await?;
+    s.shutdown().await.context("client shutdown")?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_end(&mut rest))
+        .await
+        .context("the server did not close")??;
+    Ok(sent)
+}
+
 /// The server of one repeat: takes one connection, records every message to its end.
 fn start_receiver(
     topo: &Topology,
@@ -269,41 +250,35 @@ fn start_receiver(
     rec: Arc<Recorder>,
     ready: mpsc::Sender<()>,
 ) -> Result<JoinHandle<Result<()>>> {
-    topo.server().spawn("receiver", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            match system {
-                System::Roam => {
-                    let listener =
-                        roam::Listener::bind(SocketAddr::new(SERVICE_V4.into(), PORT), tls)?;
-                    let _ = ready.send(());
-                    let mut s = tokio::time::timeout(EVENT_TIMEOUT, listener.accept())
-                        .await
-                        .context("no session arrived")??;
-                    receive(&mut s, &rec).await?;
-                    s.shutdown().await?;
-                    let _ = tokio::time::timeout(EVENT_TIMEOUT, s.closed()).await;
-                }
-                System::Kernel => {
-                    let addr = SocketAddr::new(SERVICE_V4.into(), BASELINE_PORT);
-                    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP))?;
-                    sock.set_reuse_address(true)?;
-                    sock.bind(&addr.into())?;
-                    sock.listen(8)?;
-                    sock.set_nonblocking(true)?;
-                    let listener = tokio::net::TcpListener::from_std(sock.into())?;
-                    let _ = ready.send(());
-                    let (mut s, _) = tokio::time::timeout(EVENT_TIMEOUT, listener.accept())
-                        .await
-                        .context("no connection arrived")??;
-                    receive(&mut s, &rec).await?;
-                    s.shutdown().await?;
-                }
+    topo.server().spawn_async("receiver", move || async move {
+        match system {
+            System::Roam => {
+                let listener = roam::Listener::bind(SocketAddr::new(SERVICE_V4.into(), PORT), tls)?;
+                let _ = ready.send(());
+                let mut s = tokio::time::timeout(EVENT_TIMEOUT, listener.accept())
+                    .await
+                    .context("no session arrived")??;
+                receive(&mut s, &rec).await?;
+                s.shutdown().await?;
+                let _ = tokio::time::timeout(EVENT_TIMEOUT, s.closed()).await;
             }
-            Ok(())
-        })
+            System::Kernel => {
+                let addr = SocketAddr::new(SERVICE_V4.into(), BASELINE_PORT);
+                let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP))?;
+                sock.set_reuse_address(true)?;
+                sock.bind(&addr.into())?;
+                sock.listen(8)?;
+                sock.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(sock.into())?;
+                let _ = ready.send(());
+                let (mut s, _) = tokio::time::timeout(EVENT_TIMEOUT, listener.accept())
+                    .await
+                    .context("no connection arrived")??;
+                receive(&mut s, &rec).await?;
+                s.shutdown().await?;
+            }
+        }
+        Ok(())
     })
 }
 
@@ -315,47 +290,31 @@ fn start_sender(
     roam_setup: Option<(PathBuf, roam::ClientTls)>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<Result<u64>>> {
-    topo.handset().spawn("sender", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            match (system, roam_setup) {
-                (System::Roam, Some((socket, tls))) => {
-                    let mut s = roam::Session::builder()
-                        .app("com.example.chat")
-                        .roamd_socket(&socket)
-                        .transport(roam::TransportPreference::Mptcp)
-                        .tls(tls)
-                        .server_name(SERVER_NAME)
-                        .connect(&format!("{SERVICE_V4}:{PORT}"))
-                        .await?;
-                    let sent = send_paced(&mut s, &stop).await?;
-                    s.shutdown().await.context("client shutdown")?;
-                    let mut rest = Vec::new();
-                    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_end(&mut rest))
-                        .await
-                        .context("the server did not close")??;
-                    s.close_and_wait(0, b"done").await;
-                    Ok(sent)
-                }
-                (System::Kernel, None) => {
-                    let mut s = roam_tests::system::mptcp::connect_mptcp(SocketAddr::new(
-                        SERVICE_V4.into(),
-                        BASELINE_PORT,
-                    ))
+    topo.handset().spawn_async("sender", move || async move {
+        match (system, roam_setup) {
+            (System::Roam, Some((socket, tls))) => {
+                let mut s = roam::Session::builder()
+                    .app("com.example.chat")
+                    .roamd_socket(&socket)
+                    .transport(roam::TransportPreference::Mptcp)
+                    .tls(tls)
+                    .server_name(SERVER_NAME)
+                    .connect(&format!("{SERVICE_V4}:{PORT}"))
                     .await?;
-                    let sent = send_paced(&mut s, &stop).await?;
-                    s.shutdown().await.context("client shutdown")?;
-                    let mut rest = Vec::new();
-                    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_end(&mut rest))
-                        .await
-                        .context("the server did not close")??;
-                    Ok(sent)
-                }
-                _ => bail!("a roam sender needs roamd's socket and TLS"),
+                let sent = send_until_closed(&mut s, &stop).await?;
+                s.close_and_wait(0, b"done").await;
+                Ok(sent)
             }
-        })
+            (System::Kernel, None) => {
+                let mut s = roam_tests::system::mptcp::connect_mptcp(SocketAddr::new(
+                    SERVICE_V4.into(),
+                    BASELINE_PORT,
+                ))
+                .await?;
+                send_until_closed(&mut s, &stop).await
+            }
+            _ => bail!("a roam sender needs roamd's socket and TLS"),
+        }
     })
 }
 
@@ -377,12 +336,12 @@ fn v4(ip: std::net::Ipv4Addr) -> IpAddr {
     IpAddr::V4(ip)
 }
 
-fn establish(system: System, tag: &str) -> Result<Running> {
+fn establish(system: System) -> Result<Running> {
     let topo = two_links()?;
     let wlan = v4(topo.link("wlan0")?.handset_v4);
     let rmnet = v4(topo.link("rmnet0")?.handset_v4);
     let agent = match system {
-        System::Roam => Some(Agent::start(&topo, tag)?),
+        System::Roam => Some(Agent::start(&topo)?),
         System::Kernel => {
             let addr = rmnet.to_string();
             topo.handset().ip(&[
@@ -392,15 +351,15 @@ fn establish(system: System, tag: &str) -> Result<Running> {
         }
     };
     let watch = Watch::start(&topo)?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let rec = Recorder::new();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let receiver = start_receiver(&topo, system, pki.server_tls()?, rec.clone(), ready_tx)?;
+    let receiver = start_receiver(&topo, system, pki.roam_server()?, rec.clone(), ready_tx)?;
     ready_rx
         .recv_timeout(EVENT_TIMEOUT)
         .context("the server did not listen")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let setup = agent.as_ref().map(|a| (a.socket(), pki.client_tls()));
+    let setup = agent.as_ref().map(|a| (a.socket(), pki.roam_client()));
     let sender = start_sender(&topo, system, setup, stop.clone())?;
     let Ok(PmEvent::Connection { token, remote, .. }) = watch.wait(
         "the connection from wlan0",
@@ -429,8 +388,8 @@ fn establish(system: System, tag: &str) -> Result<Running> {
 
 /// One repeat: returns the gap, or `None` when the session did not recover within
 /// [`RUN_TIMEOUT`] (dead).
-fn run_once(system: System, failure: Failure, tag: &str) -> Result<Option<Duration>> {
-    let r = establish(system, tag)?;
+fn run_once(system: System, failure: Failure) -> Result<Option<Duration>> {
+    let r = establish(system)?;
     let wlan = v4(r.topo.link("wlan0")?.handset_v4);
     // Steady flow first: 200 ms of messages delivered after the backup subflow came.
     let now = r.rec.delivered();
@@ -480,15 +439,11 @@ fn run_once(system: System, failure: Failure, tag: &str) -> Result<Option<Durati
 /// p50, p99 and max (nearest rank) of `gaps`.
 fn percentiles(gaps: &mut [Duration]) -> (Duration, Duration, Duration) {
     gaps.sort();
-    let rank = |p: f64| {
-        let i = ((p * gaps.len() as f64).ceil() as usize).clamp(1, gaps.len());
-        gaps[i - 1]
-    };
-    (rank(0.50), rank(0.99), gaps[gaps.len() - 1])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    (
+        percentile_duration(gaps, 50.0),
+        percentile_duration(gaps, 99.0),
+        percentile_duration(gaps, 100.0),
+    )
 }
 
 /// Runs both systems `REPEATS` times, alternating, and prints and returns their p99s.
@@ -496,10 +451,9 @@ fn compare(failure: Failure) -> Result<()> {
     let mut gaps = [Vec::new(), Vec::new()];
     let mut dead = [0usize, 0];
     let systems = [System::Roam, System::Kernel];
-    for i in 0..REPEATS {
+    for _ in 0..REPEATS {
         for (k, system) in systems.into_iter().enumerate() {
-            let tag = format!("{}-{i}", failure.name());
-            match run_once(system, failure, &tag)? {
+            match run_once(system, failure)? {
                 Some(g) => gaps[k].push(g),
                 None => {
                     dead[k] += 1;
@@ -561,7 +515,7 @@ fn a_subflow_request_for_another_uids_connection_is_denied() -> Result<()> {
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let r = establish(System::Roam, "forged")?;
+    let r = establish(System::Roam)?;
     let socket = r.agent.as_ref().context("roamd")?.socket();
     let rmnet = v4(r.topo.link("rmnet0")?.handset_v4);
     let token = r.token;
@@ -575,18 +529,10 @@ fn a_subflow_request_for_another_uids_connection_is_denied() -> Result<()> {
     };
     // Another uid (nobody), on a thread of its own: SO_PEERCRED takes the connecting
     // thread's credentials, and setresuid through the raw system call changes only this one.
-    let sock = socket.clone();
-    let forged = std::thread::spawn(move || -> Result<Result<(), ClientError>> {
-        // SAFETY: plain system call; it changes the credentials of this thread alone.
-        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        if rc != 0 {
-            bail!("setresuid: {}", std::io::Error::last_os_error());
-        }
-        let mut c = Client::connect(&sock, Some(EVENT_TIMEOUT))?;
+    let forged = as_nobody(|| -> Result<Result<(), ClientError>> {
+        let mut c = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
         Ok(c.call(request).map(|_| ()))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("forging thread panicked"))??;
+    })?;
     match forged {
         Err(ClientError::Refused { code, .. }) if code == "denied" => {}
         other => panic!("another uid's request was not denied: {other:?}"),
@@ -606,23 +552,6 @@ fn backup_on(v: &[roam::Subflow], iface: &str) -> Option<Option<bool>> {
     v.iter()
         .find(|s| s.interface.as_deref() == Some(iface))
         .map(|s| s.backup)
-}
-
-/// The next `SubflowsChanged` whose list satisfies `pred`, up to [`EVENT_TIMEOUT`].
-async fn next_subflows(
-    ev: &mut roam::Events,
-    what: &str,
-    pred: impl Fn(&[roam::Subflow]) -> bool,
-) -> Result<Vec<roam::Subflow>> {
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, ev.next()).await {
-            Err(_) => bail!("waiting for {what}: no such subflow list within {EVENT_TIMEOUT:?}"),
-            Ok(None) => bail!("the session's events ended while waiting for {what}"),
-            Ok(Some(roam::SessionEvent::SubflowsChanged(v))) if pred(&v) => return Ok(v),
-            Ok(Some(_)) => {}
-        }
-    }
 }
 
 /// Checks each subflow's `backup` against the kernel's `ss` flags (`b` or `B`).
@@ -658,18 +587,16 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let agent = Agent::start(&topo, "backup-flag")?;
-    let pki = Pki::generate()?;
+    let agent = Agent::start(&topo)?;
+    let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let (note_tx, note_rx) = mpsc::channel::<Vec<roam::Subflow>>();
     let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let builder = steered_builder(agent.socket(), &pki);
-    let client = topo.handset().spawn("backup-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let mut s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+    let client = topo
+        .handset()
+        .spawn_async("backup-client", move || async move {
+            let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
             let mut step = async |v: Vec<roam::Subflow>| -> Result<()> {
                 note_tx.send(v)?;
@@ -704,16 +631,9 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
                 .await?;
                 step(v).await?;
             }
-            s.write_all(b"done").await?;
-            s.shutdown().await?;
-            let mut answer = String::new();
-            tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
-                .await
-                .context("no answer from the server")??;
-            s.close_and_wait(0, b"done").await;
+            finish_session(s).await?;
             Ok(per_paths)
-        })
-    })?;
+        })?;
     let next = || -> Result<Vec<roam::Subflow>> {
         note_rx
             .recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)
@@ -728,14 +648,8 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
         .find(|s| s.interface.as_deref() == Some("rmnet0"))
         .context("no rmnet0 subflow")?;
     let (local, remote) = (rm.local.context("local")?, rm.remote.context("remote")?);
-    let (flags, per_read) = topo
-        .handset()
-        .spawn("nobody-diag", move || -> Result<_> {
-            // SAFETY: plain system call; it changes the credentials of this thread alone.
-            let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-            if rc != 0 {
-                bail!("setresuid: {}", std::io::Error::last_os_error());
-            }
+    let (flags, per_read) = topo.handset().run(|| {
+        as_nobody(|| {
             // SAFETY: a NUL-terminated literal. (sysfs shows the root namespace's devices.)
             let ifindex = unsafe { libc::if_nametoindex(c"rmnet0".as_ptr()) };
             let mut d = roam::mptcp::diag::Diag::open()?;
@@ -745,9 +659,8 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
                 std::hint::black_box(d.subflow_flags(local, remote, ifindex)?);
             }
             Ok((flags, t.elapsed() / 1000))
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the unprivileged reader panicked"))??;
+        })
+    })??;
     assert_eq!(
         flags.map(|f| f.backup_local()),
         Some(true),
@@ -762,12 +675,8 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
     let cleared = next()?;
     agrees_with_ss(&topo, &cleared)?;
     go_tx.send(())?;
-    let per_paths = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    let per_paths = join(client, "the client")?;
+    join(server, "the server")?;
     // The session's subflow watcher reads every 50 ms.
     let tick = Duration::from_millis(50);
     eprintln!(
@@ -786,7 +695,7 @@ fn roamd_hears_the_mptcp_subflows_rtt() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let agent = Agent::start_with(&topo, "rtt", NO_PROBES, POLICY)?;
+    let agent = Agent::start_with(&topo, NO_PROBES, POLICY)?;
     let rtt_of = |v: &[roam_policy::model::Interface], name: &str| {
         v.iter().find(|i| i.name == name).and_then(|i| i.rtt_ms)
     };
@@ -796,9 +705,9 @@ fn roamd_hears_the_mptcp_subflows_rtt() -> Result<()> {
         None,
         "roamd has an RTT for wlan0 before any session: {before:?}"
     );
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let builder = steered_builder(agent.socket(), &pki);
-    let r = run::Run::start(&topo, &pki, builder, None)?;
+    let r = Run::start(&topo, &pki, builder, None)?;
     // The server's per-MiB notes are the clock: one `links` call per note, bounded.
     let deadline = Instant::now() + EVENT_TIMEOUT;
     let (rtt, waited) = loop {
@@ -871,15 +780,6 @@ fn ss_rtt_ms(topo: &Topology, link: &str) -> Result<f64> {
         .with_context(|| format!("no subflow with an RTT from {ip} in ss: {ss:?}"))
 }
 
-/// Bytes the server received over `link`.
-fn rx_bytes(topo: &Topology, link: &str) -> Result<u64> {
-    topo.server_stats()?
-        .into_iter()
-        .find(|(n, _)| n == link)
-        .map(|(_, s)| s.rx_bytes)
-        .with_context(|| format!("no stats for {link}"))
-}
-
 /// Waits, on the server's per-MiB notes (bounded by `within`), until the stream runs over
 /// `to` rather than `from`: a MiB of the stream of which at least three quarters came over
 /// `to`. Returns when it saw that.
@@ -918,7 +818,7 @@ fn wait_stream_moved(
 /// both ends' hashes (`common::finish`). Returns the server's side and the time it took.
 fn back_on_wifi(
     topo: &Topology,
-    r: run::Run,
+    r: Run,
     up_at: Instant,
     hold: Duration,
 ) -> Result<(ServerSide, Duration)> {
@@ -953,21 +853,21 @@ fn back_on_wifi(
 }
 
 /// An MPTCP session of `com.example.chat` following (and steered by) the roamd at `socket`.
-fn steered_builder(socket: PathBuf, pki: &Pki) -> roam::SessionBuilder {
+fn steered_builder(socket: PathBuf, pki: &TestPki) -> roam::SessionBuilder {
     roam::Session::builder()
         .app("com.example.chat")
         .roamd_socket(socket)
         .transport(roam::TransportPreference::Mptcp)
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME)
 }
 
 /// A hashed stream (`common::run`) over an MPTCP session that `agent` steers, once roamd's
 /// backup subflow on rmnet0 is up (the session's `paths()` says so).
-fn start_steered(topo: &Topology, agent: &Agent) -> Result<run::Run> {
-    let pki = Pki::generate()?;
+fn start_steered(topo: &Topology, agent: &Agent) -> Result<Run> {
+    let pki = TestPki::generate()?;
     let builder = steered_builder(agent.socket(), &pki);
-    let r = run::Run::start(topo, &pki, builder, None)?;
+    let r = Run::start(topo, &pki, builder, None)?;
     wait_for(&r.client_rx, "roamd's backup subflow on rmnet0", |n| {
         matches!(n, ClientNote::Event(_, roam::SessionEvent::SubflowsChanged(v))
             if backup_on(v, "rmnet0") == Some(Some(true)))
@@ -987,7 +887,7 @@ fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
     };
     const HOLD: Duration = Duration::from_secs(1);
     let topo = two_links()?;
-    let agent = Agent::start(&topo, "return")?;
+    let agent = Agent::start(&topo)?;
     let r = start_steered(&topo, &agent)?;
     wait_up_for(&agent, &r.server_rx, "rmnet0", HOLD)?;
 
@@ -999,11 +899,9 @@ fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
     let (s, held) = back_on_wifi(&topo, r, up_at, HOLD)?;
     eprintln!(
         "figure: mptcp (roamd) wifi down -> stream on cellular within {:?}; wifi back -> stream on \
-         wifi {held:?} after `ip link set up` (hold {HOLD:?}); longest delivery gap {:?}, {} bytes \
-         intact",
+         wifi {held:?} after `ip link set up` (hold {HOLD:?}); {}",
         on_cell - down_at,
-        s.max_gap,
-        s.bytes
+        s.summary()
     );
     Ok(())
 }
@@ -1013,10 +911,10 @@ fn the_stream_returns_to_wifi_after_the_hold() -> Result<()> {
 /// on cellular while WiFi flaps, and is back on WiFi once WiFi stayed up for the hold. The
 /// hold is 4 s for the reason `flap.rs` gives (an up phase lasts up to a linkwatch second).
 #[test]
-fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
-    let Some(_serial) =
-        roam_tests::serial::netns_test("survives_twenty_wifi_flaps_and_returns_after_the_hold")
-    else {
+fn steered_by_roamd_survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
+    let Some(_serial) = roam_tests::serial::netns_test(
+        "steered_by_roamd_survives_twenty_wifi_flaps_and_returns_after_the_hold",
+    ) else {
         return Ok(());
     };
     const CYCLES: u32 = 20;
@@ -1025,7 +923,7 @@ fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
     const HOLD: Duration = Duration::from_secs(4);
     let topo = Arc::new(two_links()?);
     let policy = POLICY.replace("hold 1s", &format!("hold {}s", HOLD.as_secs()));
-    let agent = Agent::start_with(&topo, "flap", AGENT_CONFIG, &policy)?;
+    let agent = Agent::start_with(&topo, &agent_config(), &policy)?;
     let r = start_steered(&topo, &agent)?;
     wait_up_for(&agent, &r.server_rx, "rmnet0", HOLD)?;
 
@@ -1035,24 +933,16 @@ fn survives_twenty_wifi_flaps_and_returns_after_the_hold() -> Result<()> {
     let wlan_before = rx_bytes(&topo, "wlan0")?;
     let cell_before = rx_bytes(&topo, "rmnet0")?;
     let flaps = flapper.wait().context("flapping wlan0")?;
-    assert_eq!(flaps.len(), 2 * CYCLES as usize, "not every flap ran");
-    let (last_up, up) = *flaps.last().context("no flap")?;
-    assert!(up, "the flapper did not leave wlan0 up");
     // While WiFi flapped, the stream stayed on cellular: WiFi carried handshakes at most.
     let (wlan_flapping, cell_flapping) = (
         rx_bytes(&topo, "wlan0")? - wlan_before,
         rx_bytes(&topo, "rmnet0")? - cell_before,
     );
-    let longest_up = flaps
-        .windows(2)
-        .filter(|w| w[0].1 && !w[1].1)
-        .map(|w| w[1].0 - w[0].0)
-        .max()
-        .context("no up phase")?;
-    assert!(
-        longest_up < HOLD,
-        "an up phase lasted {longest_up:?}, longer than the hold: the test's premise is gone"
-    );
+    let Flaps {
+        last_up,
+        longest_up,
+        ..
+    } = check_flaps(&flaps, CYCLES, HOLD)?;
     assert!(
         wlan_flapping < cell_flapping / 20,
         "the stream went back to wlan0 while it flapped: {wlan_flapping} bytes there, \
@@ -1096,7 +986,7 @@ fn a_wifi_rtt_condition_moves_an_mptcp_session_to_cellular() -> Result<()> {
         .link("rmnet0", roam_policy::LinkKind::Cellular)
         .emulated(plain, plain)
         .build()?;
-    let agent = Agent::start_with(&topo, "rtt-policy", NO_PROBES, RTT_POLICY)?;
+    let agent = Agent::start_with(&topo, NO_PROBES, RTT_POLICY)?;
     let r = start_steered(&topo, &agent)?;
     let fast = links(&agent.socket())?;
     topo.emulator("wlan0")

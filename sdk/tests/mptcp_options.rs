@@ -7,32 +7,30 @@
 //!   sock_ops program): a subflow on rmnet0 with `reno` and keepalive while the one on wlan0
 //!   keeps the connection's `cubic` and no keepalive.
 //!
-//! roamd runs as a real process: this test binary started again with the filter
-//! `agent_process_helper` (see `common::helper`).
+//! roamd runs as a real process: this test binary started again to run the helper test
+//! `roamd_helper` (`common::start_roamd`).
 
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
 use common::*;
 use roam::{TcpOptions, TransportPreference};
 use roam_ipc::client::Client;
-use roam_ipc::proto::{Reply, Request};
+use roam_ipc::proto::Request;
 use roam_tests::topology::{SERVICE_V4, Topology};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const AGENT_ENV: &str = "ROAM_SDK_TEST_AGENT_OPTIONS";
 /// roamd steering nothing by itself (no session subscribes) but serving subflow requests.
 const AGENT_CONFIG: &str =
     "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";
 
-/// Not a test of its own: the body of the agent process the tests start. Returns at once
-/// unless `ROAM_SDK_TEST_AGENT_OPTIONS` names a directory.
+/// Not a test of its own: roamd in the process the tests start (returns at once otherwise).
 #[test]
-fn agent_process_helper() {
-    helper::agent_process_body(AGENT_ENV, AGENT_CONFIG, mount_cgroup2);
+fn roamd_helper() {
+    roam_tests::agent::test_helper_main(mount_cgroup2);
 }
 
 /// `ip netns exec` gives the process a mount namespace of its own with a fresh sysfs, which
@@ -61,109 +59,32 @@ fn mount_cgroup2() {
     );
 }
 
-/// roamd in the handset with `config`; killed on drop, its directory removed.
-fn start_agent(topo: &Topology, tag: &str, config: &str) -> Result<helper::AgentProc> {
-    helper::AgentProc::start(
-        topo.handset(),
-        AGENT_ENV,
-        &format!("mptcp-options-{tag}"),
-        config,
-        POLICY,
-    )
-}
-
-/// One established subflow to [`PORT`] as `ss -tnioH` shows it.
-#[derive(Debug)]
-struct SsView {
-    local: SocketAddr,
-    /// The congestion control named in its detail line.
-    congestion: Option<String>,
-    /// Its `timer:(...)` field, e.g. `keepalive,44sec,0`.
-    timer: Option<String>,
-    /// The socket line and its detail lines, for messages.
-    text: String,
-}
-
-/// The handset's established subflows to [`PORT`], with the congestion controls this kernel
-/// has (`tcp_available_congestion_control`) picked out of each detail line.
-fn ss_view(topo: &Topology) -> Result<(String, Vec<SsView>)> {
-    let out = topo.handset().exec(
-        "ss",
-        &[
-            "-tnioH",
-            "state",
-            "established",
-            &format!("( dport = :{PORT} )"),
-        ],
-    )?;
-    let ccs = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")?;
-    let ccs: Vec<&str> = ccs.split_whitespace().collect();
-    let mut v: Vec<SsView> = Vec::new();
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        if !line.starts_with(char::is_whitespace) {
-            let local = line
-                .split_whitespace()
-                .nth(2)
-                .with_context(|| format!("no local address in ss line {line:?}"))?;
-            let local = match (local.find('%'), local.rfind(':')) {
-                (Some(p), Some(c)) if p < c => format!("{}{}", &local[..p], &local[c..]),
-                _ => local.to_owned(),
-            };
-            v.push(SsView {
-                local: local
-                    .parse()
-                    .with_context(|| format!("ss local {local:?}"))?,
-                congestion: None,
-                timer: line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("timer:("))
-                    .map(|t| t.trim_end_matches(')').to_owned()),
-                text: line.to_owned(),
-            });
-        } else if let Some(last) = v.last_mut() {
-            if last.congestion.is_none() {
-                last.congestion = line
-                    .split_whitespace()
-                    .find(|w| ccs.contains(w))
-                    .map(str::to_owned);
-            }
-            last.text.push('\n');
-            last.text.push_str(line);
-        }
-    }
-    Ok((out, v))
-}
-
-/// [`ss_view`] once no subflow has data in flight: `ss` shows one timer per socket, and while
+/// [`ss_subflows_text`] once no subflow has data in flight: `ss` shows one timer per socket, and while
 /// a segment waits for its ACK that is the retransmission timer (`on,...`), not keepalive.
 /// Re-read until then (an ACK on veth takes microseconds), at most for [`EVENT_TIMEOUT`].
-fn ss_view_idle(topo: &Topology) -> Result<(String, Vec<SsView>)> {
+/// Prints what `ss` said, `when` saying at what point of the test.
+fn ss_view_idle(topo: &Topology, when: &str) -> Result<Vec<SsSubflow>> {
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     loop {
-        let (raw, v) = ss_view(topo)?;
+        let (raw, v) = ss_subflows_text(topo)?;
         let busy = v
             .iter()
             .any(|s| s.timer.as_deref().is_some_and(|t| t.starts_with("on,")));
         if !busy || std::time::Instant::now() > deadline {
-            return Ok((raw, v));
+            eprintln!("ss -tnioH in the handset{when}:\n{raw}");
+            return Ok(v);
         }
     }
 }
 
-fn on(v: &[SsView], ip: IpAddr) -> Result<&SsView> {
+fn on(v: &[SsSubflow], ip: IpAddr) -> Result<&SsSubflow> {
     v.iter()
         .find(|s| s.local.ip() == ip)
         .with_context(|| format!("ss lists no subflow from {ip}: {v:#?}"))
 }
 
-fn keepalive(s: &SsView) -> bool {
-    s.timer
-        .as_deref()
-        .is_some_and(|t| t.starts_with("keepalive,"))
-}
-
 /// What the client thread tells the test.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Note {
     /// The options are set (connection-wide test) / the subflow was asked for (per-subflow).
     Set,
@@ -173,14 +94,17 @@ enum Note {
     Changed,
 }
 
-/// The client's next note; when it has none (it stopped), the client's own error.
+/// The client's next note, which must be `want`; when it has none (it stopped), the client's
+/// own error.
 fn expect_note<T>(
     rx: &mpsc::Receiver<Note>,
     client: &mut Option<std::thread::JoinHandle<Result<T>>>,
+    want: Note,
     what: &str,
-) -> Result<Note> {
+) -> Result<()> {
     match rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT) {
-        Ok(n) => Ok(n),
+        Ok(n) if n == want => Ok(()),
+        Ok(n) => bail!("the client told {n:?} where {what} ({want:?}) was due"),
         Err(e) => {
             let why = match client.take().map(|c| c.join()) {
                 Some(Ok(Err(e))) => format!("{e:#}"),
@@ -194,31 +118,21 @@ fn expect_note<T>(
 
 /// Waits until the session's subflows include one on `iface`.
 async fn wait_subflow_on(ev: &mut roam::Events, iface: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, ev.next()).await {
-            Err(_) => bail!("no subflow on {iface} within {EVENT_TIMEOUT:?}"),
-            Ok(None) => bail!("the session's events ended before a subflow on {iface}"),
-            Ok(Some(roam::SessionEvent::SubflowsChanged(v)))
-                if v.iter().any(|s| s.interface.as_deref() == Some(iface)) =>
-            {
-                return Ok(());
-            }
-            Ok(Some(_)) => {}
-        }
-    }
+    let what = format!("a subflow on {iface}");
+    next_subflows(ev, &what, |v| {
+        v.iter().any(|s| s.interface.as_deref() == Some(iface))
+    })
+    .await
+    .map(drop)
 }
 
-/// Ends a session cleanly: the server answers with what it received.
-async fn finish_session(mut s: roam::Session) -> Result<()> {
-    s.write_all(b"done").await?;
-    s.shutdown().await?;
-    let mut answer = String::new();
-    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
-        .await
-        .context("no answer from the server")??;
-    s.close_and_wait(0, b"done").await;
-    Ok(())
+/// An MPTCP session of [`APP`] that follows its embedded policy (roamd steers nothing) and asks
+/// the roamd at `socket` for subflows.
+fn asking_roamd(pki: &TestPki, socket: &Path) -> roam::SessionBuilder {
+    chat(roam::Session::builder(), pki)
+        .use_roamd(false)
+        .roamd_socket(socket)
+        .transport(TransportPreference::Mptcp)
 }
 
 /// `set_tcp_options` on an MPTCP session without roamd: congestion control, keepalive,
@@ -233,7 +147,7 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let (note_tx, note_rx) = mpsc::channel::<Note>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -241,37 +155,32 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
         .app("com.example.chat")
         .policy(POLICY)
         .transport(TransportPreference::Mptcp)
-        .tls(pki.client_tls())
+        .tls(pki.roam_client())
         .server_name(SERVER_NAME);
-    let mut client = Some(topo.handset().spawn("options-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
-            let mut ev = s.events();
-            let refused = s
-                .set_tcp_options(&TcpOptions::new().congestion("nosuchcc"))
-                .expect_err("a congestion control the kernel lacks was taken");
-            s.set_tcp_options(
-                &TcpOptions::new()
-                    .nodelay(true)
-                    .keepalive(45, 5, 3)
-                    .congestion("reno")
-                    .notsent_lowat(16384),
-            )?;
-            note_tx.send(Note::Set)?;
-            wait_subflow_on(&mut ev, "rmnet0").await?;
-            note_tx.send(Note::Both)?;
-            go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
-            finish_session(s).await?;
-            Ok(refused.to_string())
-        })
-    })?);
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "the options are set")?,
-        Note::Set
-    ));
+    let mut client = Some(
+        topo.handset()
+            .spawn_async("options-client", move || async move {
+                let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+                let mut ev = s.events();
+                let refused = s
+                    .set_tcp_options(&TcpOptions::new().congestion("nosuchcc"))
+                    .expect_err("a congestion control the kernel lacks was taken");
+                s.set_tcp_options(
+                    &TcpOptions::new()
+                        .nodelay(true)
+                        .keepalive(45, 5, 3)
+                        .congestion("reno")
+                        .notsent_lowat(16384),
+                )?;
+                note_tx.send(Note::Set)?;
+                wait_subflow_on(&mut ev, "rmnet0").await?;
+                note_tx.send(Note::Both)?;
+                go_rx.recv_timeout(EVENT_TIMEOUT + EVENT_TIMEOUT)?;
+                finish_session(s).await?;
+                Ok(refused.to_string())
+            })?,
+    );
+    expect_note(&note_rx, &mut client, Note::Set, "the options are set")?;
     let rm = topo.link("rmnet0")?;
     topo.handset().ip(&[
         "mptcp",
@@ -282,31 +191,21 @@ fn connection_options_reach_every_subflow_present_and_future() -> Result<()> {
         &rm.name,
         "subflow",
     ])?;
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "a subflow on rmnet0")?,
-        Note::Both
-    ));
-    let (raw, v) = ss_view_idle(&topo)?;
-    eprintln!("ss -tnioH in the handset:\n{raw}");
+    expect_note(&note_rx, &mut client, Note::Both, "a subflow on rmnet0")?;
+    let v = ss_view_idle(&topo, "")?;
     let wlan = on(&v, topo.link("wlan0")?.handset_v4.into())?;
     let cell = on(&v, rm.handset_v4.into())?;
     for s in [wlan, cell] {
         assert_eq!(s.congestion.as_deref(), Some("reno"), "{}", s.text);
-        assert!(keepalive(s), "no keepalive timer: {}", s.text);
+        assert!(s.keepalive(), "no keepalive timer: {}", s.text);
     }
     go_tx.send(())?;
-    let refused = client
-        .take()
-        .context("client gone")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let refused = join(client.take().context("client gone")?, "the client")?;
     assert!(
         refused.contains("TCP_CONGESTION") && refused.contains("nosuchcc"),
         "the refusal does not name the option and value: {refused}"
     );
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    join(server, "the server")?;
     Ok(())
 }
 
@@ -325,49 +224,28 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let agent = start_agent(&topo, "per-subflow", AGENT_CONFIG)?;
-    let pki = Pki::generate()?;
+    let agent = start_roamd(&topo, AGENT_CONFIG, POLICY)?;
+    let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
     let (note_tx, note_rx) = mpsc::channel::<Note>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
-    let socket = agent.socket();
-    // The session follows its embedded policy (roamd steers nothing) and asks roamd for the
-    // subflow.
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .use_roamd(false)
-        .roamd_socket(socket.clone())
-        .transport(TransportPreference::Mptcp)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
+    let socket = agent.socket().to_path_buf();
+    let builder = asking_roamd(&pki, &socket);
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
-    let mut client = Some(topo.handset().spawn("per-subflow-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
+    let mut client = Some(topo.handset().spawn_async(
+        "per-subflow-client",
+        move || async move {
             let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
-            let token = s.mptcp_token().context("no MPTCP token")?;
             // Registered on a connection that stays open as long as the session.
-            let mut reg = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
-            match reg.call(|id| Request::RegisterMptcp { id, token })? {
-                Reply::Ok { .. } => {}
-                other => bail!("register_mptcp: {other:?}"),
-            }
+            let (reg, token) = register_mptcp(&socket, &s)?;
             s.set_tcp_options(&TcpOptions::new().congestion("cubic"))?;
             let remote = s.path().remote;
             let local = SocketAddr::new(rmnet, 0);
             // Another uid (nobody) naming this connection is denied before anything else.
             let forged = {
                 let socket = socket.clone();
-                std::thread::spawn(move || -> Result<String> {
-                    // SAFETY: plain system call; it changes this thread's credentials alone.
-                    let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-                    if rc != 0 {
-                        bail!("setresuid: {}", std::io::Error::last_os_error());
-                    }
+                as_nobody(move || -> Result<String> {
                     let mut c = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
                     Ok(
                         match c.call(|id| Request::MptcpSubflowCreate {
@@ -382,9 +260,7 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
                             other => format!("{other:?}"),
                         },
                     )
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the forging thread panicked"))??
+                })?
             };
             assert_eq!(forged, "denied", "another uid's subflow with options");
             let refused = s
@@ -420,41 +296,40 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
             finish_session(s).await?;
             drop(reg);
             Ok(refused.to_string())
-        })
-    })?);
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "the subflow was asked for")?,
-        Note::Set
-    ));
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "a subflow on rmnet0")?,
-        Note::Both
-    ));
-    let (raw, v) = ss_view_idle(&topo)?;
-    eprintln!("ss -tnioH in the handset:\n{raw}");
+        },
+    )?);
+    expect_note(
+        &note_rx,
+        &mut client,
+        Note::Set,
+        "the subflow was asked for",
+    )?;
+    expect_note(&note_rx, &mut client, Note::Both, "a subflow on rmnet0")?;
+    let v = ss_view_idle(&topo, "")?;
     let wlan = on(&v, topo.link("wlan0")?.handset_v4.into())?;
     let cell = on(&v, rmnet)?;
     assert_eq!(cell.congestion.as_deref(), Some("reno"), "{}", cell.text);
     assert!(
-        keepalive(cell),
+        cell.keepalive(),
         "no keepalive timer on rmnet0: {}",
         cell.text
     );
     assert_eq!(wlan.congestion.as_deref(), Some("cubic"), "{}", wlan.text);
     assert!(
-        !keepalive(wlan),
+        !wlan.keepalive(),
         "wlan0 got rmnet0's keepalive: {}",
         wlan.text
     );
     assert_eq!(v.len(), 2, "one subflow per link, no more: {v:#?}");
     let old_port = cell.local.port();
     go_tx.send(())?;
-    assert!(matches!(
-        expect_note(&note_rx, &mut client, "rmnet0's subflow replaced")?,
-        Note::Changed
-    ));
-    let (raw, v) = ss_view_idle(&topo)?;
-    eprintln!("ss -tnioH in the handset after set_path_options:\n{raw}");
+    expect_note(
+        &note_rx,
+        &mut client,
+        Note::Changed,
+        "rmnet0's subflow replaced",
+    )?;
+    let v = ss_view_idle(&topo, " after set_path_options")?;
     let cell = on(&v, rmnet)?;
     assert_ne!(
         cell.local.port(),
@@ -463,7 +338,7 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     );
     assert_eq!(cell.congestion.as_deref(), Some("bbr"), "{}", cell.text);
     assert!(
-        !keepalive(cell),
+        !cell.keepalive(),
         "the new subflow kept the old one's keepalive: {}",
         cell.text
     );
@@ -471,18 +346,12 @@ fn a_subflow_opened_with_options_differs_from_the_others() -> Result<()> {
     assert_eq!(wlan.congestion.as_deref(), Some("cubic"), "{}", wlan.text);
     assert_eq!(v.len(), 2, "the old subflow was not closed: {v:#?}");
     go_tx.send(())?;
-    let refused = client
-        .take()
-        .context("client gone")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let refused = join(client.take().context("client gone")?, "the client")?;
     assert!(
         refused.contains("nosuchcc") && refused.contains("failed"),
         "the refusal does not say what failed: {refused}"
     );
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    join(server, "the server")?;
     Ok(())
 }
 
@@ -498,32 +367,18 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
     };
     let topo = two_links()?;
     let config = format!("{AGENT_CONFIG}bpf_cgroup = \"/nonexistent/roam-test\"\n");
-    let agent = start_agent(&topo, "no-bpf", &config)?;
-    let pki = Pki::generate()?;
+    let agent = start_roamd(&topo, &config, POLICY)?;
+    let pki = TestPki::generate()?;
     let (_server_rx, server) = start_server_ready(&topo, &pki)?;
-    let socket = agent.socket();
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .use_roamd(false)
-        .roamd_socket(socket.clone())
-        .transport(TransportPreference::Mptcp)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
+    let socket = agent.socket().to_path_buf();
+    let builder = asking_roamd(&pki, &socket);
     let rmnet: IpAddr = topo.link("rmnet0")?.handset_v4.into();
-    let client = topo.handset().spawn("no-bpf-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
+    let client = topo
+        .handset()
+        .spawn_async("no-bpf-client", move || async move {
             let s = builder.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
             let mut ev = s.events();
-            let token = s.mptcp_token().context("no MPTCP token")?;
-            let mut reg = Client::connect(&socket, Some(EVENT_TIMEOUT))?;
-            match reg.call(|id| Request::RegisterMptcp { id, token })? {
-                Reply::Ok { .. } => {}
-                other => bail!("register_mptcp: {other:?}"),
-            }
+            let (reg, _) = register_mptcp(&socket, &s)?;
             let remote = s.path().remote;
             let local = SocketAddr::new(rmnet, 0);
             let refused = s
@@ -536,11 +391,8 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
             finish_session(s).await?;
             drop(reg);
             Ok((refused, plain_before))
-        })
-    })?;
-    let (refused, before) = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+        })?;
+    let (refused, before) = join(client, "the client")?;
     assert_eq!(before, 1, "the refused request made a subflow anyway");
     assert!(
         matches!(&refused, roam::Error::Agent { code, .. } if code == "failed"),
@@ -551,8 +403,6 @@ fn without_bpf_roamd_says_why_and_plain_subflows_still_work() -> Result<()> {
         text.contains("/nonexistent/roam-test") && text.contains("bpf_cgroup"),
         "the error does not say why and what to do: {text}"
     );
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    join(server, "the server")?;
     Ok(())
 }

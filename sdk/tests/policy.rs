@@ -4,9 +4,8 @@
 mod common;
 
 use common::*;
-use roam_policy::LinkKind;
 use roam_tests::privilege::require_netns;
-use roam_tests::topology::{SERVICE_V4, Topology};
+use roam_tests::topology::SERVICE_V4;
 
 const WIFI_ONLY: &str = "link wifi = kind wifi\nlink cell = kind cellular\n\
                          default { prefer wifi over cell }\n\
@@ -17,24 +16,16 @@ fn a_wifi_only_app_with_wifi_gone_fails_with_no_permitted_path() -> anyhow::Resu
     if !require_netns("a_wifi_only_app_with_wifi_gone_fails_with_no_permitted_path") {
         return Ok(());
     }
-    init_tracing();
-    let topo = Topology::builder()
-        .link("wlan0", LinkKind::Wifi)
-        .link("rmnet0", LinkKind::Cellular)
-        .build()?;
+    let topo = two_links()?;
     topo.link_down("wlan0")?;
-    let pki = Pki::generate()?;
-    let (notes, server_rx) = std::sync::mpsc::channel();
-    let _server = start_server(&topo, pki.server_tls()?, notes)?;
-    wait_for(&server_rx, "the listener", |n| {
-        matches!(n, ServerNote::Listening)
-    })?;
+    let pki = TestPki::generate()?;
+    let _server = start_server_ready(&topo, &pki)?;
     let target = format!("{SERVICE_V4}:{PORT}");
     let connect = |app: &'static str| {
         let b = roam::Session::builder()
             .app(app)
             .policy(WIFI_ONLY)
-            .tls(pki.client_tls())
+            .tls(pki.roam_client())
             .server_name(SERVER_NAME);
         let target = target.clone();
         topo.handset().block_on(async move {

@@ -5,8 +5,6 @@
 //! refused by the listener.
 
 mod common;
-#[path = "common/run.rs"]
-mod run;
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -22,39 +20,14 @@ use roam::{SessionEvent, Transport, TransportPreference};
 use roam_tests::privilege::require_netns;
 use roam_tests::topology::{Direction, SERVICE_V4, Topology};
 
-struct Run {
-    topo: Topology,
-    client_rx: mpsc::Receiver<ClientNote>,
-    server_rx: mpsc::Receiver<ServerNote>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    client: std::thread::JoinHandle<anyhow::Result<ClientSide>>,
-    server: std::thread::JoinHandle<anyhow::Result<ServerSide>>,
-    pki: Pki,
-}
-
-/// The listener, its notes and its thread.
-fn start(topo: Topology, transport: TransportPreference) -> anyhow::Result<Run> {
-    let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_ready(&topo, &pki)?;
-    let (client_tx, client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
-        .policy(POLICY)
-        .transport(transport)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
-    let client = start_client(&topo, builder, client_tx, stop_rx)?;
-    wait_server_sees(&server_rx, topo.link("wlan0")?.handset_v4.into())?;
-    Ok(Run {
-        topo,
-        client_rx,
-        server_rx,
-        stop,
-        client,
-        server,
-        pki,
-    })
+/// The listener and a session of `transport` from the handset, 1 MiB through from wlan0; the
+/// PKI both trust.
+fn start(topo: &Topology, transport: TransportPreference) -> anyhow::Result<(Run, TestPki)> {
+    let pki = TestPki::generate()?;
+    let builder = chat(roam::Session::builder(), &pki).transport(transport);
+    let run = Run::spawn(topo, &pki, builder, None)?;
+    run.wait_server_sees(topo.link("wlan0")?.handset_v4.into())?;
+    Ok((run, pki))
 }
 
 fn chosen(rx: &mpsc::Receiver<ClientNote>) -> anyhow::Result<Transport> {
@@ -75,12 +48,13 @@ fn tcp_resume_survives_wifi_going_down_and_returns() -> anyhow::Result<()> {
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let r = start(two_links()?, TransportPreference::TcpResume)?;
+    let topo = two_links()?;
+    let (r, _) = start(&topo, TransportPreference::TcpResume)?;
     assert_eq!(chosen(&r.client_rx)?, Transport::TcpResume);
-    let rmnet = r.topo.link("rmnet0")?.handset_v4;
+    let rmnet = topo.link("rmnet0")?.handset_v4;
 
     let t0 = Instant::now();
-    r.topo.link_down("wlan0")?;
+    topo.link_down("wlan0")?;
     // The session resumes on the new connection, then says it moved.
     wait_for(
         &r.client_rx,
@@ -96,22 +70,16 @@ fn tcp_resume_survives_wifi_going_down_and_returns() -> anyhow::Result<()> {
     wait_server_sees(&r.server_rx, rmnet.into())?;
 
     // Back on wlan0 after the policy's hold: the session resumes there again.
-    r.topo.link_up("wlan0")?;
+    topo.link_up("wlan0")?;
     wait_moved(&r.client_rx, "wlan0")?;
-    wait_server_sees(&r.server_rx, r.topo.link("wlan0")?.handset_v4.into())?;
+    wait_server_sees(&r.server_rx, topo.link("wlan0")?.handset_v4.into())?;
 
-    let s = finish(r.stop, r.client, r.server)?;
+    let s = r.finish()?;
     eprintln!(
         "figure: tcp-resume link down + return, longest delivery gap {:?}",
         s.max_gap
     );
-    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
-    assert_eq!(
-        ips,
-        ["198.18.0.2", "198.18.1.2", "198.18.0.2"],
-        "{:?}",
-        s.peers
-    );
+    assert_peers(&s, &["198.18.0.2", "198.18.1.2", "198.18.0.2"]);
     Ok(())
 }
 
@@ -125,7 +93,7 @@ fn mptcp_stripped_on_the_path_falls_back_to_tcp_resume_and_survives_a_handover()
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
     strip_mptcp(&topo, "wlan0")?;
-    let r = start(topo, TransportPreference::Mptcp)?;
+    let (r, _) = start(&topo, TransportPreference::Mptcp)?;
     assert_eq!(chosen(&r.client_rx)?, Transport::TcpResume);
     let n = wait_for(&r.client_rx, "the fallback event", |n| {
         matches!(n, ClientNote::Event(_, SessionEvent::MptcpFallback { .. }))
@@ -134,8 +102,7 @@ fn mptcp_stripped_on_the_path_falls_back_to_tcp_resume_and_survives_a_handover()
         matches!(&n, ClientNote::Event(_, SessionEvent::MptcpFallback { now: Transport::TcpResume, path, .. }) if path.interface == "wlan0"),
         "{n:?}"
     );
-    let stripped = r
-        .topo
+    let stripped = topo
         .server()
         .exec("nft", &["list", "table", "inet", "roam_strip"])?;
     assert!(
@@ -144,21 +111,21 @@ fn mptcp_stripped_on_the_path_falls_back_to_tcp_resume_and_survives_a_handover()
     );
 
     let t0 = Instant::now();
-    r.topo.link_down("wlan0")?;
+    topo.link_down("wlan0")?;
     let m = wait_moved(&r.client_rx, "rmnet0")?;
     eprintln!(
         "figure: stripped MPTCP -> tcp-resume, wlan0 down -> resumed in {:?}",
         m.at - t0
     );
-    wait_server_sees(&r.server_rx, r.topo.link("rmnet0")?.handset_v4.into())?;
-    finish(r.stop, r.client, r.server)?;
+    wait_server_sees(&r.server_rx, topo.link("rmnet0")?.handset_v4.into())?;
+    r.finish()?;
     Ok(())
 }
 
 /// Speaks the wire format of sdk/RESUME.md by hand: TLS (ALPN roam/1), `RRES`, then a RESUME
 /// frame for a session id and proof the stranger made up. Returns the listener's answer.
-fn forged_resume(pki: &Pki, peer: SocketAddr) -> anyhow::Result<(u8, String)> {
-    let mut cfg = match pki.client_tls() {
+fn forged_resume(pki: &TestPki, peer: SocketAddr) -> anyhow::Result<(u8, String)> {
+    let mut cfg = match pki.roam_client() {
         roam::ClientTls::Ca(cas) => {
             let mut roots = rustls::RootCertStore::empty();
             for ca in cas {
@@ -202,15 +169,16 @@ fn a_forged_resumption_attempt_is_refused() -> anyhow::Result<()> {
         return Ok(());
     }
     let _serial = roam_tests::serial::exclusive();
-    let r = start(two_links()?, TransportPreference::TcpResume)?;
+    let topo = two_links()?;
+    let (r, pki) = start(&topo, TransportPreference::TcpResume)?;
     let peer = SocketAddr::new(SERVICE_V4.into(), PORT);
-    let pki = &r.pki;
-    let (ty, reason) = r.topo.handset().run(|| forged_resume(pki, peer))??;
+    let pki = &pki;
+    let (ty, reason) = topo.handset().run(|| forged_resume(pki, peer))??;
     assert_eq!(ty, 0x05, "not REFUSED: {reason}");
     assert_eq!(reason, "unknown session or wrong proof");
     // The real session did not notice: it goes on and ends intact.
-    wait_server_sees(&r.server_rx, r.topo.link("wlan0")?.handset_v4.into())?;
-    finish(r.stop, r.client, r.server)?;
+    wait_server_sees(&r.server_rx, topo.link("wlan0")?.handset_v4.into())?;
+    r.finish()?;
     Ok(())
 }
 
@@ -219,7 +187,7 @@ struct Handset {
     topo: Arc<Topology>,
     wlan: IpAddr,
     rmnet: IpAddr,
-    run: run::Run,
+    run: Run,
 }
 
 impl Handset {
@@ -235,15 +203,12 @@ impl Handset {
         let topo = Arc::new(two_links()?);
         let wlan = topo.link("wlan0")?.handset_v4.into();
         let rmnet = topo.link("rmnet0")?.handset_v4.into();
-        let pki = Pki::generate()?;
-        let builder = roam::Session::builder()
-            .app("com.example.chat")
+        let pki = TestPki::generate()?;
+        let builder = chat(roam::Session::builder(), &pki)
             .policy(policy)
             .use_roamd(false)
-            .transport(TransportPreference::TcpResume)
-            .tls(pki.client_tls())
-            .server_name(SERVER_NAME);
-        let run = run::Run::start(&topo, &pki, customize(builder), None)?;
+            .transport(TransportPreference::TcpResume);
+        let run = Run::start(&topo, &pki, customize(builder), None)?;
         Ok(Handset {
             topo,
             wlan,

@@ -1,14 +1,13 @@
 //! A session that follows roamd: it says so, it keeps going when roamd is killed (fail-static:
 //! last decision plus its own stall detector), and it subscribes again when roamd returns.
 //!
-//! roamd runs as a real process inside the handset: this test binary started again with the
-//! filter `agent_process_helper` and `ROAM_SDK_TEST_AGENT` set, which runs the agent's own
-//! shell (`roam_agent::daemon::run`) until it is killed.
+//! roamd runs as a real process inside the handset: this test binary started again to run the
+//! helper test `roamd_helper` (`roam_tests::agent::AgentExe::test_helper`), which runs the
+//! agent's own shell (`roam_agent::daemon::run`) until it is killed.
 
 mod common;
 
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -18,14 +17,12 @@ use roam_ipc::client::Client;
 use roam_ipc::proto::{Reply, Request};
 use roam_tests::privilege::require_netns;
 
-const AGENT_ENV: &str = "ROAM_SDK_TEST_AGENT";
 const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\n";
 
-/// Not a test of its own: the body of the agent process the tests start. Returns at once
-/// unless `ROAM_SDK_TEST_AGENT` names a directory.
+/// Not a test of its own: roamd in the process the tests start (returns at once otherwise).
 #[test]
-fn agent_process_helper() {
-    helper::agent_process_body(AGENT_ENV, AGENT_CONFIG, || {});
+fn roamd_helper() {
+    roam_tests::agent::test_helper_main(|| {});
 }
 
 /// The agent's view of its subscribers (as root: admin detail).
@@ -49,27 +46,20 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
     }
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
-    let mut agent =
-        helper::AgentProc::start(topo.handset(), AGENT_ENV, "roamd", AGENT_CONFIG, POLICY)?;
-    let socket = agent.socket();
+    let mut agent = start_roamd(&topo, AGENT_CONFIG, POLICY)?;
+    let socket = agent.socket().to_path_buf();
 
-    let pki = Pki::generate()?;
-    let (server_rx, server) = start_server_ready(&topo, &pki)?;
-    let (client_tx, client_rx) = mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    let pki = TestPki::generate()?;
     // A policy text the session would use without roamd: cellular first. Following roamd
     // (WiFi first) is what puts the session on wlan0.
-    let builder = roam::Session::builder()
-        .app("com.example.chat")
+    let builder = chat(roam::Session::builder(), &pki)
         .policy(
             "link wifi = kind wifi\nlink cell = kind cellular\ndefault { prefer cell over wifi }",
         )
         .roamd_socket(&socket)
-        .transport(roam::TransportPreference::Quic)
-        .tls(pki.client_tls())
-        .server_name(SERVER_NAME);
-    let client = start_client(&topo, builder, client_tx, stop_rx)?;
-    let chosen = wait_for(&client_rx, "the decision source", |n| {
+        .transport(roam::TransportPreference::Quic);
+    let r = Run::spawn(&topo, &pki, builder, None)?;
+    let chosen = wait_for(&r.client_rx, "the decision source", |n| {
         matches!(
             n,
             ClientNote::Event(_, SessionEvent::DecisionSourceChosen { .. })
@@ -81,13 +71,13 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
     assert!(source.starts_with("roamd at "), "{source}: {why}");
     let wlan = topo.link("wlan0")?.handset_v4;
     let rmnet = topo.link("rmnet0")?.handset_v4;
-    wait_server_sees(&server_rx, wlan.into())?;
+    r.wait_server_sees(wlan.into())?;
     assert_eq!(subscribers(&socket)?, ["com.example.chat"]);
 
     // roamd dies: the stream goes on on the last decision's path.
     agent.kill();
     let t0 = Instant::now();
-    wait_server_sees(&server_rx, wlan.into())?;
+    r.wait_server_sees(wlan.into())?;
     eprintln!(
         "figure: 2 MiB more delivered over wlan0 {:?} after roamd was killed",
         t0.elapsed()
@@ -96,14 +86,14 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
     // roamd returns; the session subscribes again and follows it: WiFi going down now
     // reaches the session only as a decision pushed by the new roamd.
     let t1 = Instant::now();
-    agent.restart(topo.handset())?;
+    agent.restart()?;
     // WiFi goes down at once: only the new roamd can tell the session (no embedded monitor
     // runs beside it, and fail-static keeps the old decision), so the decision below arrives
     // only once the session has subscribed again; the wait is bounded by EVENT_TIMEOUT (the
     // follower's backoff is at most 1 s).
     topo.link_down("wlan0")?;
     let n = wait_for(
-        &client_rx,
+        &r.client_rx,
         "a decision without wlan0 from the new roamd",
         |n| {
             matches!(n, ClientNote::Event(_, SessionEvent::DecisionUpdated(d))
@@ -117,12 +107,11 @@ fn a_session_follows_roamd_survives_its_death_and_subscribes_again() -> Result<(
         );
     }
     assert_eq!(subscribers(&socket)?, ["com.example.chat"]);
-    let m = wait_moved(&client_rx, "rmnet0")?;
+    let m = wait_moved(&r.client_rx, "rmnet0")?;
     assert_eq!(m.to.local, std::net::IpAddr::from(rmnet));
-    wait_server_sees(&server_rx, rmnet.into())?;
+    r.wait_server_sees(rmnet.into())?;
 
-    let s = finish(stop, client, server)?;
-    let ips: Vec<String> = s.peers.iter().map(|p| p.ip().to_string()).collect();
-    assert_eq!(ips, ["198.18.0.2", "198.18.1.2"], "{:?}", s.peers);
+    let s = r.finish()?;
+    assert_peers(&s, &["198.18.0.2", "198.18.1.2"]);
     Ok(())
 }

@@ -1,29 +1,39 @@
-//! roamd, the agent, run as a process inside a handset namespace, and its decisions as they
-//! are pushed, for the demo's timeline and the benchmark's MPTCP rows.
+//! roamd, the agent, run as a process inside a namespace: the one way every test and bench of
+//! the workspace runs it ([`Roamd`]), its probe reflector ([`Reflector`]), and its decisions as
+//! they are pushed ([`Agent`]).
 //!
-//! `cargo run -p roam-tests` builds no `roamd`, so the agent runs from this crate's own
-//! binaries: they call [`agent_main`] first, and `EXE __agent --policy P --socket S --config C`
-//! runs `roam_agent::daemon::run`, the same shell `roamd` runs, in whatever namespace the
-//! process was started in (`ip netns exec NS EXE __agent ...`). A process of its own keeps the
-//! agent's signal handling and namespace separate from the harness.
+//! Which program runs the agent is an [`AgentExe`]:
+//! - [`AgentExe::roamd`]: a real `roamd` binary (roam-agent's own tests pass
+//!   `env!("CARGO_BIN_EXE_roamd")`), started as `roamd --config C --policy P --socket S`, and as
+//!   `roamd reflect --listen ADDR`.
+//! - [`AgentExe::current`] / [`AgentExe::at`]: one of this crate's binaries (`cargo run -p
+//!   roam-tests` builds no `roamd`). They call [`agent_main`] first, and `EXE __agent ...` runs
+//!   `roam_agent::daemon::run`, the same shell `roamd` runs.
+//! - [`AgentExe::test_helper`]: the running test binary started again with a filter naming one
+//!   helper test, whose body is [`test_helper_main`] (test binaries of other crates, such as the
+//!   SDK's, cannot name roamd's binary); its arguments travel in [`HELPER_ENV`].
 //!
-//! The agent enforces: it adds and re-prioritises the handset's MPTCP endpoints from its
-//! decisions. Its policy routing is off, because the topology owns the handset's routes.
-//! Decisions are read over roamd's socket with `roam_agent::ipc::client`, as `roamctl watch`
-//! reads them.
+//! Every form prints the same ready line (`roamd: ready: ...`) once it serves; the process is
+//! started with `ip netns exec`, which execs it, so the child's pid is the agent's. A process
+//! of its own keeps the agent's signal handling and namespace separate from the harness. Its
+//! standard error goes to a log file ([`Roamd::log`]); `ROAM_AGENT_LOG`, when set, is its
+//! `RUST_LOG`.
 //!
-//! With [`AgentConfig::probing`] the agent also probes every link (fast probes where a session
-//! is) against a [`Reflector`] (`roamd reflect`, this crate's binary started with
-//! [`REFLECT_ARG`]) in the server namespace, so a silent link is judged down by missed probes
-//! instead of waiting for the kernel to notice.
+//! [`AgentConfig`] holds the configurations the benches use: MPTCP endpoints enforced, policy
+//! routing left to the topology, and with [`AgentConfig::probing`] every link probed against a
+//! [`Reflector`] in the server namespace, so a silent link is judged down by missed probes
+//! instead of waiting for the kernel to notice. Decisions are read over roamd's socket with
+//! `roam_agent::ipc::client`, as `roamctl watch` reads them.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use roam_agent::core::Update;
 use roam_agent::ipc::client::Client;
 use roam_agent::ipc::proto::{Reply, Request};
 
@@ -36,12 +46,23 @@ pub const AGENT_ARG: &str = "__agent";
 /// (`EXE __reflect --listen ADDR`).
 pub const REFLECT_ARG: &str = "__reflect";
 
+/// The environment variable that hands a helper test ([`AgentExe::test_helper`]) its role and
+/// arguments, one per line.
+pub const HELPER_ENV: &str = "ROAM_TESTS_HELPER_ARGS";
+
 /// UDP port of the [`Reflector`] on the service address.
 pub const REFLECT_PORT: u16 = 7777;
+
+/// What every form of the agent and the reflector prints first on standard output once it
+/// serves.
+pub const READY_PREFIX: &str = "roamd: ready: ";
 
 /// The agent's config in the handset: MPTCP endpoints enforced, policy routing left to the
 /// topology, no probe targets (links are judged by netlink alone).
 const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = true\n";
+
+/// How long the agent may take to print its ready line, and the first decision to arrive.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How roamd in the handset is configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,16 +84,14 @@ impl AgentConfig {
     /// silent link is `down` after 3 misses, at most 3 x 20 + 40 = 100 ms after it died (the
     /// configuration of `sdk/tests/mptcp_agent.rs`).
     pub fn probing(targets: &[std::net::SocketAddr]) -> AgentConfig {
-        let list = targets
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
         AgentConfig {
-            toml: format!(
-                "{AGENT_CONFIG}\n[probe]\ntargets = [{list}]\nfast_interval_ms = 20\ntimeout_ms = 40\n"
-            ),
+            toml: format!("{AGENT_CONFIG}\n{}", probe_section(targets)),
         }
+    }
+
+    /// Any configuration text (roamd.toml's format).
+    pub fn from_toml(toml: impl Into<String>) -> AgentConfig {
+        AgentConfig { toml: toml.into() }
     }
 
     /// The config file's text.
@@ -87,8 +106,16 @@ impl Default for AgentConfig {
     }
 }
 
-/// How long the agent may take to print its ready line, and the first decision to arrive.
-const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// A `[probe]` section probing `targets` every 20 ms where a session is, each probe given
+/// 40 ms: a silent link is `down` after 3 misses, at most 3 x 20 + 40 = 100 ms after it died.
+pub fn probe_section(targets: &[std::net::SocketAddr]) -> String {
+    let list = targets
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("[probe]\ntargets = [{list}]\nfast_interval_ms = 20\ntimeout_ms = 40\n")
+}
 
 /// One decision roamd pushed.
 #[derive(Debug, Clone)]
@@ -101,24 +128,148 @@ pub struct AgentUpdate {
     pub links: Vec<String>,
 }
 
-/// The executable that runs the agent: one of this crate's binaries, started with
-/// [`AGENT_ARG`].
+/// How a program is told to be the agent or the reflector.
+#[derive(Debug, Clone)]
+enum Form {
+    /// A real `roamd` binary.
+    Roamd,
+    /// One of this crate's binaries ([`AGENT_ARG`], [`REFLECT_ARG`]).
+    Embedded,
+    /// A test binary running the helper test of this name.
+    TestHelper(String),
+}
+
+/// The executable that runs the agent and its reflector.
 #[derive(Debug, Clone)]
 pub struct AgentExe {
     program: PathBuf,
+    form: Form,
+}
+
+/// What a started process is to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Agent,
+    Reflector,
 }
 
 impl AgentExe {
     /// The running binary itself (it must call [`agent_main`] before anything else).
     pub fn current() -> Result<AgentExe> {
         let program = std::env::current_exe().context("finding this executable")?;
-        Ok(AgentExe { program })
+        Ok(AgentExe {
+            program,
+            form: Form::Embedded,
+        })
     }
 
     /// Another binary of this crate (tests pass `env!("CARGO_BIN_EXE_handover-bench")`).
     pub fn at(program: impl Into<PathBuf>) -> AgentExe {
         AgentExe {
             program: program.into(),
+            form: Form::Embedded,
+        }
+    }
+
+    /// A real `roamd` binary (roam-agent's tests pass `env!("CARGO_BIN_EXE_roamd")`).
+    pub fn roamd(program: impl Into<PathBuf>) -> AgentExe {
+        AgentExe {
+            program: program.into(),
+            form: Form::Roamd,
+        }
+    }
+
+    /// The running test binary, started again to run only the test named `filter`, whose body
+    /// must be [`test_helper_main`]:
+    ///
+    /// ```ignore
+    /// #[test]
+    /// fn roamd_helper() {
+    ///     roam_tests::agent::test_helper_main(|| {});
+    /// }
+    /// ```
+    pub fn test_helper(filter: &str) -> Result<AgentExe> {
+        let program = std::env::current_exe().context("finding this test binary")?;
+        Ok(AgentExe {
+            program,
+            form: Form::TestHelper(filter.to_owned()),
+        })
+    }
+
+    /// `ip netns exec NS PROGRAM ...` that runs `role` with `args`.
+    fn command(&self, ns: &str, role: Role, args: &[String]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(&self.program);
+        let role_arg = match (&self.form, role) {
+            (Form::Roamd, Role::Agent) => None,
+            (Form::Roamd, Role::Reflector) => Some("reflect"),
+            (_, Role::Agent) => Some(AGENT_ARG),
+            (_, Role::Reflector) => Some(REFLECT_ARG),
+        };
+        match &self.form {
+            Form::TestHelper(filter) => {
+                let spec: Vec<&str> = role_arg
+                    .into_iter()
+                    .chain(args.iter().map(String::as_str))
+                    .collect();
+                cmd.args([
+                    filter.as_str(),
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(HELPER_ENV, spec.join("\n"));
+            }
+            _ => {
+                cmd.args(role_arg).args(args);
+            }
+        }
+        if let Some(filter) = std::env::var_os("ROAM_AGENT_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        cmd
+    }
+
+    /// Starts `role` in `ns` with `args`, standard error to `log`, and waits (at most
+    /// [`START_TIMEOUT`]) for its ready line, which it returns.
+    fn spawn_ready(
+        &self,
+        ns: &str,
+        role: Role,
+        args: &[String],
+        log: &Path,
+    ) -> Result<(Child, String)> {
+        let what = match role {
+            Role::Agent => "the agent",
+            Role::Reflector => "the reflector",
+        };
+        let mut child = self
+            .command(ns, role, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {what} ({})", self.program.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Ends with the process (its stdout closes); reads on so the pipe never fills.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(READY_PREFIX.trim_end()) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => Ok((child, line)),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{what} printed no ready line within {START_TIMEOUT:?}; its log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default().trim()
+                )
+            }
         }
     }
 }
@@ -128,27 +279,56 @@ impl AgentExe {
 /// SIGINT and returns the exit code; otherwise `None`, and the binary goes on with its own
 /// work.
 pub fn agent_main() -> Option<ExitCode> {
-    let mut args = std::env::args().skip(1);
-    let run: fn(Vec<String>) -> Result<()> = match args.next().as_deref() {
-        Some(AGENT_ARG) => run_agent,
-        Some(REFLECT_ARG) => run_reflector,
-        _ => return None,
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    Some(match run(args.collect()) {
+    let r = run_role(std::env::args().skip(1).collect())?;
+    Some(match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("roamd (embedded): {e:#}");
             ExitCode::FAILURE
         }
     })
+}
+
+/// The body of a helper test ([`AgentExe::test_helper`]): returns at once unless this process
+/// was started as one (then [`HELPER_ENV`] is set); otherwise runs `before` (e.g. mounts what
+/// roamd needs in this process's mount namespace), then the agent or the reflector until it is
+/// killed, and panics if it fails.
+pub fn test_helper_main(before: impl FnOnce()) {
+    let Some(spec) = std::env::var_os(HELPER_ENV) else {
+        return;
+    };
+    before();
+    let args = spec.to_string_lossy().lines().map(str::to_owned).collect();
+    if let Some(Err(e)) = run_role(args) {
+        panic!("roamd (test helper): {e:#}");
+    }
+}
+
+/// Runs the role `args[0]` names with the rest, or `None` when it names none.
+fn run_role(args: Vec<String>) -> Option<Result<()>> {
+    let mut args = args.into_iter();
+    let run: fn(Vec<String>) -> Result<()> = match args.next().as_deref() {
+        Some(AGENT_ARG) => run_agent,
+        Some(REFLECT_ARG) => run_reflector,
+        _ => return None,
+    };
+    // Standard output carries the ready line; logs go to standard error.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    Some(run(args.collect()))
+}
+
+/// Prints the ready line every form prints.
+fn ready_line(what: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{READY_PREFIX}{what}");
+    let _ = out.flush();
 }
 
 fn run_agent(args: Vec<String>) -> Result<()> {
@@ -181,14 +361,11 @@ fn run_agent(args: Vec<String>) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(roam_agent::daemon::run(opts, |core| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "roamd: ready: listening on {} ({} interfaces)",
+        ready_line(&format!(
+            "listening on {} ({} interfaces)",
             socket.display(),
             core.link_indices().len()
-        );
-        let _ = out.flush();
+        ));
     }))
 }
 
@@ -207,39 +384,196 @@ fn run_reflector(args: Vec<String>) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(roam_agent::probe::reflect::run(listen, |a| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "roamd reflect: ready: {a}");
-        let _ = out.flush();
+        ready_line(&format!("reflecting on {a}"));
     }))
     .with_context(|| format!("reflecting on {listen}"))
 }
 
-/// Waits until the child's stdout shows a line starting with `ready` (at most
-/// [`START_TIMEOUT`]); the error carries the log at `log`.
-fn wait_ready_line(child: &mut Child, ready: &'static str, what: &str, log: &Path) -> Result<()> {
-    let stdout = child
-        .stdout
-        .take()
-        .with_context(|| format!("the {what} has no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with(ready) {
-                let _ = tx.send(());
-            }
+static DIRS: AtomicU32 = AtomicU32::new(0);
+
+/// A scratch directory of this process's own, readable by every uid (roamd's socket in it
+/// must be reachable for the permission tests' other users).
+fn scratch_dir(what: &str, ns: &str) -> Result<PathBuf> {
+    let n = DIRS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("roam-{what}-{}-{ns}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+/// roamd in a namespace, with a directory of its own for its config (`roamd.toml`), policy
+/// (`policy.roam`), socket (`roamd.sock`) and log (`roamd.log`, its standard error). It may be
+/// stopped and started again on the same files; killed on drop, the directory removed.
+#[derive(Debug)]
+pub struct Roamd {
+    exe: AgentExe,
+    ns: String,
+    dir: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Roamd {
+    /// Writes `config` (roamd.toml's text) and `policy` to a new directory; roamd is not
+    /// started ([`Roamd::launch`]).
+    pub fn new(ns: &Netns, exe: &AgentExe, policy: &str, config: &str) -> Result<Roamd> {
+        let dir = scratch_dir("agent", ns.name())?;
+        let r = Roamd {
+            exe: exe.clone(),
+            ns: ns.name().to_owned(),
+            socket: dir.join("roamd.sock"),
+            dir,
+            child: None,
+        };
+        std::fs::write(r.policy_path(), policy)?;
+        std::fs::write(r.config_path(), config)?;
+        Ok(r)
+    }
+
+    /// [`Roamd::new`], then [`Roamd::launch`] with no extra arguments.
+    pub fn start(ns: &Netns, exe: &AgentExe, policy: &str, config: &str) -> Result<Roamd> {
+        let mut r = Roamd::new(ns, exe, policy, config)?;
+        r.launch(&[])?;
+        Ok(r)
+    }
+
+    /// Starts roamd with `extra` arguments after its files (a real roamd only: `--dry-run`),
+    /// waits for its ready line and returns it.
+    pub fn launch(&mut self, extra: &[&str]) -> Result<String> {
+        if self.child.is_some() {
+            bail!("roamd already runs");
         }
-    });
-    if rx.recv_timeout(START_TIMEOUT).is_ok() {
-        return Ok(());
+        let mut args: Vec<String> = [
+            "--config",
+            &self.config_path().to_string_lossy(),
+            "--policy",
+            &self.policy_path().to_string_lossy(),
+            "--socket",
+            &self.socket.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let (child, line) =
+            self.exe
+                .spawn_ready(&self.ns, Role::Agent, &args, &self.dir.join("roamd.log"))?;
+        self.child = Some(child);
+        Ok(line)
     }
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(log) {
-        let _ = f.read_to_string(&mut text);
+
+    /// Kills roamd (SIGKILL: none of its own clean-up runs) and starts it again on the same
+    /// files.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.launch(&[]).map(drop)
     }
-    bail!(
-        "the {what} printed no ready line within {START_TIMEOUT:?}; its log:\n{}",
-        text.trim()
-    )
+
+    /// Kills roamd (SIGKILL) and reaps it; nothing when it does not run.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and waits for roamd to exit.
+    pub fn stop(&mut self, signal: i32) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("roamd does not run")?;
+        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(child.wait()?)
+    }
+
+    /// roamd's process id (`ip netns exec` execs it, so the child is roamd itself), while it
+    /// runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The policy file it reads (rewrite it, then reload, to change the policy).
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.roam")
+    }
+
+    /// Its config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("roamd.toml")
+    }
+
+    /// Its log so far (standard error), for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("roamd.log")).unwrap_or_default()
+    }
+
+    /// A connected client subscribed to the decisions for `app` (`None`: the client's own
+    /// uid's).
+    pub fn subscriber(&self, app: Option<&str>) -> Result<Client> {
+        let mut c =
+            Client::connect(&self.socket, Some(START_TIMEOUT)).context("connecting to roamd")?;
+        let app = app.map(str::to_owned);
+        match c
+            .call(|id| Request::Subscribe {
+                id,
+                app,
+                flow: None,
+            })
+            .context("subscribing to roamd's decisions")?
+        {
+            Reply::Subscribed { .. } => Ok(c),
+            other => bail!("subscribing: roamd answered {other:?}"),
+        }
+    }
+}
+
+impl Drop for Roamd {
+    fn drop(&mut self) {
+        // The namespace goes with its owner; nothing the agent set up needs undoing.
+        self.kill();
+        if std::thread::panicking() {
+            // A failing test's best witness: what roamd said, before its directory goes.
+            eprintln!("roamd's log ({}):\n{}", self.dir.display(), self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads `client`'s updates until one satisfies `pred`, for at most `within`; returns it and
+/// when it arrived. The error lists the updates seen.
+pub fn wait_update(
+    client: &mut Client,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Update) -> bool,
+) -> Result<(Update, Instant)> {
+    let end = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no update where {what} within {within:?}; saw {seen:#?}");
+        }
+        client.set_timeout(Some(left))?;
+        match client.next_event() {
+            Ok(Reply::Update(u)) => {
+                let at = Instant::now();
+                if pred(&u) {
+                    return Ok((u, at));
+                }
+                seen.push(u);
+            }
+            Ok(other) => bail!("waiting for an update where {what}: unexpected {other:?}"),
+            Err(e) => bail!("no update where {what}: {e}; saw {seen:#?}"),
+        }
+    }
 }
 
 /// `roamd reflect` running in a namespace (the server's), the target of the agent's probes;
@@ -252,39 +586,22 @@ pub struct Reflector {
 }
 
 impl Reflector {
-    /// Starts the reflector in `ns` on `listen` and waits until it is bound (at most 5 s).
+    /// Starts the reflector in `ns` on `listen` and waits until it is bound.
     pub fn start(ns: &Netns, exe: &AgentExe, listen: std::net::SocketAddr) -> Result<Reflector> {
-        let dir = std::env::temp_dir().join(format!(
-            "roam-reflect-{}-{}-{}",
-            std::process::id(),
-            ns.name(),
-            listen.port()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let log_path = dir.join("reflect.log");
-        let log = std::fs::File::create(&log_path)?;
-        let child = ns
-            .command(&exe.program.to_string_lossy())
-            .arg(REFLECT_ARG)
-            .arg("--listen")
-            .arg(listen.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting the reflector ({})", exe.program.display()))?;
-        let mut r = Reflector {
-            child,
-            dir,
-            addr: listen,
-        };
-        wait_ready_line(
-            &mut r.child,
-            "roamd reflect: ready:",
-            "reflector",
-            &log_path,
-        )?;
-        Ok(r)
+        let dir = scratch_dir("reflect", ns.name())?;
+        let args = ["--listen".to_owned(), listen.to_string()];
+        let spawned = exe.spawn_ready(ns.name(), Role::Reflector, &args, &dir.join("reflect.log"));
+        match spawned {
+            Ok((child, _)) => Ok(Reflector {
+                child,
+                dir,
+                addr: listen,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
     }
 
     /// The address it answers on.
@@ -305,15 +622,13 @@ impl Drop for Reflector {
 /// is stopped on drop.
 #[derive(Debug)]
 pub struct Agent {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
+    roamd: Roamd,
     updates: Arc<(Mutex<Vec<AgentUpdate>>, Condvar)>,
 }
 
 impl Agent {
     /// Starts the agent in `ns` with `policy`, waits for its ready line, subscribes to the
-    /// decisions for `app` and waits for the first one (at most 5 s each).
+    /// decisions for `app` and waits for the first one.
     pub fn start(ns: &Netns, exe: &AgentExe, policy: &str, app: &str) -> Result<Agent> {
         Agent::start_with(ns, exe, policy, app, &AgentConfig::netlink_only())
     }
@@ -326,76 +641,32 @@ impl Agent {
         app: &str,
         config: &AgentConfig,
     ) -> Result<Agent> {
-        let agent = Agent::launch(ns, exe, policy, config)?;
+        let agent = Agent {
+            roamd: Roamd::start(ns, exe, policy, config.as_toml())?,
+            updates: Arc::default(),
+        };
         agent.subscribe(app)?;
         Ok(agent)
     }
 
-    /// Starts the agent in `ns` with `policy` and waits for its ready line (at most 5 s), with
-    /// no subscription: the agent as it idles when no app listens. [`Agent::updates`] stays
+    /// Starts the agent in `ns` with `policy` and waits for its ready line, with no
+    /// subscription: the agent as it idles when no app listens. [`Agent::updates`] stays
     /// empty.
     pub fn start_unsubscribed(ns: &Netns, exe: &AgentExe, policy: &str) -> Result<Agent> {
-        Agent::launch(ns, exe, policy, &AgentConfig::netlink_only())
-    }
-
-    fn launch(ns: &Netns, exe: &AgentExe, policy: &str, config: &AgentConfig) -> Result<Agent> {
-        let dir =
-            std::env::temp_dir().join(format!("roam-agent-{}-{}", std::process::id(), ns.name()));
-        std::fs::create_dir_all(&dir)?;
-        let policy_path = dir.join("policy.roam");
-        std::fs::write(&policy_path, policy)?;
-        let config_path = dir.join("roamd.toml");
-        std::fs::write(&config_path, config.as_toml())?;
-        let socket = dir.join("roamd.sock");
-        let log = std::fs::File::create(dir.join("roamd.log"))?;
-        let child = ns
-            .command(&exe.program.to_string_lossy())
-            .arg(AGENT_ARG)
-            .arg("--policy")
-            .arg(&policy_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting the agent ({})", exe.program.display()))?;
-        // From here on, drop stops the child and removes the directory.
-        let mut agent = Agent {
-            child,
-            dir,
-            socket,
+        Ok(Agent {
+            roamd: Roamd::start(ns, exe, policy, AGENT_CONFIG)?,
             updates: Arc::default(),
-        };
-        agent.wait_ready()?;
-        Ok(agent)
+        })
     }
 
-    /// The agent's process id, for reading `/proc/PID`. `ip netns exec` enters the namespace
-    /// and then execs the agent, so the process it started is the agent itself.
+    /// The agent's process id, for reading `/proc/PID`.
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let log = self.dir.join("roamd.log");
-        wait_ready_line(&mut self.child, "roamd: ready:", "agent", &log)
+        self.roamd.pid().unwrap_or(0)
     }
 
     /// Subscribes to `app`'s decisions on a thread of its own, which ends when the agent does.
     fn subscribe(&self, app: &str) -> Result<()> {
-        let mut client =
-            Client::connect(&self.socket, Some(START_TIMEOUT)).context("connecting to roamd")?;
-        let app = app.to_owned();
-        client
-            .call(|id| Request::Subscribe {
-                id,
-                app: Some(app),
-                flow: None,
-            })
-            .context("subscribing to roamd's decisions")?;
+        let mut client = self.roamd.subscriber(Some(app))?;
         client.set_timeout(None)?;
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let updates = self.updates.clone();
@@ -420,7 +691,7 @@ impl Agent {
         });
         first_rx
             .recv_timeout(START_TIMEOUT)
-            .context("roamd pushed no decision within 5 s")
+            .with_context(|| format!("roamd pushed no decision within {START_TIMEOUT:?}"))
     }
 
     /// Every decision pushed so far.
@@ -454,15 +725,6 @@ impl Agent {
 
     /// The socket the agent listens on.
     pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // The namespace goes with the topology; nothing the agent set up needs undoing.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.roamd.socket()
     }
 }

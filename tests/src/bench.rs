@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::handover::Outcome;
 use crate::scenario::Scenario;
+use crate::stats::{percentile, round_to};
 use crate::system::Transport;
 
 /// p50, p99 and max of the gaps of one run, in milliseconds.
@@ -52,17 +53,8 @@ pub struct Report {
     pub runs: Vec<RunReport>,
 }
 
-/// Nearest-rank percentile `p` (0-100) of sorted values; 0 for none.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
 fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+    round_to(x, 2)
 }
 
 impl RunReport {
@@ -177,15 +169,6 @@ fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 10.0);
-        assert_eq!(percentile(&v, 99.0), 20.0);
-        assert_eq!(percentile(&[3.0], 99.0), 3.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
-    }
 
     #[test]
     fn json_has_exactly_the_documented_shape() {

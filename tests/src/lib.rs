@@ -2,7 +2,8 @@
 //! benchmarks and the demo.
 //!
 //! - [`netns`]: namespaces owned by one process, entered by threads, deleted on drop.
-//! - [`netlink`]: waiting for link state by netlink event; link counters.
+//! - [`netlink`]: waiting for link state by netlink event, timestamping the kernel's link
+//!   notifications; link counters.
 //! - [`topology`]: the handset (`wlan0`, `rmnet0`, `bnep0`, ...) and the server, addresses and
 //!   routing.
 //! - [`inject`]: failures as a phone sees them (link down, carrier loss, address removal, silent
@@ -13,9 +14,13 @@
 //! - [`system`]: what is measured: the baselines today, roam's sessions later.
 //! - [`scenario`], [`handover`], [`mod@bench`]: the handover benchmark's failures, one measurement,
 //!   and the aggregated report (table and JSON).
-//! - [`agent`]: roamd run as a process in the handset, and the decisions it pushes.
+//! - [`transfer`], [`tls_pump`], [`stats`]: what the benches share: a bulk transfer's
+//!   counter pattern and its check, raw TLS pumped over a socket, percentiles and medians.
+//! - [`agent`]: roamd run as a process in a namespace (a real `roamd`, this crate's binaries,
+//!   or a helper test), its reflector, and the decisions it pushes: the one way every test and
+//!   bench of the workspace runs it.
 //! - [`timeline`]: per-interface counters around a failure and their SVG picture.
-//! - [`tls`]: the test CA for QUIC.
+//! - [`tls`]: the test PKI (a CA and a server certificate) and its rustls/quinn configurations.
 //! - [`privilege`]: the root check every namespace test and binary starts with; [`binary`]:
 //!   the binaries' common start.
 //! - [`serial`]: a lock that keeps timing-sensitive tests from running at once.
@@ -33,8 +38,11 @@ pub mod privilege;
 pub mod probe;
 pub mod scenario;
 pub mod serial;
+pub mod stats;
 pub mod system;
 pub mod timeline;
 pub mod tls;
+pub mod tls_pump;
 pub mod topology;
 pub mod traffic;
+pub mod transfer;

@@ -1,4 +1,5 @@
-//! Just enough rtnetlink to wait for link state changes by event and to read link counters.
+//! Just enough rtnetlink to wait for link state changes by event, to timestamp the kernel's
+//! link notifications ([`LinkWatcher`]) and to read link counters.
 //!
 //! The socket belongs to the namespace of the thread that opens it, so open it inside
 //! [`crate::netns::Netns::run`]. Waiting subscribes to the link group first and then dumps the
@@ -6,20 +7,21 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
-const RTMGRP_LINK: u32 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_OPERSTATE: u16 = 16;
-const IFLA_STATS64: u16 = 23;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
+use crate::netns::Netns;
+
+// The kernel's values come from libc (netlink(7), rtnetlink(7)); message types and flags are
+// 16 bits on the wire.
+use libc::{IFLA_IFNAME, IFLA_OPERSTATE, IFLA_STATS64, RTM_GETLINK, RTM_NEWLINK};
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 
 /// RFC 2863 operational state as the kernel reports it (`ip link` shows it after `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +109,7 @@ impl Rtnl {
         // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_LINK;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
         // SAFETY: addr is a valid sockaddr_nl of the size given.
         let rc = unsafe {
             libc::bind(
@@ -222,7 +224,7 @@ impl Rtnl {
         let mut msg = Vec::with_capacity(32);
         msg.extend_from_slice(&32u32.to_ne_bytes());
         msg.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
         msg.extend_from_slice(&self.seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes());
         // struct ifinfomsg, all zero: every family, every interface.
@@ -262,6 +264,85 @@ impl Rtnl {
         }
         buf.truncate(n as usize);
         Ok(Some(buf))
+    }
+}
+
+/// The kernel's notifications about one interface, read by a netlink socket in a namespace on
+/// a thread that is always waiting, each stamped as it is read: when the kernel announced a
+/// change, the t0 of a reaction measured elsewhere. Stops when dropped.
+#[derive(Debug)]
+pub struct LinkWatcher {
+    dev: String,
+    events: Receiver<(Instant, bool)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl LinkWatcher {
+    /// Starts watching `dev` in `ns`; returns once the socket listens (at most 5 s).
+    pub fn start(ns: &Netns, dev: &str) -> Result<LinkWatcher> {
+        let (tx, events) = channel();
+        let (ready_tx, ready_rx) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let name = dev.to_owned();
+        let thread = ns.spawn("link-watcher", move || {
+            let mut rtnl = Rtnl::open()?;
+            let _ = ready_tx.send(());
+            // Wakes every 200 ms only to see `stop`; ends by itself after an hour.
+            let end = Instant::now() + Duration::from_secs(3600);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
+                let slice = Instant::now() + Duration::from_millis(200);
+                if let Some((at, l)) = rtnl.next_link_event(&name, slice, |_| true)? {
+                    // Up means usable: administratively up with a carrier.
+                    if tx.send((at, l.admin_up && l.carrier)).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("the netlink watcher did not start")?;
+        Ok(LinkWatcher {
+            dev: dev.to_owned(),
+            events,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Forgets the notifications read so far.
+    pub fn drain(&self) {
+        while self.events.try_recv().is_ok() {}
+    }
+
+    /// When the first notification (since the last [`LinkWatcher::drain`]) that shows the
+    /// interface usable (`up`) or not was read; waits at most `within`.
+    pub fn first(&self, up: bool, within: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok((at, state)) if state == up => return Ok(at),
+                Ok(_) => {}
+                Err(_) => bail!(
+                    "no kernel notification of {} {} within {within:?}",
+                    self.dev,
+                    if up { "up" } else { "down" }
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for LinkWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -165,6 +165,23 @@ impl Netns {
         Ok(handle)
     }
 
+    /// Starts a named thread inside the namespace with a current-thread tokio runtime, runs the
+    /// future `f` makes there to completion, and returns at once: join the handle for its
+    /// result. The future is made on that thread, so it need not be `Send`.
+    pub fn spawn_async<F, Fut, R>(&self, thread_name: &str, f: F) -> Result<JoinHandle<Result<R>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<R>>,
+        R: Send + 'static,
+    {
+        self.spawn(thread_name, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(f())
+        })
+    }
+
     /// Runs a future to completion on a current-thread tokio runtime inside the namespace.
     pub fn block_on<F>(&self, fut: F) -> Result<F::Output>
     where

@@ -34,11 +34,35 @@ pub fn require_netns(test: &str) -> bool {
             panic!("{test}: {why}, and CI is set, so this test may not skip")
         }
         Some(why) => {
-            // Straight to the stream: the test harness captures eprintln! of passing tests, and
-            // a skip must be seen.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipping {test}: {why}");
+            skip(test, &why);
             false
         }
     }
+}
+
+/// For tests: `true` when the program `tool` runs here (`tool --version`). Without it, prints
+/// why (naming the Debian `package` that has it) and returns `false` (skip), except under CI,
+/// where it panics.
+pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
+    if std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    let why = format!("the `{tool}` tool is not installed (Debian package {package})");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {why}, and CI is set, so this test may not skip"
+    );
+    skip(test, &why);
+    false
+}
+
+/// Says why a test did nothing, straight to the stream: the test harness captures eprintln!
+/// of passing tests, and a skip nobody sees is a pass nobody questions.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipping {test}: {why}");
 }

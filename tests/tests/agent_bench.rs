@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use roam_tests::binary::{run_ok, scratch_path, take_json};
+
 #[test]
 fn agent_bench_times_every_flap_and_writes_its_json() {
     let Some(_serial) =
@@ -10,33 +12,25 @@ fn agent_bench_times_every_flap_and_writes_its_json() {
     else {
         return;
     };
-    let json = std::env::temp_dir().join(format!("agent-bench-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_agent-bench"))
-        .args([
-            "--flaps",
-            "10",
-            "--subscribers",
-            "50",
-            "--idle-secs",
-            "2",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let json = scratch_path("agent-bench", "json");
+    let stdout = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_agent-bench"))
+            .args([
+                "--flaps",
+                "10",
+                "--subscribers",
+                "50",
+                "--idle-secs",
+                "2",
+                "--json",
+            ])
+            .arg(&json),
     );
     assert!(
         stdout.contains("kernel notification -> subscriber"),
         "{stdout}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    std::fs::remove_file(&json).unwrap();
+    let v = take_json(&json);
     let num = |path: &[&str]| -> f64 {
         let mut at = &v;
         for k in path {

@@ -279,29 +279,23 @@ fn bench_binary_writes_the_documented_json() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     let svg = dir.join("timeline.svg");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_handover-bench"))
-        .args([
-            "--transport",
-            "all",
-            "--scenario",
-            "link-down",
-            "--repeats",
-            "1",
-            "--quick",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = roam_tests::binary::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_handover-bench"))
+            .args([
+                "--transport",
+                "all",
+                "--scenario",
+                "link-down",
+                "--repeats",
+                "1",
+                "--quick",
+            ])
+            .arg("--json")
+            .arg(&json)
+            .arg("--svg")
+            .arg(&svg),
     );
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let v = roam_tests::binary::take_json(&json);
     let runs = v["runs"].as_array().unwrap();
     let rows: Vec<(&str, &str)> = runs
         .iter()

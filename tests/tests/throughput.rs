@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use roam_tests::binary::{run_ok, scratch_path, take_json};
+
 #[test]
 fn throughput_bench_delivers_every_row_intact_and_writes_its_json() {
     let Some(_serial) = roam_tests::serial::netns_test(
@@ -11,29 +13,21 @@ fn throughput_bench_delivers_every_row_intact_and_writes_its_json() {
     ) else {
         return;
     };
-    let json = std::env::temp_dir().join(format!("throughput-bench-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_throughput-bench"))
-        .args([
-            "--quick",
-            "--regime",
-            "unlimited,100",
-            "--repeats",
-            "1",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let json = scratch_path("throughput-bench", "json");
+    let stdout = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_throughput-bench"))
+            .args([
+                "--quick",
+                "--regime",
+                "unlimited,100",
+                "--repeats",
+                "1",
+                "--json",
+            ])
+            .arg(&json),
     );
     assert!(stdout.contains("roam/raw+TLS"), "{stdout}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    std::fs::remove_file(&json).unwrap();
+    let v = take_json(&json);
     let positive = |x: &serde_json::Value, what: &str| -> f64 {
         let f = x
             .as_f64()

@@ -1,8 +1,7 @@
-//! What the SDK's namespace tests share: a test PKI, the server and the client as threads in
-//! their namespaces, and waits on their events with deadlines (no sleeps).
+//! What the SDK's namespace tests share: the test PKI and roamd of roam-tests, the server and
+//! the client as threads in their namespaces ([`Run`]: a session carrying a hashed stream), and
+//! waits on their events with deadlines (no sleeps).
 #![allow(dead_code)] // each test binary uses a part
-
-pub mod helper;
 
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
@@ -10,15 +9,15 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use anyhow::{Context, Result, bail, ensure};
 use roam::path::LocalPath;
-use roam::{ClientTls, Listener, SessionEvent};
+use roam::{Listener, SessionEvent};
+use roam_tests::agent::{AgentExe, Roamd};
 use roam_tests::topology::{SERVICE_V4, Topology};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const SERVER_NAME: &str = "server.roam.test";
+pub use roam_tests::tls::{SERVER_NAME, TestPki};
+
 pub const PORT: u16 = 4433;
 /// How long any one expected event may take.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +26,13 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POLICY: &str = "link wifi = kind wifi\nlink cell = kind cellular\n\
                           default {\n  prefer wifi over cell\n  hold 1s\n}\n";
 
+/// The app every session here is.
+pub const APP: &str = "com.example.chat";
+
+/// The name of the helper test that runs roamd and its reflector in a test binary that starts
+/// them ([`start_roamd`]); its body is `roam_tests::agent::test_helper_main`.
+pub const ROAMD_HELPER: &str = "roamd_helper";
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -34,45 +40,25 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A CA and a server certificate it signs (roam_tests::tls::TestPki keeps its key private).
-pub struct Pki {
-    pub ca: CertificateDer<'static>,
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivatePkcs8KeyDer<'static>,
+/// `builder` as [`APP`] with [`POLICY`] (as its embedded policy), trusting `pki`'s CA for
+/// [`SERVER_NAME`].
+pub fn chat(builder: roam::SessionBuilder, pki: &TestPki) -> roam::SessionBuilder {
+    builder
+        .app(APP)
+        .policy(POLICY)
+        .tls(pki.roam_client())
+        .server_name(SERVER_NAME)
 }
 
-impl Pki {
-    pub fn generate() -> Result<Pki> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca, &ca_key);
-        let leaf_key = KeyPair::generate()?;
-        let leaf =
-            CertificateParams::new(vec![SERVER_NAME.to_owned()])?.signed_by(&leaf_key, &issuer)?;
-        Ok(Pki {
-            ca: ca_cert.der().clone(),
-            chain: vec![leaf.der().clone()],
-            key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
-        })
-    }
+/// The program that runs roamd and its reflector for this test binary: itself, running the
+/// helper test [`ROAMD_HELPER`].
+pub fn roamd_exe() -> Result<AgentExe> {
+    AgentExe::test_helper(ROAMD_HELPER)
+}
 
-    pub fn server_tls(&self) -> Result<rustls::ServerConfig> {
-        Ok(roam::tls::server_config(
-            self.chain.clone(),
-            PrivateKeyDer::Pkcs8(self.key.clone_key()),
-            &[],
-        )?)
-    }
-
-    pub fn client_tls(&self) -> ClientTls {
-        ClientTls::Ca(vec![self.ca.clone()])
-    }
+/// roamd in the handset with `config` and `policy`, started and serving.
+pub fn start_roamd(topo: &Topology, config: &str, policy: &str) -> Result<Roamd> {
+    Roamd::start(topo.handset(), &roamd_exe()?, policy, config)
 }
 
 /// What the server reports while it runs.
@@ -95,14 +81,29 @@ pub struct ServerSide {
     pub peers: Vec<SocketAddr>,
 }
 
+impl ServerSide {
+    /// The longest delivery gap and the bytes, for `figure:` lines.
+    pub fn summary(&self) -> String {
+        format!(
+            "longest delivery gap {:?}, {} bytes intact",
+            self.max_gap, self.bytes
+        )
+    }
+
+    /// The addresses the client was seen at, in order, as text.
+    pub fn peer_ips(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.ip().to_string()).collect()
+    }
+}
+
 /// Starts the server (`start_server` with `pki`'s certificate) and waits until it listens;
 /// returns its notes and the handle `finish` joins.
 pub fn start_server_ready(
     topo: &Topology,
-    pki: &Pki,
+    pki: &TestPki,
 ) -> Result<(mpsc::Receiver<ServerNote>, JoinHandle<Result<ServerSide>>)> {
     let (server_tx, server_rx) = mpsc::channel();
-    let server = start_server(topo, pki.server_tls()?, server_tx)?;
+    let server = start_server(topo, pki.roam_server()?, server_tx)?;
     wait_for(&server_rx, "the listener", |n| {
         matches!(n, ServerNote::Listening)
     })?;
@@ -117,11 +118,8 @@ pub fn start_server(
     tls: rustls::ServerConfig,
     notes: mpsc::Sender<ServerNote>,
 ) -> Result<JoinHandle<Result<ServerSide>>> {
-    topo.server().spawn("roam-server", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
+    topo.server()
+        .spawn_async("roam-server", move || async move {
             let listener = Listener::bind(SocketAddr::new(SERVICE_V4.into(), PORT), tls)?;
             let _ = notes.send(ServerNote::Listening);
             let mut s = tokio::time::timeout(EVENT_TIMEOUT, listener.accept())
@@ -166,7 +164,6 @@ pub fn start_server(
                 peers,
             })
         })
-    })
 }
 
 /// What the client reports while it runs.
@@ -185,32 +182,18 @@ pub struct ClientSide {
     pub server_said: String,
 }
 
-/// Starts a session from the handset to the server's service address; see
-/// [`start_client_to`].
-pub fn start_client(
-    topo: &Topology,
-    builder: roam::SessionBuilder,
-    notes: mpsc::Sender<ClientNote>,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) -> Result<JoinHandle<Result<ClientSide>>> {
-    start_client_to(topo, format!("{SERVICE_V4}:{PORT}"), builder, notes, stop)
-}
-
 /// Starts a session from the handset to `target` (the service address, or a name the session
 /// resolves) and sends a deterministic stream paced at 16 KiB per millisecond until `stop`
 /// fires (or 60 s pass), then half-closes and reads the server's answer.
-pub fn start_client_to(
+fn start_client_to(
     topo: &Topology,
     target: String,
     builder: roam::SessionBuilder,
     notes: mpsc::Sender<ClientNote>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<JoinHandle<Result<ClientSide>>> {
-    topo.handset().spawn("roam-client", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
+    topo.handset()
+        .spawn_async("roam-client", move || async move {
             let mut s = builder.connect(&target).await?;
             let mut events = s.events();
             let _ = notes.send(ClientNote::Connected(s.path().interface));
@@ -254,7 +237,6 @@ pub fn start_client_to(
                 server_said: answer,
             })
         })
-    })
 }
 
 /// Waits for a note matching `pred`, skipping others, up to [`EVENT_TIMEOUT`].
@@ -315,8 +297,88 @@ pub fn wait_server_sees(rx: &mpsc::Receiver<ServerNote>, ip: IpAddr) -> Result<(
     Ok(())
 }
 
+/// A running session from the handset and the server it sends its hashed stream to.
+pub struct Run {
+    pub client_rx: mpsc::Receiver<ClientNote>,
+    pub server_rx: mpsc::Receiver<ServerNote>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    client: JoinHandle<Result<ClientSide>>,
+    server: JoinHandle<Result<ServerSide>>,
+}
+
+impl Run {
+    /// Starts the server, waits until it listens, then starts a session to `target` (`None`:
+    /// the service address) with `builder`; returns at once.
+    pub fn spawn(
+        topo: &Topology,
+        pki: &TestPki,
+        builder: roam::SessionBuilder,
+        target: Option<String>,
+    ) -> Result<Run> {
+        Run::connect(topo, start_server_ready(topo, pki)?, builder, target)
+    }
+
+    /// Starts a session to `target` (`None`: the service address) with `builder`, to the
+    /// server `start_server_ready` started; returns at once.
+    pub fn connect(
+        topo: &Topology,
+        (server_rx, server): (mpsc::Receiver<ServerNote>, JoinHandle<Result<ServerSide>>),
+        builder: roam::SessionBuilder,
+        target: Option<String>,
+    ) -> Result<Run> {
+        let (client_tx, client_rx) = mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let target = target.unwrap_or_else(|| format!("{SERVICE_V4}:{PORT}"));
+        let client = start_client_to(topo, target, builder, client_tx, stop_rx)?;
+        Ok(Run {
+            client_rx,
+            server_rx,
+            stop,
+            client,
+            server,
+        })
+    }
+
+    /// [`Run::spawn`], and returns once the session is on wlan0 and the server has 1 MiB from
+    /// it there.
+    pub fn start(
+        topo: &Topology,
+        pki: &TestPki,
+        builder: roam::SessionBuilder,
+        target: Option<String>,
+    ) -> Result<Run> {
+        let run = Run::spawn(topo, pki, builder, target)?;
+        let connected = wait_for(&run.client_rx, "the session", |n| {
+            matches!(n, ClientNote::Connected(_))
+        })?;
+        ensure!(
+            matches!(&connected, ClientNote::Connected(Some(i)) if i == "wlan0"),
+            "the session did not start on the preferred link: {connected:?}"
+        );
+        run.wait_server_sees(topo.link("wlan0")?.handset_v4.into())?;
+        Ok(run)
+    }
+
+    /// Waits until the server sees the client at `ip` and at least 1 MiB more arrives from
+    /// there.
+    pub fn wait_server_sees(&self, ip: IpAddr) -> Result<()> {
+        wait_server_sees(&self.server_rx, ip)
+    }
+
+    /// Waits for the client to move to `iface`.
+    pub fn wait_moved(&self, iface: &str) -> Result<Moved> {
+        wait_moved(&self.client_rx, iface)
+    }
+
+    /// Stops the client and checks both ends (every byte delivered once, in order, no error);
+    /// returns what the server saw.
+    pub fn finish(self) -> Result<ServerSide> {
+        finish(self.stop, self.client, self.server)
+    }
+}
+
 /// Stops the client and checks both ends: every byte delivered once, in order, no error.
-pub fn finish(
+fn finish(
     stop: tokio::sync::oneshot::Sender<()>,
     client: JoinHandle<Result<ClientSide>>,
     server: JoinHandle<Result<ServerSide>>,
@@ -341,6 +403,15 @@ pub fn finish(
     Ok(s)
 }
 
+/// Bytes the server received over `link`'s path.
+pub fn rx_bytes(topo: &Topology, link: &str) -> Result<u64> {
+    topo.server_stats()?
+        .into_iter()
+        .find(|(n, _)| n == link)
+        .map(|(_, s)| s.rx_bytes)
+        .with_context(|| format!("no stats for {link}"))
+}
+
 /// The two-link handset of the transport tests: `wlan0` (WiFi, preferred) and `rmnet0`.
 pub fn two_links() -> Result<Topology> {
     init_tracing();
@@ -361,7 +432,7 @@ pub fn strip_mptcp(topo: &Topology, link: &str) -> Result<()> {
     ))
 }
 
-/// One established TCP subflow of port [`PORT`] as the handset's `ss -tni` lists it.
+/// One established TCP subflow of port [`PORT`] as the handset's `ss -tnio` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SsSubflow {
     /// The local address, without ss's `%device`.
@@ -372,31 +443,53 @@ pub struct SsSubflow {
     pub flags: String,
     /// The smoothed RTT (`rtt:` in ms).
     pub rtt_ms: Option<f64>,
+    /// Its `timer:(...)` field, e.g. `keepalive,44sec,0` (one timer per socket: while a segment
+    /// waits for its ACK, the retransmission timer `on,...`).
+    pub timer: Option<String>,
+    /// The congestion control named in its detail lines (one of those the kernel has).
+    pub congestion: Option<String>,
+    /// The socket line and its detail lines, for messages.
+    pub text: String,
 }
 
-/// The handset's established TCP sockets to port [`PORT`] (`ss -tniH state established`), with
-/// their MPTCP subflow flags: the kernel's own view of the subflows.
+impl SsSubflow {
+    /// Whether its timer is the keepalive timer.
+    pub fn keepalive(&self) -> bool {
+        self.timer
+            .as_deref()
+            .is_some_and(|t| t.starts_with("keepalive,"))
+    }
+}
+
+/// The handset's established TCP sockets to port [`PORT`] (`ss -tnioH state established`), with
+/// their MPTCP subflow flags, timers and congestion controls: the kernel's own view of the
+/// subflows.
 pub fn ss_subflows(topo: &Topology) -> Result<Vec<SsSubflow>> {
+    Ok(ss_subflows_text(topo)?.1)
+}
+
+/// [`ss_subflows`] with the text `ss` printed.
+pub fn ss_subflows_text(topo: &Topology) -> Result<(String, Vec<SsSubflow>)> {
     let out = topo.handset().exec(
         "ss",
         &[
-            "-tniH",
+            "-tnioH",
             "state",
             "established",
             &format!("( dport = :{PORT} )"),
         ],
     )?;
-    parse_ss_subflows(&out)
+    let ccs = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")?;
+    let ccs: Vec<&str> = ccs.split_whitespace().collect();
+    let v = parse_ss_subflows(&out, &ccs)?;
+    Ok((out, v))
 }
 
-/// Parses `ss -tniH state established` output: a socket line (`Recv-Q Send-Q Local Peer`)
-/// followed by indented detail lines.
-pub fn parse_ss_subflows(out: &str) -> Result<Vec<SsSubflow>> {
+/// Parses `ss -tnioH state established` output: a socket line (`Recv-Q Send-Q Local Peer` and
+/// its timer) followed by indented detail lines; a congestion control is one of `ccs`.
+pub fn parse_ss_subflows(out: &str, ccs: &[&str]) -> Result<Vec<SsSubflow>> {
     let mut v: Vec<SsSubflow> = Vec::new();
-    for line in out.lines() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
         if !line.starts_with(char::is_whitespace) {
             let local = line
                 .split_whitespace()
@@ -413,12 +506,21 @@ pub fn parse_ss_subflows(out: &str) -> Result<Vec<SsSubflow>> {
                     .with_context(|| format!("ss local address {local:?}"))?,
                 flags: String::new(),
                 rtt_ms: None,
+                timer: line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("timer:("))
+                    .map(|t| t.trim_end_matches(')').to_owned()),
+                congestion: None,
+                text: line.to_owned(),
             });
         } else if let Some(last) = v.last_mut() {
-            last.rtt_ms = line
+            if let Some(rtt) = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("rtt:"))
-                .and_then(|r| r.split('/').next()?.parse().ok());
+                .and_then(|r| r.split('/').next()?.parse().ok())
+            {
+                last.rtt_ms = Some(rtt);
+            }
             if let Some(rest) = line.split("tcp-ulp-mptcp").nth(1) {
                 last.flags = rest
                     .split_whitespace()
@@ -426,7 +528,129 @@ pub fn parse_ss_subflows(out: &str) -> Result<Vec<SsSubflow>> {
                     .unwrap_or_default()
                     .to_owned();
             }
+            if last.congestion.is_none() {
+                last.congestion = line
+                    .split_whitespace()
+                    .find(|w| ccs.contains(w))
+                    .map(str::to_owned);
+            }
+            last.text.push('\n');
+            last.text.push_str(line);
         }
     }
     Ok(v)
+}
+
+/// Asserts that the server saw the client at exactly the addresses `want`, in order.
+pub fn assert_peers(s: &ServerSide, want: &[&str]) {
+    assert_eq!(s.peer_ips(), want, "{:?}", s.peers);
+}
+
+/// A flapper's changes, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Flaps {
+    /// When the first change (down) was made.
+    pub first: Instant,
+    /// When the link was last brought up (the end of the flapping).
+    pub last_up: Instant,
+    /// The longest time the link stayed up before it went down again.
+    pub longest_up: Duration,
+}
+
+/// Checks what a flapper of `cycles` down/up cycles did: every change ran, the last left the
+/// link up, and no up phase lasted as long as `hold` (the premise of the flap tests: the link
+/// never came back for long enough to be used again).
+pub fn check_flaps(flaps: &[(Instant, bool)], cycles: u32, hold: Duration) -> Result<Flaps> {
+    ensure!(
+        flaps.len() == 2 * cycles as usize,
+        "not every flap ran: {} changes",
+        flaps.len()
+    );
+    let (last_up, up) = *flaps.last().context("no flap")?;
+    ensure!(up, "the flapper did not leave the link up");
+    // The longest time the link was up (as the harness started it) before it went down again.
+    let longest_up = flaps
+        .windows(2)
+        .filter(|w| w[0].1 && !w[1].1)
+        .map(|w| w[1].0 - w[0].0)
+        .max()
+        .context("no up phase")?;
+    ensure!(
+        longest_up < hold,
+        "an up phase lasted {longest_up:?}, longer than the hold: the test's premise is gone"
+    );
+    Ok(Flaps {
+        first: flaps[0].0,
+        last_up,
+        longest_up,
+    })
+}
+
+/// Joins a thread of the test, `what` naming it in the error if it panicked.
+pub fn join<T>(h: JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    h.join().map_err(|_| anyhow::anyhow!("{what} panicked"))?
+}
+
+/// Runs `f` on a thread of its own as `nobody` (uid 65534), in the caller's network
+/// namespace: SO_PEERCRED takes the connecting thread's credentials, and setresuid through the
+/// raw system call changes only that thread's (glibc's wrapper would change every thread's).
+pub fn as_nobody<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain system call; it changes the credentials of this thread alone.
+                let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                if rc != 0 {
+                    bail!("setresuid: {}", std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread running as nobody panicked"))?
+    })
+}
+
+/// The next `SubflowsChanged` whose list satisfies `pred`, up to [`EVENT_TIMEOUT`].
+pub async fn next_subflows(
+    ev: &mut roam::Events,
+    what: &str,
+    pred: impl Fn(&[roam::Subflow]) -> bool,
+) -> Result<Vec<roam::Subflow>> {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, ev.next()).await {
+            Err(_) => bail!("waiting for {what}: no such subflow list within {EVENT_TIMEOUT:?}"),
+            Ok(None) => bail!("the session's events ended while waiting for {what}"),
+            Ok(Some(SessionEvent::SubflowsChanged(v))) if pred(&v) => return Ok(v),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+/// Ends a session cleanly: half-closes after a last word and reads the server's answer (what it
+/// received), then closes.
+pub async fn finish_session(mut s: roam::Session) -> Result<()> {
+    s.write_all(b"done").await?;
+    s.shutdown().await?;
+    let mut answer = String::new();
+    tokio::time::timeout(EVENT_TIMEOUT, s.read_to_string(&mut answer))
+        .await
+        .context("no answer from the server")??;
+    s.close_and_wait(0, b"done").await;
+    Ok(())
+}
+
+/// Registers the session's MPTCP connection with the roamd at `socket`, on a connection of its
+/// own that must stay open as long as the registration should (the returned client); returns
+/// it and the connection's token.
+pub fn register_mptcp(
+    socket: &std::path::Path,
+    s: &roam::Session,
+) -> Result<(roam_ipc::client::Client, u32)> {
+    let token = s.mptcp_token().context("no MPTCP token")?;
+    let mut reg = roam_ipc::client::Client::connect(socket, Some(EVENT_TIMEOUT))?;
+    match reg.call(|id| roam_ipc::proto::Request::RegisterMptcp { id, token })? {
+        roam_ipc::proto::Reply::Ok { .. } => Ok((reg, token)),
+        other => bail!("register_mptcp: {other:?}"),
+    }
 }

@@ -17,10 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -29,9 +26,9 @@ use roam_ipc::client::Client;
 use roam_ipc::proto::{Reply, Request};
 use roam_ipc::tokio_client::AsyncClient;
 use roam_tests::agent::{Agent, AgentExe};
-use roam_tests::bench::percentile;
-use roam_tests::netlink::Rtnl;
+use roam_tests::netlink::LinkWatcher;
 use roam_tests::netns::Netns;
+use roam_tests::stats::{ms, percentile, round_to, sorted};
 use roam_tests::system::roam::POLICY;
 use roam_tests::topology::Topology;
 use serde::Serialize;
@@ -145,7 +142,7 @@ fn run(args: &Args) -> Result<()> {
         idle.context_switches, idle.seconds
     );
 
-    let watcher = LinkWatcher::start(hs)?;
+    let watcher = LinkWatcher::start(hs, DEV)?;
     let reaction = measure_reaction(hs, agent.socket(), &watcher, args.flaps)?;
     eprintln!(
         "reaction: p50 {:.3} ms over {} flaps",
@@ -247,73 +244,6 @@ fn status_field(status: &str, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc status"))
 }
 
-/// The kernel's notifications about [`DEV`], read by a netlink socket in the handset on a
-/// thread that is always waiting, each stamped as it is read: the reaction's t0.
-struct LinkWatcher {
-    events: Receiver<(Instant, bool)>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
-}
-
-impl LinkWatcher {
-    fn start(ns: &Netns) -> Result<LinkWatcher> {
-        let (tx, events) = channel();
-        let (ready_tx, ready_rx) = channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = ns.spawn("link-watcher", move || {
-            let mut rtnl = Rtnl::open()?;
-            let _ = ready_tx.send(());
-            // Wakes every 200 ms only to see `stop`; ends by itself after an hour.
-            let end = Instant::now() + Duration::from_secs(3600);
-            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
-                let slice = Instant::now() + Duration::from_millis(200);
-                if let Some((at, l)) = rtnl.next_link_event(DEV, slice, |_| true)? {
-                    // Up means usable: administratively up with a carrier.
-                    if tx.send((at, l.admin_up && l.carrier)).is_err() {
-                        break;
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        ready_rx
-            .recv_timeout(WAIT)
-            .context("the netlink watcher did not start")?;
-        Ok(LinkWatcher {
-            events,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn drain(&self) {
-        while self.events.try_recv().is_ok() {}
-    }
-
-    /// The first notification that shows [`DEV`] `up` (or not).
-    fn first(&self, up: bool) -> Result<Instant> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok((at, state)) if state == up => return Ok(at),
-                Ok(_) => {}
-                Err(_) => bail!("no kernel notification of {DEV} {}", updown(up)),
-            }
-        }
-    }
-}
-
-impl Drop for LinkWatcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn updown(up: bool) -> &'static str {
     if up { "up" } else { "down" }
 }
@@ -378,7 +308,7 @@ fn measure_reaction(
         let before = Instant::now();
         hs.ip(&["link", "set", DEV, "down"])?;
         let decided = wait_decision(&rx, false).with_context(|| format!("flap {flap}: down"))?;
-        let kernel = watcher.first(false)?;
+        let kernel = watcher.first(false, WAIT)?;
         from_kernel.push(ms(decided.saturating_duration_since(kernel)));
         from_command.push(ms(decided - before));
         hs.ip(&["link", "set", DEV, "up"])?;
@@ -433,7 +363,7 @@ fn measure_fanout(
         for _ in 0..repeats {
             watcher.drain();
             let (after, last) = change_all(&ns, clients, false).await?;
-            let kernel = watcher.first(false)?;
+            let kernel = watcher.first(false, WAIT)?;
             samples.push(ms(last.saturating_duration_since(kernel)));
             clients = change_all(&ns, after, true).await?.0;
         }
@@ -535,17 +465,8 @@ fn raise_nofile(want: u64) -> Result<()> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
-}
-
 fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+    round_to(x, 3)
 }
 
 fn table(r: &Report, rss_busy: f64) -> String {

@@ -33,18 +33,18 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Parser;
 use roam_policy::LinkKind;
 use roam_tests::agent::{Agent, AgentConfig, AgentExe, REFLECT_PORT, Reflector};
+use roam_tests::stats::{median, round_to, sorted};
 use roam_tests::system::mptcp::{connect_mptcp, listen_mptcp};
 use roam_tests::system::roam::{APP, POLICY};
 use roam_tests::tls::{SERVER_NAME, TestPki};
+use roam_tests::tls_pump::TlsPump;
 use roam_tests::topology::{SERVICE_V4, Topology};
+use roam_tests::transfer::{Pattern, PatternCheck, thread_cpu};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// How much the sender hands to a write at once.
-const CHUNK: usize = 128 * 1024;
-/// The receiver's read buffer.
-const READ_BUF: usize = 256 * 1024;
+/// The receiver's read buffer: as large as the TLS pump's.
+const READ_BUF: usize = roam_tests::tls_pump::BUF;
 /// How long connecting, the handshake and the closing exchange may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// First port of the servers; each run gets its own so no run meets another's leftovers.
@@ -557,18 +557,6 @@ fn is_stall(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<Stalled>())
 }
 
-/// CPU time the calling thread has used.
-fn thread_cpu() -> Duration {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a rusage into the pointer it is given.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// What one end does.
 #[derive(Debug, Clone, Copy)]
 enum Role {
@@ -638,13 +626,13 @@ impl End {
                 s.shutdown().await.context("shutdown")?;
                 wait_close(&mut s).await?;
                 Ok(Side::Sent {
-                    bytes: pattern.offset,
+                    bytes: pattern.offset(),
                     cpu: thread_cpu() - cpu0,
                 })
             }
             (End::Plain(mut s), Role::Receive) => {
                 let cpu0 = thread_cpu();
-                let mut check = Check::default();
+                let mut check = PatternCheck::default();
                 let mut buf = vec![0u8; READ_BUF];
                 loop {
                     let n = s.read(&mut buf).await.context("read")?;
@@ -657,7 +645,7 @@ impl End {
                 let cpu = thread_cpu() - cpu0;
                 s.shutdown().await.context("shutdown")?;
                 Ok(Side::Received(Received {
-                    bytes: check.offset,
+                    bytes: check.offset(),
                     elapsed,
                     cpu,
                     cipher_suite: None,
@@ -671,22 +659,22 @@ impl End {
                     t.write_all(pattern.next_chunk()).await?;
                 }
                 t.close().await?;
-                t.wait_close().await?;
+                t.wait_close(SETUP_TIMEOUT).await?;
                 Ok(Side::Sent {
-                    bytes: pattern.offset,
+                    bytes: pattern.offset(),
                     cpu: thread_cpu() - cpu0,
                 })
             }
             (End::Tls(mut t), Role::Receive) => {
                 let cpu0 = thread_cpu();
-                let mut check = Check::default();
+                let mut check = PatternCheck::default();
                 t.read_to_end(|b| check.feed(b)).await?;
                 let elapsed = check.elapsed()?;
                 let cpu = thread_cpu() - cpu0;
                 let suite = t.cipher_suite();
                 t.close().await?;
                 Ok(Side::Received(Received {
-                    bytes: check.offset,
+                    bytes: check.offset(),
                     elapsed,
                     cpu,
                     cipher_suite: suite,
@@ -724,7 +712,9 @@ async fn server_end(
                 return Ok(End::Plain(Box::new(s)));
             }
             let tls = rustls::ServerConnection::new(Arc::new(pki.roam_server()?))?;
-            Ok(End::Tls(Box::new(TlsPump::handshake(s, tls.into()).await?)))
+            Ok(End::Tls(Box::new(
+                TlsPump::handshake(s, tls.into(), SETUP_TIMEOUT).await?,
+            )))
         }
         Row::Roam => {
             let listener =
@@ -756,7 +746,9 @@ async fn client_end(
             let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)?;
             let tls = rustls::ClientConnection::new(Arc::new(cfg), name)?;
             let s = connect_mptcp(addr).await?;
-            Ok(End::Tls(Box::new(TlsPump::handshake(s, tls.into()).await?)))
+            Ok(End::Tls(Box::new(
+                TlsPump::handshake(s, tls.into(), SETUP_TIMEOUT).await?,
+            )))
         }
         Row::Roam => {
             let s = roam::Session::builder()
@@ -780,216 +772,6 @@ async fn client_end(
     }
 }
 
-/// The stream's content: byte `p` is byte `p % 8` of the little-endian `p / 8`.
-#[derive(Default)]
-struct Pattern {
-    offset: u64,
-    buf: Vec<u8>,
-}
-
-impl Pattern {
-    /// The next [`CHUNK`] bytes (the offset stays a multiple of 8).
-    fn next_chunk(&mut self) -> &[u8] {
-        self.buf.resize(CHUNK, 0);
-        let first = self.offset / 8;
-        for (i, w) in self.buf.chunks_exact_mut(8).enumerate() {
-            w.copy_from_slice(&(first + i as u64).to_le_bytes());
-        }
-        self.offset += CHUNK as u64;
-        &self.buf
-    }
-}
-
-/// Checks received bytes against [`Pattern`], in order.
-#[derive(Default)]
-struct Check {
-    offset: u64,
-    first: Option<Instant>,
-    last: Option<Instant>,
-}
-
-impl Check {
-    fn feed(&mut self, mut b: &[u8]) -> Result<()> {
-        let now = Instant::now();
-        self.first.get_or_insert(now);
-        self.last = Some(now);
-        // Bytes up to the next multiple of 8, then whole words, then the rest.
-        while !b.is_empty() && !self.offset.is_multiple_of(8) {
-            self.byte(b[0])?;
-            b = &b[1..];
-        }
-        let words = b.chunks_exact(8);
-        let tail = words.remainder();
-        let first = self.offset / 8;
-        for (i, w) in words.enumerate() {
-            let want = first + i as u64;
-            if u64::from_le_bytes(w.try_into().expect("8 bytes")) != want {
-                bail!("byte {} of the stream differs from what was sent", want * 8);
-            }
-        }
-        self.offset += (b.len() - tail.len()) as u64;
-        for &x in tail {
-            self.byte(x)?;
-        }
-        Ok(())
-    }
-
-    fn byte(&mut self, x: u8) -> Result<()> {
-        let want = ((self.offset / 8) >> (8 * (self.offset % 8))) as u8;
-        ensure!(
-            x == want,
-            "byte {} of the stream differs from what was sent",
-            self.offset
-        );
-        self.offset += 1;
-        Ok(())
-    }
-
-    /// From the first byte to the last.
-    fn elapsed(&self) -> Result<Duration> {
-        match (self.first, self.last) {
-            (Some(a), Some(b)) if b > a => Ok(b - a),
-            _ => bail!("nothing arrived, or all of it at once"),
-        }
-    }
-}
-
-/// rustls over a raw MPTCP socket with nothing in between: records are encrypted into and
-/// decrypted from 256 KiB buffers, one socket call per buffer.
-struct TlsPump {
-    io: TcpStream,
-    tls: rustls::Connection,
-    out: Vec<u8>,
-    buf: Vec<u8>,
-    /// Bytes read with the handshake's last flight that came after it (the peer's first
-    /// records), for [`TlsPump::read_to_end`].
-    early: Vec<u8>,
-}
-
-impl TlsPump {
-    async fn handshake(io: TcpStream, tls: rustls::Connection) -> Result<TlsPump> {
-        let mut t = TlsPump {
-            io,
-            tls,
-            out: Vec::with_capacity(READ_BUF),
-            buf: vec![0u8; READ_BUF],
-            early: Vec::new(),
-        };
-        let fut = async {
-            // Bounded by SETUP_TIMEOUT: each turn sends or waits for the peer.
-            loop {
-                t.flush().await?;
-                if !t.tls.is_handshaking() {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let n = t.io.read(&mut t.buf).await?;
-                ensure!(n > 0, "the peer closed during the TLS handshake");
-                let mut rd = &t.buf[..n];
-                // Records after the handshake wait for read_to_end, which drains their
-                // plaintext as it goes (rustls holds only so much).
-                while !rd.is_empty() && t.tls.is_handshaking() {
-                    t.tls.read_tls(&mut rd)?;
-                    t.tls.process_new_packets()?;
-                }
-                t.early = rd.to_vec();
-            }
-        };
-        tokio::time::timeout(SETUP_TIMEOUT, fut)
-            .await
-            .context("the TLS handshake took too long")??;
-        Ok(t)
-    }
-
-    fn cipher_suite(&self) -> Option<String> {
-        self.tls
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-    }
-
-    /// Sends every pending record.
-    async fn flush(&mut self) -> Result<()> {
-        self.out.clear();
-        while self.tls.wants_write() {
-            self.tls.write_tls(&mut self.out)?;
-        }
-        self.io.write_all(&self.out).await?;
-        Ok(())
-    }
-
-    async fn write_all(&mut self, mut data: &[u8]) -> Result<()> {
-        // Bounded: rustls takes some of `data` whenever its buffer was flushed.
-        while !data.is_empty() {
-            let n = std::io::Write::write(&mut self.tls.writer(), data)?;
-            data = &data[n..];
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Sends close_notify and half-closes.
-    async fn close(&mut self) -> Result<()> {
-        self.tls.send_close_notify();
-        self.flush().await?;
-        self.io.shutdown().await?;
-        Ok(())
-    }
-
-    /// Reads plaintext into `sink` until the peer's close_notify and end of stream.
-    async fn read_to_end(&mut self, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let mut plain = vec![0u8; READ_BUF];
-        let mut closed = false;
-        let early = std::mem::take(&mut self.early);
-        let mut first = Some(early.as_slice());
-        loop {
-            // Whatever came with the handshake (plaintext rustls already holds, then records),
-            // then the socket.
-            let mut rd = match first.take() {
-                Some(e) => e,
-                None => {
-                    let n = self.io.read(&mut self.buf).await?;
-                    if n == 0 {
-                        ensure!(closed, "the stream ended without close_notify");
-                        return Ok(());
-                    }
-                    &self.buf[..n]
-                }
-            };
-            loop {
-                // Drain the plaintext so rustls takes more records.
-                loop {
-                    match std::io::Read::read(&mut self.tls.reader(), &mut plain) {
-                        Ok(0) => break,
-                        Ok(k) => sink(&plain[..k])?,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                if rd.is_empty() {
-                    break;
-                }
-                self.tls.read_tls(&mut rd)?;
-                closed |= self.tls.process_new_packets()?.peer_has_closed();
-            }
-        }
-    }
-
-    /// After our close: the peer's close_notify and end of stream, with no data before them.
-    async fn wait_close(&mut self) -> Result<()> {
-        let mut got = 0usize;
-        tokio::time::timeout(
-            SETUP_TIMEOUT,
-            self.read_to_end(|b| {
-                got += b.len();
-                Ok(())
-            }),
-        )
-        .await
-        .context("the receiver did not close")??;
-        ensure!(got == 0, "the receiver sent {got} bytes");
-        Ok(())
-    }
-}
-
 fn row_report(
     regime: Regime,
     flow: Flow,
@@ -998,11 +780,9 @@ fn row_report(
     t: &[Transfer],
     stalled: u32,
 ) -> RowReport {
-    let mut mbit: Vec<f64> = t.iter().map(Transfer::mbit).collect();
-    mbit.sort_by(f64::total_cmp);
-    let mut cpu: Vec<f64> = t.iter().map(Transfer::cpu_ns_per_byte).collect();
-    cpu.sort_by(f64::total_cmp);
-    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let mbit = sorted(t.iter().map(Transfer::mbit).collect());
+    let cpu = sorted(t.iter().map(Transfer::cpu_ns_per_byte).collect());
+    let round = |x: f64| round_to(x, 1);
     RowReport {
         regime: regime.name(),
         rate_mbit: regime.rate_mbit(),
@@ -1023,19 +803,9 @@ fn row_report(
         // the count against the sender's; anything else fails the run.
         intact: !t.is_empty() && t.iter().all(|x| x.sent == x.delivered),
         cipher_suite: t.iter().find_map(|x| x.cipher_suite.clone()),
-        cpu_ns_per_byte: (median(&cpu) * 100.0).round() / 100.0,
+        cpu_ns_per_byte: round_to(median(&cpu), 2),
         roamd_updates: t.iter().map(|x| x.roamd_updates).sum(),
-        backup_share_max: (t.iter().map(|x| x.backup_share).fold(0.0, f64::max) * 1000.0).round()
-            / 1000.0,
-    }
-}
-
-/// The median of sorted values (the mean of the middle two for an even count).
-fn median(sorted: &[f64]) -> f64 {
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        backup_share_max: round_to(t.iter().map(|x| x.backup_share).fold(0.0, f64::max), 3),
     }
 }
 
@@ -1054,7 +824,7 @@ fn ratios(runs: &[RowReport]) -> Vec<Ratio> {
             && raw > 0.0
             && tls > 0.0
         {
-            let ratio = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
+            let ratio = |a: f64, b: f64| round_to(a / b, 3);
             out.push(Ratio {
                 regime: regime.to_owned(),
                 rate_mbit: rate,
