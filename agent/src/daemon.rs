@@ -297,7 +297,7 @@ impl Daemon {
                     carrier: l.carrier,
                     metered,
                     probe_targets,
-                    wireless: facts.wireless || facts.devtype.as_deref() == Some("wlan"),
+                    wireless: facts.is_wireless(),
                     portal,
                 })
             }

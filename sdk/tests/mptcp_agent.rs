@@ -650,8 +650,7 @@ fn paths_report_each_subflows_backup_flag_as_ss_does() -> Result<()> {
     let (local, remote) = (rm.local.context("local")?, rm.remote.context("remote")?);
     let (flags, per_read) = topo.handset().run(|| {
         as_nobody(|| {
-            // SAFETY: a NUL-terminated literal. (sysfs shows the root namespace's devices.)
-            let ifindex = unsafe { libc::if_nametoindex(c"rmnet0".as_ptr()) };
+            let ifindex = roam_link::socket::if_nametoindex("rmnet0").context("no rmnet0")?;
             let mut d = roam::mptcp::diag::Diag::open()?;
             let flags = d.subflow_flags(local, remote, ifindex)?;
             let t = Instant::now();

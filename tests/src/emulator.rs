@@ -403,12 +403,8 @@ fn tx_loop(dir: &Dir, sock: &OwnedFd, stop: &AtomicBool) {
 
 /// An AF_PACKET socket that sees every frame arriving on `dev` (not the ones it sends itself).
 fn packet_socket(dev: &str) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(dev).map_err(io::Error::other)?;
-    // SAFETY: cname is a valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let ifindex = roam_link::socket::if_nametoindex(dev)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface {dev}")))?;
     // Protocol 0 receives nothing until bind narrows it to one interface, so no frame of another
     // interface slips in between socket and bind.
     // SAFETY: plain socket(2); checked below.

@@ -233,11 +233,7 @@ pub(crate) fn read_backup(diag: &mut Option<Diag>, v: &mut [Subflow]) {
 
 /// The index of interface `name`, 0 when there is none.
 fn ifindex(name: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return 0;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
+    roam_link::socket::if_nametoindex(name).unwrap_or(0)
 }
 
 /// Whether the socket still speaks MPTCP; `Err(detail)` when it fell back to TCP.

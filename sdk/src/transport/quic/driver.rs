@@ -161,14 +161,9 @@ impl Driver {
 /// move: when the kernel cannot be asked (no such interface index, netlink refused in a
 /// sandbox), the move goes ahead as before.
 fn route_to(path: &LocalPath, peer: std::net::SocketAddr) -> std::io::Result<()> {
-    let Ok(name) = std::ffi::CString::new(path.interface.as_str()) else {
+    let Some(oif) = roam_link::socket::if_nametoindex(&path.interface) else {
         return Ok(());
     };
-    // SAFETY: a NUL-terminated name; the call only reads it.
-    let oif = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if oif == 0 {
-        return Ok(());
-    }
     match crate::monitor::netlink::fib_route(path.local, peer.ip(), oif) {
         Err(e)
             if matches!(
