@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -97,19 +97,23 @@ pub fn certificate(dir: &Scratch, names: &[&str]) -> (PathBuf, PathBuf) {
 /// A running process whose standard output is read line by line on a thread; killed on drop.
 pub struct Running {
     pub child: Child,
+    /// The process's standard input (a pipe; dropping it is end of file).
+    pub stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
     /// Every line read so far, for failure messages.
     pub seen: Vec<String>,
 }
 
 impl Running {
-    /// Starts `cmd` with standard output piped (standard error inherited, so the test's output
-    /// shows it).
+    /// Starts `cmd` with standard input and output piped (standard error inherited, so the
+    /// test's output shows it).
     pub fn start(mut cmd: Command) -> Running {
         let mut child = cmd
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let stdin = child.stdin.take();
         let out: ChildStdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -122,9 +126,18 @@ impl Running {
         });
         Running {
             child,
+            stdin,
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// Writes `line` and a newline to the process's standard input.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("standard input is open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
     }
 
     /// The next line within `timeout`, or `None` when the output ended or the time ran out.
