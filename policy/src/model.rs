@@ -1,7 +1,7 @@
 //! The link and decision model every roam crate speaks.
 //!
 //! These types are the JSON shapes of the `roamctl policy` contract
-//! (`shared/design/policy-language.md`): [`State`] is the state file `roamctl policy eval
+//! (`docs/policy-language.md`): [`State`] is the state file `roamctl policy eval
 //! --state` reads, [`Interface`] one entry of its `interfaces` array (and of `roamctl links`),
 //! and [`Decision`] what an evaluation returns. The agent's IPC and the SDK send the same shapes.
 //!

@@ -1,5 +1,5 @@
 //! The handover benchmark's report: gap percentiles over repeats, the JSON of
-//! `shared/design/testing.md`, and a table for people.
+//! `docs/benchmarks.md`, and a table for people.
 
 use std::time::Duration;
 

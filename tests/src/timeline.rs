@@ -172,6 +172,34 @@ impl Panel {
     }
 }
 
+/// Width in pixels of the legend's column, right of each panel's plot.
+const LEGEND_WIDTH: i32 = 250;
+
+/// The legend of one panel in its own column: a short line in each series' colour and width,
+/// then its label.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    entries: &[(RGBColor, u32, String)],
+) -> Result<()> {
+    // Level with the top of the plot, below the caption.
+    let top = 45;
+    for (i, (color, width, label)) in entries.iter().enumerate() {
+        let y = top + 20 * i as i32;
+        area.draw(&PathElement::new(
+            vec![(5, y), (30, y)],
+            color.stroke_width(*width),
+        ))
+        .map_err(|e| anyhow!("{e}"))?;
+        area.draw(&Text::new(
+            label.clone(),
+            (36, y - 7),
+            ("sans-serif", 13).into_font(),
+        ))
+        .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
 /// Draws one panel per run, stacked, into an SVG file at `path`.
 pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Result<()> {
     if panels.is_empty() {
@@ -188,6 +216,11 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
         RGBColor(148, 103, 189),
     ];
     for (panel, area) in panels.iter().zip(areas.iter()) {
+        // The legend has a column of its own to the right of the plot, so it hides no data
+        // whatever the lines do.
+        let width = area.dim_in_pixel().0 as i32;
+        let (plot, legend) = area.split_horizontally(width - LEGEND_WIDTH);
+        let mut entries: Vec<(RGBColor, u32, String)> = Vec::new();
         let links = panel.link_series();
         let delivery = panel.delivery_series(from_ms, to_ms);
         // A backlog flushing after a stall spikes far above the steady rate; the scale follows
@@ -208,7 +241,7 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
         };
         let links: Vec<_> = links.into_iter().map(clip).collect();
         let delivery = clip(delivery);
-        let mut chart = ChartBuilder::on(area)
+        let mut chart = ChartBuilder::on(&plot)
             .caption(&panel.title, ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(35)
@@ -223,32 +256,26 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
             .map_err(|e| anyhow!("{e}"))?;
         for (i, series) in links.iter().enumerate() {
             let color = colors[i % colors.len()];
-            let pts: Vec<_> = series
-                .iter()
-                .copied()
-                .filter(|(x, _)| *x >= from_ms && *x <= to_ms)
-                .collect();
             chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                .map_err(|e| anyhow!("{e}"))?
-                .label(format!("{} (server side, all bytes)", panel.links[i]))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?;
+            entries.push((
+                color,
+                2,
+                format!("{} (server side, all bytes)", panel.links[i]),
+            ));
         }
         chart
             .draw_series(LineSeries::new(delivery, BLACK.stroke_width(1)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label("delivered to the app (messages)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+            .map_err(|e| anyhow!("{e}"))?;
+        entries.push((BLACK, 1, "delivered to the app (messages)".into()));
         chart
             .draw_series(LineSeries::new(
                 vec![(0.0, 0.0), (0.0, ymax)],
                 RED.stroke_width(2),
             ))
-            .map_err(|e| anyhow!("{e}"))?
-            .label("failure")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            .map_err(|e| anyhow!("{e}"))?;
+        entries.push((RED, 2, "failure".into()));
         for (at, label) in &panel.marks {
             let x = ms_since(panel.origin, *at);
             chart
@@ -256,17 +283,10 @@ pub fn write_svg(path: &Path, panels: &[Panel], from_ms: f64, to_ms: f64) -> Res
                     vec![(x, 0.0), (x, ymax)],
                     GREEN.stroke_width(2),
                 ))
-                .map_err(|e| anyhow!("{e}"))?
-                .label(label.clone())
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+                .map_err(|e| anyhow!("{e}"))?;
+            entries.push((GREEN, 2, label.clone()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+        draw_legend(&legend, &entries)?;
     }
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())

@@ -42,7 +42,7 @@ struct Args {
     /// Short runs: 5 repeats, a 3 s timeout; one transport takes under two minutes.
     #[arg(long)]
     quick: bool,
-    /// Write the report as JSON (the shape of shared/design/testing.md).
+    /// Write the report as JSON (the shape in docs/benchmarks.md).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Where to draw the timeline of the first scenario's first repeat, per system.

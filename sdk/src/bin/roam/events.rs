@@ -1,0 +1,267 @@
+//! Session events for people and for programs: a sentence, or one JSON object per line.
+//!
+//! JSON lines have an `event` field and `t_ms`, the milliseconds since the session was
+//! established (`roam serve` adds `session`, a number per accepted session). Interfaces are
+//! named as the kernel names them. Words of reasons are the SDK's, with `_` for spaces
+//! (`link_lost`, `primary_changed`, `path_stalled`, `address_changed`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Instant;
+
+use roam::path::LocalPath;
+use roam::{SessionEvent, Subflow};
+use serde_json::{Value, json};
+
+/// Where event lines go: JSON or sentences, to standard output or standard error.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    /// One JSON object per line instead of sentences.
+    pub json: bool,
+    /// Standard output carries the session's bytes: everything printed goes to standard error.
+    pub stdout_busy: bool,
+}
+
+impl Printer {
+    /// Prints a JSON object (with `--json`) on its own line.
+    pub fn json(&self, v: &Value) {
+        if self.json {
+            self.line(&v.to_string(), !self.stdout_busy);
+        }
+    }
+
+    /// Prints a sentence (without `--json`), always to standard error: standard output is for
+    /// data and JSON.
+    pub fn say(&self, text: &str) {
+        if !self.json {
+            self.line(text, false);
+        }
+    }
+
+    fn line(&self, text: &str, stdout: bool) {
+        // A closed pipe on the other end is not worth a panic.
+        if stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        } else {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
+    }
+}
+
+/// Milliseconds from `start` to now.
+pub fn t_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// A reason's words as a JSON word (`link lost` -> `link_lost`).
+fn word(reason: impl std::fmt::Display) -> String {
+    reason
+        .to_string()
+        .replace([' ', ','], "_")
+        .replace("__", "_")
+}
+
+fn iface(p: &LocalPath) -> &str {
+    &p.interface
+}
+
+/// One subflow as JSON.
+fn subflow_json(s: &Subflow) -> Value {
+    json!({
+        "id": s.id,
+        "interface": s.interface,
+        "local": s.local.map(|a| a.to_string()),
+        "remote": s.remote.map(|a| a.to_string()),
+        "backup": s.backup,
+    })
+}
+
+/// Turns a session's events into lines, remembering the subflows it saw so that additions and
+/// removals can be told apart.
+#[derive(Debug, Default)]
+pub struct Narrator {
+    subflows: BTreeMap<(u32, Option<String>, Option<String>), Subflow>,
+}
+
+impl Narrator {
+    /// The JSON objects for `e` (usually one; a change of subflows gives one per path added or
+    /// removed), each with `t_ms`.
+    pub fn json(&mut self, e: &SessionEvent, t_ms: u64) -> Vec<Value> {
+        let mut out = match e {
+            SessionEvent::PathChanged { from, to, reason } => vec![json!({
+                "event": "path_changed",
+                "from": from.as_ref().map(iface),
+                "to": to.interface,
+                "to_local": to.local.to_string(),
+                "reason": word(reason),
+            })],
+            SessionEvent::Degraded { path, reason } => vec![json!({
+                "event": "degraded", "path": path.interface, "reason": word(reason),
+            })],
+            SessionEvent::Recovered { path } => {
+                vec![json!({"event": "recovered", "path": path.interface})]
+            }
+            SessionEvent::DecisionUpdated(d) => vec![json!({
+                "event": "decision",
+                "primary": d.primary().map(|p| p.interface.as_str()),
+                "paths": d.paths.iter().map(|p| json!({
+                    "interface": p.interface, "link": p.link, "role": p.role.as_str(),
+                })).collect::<Vec<_>>(),
+            })],
+            SessionEvent::DecisionSourceChosen { source, why } => vec![json!({
+                "event": "decision_source", "source": source, "why": why,
+            })],
+            SessionEvent::TransportChosen { transport, why } => vec![json!({
+                "event": "transport", "transport": transport.as_str(), "why": why,
+            })],
+            SessionEvent::MptcpFallback { path, detail, now } => vec![json!({
+                "event": "mptcp_fallback", "path": path.interface, "detail": detail,
+                "now": now.as_str(),
+            })],
+            SessionEvent::KernelPathManager { detail } => {
+                vec![json!({"event": "kernel_path_manager", "detail": detail})]
+            }
+            SessionEvent::SubflowsChanged(now) => self.subflow_changes(now),
+            SessionEvent::Resumed { path, resent } => vec![json!({
+                "event": "resumed",
+                "path": path.as_ref().map(iface),
+                "resent": resent,
+            })],
+            other => vec![json!({"event": "other", "debug": format!("{other:?}")})],
+        };
+        for v in &mut out {
+            v["t_ms"] = json!(t_ms);
+        }
+        out
+    }
+
+    /// `path_added` and `path_removed` objects for the difference to the last set of subflows.
+    fn subflow_changes(&mut self, now: &[Subflow]) -> Vec<Value> {
+        let key = |s: &Subflow| {
+            (
+                s.id,
+                s.local.map(|a| a.to_string()),
+                s.remote.map(|a| a.to_string()),
+            )
+        };
+        let next: BTreeMap<_, _> = now.iter().map(|s| (key(s), s.clone())).collect();
+        let mut out = Vec::new();
+        for (k, s) in &self.subflows {
+            if !next.contains_key(k) {
+                let mut v = subflow_json(s);
+                v["event"] = json!("path_removed");
+                out.push(v);
+            }
+        }
+        for (k, s) in &next {
+            if !self.subflows.contains_key(k) {
+                let mut v = subflow_json(s);
+                v["event"] = json!("path_added");
+                out.push(v);
+            }
+        }
+        self.subflows = next;
+        out
+    }
+}
+
+/// A sentence for `e`, for events a person watching wants to see (`None` for the others).
+pub fn sentence(e: &SessionEvent) -> Option<String> {
+    Some(match e {
+        SessionEvent::PathChanged { from, to, reason } => format!(
+            "path changed: {} -> {} ({reason})",
+            from.as_ref().map(iface).unwrap_or("nothing"),
+            to
+        ),
+        SessionEvent::Degraded { path, reason } => {
+            format!("degraded on {} ({reason})", path.interface)
+        }
+        SessionEvent::Recovered { path } => format!("recovered on {}", path.interface),
+        SessionEvent::DecisionSourceChosen { source, why } => {
+            format!("decisions from {source} ({why})")
+        }
+        SessionEvent::TransportChosen { transport, why } => {
+            format!("transport {transport} ({why})")
+        }
+        SessionEvent::MptcpFallback { path, detail, now } => {
+            format!("MPTCP removed on {}: {detail}; now {now}", path.interface)
+        }
+        SessionEvent::KernelPathManager { detail } => {
+            format!("the kernel's path manager is in charge: {detail}")
+        }
+        SessionEvent::Resumed { path, resent } => format!(
+            "resumed on {} ({resent} bytes sent again)",
+            path.as_ref().map(iface).unwrap_or("a new connection")
+        ),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: u32, iface: &str, port: u16) -> Subflow {
+        Subflow {
+            id,
+            local: Some(([198, 18, 0, 2], port).into()),
+            remote: Some(([198, 19, 0, 1], 4433).into()),
+            interface: Some(iface.into()),
+            backup: Some(false),
+            rtt: std::time::Duration::from_millis(1),
+            bytes_sent: None,
+            bytes_acked: None,
+            bytes_received: None,
+        }
+    }
+
+    #[test]
+    fn a_path_change_names_both_links_and_the_reason_as_a_word() {
+        let e = SessionEvent::PathChanged {
+            from: Some(LocalPath {
+                interface: "wlan0".into(),
+                local: [198, 18, 0, 2].into(),
+            }),
+            to: LocalPath {
+                interface: "rmnet0".into(),
+                local: [198, 18, 1, 2].into(),
+            },
+            reason: roam::path::MigrationReason::LinkLost,
+        };
+        let v = Narrator::default().json(&e, 512);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0]["event"], "path_changed");
+        assert_eq!(v[0]["from"], "wlan0");
+        assert_eq!(v[0]["to"], "rmnet0");
+        assert_eq!(v[0]["reason"], "link_lost");
+        assert_eq!(v[0]["t_ms"], 512);
+        assert!(sentence(&e).unwrap().contains("wlan0 -> rmnet0"));
+    }
+
+    #[test]
+    fn subflow_sets_become_paths_added_and_removed() {
+        let mut n = Narrator::default();
+        let first = n.json(
+            &SessionEvent::SubflowsChanged(vec![sub(1, "wlan0", 1000)]),
+            1,
+        );
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0]["event"], "path_added");
+        let next = n.json(
+            &SessionEvent::SubflowsChanged(vec![sub(2, "rmnet0", 1001)]),
+            2,
+        );
+        let kinds: Vec<_> = next
+            .iter()
+            .map(|v| {
+                (
+                    v["event"].as_str().unwrap(),
+                    v["interface"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(kinds, [("path_removed", "wlan0"), ("path_added", "rmnet0")]);
+    }
+}
