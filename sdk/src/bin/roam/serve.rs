@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use roam::{Listener, Session};
@@ -60,7 +59,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         "listening on {local} (QUIC on UDP, MPTCP/TCP on TCP){}",
         if args.echo { ", echoing" } else { "" }
     ));
-    let next = AtomicU64::new(1);
+    let mut next = 1u64;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let s = tokio::select! {
@@ -68,8 +67,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         };
-        let id = next.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve_one(s, id, args.echo, out));
+        tokio::spawn(serve_one(s, next, args.echo, out));
+        next += 1;
     }
     listener.close();
     Ok(ExitCode::SUCCESS)
