@@ -745,8 +745,8 @@ fn links(socket: &std::path::Path) -> Result<Vec<roam_policy::model::Interface>>
 }
 
 /// Waits, one `links` call per MiB the server receives, until roamd has seen `link` up for
-/// `d`: the policy's hold keeps a returning link from being first only while another one has
-/// been up for the hold.
+/// `d` (or up since it started, which shows no up time): the policy's hold keeps a returning
+/// link from being first only while another one has been up for the hold.
 fn wait_up_for(
     agent: &Agent,
     notes: &mpsc::Receiver<ServerNote>,
@@ -756,8 +756,11 @@ fn wait_up_for(
     let deadline = Instant::now() + d + EVENT_TIMEOUT;
     loop {
         let v = links(&agent.socket())?;
-        let up_for = v.iter().find(|i| i.name == link).and_then(|i| i.up_for_ms);
-        if up_for.is_some_and(|ms| ms as u128 >= d.as_millis()) {
+        // A usable link with no up time was up when roamd started: longer than any hold.
+        let held_long_enough = v.iter().find(|i| i.name == link).is_some_and(|i| {
+            i.state.is_usable() && i.up_for_ms.is_none_or(|ms| ms as u128 >= d.as_millis())
+        });
+        if held_long_enough {
             return Ok(());
         }
         if Instant::now() > deadline {
