@@ -70,11 +70,14 @@ fn server_reading_one(
 }
 
 /// A tcp-resume client speaking the wire format of sdk/RESUME.md by hand: TLS (ALPN roam/1),
-/// `RRES`, NEW; returns its TLS stream once the listener's WELCOME arrived.
+/// `RRES`, NEW; returns its TLS stream once the listener's WELCOME arrived, and the WELCOME.
 fn hostile_new(
     pki: &Pki,
     peer: SocketAddr,
-) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+) -> Result<(
+    rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    [u8; 37],
+)> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.clone())?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -101,7 +104,7 @@ fn hostile_new(
         welcome[..5] == [0x02, 0, 0, 0, 32],
         "not WELCOME: {welcome:?}"
     );
-    Ok(tls)
+    Ok((tls, welcome))
 }
 
 /// Waits up to `limit` for the listener to close `tls`'s connection; returns how long it took.
@@ -151,7 +154,7 @@ fn violation_ends_the_session(name: &str, bad: &[u8]) -> Result<()> {
     let server = server_reading_one(&topo, &pki, Duration::from_secs(60), EVENT_TIMEOUT)?;
     let peer = SocketAddr::new(SERVICE_V4.into(), PORT);
     let closed = topo.handset().run(|| -> Result<Duration> {
-        let mut tls = hostile_new(&pki, peer)?;
+        let (mut tls, _) = hostile_new(&pki, peer)?;
         tls.write_all(bad)?;
         tls.flush()?;
         wait_closed(&mut tls, CLOSE_LIMIT)
@@ -207,7 +210,7 @@ fn a_client_silent_after_new_is_dropped_and_its_session_freed() -> Result<()> {
     let peer = SocketAddr::new(SERVICE_V4.into(), PORT);
     let closed = topo.handset().run(|| -> Result<Duration> {
         // NEW, then nothing: no PING, no ACK; the socket stays open on this side.
-        let mut tls = hostile_new(&pki, peer)?;
+        let (mut tls, _) = hostile_new(&pki, peer)?;
         wait_closed(&mut tls, SERVER_SILENCE + CLOSE_LIMIT)
     })??;
     let (why, after) = server
@@ -336,5 +339,132 @@ fn idle_tcp_connections_past_the_descriptor_limit_hold_up_no_new_client() -> Res
         took < CONNECT_LIMIT,
         "the new client took {took:?} to connect"
     );
+    Ok(())
+}
+
+/// Environment variable naming the directory the seed capture writes to.
+const SEEDS_DIR: &str = "ROAM_FUZZ_SEEDS";
+
+/// A TLS server (ALPN roam/1) that records what one real client sends inside TLS: after
+/// `RRES` and NEW it answers a WELCOME, as a Listener would; it reads until the client's
+/// stream ends (EOF, or a tcp-resume FIN frame) and returns everything.
+fn record_one_client(pki: &Pki, listener: std::net::TcpListener) -> Result<Vec<u8>> {
+    let cfg = Arc::new(pki.server_tls()?);
+    let (sock, _) = listener.accept()?;
+    sock.set_read_timeout(Some(EVENT_TIMEOUT))?;
+    let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(cfg)?, sock);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut welcomed = false;
+    loop {
+        let n = match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        };
+        got.extend_from_slice(&buf[..n]);
+        if got.starts_with(b"RRES") && !welcomed && got.len() >= 9 {
+            let len = u32::from_be_bytes(got[5..9].try_into()?) as usize;
+            if got.len() >= 9 + len {
+                let mut welcome = vec![0x02, 0, 0, 0, 32];
+                welcome.extend_from_slice(&[0x42; 32]);
+                tls.write_all(&welcome)?;
+                tls.flush()?;
+                welcomed = true;
+            }
+        }
+        // tcp-resume: the stream's FIN frame ends what the client has to say.
+        if welcomed && got.windows(5).any(|w| w == [0x13, 0, 0, 0, 8]) {
+            break;
+        }
+    }
+    Ok(got)
+}
+
+/// Captures fuzz seeds of sdk/fuzz from real runs (a `#[test]` that returns at once unless
+/// [`SEEDS_DIR`] names a directory): what the SDK's client sends inside TLS over MPTCP (the
+/// session header, then the app's bytes) and over tcp-resume (NEW, DATA, PING, FIN), and
+/// the WELCOME a real Listener answers.
+#[test]
+fn capture_fuzz_seeds() -> Result<()> {
+    let Some(dir) = std::env::var_os(SEEDS_DIR).map(std::path::PathBuf::from) else {
+        return Ok(());
+    };
+    let topo = two_links()?;
+    let pki = Arc::new(Pki::generate()?);
+    let peer = SocketAddr::new(SERVICE_V4.into(), PORT);
+    for (transport, file) in [
+        (
+            TransportPreference::Mptcp,
+            "session_header/sdk_client_mptcp",
+        ),
+        (
+            TransportPreference::TcpResume,
+            "resume_frames/sdk_client_new_data_fin",
+        ),
+    ] {
+        // An MPTCP socket, so that the MPTCP client does not fall back to tcp-resume.
+        let listener = topo.server().run(|| -> Result<std::net::TcpListener> {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::MPTCP),
+            )?;
+            s.set_reuse_address(true)?;
+            s.bind(&peer.into())?;
+            s.listen(8)?;
+            Ok(s.into())
+        })??;
+        let p = pki.clone();
+        let (done_tx, done_rx) = mpsc::channel();
+        let server = topo.server().spawn("recorder", move || {
+            let r = record_one_client(&p, listener);
+            let _ = done_tx.send(());
+            r
+        })?;
+        let client_tls = pki.client_tls();
+        topo.handset().block_on(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut s = roam::Session::builder()
+                .app("com.example.chat")
+                .policy(POLICY)
+                .use_roamd(false)
+                .transport(transport)
+                .tls(client_tls)
+                .server_name(SERVER_NAME)
+                .connect(&peer.to_string())
+                .await?;
+            for i in 0..3u8 {
+                s.write_all(&[i; 700]).await?;
+            }
+            s.shutdown().await?;
+            // The session stays until the recorder has everything.
+            let _ = tokio::task::spawn_blocking(move || done_rx.recv_timeout(EVENT_TIMEOUT)).await;
+            drop(s);
+            Ok::<_, anyhow::Error>(())
+        })??;
+        let got = server
+            .join()
+            .map_err(|_| anyhow::anyhow!("recorder panicked"))??;
+        // tcp-resume's frames start after its magic.
+        let got = got.strip_prefix(b"RRES").unwrap_or(&got);
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().context("a parent")?)?;
+        std::fs::write(&path, got)?;
+        eprintln!("captured {} bytes to {}", got.len(), path.display());
+    }
+    // The WELCOME of a real Listener.
+    let server = server_reading_one(&topo, &pki, Duration::from_secs(1), EVENT_TIMEOUT)?;
+    let welcome = topo.handset().run(|| -> Result<[u8; 37]> {
+        let (mut tls, welcome) = hostile_new(&pki, peer)?;
+        tls.write_all(&[0x14, 0, 0, 0, 0])?; // CLOSE: the session ends
+        tls.flush()?;
+        Ok(welcome)
+    })??;
+    let _ = server.join();
+    let path = dir.join("resume_frames/listener_welcome");
+    std::fs::write(&path, welcome)?;
+    eprintln!("captured {} bytes to {}", welcome.len(), path.display());
     Ok(())
 }
