@@ -556,9 +556,60 @@ pub fn take_frame<T: for<'de> Deserialize<'de>>(
     Ok(Some(msg?))
 }
 
+/// The fuzz target's body (ipc/fuzz, `ipc_frames`) and its corpus replay: `data` as a byte
+/// stream from a local peer, taken frame by frame as roamd takes its clients' requests and
+/// the SDK the agent's replies ([`take_frame`]). Never panics on any input; every message
+/// parsed encodes to a frame that parses to the same message.
+#[doc(hidden)]
+pub fn fuzz_frames(data: &[u8]) {
+    fn stream<T>(data: &[u8])
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug,
+    {
+        let mut buf = data.to_vec();
+        loop {
+            match take_frame::<T>(&mut buf) {
+                Ok(Some(m)) => {
+                    let again = take_frame::<T>(&mut encode(&m));
+                    match again {
+                        Ok(Some(again)) => assert_eq!(again, m, "a message does not round-trip"),
+                        other => panic!("{m:?} encodes to a frame that reads as {other:?}"),
+                    }
+                }
+                // The frame was taken off: the next one follows.
+                Err(FrameError::BadMessage(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+    stream::<Request>(data);
+    stream::<Reply>(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file of `ipc/fuzz/corpus/ipc_frames` and `ipc/fuzz/regressions/ipc_frames`
+    /// through the fuzz target's body: the captured seeds and every input that once crashed.
+    #[test]
+    fn every_fuzz_corpus_and_regression_replays_cleanly() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut n = 0;
+        for dir in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join("ipc_frames")) else {
+                continue;
+            };
+            for e in entries {
+                let path = e.expect("a corpus entry").path();
+                let data = std::fs::read(&path).expect("a corpus file");
+                let r = std::panic::catch_unwind(|| fuzz_frames(&data));
+                assert!(r.is_ok(), "{} panics", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "only {n} corpus files");
+    }
 
     #[test]
     fn requests_have_the_documented_shape() {

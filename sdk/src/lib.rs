@@ -55,6 +55,8 @@
 pub mod decision;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listener;
 pub mod monitor;
 pub mod mptcp;

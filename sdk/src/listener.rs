@@ -16,10 +16,11 @@ use quinn::crypto::rustls::QuicServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::net::tcp::Handshakes;
 use crate::session::{Session, header};
 use crate::transport::tls_stream::{self, TlsStream};
 use crate::transport::{Connection, TaskHandle, mptcp, quic, resume};
@@ -30,7 +31,10 @@ const BACKLOG: usize = 64;
 /// Accepts sessions on one address: UDP for QUIC, TCP (MPTCP) for the other transports.
 ///
 /// Handshakes run concurrently, each bounded by the header timeout: a client that stalls in
-/// its handshake or never sends its session header holds up no other client.
+/// its handshake or never sends its session header holds up no other client. At most 256 TCP
+/// handshakes are under way at once; a newer connection sheds the oldest, so a flood of
+/// connections that never speak cannot use up the process's descriptors or hold up a new
+/// client (QUIC handshakes past 256 wait in quinn's queue).
 #[derive(Debug)]
 pub struct Listener {
     endpoint: quinn::Endpoint,
@@ -46,8 +50,10 @@ impl Listener {
     /// Binds `addr` with `tls` (see [`crate::tls::server_config`]; its ALPN list should
     /// start with `roam/1`). QUIC: idle timeout 30 s, keep-alive every 1 s, migration on.
     /// TCP: the same port number, an MPTCP socket when the kernel has MPTCP (it accepts plain
-    /// TCP too), else a TCP one. Detached tcp-resume sessions wait 30 s for their client
-    /// ([`Listener::bind_with_grace`] chooses).
+    /// TCP too), else a TCP one. A tcp-resume connection silent for 10 s (its client pings
+    /// every keep-alive interval) or breaking the protocol is closed; a silent one's session
+    /// detaches and waits 30 s for its client ([`Listener::bind_with_grace`] chooses), a
+    /// violating one's ends at once (sdk/RESUME.md, Lifetime).
     pub fn bind(addr: SocketAddr, tls: rustls::ServerConfig) -> Result<Listener> {
         Listener::bind_with_grace(addr, tls, resume::DEFAULT_GRACE)
     }
@@ -139,9 +145,28 @@ impl Listener {
     }
 }
 
-/// Accepts TCP (and MPTCP) connections: each gets its TLS handshake
-/// and header in a task of its own (a slow client holds up no one), then becomes a session
-/// sent to `tx`, or joins the detached tcp-resume session it proves it owns.
+/// How many TCP handshakes (TLS and the session header) may be under way at once, as for
+/// QUIC; a connection past it evicts the oldest (see [`Handshakes`]).
+const TCP_HANDSHAKES: usize = 256;
+/// The first pause after the listener failed to accept with nothing left to shed; it doubles
+/// up to [`ACCEPT_BACKOFF_MAX`] while accepting keeps failing.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The handshakes under way; dropping a sender stops its handshake.
+type Pending = Arc<std::sync::Mutex<Handshakes<oneshot::Sender<()>>>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Handshakes<oneshot::Sender<()>>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Accepts TCP (and MPTCP) connections: each gets its TLS handshake and header in a task of
+/// its own (a slow client holds up no one), then becomes a session sent to `tx`, or joins the
+/// detached tcp-resume session it proves it owns. At most [`TCP_HANDSHAKES`] are under way:
+/// a newer connection evicts the oldest, so connections that never speak cannot use up the
+/// process's descriptors. When accepting fails for want of descriptors anyway (the app's
+/// sessions use them), the oldest handshake is shed at once, and with none left the loop
+/// backs off (50 ms doubling to 1 s) instead of spinning.
 async fn tcp_accept_loop(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -150,21 +175,55 @@ async fn tcp_accept_loop(
     resume_grace: Duration,
 ) {
     let registry = resume::Registry::new(resume_grace);
+    let pending: Pending = Arc::new(std::sync::Mutex::new(Handshakes::new(TCP_HANDSHAKES)));
+    let mut failures = 0u64;
+    let mut backoff = ACCEPT_BACKOFF;
+    let mut shed = 0u64;
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: the listener stays; wait a little so as not to spin.
-                tracing::warn!(error = %e, "accepting a TCP connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(error = %e, "accepting TCP connections fails");
+                }
+                let out_of_fds = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if out_of_fds && lock(&pending).evict_oldest().is_some() {
+                    // Its task closes its socket when it next runs.
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
                 continue;
             }
         };
+        if failures > 0 {
+            tracing::info!(failures, "accepting TCP connections again");
+            failures = 0;
+            backoff = ACCEPT_BACKOFF;
+        }
         if tx.is_closed() {
             return;
         }
         let _ = sock.set_nodelay(true);
-        let (tls, tx, registry) = (tls.clone(), tx.clone(), registry.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (id, evicted) = lock(&pending).admit(stop);
+        if evicted.is_some() {
+            shed += 1;
+            if shed % 1000 == 1 {
+                tracing::warn!(
+                    shed,
+                    "{TCP_HANDSHAKES} TCP handshakes under way: the oldest ones are shed"
+                );
+            }
+        }
+        drop(evicted);
+        let (tls, tx, registry, pending) =
+            (tls.clone(), tx.clone(), registry.clone(), pending.clone());
         tokio::spawn(
             async move {
                 let handshake = async {
@@ -182,14 +241,21 @@ async fn tcp_accept_loop(
                         other => Err(Error::Protocol(format!("bad magic {other:?}"))),
                     }
                 };
-                match tokio::time::timeout(header_timeout, handshake).await {
-                    Ok(Ok(Some(session))) => {
+                let r = tokio::select! {
+                    r = tokio::time::timeout(header_timeout, handshake) => Some(r),
+                    _ = stopped => None,
+                };
+                // Evicted meanwhile: the result goes with the slot.
+                let r = r.filter(|_| lock(&pending).done(id));
+                match r {
+                    Some(Ok(Ok(Some(session)))) => {
                         tracing::info!(%peer, transport = %session.transport, app = session.app.as_deref().unwrap_or("default"), "session accepted");
                         let _ = tx.send(session).await;
                     }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TCP session refused"),
-                    Err(_) => tracing::info!(%peer, "TCP client sent no header in time"),
+                    Some(Ok(Ok(None))) => {}
+                    Some(Ok(Err(e))) => tracing::info!(%peer, error = %e, "TCP session refused"),
+                    Some(Err(_)) => tracing::info!(%peer, "TCP client sent no header in time"),
+                    None => tracing::debug!(%peer, "TCP handshake shed for a newer one"),
                 }
             }
             .in_current_span(),

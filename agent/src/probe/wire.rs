@@ -58,9 +58,43 @@ impl Probe {
     }
 }
 
+/// The fuzz target's body (agent/fuzz, `probe_packet`) and its corpus replay: `data` as a
+/// datagram arriving at the prober or the reflector. Never panics on any input; a packet
+/// accepted is exactly what [`Probe::emit`] writes for it, and the reflector's answer to a
+/// request is a packet of the same size.
+#[doc(hidden)]
+pub fn fuzz(data: &[u8]) {
+    if let Some(p) = Probe::parse(data) {
+        assert_eq!(p.emit()[..], data[..], "{p:?} does not round-trip");
+        let answer = Probe { reply: true, ..p }.emit();
+        assert_eq!(answer.len(), data.len(), "the reflector would amplify");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file of `agent/fuzz/corpus/probe_packet` and `agent/fuzz/regressions/probe_packet`
+    /// through the fuzz target's body: the captured seeds and every input that once crashed.
+    #[test]
+    fn every_fuzz_corpus_and_regression_replays_cleanly() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut n = 0;
+        for dir in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join("probe_packet")) else {
+                continue;
+            };
+            for e in entries {
+                let path = e.expect("a corpus entry").path();
+                let data = std::fs::read(&path).expect("a corpus file");
+                let r = std::panic::catch_unwind(|| fuzz(&data));
+                assert!(r.is_ok(), "{} panics", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "only {n} corpus files");
+    }
 
     #[test]
     fn parse_and_emit_agree_and_anything_else_is_refused() {

@@ -80,3 +80,87 @@ pub fn family_of(ip: std::net::IpAddr) -> u16 {
         std::net::IpAddr::V6(_) => AF_INET6,
     }
 }
+
+/// The fuzz targets' bodies (link/fuzz) and their corpus replay: datagrams as a netlink
+/// socket receives them, through the parsers roamd and the SDK run on the kernel's answers
+/// and events. Never panic on any input.
+#[doc(hidden)]
+pub mod fuzz {
+    use super::genl::{Family, GenlMessage};
+    use super::mptcp_pm::{Event, Request};
+    use super::sock_diag::Socket;
+    use super::{Attrs, Messages};
+
+    /// A `mptcp_pm` datagram: events, answers, acks and errors (and, as the tests read
+    /// iproute2's requests, requests).
+    pub fn mptcp_pm(datagram: &[u8]) {
+        for m in Messages::new(datagram) {
+            let _ = m.error();
+            let Some(g) = GenlMessage::parse(&m) else {
+                continue;
+            };
+            let e = Event::parse(g.header.cmd, g.attrs);
+            let _ = (e.local(), e.remote());
+            let _ = Request::parse(g.header.cmd, g.attrs);
+            let _ = Family::parse(g.attrs);
+            walk(g.attrs, 0);
+        }
+    }
+
+    /// A `SOCK_DIAG_BY_FAMILY` answer: the socket and its MPTCP subflow nest, or an error.
+    pub fn sock_diag(datagram: &[u8]) {
+        for m in Messages::new(datagram) {
+            let _ = m.error();
+            if let Some(s) = Socket::parse(m.payload) {
+                let _ = s.ulp();
+                walk(s.attrs, 0);
+            }
+        }
+    }
+
+    /// Every attribute's every reading, nests included (a few levels: the kernel's go two).
+    fn walk(attrs: &[u8], depth: usize) {
+        for a in Attrs::new(attrs) {
+            let _ = (a.u8(), a.u16(), a.be16(), a.u32(), a.i32(), a.u64());
+            let _ = (a.ipv4(), a.ipv6(), a.string());
+            if depth < 4 {
+                walk(a.value(), depth + 1);
+            }
+        }
+    }
+
+    /// The targets by name (their file names in `link/fuzz/fuzz_targets`).
+    /// A fuzz target's body.
+    pub type Target = fn(&[u8]);
+
+    pub const TARGETS: &[(&str, Target)] = &[("mptcp_pm", mptcp_pm), ("sock_diag", sock_diag)];
+
+    #[cfg(test)]
+    mod tests {
+        use super::TARGETS;
+
+        /// Every file of `link/fuzz/corpus/<target>` and `link/fuzz/regressions/<target>`
+        /// through its target: the kernel's captured datagrams and every input that once
+        /// crashed.
+        #[test]
+        fn every_fuzz_corpus_and_regression_replays_cleanly() {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+            for (name, target) in TARGETS {
+                let mut n = 0;
+                for dir in ["corpus", "regressions"] {
+                    let Ok(entries) = std::fs::read_dir(root.join(dir).join(name)) else {
+                        continue;
+                    };
+                    for e in entries {
+                        let path = e.expect("a corpus entry").path();
+                        let data = std::fs::read(&path).expect("a corpus file");
+                        let r = std::panic::catch_unwind(|| target(&data));
+                        assert!(r.is_ok(), "{name}: {} panics", path.display());
+                        n += 1;
+                    }
+                }
+                assert!(n >= 3, "{name}: only {n} corpus files");
+            }
+        }
+    }
+}

@@ -562,6 +562,27 @@ pub(crate) fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The name the DNS fuzz target's replies answer (its seeds are dnsmasq's answers for it).
+const FUZZ_NAME: &str = "api.roam.test";
+
+/// The fuzz target's body (sdk/fuzz, `dns_answer`) and its corpus replay: `data` as a UDP
+/// reply to the client's query for `api.roam.test` (its id taken from the reply, so the
+/// fuzzer reaches past the id check), read for both address types. Never panics on any input;
+/// addresses come back only of the asked family.
+pub(crate) fn fuzz(data: &[u8]) {
+    let id = data
+        .first_chunk::<2>()
+        .map_or(0, |b| u16::from_be_bytes(*b));
+    for qtype in [QType::A, QType::Aaaa] {
+        if let Ok(Answer::Addrs(addrs)) = parse_answer(data, id, FUZZ_NAME, qtype) {
+            assert!(
+                addrs.iter().all(|a| a.is_ipv4() == (qtype == QType::A)),
+                "{qtype:?} answer with {addrs:?}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

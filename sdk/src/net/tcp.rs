@@ -85,3 +85,98 @@ pub(crate) fn stream_connect_error(path: &LocalPath, peer: SocketAddr, e: io::Er
         Error::io(format!("connecting to {peer} from {path}"), e)
     }
 }
+
+/// The TCP handshakes a listener has under way (TLS and the session header), at most `cap` at
+/// once, oldest first. Each accepted connection is admitted; past the cap, the oldest one is
+/// evicted (its task ends and its socket closes). A new client thus always gets its turn, and
+/// a flood of connections that never speak costs at most `cap` descriptors and tasks: they
+/// are pushed out by newer ones instead of holding up everyone until their header timeout.
+/// Sans I/O: `T` is whatever stops a handshake when dropped (a channel's sender).
+#[derive(Debug)]
+pub(crate) struct Handshakes<T> {
+    cap: usize,
+    next: u64,
+    live: std::collections::BTreeMap<u64, T>,
+}
+
+impl<T> Handshakes<T> {
+    /// An empty table for at most `cap` (at least 1) handshakes.
+    pub(crate) fn new(cap: usize) -> Handshakes<T> {
+        Handshakes {
+            cap: cap.max(1),
+            next: 0,
+            live: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Admits a new handshake: its id, and the oldest one evicted to make room for it.
+    pub(crate) fn admit(&mut self, stop: T) -> (u64, Option<T>) {
+        let evicted = if self.live.len() >= self.cap {
+            self.evict_oldest()
+        } else {
+            None
+        };
+        let id = self.next;
+        self.next += 1;
+        self.live.insert(id, stop);
+        (id, evicted)
+    }
+
+    /// The handshake `id` finished (or failed): its slot frees. False when it had been
+    /// evicted meanwhile (its result must be dropped).
+    pub(crate) fn done(&mut self, id: u64) -> bool {
+        self.live.remove(&id).is_some()
+    }
+
+    /// Removes the oldest handshake (to free a descriptor, say).
+    pub(crate) fn evict_oldest(&mut self) -> Option<T> {
+        self.live.pop_first().map(|(_, t)| t)
+    }
+
+    /// Handshakes under way.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Handshakes;
+
+    #[test]
+    fn a_full_table_evicts_its_oldest_handshake() {
+        let mut h = Handshakes::new(3);
+        let ids: Vec<u64> = ["a", "b", "c"]
+            .into_iter()
+            .map(|s| {
+                let (id, ev) = h.admit(s);
+                assert_eq!(ev, None);
+                id
+            })
+            .collect();
+        assert_eq!(h.len(), 3);
+        // "b" finished: room again, no eviction.
+        assert!(h.done(ids[1]));
+        assert_eq!(h.admit("d").1, None);
+        // Full: the oldest ("a") goes, then "c".
+        assert_eq!(h.admit("e").1, Some("a"));
+        assert_eq!(h.admit("f").1, Some("c"));
+        assert_eq!(h.len(), 3);
+        // An evicted handshake that finishes anyway is told so.
+        assert!(!h.done(ids[0]));
+        assert_eq!(h.evict_oldest(), Some("d"));
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn a_cap_of_zero_still_admits_one() {
+        let mut h = Handshakes::new(0);
+        let (a, _) = h.admit(1);
+        let (b, ev) = h.admit(2);
+        assert_eq!(ev, Some(1));
+        assert!(!h.done(a));
+        assert!(h.done(b));
+        assert_eq!(h.len(), 0);
+    }
+}

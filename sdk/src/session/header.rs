@@ -64,3 +64,31 @@ pub(crate) async fn read_header(recv: &mut quinn::RecvStream) -> Result<Option<S
     }
     read_header_after_magic(recv).await
 }
+
+/// The fuzz target's body (sdk/fuzz, `session_header`) and its corpus replay: `data` as the
+/// bytes a TCP client sends inside TLS, read as the Listener reads them (the magic, then
+/// [`read_header_after_magic`]). Never panics on any input; a header it accepts is exactly
+/// what [`header`] writes for its app id.
+pub(crate) fn fuzz(data: &[u8]) {
+    let Some((magic, mut rest)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    if magic != MAGIC {
+        return;
+    }
+    let before = rest.len();
+    let r = {
+        let read = std::pin::pin!(read_header_after_magic(&mut rest));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // A reader over a slice never waits.
+        let std::task::Poll::Ready(r) = std::future::Future::poll(read, &mut cx) else {
+            panic!("reading the header from a slice waited");
+        };
+        r
+    };
+    if let Ok(app) = r {
+        let used = 4 + before - rest.len();
+        let again = header(app.as_deref()).expect("an app id read back fits");
+        assert_eq!(again, data[..used], "the header does not round-trip");
+    }
+}

@@ -13,7 +13,8 @@ use tracing::Instrument;
 
 use super::core::Core;
 use super::driver::{
-    ConnView, ResumeStream, Shared, proof, proofs_match, read_frame, run_connection, write_frame,
+    ConnError, ConnView, ResumeStream, Shared, proof, proofs_match, read_frame, run_connection,
+    write_frame,
 };
 use super::wire::{Frame, Secret, SessionId};
 use super::{RECV_WINDOW, SEND_BUFFER};
@@ -22,8 +23,12 @@ use crate::transport::tls_stream::TlsStream;
 use crate::transport::{Connection, Stream, TaskHandle};
 use crate::vocab::{SessionEvent, Transport};
 
-/// A server connection that hears nothing for this long is dropped (the session detaches).
-const SERVER_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server connection that hears nothing for this long is dropped and the session detaches
+/// (then waits out its grace period): its data unacknowledged for this long
+/// (`TCP_USER_TIMEOUT`), or no byte from the client for this long (a client pings every
+/// keep-alive interval, 1 s by default; one that vanished, or stopped its pings, is freed
+/// after this plus the grace period).
+pub(crate) const SERVER_SILENCE: Duration = Duration::from_secs(10);
 
 struct Entry {
     secret: Secret,
@@ -73,8 +78,7 @@ impl Registry {
         mut tls: TlsStream<TcpStream>,
         peer: SocketAddr,
     ) -> Result<Option<Connection>> {
-        let _ =
-            socket2::SockRef::from(tls.get_ref()).set_tcp_user_timeout(Some(SERVER_USER_TIMEOUT));
+        let _ = socket2::SockRef::from(tls.get_ref()).set_tcp_user_timeout(Some(SERVER_SILENCE));
         let (f, rest) = read_frame(&mut tls)
             .await
             .map_err(|e| Error::Protocol(format!("reading the first resume frame: {e}")))?;
@@ -187,9 +191,12 @@ async fn serve(
 ) {
     // However this task ends (the session dropped, the grace run out), the id goes.
     let _forget = Forget(reg.clone(), id);
-    let mut conn = Some(tokio::spawn(
-        run_connection(tls, rest, shared.clone()).in_current_span(),
-    ));
+    let run = |tls, rest| {
+        tokio::spawn(
+            run_connection(tls, rest, shared.clone(), Some(SERVER_SILENCE)).in_current_span(),
+        )
+    };
+    let mut conn = Some(run(tls, rest));
     let mut detached_at: Option<tokio::time::Instant> = None;
     // Bounded: each turn ends on a connection event, an attachment or the grace deadline.
     loop {
@@ -204,10 +211,16 @@ async fn serve(
                         shared.fail("the client closed the session".into());
                         return;
                     }
-                    Ok(Err(e)) => tracing::info!(error = %e, "connection lost; session detached"),
+                    Ok(Err(ConnError::Violation(why))) => {
+                        // Not a network failure: resuming would replay the same bytes.
+                        reg.forget(&id);
+                        shared.fail(format!("the client broke the protocol: {why}"));
+                        return;
+                    }
+                    Ok(Err(ConnError::Lost(e))) => tracing::info!(error = %e, "connection lost; session detached"),
                     Err(e) => tracing::info!(error = %e, "connection task ended"),
                 }
-                shared.lock().core.detach();
+                shared.lock().detach();
                 detached_at = Some(tokio::time::Instant::now());
             }
             a = attach.recv() => {
@@ -235,7 +248,7 @@ async fn serve(
                 };
                 if let Err(e) = write_frame(&mut tls, &Frame::Resumed { received }).await {
                     tracing::info!(error = %e, "sending RESUMED failed; still detached");
-                    shared.lock().core.detach();
+                    shared.lock().detach();
                     detached_at.get_or_insert_with(tokio::time::Instant::now);
                     continue;
                 }
@@ -246,7 +259,7 @@ async fn serve(
                 tracing::info!(resent, "session resumed");
                 let _ = events.send(SessionEvent::Resumed { path: None, resent });
                 detached_at = None;
-                conn = Some(tokio::spawn(run_connection(tls, rest, shared.clone()).in_current_span()));
+                conn = Some(run(tls, rest));
             }
             _ = async { tokio::time::sleep_until(grace_end.expect("guarded")).await }, if grace_end.is_some() => {
                 reg.forget(&id);

@@ -38,6 +38,44 @@ pub(crate) struct State {
     pub(crate) conn: Option<ConnView>,
 }
 
+impl State {
+    /// The connection is gone: nothing goes out until the session resumes, and the duplicate
+    /// descriptor of the old socket is closed, so the kernel can close that connection now
+    /// (the peer gets its FIN or RST at once, not when the grace period ends).
+    pub(crate) fn detach(&mut self) {
+        self.core.detach();
+        if let Some(c) = &mut self.conn {
+            c.fd = None;
+        }
+    }
+}
+
+/// How a connection ended, when it did not end with CLOSE.
+#[derive(Debug)]
+pub(crate) enum ConnError {
+    /// The connection failed (the network, TLS, the peer's TCP, or silence): the session may
+    /// resume on another one.
+    Lost(io::Error),
+    /// The peer broke the protocol (a malformed frame, data leaving a gap or past the
+    /// window, ...): the session is over, no resumption can repair it.
+    Violation(String),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Lost(e) => write!(f, "{e}"),
+            ConnError::Violation(why) => write!(f, "protocol violation: {why}"),
+        }
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> ConnError {
+        ConnError::Lost(e)
+    }
+}
+
 /// What `paths()` shows of the current connection.
 #[derive(Debug)]
 pub(crate) struct ConnView {
@@ -100,9 +138,10 @@ impl Shared {
         self.doorbell.notify_one();
     }
 
-    /// Ends the session with `why`.
+    /// Ends the session with `why`; its connection's duplicate descriptor closes.
     pub(crate) fn fail(&self, why: String) {
         let mut st = self.lock();
+        st.detach();
         if st.error.is_none() {
             tracing::warn!(error = %why, "session over");
             st.error = Some(why);
@@ -127,12 +166,15 @@ impl Shared {
 }
 
 /// Runs one connection until it fails: a reader feeding frames into the core and a writer
-/// sending what the core has. `initial` holds bytes read past the handshake frame.
+/// sending what the core has. `initial` holds bytes read past the handshake frame. With
+/// `silence`, a connection that brings no byte for that long is lost (the peer vanished, or
+/// stopped its keep-alive). `Ok` is CLOSE from the peer.
 pub(crate) async fn run_connection(
     tls: TlsStream<TcpStream>,
     initial: Vec<u8>,
     shared: Shared,
-) -> io::Result<()> {
+    silence: Option<Duration>,
+) -> Result<(), ConnError> {
     let (mut rd, mut wr) = tokio::io::split(tls);
     let reader = {
         let shared = shared.clone();
@@ -144,16 +186,16 @@ pub(crate) async fn run_connection(
                     let mut st = shared.lock();
                     let mut any = false;
                     while let Some((f, n)) = Frame::decode(&buf[used..])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+                        .map_err(|e| ConnError::Violation(e.to_string()))?
                     {
                         used += n;
                         any = true;
                         let close = f == Frame::Close;
                         st.core
                             .handle(f)
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                            .map_err(|e| ConnError::Violation(e.to_string()))?;
                         if close {
-                            return Ok::<_, io::Error>(true);
+                            return Ok::<_, ConnError>(true);
                         }
                     }
                     if any {
@@ -164,11 +206,21 @@ pub(crate) async fn run_connection(
                 if buf.capacity() - buf.len() < 64 * 1024 {
                     buf.reserve(64 * 1024);
                 }
-                if rd.read_buf(&mut buf).await? == 0 {
-                    return Err(io::Error::new(
+                let read = rd.read_buf(&mut buf);
+                let n = match silence {
+                    Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the peer sent nothing for {limit:?}"),
+                        )
+                    })??,
+                    None => read.await?,
+                };
+                if n == 0 {
+                    return Err(ConnError::Lost(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the peer closed the TCP connection",
-                    ));
+                    )));
                 }
             }
         }
@@ -194,8 +246,13 @@ pub(crate) async fn run_connection(
                 shared.doorbell.notified().await;
                 continue;
             }
-            wr.write_all(&out).await?;
-            wr.flush().await?;
+            let sent = async {
+                wr.write_all(&out).await?;
+                wr.flush().await
+            };
+            if let Err(e) = sent.await {
+                return Err::<(), _>(ConnError::Lost(e));
+            }
         }
     };
     tokio::select! {

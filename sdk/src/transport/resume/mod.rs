@@ -23,6 +23,7 @@ use std::time::Duration;
 pub(crate) use accept::Registry;
 pub(crate) use connect::connect;
 pub(crate) use driver::ResumeStream;
+pub(crate) use wire::fuzz as fuzz_frames;
 
 /// The first four bytes of a tcp-resume connection (inside TLS).
 pub(crate) const MAGIC: &[u8; 4] = b"RRES";

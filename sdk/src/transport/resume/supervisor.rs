@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
 use super::core::Core;
-use super::driver::{ConnView, ResumeStream, Shared, proof, read_frame, run_connection};
+use super::driver::{ConnError, ConnView, ResumeStream, Shared, proof, read_frame, run_connection};
 use super::progress::{DELAYED_ACK, TcpProgress, TcpReading};
 use super::wire::{Frame, Secret, SessionId};
 use super::{MAGIC, RECV_WINDOW, SEND_BUFFER};
@@ -126,7 +126,7 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-type ConnTask = tokio::task::JoinHandle<std::io::Result<()>>;
+type ConnTask = tokio::task::JoinHandle<std::result::Result<(), ConnError>>;
 /// A connection being made on a better path, in the background; dropped, it stops.
 struct Dialing {
     to: LocalPath,
@@ -147,7 +147,8 @@ struct Dialed {
 
 impl Supervisor {
     fn spawn_conn(&self, tls: TlsStream<TcpStream>, rest: Vec<u8>) -> ConnTask {
-        tokio::spawn(run_connection(tls, rest, self.shared.clone()).in_current_span())
+        // No silence limit here: the client judges its path by TCP's progress (stalls).
+        tokio::spawn(run_connection(tls, rest, self.shared.clone(), None).in_current_span())
     }
 
     async fn run(mut self, tls: TlsStream<TcpStream>, rest: Vec<u8>) {
@@ -216,7 +217,10 @@ impl Supervisor {
                             tracing::info!("the peer closed the session");
                             return self.shared.fail("the peer closed the session".into());
                         }
-                        Ok(Err(e)) => e.to_string(),
+                        Ok(Err(ConnError::Violation(why))) => {
+                            return self.shared.fail(format!("the listener broke the protocol: {why}"));
+                        }
+                        Ok(Err(ConnError::Lost(e))) => e.to_string(),
                         Err(e) => e.to_string(),
                     };
                     tracing::info!(error = %why, path = %self.pm.current(), "connection lost");

@@ -1,0 +1,9 @@
+//! Fuzz a mptcp_pm netlink datagram (events, answers, errors): never a panic, and what parses round-trips (the checks are in
+//! `roam_link::netlink::fuzz::mptcp_pm`, which `cargo test` also runs on every corpus and regression file).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    roam_link::netlink::fuzz::mptcp_pm(data);
+});
