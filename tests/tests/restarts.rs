@@ -286,6 +286,8 @@ fn roamd_killed_under_ten_mptcp_sessions_restarts_and_leaves_the_kernel_as_it_wa
         let a = server.delivered();
         std::thread::sleep(Duration::from_millis(200));
         if server.delivered() == a || Instant::now() > deadline {
+            // Everything arrived: from now on a session ending is the harness's doing.
+            let _ = server.stop.send(true);
             let _ = done_tx.send(true);
             break clients
                 .join()
@@ -488,18 +490,15 @@ fn a_restarted_listener_ends_quic_and_tcp_resume_sessions_clearly_and_nothing_ha
             .unwrap_or_else(|e| panic!("{pref:?}: {e:#}"));
         eprintln!("figure: {pref:?} session reported after {after:?}: {err}");
         assert!(after < REPORT_BOUND, "{pref:?} took {after:?}: {err}");
-        let lower = err.to_lowercase();
+        // tcp-resume asks the new listener to resume and is refused by name; QUIC hears
+        // nothing it can trust (the new endpoint's stateless resets carry another key) and
+        // ends at its idle timeout.
+        let says = match pref {
+            roam::TransportPreference::TcpResume => err.contains("unknown session"),
+            _ => err.contains("timed out") || err.contains("reset"),
+        };
         assert!(
-            [
-                "resume",
-                "reset",
-                "closed",
-                "timed out",
-                "timeout",
-                "unknown"
-            ]
-            .iter()
-            .any(|w| lower.contains(w)),
+            says,
             "{pref:?}: the error does not say what happened: {err}"
         );
     }
