@@ -122,6 +122,35 @@ pub fn open_fds(pid: u32) -> Result<u64> {
         .count() as u64)
 }
 
+/// Raises this process's soft limit of open files to at least `want` (within the hard
+/// limit), for benches that hold many connections.
+pub fn raise_nofile(want: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        if lim.rlim_cur >= want {
+            return Ok(());
+        }
+        if lim.rlim_max < want {
+            bail!(
+                "{want} open files needed but the hard limit is {}; ask for fewer connections",
+                lim.rlim_max
+            );
+        }
+        lim.rlim_cur = want;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
+}
+
 /// The longest pause in delivery that each event caused: for event `i` at `events[i]`, the
 /// longest time without an arrival (of the sorted `arrivals`) between the event and the next
 /// event (or `end`, for the last). A pause running from before the event counts from the event;
