@@ -51,14 +51,37 @@ struct Args {
     /// Link-down changes timed (each followed by the link's return).
     #[arg(long, default_value_t = 100)]
     flaps: u32,
+    /// Sessions the listener holds at once, per transport (QUIC, then tcp-resume); 0 skips
+    /// the listener's part.
+    #[arg(long, default_value_t = 0)]
+    sessions: u32,
+    /// Handshakes the load generator runs at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Skip roamd's part.
+    #[arg(long)]
+    no_roamd: bool,
     /// Write the figures as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
+/// The first argument that makes this binary the listener process: `__load-listener CA_OUT`.
+const LISTENER_ARG: &str = "__load-listener";
+
 fn main() -> ExitCode {
     if let Some(code) = roam_tests::agent::agent_main() {
         return code;
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(LISTENER_ARG) {
+        return match listener_main(argv.get(2).map(PathBuf::from)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("load-bench listener: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let args = Args::parse();
     if let Err(code) = roam_tests::binary::start("load-bench", "sudo ./target/release/load-bench") {
@@ -105,12 +128,70 @@ struct RoamdLoad {
     roamd_release_ms: f64,
 }
 
+/// The listener's part: one transport's sessions.
+#[derive(Debug, Serialize)]
+struct ListenerLoad {
+    transport: String,
+    /// Sessions open at once at the end of the ramp.
+    sessions: u32,
+    /// Sessions that failed to open.
+    failed: u32,
+    /// Sessions opened per second over the ramp.
+    accept_per_s: f64,
+    /// The listener process's RSS growth over the sessions, per session.
+    kib_per_session: f64,
+    listener_rss_kib_start: u64,
+    listener_rss_kib_loaded: u64,
+    /// One echo session's round trip (64 bytes) during the ramp and while all are held.
+    echo_rtt_ms: Ms,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
-    roamd: RoamdLoad,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roamd: Option<RoamdLoad>,
+    listener: Vec<ListenerLoad>,
 }
 
 fn run(args: &Args) -> Result<()> {
+    let roamd = if args.no_roamd {
+        None
+    } else {
+        Some(run_roamd(args)?)
+    };
+    let mut listener = Vec::new();
+    if args.sessions > 0 {
+        raise_nofile((u64::from(args.sessions) * 2 + 1024).min(19_000))?;
+        for t in [
+            roam::TransportPreference::Quic,
+            roam::TransportPreference::TcpResume,
+        ] {
+            let l = run_listener(t, args.sessions, args.concurrency.max(1))?;
+            println!(
+                "listener, {} sessions over {}: {} failed; {:.0} sessions/s; {:.1} KiB per session (RSS {} -> {} KiB); echo RTT p50 {:.3} / p99 {:.3} / max {:.3} ms",
+                l.sessions,
+                l.transport,
+                l.failed,
+                l.accept_per_s,
+                l.kib_per_session,
+                l.listener_rss_kib_start,
+                l.listener_rss_kib_loaded,
+                l.echo_rtt_ms.p50,
+                l.echo_rtt_ms.p99,
+                l.echo_rtt_ms.max
+            );
+            listener.push(l);
+        }
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&Report { roamd, listener })?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("json: {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     if args.flaps == 0 {
         bail!("--flaps must be at least 1");
     }
@@ -202,34 +283,31 @@ fn run(args: &Args) -> Result<()> {
     let s = sorted(samples);
     let f = sorted(fanout);
     let behind_decisions = want.saturating_sub(got);
-    let report = Report {
-        roamd: RoamdLoad {
-            subscribers: args.subscribers,
-            hostile: args.hostile,
-            flaps: args.flaps,
-            reaction_ms: Ms {
-                p50: round_to(percentile(&s, 50.0), 3),
-                p99: round_to(percentile(&s, 99.0), 3),
-                max: round_to(percentile(&s, 100.0), 3),
-            },
-            fanout_ms: Ms {
-                p50: round_to(percentile(&f, 50.0), 3),
-                p99: round_to(percentile(&f, 99.0), 3),
-                max: round_to(percentile(&f, 100.0), 3),
-            },
-            subscribers_behind: lost.load(Ordering::Relaxed)
-                + behind_decisions.div_ceil(u64::from(args.flaps) * 2),
-            hostile_closed: closed.load(Ordering::Relaxed),
-            flood_connections: floods.load(Ordering::Relaxed),
-            roamd_rss_kib_start: rss_start,
-            roamd_rss_kib_loaded: rss_loaded,
-            roamd_rss_kib_end: rss_end,
-            roamd_fds_start: fds_start,
-            roamd_fds_end: fds_end,
-            roamd_release_ms: round_to(ms(release), 1),
+    let r = RoamdLoad {
+        subscribers: args.subscribers,
+        hostile: args.hostile,
+        flaps: args.flaps,
+        reaction_ms: Ms {
+            p50: round_to(percentile(&s, 50.0), 3),
+            p99: round_to(percentile(&s, 99.0), 3),
+            max: round_to(percentile(&s, 100.0), 3),
         },
+        fanout_ms: Ms {
+            p50: round_to(percentile(&f, 50.0), 3),
+            p99: round_to(percentile(&f, 99.0), 3),
+            max: round_to(percentile(&f, 100.0), 3),
+        },
+        subscribers_behind: lost.load(Ordering::Relaxed)
+            + behind_decisions.div_ceil(u64::from(args.flaps) * 2),
+        hostile_closed: closed.load(Ordering::Relaxed),
+        flood_connections: floods.load(Ordering::Relaxed),
+        roamd_rss_kib_start: rss_start,
+        roamd_rss_kib_loaded: rss_loaded,
+        roamd_rss_kib_end: rss_end,
+        roamd_fds_start: fds_start,
+        roamd_fds_end: fds_end,
+        roamd_release_ms: round_to(ms(release), 1),
     };
-    let r = &report.roamd;
     println!(
         "roamd, {} subscribers + {} hostile clients, {} flaps:\n  reaction (kernel notification -> subscriber) p50 {:.3} / p99 {:.3} / max {:.3} ms (first subscriber)\n  fan-out (kernel notification -> last of the others) p50 {:.3} / p99 {:.3} / max {:.3} ms\n  subscribers behind {}; hostile connections closed by roamd {}; flood connections {}\n  RSS KiB {} -> {} (loaded) -> {}; descriptors {} -> {} ({:.0} ms after the clients left)",
         r.subscribers,
@@ -251,12 +329,7 @@ fn run(args: &Args) -> Result<()> {
         r.roamd_fds_end,
         r.roamd_release_ms
     );
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("json: {}", path.display());
-    }
-    Ok(())
+    Ok(r)
 }
 
 /// Waits (bounded by [`WAIT`]) until `count` decisions were received; false if not.
@@ -476,4 +549,157 @@ fn hostile_kind(
         // The pace of the slow kind (100 steps a second) and a bound on the others' rate.
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The listener process (in the server namespace): a new test PKI whose CA goes to `ca_out`,
+/// a `roam::Listener` on the service address echoing every session, `ready` on standard output
+/// once it listens. Runs until killed.
+fn listener_main(ca_out: Option<PathBuf>) -> Result<()> {
+    let ca_out = ca_out.context("usage: __load-listener CA_OUT")?;
+    raise_nofile(19_000)?;
+    let pki = roam_tests::tls::TestPki::generate()?;
+    std::fs::write(&ca_out, pki.ca.as_ref())?;
+    let tls = pki.roam_server()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let l = roam::Listener::bind(
+            std::net::SocketAddr::new(roam_tests::topology::SERVICE_V4.into(), PORT),
+            tls,
+        )?;
+        println!("ready");
+        std::io::stdout().flush()?;
+        loop {
+            let mut s = l.accept().await?;
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() || s.flush().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// The listener's port (UDP for QUIC, TCP for tcp-resume).
+const PORT: u16 = 4443;
+
+/// Opens `n` sessions of `transport` from the handset to a listener process in the server
+/// namespace, `concurrency` handshakes at a time, while one echo session measures round trips.
+fn run_listener(
+    transport: roam::TransportPreference,
+    n: u32,
+    concurrency: usize,
+) -> Result<ListenerLoad> {
+    use roam_tests::handover::{RunConfig, bench_topology};
+    use std::io::BufRead;
+    let topo = bench_topology(&RunConfig::quick(Duration::ZERO))?;
+    let dir = std::env::temp_dir().join(format!("load-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ca_path = dir.join("ca.der");
+    let mut child = topo
+        .server()
+        .command(&std::env::current_exe()?.to_string_lossy())
+        .arg(LISTENER_ARG)
+        .arg(&ca_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let result = (|| {
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("the listener did not start: {line:?}");
+        }
+        let ca = std::fs::read(&ca_path)?;
+        let rss_start = rss_kib(pid)?;
+        let target = format!("{}:{PORT}", roam_tests::topology::SERVICE_V4);
+        let builder = roam::Session::builder()
+            .use_roamd(false)
+            .transport(transport)
+            .tls(roam::ClientTls::Ca(vec![ca.into()]))
+            .server_name(roam_tests::tls::SERVER_NAME)
+            .connect_timeout(Duration::from_secs(20))
+            .idle_timeout(Duration::from_secs(60));
+        let (opened, failed, ramp, rtts, rss_loaded) = topo.handset().block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut echo = builder.clone().connect(&target).await?;
+            let done = Arc::new(AtomicBool::new(false));
+            let d = done.clone();
+            // The legit session: a 64-byte round trip every 10 ms until done.
+            let pinger = tokio::spawn(async move {
+                let mut rtts = Vec::new();
+                let mut buf = [0u8; 64];
+                while !d.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    echo.write_all(&[7u8; 64]).await?;
+                    echo.flush().await?;
+                    echo.read_exact(&mut buf).await?;
+                    rtts.push(ms(t.elapsed()));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                anyhow::Ok(rtts)
+            });
+            let started = Instant::now();
+            let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let permit = sem.clone().acquire_owned().await?;
+                let (b, t) = (builder.clone(), target.clone());
+                set.spawn(async move {
+                    let r = b.connect(&t).await;
+                    drop(permit);
+                    r
+                });
+            }
+            let mut sessions = Vec::with_capacity(n as usize);
+            let mut failed = 0u32;
+            while let Some(r) = set.join_next().await {
+                match r? {
+                    Ok(s) => sessions.push(s),
+                    Err(e) => {
+                        if failed == 0 {
+                            eprintln!("a session failed to open: {e}");
+                        }
+                        failed += 1;
+                    }
+                }
+            }
+            let ramp = started.elapsed();
+            // Held for a while, all open.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let rss_loaded = rss_kib(pid)?;
+            done.store(true, Ordering::Relaxed);
+            let rtts = pinger.await??;
+            let opened = sessions.len() as u32;
+            drop(sessions);
+            anyhow::Ok((opened, failed, ramp, rtts, rss_loaded))
+        })??;
+        let r = sorted(rtts);
+        Ok(ListenerLoad {
+            transport: format!("{transport:?}"),
+            sessions: opened,
+            failed,
+            accept_per_s: round_to(f64::from(opened) / ramp.as_secs_f64(), 1),
+            kib_per_session: round_to(
+                rss_loaded.saturating_sub(rss_start) as f64 / f64::from(opened.max(1)),
+                2,
+            ),
+            listener_rss_kib_start: rss_start,
+            listener_rss_kib_loaded: rss_loaded,
+            echo_rtt_ms: Ms {
+                p50: round_to(percentile(&r, 50.0), 3),
+                p99: round_to(percentile(&r, 99.0), 3),
+                max: round_to(percentile(&r, 100.0), 3),
+            },
+        })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
