@@ -24,6 +24,8 @@
 //! - [`privilege`]: the root check every namespace test and binary starts with; [`binary`]:
 //!   the binaries' common start.
 //! - [`serial`]: a lock that keeps timing-sensitive tests from running at once.
+//! - [`soak`]: many handovers in a row on long-lived sessions, and what they cost in memory
+//!   and descriptors.
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -38,6 +40,7 @@ pub mod privilege;
 pub mod probe;
 pub mod scenario;
 pub mod serial;
+pub mod soak;
 pub mod stats;
 pub mod system;
 pub mod timeline;

@@ -156,7 +156,21 @@ impl Core {
             Event::LinkUpdated(info) => {
                 let index = info.index;
                 match self.links.get_mut(&index) {
-                    Some(link) => link.info = info,
+                    Some(link) => {
+                        // Taking a device administratively down makes the kernel drop its IPv4
+                        // routes without an RTM_DELROUTE for them (IPv6 announces its own): forget
+                        // them here, or the plan keeps routes that are gone and never adds them
+                        // again when they return.
+                        if link.info.admin_up && !info.admin_up {
+                            link.routes.retain(|r| {
+                                r.dst
+                                    .map(|(a, _)| a.is_ipv6())
+                                    .or(r.gateway.map(|g| g.is_ipv6()))
+                                    == Some(true)
+                            });
+                        }
+                        link.info = info;
+                    }
                     None => {
                         tracing::info!(interface = %info.name, index, kind = %info.kind, "link appeared");
                         self.links.insert(

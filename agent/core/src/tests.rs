@@ -574,6 +574,64 @@ fn policy_routing_mirrors_main_table_routes_with_one_rule_per_address() {
 }
 
 #[test]
+fn ipv4_routes_flushed_by_an_admin_down_leave_the_plan_and_return_to_it() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), false, t0);
+    let routing = |actions: Vec<Action>| -> Vec<RoutingPlan> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Routing(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    };
+    core.enable_routing(RoutingConfig::default());
+    let v4 = Route {
+        index: WLAN,
+        table: MAIN_TABLE,
+        dst: None,
+        gateway: Some(IpAddr::from([198, 18, 2, 1])),
+    };
+    let v6 = Route {
+        gateway: Some(IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1])),
+        ..v4
+    };
+    core.handle_all(t0, [Event::RouteAdded(v4), Event::RouteAdded(v6)]);
+    assert_eq!(routing(drain(&mut core)).last().unwrap().routes.len(), 2);
+
+    // `ip link set wlan0 down`: the kernel announces the IPv6 route's removal, not the
+    // IPv4 one's.
+    let up = info(WLAN, "wlan0", LinkKind::Wifi, false);
+    core.handle_all(
+        t0,
+        [
+            Event::LinkUpdated(LinkInfo {
+                admin_up: false,
+                ..up.clone()
+            }),
+            Event::RouteRemoved(v6),
+        ],
+    );
+    assert_eq!(
+        routing(drain(&mut core)).last(),
+        Some(&RoutingPlan::default()),
+        "no route of a downed link stays planned"
+    );
+
+    // Up again, the routes added again: planned again, so the enforcer adds them again.
+    core.handle_all(
+        t0,
+        [
+            Event::LinkUpdated(up),
+            Event::RouteAdded(v4),
+            Event::RouteAdded(v6),
+        ],
+    );
+    assert_eq!(routing(drain(&mut core)).last().unwrap().routes.len(), 2);
+}
+
+#[test]
 fn mptcp_endpoints_follow_the_device_default_decision() {
     let t0 = Instant::now();
     let mut core = handset(plain(), false, t0);

@@ -28,6 +28,7 @@ use roam_ipc::tokio_client::AsyncClient;
 use roam_tests::agent::{Agent, AgentExe};
 use roam_tests::netlink::LinkWatcher;
 use roam_tests::netns::Netns;
+use roam_tests::soak::raise_nofile;
 use roam_tests::stats::{ms, percentile, round_to, sorted};
 use roam_tests::system::roam::POLICY;
 use roam_tests::topology::Topology;
@@ -436,33 +437,6 @@ async fn receive_all(
         out.push(c);
     }
     Ok((out, last))
-}
-
-fn raise_nofile(want: u64) -> Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write one struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        if lim.rlim_cur >= want {
-            return Ok(());
-        }
-        if lim.rlim_max < want {
-            bail!(
-                "{want} open files needed but the hard limit is {}; lower --subscribers",
-                lim.rlim_max
-            );
-        }
-        lim.rlim_cur = want;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok(())
 }
 
 fn round3(x: f64) -> f64 {
