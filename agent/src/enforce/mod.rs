@@ -91,11 +91,17 @@ impl Enforcers {
     /// Makes policy routing match `plan`.
     pub fn routing(&mut self, plan: &RoutingPlan) {
         match &mut self.routing {
-            Some(_) if self.dry_run => tracing::info!(
-                routes = plan.routes.len(),
-                rules = plan.rules.len(),
-                "dry run: policy routing not applied"
-            ),
+            Some(_) if self.dry_run => {
+                tracing::info!(
+                    routes = plan.routes.len(),
+                    rules = plan.rules.len(),
+                    app_rules = plan.app_rules.len(),
+                    "dry run: policy routing not applied"
+                );
+                for r in &plan.app_rules {
+                    tracing::info!(rule = %r, "dry run: would have app rule");
+                }
+            }
             Some(r) => r.apply(plan),
             None => {}
         }
