@@ -115,9 +115,11 @@ impl Core {
     /// Sets the `[[app]]` map at `now`: per-app rules follow it from now on (with policy
     /// routing on), and MPTCP connections of these uids are steered as their app's decision
     /// says.
-    pub fn set_apps(&mut self, now: std::time::Instant, apps: Vec<AppUids>) {
+    ///
+    /// Takes effect at the next event or timeout: the shell sets it before the first dump,
+    /// when no link is known and every app would be refused.
+    pub fn set_apps(&mut self, apps: Vec<AppUids>) {
         self.apps = apps;
-        self.settle(now);
     }
 
     /// The app id of `uid` under the `[[app]]` map (`uid:N` when it has no entry).
@@ -282,21 +284,19 @@ mod tests {
             );
         }
         core.started();
-        core.set_apps(
-            t0,
-            vec![
-                AppUids {
-                    first: 40001,
-                    last: 40001,
-                    app: "video".into(),
-                },
-                AppUids {
-                    first: 10000,
-                    last: 19999,
-                    app: "other".into(),
-                },
-            ],
-        );
+        core.set_apps(vec![
+            AppUids {
+                first: 40001,
+                last: 40001,
+                app: "video".into(),
+            },
+            AppUids {
+                first: 10000,
+                last: 19999,
+                app: "other".into(),
+            },
+        ]);
+        core.handle_timeout(t0);
         core
     }
 
@@ -405,19 +405,17 @@ mod tests {
     fn no_app_map_means_no_app_rules_and_routing_off_means_none_at_all() {
         let t0 = Instant::now();
         let mut core = handset(t0);
-        core.set_apps(t0, Vec::new());
+        core.set_apps(Vec::new());
+        core.handle_timeout(t0);
         let actions = drain(&mut core);
         assert_eq!(v4_rules(&actions, 40001).unwrap(), Vec::<String>::new());
 
         let mut off = Core::new(Policy::parse(POLICY).unwrap(), ProbeConfig::default());
-        off.set_apps(
-            t0,
-            vec![AppUids {
-                first: 1,
-                last: 1,
-                app: "video".into(),
-            }],
-        );
+        off.set_apps(vec![AppUids {
+            first: 1,
+            last: 1,
+            app: "video".into(),
+        }]);
         assert!(off.app_rules("video").is_empty());
         assert_eq!(
             off.app_rule_lines("video"),

@@ -162,6 +162,13 @@ impl Core {
         };
         let mut plan = RoutingPlan::default();
         for (&index, link) in &self.links {
+            if !link.info.admin_up {
+                // The kernel flushes an administratively down link's IPv4 routes from every
+                // table without a notification for each: the main-table routes the core
+                // remembers are gone, and so are our copies. Planning them again when it
+                // comes back up makes the enforcer add them again.
+                continue;
+            }
             let table = cfg.table_base.saturating_add(index);
             let routes: Vec<PlannedRoute> = link
                 .routes
