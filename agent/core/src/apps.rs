@@ -422,4 +422,93 @@ mod tests {
             ["uids 1: no kernel rules (policy routing is off)"]
         );
     }
+
+    fn subflow_commands(actions: &[Action]) -> Vec<crate::SubflowCommand> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Subflow { command, .. } => Some(*command),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unregistered_connection_is_steered_by_its_owners_app() {
+        use crate::{MptcpEvent, SubflowCommand};
+        use std::net::SocketAddr;
+        let t0 = Instant::now();
+        let mut core = handset(t0);
+        core.enable_steering(Err("no BPF in this test".into()));
+        drain(&mut core);
+        let server = SocketAddr::from(([198, 18, 200, 1], 5000));
+        let first = SocketAddr::from(([198, 18, WLAN as u8, 2], 40000));
+        let connect = |core: &mut Core, token: u32, uid: u32| {
+            core.handle_all(
+                t0,
+                [
+                    Event::Mptcp(MptcpEvent::Connection {
+                        token,
+                        local: first,
+                        remote: server,
+                    }),
+                    Event::Mptcp(MptcpEvent::Owner { token, uid }),
+                ],
+            );
+            subflow_commands(&drain(core))
+        };
+        // uid 15000 is `other`, under the default block: a backup subflow on rmnet0 ahead of
+        // time.
+        let made = connect(&mut core, 7, 15000);
+        assert!(
+            matches!(made[..], [SubflowCommand::Create { token: 7, local, backup: true, index: RMNET, .. }]
+                if local.ip() == IpAddr::from([198, 18, 3, 2])),
+            "{made:?}"
+        );
+        // uid 40001 is `video`, wifi only: nothing on rmnet0.
+        assert_eq!(connect(&mut core, 8, 40001), []);
+        // A connection with no owner known is left alone.
+        core.handle(
+            t0,
+            Event::Mptcp(MptcpEvent::Connection {
+                token: 9,
+                local: first,
+                remote: server,
+            }),
+        );
+        assert_eq!(subflow_commands(&drain(&mut core)), []);
+
+        // The backup is established; wifi goes: it is promoted, then the wifi subflow closed.
+        let backup = SocketAddr::from(([198, 18, 3, 2], 40001));
+        core.handle(
+            t0,
+            Event::Mptcp(MptcpEvent::SubflowUp {
+                token: 7,
+                local: backup,
+                remote: server,
+                backup: true,
+            }),
+        );
+        drain(&mut core);
+        let mut down = info(WLAN, "wlan0", LinkKind::Wifi, false);
+        down.carrier = false;
+        core.handle(t0, Event::LinkUpdated(down));
+        let moved = subflow_commands(&drain(&mut core));
+        assert_eq!(
+            moved,
+            [
+                SubflowCommand::SetBackup {
+                    token: 7,
+                    local: backup,
+                    remote: server,
+                    backup: false
+                },
+                SubflowCommand::Destroy {
+                    token: 7,
+                    local: first,
+                    remote: server
+                },
+            ]
+        );
+    }
 }

@@ -91,6 +91,15 @@ pub enum MptcpEvent {
         /// opened).
         backup: bool,
     },
+    /// The connection's owner, from sock_diag (the shell asks it when a connection appears):
+    /// a connection nobody registered is steered as the `[[app]]` map says this uid's app is
+    /// (programs run with `roam run`, or any MPTCP program).
+    Owner {
+        /// Token.
+        token: u32,
+        /// The uid of the socket's owner.
+        uid: u32,
+    },
     /// A subflow closed (or a join failed).
     SubflowClosed {
         /// Token.
