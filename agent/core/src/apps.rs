@@ -508,6 +508,8 @@ mod tests {
                     local: first,
                     remote: server
                 },
+                // The first subflow's address is id 0: the server is told to drop it.
+                SubflowCommand::RemoveAddr { token: 7, id: 0 },
             ]
         );
     }

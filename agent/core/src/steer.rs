@@ -35,6 +35,8 @@ pub(crate) struct Conn {
     pub(crate) owner_app: Option<String>,
     /// The peer of its first subflow: where new subflows go.
     pub(crate) remote: Option<SocketAddr>,
+    /// The local address of its first subflow (address id 0).
+    pub(crate) first_local: Option<IpAddr>,
     /// (local, remote) -> backup flag, for every established subflow.
     pub(crate) subflows: BTreeMap<(SocketAddr, SocketAddr), bool>,
     /// Local addresses a subflow was asked from, when, and with which backup flag: the
@@ -166,6 +168,15 @@ pub(crate) fn plan(
                     local: k.0,
                     remote: k.1,
                 });
+                // And the peer told, so it stops sending on its side of the dead subflow.
+                let id = if conn.first_local == Some(k.0.ip()) {
+                    Some(0)
+                } else {
+                    conn.ids.get(&k.0.ip()).copied()
+                };
+                if let Some(id) = id {
+                    steps.push(SubflowCommand::RemoveAddr { token, id });
+                }
             }
         }
     }
@@ -279,6 +290,7 @@ impl Core {
             } => {
                 let c = st.conn(token);
                 c.remote = Some(remote);
+                c.first_local = Some(local.ip());
                 // CREATED then ESTABLISHED name the same first subflow.
                 c.subflows.entry((local, remote)).or_insert(false);
             }

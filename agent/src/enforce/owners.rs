@@ -12,10 +12,20 @@ use std::net::SocketAddr;
 use netlink_sys::Socket;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use roam_link::netlink::header::Header;
-use roam_link::netlink::sock_diag::{self, SOCK_DIAG_BY_FAMILY};
+use roam_link::netlink::sock_diag::{self, SOCK_DIAG_BY_FAMILY, SubflowFlags};
 use roam_link::netlink::{MessageType, Messages};
 
 use crate::core::MptcpEvent;
+
+/// Whether the MPTCP connection of subflow `s` is fully established: before that the
+/// kernel refuses another subflow (`ENOTCONN`). MPTCP_EVENT_CREATED comes before (the client
+/// has the SYN-ACK), MPTCP_EVENT_ESTABLISHED after.
+fn fully_established(s: &sock_diag::Socket<'_>) -> bool {
+    s.ulp()
+        .and_then(|u| u.mptcp)
+        .and_then(|m| m.flags)
+        .is_some_and(|f| f.0 & SubflowFlags::FULLY_ESTABLISHED != 0)
+}
 
 /// A sock_diag socket and the connections already asked about.
 #[derive(Debug)]
@@ -56,8 +66,8 @@ impl Owners {
                         tracing::debug!(token, uid, "MPTCP connection owner");
                         owners.push(MptcpEvent::Owner { token, uid });
                     }
-                    // CREATED comes before the socket is hashed on some kernels: asked
-                    // again at ESTABLISHED.
+                    // Not fully established yet (CREATED): no subflow can join it (ENOTCONN),
+                    // so the owner is told at ESTABLISHED, asked again then.
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(token, error = %e, "sock_diag: no owner for an MPTCP connection")
@@ -73,7 +83,8 @@ impl Owners {
         events
     }
 
-    /// The uid owning the TCP socket `local -> remote`; `None` when there is none.
+    /// The uid owning the MPTCP subflow `local -> remote`; `None` when there is none, or
+    /// its connection is not fully established yet.
     fn uid_of(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>> {
         self.seq = self.seq.wrapping_add(1);
         let req = sock_diag::Request::subflow(local, remote, 0)
@@ -99,7 +110,7 @@ impl Owners {
                     None => Ok(None),
                 },
                 MessageType::Other(SOCK_DIAG_BY_FAMILY) => Ok(sock_diag::Socket::parse(m.payload)
-                    .filter(|s| s.id.src == local && s.id.dst == remote)
+                    .filter(|s| s.id.src == local && s.id.dst == remote && fully_established(s))
                     .map(|s| s.uid)),
                 _ => Ok(None),
             };

@@ -96,7 +96,11 @@ mod tests {
         ));
         assert!(!is_tcp(libc::AF_INET, libc::SOCK_DGRAM, 0));
         assert!(!is_tcp(libc::AF_UNIX, libc::SOCK_STREAM, 0));
-        assert!(!is_tcp(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP));
+        assert!(!is_tcp(
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            libc::IPPROTO_SCTP
+        ));
         assert!(!is_tcp(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP));
     }
 }
