@@ -228,4 +228,16 @@ fn a_wifi_only_uid_never_leaves_on_cellular_and_fails_at_once_without_wifi() {
     hs.start_roamd(&[]);
     hs.stop_roamd(libc::SIGTERM);
     assert_eq!(sorted(&hs.kernel_routing()), sorted(&before));
+
+    // --dry-run prints the rules it would add and adds none.
+    hs.start_roamd(&["--dry-run"]);
+    let rule = format!("11000: -4 uidrange {VIDEO_UID}-{VIDEO_UID} lookup 1002");
+    // The first plan is logged before roamd says it is ready.
+    let log = hs.log();
+    assert!(
+        log.contains("dry run: would have app rule") && log.contains(&rule),
+        "{log}"
+    );
+    hs.stop_roamd(libc::SIGTERM);
+    assert_eq!(sorted(&hs.kernel_routing()), sorted(&before));
 }

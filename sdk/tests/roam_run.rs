@@ -259,6 +259,11 @@ fn an_unmodified_program_survives_wifi_loss_under_roam_run() -> Result<()> {
             REPEATS,
             dead[k]
         );
+        let each: Vec<String> = gaps[k].iter().map(|g| format!("{:.1}", ms(*g))).collect();
+        println!(
+            "figure: roam run link-down {system:?}: every gap_ms {}",
+            each.join(" ")
+        );
         p99.push(p99k);
     }
     assert_eq!(dead[0], 0, "a stream under roam run died");
