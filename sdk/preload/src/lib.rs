@@ -44,6 +44,14 @@ fn real_socket() -> Option<SocketFn> {
     }
 }
 
+/// Writes `roam-preload: socket FD is MPTCP` to standard error, ignoring failures (the
+/// program's stderr may be closed; `eprintln!` would panic, and a panic here aborts it).
+fn debug(fd: c_int) {
+    let line = format!("roam-preload: socket {fd} is MPTCP\n");
+    // SAFETY: fd 2 and a valid buffer of `line.len()` bytes; the result is ignored on purpose.
+    let _ = unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
 /// Whether the call asks for a TCP socket of the internet families.
 fn is_tcp(domain: c_int, ty: c_int, protocol: c_int) -> bool {
     // SOCK_NONBLOCK and SOCK_CLOEXEC are or-ed into the type.
@@ -71,7 +79,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
         let fd = unsafe { real(domain, ty, IPPROTO_MPTCP) };
         if fd >= 0 {
             if std::env::var_os("ROAM_PRELOAD_DEBUG").is_some() {
-                eprintln!("roam-preload: socket {fd} is MPTCP");
+                debug(fd);
             }
             return fd;
         }

@@ -37,12 +37,14 @@ type Result<T, E = Error> = std::result::Result<T, E>;
         `roam connect` opens one, and keeps it alive while the device's links come and go. \
         A session follows roamd's decisions when roamd's socket answers (ROAM_SOCKET, else \
         /run/roam/roamd.sock) and otherwise decides with an embedded link monitor and the \
-        built-in policy (or --policy).\n\n\
+        built-in policy (or --policy). `roam run` runs an unmodified program with its TCP \
+        sockets made MPTCP, for roamd to steer.\n\n\
         Logs go to standard error (RUST_LOG, default warn).",
     after_help = "Examples:\n  \
         roam serve --listen 0.0.0.0:4433 --cert cert.pem --key key.pem --echo\n  \
         roam connect server.example:4433 --ca ca.pem --bytes 100M --rate 20 --json\n  \
-        echo hello | roam connect server.example:4433 --ca ca.pem"
+        echo hello | roam connect server.example:4433 --ca ca.pem\n  \
+        roam run -- curl -O http://server.example/big.iso"
 )]
 struct Cli {
     #[command(subcommand)]
