@@ -10,6 +10,10 @@
 //! uid = 10123
 //! id = "com.example.voip"
 //!
+//! [[app]]                           # or a range (inclusive), as Android allots per user
+//! uids = "20000-29999"
+//! id = "com.example.work"
+//!
 //! [probe]
 //! targets = ["198.18.0.1:7777"]     # `roamd reflect --listen ADDR` runs there
 //! fast_interval_ms = 50
@@ -26,7 +30,6 @@
 //! probe_targets = ["198.18.1.1:7777"]
 //! portal_url = "http://198.18.1.1/generate_204"
 //! ```
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,7 @@ use roam_policy::LinkKind;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::core::apps::AppUids;
 use crate::core::{MIN_PROBE_INTERVAL, PortalCheck, PortalUrl, ProbeConfig, RoutingConfig};
 
 /// What a captive-portal URL answers when nothing stands in the way, unless the config says
@@ -52,8 +56,9 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// Members of this group (primary or supplementary) may make admin calls.
     pub admin_group: Option<GroupRef>,
-    /// uid -> app id.
-    pub apps: BTreeMap<u32, String>,
+    /// The `[[app]]` map, in file order: uids (one or a range) -> app id. No two entries
+    /// share a uid.
+    pub apps: Vec<AppUids>,
     /// Probe pacing and thresholds.
     pub probe: ProbeConfig,
     /// Probe targets for interfaces without their own.
@@ -87,7 +92,7 @@ impl Default for Config {
             socket: None,
             policy: None,
             admin_group: None,
-            apps: BTreeMap::new(),
+            apps: Vec::new(),
             probe: ProbeConfig::default(),
             probe_targets: Vec::new(),
             portal: None,
@@ -99,6 +104,13 @@ impl Default for Config {
             mptcp_bpf_cgroup: None,
         }
     }
+}
+
+/// `"FIRST-LAST"` (inclusive, FIRST <= LAST) as two uids.
+fn uid_range(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a <= b).then_some((a, b))
 }
 
 /// A group named in the config.
@@ -217,6 +229,7 @@ struct RawRouting {
     enabled: Option<bool>,
     table_base: Option<Spanned<u32>>,
     rule_priority: Option<Spanned<u32>>,
+    app_priority: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -229,7 +242,9 @@ enum RawGroup {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
-    uid: Spanned<u32>,
+    uid: Option<Spanned<u32>>,
+    /// `"FIRST-LAST"`, inclusive.
+    uids: Option<Spanned<String>>,
     id: Spanned<String>,
 }
 
@@ -279,7 +294,7 @@ impl Config {
             .map_err(|e| ConfigError::at(file, source, e.span(), e.message().to_owned()))?;
         let err = |span: Range<usize>, msg: String| ConfigError::at(file, source, Some(span), msg);
 
-        let mut apps = BTreeMap::new();
+        let mut apps: Vec<AppUids> = Vec::new();
         for a in raw.app {
             let id = a.id.get_ref();
             if id.is_empty() || id.starts_with("uid:") || id.chars().any(char::is_whitespace) {
@@ -288,15 +303,38 @@ impl Config {
                     format!("`{id}` is not a usable app id (non-empty, no spaces, not `uid:N`)"),
                 ));
             }
-            if apps.insert(*a.uid.get_ref(), id.clone()).is_some() {
+            let (first, last, span) = match (&a.uid, &a.uids) {
+                (Some(u), None) => (*u.get_ref(), *u.get_ref(), u.span()),
+                (None, Some(r)) => {
+                    let (first, last) = uid_range(r.get_ref())
+                        .ok_or_else(|| err(r.span(), format!("`{}` is not a uid range: write \"FIRST-LAST\" with FIRST <= LAST, e.g. \"10000-19999\"", r.get_ref())))?;
+                    (first, last, r.span())
+                }
+                _ => {
+                    return Err(err(
+                        a.id.span(),
+                        "give this [[app]] either `uid = N` or `uids = \"FIRST-LAST\"`".into(),
+                    ));
+                }
+            };
+            if let Some(other) = apps.iter().find(|o| o.first <= last && first <= o.last) {
                 return Err(err(
-                    a.uid.span(),
-                    format!(
-                        "uid {} is mapped twice; keep one [[app]] entry for it",
-                        a.uid.get_ref()
-                    ),
+                    span,
+                    if first == last && other.first == other.last {
+                        format!("uid {first} is mapped twice; keep one [[app]] entry for it")
+                    } else {
+                        format!(
+                            "uids {first}-{last} overlap those of `{}` ({}-{}); a uid belongs to one app",
+                            other.app, other.first, other.last
+                        )
+                    },
                 ));
             }
+            apps.push(AppUids {
+                first,
+                last,
+                app: id.clone(),
+            });
         }
 
         let mut probe = ProbeConfig::default();
@@ -391,6 +429,19 @@ impl Config {
                 }
                 cfg.rule_priority = *p.get_ref();
             }
+            if let Some(p) = r.app_priority {
+                let max = 32766 - crate::core::apps::MAX_APP_PATHS;
+                if *p.get_ref() == 0 || *p.get_ref() >= max {
+                    return Err(err(
+                        p.span(),
+                        format!(
+                            "must be between 1 and {}, so every app's rules come before the main table's (32766)",
+                            max - 1
+                        ),
+                    ));
+                }
+                cfg.app_priority = *p.get_ref();
+            }
             routing = r.enabled.unwrap_or(true).then_some(cfg);
         }
 
@@ -422,10 +473,7 @@ impl Config {
 
     /// The app id of a peer uid: from the `[[app]]` map, else `uid:N`.
     pub fn app_of(&self, uid: u32) -> String {
-        self.apps
-            .get(&uid)
-            .cloned()
-            .unwrap_or_else(|| format!("uid:{uid}"))
+        crate::core::apps::app_of(&self.apps, uid)
     }
 
     /// Whether any link has probe targets.
@@ -550,6 +598,20 @@ metered = false
         assert_eq!(c.admin_group, Some(GroupRef::Name("wheel".into())));
         assert_eq!(c.app_of(10123), "com.example.voip");
         assert_eq!(c.app_of(10124), "uid:10124");
+        let r = Config::from_str(
+            "r",
+            "[[app]]\nuids = \"10000-19999\"\nid = \"work\"\n[[app]]\nuid = 20000\nid = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.app_of(9999),
+                r.app_of(10000),
+                r.app_of(19999),
+                r.app_of(20000)
+            ),
+            ("uid:9999".into(), "work".into(), "work".into(), "x".into())
+        );
         assert_eq!(c.probe.fast_interval, Duration::from_millis(40));
         assert_eq!(c.probe.miss_limit, 4);
         assert_eq!(c.probe.timeout, ProbeConfig::default().timeout);
@@ -606,6 +668,24 @@ metered = false
                 5,
                 7,
                 "mapped twice",
+            ),
+            (
+                "[[app]]\nuids = \"10-20\"\nid = \"a\"\n[[app]]\nuids = \"20-30\"\nid = \"b\"\n",
+                5,
+                8,
+                "overlap those of `a` (10-20)",
+            ),
+            (
+                "[[app]]\nuids = \"20-10\"\nid = \"a\"\n",
+                2,
+                8,
+                "not a uid range",
+            ),
+            (
+                "[[app]]\nuid = 3\nuids = \"1-5\"\nid = \"a\"\n",
+                4,
+                6,
+                "either `uid = N` or `uids",
             ),
             (
                 "[[app]]\nuid = 1\nid = \"uid:2\"\n",

@@ -143,6 +143,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     if let Some(cfg) = opts.config.routing {
         core.enable_routing(cfg);
     }
+    core.set_apps(opts.config.apps.clone());
     let mut subflows = None;
     if opts.config.mptcp_userspace && opts.dry_run {
         tracing::info!("dry run: the userspace MPTCP path manager is not started");

@@ -229,10 +229,9 @@ impl Core {
                 if !may_act_as(&peer, &app) {
                     denied(id, &format!("reading another app's decision (`{app}`)"))
                 } else {
-                    Reply::Decision {
-                        id,
-                        decision: self.explain(&app, flow, now),
-                    }
+                    let mut decision = self.explain(&app, flow, now);
+                    decision.explain.extend(self.app_rule_lines(&app));
+                    Reply::Decision { id, decision }
                 }
             }
             Request::Reload { id } => {

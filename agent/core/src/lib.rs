@@ -18,7 +18,7 @@
 //! Rooms, by concern:
 //! - [`event`]: what goes in and what comes out ([`Event`], [`Action`]).
 //! - [`link`]: link states, the usable-address rule, the link's record.
-//! - [`plan`]: routing and MPTCP endpoint plans.
+//! - [`plan`]: routing and MPTCP endpoint plans; [`apps`]: per-app (uid) rules.
 //! - [`probe`] and `pacing`: probe figures and verdicts, and when to probe.
 //! - `steer` and [`subflow`]: per-connection MPTCP steering and the subflow vocabulary.
 //! - [`clients`]: the client table and every permission rule.
@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apps;
 pub mod clients;
 pub mod decide;
 pub mod event;
@@ -78,6 +79,8 @@ pub struct Core {
     actions: VecDeque<Action>,
     routing: Option<(RoutingConfig, RoutingPlan)>,
     mptcp: Option<MptcpPlan>,
+    /// The `[[app]]` map: whose sockets are whose (per-app rules, connections roamd adopts).
+    apps: Vec<apps::AppUids>,
     steering: Option<steer::Steering>,
     /// Still taking in the first dump: links usable now were up before roamd started.
     starting: bool,
@@ -97,6 +100,7 @@ impl Core {
             actions: VecDeque::new(),
             routing: None,
             mptcp: None,
+            apps: Vec::new(),
             steering: None,
             starting: true,
         }
@@ -388,7 +392,7 @@ impl Core {
             .collect();
         // The kernel is brought in line first, then apps are told: an app that moves on the
         // news finds the routes and endpoints already there.
-        self.plan_routing();
+        self.plan_routing(Some(&interfaces));
         self.plan_mptcp(&interfaces);
         let mut pushes = Vec::new();
         // Evaluate once per (app, flow): a thousand sessions of one app cost one evaluation.
@@ -441,7 +445,7 @@ impl Core {
     /// hold durations: the decision may change then with no event.
     fn hold_recheck(&self, now: Instant) -> Option<Instant> {
         // The device-wide MPTCP plan follows the default decision even with no subscriber.
-        if self.clients.subs.is_empty() && self.mptcp.is_none() {
+        if self.clients.subs.is_empty() && self.mptcp.is_none() && self.apps.is_empty() {
             return None;
         }
         let holds = self.policy.hold_thresholds();

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use roam_policy::{Interface, State};
 
+use crate::apps::AppRule;
 use crate::link;
 use crate::{Action, Core};
 
@@ -21,6 +22,10 @@ pub struct RoutingConfig {
     pub table_base: u32,
     /// Priority of the source rules (before the main table's 32766).
     pub rule_priority: u32,
+    /// First priority of the per-app rules (`crate::apps`): an app's path `i` is looked up
+    /// at `app_priority + i`, its `unreachable` rule right after its last path. After the
+    /// source rules, so a socket bound to an address still leaves through that address's link.
+    pub app_priority: u32,
 }
 
 impl Default for RoutingConfig {
@@ -28,6 +33,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             table_base: 1000,
             rule_priority: 10000,
+            app_priority: 11000,
         }
     }
 }
@@ -42,6 +48,8 @@ pub struct RoutingPlan {
     pub routes: BTreeSet<PlannedRoute>,
     /// Source rules to have.
     pub rules: BTreeSet<PlannedRule>,
+    /// Per-app (uid range) rules to have: see [`crate::apps`].
+    pub app_rules: BTreeSet<AppRule>,
 }
 
 /// One route of a [`RoutingPlan`].
@@ -86,7 +94,7 @@ pub struct PlannedRule {
 }
 
 /// The address family of a planned route: true for IPv6, `None` when it says neither.
-fn family_of(r: &PlannedRoute) -> Option<bool> {
+pub(crate) fn family_of(r: &PlannedRoute) -> Option<bool> {
     r.dst
         .map(|(a, _)| a.is_ipv6())
         .or(r.gateway.map(|g| g.is_ipv6()))
@@ -142,15 +150,25 @@ impl Core {
     /// plan changes (at once with the current one).
     pub fn enable_routing(&mut self, cfg: RoutingConfig) {
         self.routing = Some((cfg, RoutingPlan::default()));
-        self.plan_routing();
+        // The links are not known yet: app rules wait for the first reconcile.
+        self.plan_routing(None);
     }
 
-    pub(crate) fn plan_routing(&mut self) {
+    /// `interfaces`: the link states the per-app rules follow; `None` keeps the app rules as
+    /// they are (nothing to evaluate the policy on yet).
+    pub(crate) fn plan_routing(&mut self, interfaces: Option<&[Interface]>) {
         let Some((cfg, current)) = &self.routing else {
             return;
         };
         let mut plan = RoutingPlan::default();
         for (&index, link) in &self.links {
+            if !link.info.admin_up {
+                // The kernel flushes an administratively down link's IPv4 routes from every
+                // table without a notification for each: the main-table routes the core
+                // remembers are gone, and so are our copies. Planning them again when it
+                // comes back up makes the enforcer add them again.
+                continue;
+            }
             let table = cfg.table_base.saturating_add(index);
             let routes: Vec<PlannedRoute> = link
                 .routes
@@ -180,6 +198,10 @@ impl Core {
             }
             plan.routes.extend(routes);
         }
+        plan.app_rules = match interfaces {
+            Some(i) => self.plan_app_rules(cfg, &plan, i),
+            None => current.app_rules.clone(),
+        };
         if &plan != current {
             self.actions.push_back(Action::Routing(plan.clone()));
             if let Some((_, cur)) = &mut self.routing {

@@ -1,7 +1,10 @@
-//! Per-connection MPTCP steering for registered connections (userspace path manager).
+//! Per-connection MPTCP steering (userspace path manager).
 //!
 //! The kernel's events tell the core which connections and subflows exist; an app's
-//! `register_mptcp` ties a connection to its subscription, hence to its decision. After every
+//! `register_mptcp` ties a connection to its subscription, hence to its decision. A connection
+//! nobody registered is steered by its owner's uid ([`MptcpEvent::Owner`]): the decision of
+//! the app the `[[app]]` map gives that uid (`uid:N`, the default block, when none), so an
+//! unmodified program run with `roam run` is steered as an SDK session is. After every
 //! event the core plans, for each registered connection: a subflow from every address of every
 //! usable path of the decision (made ahead of time, `backup` on backup paths), the backup flag
 //! of each subflow as its path's role says, and the closing of subflows on links that are no
@@ -28,8 +31,12 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub(crate) struct Conn {
     /// The subscribed client that registered it.
     pub(crate) client: Option<ClientId>,
+    /// Its owner's app (from the owner's uid), steering it while no client registered it.
+    pub(crate) owner_app: Option<String>,
     /// The peer of its first subflow: where new subflows go.
     pub(crate) remote: Option<SocketAddr>,
+    /// The local address of its first subflow (address id 0).
+    pub(crate) first_local: Option<IpAddr>,
     /// (local, remote) -> backup flag, for every established subflow.
     pub(crate) subflows: BTreeMap<(SocketAddr, SocketAddr), bool>,
     /// Local addresses a subflow was asked from, when, and with which backup flag: the
@@ -161,6 +168,15 @@ pub(crate) fn plan(
                     local: k.0,
                     remote: k.1,
                 });
+                // And the peer told, so it stops sending on its side of the dead subflow.
+                let id = if conn.first_local == Some(k.0.ip()) {
+                    Some(0)
+                } else {
+                    conn.ids.get(&k.0.ip()).copied()
+                };
+                if let Some(id) = id {
+                    steps.push(SubflowCommand::RemoveAddr { token, id });
+                }
             }
         }
     }
@@ -204,12 +220,35 @@ impl Core {
 
     pub(crate) fn plan_steering(&mut self, now: Instant) {
         let Some(st) = &mut self.steering else { return };
+        // Owners' decisions, once per app; only when a connection has an owner and no
+        // registrant (the interfaces cost a walk of the links).
+        let mut owned: BTreeMap<String, roam_policy::Decision> = BTreeMap::new();
+        for conn in st.conns.values() {
+            if let Some(app) = &conn.owner_app
+                && conn.client.is_none()
+                && !owned.contains_key(app)
+            {
+                let interfaces: Vec<_> = self.links.values().map(|l| l.interface(now)).collect();
+                let d = self.policy.evaluate(&roam_policy::State {
+                    app: Some(app.clone()),
+                    flow: None,
+                    interfaces,
+                });
+                owned.insert(app.clone(), d);
+            }
+        }
         for (&token, conn) in st.conns.iter_mut() {
-            let Some(decision) = conn
+            let registered = conn
                 .client
                 .and_then(|c| self.clients.subs.get(&c))
-                .and_then(|c| c.last.as_ref())
-            else {
+                .and_then(|c| c.last.as_ref());
+            let by_owner = || {
+                conn.client
+                    .is_none()
+                    .then(|| conn.owner_app.as_ref().and_then(|a| owned.get(a)))
+                    .flatten()
+            };
+            let Some(decision) = registered.or_else(by_owner).cloned() else {
                 // Nobody steers it: no creation of ours is waiting for an answer.
                 conn.creating.clear();
                 continue;
@@ -251,11 +290,17 @@ impl Core {
             } => {
                 let c = st.conn(token);
                 c.remote = Some(remote);
+                c.first_local = Some(local.ip());
                 // CREATED then ESTABLISHED name the same first subflow.
                 c.subflows.entry((local, remote)).or_insert(false);
             }
             MptcpEvent::Closed { token } => {
                 st.conns.remove(&token);
+            }
+            MptcpEvent::Owner { token, uid } => {
+                if let Some(c) = st.conns.get_mut(&token) {
+                    c.owner_app = Some(crate::apps::app_of(&self.apps, uid));
+                }
             }
             MptcpEvent::SubflowUp {
                 token,

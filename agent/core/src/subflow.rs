@@ -37,6 +37,17 @@ pub enum SubflowCommand {
         /// Remote address and port.
         remote: SocketAddr,
     },
+    /// Withdraw local address id `id` from the connection (`ip mptcp endpoint delete id ID
+    /// token T`): the peer is told (REMOVE_ADDR, over the subflows left) and closes its side
+    /// of the subflows from that address at once, sending its unacknowledged data again on
+    /// the others. Without it, a peer whose subflow died with our link keeps sending on it
+    /// until its retransmission timeouts (hundreds of ms). Id 0 is the first subflow's.
+    RemoveAddr {
+        /// Connection token.
+        token: u32,
+        /// The local address id.
+        id: u8,
+    },
     /// Set or clear the backup flag of the subflows from `local` to `remote` (MP_PRIO); a
     /// port 0 matches any port.
     SetBackup {
@@ -57,6 +68,7 @@ impl SubflowCommand {
         match *self {
             SubflowCommand::Create { token, .. }
             | SubflowCommand::Destroy { token, .. }
+            | SubflowCommand::RemoveAddr { token, .. }
             | SubflowCommand::SetBackup { token, .. } => token,
         }
     }
@@ -90,6 +102,15 @@ pub enum MptcpEvent {
         /// Its backup flag as the event carries it (the peer's, for a subflow this end
         /// opened).
         backup: bool,
+    },
+    /// The connection's owner, from sock_diag (the shell asks it when a connection appears):
+    /// a connection nobody registered is steered as the `[[app]]` map says this uid's app is
+    /// (programs run with `roam run`, or any MPTCP program).
+    Owner {
+        /// Token.
+        token: u32,
+        /// The uid of the socket's owner.
+        uid: u32,
     },
     /// A subflow closed (or a join failed).
     SubflowClosed {

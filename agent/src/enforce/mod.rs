@@ -8,6 +8,9 @@
 //!   (subflow create/destroy and MP_PRIO by connection token) and its event stream, for
 //!   connections apps registered (`[mptcp] userspace = true`).
 //!
+//! - [`owners`]: the uid owning an MPTCP connection (sock_diag), so connections nobody
+//!   registered are steered by their uid's app.
+//!
 //! - [`subflows`]: the userspace path manager as roamd runs it (worker, events, pm_type,
 //!   per-subflow options, answers to apps).
 //!
@@ -17,6 +20,7 @@
 //!
 //! Both remove exactly what they added, on exit and, after a crash, at the next start.
 pub mod mptcp;
+pub mod owners;
 pub mod routing;
 pub mod subflow_opts;
 pub mod subflows;
@@ -91,11 +95,17 @@ impl Enforcers {
     /// Makes policy routing match `plan`.
     pub fn routing(&mut self, plan: &RoutingPlan) {
         match &mut self.routing {
-            Some(_) if self.dry_run => tracing::info!(
-                routes = plan.routes.len(),
-                rules = plan.rules.len(),
-                "dry run: policy routing not applied"
-            ),
+            Some(_) if self.dry_run => {
+                tracing::info!(
+                    routes = plan.routes.len(),
+                    rules = plan.rules.len(),
+                    app_rules = plan.app_rules.len(),
+                    "dry run: policy routing not applied"
+                );
+                for r in &plan.app_rules {
+                    tracing::info!(rule = %r, "dry run: would have app rule");
+                }
+            }
             Some(r) => r.apply(plan),
             None => {}
         }

@@ -1,5 +1,6 @@
-//! Policy routing through rtnetlink: a table per interface and a source rule per address, as
-//! the core plans them (`crate::core::RoutingPlan`). Never runs `ip`.
+//! Policy routing through rtnetlink: a table per interface, a source rule per address and the
+//! per-app (uid range) rules, as the core plans them (`crate::core::RoutingPlan`,
+//! `crate::core::apps`). Never runs `ip`.
 //!
 //! Everything added carries the routing protocol [`RTPROT_ROAM`] (routes: `rtm_protocol`,
 //! rules: `FRA_PROTOCOL`), so cleanup removes exactly what roamd added, also after a crash:
@@ -12,10 +13,11 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RuleUidRange};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
+use crate::core::apps::{AppRule, AppRuleAction};
 use crate::core::{PlannedRoute, PlannedRule, RoutingPlan};
 use crate::nlreq::Requester;
 
@@ -77,6 +79,34 @@ fn rule_message(r: &PlannedRule) -> RuleMessage {
     m
 }
 
+fn app_rule_message(r: &AppRule) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = if r.v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    if let Some(from) = r.from {
+        m.header.src_len = if from.is_ipv6() { 128 } else { 32 };
+        m.attributes.push(RuleAttribute::Source(from));
+    }
+    m.attributes.push(RuleAttribute::UidRange(RuleUidRange {
+        start: r.first,
+        end: r.last,
+    }));
+    match r.action {
+        AppRuleAction::Lookup(table) => {
+            m.header.action = RuleAction::ToTable;
+            m.attributes.push(RuleAttribute::Table(table));
+        }
+        AppRuleAction::Unreachable => m.header.action = RuleAction::Unreachable,
+    }
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::Other(RTPROT_ROAM)));
+    m
+}
+
 /// What a person reads for a route: the `ip route` words.
 fn describe_route(r: &PlannedRoute) -> String {
     let dst = r
@@ -92,6 +122,7 @@ pub struct RoutingEnforcer {
     rtnl: Requester,
     routes: BTreeSet<PlannedRoute>,
     rules: BTreeSet<PlannedRule>,
+    app_rules: BTreeSet<AppRule>,
 }
 
 impl RoutingEnforcer {
@@ -101,6 +132,7 @@ impl RoutingEnforcer {
             rtnl: Requester::open(NETLINK_ROUTE)?,
             routes: BTreeSet::new(),
             rules: BTreeSet::new(),
+            app_rules: BTreeSet::new(),
         })
     }
 
@@ -236,6 +268,39 @@ impl RoutingEnforcer {
                     tracing::warn!(from = %r.from, table = r.table, error = %e, "rule not added")
                 }
             }
+        }
+        self.apply_app_rules(&plan.app_rules);
+    }
+
+    /// Brings the per-app rules to `planned`: new ones first, then the old ones go, so a uid
+    /// never finds neither its old nor its new rules (its traffic would reach the main table,
+    /// possibly through a link its app is forbidden). Rules of one priority match in the
+    /// order they were added, so an old `unreachable` keeps refusing until it is removed.
+    fn apply_app_rules(&mut self, planned: &BTreeSet<AppRule>) {
+        let new: Vec<_> = planned.difference(&self.app_rules).copied().collect();
+        for r in new {
+            match self.request(
+                RouteNetlinkMessage::NewRule(app_rule_message(&r)),
+                NLM_F_CREATE | NLM_F_EXCL,
+            ) {
+                Ok(()) => {
+                    tracing::info!(rule = %r, "app rule added");
+                    self.app_rules.insert(r);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.app_rules.insert(r);
+                }
+                Err(e) => tracing::warn!(rule = %r, error = %e, "app rule not added"),
+            }
+        }
+        let gone: Vec<_> = self.app_rules.difference(planned).copied().collect();
+        for r in gone {
+            match self.request(RouteNetlinkMessage::DelRule(app_rule_message(&r)), 0) {
+                Ok(()) => tracing::info!(rule = %r, "app rule removed"),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => tracing::warn!(rule = %r, error = %e, "app rule not removed"),
+            }
+            self.app_rules.remove(&r);
         }
     }
 

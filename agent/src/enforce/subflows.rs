@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use super::owners::Owners;
 use super::subflow_opts::{self, Outcome, SubflowOptions};
 use super::userspace_pm::{self, Done, PmEvents, UserspacePm};
 use crate::core::{ClientId, MptcpEvent, Requested, SubflowCommand};
@@ -37,6 +38,9 @@ pub struct Subflows {
     done: mpsc::UnboundedReceiver<Done<Tag>>,
     /// `None` once reading the group failed: connections are no longer steered.
     events: Option<PmEvents>,
+    /// Owners of new connections, for steering those nobody registered; `None` when
+    /// sock_diag could not be opened (only registered connections are steered then).
+    owners: Option<Owners>,
     pm_type_was: u8,
     /// Per-subflow TCP options, when BPF could be used.
     options: Option<SubflowOptions>,
@@ -74,10 +78,14 @@ impl Subflows {
                 (None, Err(e))
             }
         };
+        let owners = Owners::open()
+            .inspect_err(|e| tracing::warn!(error = %e, "no sock_diag: only registered MPTCP connections are steered"))
+            .ok();
         let s = Subflows {
             upm,
             done,
             events: Some(events),
+            owners,
             pm_type_was,
             options,
             pending: HashMap::new(),
@@ -97,7 +105,13 @@ impl Subflows {
             tokio::select! {
                 Some(done) = self.done.recv() => return FromKernel::Done(done),
                 r = events => match r {
-                    Ok(e) => return FromKernel::Events(e),
+                    Ok(e) => {
+                        let e = match &mut self.owners {
+                            Some(o) => o.annotate(e),
+                            None => e,
+                        };
+                        return FromKernel::Events(e);
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "reading mptcp_pm_events failed; registered connections are no longer steered");
                         self.events = None;

@@ -41,6 +41,16 @@ impl Encode for PmCommand {
     /// kernel picks; address id, flags and interface when given), the remote address.
     fn encode(&self) -> (u8, Vec<u8>) {
         let (cmd, local, remote, flags, index, id) = match *self {
+            PmCommand::RemoveAddr { token, id } => {
+                let mut out = Vec::new();
+                roam_link::netlink::attr::put(
+                    &mut out,
+                    mptcp_pm::pm_attr::TOKEN,
+                    &token.to_ne_bytes(),
+                );
+                roam_link::netlink::attr::put(&mut out, mptcp_pm::pm_attr::LOC_ID, &[id]);
+                return (Command::Remove.into(), out);
+            }
             PmCommand::Create {
                 local,
                 remote,

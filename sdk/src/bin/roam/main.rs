@@ -4,6 +4,8 @@
 //!   or prints what sessions send ([`serve`]).
 //! - `roam connect`: a session to any roam listener, like netcat, or a checked transfer of a
 //!   counter pattern against an echo ([`connect`]).
+//! - `roam run`: an unmodified program whose TCP sockets are MPTCP, steered by roamd
+//!   ([`run`]; it speaks to roamd through roam-ipc's client, not through a session).
 //!
 //! One file per subcommand; [`events`] turns session events into JSON lines and sentences,
 //! [`pki`] reads PEM files, [`pattern`] is the counter pattern and the echo's clock. Only the
@@ -13,6 +15,7 @@ mod connect;
 mod events;
 mod pattern;
 mod pki;
+mod run;
 mod serve;
 
 use std::process::ExitCode;
@@ -34,12 +37,14 @@ type Result<T, E = Error> = std::result::Result<T, E>;
         `roam connect` opens one, and keeps it alive while the device's links come and go. \
         A session follows roamd's decisions when roamd's socket answers (ROAM_SOCKET, else \
         /run/roam/roamd.sock) and otherwise decides with an embedded link monitor and the \
-        built-in policy (or --policy).\n\n\
+        built-in policy (or --policy). `roam run` runs an unmodified program with its TCP \
+        sockets made MPTCP, for roamd to steer.\n\n\
         Logs go to standard error (RUST_LOG, default warn).",
     after_help = "Examples:\n  \
         roam serve --listen 0.0.0.0:4433 --cert cert.pem --key key.pem --echo\n  \
         roam connect server.example:4433 --ca ca.pem --bytes 100M --rate 20 --json\n  \
-        echo hello | roam connect server.example:4433 --ca ca.pem"
+        echo hello | roam connect server.example:4433 --ca ca.pem\n  \
+        roam run -- curl -O http://server.example/big.iso"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +59,9 @@ enum Command {
     /// Open a session: stdin and stdout like netcat, or a checked transfer with --bytes.
     #[command(long_about = connect::LONG_ABOUT)]
     Connect(connect::Args),
+    /// Run an unmodified program with its TCP sockets made MPTCP, steered by roamd.
+    #[command(long_about = run::LONG_ABOUT)]
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,7 +76,9 @@ fn main() -> ExitCode {
     let name = match &cli.command {
         Command::Serve(_) => "roam serve",
         Command::Connect(_) => "roam connect",
+        Command::Run(_) => "roam run",
     };
+
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,6 +93,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
+            // The program runs in the foreground; roam only waits for it.
+            Command::Run(args) => run::run(args),
         }
     });
     // Sessions still open (stdin readers, accepted sessions) must not hold the exit up.
