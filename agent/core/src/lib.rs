@@ -48,17 +48,19 @@ pub use decide::{Policy, PolicyLoadError};
 pub use event::{Action, Event, Requested};
 use link::{Link, Portal};
 pub use link::{LinkInfo, Route};
-pub use pacing::{MIN_PROBE_INTERVAL, WIRELESS_REFRESH};
+pub use pacing::{MIN_PROBE_INTERVAL, RECHECK_FIRST, RECHECK_MAX, WIRELESS_REFRESH, radio_tail};
 pub use plan::{
     MAIN_TABLE, MptcpEndpoint, MptcpPlan, PlannedRoute, PlannedRule, RoutingConfig, RoutingPlan,
 };
 pub use portal::{PortalCheck, PortalUrl};
 use probe::LinkProbe;
-pub use probe::ProbeConfig;
+pub use probe::{Pacing, ProbeConfig};
 /// The wire's types the core speaks in: `ProbeMode` is one enum for the pace the core sets and
 /// the pace `status` shows (roam-ipc is the crate apps link, so it cannot depend on the core;
 /// the core depends on it for pure wire types instead of keeping a copy and a conversion).
-pub use roam_ipc::proto::{ClientView, ProbeMode, ProbeView, Update};
+pub use roam_ipc::proto::{
+    ClientView, LinkEnergy, LinkUsage, ProbeMode, ProbeView, Readiness, Update,
+};
 pub use steer::{CREATE_RETRY, MAX_CONNECTIONS};
 pub use subflow::{MptcpEvent, SubflowCommand};
 
@@ -79,6 +81,8 @@ pub struct Core {
     routing: Option<(RoutingConfig, RoutingPlan)>,
     mptcp: Option<MptcpPlan>,
     steering: Option<steer::Steering>,
+    /// When each (app, link) last had a stall report start a burst (`pacing`).
+    report_bursts: HashMap<(String, u32), Instant>,
 }
 
 impl Core {
@@ -96,6 +100,7 @@ impl Core {
             routing: None,
             mptcp: None,
             steering: None,
+            report_bursts: HashMap::new(),
         }
     }
 
@@ -164,12 +169,14 @@ impl Core {
                                 ssid: None,
                                 signal_dbm: None,
                                 wireless_asked: None,
+                                watch: pacing::Watch::default(),
                             },
                         );
                     }
                 }
             }
             Event::LinkRemoved { index } => {
+                self.report_bursts.retain(|(_, i), _| *i != index);
                 if let Some(link) = self.links.remove(&index) {
                     tracing::info!(interface = %link.info.name, index, "link removed");
                     if link.mode != ProbeMode::Off {
@@ -212,8 +219,10 @@ impl Core {
                 }
             }
             Event::ProbeReply { index, seq } => {
-                if let Some(link) = self.links.get_mut(&index) {
-                    link.probe.reply(seq, now, &self.probe_cfg);
+                if let Some(link) = self.links.get_mut(&index)
+                    && link.probe.reply(seq, now, &self.probe_cfg)
+                {
+                    link.watch.proven(now);
                 }
             }
             Event::PortalChecked { index, status } => {
@@ -264,6 +273,11 @@ impl Core {
                 self.policy = policy;
             }
             Event::Mptcp(e) => self.apply_mptcp_event(e),
+            Event::Counters {
+                index,
+                rx_packets,
+                tx_packets,
+            } => self.counters(now, index, rx_packets, tx_packets),
         }
     }
 
@@ -286,7 +300,11 @@ impl Core {
             .steering
             .iter()
             .flat_map(|st| st.conns.values().filter_map(steer::next_retry));
-        links.chain(self.next_recheck).chain(retries).min()
+        links
+            .chain(self.next_recheck)
+            .chain(self.pacing_deadline())
+            .chain(retries)
+            .min()
     }
 
     /// The next action for the shell, if any.
@@ -327,8 +345,9 @@ impl Core {
             .collect()
     }
 
-    /// How each link is being probed, with its addresses and default routes.
-    pub fn probes(&self) -> Vec<ProbeView> {
+    /// How each link is being probed, with its addresses, default routes, readiness and
+    /// what probing cost it.
+    pub fn probes(&self, now: Instant) -> Vec<ProbeView> {
         self.links
             .values()
             .map(|l| ProbeView {
@@ -340,8 +359,28 @@ impl Core {
                     .filter(|r| r.dst.is_none() && r.table == MAIN_TABLE)
                     .count(),
                 addresses: l.addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
+                readiness: self.readiness_of(l),
+                validated_ms_ago: l.watch.evidence_at.map(|t| {
+                    u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+                }),
+                energy: l.watch.energy,
             })
             .collect()
+    }
+
+    /// Every link's readiness and probing cost, sorted by name like [`Core::interfaces`].
+    pub fn usage(&self) -> Vec<LinkUsage> {
+        let mut v: Vec<_> = self
+            .links
+            .values()
+            .map(|l| LinkUsage {
+                interface: l.info.name.clone(),
+                readiness: self.readiness_of(l),
+                energy: l.watch.energy,
+            })
+            .collect();
+        v.sort_by(|a, b| a.interface.cmp(&b.interface));
+        v
     }
 
     /// The policy in force.
@@ -353,6 +392,7 @@ impl Core {
         for link in self.links.values_mut() {
             link.probe.expire(now, &self.probe_cfg);
         }
+        self.schedule_rechecks(now);
     }
 
     fn reconcile(&mut self, now: Instant) {

@@ -6,13 +6,34 @@ use std::time::{Duration, Instant};
 
 use roam_policy::LinkState;
 
+/// When links are probed (`[probe] pacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// The default: a link is validated once when it comes up (a burst of probes and the
+    /// captive-portal check), then kept valid by evidence (traffic received on it, sessions'
+    /// progress reports) for [`ProbeConfig::validity`]. Probes go only on suspicion (a
+    /// session's stall report, transmit counters growing while nothing is received, a
+    /// decision about to use a link whose validation is stale), as one short burst.
+    Evidence,
+    /// Probes every [`ProbeConfig::fast_interval`] on links a subscribed session uses or
+    /// backs up on and every [`ProbeConfig::idle_interval`] on the others: the fastest
+    /// detection of a silent link, and a cellular radio that never sleeps.
+    Periodic,
+    /// Validated once when a link comes up, never probed again while it stays up (Android's
+    /// behaviour without its data-stall detector): the energy floor, and no detection of a
+    /// link that dies silently.
+    Once,
+}
+
 /// How the prober paces itself and judges a link. All of it comes from the config's `[probe]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
-    /// Interval for links a subscribed session uses or backs up on.
+    /// When links are probed at all.
+    pub pacing: Pacing,
+    /// [`Pacing::Periodic`]: interval for links a subscribed session uses or backs up on.
     pub fast_interval: Duration,
-    /// Interval for usable links no session uses, while at least one app is subscribed (so a
-    /// link can be validated, or found again after a silent failure, before it is needed).
+    /// [`Pacing::Periodic`]: interval for usable links no session uses, while at least one
+    /// app is subscribed.
     pub idle_interval: Duration,
     /// A probe unanswered after this long counts as missed.
     pub timeout: Duration,
@@ -24,13 +45,29 @@ pub struct ProbeConfig {
     pub degraded_rtt: Duration,
     /// Loss (percent) above which a validated link is `degraded`.
     pub degraded_loss_pct: f64,
+    /// [`Pacing::Evidence`]: how long one piece of evidence keeps a link validated. A
+    /// decision about to put sessions on a link whose last evidence is older is preceded by
+    /// a burst.
+    pub validity: Duration,
+    /// Probes in one burst (validation, suspicion).
+    pub burst: u32,
+    /// Time between the probes of a burst.
+    pub burst_gap: Duration,
+    /// One app's stall reports about one link start at most one burst per this long: a
+    /// hostile app can neither drain the battery nor flood a link.
+    pub report_burst_every: Duration,
+    /// How often the shell reads the packet counters of usable links while anyone is
+    /// subscribed (no packet is sent for it).
+    pub counter_interval: Duration,
 }
 
 impl Default for ProbeConfig {
-    /// Detection bound with these figures: a link that dies silently just after a probe is
-    /// answered is declared down at most `3 * fast_interval + timeout` = 250 ms later.
+    /// The shipped pacing: evidence, a 10-minute validity, bursts of 3 probes 20 ms apart.
+    /// A burst on a silent link turns it down `2 * burst_gap + timeout` = 140 ms after it
+    /// started.
     fn default() -> Self {
         ProbeConfig {
+            pacing: Pacing::Evidence,
             fast_interval: Duration::from_millis(50),
             idle_interval: Duration::from_secs(2),
             timeout: Duration::from_millis(100),
@@ -38,6 +75,11 @@ impl Default for ProbeConfig {
             loss_window: 20,
             degraded_rtt: Duration::from_millis(500),
             degraded_loss_pct: 10.0,
+            validity: Duration::from_secs(600),
+            burst: 3,
+            burst_gap: Duration::from_millis(20),
+            report_burst_every: Duration::from_secs(10),
+            counter_interval: Duration::from_secs(1),
         }
     }
 }
@@ -169,6 +211,11 @@ impl LinkProbe {
     /// Stops waiting for outstanding probes (probing was switched off for this link).
     pub(crate) fn abandon(&mut self) {
         self.outstanding.clear();
+    }
+
+    /// Whether probes are still awaited.
+    pub(crate) fn awaiting(&self) -> bool {
+        !self.outstanding.is_empty()
     }
 
     /// When the oldest outstanding probe times out.
