@@ -248,9 +248,9 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     result
 }
 
-/// An interface's received and transmitted packet counters, from sysfs (`statistics/`, the
-/// kernel's rtnetlink stats): two small reads, no packet.
-fn read_counters(sysfs_root: &Path, interface: &str) -> std::io::Result<(u64, u64)> {
+/// An interface's received, received multicast and transmitted packet counters, from sysfs
+/// (`statistics/`, the kernel's rtnetlink stats): three small reads, no packet.
+fn read_counters(sysfs_root: &Path, interface: &str) -> std::io::Result<(u64, u64, u64)> {
     let read = |what: &str| -> std::io::Result<u64> {
         let p = sysfs_root.join(interface).join("statistics").join(what);
         std::fs::read_to_string(&p)?.trim().parse().map_err(|e| {
@@ -260,7 +260,7 @@ fn read_counters(sysfs_root: &Path, interface: &str) -> std::io::Result<(u64, u6
             )
         })
     };
-    Ok((read("rx_packets")?, read("tx_packets")?))
+    Ok((read("rx_packets")?, read("multicast")?, read("tx_packets")?))
 }
 
 /// Capability numbers (`linux/capability.h`): routes, rules and endpoints need the first,
@@ -390,11 +390,14 @@ impl Daemon {
                     Action::StopProbing { index } => self.prober.stop(index),
                     Action::ReadCounters { index, interface } => {
                         match read_counters(&self.sysfs_root, &interface) {
-                            Ok((rx_packets, tx_packets)) => failed.push(Event::Counters {
-                                index,
-                                rx_packets,
-                                tx_packets,
-                            }),
+                            Ok((rx_packets, rx_multicast, tx_packets)) => {
+                                failed.push(Event::Counters {
+                                    index,
+                                    rx_packets,
+                                    rx_multicast,
+                                    tx_packets,
+                                })
+                            }
                             Err(e) => {
                                 tracing::debug!(%interface, error = %e, "packet counters unread")
                             }

@@ -45,10 +45,11 @@ const REFLECT_ENV: &str = "ROAM_SDK_TEST_REFLECT";
 const REFLECT_PORT: u16 = 7777;
 /// Port of the kernel baseline's plain MPTCP server.
 const BASELINE_PORT: u16 = 5201;
-/// Probes every 20 ms where a session is, each given 40 ms: a silent link is `down` after
-/// 3 misses, at most 3 x 20 + 40 = 100 ms after it died.
+/// roamd's shipped pacing with a probe target: links validated once, then probed only on
+/// suspicion (the session's per-subflow stall report) with a burst of 3 probes 20 ms apart,
+/// each given 100 ms: a silent link is `down` 140 ms after the session reported it stalled.
 const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n\n\
-                            [probe]\ntargets = [\"198.19.0.1:7777\"]\nfast_interval_ms = 20\ntimeout_ms = 40\n";
+                            [probe]\ntargets = [\"198.19.0.1:7777\"]\n";
 /// roamd without probe targets: the only RTTs it has are the sessions' reports.
 const NO_PROBES: &str =
     "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n";

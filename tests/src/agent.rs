@@ -59,19 +59,23 @@ impl AgentConfig {
     }
 
     /// As [`AgentConfig::netlink_only`], and every link probed against `targets` (a
-    /// [`Reflector`] each): every 20 ms where a session is, each probe given 40 ms, so a
-    /// silent link is `down` after 3 misses, at most 3 x 20 + 40 = 100 ms after it died (the
-    /// configuration of `sdk/tests/mptcp_agent.rs`).
+    /// [`Reflector`] each) at roamd's shipped pacing: validated once, then probed on
+    /// suspicion (a session's stall report, a decision onto a stale link) with a burst of 3
+    /// probes 20 ms apart, each given 100 ms.
     pub fn probing(targets: &[std::net::SocketAddr]) -> AgentConfig {
+        AgentConfig::probing_with(targets, "")
+    }
+
+    /// As [`AgentConfig::probing`], with these extra `[probe]` keys (e.g. `pacing =
+    /// "periodic"`), one `key = value` a line.
+    pub fn probing_with(targets: &[std::net::SocketAddr], probe_keys: &str) -> AgentConfig {
         let list = targets
             .iter()
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ");
         AgentConfig {
-            toml: format!(
-                "{AGENT_CONFIG}\n[probe]\ntargets = [{list}]\nfast_interval_ms = 20\ntimeout_ms = 40\n"
-            ),
+            toml: format!("{AGENT_CONFIG}\n[probe]\ntargets = [{list}]\n{probe_keys}\n"),
         }
     }
 
@@ -335,7 +339,18 @@ impl Agent {
     /// no subscription: the agent as it idles when no app listens. [`Agent::updates`] stays
     /// empty.
     pub fn start_unsubscribed(ns: &Netns, exe: &AgentExe, policy: &str) -> Result<Agent> {
-        Agent::launch(ns, exe, policy, &AgentConfig::netlink_only())
+        Agent::start_unsubscribed_with(ns, exe, policy, &AgentConfig::netlink_only())
+    }
+
+    /// As [`Agent::start_unsubscribed`], with `config`: subscriptions are the caller's (over
+    /// [`Agent::socket`]).
+    pub fn start_unsubscribed_with(
+        ns: &Netns,
+        exe: &AgentExe,
+        policy: &str,
+        config: &AgentConfig,
+    ) -> Result<Agent> {
+        Agent::launch(ns, exe, policy, config)
     }
 
     fn launch(ns: &Netns, exe: &AgentExe, policy: &str, config: &AgentConfig) -> Result<Agent> {

@@ -82,12 +82,15 @@ pub enum Event {
     /// The kernel told about an MPTCP connection or subflow (`mptcp_pm_events`).
     Mptcp(MptcpEvent),
     /// An interface's packet counters, as [`Action::ReadCounters`] asked (rtnetlink stats or
-    /// sysfs `statistics/`): received packets are evidence the link works.
+    /// sysfs `statistics/`): received unicast packets are evidence the link works.
     Counters {
         /// Interface index.
         index: u32,
         /// Packets received since the interface appeared.
         rx_packets: u64,
+        /// Of those, multicast packets (neighbour discovery, router solicitations, mDNS):
+        /// they prove nothing about the path to the internet, so they are no evidence.
+        rx_multicast: u64,
         /// Packets transmitted since the interface appeared.
         tx_packets: u64,
     },

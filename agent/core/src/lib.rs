@@ -276,8 +276,14 @@ impl Core {
             Event::Counters {
                 index,
                 rx_packets,
+                rx_multicast,
                 tx_packets,
-            } => self.counters(now, index, rx_packets, tx_packets),
+            } => self.counters(
+                now,
+                index,
+                rx_packets.saturating_sub(rx_multicast),
+                tx_packets,
+            ),
         }
     }
 

@@ -272,14 +272,19 @@ impl Core {
         }
     }
 
-    /// The shell read a link's packet counters: received packets are evidence and, with
-    /// transmitted ones, show the radio busy; transmitted packets (beyond roamd's own probes)
-    /// with nothing received make the link suspect.
+    /// The shell read a link's packet counters (`rx`: unicast received): received packets are
+    /// evidence and, with transmitted ones, show the radio busy; transmitted packets (beyond
+    /// roamd's own probes) with nothing received make the link suspect.
     pub(crate) fn counters(&mut self, now: Instant, index: u32, rx: u64, tx: u64) {
+        let (primary, _) = self.used();
         let cfg = &self.probe_cfg;
         let Some(link) = self.links.get_mut(&index) else {
             return;
         };
+        // Sessions send on their primary link: what it receives is their traffic. A backup
+        // receives mostly neighbour housekeeping (ARP, unicast neighbour solicitations), which
+        // proves the first hop, not the path: it is no evidence there.
+        let warm = primary.contains(&link.info.name);
         let w = &mut link.watch;
         let probes = w.energy.probes_sent;
         if let Some((rx0, tx0, probes0)) = w.counters {
@@ -288,7 +293,7 @@ impl Core {
                 w.active_at = Some(w.active_at.map_or(now, |t| t.max(now)));
             }
             let validated = link.probe.verdict() == Verdict::Answered;
-            if drx > 0 && validated {
+            if drx > 0 && validated && warm {
                 w.evidence_at = Some(now);
             }
             let own = probes.saturating_sub(probes0);

@@ -39,6 +39,7 @@ pub(super) fn sim(
                             Event::Counters {
                                 index: *index,
                                 rx_packets,
+                                rx_multicast: 0,
                                 tx_packets,
                             },
                         );
