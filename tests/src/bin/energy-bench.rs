@@ -12,18 +12,20 @@
 //! its stall detector). For each, after the links' first validation, three windows:
 //!
 //! - (a) `idle`: one app subscribed, its session idle on WiFi (no traffic);
-//! - (b) `busy`: the same app, its session busy on WiFi (100 packets/s each way on wlan0:
-//!   `ping -i 0.01` bound to wlan0, to the service address);
+//! - (b) `busy`: the same app, its session busy on WiFi (100 datagrams a second each way on
+//!   wlan0, to an echo in the server);
 //! - (c) `none`: no subscriber.
 //!
 //! Per link and window: the probes roamd sent (its own count, `status`), the packets on the
 //! interface (its counters, sampled every 100 ms), and for cellular the modelled radio-on
 //! fraction and energy: the radio is on from a promotion ([`PROMOTION`]) before the first
 //! packet after idle until [`TAIL`] after the last packet, at [`RADIO_ON_W`] (LTE RRC, Huang
-//! et al., MobiSys 2012); a 100 ms sample with packets counts as one packet.
+//! et al., MobiSys 2012); a 100 ms sample with packets counts as one packet. IPv6 is off on
+//! the handset's links, so the kernel's own chatter (router solicitations, MLD) is not
+//! counted against roamd.
 
 use std::path::PathBuf;
-use std::process::{Child, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,6 +48,8 @@ const PROMOTION: Duration = Duration::from_millis(260);
 const RADIO_ON_W: f64 = 1.0;
 /// How often the interfaces' counters are sampled.
 const SAMPLE: Duration = Duration::from_millis(100);
+/// From the app's subscription to the first window.
+const SETTLE: Duration = Duration::from_secs(8);
 /// Links, in table order.
 const LINKS: [&str; 3] = ["wlan0", "rmnet0", "bnep0"];
 
@@ -169,6 +173,7 @@ fn measure(
     window: Duration,
 ) -> Result<Vec<Row>> {
     let topo = Topology::phone().build()?;
+    quiet_ipv6(&topo)?;
     let reflector = Reflector::start(
         topo.server(),
         exe,
@@ -204,13 +209,16 @@ fn measure(
     ready_rx
         .recv_timeout(Duration::from_secs(5))
         .context("the app could not subscribe")?;
-    std::thread::sleep(Duration::from_secs(2));
+    // The links' validation (one burst each) and what it sets off on these veths (the
+    // kernel's ARP re-confirmation 5 s later, `delay_first_probe_time`; a real rmnet0 has no
+    // ARP) are over before the first window.
+    std::thread::sleep(SETTLE);
 
     let mut rows = window_of(&topo, &mut admin, config, "idle", window)?;
-    let ping = busy_wifi(&topo)?;
-    let busy = window_of(&topo, &mut admin, config, "busy", window);
-    stop(ping);
-    rows.extend(busy?);
+    let busy = busy_wifi(&topo)?;
+    let measured = window_of(&topo, &mut admin, config, "busy", window);
+    drop(busy);
+    rows.extend(measured?);
     stop_sub.store(true, Ordering::Relaxed);
     subscriber
         .join()
@@ -222,21 +230,80 @@ fn measure(
     Ok(rows)
 }
 
-fn stop(mut c: Child) {
-    let _ = c.kill();
-    let _ = c.wait();
+/// A busy session on WiFi: 100 datagrams a second from the handset's wlan0 (bound to it) to
+/// an echo in the server, each echoed back; it stops when dropped.
+struct Busy {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
 }
 
-/// A busy session on WiFi: 100 echo requests a second from wlan0, each answered.
-fn busy_wifi(topo: &Topology) -> Result<Child> {
-    topo.handset()
-        .command("ping")
-        .args(["-q", "-i", "0.01", "-I", "wlan0"])
-        .arg(SERVICE_V4.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting ping in the handset")
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// UDP port of the busy window's echo in the server.
+const ECHO_PORT: u16 = 9999;
+
+fn busy_wifi(topo: &Topology) -> Result<Busy> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let wlan = topo.link("wlan0")?;
+    let echo_addr = std::net::SocketAddr::new(wlan.server_v4.into(), ECHO_PORT);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let echo = {
+        let stop = stop.clone();
+        topo.server().spawn("busy-echo", move || -> Result<()> {
+            let s = std::net::UdpSocket::bind(echo_addr)?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(&buf[..n], from);
+                }
+            }
+            Ok(())
+        })?
+    };
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("the busy window's echo did not start")?;
+    let sender = {
+        let stop = stop.clone();
+        topo.handset().spawn("busy-send", move || -> Result<()> {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.bind_device(Some(b"wlan0"))?;
+            s.set_read_timeout(Some(Duration::from_millis(1)))?;
+            let s: std::net::UdpSocket = s.into();
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = s.send_to(&[0u8; 200], echo_addr);
+                let _ = s.recv(&mut buf);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        })?
+    };
+    Ok(Busy {
+        stop,
+        threads: vec![echo, sender],
+    })
+}
+
+/// IPv6 off on the handset's links before roamd starts: the kernel's router solicitations
+/// and MLD reports would otherwise be counted as radio traffic roamd did not cause (a real
+/// rmnet0 carries no such chatter after it comes up).
+fn quiet_ipv6(topo: &Topology) -> Result<()> {
+    for l in LINKS {
+        topo.handset()
+            .sysctl(&format!("net.ipv6.conf.{l}.disable_ipv6"), "1")?;
+    }
+    Ok(())
 }
 
 /// Probes roamd says it sent, per link in [`LINKS`] order.
