@@ -296,11 +296,10 @@ impl Core {
     /// The next instant [`Core::handle_timeout`] must be called at, if any. `None`: nothing
     /// will happen until an event arrives (no periodic wakeups when idle).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let links = self.links.values().flat_map(|l| {
-            [l.next_probe, l.probe.next_expiry(&self.probe_cfg)]
-                .into_iter()
-                .flatten()
-        });
+        let links = self
+            .links
+            .values()
+            .flat_map(|l| [l.next_probe, l.probe.next_expiry()].into_iter().flatten());
         // A subflow creation the kernel did not answer with an event is asked again.
         let retries = self
             .steering

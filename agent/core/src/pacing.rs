@@ -218,7 +218,12 @@ impl Core {
                 self.next_seq += 1;
                 let targets = &link.info.probe_targets;
                 let target = targets[(seq % targets.len() as u64) as usize];
-                link.probe.sent(seq, now);
+                let timeout = if cfg.pacing == Pacing::Periodic {
+                    cfg.timeout
+                } else {
+                    link.probe.burst_timeout(cfg)
+                };
+                link.probe.sent(seq, now, timeout);
                 let w = &mut link.watch;
                 w.energy.probes_sent += 1;
                 if !w.radio_awake(now, link.info.kind) {
