@@ -47,7 +47,7 @@ const REFLECT_PORT: u16 = 7777;
 const BASELINE_PORT: u16 = 5201;
 /// roamd's shipped pacing with a probe target: links validated once, then probed only on
 /// suspicion (the session's per-subflow stall report) with a burst of 3 probes 20 ms apart,
-/// each given four RTTs (40 to 100 ms): a silent link is `down` 80 to 140 ms after the
+/// each given four RTTs (50 to 100 ms): a silent link is `down` 90 to 140 ms after the
 /// session reported it stalled.
 const AGENT_CONFIG: &str = "[routing]\nenabled = false\n\n[mptcp]\nenabled = false\nuserspace = true\n\n\
                             [probe]\ntargets = [\"198.19.0.1:7777\"]\n";

@@ -36,7 +36,7 @@ pub struct ProbeConfig {
     /// app is subscribed.
     pub idle_interval: Duration,
     /// A probe unanswered after this long counts as missed (a burst's probe on a link with a
-    /// short RTT sooner: four RTTs, at least 40 ms).
+    /// short RTT sooner: four RTTs, at least 50 ms).
     pub timeout: Duration,
     /// Consecutive misses that turn a link `down`.
     pub miss_limit: u32,
@@ -65,7 +65,7 @@ pub struct ProbeConfig {
 impl Default for ProbeConfig {
     /// The shipped pacing: evidence, a 10-minute validity, bursts of 3 probes 20 ms apart.
     /// A burst on a silent link turns it down `2 * burst_gap` plus the burst's probe timeout
-    /// (four RTTs, 40 to 100 ms) after it started: 80 to 140 ms.
+    /// (four RTTs, 50 to 100 ms) after it started: 90 to 140 ms.
     fn default() -> Self {
         ProbeConfig {
             pacing: Pacing::Evidence,
@@ -87,7 +87,7 @@ impl Default for ProbeConfig {
 
 /// The shortest a burst's probe is waited for, however short the link's RTT: scheduling and
 /// the reflector's own delay on a busy machine stay well below it.
-pub const MIN_BURST_TIMEOUT: Duration = Duration::from_millis(40);
+pub const MIN_BURST_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Loss is judged only over at least this many probes.
 const MIN_LOSS_SAMPLES: usize = 5;

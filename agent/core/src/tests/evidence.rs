@@ -228,9 +228,9 @@ fn a_confirmed_stall_turns_the_link_down_for_everyone_within_the_burst() {
             .cloned()
             .expect("a move to rmnet0");
         let took = at - stalled;
-        // 3 probes 20 ms apart, each given 4 RTTs but at least 40 ms (wlan0 answered in
-        // 3 ms): 2 x 20 + 40.
-        assert!(took <= ms(80), "{took:?}");
+        // 3 probes 20 ms apart, each given 4 RTTs but at least 50 ms (wlan0 answered in
+        // 3 ms): 2 x 20 + 50.
+        assert!(took <= ms(90), "{took:?}");
     }
 }
 
@@ -282,7 +282,7 @@ fn a_silently_dead_backup_is_checked_before_sessions_move_to_it() {
     let burst = probes(&log, "rmnet0", wl_down, wl_down + secs(2));
     assert_eq!(burst[0], wl_down);
     let gap = moves[1].0 - wl_down;
-    assert!(gap <= ms(80), "on bnep0 {gap:?} after wlan0 went down");
+    assert!(gap <= ms(90), "on bnep0 {gap:?} after wlan0 went down");
 }
 
 #[test]
@@ -339,8 +339,8 @@ fn a_burst_waits_four_rtts_for_a_fast_link_and_the_full_timeout_for_a_slow_one()
             _ => None,
         })
     };
-    // 2 x 20 ms + max(4 x 2 ms, 40 ms); rmnet0: 2 x 20 ms + min(4 x 60 ms, 100 ms).
-    assert_eq!(down("wlan0"), Some(ms(80)));
+    // 2 x 20 ms + max(4 x 2 ms, 50 ms); rmnet0: 2 x 20 ms + min(4 x 60 ms, 100 ms).
+    assert_eq!(down("wlan0"), Some(ms(90)));
     assert_eq!(down("rmnet0"), Some(ms(140)));
 }
 
