@@ -16,8 +16,10 @@
 //!
 //! [probe]
 //! targets = ["198.18.0.1:7777"]     # `roamd reflect --listen ADDR` runs there
-//! fast_interval_ms = 50
-//! idle_interval_ms = 2000
+//! pacing = "evidence"               # or "periodic" (fast_interval_ms, idle_interval_ms), "once"
+//! validity_s = 600                  # evidence keeps a link validated this long
+//! burst = 3                         # probes per validation or suspicion, burst_gap_ms apart
+//! burst_gap_ms = 20
 //! timeout_ms = 100
 //! miss_limit = 3
 //! portal_url = "http://198.18.0.1/generate_204"  # captive-portal check; plain http, address literal
@@ -40,7 +42,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::core::apps::AppUids;
-use crate::core::{MIN_PROBE_INTERVAL, PortalCheck, PortalUrl, ProbeConfig, RoutingConfig};
+use crate::core::{MIN_PROBE_INTERVAL, Pacing, PortalCheck, PortalUrl, ProbeConfig, RoutingConfig};
 
 /// What a captive-portal URL answers when nothing stands in the way, unless the config says
 /// otherwise.
@@ -253,8 +255,12 @@ struct RawApp {
 struct RawProbe {
     #[serde(default)]
     targets: Vec<Spanned<String>>,
+    pacing: Option<Spanned<String>>,
     fast_interval_ms: Option<Spanned<u64>>,
     idle_interval_ms: Option<Spanned<u64>>,
+    validity_s: Option<Spanned<u64>>,
+    burst: Option<Spanned<u32>>,
+    burst_gap_ms: Option<Spanned<u64>>,
     timeout_ms: Option<Spanned<u64>>,
     miss_limit: Option<Spanned<u32>>,
     loss_window: Option<Spanned<usize>>,
@@ -350,8 +356,56 @@ impl Config {
                 )),
                 Some(s) => Ok(Duration::from_millis(*s.get_ref())),
             };
+            if let Some(m) = &p.pacing {
+                probe.pacing = match m.get_ref().as_str() {
+                    "evidence" => Pacing::Evidence,
+                    "periodic" => Pacing::Periodic,
+                    "once" => Pacing::Once,
+                    other => {
+                        return Err(err(
+                            m.span(),
+                            format!(
+                                "`{other}` is no pacing: \"evidence\" (the default: validate once, \
+                                 probe on suspicion), \"periodic\" (probe every fast_interval_ms / \
+                                 idle_interval_ms) or \"once\" (validate when a link comes up only)"
+                            ),
+                        ));
+                    }
+                };
+            }
+            // These two keys paced the old default; under any other pacing they would be
+            // silently ignored, and an integrator who set them expects them to matter.
+            for key in [&p.fast_interval_ms, &p.idle_interval_ms]
+                .into_iter()
+                .flatten()
+            {
+                if probe.pacing != Pacing::Periodic {
+                    return Err(err(
+                        key.span(),
+                        "fast_interval_ms and idle_interval_ms pace `pacing = \"periodic\"` only, which \
+                         is no longer the default: links are now validated once and probed on \
+                         suspicion (`burst`, `burst_gap_ms`, `validity_s`). Add `pacing = \"periodic\"` \
+                         to keep probing on a timer (a cellular backup radio then never sleeps), or \
+                         remove the key"
+                            .into(),
+                    ));
+                }
+            }
             probe.fast_interval = interval(&p.fast_interval_ms, probe.fast_interval)?;
             probe.idle_interval = interval(&p.idle_interval_ms, probe.idle_interval)?;
+            probe.burst_gap = interval(&p.burst_gap_ms, probe.burst_gap)?;
+            if let Some(v) = &p.validity_s {
+                if !(1..=86_400).contains(v.get_ref()) {
+                    return Err(err(v.span(), "must be between 1 and 86400 seconds".into()));
+                }
+                probe.validity = Duration::from_secs(*v.get_ref());
+            }
+            if let Some(b) = &p.burst {
+                if !(1..=10).contains(b.get_ref()) {
+                    return Err(err(b.span(), "must be between 1 and 10 probes".into()));
+                }
+                probe.burst = *b.get_ref();
+            }
             probe.timeout = interval(&p.timeout_ms, probe.timeout)?;
             if let Some(m) = p.miss_limit {
                 if *m.get_ref() == 0 {
@@ -577,6 +631,7 @@ id = "com.example.voip"
 
 [probe]
 targets = ["198.18.0.1:7777", "[2001:db8::1]:7777"]
+pacing = "periodic"
 fast_interval_ms = 40
 miss_limit = 4
 
@@ -612,6 +667,7 @@ metered = false
             ),
             ("uid:9999".into(), "work".into(), "work".into(), "x".into())
         );
+        assert_eq!(c.probe.pacing, Pacing::Periodic);
         assert_eq!(c.probe.fast_interval, Duration::from_millis(40));
         assert_eq!(c.probe.miss_limit, 4);
         assert_eq!(c.probe.timeout, ProbeConfig::default().timeout);
@@ -643,7 +699,22 @@ metered = false
     fn errors_point_at_line_and_column() {
         let cases = [
             ("sockett = \"x\"\n", 1, 1, "unknown field `sockett`"),
-            ("[probe]\nfast_interval_ms = 5\n", 2, 20, "at least 10 ms"),
+            (
+                "[probe]\npacing = \"periodic\"\nfast_interval_ms = 5\n",
+                3,
+                20,
+                "at least 10 ms",
+            ),
+            // The old default's keys, without the pacing they now belong to: refused, with
+            // what replaces them.
+            (
+                "[probe]\nfast_interval_ms = 20\n",
+                2,
+                20,
+                "Add `pacing = \"periodic\"`",
+            ),
+            ("[probe]\npacing = \"fast\"\n", 2, 10, "is no pacing"),
+            ("[probe]\nvalidity_s = 0\n", 2, 14, "between 1 and 86400"),
             (
                 "[probe]\nportal_url = \"https://198.18.0.1/\"\n",
                 2,
@@ -713,6 +784,39 @@ metered = false
             );
             assert!(r.ends_with(&format!("\n{}^", " ".repeat(col - 1))), "{r}");
         }
+    }
+
+    #[test]
+    fn the_shipped_pacing_is_evidence_and_its_keys_parse() {
+        let d = Config::default().probe;
+        assert_eq!(
+            (d.pacing, d.validity, d.burst, d.burst_gap),
+            (
+                Pacing::Evidence,
+                Duration::from_secs(600),
+                3,
+                Duration::from_millis(20)
+            )
+        );
+        let c = Config::from_str(
+            "t.toml",
+            "[probe]\npacing = \"once\"\nvalidity_s = 5\nburst = 4\nburst_gap_ms = 30\n",
+        )
+        .unwrap()
+        .probe;
+        assert_eq!(
+            (c.pacing, c.validity, c.burst, c.burst_gap),
+            (
+                Pacing::Once,
+                Duration::from_secs(5),
+                4,
+                Duration::from_millis(30)
+            )
+        );
+        // The shipped example parses, and ships the default pacing.
+        let example = include_str!("../dist/roamd.example.toml");
+        let e = Config::from_str("roamd.example.toml", example).unwrap();
+        assert_eq!(e.probe, ProbeConfig::default());
     }
 
     #[test]

@@ -250,6 +250,21 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     result
 }
 
+/// An interface's received, received multicast and transmitted packet counters, from sysfs
+/// (`statistics/`, the kernel's rtnetlink stats): three small reads, no packet.
+fn read_counters(sysfs_root: &Path, interface: &str) -> std::io::Result<(u64, u64, u64)> {
+    let read = |what: &str| -> std::io::Result<u64> {
+        let p = sysfs_root.join(interface).join("statistics").join(what);
+        std::fs::read_to_string(&p)?.trim().parse().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", p.display()),
+            )
+        })
+    };
+    Ok((read("rx_packets")?, read("multicast")?, read("tx_packets")?))
+}
+
 /// Capability numbers (`linux/capability.h`): routes, rules and endpoints need the first,
 /// binding probes to an interface (`SO_BINDTODEVICE`) the second.
 const CAP_NET_ADMIN: u32 = 12;
@@ -341,6 +356,7 @@ impl Daemon {
         // Bounded: every round either empties the queue or feeds send failures back, and a
         // send failure produces no new probe until the next deadline.
         for _ in 0..8 {
+            // Probe send failures and counter readings go back in as one batch.
             let mut failed = Vec::new();
             while let Some(a) = self.core.poll_action() {
                 match a {
@@ -374,6 +390,21 @@ impl Daemon {
                         );
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
+                    Action::ReadCounters { index, interface } => {
+                        match read_counters(&self.sysfs_root, &interface) {
+                            Ok((rx_packets, rx_multicast, tx_packets)) => {
+                                failed.push(Event::Counters {
+                                    index,
+                                    rx_packets,
+                                    rx_multicast,
+                                    tx_packets,
+                                })
+                            }
+                            Err(e) => {
+                                tracing::debug!(%interface, error = %e, "packet counters unread")
+                            }
+                        }
+                    }
                     Action::QueryWireless { index } => self.query_wireless(index),
                     Action::Routing(plan) => self.kernel.routing(&plan),
                     Action::Mptcp(plan) => self.kernel.mptcp(&plan),

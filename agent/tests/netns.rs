@@ -82,7 +82,9 @@ fn a_silent_blackhole_turns_the_link_down_within_the_window() {
     ) {
         return;
     }
-    let hs = Handset::start("");
+    // The periodic pace finds a silent link with nobody sending; the shipped evidence pace
+    // needs a session's suspicion first (`a_stall_report_...` below).
+    let hs = Handset::start("[probe]\npacing = \"periodic\"\n");
     let mut sub = hs.subscriber(None);
     wait_update(&mut sub, WAIT, "wlan0 validated by probes", |u| {
         state_of(u, "wlan0") == Some("validated") && paths(u).first() == Some(&"wlan0")
@@ -777,4 +779,278 @@ fn a_captive_portal_keeps_wifi_unvalidated_until_it_answers_204() {
     wait_update(&mut sub, WAIT, "wlan0 validated after the login", |u| {
         state_of(u, "wlan0") == Some("validated")
     });
+}
+
+/// A client speaking the protocol as another uid (40002, app `uid:40002`): hello, subscribe,
+/// then `report_path` `stalled` on wlan0 `N` times, 20 ms apart; prints how many were `ok`.
+const LIAR: &str = r#"
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(5)
+def send(m):
+    b = json.dumps(m).encode(); s.sendall(struct.pack(">I", len(b)) + b)
+def recv():
+    n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+    return json.loads(s.recv(n, socket.MSG_WAITALL))
+send({"type": "hello", "version": 1}); recv()
+send({"type": "subscribe", "id": 1})
+n = int(sys.argv[2]); ok = 0
+for i in range(n):
+    send({"type": "report_path", "id": 10 + i, "interface": "wlan0", "stalled": True})
+    time.sleep(0.02)
+deadline = time.time() + 3
+while ok < n and time.time() < deadline:
+    m = recv()
+    if m.get("type") == "ok": ok += 1
+print("ok", ok)
+"#;
+
+/// With the shipped pacing, a stall report is evidence weighed, never obeyed: an app of
+/// another uid that reports wlan0 stalled over and over (wlan0 is fine) gets one confirming
+/// burst, which wlan0 answers, and nobody moves. When wlan0 really dies, the next stall
+/// report's burst turns it down for everyone.
+#[test]
+fn a_lying_app_of_another_uid_moves_nobody_and_a_confirmed_stall_moves_everyone() {
+    let what = "a_lying_app_of_another_uid_moves_nobody_and_a_confirmed_stall_moves_everyone";
+    if !can_run(what) {
+        return;
+    }
+    for tool in ["nft", "setpriv", "/usr/bin/python3"] {
+        if std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(std::env::var_os("CI").is_none(), "{tool} missing under CI");
+            common::skip(what, &format!("`{tool}` is not installed"));
+            return;
+        }
+    }
+    let hs = Handset::start("");
+    let mut sub = hs.subscriber(None);
+    wait_update(
+        &mut sub,
+        WAIT,
+        "every link validated by its first burst",
+        |u| {
+            ["wlan0", "rmnet0", "bnep0"]
+                .iter()
+                .all(|l| state_of(u, l) == Some("validated"))
+                && paths(u).first() == Some(&"wlan0")
+        },
+    );
+    let socket = hs.socket().display().to_string();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            hs.h.name(),
+            "setpriv",
+            "--reuid=40002",
+            "--regid=40002",
+        ])
+        .args([
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            LIAR,
+            &socket,
+            "50",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Heard (every report answered `ok`), weighed, not obeyed.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 50");
+    sub.set_timeout(Some(Duration::from_millis(1_500))).unwrap();
+    match sub.next_event() {
+        Ok(Reply::Update(u)) => panic!("the liar moved someone: {u:?}\n{}", hs.log()),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(_) => {} // 1.5 s without any update
+    }
+    let (code, status, err) = hs.roamctl(None, &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    let wlan = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["interface"] == "wlan0")
+        .unwrap()
+        .clone();
+    // The first burst, and one for the liar's fifty reports.
+    assert_eq!(wlan["energy"]["probes_sent"], 6, "{wlan}");
+    assert_eq!(wlan["readiness"], "warm", "{wlan}");
+
+    // Now wlan0 dies silently; the honest subscriber's session says so.
+    common::run(&[
+        "ip",
+        "netns",
+        "exec",
+        hs.s.name(),
+        "nft",
+        "add table inet roamt; add chain inet roamt in { type filter hook input priority 0; }; \
+         add rule inet roamt in ip saddr 198.18.1.2 drop",
+    ]);
+    let t = Instant::now();
+    let r = sub
+        .call(|id| Request::ReportPath {
+            id,
+            interface: "wlan0".into(),
+            rtt_ms: None,
+            stalled: true,
+        })
+        .unwrap();
+    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+    let (u, at) = wait_update(&mut sub, WAIT, "wlan0 down after the burst", |u| {
+        state_of(u, "wlan0") == Some("down")
+    });
+    assert_eq!(paths(&u).first(), Some(&"rmnet0"));
+    let took = at - t;
+    eprintln!(
+        "stall report on a silent link -> down at the subscriber: {took:?} (burst of 3, 20 ms apart, each probe waiting 4 RTTs, 50 to 100 ms)"
+    );
+    // At most 2 x 20 + 100 ms in the core; allow for a busy CI machine.
+    assert!(
+        took < Duration::from_millis(1_000),
+        "{took:?}\n{}",
+        hs.log()
+    );
+}
+
+/// A backup that died silently while nobody probed it does not strand anyone: with a short
+/// validity (13 s), rmnet0 is blackholed, left alone past its validity, then wlan0 goes down.
+/// The decision moves to rmnet0, whose stale validation gets a burst at once; the burst fails
+/// and the decision ends on bnep0.
+#[test]
+fn a_silently_dead_backup_is_checked_when_needed_and_the_decision_ends_on_the_third_link() {
+    let what =
+        "a_silently_dead_backup_is_checked_when_needed_and_the_decision_ends_on_the_third_link";
+    if !can_run(what) {
+        return;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "nft missing under CI");
+        common::skip(
+            what,
+            "the `nft` tool is not installed (Debian package nftables)",
+        );
+        return;
+    }
+    // The validity outlasts the cellular tail (11.5 s) after the validation burst: otherwise
+    // the refresh would ride along on the radio the burst itself kept awake.
+    let hs = Handset::start("[probe]\nvalidity_s = 13\n");
+    // A cellular link carries no neighbour discovery (rmnet is raw IP): on this veth, ARP and
+    // IPv6 housekeeping would show the "radio" awake and let roamd refresh rmnet0 early.
+    let mac = |ns: &str, dev: &str| {
+        let o = std::process::Command::new("ip")
+            .args(["-n", ns, "-br", "link", "show", "dev", dev])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.split_whitespace().nth(2).unwrap().to_owned()
+    };
+    let (hmac, smac) = (mac(hs.h.name(), "rmnet0"), mac(hs.s.name(), "srmnet0"));
+    for (ns, dev) in [(hs.h.name(), "rmnet0"), (hs.s.name(), "srmnet0")] {
+        common::run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+        ]);
+    }
+    common::run(&[
+        "ip",
+        "-n",
+        hs.h.name(),
+        "neigh",
+        "replace",
+        "198.18.2.1",
+        "lladdr",
+        &smac,
+        "nud",
+        "permanent",
+        "dev",
+        "rmnet0",
+    ]);
+    common::run(&[
+        "ip",
+        "-n",
+        hs.s.name(),
+        "neigh",
+        "replace",
+        "198.18.2.2",
+        "lladdr",
+        &hmac,
+        "nud",
+        "permanent",
+        "dev",
+        "srmnet0",
+    ]);
+    let mut sub = hs.subscriber(None);
+    wait_update(
+        &mut sub,
+        WAIT,
+        "every link validated by its first burst",
+        |u| {
+            ["wlan0", "rmnet0", "bnep0"]
+                .iter()
+                .all(|l| state_of(u, l) == Some("validated"))
+        },
+    );
+    // rmnet0 (198.18.2.2) dies silently; nobody sends on it, nobody notices.
+    common::run(&[
+        "ip",
+        "netns",
+        "exec",
+        hs.s.name(),
+        "nft",
+        "add table inet roamt; add chain inet roamt in { type filter hook input priority 0; }; \
+         add rule inet roamt in ip saddr 198.18.2.2 drop",
+    ]);
+    std::thread::sleep(Duration::from_secs(14));
+    let (code, status, err) = hs.roamctl(None, &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    let rmnet = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["interface"] == "rmnet0")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        rmnet["energy"]["probes_sent"], 3,
+        "an idle cellular backup is not probed after its validation: {rmnet}"
+    );
+    let t = Instant::now();
+    hs.ip_h(&["link", "set", "wlan0", "down"]);
+    let (u, on_rmnet) = wait_update(&mut sub, WAIT, "the decision on rmnet0", |u| {
+        paths(u).first() == Some(&"rmnet0")
+    });
+    assert_eq!(
+        state_of(&u, "rmnet0"),
+        Some("validated"),
+        "stale, not yet known dead"
+    );
+    let (_, on_bnep) = wait_update(&mut sub, WAIT, "the decision on bnep0", |u| {
+        paths(u).first() == Some(&"bnep0") && state_of(u, "rmnet0") == Some("down")
+    });
+    let gap = on_bnep - t;
+    eprintln!(
+        "figure: wlan0 down -> rmnet0 (stale) after {:?} -> bnep0 after {gap:?} (burst of 3, 20 ms apart, each probe waiting 4 RTTs, 50 to 100 ms)",
+        on_rmnet - t
+    );
+    assert!(gap < Duration::from_millis(1_000), "{gap:?}\n{}", hs.log());
 }

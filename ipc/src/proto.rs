@@ -338,6 +338,33 @@ pub enum ProbeMode {
     Fast,
 }
 
+/// How ready a link is to carry a session (`roam-agent-core` uses this very type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// Down, or up with nothing known yet: the kernel says up, no probe or traffic got
+    /// through since.
+    Cold,
+    /// A probe or real traffic got through (`validated_ms_ago` says when); kept valid by
+    /// evidence (received traffic, sessions' progress reports), not by timers.
+    Validated,
+    /// Validated, and a subscribed session's decision has it as its primary path.
+    Warm,
+}
+
+/// What roamd's probing cost one link since it appeared: the figures that tell a handset
+/// integrator how often roamd woke a radio.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEnergy {
+    /// Probe packets roamd sent on the link.
+    pub probes_sent: u64,
+    /// Probe packets sent after more than the radio's tail of silence on the link (11.5 s for
+    /// cellular, 200 ms otherwise): each one woke the radio up, as far as roamd can tell from
+    /// the interface's packet counters (read once a second, so a wake-up within a second of
+    /// other traffic may be missed).
+    pub radio_wakeups: u64,
+}
+
 /// A link's probing as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeView {
@@ -349,6 +376,31 @@ pub struct ProbeView {
     pub default_routes: usize,
     /// Addresses on it, as `ADDR/LEN`.
     pub addresses: Vec<String>,
+    /// How ready it is to carry a session.
+    #[serde(default = "cold")]
+    pub readiness: Readiness,
+    /// How long ago the last evidence (probe answered, traffic received, a session's
+    /// progress) proved it; `None` when never since it came up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validated_ms_ago: Option<u64>,
+    /// What probing cost it.
+    #[serde(default)]
+    pub energy: LinkEnergy,
+}
+
+fn cold() -> Readiness {
+    Readiness::Cold
+}
+
+/// One link's readiness and probing cost as `links` shows them, next to its [`Interface`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkUsage {
+    /// Interface name.
+    pub interface: String,
+    /// How ready it is to carry a session.
+    pub readiness: Readiness,
+    /// What probing cost it.
+    pub energy: LinkEnergy,
 }
 
 /// What the agent sends.
@@ -393,6 +445,10 @@ pub enum Reply {
         id: u64,
         /// Every managed interface.
         interfaces: Vec<Interface>,
+        /// Per interface, sorted like `interfaces`: readiness and probing cost (absent from
+        /// agents older than this field).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        usage: Vec<LinkUsage>,
     },
     /// Answer to `explain`.
     Decision {

@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use common::*;
 use roam::{Listener, TransportPreference};
 use roam_tests::privilege::require_netns;
+use roam_tests::tls::TestPki;
 use roam_tests::topology::{SERVICE_V4, Topology};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
@@ -34,11 +35,11 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// until it fails; returns the error and how long after the session's arrival it came.
 fn server_reading_one(
     topo: &Topology,
-    pki: &Pki,
+    pki: &TestPki,
     grace: Duration,
     limit: Duration,
 ) -> Result<JoinHandle<Result<(String, Duration)>>> {
-    let tls = pki.server_tls()?;
+    let tls = pki.roam_server()?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let h = topo.server().spawn("hostile-server", move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -72,7 +73,7 @@ fn server_reading_one(
 /// A tcp-resume client speaking the wire format of sdk/RESUME.md by hand: TLS (ALPN roam/1),
 /// `RRES`, NEW; returns its TLS stream once the listener's WELCOME arrived, and the WELCOME.
 fn hostile_new(
-    pki: &Pki,
+    pki: &TestPki,
     peer: SocketAddr,
 ) -> Result<(
     rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
@@ -150,7 +151,7 @@ fn violation_ends_the_session(name: &str, bad: &[u8]) -> Result<()> {
     }
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let server = server_reading_one(&topo, &pki, Duration::from_secs(60), EVENT_TIMEOUT)?;
     let peer = SocketAddr::new(SERVICE_V4.into(), PORT);
     let closed = topo.handset().run(|| -> Result<Duration> {
@@ -201,7 +202,7 @@ fn a_client_silent_after_new_is_dropped_and_its_session_freed() -> Result<()> {
     }
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let grace = Duration::from_secs(1);
     // The session must be over by the silence limit plus the grace, with room for a busy
     // machine; without a limit it never ends.
@@ -280,12 +281,12 @@ fn idle_tcp_connections_past_the_descriptor_limit_hold_up_no_new_client() -> Res
     }
     let _serial = roam_tests::serial::exclusive();
     let topo = two_links()?;
-    let pki = Pki::generate()?;
+    let pki = TestPki::generate()?;
     let dir = std::env::temp_dir().join(format!("roam-flood-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("cert.der"), &pki.chain[0])?;
-    std::fs::write(dir.join("key.der"), pki.key.secret_pkcs8_der())?;
-    let _listener = common::helper::HelperProc::start(
+    std::fs::write(dir.join("key.der"), pki.key_pkcs8_der())?;
+    let _listener = HelperProc::start(
         topo.server(),
         "flood_listener_helper",
         (FLOOD_DIR, dir.as_os_str()),
@@ -295,7 +296,7 @@ fn idle_tcp_connections_past_the_descriptor_limit_hold_up_no_new_client() -> Res
     let _ = std::fs::remove_dir_all(&dir);
     let _listener = _listener?;
     let peer = SocketAddr::new(SERVICE_V4.into(), PORT);
-    let client_tls = pki.client_tls();
+    let client_tls = pki.roam_client();
     let (opened, took) = topo.handset().block_on(async move {
         // Idle connections: TCP up, then not a byte (no TLS ClientHello).
         let mut idle = Vec::with_capacity(IDLE);
@@ -348,8 +349,8 @@ const SEEDS_DIR: &str = "ROAM_FUZZ_SEEDS";
 /// A TLS server (ALPN roam/1) that records what one real client sends inside TLS: after
 /// `RRES` and NEW it answers a WELCOME, as a Listener would; it reads until the client's
 /// stream ends (EOF, or a tcp-resume FIN frame) and returns everything.
-fn record_one_client(pki: &Pki, listener: std::net::TcpListener) -> Result<Vec<u8>> {
-    let cfg = Arc::new(pki.server_tls()?);
+fn record_one_client(pki: &TestPki, listener: std::net::TcpListener) -> Result<Vec<u8>> {
+    let cfg = Arc::new(pki.roam_server()?);
     let (sock, _) = listener.accept()?;
     sock.set_read_timeout(Some(EVENT_TIMEOUT))?;
     let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(cfg)?, sock);
@@ -392,7 +393,7 @@ fn capture_fuzz_seeds() -> Result<()> {
         return Ok(());
     };
     let topo = two_links()?;
-    let pki = Arc::new(Pki::generate()?);
+    let pki = Arc::new(TestPki::generate()?);
     let peer = SocketAddr::new(SERVICE_V4.into(), PORT);
     for (transport, file) in [
         (
@@ -423,7 +424,7 @@ fn capture_fuzz_seeds() -> Result<()> {
             let _ = done_tx.send(());
             r
         })?;
-        let client_tls = pki.client_tls();
+        let client_tls = pki.roam_client();
         topo.handset().block_on(async move {
             use tokio::io::AsyncWriteExt;
             let mut s = roam::Session::builder()
@@ -467,4 +468,63 @@ fn capture_fuzz_seeds() -> Result<()> {
     std::fs::write(&path, welcome)?;
     eprintln!("captured {} bytes to {}", welcome.len(), path.display());
     Ok(())
+}
+
+/// This test binary started again inside a namespace to run one helper "test" (the flooded
+/// Listener, under its own descriptor limit): the filter names it, an environment variable
+/// hands it its arguments, and it prints a ready line when it serves. Killed on drop.
+struct HelperProc {
+    child: std::process::Child,
+}
+
+impl HelperProc {
+    fn start(
+        ns: &roam_tests::netns::Netns,
+        filter: &str,
+        env: (&str, &std::ffi::OsStr),
+        ready: &str,
+        log_var: &str,
+    ) -> Result<HelperProc> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()?;
+        let mut cmd = ns.command(exe.to_str().context("exe path")?);
+        cmd.args([filter, "--exact", "--nocapture", "--test-threads=1"])
+            .env(env.0, env.1)
+            .env(
+                "RUST_LOG",
+                std::env::var(log_var).unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        let mut child = cmd.spawn().with_context(|| format!("starting {filter}"))?;
+        let out = child.stdout.take().context("helper stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ready = ready.to_owned();
+        std::thread::spawn(move || {
+            // Ends with the process (its stdout closes).
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if line.contains(&ready) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut p = HelperProc { child };
+        if rx.recv_timeout(EVENT_TIMEOUT).is_err() {
+            p.kill();
+            anyhow::bail!("{filter} did not become ready within {EVENT_TIMEOUT:?}");
+        }
+        Ok(p)
+    }
+
+    /// Kills it (SIGKILL) and reaps it. `ip netns exec` execs the program: the pid is its own.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HelperProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

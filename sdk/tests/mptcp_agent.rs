@@ -66,9 +66,10 @@ fn reflector_addr() -> SocketAddr {
     SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT)
 }
 
-/// [`NO_PROBES`] and every link probed against the reflector every 20 ms where a session is,
-/// each probe given 40 ms: a silent link is `down` after 3 misses, at most 3 x 20 + 40 =
-/// 100 ms after it died.
+/// [`NO_PROBES`] plus the reflector as probe target, at roamd's shipped pacing: links
+/// validated once, then probed only on suspicion (the session's per-subflow stall report)
+/// with a burst of 3 probes 20 ms apart, each given four RTTs (50 to 100 ms): a silent link
+/// is `down` 90 to 140 ms after the session reported it stalled.
 fn agent_config() -> String {
     format!("{NO_PROBES}\n{}", probe_section(&[reflector_addr()]))
 }

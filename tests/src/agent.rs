@@ -80,12 +80,18 @@ impl AgentConfig {
     }
 
     /// As [`AgentConfig::netlink_only`], and every link probed against `targets` (a
-    /// [`Reflector`] each): every 20 ms where a session is, each probe given 40 ms, so a
-    /// silent link is `down` after 3 misses, at most 3 x 20 + 40 = 100 ms after it died (the
-    /// configuration of `sdk/tests/mptcp_agent.rs`).
+    /// [`Reflector`] each) at roamd's shipped pacing: validated once, then probed on
+    /// suspicion (a session's stall report, a decision onto a stale link) with a burst of 3
+    /// probes 20 ms apart, each given 100 ms.
     pub fn probing(targets: &[std::net::SocketAddr]) -> AgentConfig {
+        AgentConfig::probing_with(targets, "")
+    }
+
+    /// As [`AgentConfig::probing`], with these extra `[probe]` keys (e.g. `pacing =
+    /// "periodic"`), one `key = value` a line.
+    pub fn probing_with(targets: &[std::net::SocketAddr], probe_keys: &str) -> AgentConfig {
         AgentConfig {
-            toml: format!("{AGENT_CONFIG}\n{}", probe_section(targets)),
+            toml: format!("{AGENT_CONFIG}\n{}{probe_keys}\n", probe_section(targets)),
         }
     }
 
@@ -106,15 +112,16 @@ impl Default for AgentConfig {
     }
 }
 
-/// A `[probe]` section probing `targets` every 20 ms where a session is, each probe given
-/// 40 ms: a silent link is `down` after 3 misses, at most 3 x 20 + 40 = 100 ms after it died.
+/// A `[probe]` section with probe `targets` and roamd's shipped pacing: each link validated
+/// once, then probed only on suspicion (a session's stall report, a decision onto a stale
+/// link) with a short burst. Benchmarks and tests measure what users get.
 pub fn probe_section(targets: &[std::net::SocketAddr]) -> String {
     let list = targets
         .iter()
         .map(|t| format!("\"{t}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("[probe]\ntargets = [{list}]\nfast_interval_ms = 20\ntimeout_ms = 40\n")
+    format!("[probe]\ntargets = [{list}]\n")
 }
 
 /// One decision roamd pushed.
@@ -653,8 +660,19 @@ impl Agent {
     /// subscription: the agent as it idles when no app listens. [`Agent::updates`] stays
     /// empty.
     pub fn start_unsubscribed(ns: &Netns, exe: &AgentExe, policy: &str) -> Result<Agent> {
+        Agent::start_unsubscribed_with(ns, exe, policy, &AgentConfig::netlink_only())
+    }
+
+    /// As [`Agent::start_unsubscribed`], with `config`: subscriptions are the caller's (over
+    /// [`Agent::socket`]).
+    pub fn start_unsubscribed_with(
+        ns: &Netns,
+        exe: &AgentExe,
+        policy: &str,
+        config: &AgentConfig,
+    ) -> Result<Agent> {
         Ok(Agent {
-            roamd: Roamd::start(ns, exe, policy, AGENT_CONFIG)?,
+            roamd: Roamd::start(ns, exe, policy, config.as_toml())?,
             updates: Arc::default(),
         })
     }

@@ -85,6 +85,11 @@ impl TestPki {
         )?)
     }
 
+    /// The server key, PKCS#8 DER (for a server started from files, as `roam serve` is).
+    pub fn key_pkcs8_der(&self) -> &[u8] {
+        self.key.secret_pkcs8_der()
+    }
+
     /// What a roam session trusts: this CA only.
     pub fn roam_client(&self) -> roam::ClientTls {
         roam::ClientTls::Ca(vec![self.ca.clone()])

@@ -217,12 +217,13 @@ impl Core {
                     subscribers: self.clients.subs.len(),
                     mptcp_connections: self.clients.conns.values().map(|c| c.tokens.len()).sum(),
                     clients: peer.admin.then(|| self.clients()),
-                    probes: peer.admin.then(|| self.probes()),
+                    probes: peer.admin.then(|| self.probes(now)),
                 },
             },
             Request::Links { id } => Reply::Links {
                 id,
                 interfaces: self.interfaces(now),
+                usage: self.usage(),
             },
             Request::Explain { id, app, flow } => {
                 let app = app.unwrap_or_else(|| peer.app.clone());
@@ -257,7 +258,8 @@ impl Core {
                     )
                 } else {
                     self.reply(client, Reply::Ok { id });
-                    self.path_report(now, &interface, rtt_ms, stalled);
+                    let app = self.clients.subs.get(&client).map(|c| c.app.clone());
+                    self.path_report(now, &app.unwrap_or_default(), &interface, rtt_ms, stalled);
                     self.settle(now);
                     return;
                 }

@@ -81,6 +81,19 @@ pub enum Event {
     PolicyReplaced(Policy),
     /// The kernel told about an MPTCP connection or subflow (`mptcp_pm_events`).
     Mptcp(MptcpEvent),
+    /// An interface's packet counters, as [`Action::ReadCounters`] asked (rtnetlink stats or
+    /// sysfs `statistics/`): received unicast packets are evidence the link works.
+    Counters {
+        /// Interface index.
+        index: u32,
+        /// Packets received since the interface appeared.
+        rx_packets: u64,
+        /// Of those, multicast packets (neighbour discovery, router solicitations, mDNS):
+        /// they prove nothing about the path to the internet, so they are no evidence.
+        rx_multicast: u64,
+        /// Packets transmitted since the interface appeared.
+        tx_packets: u64,
+    },
 }
 
 /// Something the shell must do.
@@ -118,6 +131,14 @@ pub enum Action {
         interface: String,
         /// What to fetch.
         url: PortalUrl,
+    },
+    /// Read this interface's packet counters and answer with [`Event::Counters`] (no packet
+    /// is sent for it).
+    ReadCounters {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        interface: String,
     },
     /// Probing of this interface stopped: its socket can be closed.
     StopProbing {

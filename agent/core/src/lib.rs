@@ -49,17 +49,19 @@ pub use decide::{Policy, PolicyLoadError};
 pub use event::{Action, Event, Requested};
 use link::{Link, Portal};
 pub use link::{LinkInfo, Route};
-pub use pacing::{MIN_PROBE_INTERVAL, WIRELESS_REFRESH};
+pub use pacing::{MIN_PROBE_INTERVAL, RECHECK_FIRST, RECHECK_MAX, WIRELESS_REFRESH, radio_tail};
 pub use plan::{
     MAIN_TABLE, MptcpEndpoint, MptcpPlan, PlannedRoute, PlannedRule, RoutingConfig, RoutingPlan,
 };
 pub use portal::{PortalCheck, PortalUrl};
 use probe::LinkProbe;
-pub use probe::ProbeConfig;
+pub use probe::{Pacing, ProbeConfig};
 /// The wire's types the core speaks in: `ProbeMode` is one enum for the pace the core sets and
 /// the pace `status` shows (roam-ipc is the crate apps link, so it cannot depend on the core;
 /// the core depends on it for pure wire types instead of keeping a copy and a conversion).
-pub use roam_ipc::proto::{ClientView, ProbeMode, ProbeView, Update};
+pub use roam_ipc::proto::{
+    ClientView, LinkEnergy, LinkUsage, ProbeMode, ProbeView, Readiness, Update,
+};
 pub use steer::{CREATE_RETRY, MAX_CONNECTIONS};
 pub use subflow::{MptcpEvent, SubflowCommand};
 
@@ -84,6 +86,8 @@ pub struct Core {
     steering: Option<steer::Steering>,
     /// Still taking in the first dump: links usable now were up before roamd started.
     starting: bool,
+    /// When each (app, link) last had a stall report start a burst (`pacing`).
+    report_bursts: HashMap<(String, u32), Instant>,
 }
 
 impl Core {
@@ -103,6 +107,7 @@ impl Core {
             apps: Vec::new(),
             steering: None,
             starting: true,
+            report_bursts: HashMap::new(),
         }
     }
 
@@ -192,12 +197,14 @@ impl Core {
                                 ssid: None,
                                 signal_dbm: None,
                                 wireless_asked: None,
+                                watch: pacing::Watch::default(),
                             },
                         );
                     }
                 }
             }
             Event::LinkRemoved { index } => {
+                self.report_bursts.retain(|(_, i), _| *i != index);
                 if let Some(link) = self.links.remove(&index) {
                     tracing::info!(interface = %link.info.name, index, "link removed");
                     if link.mode != ProbeMode::Off {
@@ -240,8 +247,10 @@ impl Core {
                 }
             }
             Event::ProbeReply { index, seq } => {
-                if let Some(link) = self.links.get_mut(&index) {
-                    link.probe.reply(seq, now, &self.probe_cfg);
+                if let Some(link) = self.links.get_mut(&index)
+                    && link.probe.reply(seq, now, &self.probe_cfg)
+                {
+                    link.watch.proven(now);
                 }
             }
             Event::PortalChecked { index, status } => {
@@ -292,6 +301,17 @@ impl Core {
                 self.policy = policy;
             }
             Event::Mptcp(e) => self.apply_mptcp_event(e),
+            Event::Counters {
+                index,
+                rx_packets,
+                rx_multicast,
+                tx_packets,
+            } => self.counters(
+                now,
+                index,
+                rx_packets.saturating_sub(rx_multicast),
+                tx_packets,
+            ),
         }
     }
 
@@ -304,17 +324,20 @@ impl Core {
     /// The next instant [`Core::handle_timeout`] must be called at, if any. `None`: nothing
     /// will happen until an event arrives (no periodic wakeups when idle).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let links = self.links.values().flat_map(|l| {
-            [l.next_probe, l.probe.next_expiry(&self.probe_cfg)]
-                .into_iter()
-                .flatten()
-        });
+        let links = self
+            .links
+            .values()
+            .flat_map(|l| [l.next_probe, l.probe.next_expiry()].into_iter().flatten());
         // A subflow creation the kernel did not answer with an event is asked again.
         let retries = self
             .steering
             .iter()
             .flat_map(|st| st.conns.values().filter_map(steer::next_retry));
-        links.chain(self.next_recheck).chain(retries).min()
+        links
+            .chain(self.next_recheck)
+            .chain(self.pacing_deadline())
+            .chain(retries)
+            .min()
     }
 
     /// The next action for the shell, if any.
@@ -355,8 +378,9 @@ impl Core {
             .collect()
     }
 
-    /// How each link is being probed, with its addresses and default routes.
-    pub fn probes(&self) -> Vec<ProbeView> {
+    /// How each link is being probed, with its addresses, default routes, readiness and
+    /// what probing cost it.
+    pub fn probes(&self, now: Instant) -> Vec<ProbeView> {
         self.links
             .values()
             .map(|l| ProbeView {
@@ -368,8 +392,28 @@ impl Core {
                     .filter(|r| r.dst.is_none() && r.table == MAIN_TABLE)
                     .count(),
                 addresses: l.addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
+                readiness: self.readiness_of(l),
+                validated_ms_ago: l.watch.evidence_at.map(|t| {
+                    u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+                }),
+                energy: l.watch.energy,
             })
             .collect()
+    }
+
+    /// Every link's readiness and probing cost, sorted by name like [`Core::interfaces`].
+    pub fn usage(&self) -> Vec<LinkUsage> {
+        let mut v: Vec<_> = self
+            .links
+            .values()
+            .map(|l| LinkUsage {
+                interface: l.info.name.clone(),
+                readiness: self.readiness_of(l),
+                energy: l.watch.energy,
+            })
+            .collect();
+        v.sort_by(|a, b| a.interface.cmp(&b.interface));
+        v
     }
 
     /// The policy in force.
@@ -381,6 +425,7 @@ impl Core {
         for link in self.links.values_mut() {
             link.probe.expire(now, &self.probe_cfg);
         }
+        self.schedule_rechecks(now);
     }
 
     fn reconcile(&mut self, now: Instant) {

@@ -12,6 +12,7 @@ use roam_ipc::proto::ProbeMode;
 use roam_link::{UpTime, usable_ip};
 use roam_policy::{Interface, LinkKind, LinkState};
 
+use crate::pacing::Watch;
 use crate::probe::{LinkProbe, Verdict};
 use crate::{Action, Core, PortalCheck};
 
@@ -76,6 +77,8 @@ pub(crate) struct Link {
     pub(crate) ssid: Option<String>,
     pub(crate) signal_dbm: Option<f64>,
     pub(crate) wireless_asked: Option<Instant>,
+    /// Evidence, bursts, counters and what probing cost.
+    pub(crate) watch: Watch,
 }
 
 impl Link {
@@ -125,6 +128,9 @@ impl Core {
             }
             if !l3 {
                 link.portal = Portal::Unchecked;
+                if link.watch.evidence_at.is_some() {
+                    link.watch.reset();
+                }
             }
             let new = if l3 {
                 let probed = link.probe.state(&self.probe_cfg);

@@ -6,15 +6,37 @@ use std::time::{Duration, Instant};
 
 use roam_policy::LinkState;
 
+/// When links are probed (`[probe] pacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// The default: a link is validated once when it comes up (a burst of probes and the
+    /// captive-portal check), then kept valid by evidence (traffic received on it, sessions'
+    /// progress reports) for [`ProbeConfig::validity`]. Probes go only on suspicion (a
+    /// session's stall report, transmit counters growing while nothing is received, a
+    /// decision about to use a link whose validation is stale), as one short burst.
+    Evidence,
+    /// Probes every [`ProbeConfig::fast_interval`] on links a subscribed session uses or
+    /// backs up on and every [`ProbeConfig::idle_interval`] on the others: the fastest
+    /// detection of a silent link, and a cellular radio that never sleeps.
+    Periodic,
+    /// Validated once when a link comes up, never probed again while it stays up (Android's
+    /// behaviour without its data-stall detector): the energy floor, and no detection of a
+    /// link that dies silently.
+    Once,
+}
+
 /// How the prober paces itself and judges a link. All of it comes from the config's `[probe]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
-    /// Interval for links a subscribed session uses or backs up on.
+    /// When links are probed at all.
+    pub pacing: Pacing,
+    /// [`Pacing::Periodic`]: interval for links a subscribed session uses or backs up on.
     pub fast_interval: Duration,
-    /// Interval for usable links no session uses, while at least one app is subscribed (so a
-    /// link can be validated, or found again after a silent failure, before it is needed).
+    /// [`Pacing::Periodic`]: interval for usable links no session uses, while at least one
+    /// app is subscribed.
     pub idle_interval: Duration,
-    /// A probe unanswered after this long counts as missed.
+    /// A probe unanswered after this long counts as missed (a burst's probe on a link with a
+    /// short RTT sooner: four RTTs, at least 50 ms).
     pub timeout: Duration,
     /// Consecutive misses that turn a link `down`.
     pub miss_limit: u32,
@@ -24,13 +46,29 @@ pub struct ProbeConfig {
     pub degraded_rtt: Duration,
     /// Loss (percent) above which a validated link is `degraded`.
     pub degraded_loss_pct: f64,
+    /// [`Pacing::Evidence`]: how long one piece of evidence keeps a link validated. A
+    /// decision about to put sessions on a link whose last evidence is older is preceded by
+    /// a burst.
+    pub validity: Duration,
+    /// Probes in one burst (validation, suspicion).
+    pub burst: u32,
+    /// Time between the probes of a burst.
+    pub burst_gap: Duration,
+    /// One app's stall reports about one link start at most one burst per this long: a
+    /// hostile app can neither drain the battery nor flood a link.
+    pub report_burst_every: Duration,
+    /// How often the shell reads the packet counters of usable links while anyone is
+    /// subscribed (no packet is sent for it).
+    pub counter_interval: Duration,
 }
 
 impl Default for ProbeConfig {
-    /// Detection bound with these figures: a link that dies silently just after a probe is
-    /// answered is declared down at most `3 * fast_interval + timeout` = 250 ms later.
+    /// The shipped pacing: evidence, a 10-minute validity, bursts of 3 probes 20 ms apart.
+    /// A burst on a silent link turns it down `2 * burst_gap` plus the burst's probe timeout
+    /// (four RTTs, 50 to 100 ms) after it started: 90 to 140 ms.
     fn default() -> Self {
         ProbeConfig {
+            pacing: Pacing::Evidence,
             fast_interval: Duration::from_millis(50),
             idle_interval: Duration::from_secs(2),
             timeout: Duration::from_millis(100),
@@ -38,9 +76,18 @@ impl Default for ProbeConfig {
             loss_window: 20,
             degraded_rtt: Duration::from_millis(500),
             degraded_loss_pct: 10.0,
+            validity: Duration::from_secs(600),
+            burst: 3,
+            burst_gap: Duration::from_millis(20),
+            report_burst_every: Duration::from_secs(10),
+            counter_interval: Duration::from_secs(1),
         }
     }
 }
+
+/// The shortest a burst's probe is waited for, however short the link's RTT: scheduling and
+/// the reflector's own delay on a busy machine stay well below it.
+pub const MIN_BURST_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Loss is judged only over at least this many probes.
 const MIN_LOSS_SAMPLES: usize = 5;
@@ -59,7 +106,8 @@ pub(crate) enum Verdict {
 /// The probe figures of one link.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkProbe {
-    outstanding: VecDeque<(u64, Instant)>,
+    /// Sequence number, when it left, and when it counts as missed.
+    outstanding: VecDeque<(u64, Instant, Instant)>,
     srtt_ms: Option<f64>,
     window: VecDeque<bool>,
     consecutive_misses: u32,
@@ -84,9 +132,24 @@ impl LinkProbe {
         *self = LinkProbe::new();
     }
 
-    pub(crate) fn sent(&mut self, seq: u64, now: Instant) {
-        self.outstanding.push_back((seq, now));
+    /// Probe `seq` left at `now`; it is missed when unanswered after `timeout` (the config's,
+    /// or a burst's shorter one, [`LinkProbe::burst_timeout`]).
+    pub(crate) fn sent(&mut self, seq: u64, now: Instant, timeout: Duration) {
+        self.outstanding.push_back((seq, now, now + timeout));
         self.last_sent = Some(now);
+    }
+
+    /// How long a probe of a burst is waited for: four smoothed RTTs, at least
+    /// [`MIN_BURST_TIMEOUT`], at most the config's timeout. A burst confirms a suspicion, and
+    /// a link that answers in 1 ms is not going to answer in 100 after three silent probes; on
+    /// a link of unknown or long RTT (cellular) it is the config's timeout.
+    pub(crate) fn burst_timeout(&self, cfg: &ProbeConfig) -> Duration {
+        match self.srtt_ms {
+            Some(ms) => Duration::from_secs_f64(4.0 * ms / 1000.0)
+                .max(MIN_BURST_TIMEOUT)
+                .min(cfg.timeout),
+            None => cfg.timeout,
+        }
     }
 
     pub(crate) fn last_sent(&self) -> Option<Instant> {
@@ -96,10 +159,10 @@ impl LinkProbe {
     /// A reply arrived. Returns false when `seq` is not outstanding (late, duplicate or
     /// forged): such a reply says nothing.
     pub(crate) fn reply(&mut self, seq: u64, now: Instant, cfg: &ProbeConfig) -> bool {
-        let Some(pos) = self.outstanding.iter().position(|(s, _)| *s == seq) else {
+        let Some(pos) = self.outstanding.iter().position(|(s, ..)| *s == seq) else {
             return false;
         };
-        let (_, sent) = self.outstanding[pos];
+        let (_, sent, _) = self.outstanding[pos];
         // Older outstanding probes are not counted lost yet: UDP may reorder.
         self.outstanding.remove(pos);
         self.rtt_sample(now.saturating_duration_since(sent).as_secs_f64() * 1000.0);
@@ -116,7 +179,7 @@ impl LinkProbe {
 
     /// The probe could not even be sent (no route, interface gone): a miss, now.
     pub(crate) fn send_failed(&mut self, seq: u64, cfg: &ProbeConfig) -> bool {
-        let Some(pos) = self.outstanding.iter().position(|(s, _)| *s == seq) else {
+        let Some(pos) = self.outstanding.iter().position(|(s, ..)| *s == seq) else {
             return false;
         };
         self.outstanding.remove(pos);
@@ -136,15 +199,16 @@ impl LinkProbe {
         });
     }
 
-    /// Counts every outstanding probe older than the timeout as missed. Returns true when
-    /// anything was counted.
+    /// Counts every outstanding probe past its timeout as missed, oldest first. Returns true
+    /// when anything was counted.
     pub(crate) fn expire(&mut self, now: Instant, cfg: &ProbeConfig) -> bool {
         let mut any = false;
-        while let Some(&(_, sent)) = self.outstanding.front() {
-            if now.saturating_duration_since(sent) < cfg.timeout {
-                break;
-            }
-            self.outstanding.pop_front();
+        while let Some(pos) = self
+            .outstanding
+            .iter()
+            .position(|&(_, _, deadline)| deadline <= now)
+        {
+            self.outstanding.remove(pos);
             self.miss(cfg);
             any = true;
         }
@@ -171,11 +235,17 @@ impl LinkProbe {
         self.outstanding.clear();
     }
 
-    /// When the oldest outstanding probe times out.
-    pub(crate) fn next_expiry(&self, cfg: &ProbeConfig) -> Option<Instant> {
+    /// Whether probes are still awaited.
+    pub(crate) fn awaiting(&self) -> bool {
+        !self.outstanding.is_empty()
+    }
+
+    /// When the first outstanding probe times out.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.outstanding
-            .front()
-            .map(|&(_, sent)| sent + cfg.timeout)
+            .iter()
+            .map(|&(.., deadline)| deadline)
+            .min()
     }
 
     pub(crate) fn rtt_ms(&self) -> Option<f64> {
@@ -227,12 +297,12 @@ mod tests {
         let t0 = Instant::now();
         let mut p = LinkProbe::new();
         assert_eq!(p.state(&cfg), LinkState::Up);
-        p.sent(1, t0);
+        p.sent(1, t0, cfg.timeout);
         assert!(p.reply(1, t0 + Duration::from_millis(4), &cfg));
         assert_eq!(p.state(&cfg), LinkState::Validated);
         assert_eq!(p.rtt_ms(), Some(4.0));
         for seq in 2..=4 {
-            p.sent(seq, t0 + Duration::from_millis(50 * seq));
+            p.sent(seq, t0 + Duration::from_millis(50 * seq), cfg.timeout);
         }
         assert!(!p.expire(t0 + Duration::from_millis(149), &cfg));
         assert!(p.expire(t0 + Duration::from_millis(250), &cfg));
@@ -241,7 +311,7 @@ mod tests {
         assert!(p.expire(t0 + Duration::from_millis(300), &cfg));
         assert_eq!(p.state(&cfg), LinkState::Down);
         assert_eq!(p.loss_pct(), Some(75.0));
-        p.sent(5, t0 + Duration::from_millis(400));
+        p.sent(5, t0 + Duration::from_millis(400), cfg.timeout);
         assert!(
             !p.reply(4, t0 + Duration::from_millis(401), &cfg),
             "expired seq says nothing"
@@ -259,14 +329,14 @@ mod tests {
         };
         let t0 = Instant::now();
         let mut p = LinkProbe::new();
-        p.sent(1, t0);
+        p.sent(1, t0, cfg.timeout);
         p.reply(1, t0 + Duration::from_millis(300), &cfg);
         assert_eq!(p.state(&cfg), LinkState::Degraded);
 
         let mut q = LinkProbe::new();
-        q.sent(1, t0);
+        q.sent(1, t0, cfg.timeout);
         q.expire(t0 + cfg.timeout, &cfg);
-        q.sent(2, t0 + cfg.timeout);
+        q.sent(2, t0 + cfg.timeout, cfg.timeout);
         q.reply(2, t0 + cfg.timeout + Duration::from_millis(1), &cfg);
         assert_eq!(q.loss_pct(), Some(50.0));
         assert_eq!(
@@ -276,7 +346,7 @@ mod tests {
         );
         for seq in 3..=5 {
             let t = t0 + Duration::from_millis(10 * seq);
-            q.sent(seq, t);
+            q.sent(seq, t, cfg.timeout);
             q.reply(seq, t + Duration::from_millis(1), &cfg);
         }
         assert_eq!(q.loss_pct(), Some(20.0));

@@ -54,9 +54,23 @@ pub(crate) fn addr(index: u32) -> Event {
     }
 }
 
-/// A handset with wlan0, rmnet0 and bnep0, each with carrier and an address.
+/// The old pace ([`Pacing::Periodic`]), which the tests written for it keep checking.
+pub(crate) fn periodic() -> ProbeConfig {
+    ProbeConfig {
+        pacing: Pacing::Periodic,
+        ..ProbeConfig::default()
+    }
+}
+
+/// A handset with wlan0, rmnet0 and bnep0, each with carrier and an address, probed at the
+/// periodic pace.
 fn handset(policy: Policy, targets: bool, t0: Instant) -> Core {
-    let mut core = Core::new(policy, ProbeConfig::default());
+    handset_with(policy, targets, t0, periodic())
+}
+
+/// [`handset`] with these probe settings.
+fn handset_with(policy: Policy, targets: bool, t0: Instant, cfg: ProbeConfig) -> Core {
+    let mut core = Core::new(policy, cfg);
     for (i, n, k) in [
         (WLAN, "wlan0", LinkKind::Wifi),
         (RMNET, "rmnet0", LinkKind::Cellular),
@@ -312,40 +326,7 @@ fn simulate(
     end: Instant,
     rtt: impl Fn(&str, Instant) -> Option<Duration>,
 ) -> Vec<(Instant, Action)> {
-    let mut now = from;
-    let mut replies: Vec<(Instant, u32, u64)> = Vec::new();
-    let mut log = Vec::new();
-    for _ in 0..100_000 {
-        for a in drain(core) {
-            if let Action::SendProbe {
-                index,
-                ref interface,
-                seq,
-                ..
-            } = a
-                && let Some(d) = rtt(interface, now)
-            {
-                replies.push((now + d, index, seq));
-            }
-            log.push((now, a));
-        }
-        let next_reply = replies.iter().map(|r| r.0).min();
-        let next = [core.poll_timeout(), next_reply]
-            .into_iter()
-            .flatten()
-            .min();
-        let Some(next) = next.filter(|n| *n <= end) else {
-            return log;
-        };
-        now = next;
-        if let Some(pos) = replies.iter().position(|r| r.0 == now) {
-            let (_, index, seq) = replies.remove(pos);
-            core.handle(now, Event::ProbeReply { index, seq });
-        } else {
-            core.handle_timeout(now);
-        }
-    }
-    panic!("simulation did not settle");
+    evidence::sim(core, from, end, rtt, evidence::quiet)
 }
 
 #[test]
@@ -763,7 +744,7 @@ fn links_usable_at_start_are_not_held() {
 fn the_mptcp_plan_follows_hold_with_no_subscriber() {
     let t0 = Instant::now();
     let policy = Policy::parse(&PLAIN.replace("over bt }", "over bt; hold 10s }")).unwrap();
-    let mut core = Core::new(policy, ProbeConfig::default());
+    let mut core = Core::new(policy, periodic());
     core.started();
     core.enable_mptcp(t0);
     core.handle(
@@ -825,7 +806,7 @@ fn a_resync_batch_applies_only_its_outcome() {
 #[test]
 fn wireless_facts_are_asked_when_a_link_comes_up_and_with_probes() {
     let t0 = Instant::now();
-    let mut core = Core::new(plain(), ProbeConfig::default());
+    let mut core = Core::new(plain(), periodic());
     let mut wifi = info(WLAN, "wlan0", LinkKind::Wifi, true);
     wifi.wireless = true;
     core.handle(t0, Event::LinkUpdated(wifi));
@@ -1194,3 +1175,5 @@ fn a_captive_portal_keeps_a_link_from_being_validated_until_it_answers_204() {
     assert_eq!(checks(&log).len(), 1);
     assert_eq!(state(&core, t0 + ms(10_500), "wlan0"), Some(LinkState::Up));
 }
+
+mod evidence;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use roam_agent::ipc::client::{Client, ClientError, socket_path};
-use roam_agent::ipc::proto::{Reply, Request};
+use roam_agent::ipc::proto::{LinkUsage, Readiness, Reply, Request};
 use roam_agent::policy_cmd::{self, PolicyCommand};
 use roam_policy::{Decision, Interface};
 
@@ -131,6 +131,13 @@ fn agent_command(cli: &Cli) -> Result<(), ClientError> {
                             vec![
                                 p.interface.clone(),
                                 format!("{:?}", p.mode).to_lowercase(),
+                                readiness(p.readiness).into(),
+                                p.validated_ms_ago.map_or_else(
+                                    || "-".into(),
+                                    |ms| format!("{:.1}s", ms as f64 / 1000.0),
+                                ),
+                                p.energy.probes_sent.to_string(),
+                                p.energy.radio_wakeups.to_string(),
                                 p.default_routes.to_string(),
                                 p.addresses.join(" "),
                             ]
@@ -141,7 +148,16 @@ fn agent_command(cli: &Cli) -> Result<(), ClientError> {
                         out,
                         "{}",
                         table(
-                            &["INTERFACE", "PROBING", "DEFAULT ROUTES", "ADDRESSES"],
+                            &[
+                                "INTERFACE",
+                                "PROBING",
+                                "READY",
+                                "EVIDENCE AGO",
+                                "PROBES",
+                                "WAKEUPS",
+                                "DEFAULT ROUTES",
+                                "ADDRESSES"
+                            ],
                             &rows
                         )
                     )
@@ -150,13 +166,18 @@ fn agent_command(cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Command::Links => {
-            let Reply::Links { interfaces, .. } = c.call(|id| Request::Links { id })? else {
+            let Reply::Links {
+                interfaces, usage, ..
+            } = c.call(|id| Request::Links { id })?
+            else {
                 return Err(unexpected());
             };
             if json {
+                // The interface array of the policy's state file, unchanged; readiness and
+                // probing cost are in `status --json` (`probes`).
                 writeln!(out, "{}", to_json(&interfaces)).map_err(io)?;
             } else {
-                write!(out, "{}", links_table(&interfaces)).map_err(io)?;
+                write!(out, "{}", links_table(&interfaces, &usage)).map_err(io)?;
             }
         }
         Command::Explain { app } => {
@@ -247,12 +268,15 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-fn links_table(interfaces: &[Interface]) -> String {
+/// The links as a table; with `usage` (agents that send it), each link's readiness, probes
+/// sent and radio wake-ups they caused too.
+fn links_table(interfaces: &[Interface], usage: &[LinkUsage]) -> String {
     let dash = || "-".to_owned();
     let rows: Vec<Vec<String>> = interfaces
         .iter()
         .map(|i| {
-            vec![
+            let u = usage.iter().find(|u| u.interface == i.name);
+            let mut row = vec![
                 i.name.clone(),
                 i.kind.to_string(),
                 i.state.to_string(),
@@ -262,13 +286,28 @@ fn links_table(interfaces: &[Interface]) -> String {
                     .map_or_else(dash, |m| if m { "yes" } else { "no" }.into()),
                 i.up_for_ms
                     .map_or_else(dash, |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-            ]
+            ];
+            if !usage.is_empty() {
+                row.push(u.map_or_else(dash, |u| readiness(u.readiness).into()));
+                row.push(u.map_or_else(dash, |u| u.energy.probes_sent.to_string()));
+                row.push(u.map_or_else(dash, |u| u.energy.radio_wakeups.to_string()));
+            }
+            row
         })
         .collect();
-    table(
-        &["NAME", "KIND", "STATE", "RTT", "LOSS", "METERED", "UP FOR"],
-        &rows,
-    )
+    let mut header = vec!["NAME", "KIND", "STATE", "RTT", "LOSS", "METERED", "UP FOR"];
+    if !usage.is_empty() {
+        header.extend(["READY", "PROBES", "WAKEUPS"]);
+    }
+    table(&header, &rows)
+}
+
+fn readiness(r: Readiness) -> &'static str {
+    match r {
+        Readiness::Cold => "cold",
+        Readiness::Validated => "validated",
+        Readiness::Warm => "warm",
+    }
 }
 
 fn decision_text(d: &Decision) -> String {

@@ -210,3 +210,18 @@ pub fn state_of<'a>(u: &'a Update, name: &str) -> Option<&'a str> {
         .find(|i| i.name == name)
         .map(|i| i.state.as_str())
 }
+
+pub use roam_tests::privilege::skip;
+
+/// Runs a command that must succeed (e.g. `ip netns exec NS nft ...`).
+pub fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -8,8 +8,10 @@
 //! because subflows on the backup link exist only when something sets the kernel's endpoints,
 //! and roamd is what re-prioritises them when a link fails; without it the row would measure
 //! the kernel's path manager again. The benchmark's MPTCP agent also probes both links against a
-//! reflector in the server namespace ([`Roam::with_probes`]), so a silent blackhole is found by
-//! missed probes (within about 100 ms), not by the kernel's retransmission timer.
+//! reflector in the server namespace ([`Roam::with_probes`]) at the shipped pacing: a session's
+//! stall report (the MPTCP watcher's, per subflow) is confirmed by a burst of probes, so a
+//! silent blackhole is found by the session's own traffic and the burst's misses, not by the
+//! kernel's retransmission timer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -82,7 +84,9 @@ impl Roam {
 
     /// With an agent ([`Roam::with_agent`]): a reflector (`roamd reflect`) runs on the service
     /// address, port [`REFLECT_PORT`], in the server namespace, and the agent probes every link
-    /// against it ([`AgentConfig::probing`]: every 20 ms, 40 ms timeout, down after 3 misses).
+    /// against it at the shipped pacing ([`AgentConfig::probing`]: no faster probing in the
+    /// benchmark than what ships; a burst of 3 probes 20 ms apart on suspicion, each given
+    /// 100 ms).
     pub fn with_probes(mut self) -> Roam {
         self.probes = true;
         self

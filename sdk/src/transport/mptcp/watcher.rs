@@ -1,8 +1,9 @@
 //! The watcher of a client's MPTCP connection: every [`WATCH_INTERVAL`] it re-reads the
 //! subflows and says when they change ([`SessionEvent::SubflowsChanged`]) or the connection
-//! fell back to TCP ([`SessionEvent::MptcpFallback`]), and reports the subflows' RTTs to the
-//! decision source. The kernel's MPTCP events go only to CAP_NET_ADMIN listeners, so an app
-//! polls its own socket.
+//! fell back to TCP ([`SessionEvent::MptcpFallback`]), and reports the subflows' RTTs and
+//! stalls to the decision source (roamd confirms a stall with a burst of probes: the path is
+//! judged by its own traffic, not by periodic probes). The kernel's MPTCP events go only to
+//! CAP_NET_ADMIN listeners, so an app polls its own socket.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -79,6 +80,81 @@ impl RttReports {
     }
 }
 
+/// A subflow stalls when it sent data since its acknowledged bytes last grew and they have
+/// not grown for this many smoothed RTTs plus TCP's delayed-ACK allowance ...
+const STALL_RTTS: u32 = 2;
+/// ... the longest a Linux peer may hold back an ACK (`TCP_DELACK_MAX` is 200 ms, but with
+/// data flowing every second segment is acknowledged at once; 40 ms is the minimum delack) ...
+const STALL_ACK_DELAY: Duration = Duration::from_millis(40);
+/// ... and never sooner than this, whatever the RTT (as the path manager's `min_stall`).
+const STALL_MIN: Duration = Duration::from_millis(60);
+
+/// Per-subflow ACK progress (TCP_INFO's bytes sent and acknowledged), and the stalls it shows:
+/// one report per stall, re-armed when acknowledgements resume.
+#[derive(Debug, Default)]
+struct StallReports {
+    /// Per subflow (local, remote): acknowledged bytes, when they last grew, bytes sent then,
+    /// and whether this stall was reported.
+    progress: Vec<((SocketAddr, SocketAddr), Progress)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    acked: u64,
+    at: std::time::Instant,
+    sent: u64,
+    reported: bool,
+}
+
+impl StallReports {
+    fn due(&mut self, now: std::time::Instant, subflows: &[Subflow]) -> Vec<PathReport> {
+        let mut out: Vec<PathReport> = Vec::new();
+        let mut next = Vec::new();
+        for s in subflows {
+            let (Some(local), Some(remote), Some(acked), Some(sent)) =
+                (s.local, s.remote, s.bytes_acked, s.bytes_sent)
+            else {
+                continue;
+            };
+            let key = (local, remote);
+            let before = self
+                .progress
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, p)| *p);
+            let mut p = match before {
+                Some(p) if p.acked == acked => p,
+                // New subflow, or acknowledgements moved: progress now.
+                _ => Progress {
+                    acked,
+                    at: now,
+                    sent,
+                    reported: false,
+                },
+            };
+            let threshold = (s.rtt * STALL_RTTS + STALL_ACK_DELAY).max(STALL_MIN);
+            if !p.reported && sent > p.sent && now.duration_since(p.at) >= threshold {
+                p.reported = true;
+                if let Some(interface) = s.interface.clone()
+                    && !out.iter().any(
+                        |r| matches!(r, PathReport::Path { interface: i, .. } if *i == interface),
+                    )
+                {
+                    tracing::debug!(%interface, ?threshold, "subflow stalled: data sent, nothing acknowledged");
+                    out.push(PathReport::Path {
+                        interface,
+                        rtt: None,
+                        stalled: true,
+                    });
+                }
+            }
+            next.push((key, p));
+        }
+        self.progress = next;
+        out
+    }
+}
+
 /// Starts the watcher of a client's MPTCP connection on a duplicate of its socket.
 pub(super) fn spawn(
     stream: &TlsStream<TcpStream>,
@@ -120,6 +196,7 @@ pub(super) fn spawn(
             .ok();
         let mut last: Vec<Subflow> = Vec::new();
         let mut rtt = RttReports::default();
+        let mut stalls = StallReports::default();
         let mut source_alive = true;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         loop {
@@ -135,7 +212,8 @@ pub(super) fn spawn(
                     let mut now = read_subflows(&sock);
                     name(&decisions.borrow().clone(), &mut now);
                     read_backup(&mut diag, &mut now);
-                    for r in rtt.due(tokio::time::Instant::now().into_std(), &now) {
+                    let t = tokio::time::Instant::now().into_std();
+                    for r in stalls.due(t, &now).into_iter().chain(rtt.due(t, &now)) {
                         source.report(r);
                     }
                     if key(&now) != key(&last) {
@@ -189,6 +267,60 @@ mod tests {
             PathReport::Path { interface, rtt, .. } if interface == iface => *rtt,
             _ => None,
         })
+    }
+
+    fn stalled_on(r: &[PathReport]) -> Vec<String> {
+        r.iter()
+            .filter_map(|r| match r {
+                PathReport::Path {
+                    interface,
+                    stalled: true,
+                    ..
+                } => Some(interface.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_subflow_that_sends_without_acknowledgements_is_reported_stalled_once() {
+        let t0 = std::time::Instant::now();
+        let mut st = StallReports::default();
+        let at = |sent: u64, acked: u64| {
+            let mut s = subflow("wlan0", 1, 10, acked);
+            s.bytes_sent = Some(sent);
+            vec![s, {
+                // An idle backup: nothing sent, nothing acknowledged, never stalled.
+                let mut b = subflow("rmnet0", 2, 10, 0);
+                b.bytes_sent = Some(0);
+                b
+            }]
+        };
+        assert!(st.due(t0, &at(1000, 1000)).is_empty());
+        // Acknowledgements keep up: no stall however long.
+        assert!(st.due(t0 + ms(500), &at(5000, 5000)).is_empty());
+        // Data sent, nothing acknowledged since t0 + 500 ms: 2 x 10 + 40 = 60 ms.
+        assert!(st.due(t0 + ms(520), &at(9000, 5000)).is_empty());
+        assert_eq!(
+            stalled_on(&st.due(t0 + ms(560), &at(9000, 5000))),
+            ["wlan0"]
+        );
+        // Once per stall ...
+        assert!(st.due(t0 + ms(700), &at(12000, 5000)).is_empty());
+        // ... re-armed when acknowledgements resume.
+        assert!(st.due(t0 + ms(800), &at(12000, 12000)).is_empty());
+        assert!(
+            st.due(t0 + ms(900), &at(12000, 12000)).is_empty(),
+            "idle is no stall"
+        );
+        assert_eq!(
+            stalled_on(&st.due(t0 + ms(1000), &at(13000, 12000))),
+            ["wlan0"]
+        );
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]
