@@ -71,7 +71,8 @@ int roam_accept(int listen_fd, char *peer_json, size_t len);
 
 /**
  * The session's current paths as JSON in `json` (NUL-terminated); returns its length. With
- * `json` NULL and `len` 0, returns the length only. `ERANGE` when `len` is too small.
+ * `json` NULL and `len` 0, returns the length only. `ERANGE` when `len` is too small. After
+ * both directions of the session ended (and until the descriptor is closed): its last paths.
  *
  * `{"transport":"quic","local_addrs":["198.18.0.2:40000"],"peer_addrs":["198.19.0.1:4433"],
  * "paths":[{"id":0,"local":...,"remote":...,"interface":"wlan0","backup":false,

@@ -42,8 +42,8 @@ impl FfiError {
     }
 }
 
-impl From<roam::Error> for FfiError {
-    fn from(e: roam::Error) -> FfiError {
+impl From<roam_sdk::Error> for FfiError {
+    fn from(e: roam_sdk::Error) -> FfiError {
         FfiError::new(errno_of(&e), e.to_string())
     }
 }
@@ -51,8 +51,8 @@ impl From<roam::Error> for FfiError {
 /// The `errno` that stands for a roam error: the OS's own where there is one, else the
 /// nearest socket error (a name that does not resolve is `ENOENT`, as there is no errno for
 /// it; the message says which).
-pub fn errno_of(e: &roam::Error) -> i32 {
-    use roam::Error as E;
+pub fn errno_of(e: &roam_sdk::Error) -> i32 {
+    use roam_sdk::Error as E;
     match e {
         E::InvalidTarget { .. } | E::Policy(_) | E::TlsConfig(_) => libc::EINVAL,
         E::Resolve { .. } => libc::ENOENT,

@@ -1,7 +1,7 @@
 //! What roam descriptors say in JSON: a session's paths, an accepted peer, session events.
 
-use roam::path::LocalPath;
-use roam::{Session, SessionEvent, Subflow};
+use roam_sdk::path::LocalPath;
+use roam_sdk::{Session, SessionEvent, Subflow};
 use serde_json::{Value, json};
 
 fn local_path(p: &LocalPath) -> Value {
@@ -103,7 +103,7 @@ mod tests {
         let e = SessionEvent::PathChanged {
             from: Some(p("wlan0", "198.18.0.2")),
             to: p("rmnet0", "198.18.1.2"),
-            reason: roam::path::MigrationReason::LinkLost,
+            reason: roam_sdk::path::MigrationReason::LinkLost,
         };
         assert_eq!(
             event(&e).to_string(),

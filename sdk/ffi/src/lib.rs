@@ -4,7 +4,7 @@
 //! `roam_connect("chat.example.com:443", NULL)` returns a descriptor the app reads, writes,
 //! polls and closes like a connected stream socket. It is one end of an `AF_UNIX`
 //! `SOCK_STREAM` socketpair; the library pumps the other end to and from a roam
-//! [`roam::Session`], which moves between the device's interfaces as the policy says. Every
+//! [`roam_sdk::Session`], which moves between the device's interfaces as the policy says. Every
 //! event loop that speaks descriptors (epoll, kqueue, libuv, asyncio, Java NIO) can use it.
 //!
 //! - [`roam_connect`], [`roam_listen`], [`roam_accept`]: descriptors for sessions and
@@ -206,10 +206,11 @@ pub unsafe extern "C" fn roam_listen(
         let opts = ListenOptions::parse(unsafe { text(options_json, "options_json") }?)?;
         let tls = opts.server_tls()?;
         let h = runtime::handle()?;
-        let listener = wait(&h, async move { roam::Listener::bind(addr, tls) })?.map_err(|e| {
-            let e = FfiError::from(e);
-            FfiError::new(e.errno, format!("listening on {addr}: {}", e.message))
-        })?;
+        let listener =
+            wait(&h, async move { roam_sdk::Listener::bind(addr, tls) })?.map_err(|e| {
+                let e = FfiError::from(e);
+                FfiError::new(e.errno, format!("listening on {addr}: {}", e.message))
+            })?;
         listen::start(&h, listener)
     })
 }
@@ -233,7 +234,7 @@ pub unsafe extern "C" fn roam_accept(
     entry("roam_accept", || {
         let shared = match registry::lookup(listen_fd)? {
             Kind::Listener(s) => s,
-            Kind::Session(_) => {
+            Kind::Session(_) | Kind::Finished(_) => {
                 return Err(FfiError::invalid(format!(
                     "descriptor {listen_fd} is a session, not a listener"
                 )));
@@ -251,7 +252,8 @@ pub unsafe extern "C" fn roam_accept(
 }
 
 /// The session's current paths as JSON in `json` (NUL-terminated); returns its length. With
-/// `json` NULL and `len` 0, returns the length only. `ERANGE` when `len` is too small.
+/// `json` NULL and `len` 0, returns the length only. `ERANGE` when `len` is too small. After
+/// both directions of the session ended (and until the descriptor is closed): its last paths.
 ///
 /// `{"transport":"quic","local_addrs":["198.18.0.2:40000"],"peer_addrs":["198.19.0.1:4433"],
 /// "paths":[{"id":0,"local":...,"remote":...,"interface":"wlan0","backup":false,
@@ -263,9 +265,20 @@ pub unsafe extern "C" fn roam_accept(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn roam_paths(fd: c_int, json: *mut c_char, len: usize) -> c_int {
     entry("roam_paths", || {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        ask(fd, pump::Request::Paths(tx))?;
-        let text = answer(fd, rx)?;
+        let text: String = match registry::lookup(fd)? {
+            Kind::Finished(paths) => paths.to_string(),
+            _ => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                match ask(fd, pump::Request::Paths(tx)).and_then(|()| answer(fd, rx)) {
+                    Ok(text) => text,
+                    // The session finished while the request was on its way.
+                    Err(e) => match registry::lookup(fd)? {
+                        Kind::Finished(paths) => paths.to_string(),
+                        _ => return Err(e),
+                    },
+                }
+            }
+        };
         // SAFETY: the caller's contract.
         unsafe { copy_out(&text, json, len, "json") }
     })
@@ -307,6 +320,7 @@ pub extern "C" fn roam_last_error() -> *const c_char {
 fn ask(fd: RawFd, req: pump::Request) -> Result<(), FfiError> {
     match registry::lookup(fd)? {
         Kind::Session(tx) => tx.send(req).map_err(|_| ended(fd)),
+        Kind::Finished(_) => Err(ended(fd)),
         Kind::Listener(_) => Err(FfiError::invalid(format!(
             "descriptor {fd} is a listener, not a session"
         ))),
@@ -327,7 +341,7 @@ fn answer<T>(fd: RawFd, rx: std::sync::mpsc::Receiver<T>) -> Result<T, FfiError>
 fn ended(fd: RawFd) -> FfiError {
     FfiError::new(
         libc::EBADF,
-        format!("descriptor {fd}: its session has ended"),
+        format!("descriptor {fd}: its session has ended (both directions)"),
     )
 }
 

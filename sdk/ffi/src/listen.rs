@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use roam::{Listener, Session};
+use roam_sdk::{Listener, Session};
 use tokio::runtime::Handle;
 
 use crate::guard::FfiError;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roam::model::MultipathMode;
-use roam::{ClientTls, SessionBuilder, TransportPreference};
+use roam_sdk::model::MultipathMode;
+use roam_sdk::{ClientTls, SessionBuilder, TransportPreference};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -200,8 +200,8 @@ impl ConnectOptions {
                 let socket = self
                     .roamd_socket
                     .clone()
-                    .unwrap_or_else(|| roam::decision::Roamd::from_env().socket().to_owned());
-                b = b.decision_source(Arc::new(roam::decision::Roamd::at(socket)));
+                    .unwrap_or_else(|| roam_sdk::decision::Roamd::from_env().socket().to_owned());
+                b = b.decision_source(Arc::new(roam_sdk::decision::Roamd::at(socket)));
             }
         }
         if let Some(n) = &self.server_name {
@@ -260,7 +260,7 @@ impl ListenOptions {
             ))
         })?;
         let alpn: Vec<Vec<u8>> = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Ok(roam::tls::server_config(chain, key, &alpn)?)
+        Ok(roam_sdk::tls::server_config(chain, key, &alpn)?)
     }
 }
 

@@ -3,7 +3,9 @@
 //! answers the descriptor's requests (paths, events) on the way, as it alone holds the session.
 //!
 //! Ends: the app's `shutdown(SHUT_WR)` becomes the session's shutdown (the peer reads the end);
-//! the session's end becomes end-of-stream on the descriptor. The app closing the descriptor
+//! the session's end becomes end-of-stream on the descriptor. Once both directions ended the
+//! session is closed; the descriptor then answers `roam_paths` with the session's last paths
+//! until the app closes it. The app closing the descriptor
 //! (the library's end sees `POLLHUP`, or `EPIPE` on a write) ends the session: what was read
 //! from the descriptor is written and the writing side shut, then the session is closed
 //! (QUIC: the close goes out within 1 s). A session error ends it too: the app reads
@@ -16,7 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use roam::Session;
+use roam_sdk::Session;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::runtime::Handle;
@@ -34,7 +36,7 @@ pub enum Request {
     /// The session's paths as JSON.
     Paths(std::sync::mpsc::SyncSender<String>),
     /// A receiver of the session's events, and the pump's end (its reason when it ends).
-    Events(std::sync::mpsc::SyncSender<(roam::Events, watch::Receiver<Option<String>>)>),
+    Events(std::sync::mpsc::SyncSender<(roam_sdk::Events, watch::Receiver<Option<String>>)>),
 }
 
 /// Gives `session` a descriptor: returns the app's end, owned by the caller from now on.
@@ -66,21 +68,32 @@ pub fn start(handle: &Handle, session: Session) -> Result<RawFd, FfiError> {
     };
     handle.spawn(async move {
         let end = (&mut pump).await;
-        registry::remove(fd, id);
+        if let End::Finished = end {
+            let paths = json::paths(&pump.session);
+            registry::finish(fd, id, paths.clone());
+            // Requests sent before the entry changed get the same last paths.
+            pump.requests.close();
+            while let Ok(req) = pump.requests.try_recv() {
+                if let Request::Paths(tx) = req {
+                    let _ = tx.try_send(paths.clone());
+                }
+            }
+        } else {
+            registry::remove(fd, id);
+        }
         let reason = match &end {
-            End::Done => None,
+            End::Finished => "finished: both directions ended".to_owned(),
             End::AppClosed => {
                 // What the app wrote before closing still goes out, as with close(2) on TCP.
                 let _ = tokio::time::timeout(Duration::from_secs(1), pump.session.shutdown()).await;
-                None
+                "the descriptor was closed".to_owned()
             }
             End::Failed(why) => {
                 tracing::info!(fd, error = %why, "a roam descriptor's session failed");
-                Some(why.clone())
+                why.clone()
             }
         };
-        pump.ended
-            .send_replace(Some(reason.unwrap_or_else(|| "closed".into())));
+        pump.ended.send_replace(Some(reason));
         drop(pump.app);
         pump.session.close_and_wait(0, b"descriptor closed").await;
     });
@@ -121,7 +134,7 @@ impl Buf {
 #[derive(Debug)]
 enum End {
     /// Both directions ended.
-    Done,
+    Finished,
     /// The app closed the descriptor.
     AppClosed,
     /// The session (or the descriptor) failed.
@@ -204,7 +217,9 @@ impl Pump {
         if self.up.is_empty() && !self.up_eof {
             match self.read_app(cx) {
                 Poll::Ready(Ok(0)) => {
-                    if sock::hung_up(self.app.as_raw_fd()) {
+                    // POLLHUP tells a close from a shutdown(SHUT_WR) only while the library's
+                    // own writing is not shut down yet.
+                    if !self.down_eof && sock::hung_up(self.app.as_raw_fd()) {
                         return Err(End::AppClosed);
                     }
                     self.up_eof = true;
@@ -276,13 +291,14 @@ impl Pump {
             }
         }
         if self.up_shut && self.down_eof && self.down.is_empty() {
-            return Err(End::Done);
+            return Err(End::Finished);
         }
         Ok(moved)
     }
 
     /// After the app's `shutdown(SHUT_WR)`, nothing is read from the descriptor any more:
-    /// this watches it for the app closing it altogether.
+    /// this watches it for the app closing it altogether (until the session's end is passed
+    /// on, after which `POLLHUP` means only that both directions are shut).
     fn watch_hang_up(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
             match self.app.poll_read_ready(cx) {
@@ -313,7 +329,7 @@ impl Future for Pump {
                 Err(end) => return Poll::Ready(end),
                 Ok(true) => continue,
                 Ok(false) => {
-                    if this.up_eof {
+                    if this.up_eof && !this.down_eof {
                         return this.watch_hang_up(cx);
                     }
                     return Poll::Pending;
@@ -328,16 +344,14 @@ impl Future for Pump {
 /// Forwards a session's events to `sock` (the library's end of an events descriptor), one
 /// JSON line each, until the session ends (a last line says so) or the app closes it.
 pub async fn forward_events(
-    mut events: roam::Events,
+    mut events: roam_sdk::Events,
     mut ended: watch::Receiver<Option<String>>,
     sock: tokio::net::UnixStream,
 ) {
     loop {
         let (line, last) = tokio::select! {
-            e = events.next() => match e {
-                Some(e) => (json::event(&e), false),
-                None => (json::ended("closed"), true),
-            },
+            // The pump's word on how the session ended comes before the events' end.
+            biased;
             r = ended.changed() => {
                 let why = match r {
                     Ok(()) => ended.borrow().clone().unwrap_or_else(|| "closed".into()),
@@ -345,6 +359,10 @@ pub async fn forward_events(
                 };
                 (json::ended(&why), true)
             }
+            e = events.next() => match e {
+                Some(e) => (json::event(&e), false),
+                None => (json::ended("closed"), true),
+            },
             r = sock.readable() => {
                 // The app never writes here: readable means it closed its end.
                 let mut b = [0u8; 64];

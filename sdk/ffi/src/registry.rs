@@ -28,13 +28,16 @@ pub enum Kind {
     Session(tokio::sync::mpsc::UnboundedSender<Request>),
     /// A listener: accepted sessions wait in `queue`, one byte each on the descriptor.
     Listener(Arc<ListenerShared>),
+    /// A session whose both directions ended: its pump is gone, its last paths (JSON) stay
+    /// for `roam_paths` until the app closes the descriptor.
+    Finished(Arc<str>),
 }
 
 /// What a listener's task and `roam_accept` share.
 #[derive(Debug)]
 pub struct ListenerShared {
     /// Sessions accepted and not yet taken, oldest first.
-    pub queue: Mutex<VecDeque<roam::Session>>,
+    pub queue: Mutex<VecDeque<roam_sdk::Session>>,
     /// The library's end of the listener's socketpair (a duplicate): `roam_accept` writes a
     /// byte back on it when it puts a session back.
     pub wake: OwnedFd,
@@ -86,13 +89,32 @@ pub fn identity(fd: RawFd) -> Result<Identity, FfiError> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Records `fd` (open, of `identity`) as `kind`; returns the entry's id for [`remove`].
+/// Records `fd` (open, of `identity`) as `kind`; returns the entry's id for [`remove`]. Forgets
+/// the finished sessions whose descriptors the app has closed since.
 pub fn insert(fd: RawFd, identity: Identity, kind: Kind) -> u64 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     with_table(|t| {
+        purge_finished(t);
         t.insert(fd, Entry { id, identity, kind });
     });
     id
+}
+
+/// Entry `id` of `fd` becomes a finished session with its last `paths`.
+pub fn finish(fd: RawFd, id: u64, paths: String) {
+    with_table(|t| {
+        if let Some(e) = t.get_mut(&fd).filter(|e| e.id == id) {
+            e.kind = Kind::Finished(paths.into());
+        }
+    });
+}
+
+/// Forgets finished sessions whose descriptor is closed or now another file: nothing else
+/// tells, as no pump watches them any more.
+fn purge_finished(t: &mut HashMap<RawFd, Entry>) {
+    t.retain(|fd, e| {
+        !matches!(e.kind, Kind::Finished(_)) || identity(*fd).ok() == Some(e.identity)
+    });
 }
 
 /// Forgets entry `id` of `fd`, if it is still the one recorded there.
@@ -119,7 +141,10 @@ pub fn lookup(fd: RawFd) -> Result<Kind, FfiError> {
     })
 }
 
-/// How many descriptors are recorded (for the leak tests).
+/// How many descriptors are recorded whose descriptor is still open (for the leak tests).
 pub fn len() -> usize {
-    with_table(|t| t.len())
+    with_table(|t| {
+        purge_finished(t);
+        t.len()
+    })
 }
