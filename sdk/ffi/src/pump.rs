@@ -7,8 +7,9 @@
 //! session is closed; the descriptor then answers `roam_paths` with the session's last paths
 //! until the app closes it. The app closing the descriptor
 //! (the library's end sees `POLLHUP`, or `EPIPE` on a write) ends the session: what was read
-//! from the descriptor is written and the writing side shut, then the session is closed
-//! (QUIC: the close goes out within 1 s). A session error ends it too: the app reads
+//! from the descriptor is written and the writing side shut. Either way the session then
+//! waits up to 2 s for the peer to close (so that its last bytes are acknowledged) before it
+//! closes itself. A session error ends it too: the app reads
 //! end-of-stream, and the events descriptor says why.
 
 use std::future::Future;
@@ -26,6 +27,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::guard::FfiError;
 use crate::{json, registry, sock};
+
+/// How long a session that ended (or whose descriptor was closed) waits for its last bytes to
+/// be delivered and the peer to close before it closes itself.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// How many bytes each direction holds between a read and its write.
 const BUF: usize = 256 * 1024;
@@ -85,7 +90,7 @@ pub fn start(handle: &Handle, session: Session) -> Result<RawFd, FfiError> {
             End::Finished => "finished: both directions ended".to_owned(),
             End::AppClosed => {
                 // What the app wrote before closing still goes out, as with close(2) on TCP.
-                let _ = tokio::time::timeout(Duration::from_secs(1), pump.session.shutdown()).await;
+                let _ = tokio::time::timeout(LINGER, pump.session.shutdown()).await;
                 "the descriptor was closed".to_owned()
             }
             End::Failed(why) => {
@@ -95,6 +100,12 @@ pub fn start(handle: &Handle, session: Session) -> Result<RawFd, FfiError> {
         };
         pump.ended.send_replace(Some(reason));
         drop(pump.app);
+        if !matches!(end, End::Failed(_)) {
+            // Closing the connection at once could drop our last bytes before the peer
+            // acknowledged them: give the peer the chance to close first (QUIC, tcp-resume;
+            // an MPTCP session returns at once, the kernel delivers its tail).
+            let _ = tokio::time::timeout(LINGER, pump.session.closed()).await;
+        }
         pump.session.close_and_wait(0, b"descriptor closed").await;
     });
     Ok(fd)

@@ -121,11 +121,7 @@ int main(int argc, char **argv) {
 
 /// Runs `child` (a client on the handset), takes wlan0 down once 1 MB has come back, and
 /// checks what it printed; then the server's count.
-fn through_handover(
-    topo: &Topology,
-    server: std::thread::JoinHandle<Result<Echoed>>,
-    mut child: Child,
-) -> Result<()> {
+fn through_handover(topo: &Topology, server: EchoServer, mut child: Child) -> Result<()> {
     let mut lines = Lines::of(child.stdout.take().context("stdout")?);
     let mut errors = Lines::of(child.stderr.take().context("stderr")?);
     let result = (|| -> Result<()> {
@@ -168,7 +164,7 @@ fn through_handover(
         paths.contains(r#""interface":"rmnet0""#),
         "the session's path is not rmnet0 at the end: {paths}"
     );
-    let echoed = join(server)?;
+    let echoed = server.finish()?;
     ensure!(
         echoed.bytes == SIZE,
         "the server echoed {} bytes",
@@ -209,7 +205,7 @@ fn a_c_client_writes_6_mb_through_the_descriptor_across_wlan0_going_down() -> Re
     let pki = Pki::generate(&dir)?;
     let exe = cc_text(&dir, "handover_client", C_CLIENT)?;
     let topo = two_links()?;
-    let server = echo_server(&topo, &pki, 1)?;
+    let server = EchoServer::start(&topo, &pki)?;
     let child = topo
         .handset()
         .command(exe.to_str().context("path")?)
@@ -236,7 +232,7 @@ fn the_python_example_does_the_same_through_ctypes() -> Result<()> {
     let pki = Pki::generate(&dir)?;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/echo_client.py");
     let topo = two_links()?;
-    let server = echo_server(&topo, &pki, 1)?;
+    let server = EchoServer::start(&topo, &pki)?;
     let child = topo
         .handset()
         .command("python3")

@@ -73,6 +73,12 @@ impl Pki {
         })
     }
 
+    /// The CA certificate (DER), for Rust clients.
+    pub fn ca_der(&self) -> Result<CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        Ok(CertificateDer::from_pem_file(self.dir.join("ca.pem"))?)
+    }
+
     pub fn server_tls(&self) -> Result<rustls::ServerConfig> {
         Ok(roam_sdk::tls::server_config(
             self.chain.clone(),
@@ -115,7 +121,9 @@ pub fn lib_dir() -> Result<PathBuf> {
     BUILT
         .get_or_init(|| {
             let o = Command::new(env!("CARGO"))
-                .args(["build", "-p", "roam-ffi", "--lib"])
+                // --all-targets: the features of the test build, so that the two builds do
+                // not rebuild each other's dependencies.
+                .args(["build", "-p", "roam-ffi", "--all-targets"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .output()
                 .map_err(|e| format!("running cargo: {e}"))?;
@@ -182,49 +190,89 @@ pub fn two_links() -> Result<Topology> {
 }
 
 /// What the echo server did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Echoed {
-    /// Sessions served.
+    /// Sessions served to their end.
     pub sessions: usize,
+    /// Sessions that failed (a client's abandoned racing connection, or a real failure, which
+    /// the byte count shows).
+    pub failed: usize,
     /// Bytes echoed over all of them.
     pub bytes: u64,
 }
 
+impl Echoed {
+    fn add(&mut self, r: Result<u64>) {
+        match r {
+            Ok(n) => {
+                self.sessions += 1;
+                self.bytes += n;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "an echo session failed");
+                self.failed += 1;
+            }
+        }
+    }
+}
+
 /// A roam `Listener` on the service address in the server namespace that echoes every
-/// session (each in a task of its own) until `sessions` sessions have ended; returns once it
-/// listens.
-pub fn echo_server(
-    topo: &Topology,
-    pki: &Pki,
-    sessions: usize,
-) -> Result<JoinHandle<Result<Echoed>>> {
-    let tls = pki.server_tls()?;
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let h = topo.server().spawn("roam-echo", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let listener = Listener::bind(SocketAddr::new(SERVICE_V4.into(), PORT), tls)?;
-            let _ = ready_tx.send(());
-            let mut tasks = tokio::task::JoinSet::new();
-            for _ in 0..sessions {
-                let s = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+/// session, each in a task of its own, until [`EchoServer::finish`].
+pub struct EchoServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: JoinHandle<Result<Echoed>>,
+}
+
+impl EchoServer {
+    /// Starts the server; returns once it listens.
+    pub fn start(topo: &Topology, pki: &Pki) -> Result<EchoServer> {
+        let tls = pki.server_tls()?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel();
+        let handle = topo.server().spawn("roam-echo", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = Listener::bind(SocketAddr::new(SERVICE_V4.into(), PORT), tls)?;
+                let _ = ready_tx.send(());
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut done = Echoed::default();
+                // A client racing its links may leave a second, abandoned session: every
+                // session is served, and only their sum counts.
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        s = listener.accept() => { tasks.spawn(echo(s?)); }
+                        Some(r) = tasks.join_next(), if !tasks.is_empty() => done.add(r?),
+                    }
+                }
+                let mut e = done;
+                let drain = async {
+                    while let Some(r) = tasks.join_next().await {
+                        e.add(r?);
+                    }
+                    anyhow::Ok(())
+                };
+                tokio::time::timeout(Duration::from_secs(15), drain)
                     .await
-                    .context("no session arrived in 30 s")??;
-                tasks.spawn(echo(s));
-            }
-            let mut bytes = 0;
-            while let Some(r) = tasks.join_next().await {
-                bytes += r??;
-            }
-            Ok(Echoed { sessions, bytes })
-        })
-    })?;
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .context("the echo server did not start listening")?;
-    Ok(h)
+                    .context("echo sessions still open 15 s after the stop")??;
+                Ok(e)
+            })
+        })?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the echo server did not start listening")?;
+        Ok(EchoServer { stop, handle })
+    }
+
+    /// Stops accepting, waits for the sessions to end, and says what was echoed.
+    pub fn finish(self) -> Result<Echoed> {
+        let _ = self.stop.send(());
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the echo server panicked"))?
+    }
 }
 
 /// Echoes `s` to the end of the client's stream, ends its own, and waits (10 s at most) for
@@ -236,12 +284,6 @@ async fn echo(s: Session) -> Result<u64> {
     let s = r.unsplit(w);
     let _ = tokio::time::timeout(Duration::from_secs(10), s.closed()).await;
     Ok(n)
-}
-
-/// Joins a server thread.
-pub fn join<T>(h: JoinHandle<Result<T>>) -> Result<T> {
-    h.join()
-        .map_err(|_| anyhow::anyhow!("the server thread panicked"))?
 }
 
 /// Output lines of a child, as they come, with a deadline.
