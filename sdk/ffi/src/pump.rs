@@ -99,14 +99,15 @@ pub fn start(handle: &Handle, session: Session) -> Result<RawFd, FfiError> {
             }
         };
         pump.ended.send_replace(Some(reason));
-        drop(pump.app);
+        // The descriptor's end and both buffers go now; only the session lingers.
+        let Pump { session, .. } = pump;
         if !matches!(end, End::Failed(_)) {
             // Closing the connection at once could drop our last bytes before the peer
             // acknowledged them: give the peer the chance to close first (QUIC, tcp-resume;
             // an MPTCP session returns at once, the kernel delivers its tail).
-            let _ = tokio::time::timeout(LINGER, pump.session.closed()).await;
+            let _ = tokio::time::timeout(LINGER, session.closed()).await;
         }
-        pump.session.close_and_wait(0, b"descriptor closed").await;
+        session.close_and_wait(0, b"descriptor closed").await;
     });
     Ok(fd)
 }

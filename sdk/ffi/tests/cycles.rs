@@ -62,15 +62,23 @@ fn cycle(target: &CString, options: &CString) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every session's pump has ended and the descriptors are back to `fds`.
-fn settle(fds: usize) -> Result<(usize, usize)> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Waits until every session's pump has ended and the open descriptors have stayed level for
+/// 3 s (a closed session lingers up to 2 s for its peer's close): returns the live sessions
+/// and the open descriptors then.
+fn settle() -> Result<(usize, usize)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut level_since = Instant::now();
+    let mut last = open_fds()?;
     loop {
+        std::thread::sleep(Duration::from_millis(250));
         let (live, open) = (live_descriptors(), open_fds()?);
-        if (live == 0 && open <= fds) || Instant::now() > deadline {
+        if open != last || live != 0 {
+            level_since = Instant::now();
+            last = open;
+        }
+        if level_since.elapsed() >= Duration::from_secs(3) || Instant::now() > deadline {
             return Ok((live, open));
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -91,9 +99,8 @@ fn a_thousand_connect_close_cycles_leave_no_descriptor_and_no_memory_behind() ->
         for _ in 0..WARMUP {
             cycle(&target, &options)?;
         }
-        let fds0 = open_fds()?;
-        settle(fds0)?;
-        let (fds0, rss0) = (open_fds()?, rss()?);
+        let (_, fds0) = settle()?;
+        let rss0 = rss()?;
         let t0 = Instant::now();
         for i in 0..CYCLES {
             cycle(&target, &options).with_context(|| format!("cycle {i}"))?;
@@ -105,7 +112,7 @@ fn a_thousand_connect_close_cycles_leave_no_descriptor_and_no_memory_behind() ->
             "figure: {CYCLES} connect/echo/close cycles in {:?}",
             t0.elapsed()
         );
-        let (live, fds1) = settle(fds0)?;
+        let (live, fds1) = settle()?;
         Ok((fds0, rss0, fds1, live))
     })??;
     // The echo server runs in this process too: its sessions end before the last figure.
