@@ -135,7 +135,9 @@ fn wait<T: Send + 'static>(
 /// ...) and `roam_last_error()` saying what failed.
 ///
 /// Closing the descriptor ends the session: bytes written before are still sent; for the
-/// peer's last bytes, `shutdown(fd, SHUT_WR)` and read to the end first.
+/// peer's last bytes, `shutdown(fd, SHUT_WR)` and read to the end first. Writing after the
+/// session ended raises `SIGPIPE`, as on any socket: ignore it, or write with
+/// `send(fd, ..., MSG_NOSIGNAL)`, and handle `EPIPE`.
 ///
 /// # Safety
 /// `name_port` and `options_json` are NULL or NUL-terminated strings.
