@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use crate::caps;
 use crate::config::Config;
 use crate::core::{Action, AgentFacts, ClientId, Core, Event, LinkInfo, Policy};
 use crate::enforce::Enforcers;
@@ -18,6 +19,7 @@ use crate::enforce::subflows::{FromKernel, Subflows};
 use crate::ipc::proto::{self, Reply};
 use crate::ipc::server::{self, FromClient};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
+use crate::monitor::counters;
 use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
 use crate::monitor::nl80211::{Nl80211, Wireless};
 use crate::probe::{ProbeReply, Prober, portal};
@@ -85,7 +87,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     tracing::info!(policy = %policy.summary(), file = ?opts.policy_path, "policy loaded");
     if !opts.dry_run
         && (opts.config.routing.is_some() || opts.config.mptcp)
-        && !has_capability(CAP_NET_ADMIN)
+        && !caps::has(caps::NET_ADMIN)
     {
         anyhow::bail!(
             "roamd changes routing rules and MPTCP endpoints and needs CAP_NET_ADMIN (and CAP_NET_RAW \
@@ -109,7 +111,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     // CAP_NET_RAW is what SO_BINDTODEVICE needs. Without it every probe would fail to
     // leave, and a failed probe counts as a lost one: links would be declared dead for the
     // agent's own lack of rights. Not probing at all is the honest outcome.
-    if config.probes_anything() && !has_capability(CAP_NET_RAW) {
+    if config.probes_anything() && !caps::has(caps::NET_RAW) {
         tracing::warn!(
             "probes need CAP_NET_RAW to bind to an interface; without it links are never validated by probes (they stay `up`)"
         );
@@ -250,38 +252,6 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     result
 }
 
-/// An interface's received, received multicast and transmitted packet counters, from sysfs
-/// (`statistics/`, the kernel's rtnetlink stats): three small reads, no packet.
-fn read_counters(sysfs_root: &Path, interface: &str) -> std::io::Result<(u64, u64, u64)> {
-    let read = |what: &str| -> std::io::Result<u64> {
-        let p = sysfs_root.join(interface).join("statistics").join(what);
-        std::fs::read_to_string(&p)?.trim().parse().map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", p.display()),
-            )
-        })
-    };
-    Ok((read("rx_packets")?, read("multicast")?, read("tx_packets")?))
-}
-
-/// Capability numbers (`linux/capability.h`): routes, rules and endpoints need the first,
-/// binding probes to an interface (`SO_BINDTODEVICE`) the second.
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_NET_RAW: u32 = 13;
-
-/// Whether this process holds capability number `bit` (`CapEff` in `/proc/self/status`).
-fn has_capability(bit: u32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1u64 << bit) != 0)
-}
-
 impl Daemon {
     fn on_monitor(&mut self, events: Vec<MonitorEvent>) {
         let events = self.translate_all(events);
@@ -391,7 +361,7 @@ impl Daemon {
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
                     Action::ReadCounters { index, interface } => {
-                        match read_counters(&self.sysfs_root, &interface) {
+                        match counters::read(&self.sysfs_root, &interface) {
                             Ok((rx_packets, rx_multicast, tx_packets)) => {
                                 failed.push(Event::Counters {
                                     index,

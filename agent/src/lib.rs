@@ -11,6 +11,7 @@
 //! - `daemon`: the tokio shell that wires them together.
 #![warn(missing_docs)]
 
+mod caps;
 pub mod config;
 pub use roam_agent_core as core;
 pub mod daemon;
