@@ -375,25 +375,7 @@ impl Pacer {
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let started = Instant::now();
-        let thread = std::thread::Builder::new()
-            .name("pacer".into())
-            .spawn(move || {
-                let start = started;
-                let step = interval.as_nanos().max(1);
-                let mut next = 0u64;
-                while !st.load(Ordering::Relaxed) && start.elapsed() < PACER_LIMIT {
-                    let due = (start.elapsed().as_nanos() / step) as u64 + 1;
-                    while next < due {
-                        if tx.send(next).is_err() {
-                            return next;
-                        }
-                        next += 1;
-                    }
-                    // The pacing is the schedule the delivery is measured against.
-                    std::thread::sleep(interval);
-                }
-                next
-            })?;
+        let thread = crate::traffic::pace("pacer", started, interval, PACER_LIMIT, tx, st)?;
         Ok(Pacer {
             started,
             stop,

@@ -269,7 +269,14 @@ fn run_client(a: &ClientArgs) -> Result<()> {
         println!("{CONNECTED}");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let pacer = pace(interval, tx, stop.clone())?;
+        let pacer = crate::traffic::pace(
+            "soak-pacer",
+            Instant::now(),
+            interval,
+            Duration::MAX,
+            tx,
+            stop.clone(),
+        )?;
         // Standard input closing is the harness saying "stop sending".
         std::thread::Builder::new()
             .name("soak-stdin".into())
@@ -292,35 +299,6 @@ fn run_client(a: &ClientArgs) -> Result<()> {
             Err(e) => Err(anyhow!(e).context("the session failed after sending")),
         }
     })
-}
-
-/// Hands out sequence numbers at a steady pace on its own thread until `stop` flips; returns
-/// how many it produced. Numbers due while the writer is slow are handed over together: the
-/// application "wrote" them on time.
-fn pace(
-    interval: Duration,
-    tx: tokio::sync::mpsc::UnboundedSender<u64>,
-    stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<u64>> {
-    Ok(std::thread::Builder::new()
-        .name("soak-pacer".into())
-        .spawn(move || {
-            let start = Instant::now();
-            let step = interval.as_nanos().max(1);
-            let mut next = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let due = (start.elapsed().as_nanos() / step) as u64 + 1;
-                while next < due {
-                    if tx.send(next).is_err() {
-                        return next;
-                    }
-                    next += 1;
-                }
-                // The pacing is the schedule the stream follows.
-                std::thread::sleep(interval);
-            }
-            next
-        })?)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! digest of the delivered stream to compare.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -257,6 +258,39 @@ impl Recorder {
     pub fn snapshot(&self) -> Delivery {
         self.lock().d.clone()
     }
+}
+
+/// Hands out sequence numbers 0, 1, ... on a thread of its own, number `n` due at `start + n *
+/// interval`, until `stop` flips, the receiver goes or `limit` has passed; the thread returns
+/// how many it produced. tokio's timer has millisecond resolution and messages may be due
+/// every 100 µs, so numbers due while the consumer is slow are handed over together: the
+/// application "wrote" them on time.
+pub fn pace(
+    name: &str,
+    start: Instant,
+    interval: Duration,
+    limit: Duration,
+    tx: tokio::sync::mpsc::UnboundedSender<u64>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<u64>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let step = interval.as_nanos().max(1);
+            let mut next = 0u64;
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
+                let due = (start.elapsed().as_nanos() / step) as u64 + 1;
+                while next < due {
+                    if tx.send(next).is_err() {
+                        return next;
+                    }
+                    next += 1;
+                }
+                // The pacing is the schedule the delivery is measured against.
+                std::thread::sleep(interval);
+            }
+            next
+        })
 }
 
 #[cfg(test)]
