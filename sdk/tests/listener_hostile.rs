@@ -79,19 +79,7 @@ fn hostile_new(
     rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
     [u8; 37],
 )> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.clone())?;
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"roam/1".to_vec()];
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), SERVER_NAME.try_into()?)?;
-    let sock = std::net::TcpStream::connect_timeout(&peer, EVENT_TIMEOUT)?;
-    sock.set_read_timeout(Some(EVENT_TIMEOUT))?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = raw_tls(pki, peer)?;
     let mut msg = b"RRES".to_vec();
     msg.push(0x01); // NEW
     msg.extend_from_slice(&7u32.to_be_bytes());

@@ -125,26 +125,7 @@ fn mptcp_stripped_on_the_path_falls_back_to_tcp_resume_and_survives_a_handover()
 /// Speaks the wire format of sdk/RESUME.md by hand: TLS (ALPN roam/1), `RRES`, then a RESUME
 /// frame for a session id and proof the stranger made up. Returns the listener's answer.
 fn forged_resume(pki: &TestPki, peer: SocketAddr) -> anyhow::Result<(u8, String)> {
-    let mut cfg = match pki.roam_client() {
-        roam::ClientTls::Ca(cas) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in cas {
-                roots.add(ca)?;
-            }
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-        }
-        _ => bail!("the test PKI is a CA list"),
-    };
-    cfg.alpn_protocols = vec![b"roam/1".to_vec()];
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), SERVER_NAME.try_into()?)?;
-    let sock = std::net::TcpStream::connect_timeout(&peer, EVENT_TIMEOUT)?;
-    sock.set_read_timeout(Some(EVENT_TIMEOUT))?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = raw_tls(pki, peer)?;
     let mut msg = b"RRES".to_vec();
     msg.push(0x03); // RESUME
     msg.extend_from_slice(&56u32.to_be_bytes());

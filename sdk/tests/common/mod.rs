@@ -33,6 +33,28 @@ pub const APP: &str = "com.example.chat";
 /// them ([`start_roamd`]); its body is `roam_tests::agent::test_helper_main`.
 pub const ROAMD_HELPER: &str = "roamd_helper";
 
+/// A blocking TLS connection to a roam Listener at `peer` (ALPN roam/1, trusting `pki`'s CA),
+/// for tests that speak the session wire format by hand (sdk/RESUME.md).
+pub fn raw_tls(
+    pki: &TestPki,
+    peer: SocketAddr,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone())?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"roam/1".to_vec()];
+    let name = roam_tests::tls::SERVER_NAME.try_into()?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name)?;
+    let sock = std::net::TcpStream::connect_timeout(&peer, EVENT_TIMEOUT)?;
+    sock.set_read_timeout(Some(EVENT_TIMEOUT))?;
+    Ok(rustls::StreamOwned::new(conn, sock))
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
