@@ -112,6 +112,23 @@ impl Failure {
             Failure::Blackhole => topo.blackhole("wlan0", Direction::Both),
         }
     }
+
+    /// roamd's configuration for the comparison. A link going down is seen by netlink, at the
+    /// shipped pacing. A silent blackhole is seen only by probes: at the shipped (evidence)
+    /// pacing it costs the session's stall report plus a probe burst, about as long as the
+    /// kernel's own retransmission timeout (230-330 ms; `handover-bench` measures it), so this
+    /// test pins `pacing = "periodic"` (every 20 ms, 40 ms timeout), the setting a user picks
+    /// to trade the radios' sleep for a blackhole found within about 100 ms, and asserts that
+    /// roamd's steering then beats the kernel.
+    fn agent_config(self) -> String {
+        match self {
+            Failure::LinkDown => agent_config(),
+            Failure::Blackhole => format!(
+                "{}pacing = \"periodic\"\nfast_interval_ms = 20\ntimeout_ms = 40\n",
+                agent_config()
+            ),
+        }
+    }
 }
 
 /// The kernel's MPTCP events in the handset (`mptcp_pm_events`, what `ip mptcp monitor`
@@ -338,11 +355,16 @@ fn v4(ip: std::net::Ipv4Addr) -> IpAddr {
 }
 
 fn establish(system: System) -> Result<Running> {
+    establish_with(system, &agent_config())
+}
+
+/// As [`establish`], roamd (for [`System::Roam`]) with `config`.
+fn establish_with(system: System, config: &str) -> Result<Running> {
     let topo = two_links()?;
     let wlan = v4(topo.link("wlan0")?.handset_v4);
     let rmnet = v4(topo.link("rmnet0")?.handset_v4);
     let agent = match system {
-        System::Roam => Some(Agent::start(&topo)?),
+        System::Roam => Some(Agent::start_with(&topo, config, POLICY)?),
         System::Kernel => {
             let addr = rmnet.to_string();
             topo.handset().ip(&[
@@ -390,7 +412,7 @@ fn establish(system: System) -> Result<Running> {
 /// One repeat: returns the gap, or `None` when the session did not recover within
 /// [`RUN_TIMEOUT`] (dead).
 fn run_once(system: System, failure: Failure) -> Result<Option<Duration>> {
-    let r = establish(system)?;
+    let r = establish_with(system, &failure.agent_config())?;
     let wlan = v4(r.topo.link("wlan0")?.handset_v4);
     // Steady flow first: 200 ms of messages delivered after the backup subflow came.
     let now = r.rec.delivered();
