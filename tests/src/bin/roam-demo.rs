@@ -12,9 +12,10 @@
 //! The failure is the one a phone meets most and notices least: WiFi stays associated, with its
 //! address and routes, and carries nothing (an access point whose uplink died). The kernel sees
 //! no change, so a plain QUIC client on the wildcard address keeps sending into the silence
-//! until its idle timeout kills the connection. roamd's probes (every 20 ms, 40 ms timeout,
-//! against a reflector on the server) judge the link down within about 100 ms and the session
-//! moves to cellular.
+//! until its idle timeout kills the connection. The roam session sees its own traffic stall
+//! and moves to cellular within about 100 ms; roamd, at its shipped pacing (links validated
+//! once, then probed against a reflector on the server only on suspicion), confirms with a
+//! probe burst and moves the device's decision too.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,8 +49,8 @@ default {
 "#;
 const APP: &str = "com.example.demo";
 
-/// How long the roam session is watched after WiFi comes back: roamd probes a link no session
-/// uses every 2 s, and found WiFi again 1.1-3.1 s after its return in the runs here.
+/// How long the roam session is watched after WiFi comes back: roamd rechecks a failed link
+/// after 2 s, doubling, and found WiFi again 3.2 s after its return in a run here.
 const RETURN_WINDOW: Duration = Duration::from_secs(5);
 
 /// Both clients' idle timeout: a connection that hears nothing from its peer this long is dead.
@@ -144,7 +145,7 @@ fn run(args: &Args) -> Result<()> {
             .unwrap_or("none")
     );
     println!(
-        "         probing every link every 20 ms against a reflector on {SERVICE_V4} (40 ms timeout)"
+        "         shipped probe pacing: links validated once, then probed only on suspicion, against a reflector on {SERVICE_V4}"
     );
     println!(
         "session  roam::Session over {transport}, TLS verified against a test CA, subscribing to roamd"
@@ -158,7 +159,8 @@ fn run(args: &Args) -> Result<()> {
     let outage = Duration::from_millis(args.outage_ms.clamp(10, 10_000));
     let cfg = RunConfig {
         warmup: Duration::from_millis(500),
-        // WiFi's return is seen by roamd's idle probes: the session gets a while to go back.
+        // WiFi's return is seen by roamd's recheck of a failed link: the session gets a while
+        // to go back.
         after: outage + RETURN_WINDOW,
         timeout: IDLE_TIMEOUT,
         sample: true,
