@@ -1,6 +1,7 @@
 //! Linux I/O for the link model: the route socket roamd and the SDK both read (dump, then the
 //! kernel's notifications; no polling), the FIB lookup a session asks before moving, the
-//! interface-index lookup, and [`SysfsFacts::read`], the facts the classifier takes.
+//! interface-index lookup, [`DiagSocket`] (sock_diag lookups of one socket), and
+//! [`SysfsFacts::read`], the facts the classifier takes.
 //!
 //! Two `unsafe` calls live here, each with its contract stated where it is made: registering
 //! the socket with tokio, and `if_nametoindex`.
@@ -316,5 +317,56 @@ mod tests {
             LinkEvent::Address { index, facts, present: true }
                 if *index == lo && facts.addr.is_loopback()
         )));
+    }
+}
+
+/// A `NETLINK_SOCK_DIAG` socket of the calling thread's network namespace, for lookups of one
+/// socket at a time (the SDK's subflow flags, roamd's connection owners): one request, its
+/// answer. The messages themselves are [`crate::netlink::sock_diag`]'s.
+#[derive(Debug)]
+pub struct DiagSocket {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl DiagSocket {
+    /// Opens one.
+    pub fn open() -> io::Result<DiagSocket> {
+        let mut sock = Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(DiagSocket {
+            sock,
+            seq: 0,
+            buf: vec![0u8; 8192],
+        })
+    }
+
+    /// Sends the request `build` makes for the next sequence number and returns that number
+    /// and the answer datagram carrying it. `build` returning `None` (e.g. mixed address
+    /// families) is an `InvalidInput` error.
+    pub fn ask(&mut self, build: impl FnOnce(u32) -> Option<Vec<u8>>) -> io::Result<(u32, &[u8])> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = build(self.seq)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mixed address families"))?;
+        self.sock.send(&req, 0)?;
+        // The kernel answers a single-socket request while handling the send: the answer is
+        // queued already, and a missing one is an error, not a wait. Stale answers (an
+        // earlier request's, left by an error) are skipped, a few at most.
+        for _ in 0..8 {
+            self.buf.resize(8192, 0);
+            let n = self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT)?;
+            let n = n.min(self.buf.len());
+            if crate::netlink::header::Header::parse(&self.buf[..n]).map(|h| h.seq)
+                == Some(self.seq)
+            {
+                return Ok((self.seq, &self.buf[..n]));
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sock_diag answered other requests only",
+        ))
     }
 }

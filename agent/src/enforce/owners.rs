@@ -9,11 +9,9 @@ use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 
-use netlink_sys::Socket;
-use netlink_sys::protocols::NETLINK_SOCK_DIAG;
-use roam_link::netlink::header::Header;
 use roam_link::netlink::sock_diag::{self, SOCK_DIAG_BY_FAMILY, SubflowFlags};
 use roam_link::netlink::{MessageType, Messages};
+use roam_link::socket::DiagSocket;
 
 use crate::core::MptcpEvent;
 
@@ -30,22 +28,15 @@ fn fully_established(s: &sock_diag::Socket<'_>) -> bool {
 /// A sock_diag socket and the connections already asked about.
 #[derive(Debug)]
 pub struct Owners {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    sock: DiagSocket,
     asked: HashSet<u32>,
 }
 
 impl Owners {
     /// Opens the sock_diag socket (roamd's network namespace).
     pub fn open() -> io::Result<Owners> {
-        let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
-        sock.bind_auto()?;
-        sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
         Ok(Owners {
-            sock,
-            seq: 0,
-            buf: vec![0u8; 8192],
+            sock: DiagSocket::open()?,
             asked: HashSet::new(),
         })
     }
@@ -86,38 +77,22 @@ impl Owners {
     /// The uid owning the MPTCP subflow `local -> remote`; `None` when there is none, or
     /// its connection is not fully established yet.
     fn uid_of(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>> {
-        self.seq = self.seq.wrapping_add(1);
-        let req = sock_diag::Request::subflow(local, remote, 0)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mixed address families"))?
-            .emit(self.seq);
-        self.sock.send(&req, 0)?;
-        // A single-socket request is answered while the send is handled: the answer is
-        // queued already. Stale answers (an earlier request's) are skipped, a few at most.
-        for _ in 0..8 {
-            self.buf.resize(8192, 0);
-            let n = self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT)?;
-            let got = &self.buf[..n.min(self.buf.len())];
-            if Header::parse(got).map(|h| h.seq) != Some(self.seq) {
-                continue;
-            }
-            let Some(m) = Messages::new(got).next() else {
-                return Ok(None);
-            };
-            return match m.header.kind {
-                MessageType::Error => match m.error().map(|e| e.errno) {
-                    Some(e) if e == libc::ENOENT => Ok(None),
-                    Some(e) => Err(io::Error::from_raw_os_error(e)),
-                    None => Ok(None),
-                },
-                MessageType::Other(SOCK_DIAG_BY_FAMILY) => Ok(sock_diag::Socket::parse(m.payload)
-                    .filter(|s| s.id.src == local && s.id.dst == remote && fully_established(s))
-                    .map(|s| s.uid)),
-                _ => Ok(None),
-            };
+        let (_, got) = self
+            .sock
+            .ask(|seq| sock_diag::Request::subflow(local, remote, 0).map(|r| r.emit(seq)))?;
+        let Some(m) = Messages::new(got).next() else {
+            return Ok(None);
+        };
+        match m.header.kind {
+            MessageType::Error => match m.error().map(|e| e.errno) {
+                Some(e) if e == libc::ENOENT => Ok(None),
+                Some(e) => Err(io::Error::from_raw_os_error(e)),
+                None => Ok(None),
+            },
+            MessageType::Other(SOCK_DIAG_BY_FAMILY) => Ok(sock_diag::Socket::parse(m.payload)
+                .filter(|s| s.id.src == local && s.id.dst == remote && fully_established(s))
+                .map(|s| s.uid)),
+            _ => Ok(None),
         }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "sock_diag answered other requests only",
-        ))
     }
 }

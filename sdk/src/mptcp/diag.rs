@@ -22,11 +22,10 @@
 use std::io;
 use std::net::SocketAddr;
 
-use netlink_sys::Socket;
-use netlink_sys::protocols::NETLINK_SOCK_DIAG;
-use roam_link::netlink::header::{Header, NLMSG_HDRLEN};
+use roam_link::netlink::header::NLMSG_HDRLEN;
 use roam_link::netlink::sock_diag::{self, SOCK_DIAG_BY_FAMILY};
 use roam_link::netlink::{MessageType, Messages};
+use roam_link::socket::DiagSocket;
 
 /// What sock_diag says of one subflow: its `MPTCP_SUBFLOW_FLAG_*` bits (`backup_local()` is
 /// `ss`'s `b`, `backup_remote()` its `B`).
@@ -93,21 +92,14 @@ fn parse(b: &[u8], seq: u32, local: SocketAddr, remote: SocketAddr) -> Option<An
 /// A sock_diag socket of the caller's network namespace, for repeated subflow lookups.
 #[derive(Debug)]
 pub struct Diag {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    sock: DiagSocket,
 }
 
 impl Diag {
     /// Opens one (in the calling thread's network namespace).
     pub fn open() -> io::Result<Diag> {
-        let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
-        sock.bind_auto()?;
-        sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
         Ok(Diag {
-            sock,
-            seq: 0,
-            buf: vec![0u8; 8192],
+            sock: DiagSocket::open()?,
         })
     }
 
@@ -119,31 +111,15 @@ impl Diag {
         remote: SocketAddr,
         ifindex: u32,
     ) -> io::Result<Option<SubflowFlags>> {
-        self.seq = self.seq.wrapping_add(1);
-        let req = request(local, remote, ifindex, self.seq)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mixed address families"))?;
-        self.sock.send(&req, 0)?;
-        // The kernel answers a single-socket request while handling the send: the answer is
-        // queued already, and a missing one is an error, not a wait. Stale answers (an
-        // earlier request's, left by an error) are skipped, a few at most.
-        for _ in 0..8 {
-            self.buf.resize(8192, 0);
-            let n = self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT)?;
-            let got = &self.buf[..n.min(self.buf.len())];
-            if Header::parse(got).map(|h| h.seq) != Some(self.seq) {
-                continue;
-            }
-            return match parse_answer(got, self.seq, local, remote) {
-                Answer::Flags(f) => Ok(Some(f)),
-                Answer::NoUlp | Answer::Malformed => Ok(None),
-                Answer::Errno(e) if e == libc::ENOENT => Ok(None),
-                Answer::Errno(e) => Err(io::Error::from_raw_os_error(e)),
-            };
+        let (seq, got) = self
+            .sock
+            .ask(|seq| request(local, remote, ifindex, seq).map(|r| r.to_vec()))?;
+        match parse_answer(got, seq, local, remote) {
+            Answer::Flags(f) => Ok(Some(f)),
+            Answer::NoUlp | Answer::Malformed => Ok(None),
+            Answer::Errno(e) if e == libc::ENOENT => Ok(None),
+            Answer::Errno(e) => Err(io::Error::from_raw_os_error(e)),
         }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "sock_diag answered other requests only",
-        ))
     }
 }
 
