@@ -215,6 +215,10 @@ impl LinkBook {
 
     /// `onLost`: forgets the network; true when it was known.
     pub fn lost(&mut self, network: NetworkHandle) -> bool {
+        // Android's replay only reports networks it has; a loss is a live event, so start-up
+        // is over: a network that connects after it (even within the replay window) has just
+        // come up and its policy's `hold` applies.
+        self.table.started();
         self.table.remove(&network);
         self.extra.remove(&network).is_some()
     }
@@ -354,6 +358,20 @@ mod tests {
         assert!(book.lost(NetworkHandle(10)));
         assert!(!book.lost(NetworkHandle(10)));
         assert!(book.interfaces(t2).is_empty());
+    }
+
+    #[test]
+    fn a_network_back_after_a_loss_within_the_replay_window_has_just_come_up() {
+        // The host-JVM test lost WiFi and brought it back 0.6 s after the first report: the
+        // returning network must be held, not taken for part of the replay.
+        let t0 = Instant::now();
+        let mut book = LinkBook::default();
+        book.update(t0, wifi(1, &["198.18.0.2"]));
+        assert!(book.lost(NetworkHandle(1)));
+        let back = t0 + Duration::from_millis(600);
+        book.update(back, wifi(2, &["198.18.0.3"]));
+        let at = back + Duration::from_millis(100);
+        assert_eq!(book.interfaces(at)[0].up_for_ms, Some(100));
     }
 
     #[test]
