@@ -78,7 +78,23 @@ fn connect_bytes_survive_wifi_loss_intact_against_serve_echo() {
         l.contains("\"connected\"")
     });
     assert_eq!(json(&connected)["interface"], "wlan0", "{connected}");
-    std::thread::sleep(Duration::from_secs(1));
+    // WiFi goes once the server has 1 MB from it (its veth counters, polled), mid-transfer.
+    let wlan0_rx = || {
+        topo.server_stats()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == "wlan0")
+            .map_or(0, |(_, s)| s.rx_bytes)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while wlan0_rx() < 1_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's wlan0 received {} bytes in 10 s",
+            wlan0_rx()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     topo.link_down("wlan0").unwrap();
 
     let code = client.finish(Duration::from_secs(30));
