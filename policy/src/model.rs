@@ -224,6 +224,65 @@ pub struct Flow {
     pub age_ms: u64,
 }
 
+/// The points where a flow's figures can change an app's decision: the app's `start ... after`
+/// quantities and the `flow.bytes` / `flow.age` comparisons of its statements
+/// ([`crate::Policy::flow_thresholds`]).
+///
+/// Each point `T` splits a figure in two: below `T` and at `T` or above. Every comparison of
+/// the policy gives the same answer for every figure between two neighbouring points, so the
+/// decision for a flow changes only when one of its figures reaches a point: that is when a
+/// session tells its decision source about its flow, and never more often. The JSON shape is
+/// the `flow_thresholds` of roamd's `update` (`ipc/PROTOCOL.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowThresholds {
+    /// Byte counts (both directions), ascending, without repeats; none is 0.
+    #[serde(default)]
+    pub bytes: Vec<u64>,
+    /// Flow ages in milliseconds, ascending, without repeats; none is 0.
+    #[serde(default)]
+    pub age_ms: Vec<u64>,
+}
+
+impl FlowThresholds {
+    /// True when no figure of the flow can change the decision: nothing to report, ever.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.age_ms.is_empty()
+    }
+
+    /// The first byte count above `bytes` at which the decision may change.
+    pub fn next_bytes(&self, bytes: u64) -> Option<u64> {
+        next_point(&self.bytes, bytes)
+    }
+
+    /// The first age (ms) above `age_ms` at which the decision may change.
+    pub fn next_age_ms(&self, age_ms: u64) -> Option<u64> {
+        next_point(&self.age_ms, age_ms)
+    }
+
+    /// The flow at the start of `flow`'s interval: each figure lowered to the greatest point
+    /// at or below it (0 when none is). Every flow of one interval gets the same decision, so
+    /// an agent evaluates once per (app, interval) however many sessions it serves.
+    pub fn interval_of(&self, flow: Flow) -> Flow {
+        let floor = |points: &[u64], v: u64| {
+            points
+                .iter()
+                .take_while(|&&p| p <= v)
+                .last()
+                .copied()
+                .unwrap_or(0)
+        };
+        Flow {
+            bytes: floor(&self.bytes, flow.bytes),
+            age_ms: floor(&self.age_ms, flow.age_ms),
+        }
+    }
+}
+
+fn next_point(points: &[u64], v: u64) -> Option<u64> {
+    points.iter().copied().find(|&p| p > v)
+}
+
 /// The input of one evaluation: the state file of `roamctl policy eval --state`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
