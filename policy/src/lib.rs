@@ -49,8 +49,8 @@ use std::str::FromStr;
 pub use check::Policy;
 pub use diag::{Diagnostic, Severity, Span};
 pub use model::{
-    Decision, Flow, FlowThresholds, Interface, LinkKind, LinkState, MultipathMode, Path, Role,
-    State,
+    Decision, Flow, FlowClock, FlowThresholds, Interface, LinkKind, LinkState, MultipathMode, Path,
+    Role, State,
 };
 
 /// The policy used when none is given: a VPN first (sessions must not bypass it), then WiFi,

@@ -17,9 +17,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use roam_ipc::proto::{Reply, Request, Status, TcpOptions};
-use roam_policy::{Decision, FlowThresholds, LinkKind, LinkState, MultipathMode, Path};
+use roam_policy::{Decision, FlowClock, FlowThresholds, LinkKind, LinkState, MultipathMode, Path};
 
-use crate::flow::FlowClock;
 use crate::{Action, ClientId, Core, Event, Policy, Requested, SubflowCommand};
 
 /// Who is on the other end of a connection, as the shell identified it (`SO_PEERCRED`, the

@@ -30,7 +30,6 @@ pub mod apps;
 pub mod clients;
 pub mod decide;
 pub mod event;
-mod flow;
 pub mod link;
 mod pacing;
 pub mod plan;

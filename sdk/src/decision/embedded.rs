@@ -1,16 +1,17 @@
 //! The embedded decision source: a route socket, the link table it feeds, and the policy
-//! evaluated whenever a link changes or a `hold` runs out.
+//! evaluated whenever a link changes, a `hold` runs out, or the session's flow crosses one of
+//! its app's flow thresholds (a byte report from the session, or an age the monitor counts).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use roam_link::socket::{RouteSocket, SocketError, Watch};
-use roam_policy::{Policy, State};
+use roam_policy::{FlowThresholds, Policy, State};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{DecisionSource, Snapshot, SubscribeFuture};
+use super::{DecisionSource, FlowFollow, FlowWatch, Snapshot, SubscribeFuture};
 use crate::error::Error;
 use crate::monitor::Links;
 
@@ -39,8 +40,9 @@ impl Embedded {
     }
 }
 
-impl DecisionSource for Embedded {
-    fn subscribe<'a>(&'a self, app: Option<&'a str>) -> SubscribeFuture<'a> {
+impl Embedded {
+    /// Subscribes, with the session's flow when it reports one.
+    fn follow<'a>(&'a self, app: Option<&'a str>, flow: Option<FlowWatch>) -> SubscribeFuture<'a> {
         Box::pin(async move {
             let mut socket = RouteSocket::open(Watch::LinksAndAddresses)
                 .map_err(|e| Error::io("opening the netlink route socket", e))?;
@@ -54,11 +56,19 @@ impl DecisionSource for Embedded {
                 links.apply(e, now.into_std());
             }
             links.started();
+            // Thresholds only for a session that reports its flow, as roamd does.
+            let flow_thresholds = match flow {
+                Some(_) => self.policy.flow_thresholds(app),
+                None => FlowThresholds::default(),
+            };
+            let flow = flow.map(|watch| FlowFollow::new(watch, now.into_std()));
             let run = Monitor {
                 policy: self.policy.clone(),
                 holds: self.policy.hold_durations(),
                 app: app.map(str::to_owned),
                 links,
+                flow,
+                flow_thresholds,
             };
             let first = run.snapshot(now);
             let (tx, rx) = watch::channel(Arc::new(first));
@@ -66,6 +76,20 @@ impl DecisionSource for Embedded {
             tokio::spawn(run.run(socket, tx).instrument(span));
             Ok(rx)
         })
+    }
+}
+
+impl DecisionSource for Embedded {
+    fn subscribe<'a>(&'a self, app: Option<&'a str>) -> SubscribeFuture<'a> {
+        self.follow(app, None)
+    }
+
+    fn subscribe_with_flow<'a>(
+        &'a self,
+        app: Option<&'a str>,
+        flow: FlowWatch,
+    ) -> SubscribeFuture<'a> {
+        self.follow(app, Some(flow))
     }
 
     fn name(&self) -> String {
@@ -78,12 +102,20 @@ struct Monitor {
     holds: Vec<Duration>,
     app: Option<String>,
     links: Links,
+    /// The flow of a session that reports one.
+    flow: Option<FlowFollow>,
+    /// Its app's flow thresholds (the policy is fixed for the source's life); empty without
+    /// a flow.
+    flow_thresholds: FlowThresholds,
 }
 
 impl Monitor {
     async fn run(mut self, mut socket: RouteSocket, tx: watch::Sender<Arc<Snapshot>>) {
         loop {
-            let wake = self.next_hold(Instant::now());
+            let wake = earliest(
+                self.next_hold(Instant::now()),
+                self.next_flow_age(Instant::now()),
+            );
             let changed = tokio::select! {
                 r = socket.next() => match r {
                     Ok(events) => {
@@ -118,6 +150,14 @@ impl Monitor {
                         return;
                     }
                 },
+                r = FlowFollow::next_report(&mut self.flow) => match r {
+                    Some(reported) => {
+                        tracing::debug!(bytes = reported.bytes, age_ms = reported.age_ms, "flow report");
+                        true
+                    }
+                    // The session is gone; the flow stays as it was.
+                    None => false,
+                },
                 _ = sleep_until(wake) => true,
                 _ = tx.closed() => return,
             };
@@ -142,16 +182,33 @@ impl Monitor {
             .map(Instant::from_std)
     }
 
+    /// When the flow's age reaches the next of its thresholds.
+    fn next_flow_age(&self, now: Instant) -> Option<Instant> {
+        self.flow
+            .as_ref()?
+            .clock
+            .next_crossing(&self.flow_thresholds, now.into_std())
+            .map(Instant::from_std)
+    }
+
     fn snapshot(&self, now: Instant) -> Snapshot {
         let state = State {
             app: self.app.clone(),
-            flow: None,
+            flow: self.flow.as_ref().map(|f| f.clock.at(now.into_std())),
             interfaces: self.links.interfaces(now.into_std()),
         };
         Snapshot {
             decision: self.policy.evaluate(&state),
             links: self.links.views(),
+            flow_thresholds: self.flow_thresholds.clone(),
         }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
