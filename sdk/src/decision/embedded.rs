@@ -218,3 +218,117 @@ async fn sleep_until(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use roam_link::AddrFacts;
+    use roam_link::rtnl::{LinkEvent, LinkSeen};
+    use roam_policy::Flow;
+
+    use super::*;
+
+    /// A table with wlan0 and rmnet0 up, each with an address (kinds from their names).
+    fn links(now: Instant) -> Links {
+        let mut links = Links::with_sysfs("/nonexistent".into());
+        for (index, name) in [(2, "wlan0"), (3, "rmnet0")] {
+            links.apply(
+                &LinkEvent::Link(LinkSeen {
+                    index,
+                    name: name.into(),
+                    admin_up: true,
+                    carrier: true,
+                    loopback: false,
+                    info_kind: None,
+                }),
+                now.into_std(),
+            );
+            links.apply(
+                &LinkEvent::Address {
+                    index,
+                    facts: AddrFacts::plain(IpAddr::from([198, 18, index as u8, 2]), 24),
+                    present: true,
+                },
+                now.into_std(),
+            );
+        }
+        links.started();
+        links
+    }
+
+    fn monitor(after: &str, flow: FlowWatch, now: Instant) -> Monitor {
+        let policy = Policy::parse(&format!(
+            "link wifi = kind wifi\nlink cell = kind cellular\n\
+             app \"a\" {{ start on cell then add wifi after {after} }}\n"
+        ))
+        .unwrap();
+        Monitor {
+            holds: policy.hold_durations(),
+            flow_thresholds: policy.flow_thresholds(Some("a")),
+            policy: Arc::new(policy),
+            app: Some("a".into()),
+            links: links(now),
+            flow: Some(FlowFollow::new(flow, now.into_std())),
+        }
+    }
+
+    fn names(s: &Snapshot) -> Vec<&str> {
+        s.decision
+            .paths
+            .iter()
+            .map(|p| p.interface.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_decision_adds_wifi_once_the_session_reports_1mb() {
+        let t0 = Instant::now();
+        let (report, watch) = watch::channel(Flow::default());
+        let mut m = monitor("1MB", watch, t0);
+        let first = m.snapshot(t0);
+        assert_eq!(names(&first), ["rmnet0"]);
+        assert_eq!(first.flow_thresholds.bytes, [1_000_000]);
+        assert_eq!(m.next_flow_age(t0), None, "no age to wake up for");
+        report.send_replace(Flow {
+            bytes: 1_000_000,
+            age_ms: 70,
+        });
+        let got = FlowFollow::next_report(&mut m.flow).await;
+        assert_eq!(got.map(|f| f.bytes), Some(1_000_000));
+        assert_eq!(names(&m.snapshot(Instant::now())), ["wlan0", "rmnet0"]);
+        // The session gone: said once, then nothing more to wait for.
+        drop(report);
+        assert_eq!(FlowFollow::next_report(&mut m.flow).await, None);
+        let again = tokio::time::timeout(
+            Duration::from_millis(20),
+            FlowFollow::next_report(&mut m.flow),
+        );
+        assert!(
+            again.await.is_err(),
+            "pending for ever once the session is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_monitor_counts_the_age_and_wakes_up_when_it_reaches_the_threshold() {
+        let t0 = Instant::now();
+        let (_report, watch) = watch::channel(Flow::default());
+        let m = monitor("30s", watch, t0);
+        assert_eq!(names(&m.snapshot(t0)), ["rmnet0"]);
+        // The age thresholds are the monitor's to count: nothing for the session to report.
+        assert_eq!(m.flow_thresholds.age_ms, [30_000]);
+        let due = m.next_flow_age(t0).expect("a wake-up at 30 s");
+        let waited = due.duration_since(t0);
+        assert!(
+            waited <= Duration::from_secs(30) && waited > Duration::from_millis(29_900),
+            "{waited:?}"
+        );
+        assert_eq!(
+            names(&m.snapshot(due - Duration::from_millis(1))),
+            ["rmnet0"]
+        );
+        assert_eq!(names(&m.snapshot(due)), ["wlan0", "rmnet0"]);
+        assert_eq!(m.next_flow_age(due), None);
+    }
+}

@@ -109,20 +109,26 @@ pub type FlowWatch = watch::Receiver<Flow>;
 pub(crate) struct FlowFollow {
     watch: FlowWatch,
     pub(crate) clock: FlowClock,
+    /// The session is gone (its end was told once).
+    ended: bool,
 }
 
 impl FlowFollow {
     /// Follows `watch`, its current value taken as reported at `now`.
     pub(crate) fn new(watch: FlowWatch, now: std::time::Instant) -> FlowFollow {
         let clock = FlowClock::new(*watch.borrow(), now);
-        FlowFollow { watch, clock }
+        FlowFollow {
+            watch,
+            clock,
+            ended: false,
+        }
     }
 
     /// Waits for the session's next report and sets the clock by it; `Some` with the flow
     /// reported. Pending for ever without a flow to follow, and once the session is gone
     /// (after one `None`).
     pub(crate) async fn next_report(flow: &mut Option<FlowFollow>) -> Option<Flow> {
-        let Some(f) = flow.as_mut().filter(|f| f.watch.has_changed().is_ok()) else {
+        let Some(f) = flow.as_mut().filter(|f| !f.ended) else {
             return std::future::pending().await;
         };
         match f.watch.changed().await {
@@ -131,7 +137,10 @@ impl FlowFollow {
                 f.clock = FlowClock::new(reported, std::time::Instant::now());
                 Some(reported)
             }
-            Err(_) => None,
+            Err(_) => {
+                f.ended = true;
+                None
+            }
         }
     }
 }

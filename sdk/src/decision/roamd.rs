@@ -417,3 +417,146 @@ impl Follower {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roam_ipc::proto::{self, Request};
+    use roam_policy::{Decision, FlowThresholds, Interface, LinkKind, LinkState, Path, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{UnixListener, UnixStream};
+
+    /// The next request on the fake agent's end.
+    async fn next(s: &mut UnixStream, buf: &mut Vec<u8>) -> Request {
+        loop {
+            if let Some(r) = proto::take_frame::<Request>(buf).unwrap() {
+                return r;
+            }
+            assert!(s.read_buf(buf).await.unwrap() > 0, "the session hung up");
+        }
+    }
+
+    fn update(paths: &[&str], thresholds: Option<FlowThresholds>) -> Reply {
+        let path = |(i, name): (usize, &&str)| Path {
+            interface: (*name).into(),
+            link: (*name).into(),
+            role: if i == 0 { Role::Primary } else { Role::Backup },
+        };
+        Reply::Update(Update {
+            decision: Decision {
+                app: Some("com.example.backup".into()),
+                multipath: roam_policy::MultipathMode::Handover,
+                paths: paths.iter().enumerate().map(path).collect(),
+                explain: vec![],
+            },
+            interfaces: vec![
+                Interface::new("rmnet0", LinkKind::Cellular, LinkState::Validated),
+                Interface::new("wlan0", LinkKind::Wifi, LinkState::Validated),
+            ],
+            flow_thresholds: thresholds,
+        })
+    }
+
+    /// A session that reports its flow subscribes with one, takes the thresholds from
+    /// roamd's update, and its report goes to roamd as `subscribe` again on the same
+    /// connection; roamd's next update reaches the session.
+    #[tokio::test]
+    async fn a_flow_report_goes_to_roamd_on_the_subscription_and_its_answer_comes_back() {
+        let dir = std::env::temp_dir().join(format!("roam-flow-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roamd.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let thresholds = FlowThresholds {
+            bytes: vec![1_000_000],
+            age_ms: vec![],
+        };
+        let told = thresholds.clone();
+        let agent = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            assert_eq!(next(&mut s, &mut buf).await, Request::Hello { version: 1 });
+            let hello = Reply::Hello {
+                version: 1,
+                agent: "fake".into(),
+                app: "com.example.backup".into(),
+                uid: 1000,
+                admin: false,
+            };
+            s.write_all(&proto::encode(&hello)).await.unwrap();
+            let Request::Subscribe { id, app, flow } = next(&mut s, &mut buf).await else {
+                panic!("expected subscribe")
+            };
+            assert_eq!(app, None, "roamd knows the app from its uid");
+            assert_eq!(
+                flow.map(|f| f.bytes),
+                Some(0),
+                "a reporter subscribes with a flow"
+            );
+            let subscribed = Reply::Subscribed {
+                id,
+                app: "com.example.backup".into(),
+            };
+            s.write_all(&proto::encode(&subscribed)).await.unwrap();
+            s.write_all(&proto::encode(&update(&["rmnet0"], Some(told.clone()))))
+                .await
+                .unwrap();
+            // The report: the same connection, subscribe again with the flow.
+            let Request::Subscribe { id, app, flow } = next(&mut s, &mut buf).await else {
+                panic!("expected the flow report")
+            };
+            assert_eq!(app, None);
+            let flow = flow.expect("a flow");
+            assert_eq!(flow.bytes, 1_048_576);
+            assert!(
+                flow.age_ms >= 200,
+                "the age counts from the report: {flow:?}"
+            );
+            let subscribed = Reply::Subscribed {
+                id,
+                app: "com.example.backup".into(),
+            };
+            s.write_all(&proto::encode(&subscribed)).await.unwrap();
+            s.write_all(&proto::encode(&update(&["wlan0", "rmnet0"], Some(told))))
+                .await
+                .unwrap();
+            // Held open until the session is gone.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        let source = Roamd::at(&path);
+        let (report, watch) = tokio::sync::watch::channel(Flow::default());
+        let mut rx = source
+            .subscribe_with_flow(Some("com.example.backup"), watch)
+            .await
+            .unwrap();
+        let first = rx.borrow_and_update().clone();
+        assert_eq!(first.flow_thresholds, thresholds);
+        assert_eq!(first.decision.paths.len(), 1);
+        // Reported 200 ms into the flow: sent on at once, with the age it has by then.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        report.send_replace(Flow {
+            bytes: 1_048_576,
+            age_ms: 200,
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("roamd's answer within 5 s")
+            .unwrap();
+        let names: Vec<String> = rx
+            .borrow()
+            .decision
+            .paths
+            .iter()
+            .map(|p| p.interface.clone())
+            .collect();
+        assert_eq!(names, ["wlan0", "rmnet0"]);
+        drop(rx);
+        drop(report);
+        tokio::time::timeout(Duration::from_secs(5), agent)
+            .await
+            .expect("the follower hung up")
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
