@@ -73,11 +73,16 @@ fn iface(p: &LocalPath) -> &str {
 }
 
 /// One subflow as JSON.
+/// One path as JSON; a local port 0 is one the event did not say (a move): the address alone.
 fn subflow_json(s: &Subflow) -> Value {
+    let local = s.local.map(|a| match a.port() {
+        0 => a.ip().to_string(),
+        _ => a.to_string(),
+    });
     json!({
         "id": s.id,
         "interface": s.interface,
-        "local": s.local.map(|a| a.to_string()),
+        "local": local,
         "remote": s.remote.map(|a| a.to_string()),
         "backup": s.backup,
     })
@@ -340,6 +345,11 @@ mod tests {
         assert_eq!(moved[1]["interface"], "rmnet0");
         assert_eq!(moved[2]["interface"], "wlan0");
         assert_eq!(moved[2]["remote"], "198.19.0.1:4433");
+        assert_eq!(
+            moved[2]["local"], "198.18.0.2",
+            "the new port is not known here"
+        );
+        assert_eq!(moved[1]["local"], "198.18.1.2:5000");
     }
 
     #[test]
