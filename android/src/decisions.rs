@@ -82,6 +82,8 @@ impl Decider {
         Snapshot {
             decision: self.policy.evaluate(&state),
             links: self.book.link_views(),
+            // Android sessions report no flow yet: decisions for zero bytes and zero age.
+            flow_thresholds: Default::default(),
         }
     }
 

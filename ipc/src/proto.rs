@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
-use roam_policy::{Decision, Flow, Interface};
+use roam_policy::{Decision, Flow, FlowThresholds, Interface};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this agent speaks.
@@ -33,7 +33,10 @@ pub enum Request {
         /// The app id; default: the caller's own. Only admins may name another.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         app: Option<String>,
-        /// The flow the decision is for; default: none (zero bytes, zero age).
+        /// The flow the decision is for; default: none (zero bytes, zero age). A subscriber
+        /// that sends one reports its flow: its updates carry the app's `flow_thresholds`, and
+        /// it sends `subscribe` again with its flow when the bytes reach one of them (the
+        /// agent counts the age itself from the flow given).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         flow: Option<Flow>,
     },
@@ -312,6 +315,11 @@ pub struct Update {
     pub decision: Decision,
     /// Every interface the agent manages, as in the policy state file.
     pub interfaces: Vec<Interface>,
+    /// Where the subscriber's flow can change its decision, for a subscriber that reports its
+    /// flow (one that sent `subscribe` with `flow`); absent for the others, so a client from
+    /// before this field never sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_thresholds: Option<FlowThresholds>,
 }
 
 /// A subscriber as `status` shows it.
@@ -662,6 +670,17 @@ mod tests {
                 },
             ),
             (
+                r#"{"type":"subscribe","id":2,"flow":{"bytes":1000000,"age_ms":1500}}"#,
+                Request::Subscribe {
+                    id: 2,
+                    app: None,
+                    flow: Some(Flow {
+                        bytes: 1_000_000,
+                        age_ms: 1500,
+                    }),
+                },
+            ),
+            (
                 r#"{"type":"report_path","id":4,"interface":"wlan0","rtt_ms":12.5,"stalled":true}"#,
                 Request::ReportPath {
                     id: 4,
@@ -828,12 +847,41 @@ mod tests {
                 roam_policy::LinkKind::Wifi,
                 roam_policy::LinkState::Up,
             )],
+            flow_thresholds: None,
         });
         let text = serde_json::to_string(&u).unwrap();
         assert!(
             text.starts_with(r#"{"type":"update","decision":{"app":"a""#),
             "{text}"
         );
+        assert!(!text.contains("flow_thresholds"), "{text}");
         assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), u);
+    }
+
+    /// The bytes of an update to a subscriber that reports its flow, as roamd sends them: the
+    /// thresholds last, so a client reads the update it knew with one field more.
+    #[test]
+    fn an_update_to_a_flow_reporter_carries_its_thresholds() {
+        let text = r#"{"type":"update","decision":{"app":"com.example.backup","multipath":"handover","paths":[{"interface":"rmnet0","link":"cell","role":"primary"}],"explain":["line 4: start on cell then add wifi after 1MB (flow.bytes 0B < 1MB; removes wlan0)"]},"interfaces":[{"name":"rmnet0","kind":"cellular","state":"validated"},{"name":"wlan0","kind":"wifi","state":"validated"}],"flow_thresholds":{"bytes":[1000000],"age_ms":[]}}"#;
+        let Reply::Update(u) = serde_json::from_str::<Reply>(text).unwrap() else {
+            panic!("not an update")
+        };
+        assert_eq!(
+            u.flow_thresholds,
+            Some(FlowThresholds {
+                bytes: vec![1_000_000],
+                age_ms: vec![],
+            })
+        );
+        assert_eq!(serde_json::to_string(&Reply::Update(u)).unwrap(), text);
+        // An update from an agent that predates the field reads as no thresholds.
+        let old = r#"{"type":"update","decision":{"app":null,"multipath":"handover","paths":[],"explain":[]},"interfaces":[]}"#;
+        let Reply::Update(u) = serde_json::from_str::<Reply>(old).unwrap() else {
+            panic!("not an update")
+        };
+        assert_eq!(u.flow_thresholds, None);
+        // The thresholds are checked like every other object.
+        let typo = text.replace("age_ms", "age");
+        assert!(serde_json::from_str::<Reply>(&typo).is_err());
     }
 }

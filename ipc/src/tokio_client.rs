@@ -157,6 +157,7 @@ mod tests {
                     explain: vec![],
                 },
                 interfaces: vec![],
+                flow_thresholds: None,
             }));
             let (a, b) = update.split_at(7);
             s.write_all(a).await.unwrap();

@@ -151,19 +151,53 @@ pub(crate) enum StateAttr {
     Metered,
 }
 
-impl Cond {
-    /// Pushes every flow age this condition compares against, in milliseconds.
-    pub(crate) fn flow_ages(&self, out: &mut Vec<f64>) {
-        match self {
-            Cond::Or(v) | Cond::And(v) => v.iter().for_each(|c| c.flow_ages(out)),
-            Cond::Not(c) => c.flow_ages(out),
-            Cond::Flow {
-                measure: FlowMeasure::Age,
-                value,
-                ..
-            } => out.push(*value),
-            _ => {}
+impl Stmt {
+    /// Adds the points where the flow's figures can change whether this statement applies
+    /// or what it does (see [`crate::FlowThresholds`]); unsorted.
+    pub(crate) fn flow_points(&self, out: &mut crate::FlowThresholds) {
+        if let StmtKind::Start { threshold, .. } = &self.kind {
+            // `start` holds while the figure is below its quantity.
+            push_points(out, threshold.measure, CmpOp::Lt, threshold.value);
         }
+        if let Some(g) = &self.guard {
+            g.cond.flow_points(out);
+        }
+    }
+}
+
+impl Cond {
+    fn flow_points(&self, out: &mut crate::FlowThresholds) {
+        match self {
+            Cond::Or(v) | Cond::And(v) => v.iter().for_each(|c| c.flow_points(out)),
+            Cond::Not(c) => c.flow_points(out),
+            Cond::Flow {
+                measure, op, value, ..
+            } => push_points(out, *measure, *op, *value),
+            Cond::State { .. } | Cond::Figure { .. } => {}
+        }
+    }
+}
+
+/// The whole-number figures where `figure OP value` changes its answer: for `<` and `>=` the
+/// first figure at or above `value`, for `>` and `<=` the first above it, for `==` and `!=`
+/// the value and the one after (none when the value is not a whole number: then the answer
+/// never changes). Flow figures are whole bytes and milliseconds.
+fn push_points(out: &mut crate::FlowThresholds, measure: FlowMeasure, op: CmpOp, value: f64) {
+    if !value.is_finite() {
+        return;
+    }
+    // `as` saturates: a negative point becomes 0 (never crossed), a huge one u64::MAX.
+    let points: Vec<u64> = match op {
+        CmpOp::Lt | CmpOp::Ge => vec![value.ceil() as u64],
+        CmpOp::Gt | CmpOp::Le => vec![(value.floor() + 1.0) as u64],
+        CmpOp::Eq | CmpOp::Ne if value.fract() == 0.0 => {
+            vec![value as u64, (value + 1.0) as u64]
+        }
+        CmpOp::Eq | CmpOp::Ne => vec![],
+    };
+    match measure {
+        FlowMeasure::Bytes => out.bytes.extend(points),
+        FlowMeasure::Age => out.age_ms.extend(points),
     }
 }
 

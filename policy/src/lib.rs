@@ -48,7 +48,10 @@ use std::str::FromStr;
 
 pub use check::Policy;
 pub use diag::{Diagnostic, Severity, Span};
-pub use model::{Decision, Flow, Interface, LinkKind, LinkState, MultipathMode, Path, Role, State};
+pub use model::{
+    Decision, Flow, FlowClock, FlowThresholds, Interface, LinkKind, LinkState, MultipathMode, Path,
+    Role, State,
+};
 
 /// The policy used when none is given: a VPN first (sessions must not bypass it), then WiFi,
 /// Ethernet, cellular, USB; Bluetooth only when nothing else works; a link that just came
@@ -158,27 +161,37 @@ impl Policy {
         })
     }
 
-    /// Every flow age at which a decision may change (`start ... after 30s`, conditions on
-    /// `flow.age`), ascending, without repeats.
+    /// Every flow age at which some app's decision may change (the age points of
+    /// [`Policy::flow_thresholds`] over every block), ascending, without repeats.
     pub fn flow_age_thresholds(&self) -> Vec<std::time::Duration> {
-        let mut v = self.time_thresholds(|k| match k {
-            check::StmtKind::Start { threshold, .. }
-                if threshold.measure == check::FlowMeasure::Age =>
-            {
-                vec![threshold.value]
-            }
-            _ => vec![],
-        });
-        let mut ages = Vec::new();
+        let mut all = model::FlowThresholds::default();
         for st in self.statements() {
-            if let Some(g) = &st.guard {
-                g.cond.flow_ages(&mut ages);
-            }
+            st.flow_points(&mut all);
         }
-        v.extend(ages.into_iter().map(duration_ms));
-        v.sort();
-        v.dedup();
-        v
+        finish_points(&mut all);
+        all.age_ms
+            .into_iter()
+            .map(std::time::Duration::from_millis)
+            .collect()
+    }
+
+    /// The points where the flow's figures can change the decision for `app` (`None`: the
+    /// default block alone): those of the app block that applies to it and of the default
+    /// block. Empty when no statement that applies looks at the flow; a session then never
+    /// reports its flow.
+    pub fn flow_thresholds(&self, app: Option<&str>) -> model::FlowThresholds {
+        let mut t = model::FlowThresholds::default();
+        let app_rules = app.and_then(|id| self.apps.iter().find(|a| a.pattern.matches(id)));
+        for st in app_rules
+            .into_iter()
+            .map(|a| &a.rules)
+            .chain(self.default.iter())
+            .flat_map(|r| &r.statements)
+        {
+            st.flow_points(&mut t);
+        }
+        finish_points(&mut t);
+        t
     }
 
     fn statements(&self) -> impl Iterator<Item = &check::Stmt> {
@@ -236,6 +249,16 @@ impl Policy {
             },
             plural(self.apps.len(), "app block", "app blocks")
         )
+    }
+}
+
+/// Sorts the points and drops repeats and zeros (a flow starts at zero: a point there is
+/// never crossed).
+fn finish_points(t: &mut model::FlowThresholds) {
+    for v in [&mut t.bytes, &mut t.age_ms] {
+        v.retain(|&p| p > 0);
+        v.sort_unstable();
+        v.dedup();
     }
 }
 

@@ -224,6 +224,112 @@ pub struct Flow {
     pub age_ms: u64,
 }
 
+/// The points where a flow's figures can change an app's decision: the app's `start ... after`
+/// quantities and the `flow.bytes` / `flow.age` comparisons of its statements
+/// ([`crate::Policy::flow_thresholds`]).
+///
+/// Each point `T` splits a figure in two: below `T` and at `T` or above. Every comparison of
+/// the policy gives the same answer for every figure between two neighbouring points, so the
+/// decision for a flow changes only when one of its figures reaches a point: that is when a
+/// session tells its decision source about its flow, and never more often. The JSON shape is
+/// the `flow_thresholds` of roamd's `update` (`ipc/PROTOCOL.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowThresholds {
+    /// Byte counts (both directions), ascending, without repeats; none is 0.
+    #[serde(default)]
+    pub bytes: Vec<u64>,
+    /// Flow ages in milliseconds, ascending, without repeats; none is 0.
+    #[serde(default)]
+    pub age_ms: Vec<u64>,
+}
+
+impl FlowThresholds {
+    /// True when no figure of the flow can change the decision: nothing to report, ever.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.age_ms.is_empty()
+    }
+
+    /// The first byte count above `bytes` at which the decision may change.
+    pub fn next_bytes(&self, bytes: u64) -> Option<u64> {
+        next_point(&self.bytes, bytes)
+    }
+
+    /// The first age (ms) above `age_ms` at which the decision may change.
+    pub fn next_age_ms(&self, age_ms: u64) -> Option<u64> {
+        next_point(&self.age_ms, age_ms)
+    }
+
+    /// The flow at the start of `flow`'s interval: each figure lowered to the greatest point
+    /// at or below it (0 when none is). Every flow of one interval gets the same decision, so
+    /// an agent evaluates once per (app, interval) however many sessions it serves.
+    pub fn interval_of(&self, flow: Flow) -> Flow {
+        let floor = |points: &[u64], v: u64| {
+            points
+                .iter()
+                .take_while(|&&p| p <= v)
+                .last()
+                .copied()
+                .unwrap_or(0)
+        };
+        Flow {
+            bytes: floor(&self.bytes, flow.bytes),
+            age_ms: floor(&self.age_ms, flow.age_ms),
+        }
+    }
+}
+
+fn next_point(points: &[u64], v: u64) -> Option<u64> {
+    points.iter().copied().find(|&p| p > v)
+}
+
+/// A flow as a decision source follows it between reports: the bytes last reported and when
+/// the flow began, so the age is counted, not reported.
+///
+/// A session reports its bytes when they reach one of its [`FlowThresholds`] (bytes are only
+/// known where the data flows); the source (roamd, the embedded evaluator) keeps this clock
+/// and wakes up when the age reaches a threshold ([`FlowClock::next_crossing`]), with no
+/// message at all. Instants are given, never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowClock {
+    /// Bytes both ways, as last reported.
+    bytes: u64,
+    /// When the flow began: the report's instant less its age.
+    began: std::time::Instant,
+}
+
+impl FlowClock {
+    /// The flow `reported` at `now`.
+    pub fn new(reported: Flow, now: std::time::Instant) -> FlowClock {
+        FlowClock {
+            bytes: reported.bytes,
+            began: now
+                .checked_sub(std::time::Duration::from_millis(reported.age_ms))
+                .unwrap_or(now),
+        }
+    }
+
+    /// The flow at `now`: the reported bytes, the age counted since it began.
+    pub fn at(&self, now: std::time::Instant) -> Flow {
+        Flow {
+            bytes: self.bytes,
+            age_ms: u64::try_from(now.saturating_duration_since(self.began).as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+
+    /// When the flow's age reaches the first of `thresholds` after `now`, if any: the
+    /// decision may change then with no other event.
+    pub fn next_crossing(
+        &self,
+        thresholds: &FlowThresholds,
+        now: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        let ms = thresholds.next_age_ms(self.at(now).age_ms)?;
+        self.began.checked_add(std::time::Duration::from_millis(ms))
+    }
+}
+
 /// The input of one evaluation: the state file of `roamctl policy eval --state`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -421,6 +527,35 @@ mod tests {
         );
         let back: Decision = serde_json::from_str(&json).unwrap();
         assert_eq!(back, d);
+    }
+
+    #[test]
+    fn a_flow_clock_counts_the_age_from_the_report_and_crosses_on_time() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let c = FlowClock::new(
+            Flow {
+                bytes: 7,
+                age_ms: 400,
+            },
+            t0 + ms(1000),
+        );
+        assert_eq!(
+            c.at(t0 + ms(1600)),
+            Flow {
+                bytes: 7,
+                age_ms: 1000
+            }
+        );
+        let t = FlowThresholds {
+            bytes: vec![],
+            age_ms: vec![500, 30_000],
+        };
+        // Began at t0 + 600 ms: 500 ms of age at t0 + 1100 ms, then 30 s at t0 + 30.6 s.
+        assert_eq!(c.next_crossing(&t, t0 + ms(1000)), Some(t0 + ms(1100)));
+        assert_eq!(c.next_crossing(&t, t0 + ms(1100)), Some(t0 + ms(30_600)));
+        assert_eq!(c.next_crossing(&t, t0 + ms(31_000)), None);
     }
 
     #[test]

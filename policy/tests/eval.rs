@@ -626,8 +626,85 @@ fn time_thresholds_for_agents() {
         [
             Duration::from_secs(5),
             Duration::from_secs(30),
-            Duration::from_secs(120)
+            // `> 2m` changes its answer at the first millisecond above two minutes.
+            Duration::from_millis(120_001)
         ]
     );
     assert!(policy("").hold_durations().is_empty());
+}
+
+#[test]
+fn flow_thresholds_are_those_of_the_statements_that_apply_to_the_app() {
+    use roam_policy::FlowThresholds;
+    let p = policy(
+        "default { never bt if flow.bytes > 10MB }
+         app \"a\" { start on cell then add wifi after 1MB\n prefer cell over wifi if flow.age >= 1500ms }\n         app \"b\" { avoid cell unless flow.bytes == 4kB or flow.age < 2.5ms }\n         app \"c\" { avoid cell }\n",
+    );
+    assert_eq!(
+        p.flow_thresholds(Some("a")),
+        FlowThresholds {
+            bytes: vec![1_000_000, 10_000_001],
+            age_ms: vec![1500],
+        }
+    );
+    assert_eq!(
+        p.flow_thresholds(Some("b")),
+        FlowThresholds {
+            bytes: vec![4000, 4001, 10_000_001],
+            age_ms: vec![3],
+        }
+    );
+    // Only the default block's own.
+    let default_only = FlowThresholds {
+        bytes: vec![10_000_001],
+        age_ms: vec![],
+    };
+    assert_eq!(p.flow_thresholds(Some("c")), default_only);
+    assert_eq!(p.flow_thresholds(None), default_only);
+    assert!(
+        policy("app \"x\" { avoid cell }\n")
+            .flow_thresholds(Some("x"))
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_decision_is_the_same_anywhere_between_two_flow_thresholds() {
+    let p = policy(
+        "app \"a\" { start on cell then add wifi after 1MB\n never bt if flow.bytes > 3MB or flow.age == 20ms }\n",
+    );
+    let ifs = vec![
+        itf("wlan0", Wifi, Validated),
+        itf("rmnet0", Cell, Validated),
+        itf("bnep0", Bt, Validated),
+    ];
+    let t = p.flow_thresholds(Some("a"));
+    assert_eq!(t.bytes, [1_000_000, 3_000_001]);
+    assert_eq!(t.age_ms, [20, 21]);
+    assert_eq!(t.next_bytes(0), Some(1_000_000));
+    assert_eq!(t.next_bytes(1_000_000), Some(3_000_001));
+    assert_eq!(t.next_bytes(3_000_001), None);
+    assert_eq!(t.next_age_ms(20), Some(21));
+    for bytes in [
+        0, 1, 999_999, 1_000_000, 2_500_000, 3_000_000, 3_000_001, 9_000_000,
+    ] {
+        for age_ms in [0, 19, 20, 21, 5000] {
+            let flow = Flow { bytes, age_ms };
+            let at_start = t.interval_of(flow);
+            assert!(at_start.bytes <= bytes && at_start.age_ms <= age_ms);
+            assert_eq!(
+                names(&decide(&p, Some("a"), flow, &ifs)),
+                names(&decide(&p, Some("a"), at_start, &ifs)),
+                "{flow:?} against {at_start:?}"
+            );
+        }
+    }
+    // And it does change at each byte point.
+    let at = |bytes| {
+        let d = decide(&p, Some("a"), Flow { bytes, age_ms: 0 }, &ifs);
+        names(&d).join(" ")
+    };
+    assert_eq!(at(999_999), "rmnet0 bnep0");
+    assert_eq!(at(1_000_000), "wlan0 rmnet0 bnep0");
+    assert_eq!(at(3_000_001), "wlan0 rmnet0");
 }

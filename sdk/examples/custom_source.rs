@@ -92,6 +92,8 @@ fn snapshot(links: &[LinkView], order: &[String], why: &str) -> Snapshot {
             explain: vec![why.to_owned()],
         },
         links: links.to_vec(),
+        // This source names no flow-size rule: sessions report no flow to it.
+        flow_thresholds: Default::default(),
     }
 }
 

@@ -32,8 +32,9 @@ impl fmt::Display for LocalPath {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MigrationReason {
-    /// The decision's primary changed (a preferred link returned after its `hold`, or the
-    /// policy's order changed).
+    /// The decision's primary changed (a preferred link returned after its `hold`, the
+    /// policy's order changed, or the flow reached a flow-size rule's threshold that brought a
+    /// link in: `start on cell then add wifi after 1MB`).
     PrimaryChanged,
     /// The link the session used went down, lost its address, or is no longer permitted.
     LinkLost,

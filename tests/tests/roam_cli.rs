@@ -37,24 +37,7 @@ fn connect_bytes_survive_wifi_loss_intact_against_serve_echo() {
         .build()
         .unwrap();
 
-    let mut serve = topo.server().command(roam.to_str().unwrap());
-    serve
-        .args([
-            "serve",
-            "--listen",
-            &format!("{SERVICE_V4}:{PORT}"),
-            "--echo",
-            "--json",
-        ])
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key);
-    let mut server = Running::start(serve);
-    let listening = server.wait_for("listening line", Duration::from_secs(10), |l| {
-        l.contains("\"listening\"")
-    });
-    assert_eq!(json(&listening)["addr"], format!("{SERVICE_V4}:{PORT}"));
+    let mut server = built::serve_echo(topo.server(), (SERVICE_V4, PORT).into(), (&cert, &key));
 
     // 6 MB at 16 Mbit/s: 3 s, WiFi lost after the first second.
     let total: u64 = 6_000_000;

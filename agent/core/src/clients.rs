@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use roam_ipc::proto::{Reply, Request, Status, TcpOptions};
-use roam_policy::{Decision, Flow, LinkKind, LinkState, MultipathMode, Path};
+use roam_policy::{Decision, FlowClock, FlowThresholds, LinkKind, LinkState, MultipathMode, Path};
 
 use crate::{Action, ClientId, Core, Event, Policy, Requested, SubflowCommand};
 
@@ -64,7 +64,12 @@ impl Default for AgentFacts {
 
 /// What a client was last sent, less the explanation: a new explanation alone (a figure in it
 /// moved) is not worth a push.
-pub(crate) type Pushed = (MultipathMode, Vec<Path>, Vec<(String, LinkKind, LinkState)>);
+pub(crate) type Pushed = (
+    MultipathMode,
+    Vec<Path>,
+    Vec<(String, LinkKind, LinkState)>,
+    Option<FlowThresholds>,
+);
 
 /// One open connection.
 #[derive(Debug)]
@@ -78,7 +83,11 @@ pub(crate) struct Connected {
 #[derive(Debug)]
 pub(crate) struct Subscription {
     pub(crate) app: String,
-    pub(crate) flow: Option<Flow>,
+    /// The flow of a subscriber that reports one; `None`: zero bytes, zero age, and no
+    /// thresholds in its updates.
+    pub(crate) flow: Option<FlowClock>,
+    /// When its flow's age next crosses one of its app's thresholds.
+    pub(crate) next_flow_check: Option<Instant>,
     /// What was last pushed: decision without its explanation, and the link summary.
     pub(crate) pushed: Option<Pushed>,
     pub(crate) last: Option<Decision>,
@@ -188,15 +197,26 @@ impl Core {
                             app: app.clone(),
                         },
                     );
-                    self.clients.subs.insert(
-                        client,
-                        Subscription {
-                            app,
-                            flow,
-                            pushed: None,
-                            last: None,
-                        },
-                    );
+                    let flow = flow.map(|f| FlowClock::new(f, now));
+                    match self.clients.subs.get_mut(&client) {
+                        // A flow reporter's flow again (same app): what was pushed stays,
+                        // so an update follows only when the decision changed.
+                        Some(sub) if sub.app == app && sub.flow.is_some() && flow.is_some() => {
+                            sub.flow = flow
+                        }
+                        _ => {
+                            self.clients.subs.insert(
+                                client,
+                                Subscription {
+                                    app,
+                                    flow,
+                                    next_flow_check: None,
+                                    pushed: None,
+                                    last: None,
+                                },
+                            );
+                        }
+                    }
                     self.settle(now);
                     return;
                 }

@@ -39,6 +39,12 @@ impl Policy {
         self.inner.hold_durations()
     }
 
+    /// Where the flow's figures can change `app`'s decision: what its subscribers are told to
+    /// report at, and the ages the core wakes up at.
+    pub fn flow_thresholds(&self, app: &str) -> roam_policy::FlowThresholds {
+        self.inner.flow_thresholds(Some(app))
+    }
+
     /// Evaluates the policy for one app: which usable interfaces, in what order, in what role.
     pub fn evaluate(&self, state: &State) -> Decision {
         self.inner.evaluate(state)

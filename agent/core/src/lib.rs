@@ -41,7 +41,7 @@ pub mod subflow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-use roam_policy::{Decision, Flow, Interface, LinkState, State};
+use roam_policy::{Decision, Flow, FlowThresholds, Interface, LinkState, State};
 
 use clients::ClientTable;
 pub use clients::{AgentFacts, MAX_TOKENS, Peer};
@@ -316,7 +316,7 @@ impl Core {
     }
 
     /// Processes every deadline that has passed by `now` (probe timeouts, probes due, hold
-    /// thresholds crossed).
+    /// thresholds crossed, subscribers' flows reaching an age their decision depends on).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.settle(now);
     }
@@ -333,10 +333,13 @@ impl Core {
             .steering
             .iter()
             .flat_map(|st| st.conns.values().filter_map(steer::next_retry));
+        // A subscriber's flow reaching an age its decision depends on.
+        let flows = self.clients.subs.values().filter_map(|c| c.next_flow_check);
         links
             .chain(self.next_recheck)
             .chain(self.pacing_deadline())
             .chain(retries)
+            .chain(flows)
             .min()
     }
 
@@ -440,20 +443,42 @@ impl Core {
         self.plan_routing(Some(&interfaces));
         self.plan_mptcp(&interfaces);
         let mut pushes = Vec::new();
-        // Evaluate once per (app, flow): a thousand sessions of one app cost one evaluation.
-        let mut cache: HashMap<(String, Option<(u64, u64)>), Decision> = HashMap::new();
+        // Evaluate once per (app, flow interval): every flow between two of the app's
+        // thresholds gets the same decision, so a thousand sessions of one app cost one
+        // evaluation per interval they are in (the explanation shows the first one's flow).
+        let mut thresholds: HashMap<String, FlowThresholds> = HashMap::new();
+        let mut cache: HashMap<(String, (u64, u64)), Decision> = HashMap::new();
         for (&id, client) in &mut self.clients.subs {
+            let flow = client.flow.map(|f| f.at(now));
+            let (interval, told) = match flow {
+                Some(f) => {
+                    let t = thresholds
+                        .entry(client.app.clone())
+                        .or_insert_with(|| self.policy.flow_thresholds(&client.app));
+                    client.next_flow_check = client.flow.and_then(|c| c.next_crossing(t, now));
+                    (t.interval_of(f), Some(t.clone()))
+                }
+                None => {
+                    client.next_flow_check = None;
+                    (Flow::default(), None)
+                }
+            };
             let decision = cache
-                .entry((client.app.clone(), client.flow.map(|f| (f.bytes, f.age_ms))))
+                .entry((client.app.clone(), (interval.bytes, interval.age_ms)))
                 .or_insert_with(|| {
                     self.policy.evaluate(&State {
                         app: Some(client.app.clone()),
-                        flow: client.flow,
+                        flow,
                         interfaces: interfaces.clone(),
                     })
                 })
                 .clone();
-            let key = (decision.multipath, decision.paths.clone(), summary.clone());
+            let key = (
+                decision.multipath,
+                decision.paths.clone(),
+                summary.clone(),
+                told.clone(),
+            );
             if client.pushed.as_ref() != Some(&key) {
                 let _span = tracing::debug_span!("client", id, app = %client.app).entered();
                 tracing::debug!(
@@ -467,6 +492,7 @@ impl Core {
                     update: Update {
                         decision: decision.clone(),
                         interfaces: interfaces.clone(),
+                        flow_thresholds: told,
                     },
                 });
             }

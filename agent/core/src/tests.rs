@@ -1177,3 +1177,4 @@ fn a_captive_portal_keeps_a_link_from_being_validated_until_it_answers_204() {
 }
 
 mod evidence;
+mod flow;

@@ -6,6 +6,15 @@
 //! [`Embedded`] runs a link monitor in the app's process and evaluates a policy itself.
 //! [`crate::SessionBuilder`] picks roamd when its socket answers and says which in
 //! [`crate::SessionEvent::DecisionSourceChosen`].
+//!
+//! Flow-size rules (`start on cell then add wifi after 1MB`, `if flow.bytes > 10MB`): a
+//! session subscribes with [`DecisionSource::subscribe_with_flow`] and a [`FlowWatch`]. The
+//! snapshot says where the flow can change the decision ([`Snapshot::flow_thresholds`]: roamd
+//! sends them, the embedded source asks its policy); the session counts its bytes both ways
+//! and sets the watch only when they reach one of those points; the source counts the age
+//! itself ([`roam_policy::FlowClock`]), evaluates again at each report and each age point, and
+//! publishes the decision like any other change, so the transports follow it as they follow
+//! a link going down.
 
 mod embedded;
 mod roamd;
@@ -15,7 +24,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use roam_policy::{Decision, LinkKind, LinkState};
+use roam_policy::{Decision, Flow, FlowClock, FlowThresholds, LinkKind, LinkState};
 use tokio::sync::watch;
 
 pub use embedded::Embedded;
@@ -44,6 +53,11 @@ pub struct Snapshot {
     pub decision: Decision,
     /// Every interface the source knows.
     pub links: Vec<LinkView>,
+    /// Where the session's flow can change the decision; the session reports its flow when
+    /// its bytes reach one of `bytes`. Empty from a source that takes no flow reports (a
+    /// subscription without [`FlowWatch`], an agent from before flow reports, an app's own
+    /// source that names none).
+    pub flow_thresholds: FlowThresholds,
 }
 
 impl Snapshot {
@@ -84,6 +98,53 @@ impl Snapshot {
     }
 }
 
+/// A session's flow as it tells its decision source: bytes both ways and the age, set only
+/// when the bytes reach one of the snapshot's [`Snapshot::flow_thresholds`] (never on every
+/// write). The source counts the age from the value it got.
+pub type FlowWatch = watch::Receiver<Flow>;
+
+/// A session's flow as a source follows it: the session's reports, and the clock the last one
+/// set (the age is counted from it, never reported on a timer).
+#[derive(Debug)]
+pub(crate) struct FlowFollow {
+    watch: FlowWatch,
+    pub(crate) clock: FlowClock,
+    /// The session is gone (its end was told once).
+    ended: bool,
+}
+
+impl FlowFollow {
+    /// Follows `watch`, its current value taken as reported at `now`.
+    pub(crate) fn new(watch: FlowWatch, now: std::time::Instant) -> FlowFollow {
+        let clock = FlowClock::new(*watch.borrow(), now);
+        FlowFollow {
+            watch,
+            clock,
+            ended: false,
+        }
+    }
+
+    /// Waits for the session's next report and sets the clock by it; `Some` with the flow
+    /// reported. Pending for ever without a flow to follow, and once the session is gone
+    /// (after one `None`).
+    pub(crate) async fn next_report(flow: &mut Option<FlowFollow>) -> Option<Flow> {
+        let Some(f) = flow.as_mut().filter(|f| !f.ended) else {
+            return std::future::pending().await;
+        };
+        match f.watch.changed().await {
+            Ok(()) => {
+                let reported = *f.watch.borrow_and_update();
+                f.clock = FlowClock::new(reported, std::time::Instant::now());
+                Some(reported)
+            }
+            Err(_) => {
+                f.ended = true;
+                None
+            }
+        }
+    }
+}
+
 /// A future a [`DecisionSource`] returns.
 pub type SubscribeFuture<'a> =
     Pin<Box<dyn Future<Output = Result<watch::Receiver<Arc<Snapshot>>>> + Send + 'a>>;
@@ -115,6 +176,18 @@ pub trait DecisionSource: Send + Sync + std::fmt::Debug + 'static {
     /// receiver holds a first snapshot when the future completes, and sees every change after.
     /// Runs on the caller's tokio runtime and in the caller's network namespace.
     fn subscribe<'a>(&'a self, app: Option<&'a str>) -> SubscribeFuture<'a>;
+
+    /// [`DecisionSource::subscribe`] for a session that reports its flow on `flow`: the
+    /// decisions take the flow into account, and the snapshots carry the thresholds the
+    /// session reports at. The default ignores the flow (no thresholds, no reports).
+    fn subscribe_with_flow<'a>(
+        &'a self,
+        app: Option<&'a str>,
+        flow: FlowWatch,
+    ) -> SubscribeFuture<'a> {
+        let _ = flow;
+        self.subscribe(app)
+    }
 
     /// Takes a session's report about its paths. Never blocks; a source that has no use for
     /// reports (the default) drops them.

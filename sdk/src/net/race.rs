@@ -194,6 +194,7 @@ mod tests {
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
                 })
                 .collect(),
+            flow_thresholds: Default::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use roam_policy::{MultipathMode, Policy};
 use tokio::sync::watch;
 
 use super::Session;
-use crate::decision::{DecisionSource, Embedded, Roamd, Snapshot};
+use crate::decision::{DecisionSource, Embedded, FlowWatch, Roamd, Snapshot};
 use crate::error::Result;
 use crate::net::resolve::DnsConfig;
 use crate::net::socket::SocketBinder;
@@ -276,11 +276,12 @@ impl SessionBuilder {
         Ok(Arc::new(Embedded::new(policy)))
     }
 
-    /// Picks the decision source and subscribes: the app's own, else roamd when its socket
-    /// answers within [`crate::decision::SUBSCRIBE_TIMEOUT`], else the embedded one. The
-    /// event says which and why.
+    /// Picks the decision source and subscribes with the session's `flow`: the app's own,
+    /// else roamd when its socket answers within [`crate::decision::SUBSCRIBE_TIMEOUT`], else
+    /// the embedded one. The event says which and why.
     pub(crate) async fn subscribe_source(
         &self,
+        flow: FlowWatch,
     ) -> Result<(
         Arc<dyn DecisionSource>,
         watch::Receiver<Arc<Snapshot>>,
@@ -295,7 +296,7 @@ impl SessionBuilder {
             }
         };
         if let Some(s) = &self.source {
-            let rx = s.subscribe(app).await?;
+            let rx = s.subscribe_with_flow(app, flow).await?;
             let told = chosen(s, "given by the app".into());
             return Ok((s.clone(), rx, told));
         }
@@ -307,7 +308,7 @@ impl SessionBuilder {
                 .clone()
                 .unwrap_or_else(|| roam_ipc::socket_path(None));
             let roamd: Arc<dyn DecisionSource> = Arc::new(Roamd::at(&socket));
-            match roamd.subscribe(app).await {
+            match roamd.subscribe_with_flow(app, flow.clone()).await {
                 Ok(rx) => {
                     let told = chosen(&roamd, "roamd answered on its socket".into());
                     return Ok((roamd, rx, told));
@@ -317,7 +318,7 @@ impl SessionBuilder {
         } else {
             "the app turned roamd off".into()
         };
-        let rx = embedded.subscribe(app).await?;
+        let rx = embedded.subscribe_with_flow(app, flow).await?;
         let told = chosen(&embedded, why);
         Ok((embedded, rx, told))
     }

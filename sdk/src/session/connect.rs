@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::Session;
 use super::builder::{SessionBuilder, TransportPreference};
+use super::flow::FlowMeter;
 use crate::error::{Error, Result};
 use crate::net::race::candidates;
 use crate::net::resolve::{self, Resolved};
@@ -25,12 +26,14 @@ pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> 
     let span = tracing::info_span!("session", app = b.app.as_deref().unwrap_or("default"), %target);
     let limit = b.connect_timeout;
     let run = async move {
-        let d = prepare(&b, host, port).await?;
+        let (d, flow) = prepare(&b, host, port).await?;
         let c = match b.transport {
             TransportPreference::Auto => connect_auto(d).await,
             t => connect_one(d, t, "asked for".into()).await,
         }?;
-        Ok(Session::from(c))
+        let mut s = Session::from(c);
+        s.flow = Some(flow);
+        Ok(s)
     };
     tokio::time::timeout(limit, run.instrument(span))
         .await
@@ -113,9 +116,12 @@ async fn connect_auto(d: Dial) -> Result<transport::Connection> {
 }
 
 /// What every transport starts from: the app's options, the decision source and its
-/// snapshot, and the candidates.
-async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<Dial> {
-    let (source, decisions, source_event) = b.subscribe_source().await?;
+/// snapshot, and the candidates; and the session's flow meter, the flow beginning at the
+/// subscription.
+async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<(Dial, FlowMeter)> {
+    let (reports, flow, began) = FlowMeter::channel();
+    let (source, decisions, source_event) = b.subscribe_source(flow).await?;
+    let meter = FlowMeter::new(reports, began, decisions.clone());
     let snap = decisions.borrow().clone();
     let app = b.app.clone().unwrap_or_else(|| "default".into());
     if snap.decision.is_blocked() {
@@ -143,7 +149,7 @@ async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<Dial> {
             ),
         });
     }
-    Ok(Dial {
+    let dial = Dial {
         app: b.app.clone(),
         tls: b.tls.clone(),
         alpn: b.alpn.clone(),
@@ -162,7 +168,8 @@ async fn prepare(b: &SessionBuilder, host: String, port: u16) -> Result<Dial> {
         snap,
         cands,
         source_event,
-    })
+    };
+    Ok((dial, meter))
 }
 
 /// Splits `host:port` or `[v6]:port`.

@@ -6,11 +6,14 @@
 //!
 //! - [`builder`]: [`SessionBuilder`] and the transport preference.
 //! - `connect`: what [`SessionBuilder::connect`] does, from the target to the transport.
+//! - `flow`: the flow meter, bytes both ways reported to the decision source at the policy's
+//!   flow thresholds (flow-size rules).
 //! - `header`: the session header the client sends first on ALPN `roam/1`.
 //! - `options`: TCP options of a session's connection and of one MPTCP subflow.
 
 pub mod builder;
 mod connect;
+mod flow;
 pub(crate) mod header;
 mod options;
 
@@ -45,11 +48,13 @@ use crate::transport::{Connection, Stream};
 pub struct Session {
     /// The stream and what the session says about it, as the transport handed them over.
     conn: Connection,
+    /// The client's flow meter (a session a listener accepted follows no decisions).
+    flow: Option<flow::FlowMeter>,
 }
 
 impl From<Connection> for Session {
     fn from(conn: Connection) -> Session {
-        Session { conn }
+        Session { conn, flow: None }
     }
 }
 
@@ -288,11 +293,16 @@ impl AsyncRead for Session {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.conn.stream {
+        let before = buf.filled().len();
+        let r = match &mut self.conn.stream {
             Stream::Quic(q) => AsyncRead::poll_read(Pin::new(&mut q.recv), cx, buf),
             Stream::Mptcp(s) => AsyncRead::poll_read(Pin::new(&mut **s), cx, buf),
             Stream::Resume(r) => AsyncRead::poll_read(Pin::new(&mut **r), cx, buf),
+        };
+        if let (Poll::Ready(Ok(())), Some(m)) = (&r, &mut self.flow) {
+            m.count(buf.filled().len().saturating_sub(before));
         }
+        r
     }
 }
 
@@ -302,7 +312,7 @@ impl AsyncWrite for Session {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.conn.stream {
+        let r = match &mut self.conn.stream {
             Stream::Quic(q) => {
                 let r = AsyncWrite::poll_write(Pin::new(&mut q.send), cx, buf);
                 if let (Poll::Ready(Ok(_)), Some(a)) = (&r, &q.activity) {
@@ -312,7 +322,11 @@ impl AsyncWrite for Session {
             }
             Stream::Mptcp(s) => AsyncWrite::poll_write(Pin::new(&mut **s), cx, buf),
             Stream::Resume(r) => AsyncWrite::poll_write(Pin::new(&mut **r), cx, buf),
+        };
+        if let (Poll::Ready(Ok(n)), Some(m)) = (&r, &mut self.flow) {
+            m.count(*n);
         }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -94,6 +94,27 @@ pub fn certificate(dir: &Scratch, names: &[&str]) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// `roam serve --echo --json` on `addr` in `ns` with `cert` and `key`, once it said it listens.
+pub fn serve_echo(
+    ns: &roam_tests::netns::Netns,
+    addr: std::net::SocketAddr,
+    (cert, key): (&Path, &Path),
+) -> Running {
+    let mut serve = ns.command(roam().to_str().unwrap());
+    serve
+        .args(["serve", "--listen", &addr.to_string(), "--echo", "--json"])
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key);
+    let mut server = Running::start(serve);
+    let listening = server.wait_for("listening line", Duration::from_secs(10), |l| {
+        l.contains("\"listening\"")
+    });
+    assert!(listening.contains(&addr.to_string()), "{listening}");
+    server
+}
+
 /// A running process whose standard output is read line by line on a thread; killed on drop.
 pub struct Running {
     pub child: Child,

@@ -31,7 +31,9 @@ pub const LONG_ABOUT: &str = "Open a session to HOST:PORT and keep it alive whil
     established (to standard output with --bytes, else to standard error), and with --bytes a \
     last line {\"event\":\"done\",\"bytes_sent\":N,\"bytes_echoed\":N,\"intact\":true,\
     \"max_echo_gap_ms\":X}; max_echo_gap_ms is the longest pause in the echo while sent data \
-    was waiting for it: what an app felt, whichever direction stalled.\n\n\
+    was waiting for it: what an app felt, whichever direction stalled. Every path the session \
+    starts or stops using is a path_added or path_removed line with its interface (MPTCP \
+    subflows; for a session on one path, its first path and each move).\n\n\
     Exit status 0 only when everything sent came back intact (--bytes) or the session ended \
     cleanly (netcat mode); 1 otherwise, 2 for a usage error.\n\n\
     Decisions come from roamd when its socket answers (ROAM_SOCKET, else \
@@ -55,7 +57,9 @@ pub struct Args {
     /// The app id the policy's `app "..."` blocks match, sent to the server.
     #[arg(long, value_name = "ID")]
     app: Option<String>,
-    /// A policy file (the roam policy language) for the embedded decisions.
+    /// A policy file (the roam policy language) for the embedded decisions. Flow-size rules
+    /// apply: with `start on cell then add wifi after 1MB` the session starts on cellular and
+    /// WiFi is added once it has carried 1 MB both ways.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// An application protocol (ALPN) offered after roam/1, to talk to any server that speaks
@@ -134,10 +138,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         session.transport(),
         path.interface.as_deref().unwrap_or("an unknown interface")
     ));
+    let mut narrator = Narrator::default();
+    out.json(&narrator.connected(&path));
     let mut events = session.events();
     let watched = on.clone();
     tokio::spawn(async move {
-        let mut narrator = Narrator::default();
         while let Some(e) = events.next().await {
             if let roam::SessionEvent::PathChanged { to, .. } = &e {
                 *lock(&watched) = Some(to.interface.clone());

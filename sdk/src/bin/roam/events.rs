@@ -4,13 +4,18 @@
 //! established (`roam serve` adds `session`, a number per accepted session). Interfaces are
 //! named as the kernel names them. Words of reasons are the SDK's, with `_` for spaces
 //! (`link_lost`, `primary_changed`, `path_stalled`, `address_changed`).
+//!
+//! Every path a session starts using or stops using is a `path_added` or `path_removed` line
+//! with its `interface`: MPTCP subflows as the kernel lists them, and for a session on one
+//! path (QUIC without multipath, tcp-resume) its first path and each move, which removes the
+//! path it left and adds the one it went to.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
 use roam::path::LocalPath;
-use roam::{SessionEvent, Subflow};
+use roam::{PathInfo, SessionEvent, Subflow};
 use serde_json::{Value, json};
 
 /// Where event lines go: JSON or sentences, to standard output or standard error.
@@ -68,35 +73,69 @@ fn iface(p: &LocalPath) -> &str {
 }
 
 /// One subflow as JSON.
+/// One path as JSON; a local port 0 is one the event did not say (a move): the address alone.
 fn subflow_json(s: &Subflow) -> Value {
+    let local = s.local.map(|a| match a.port() {
+        0 => a.ip().to_string(),
+        _ => a.to_string(),
+    });
     json!({
         "id": s.id,
         "interface": s.interface,
-        "local": s.local.map(|a| a.to_string()),
+        "local": local,
         "remote": s.remote.map(|a| a.to_string()),
         "backup": s.backup,
     })
 }
 
-/// Turns a session's events into lines, remembering the subflows it saw so that additions and
+/// Turns a session's events into lines, remembering the paths it saw so that additions and
 /// removals can be told apart.
 #[derive(Debug, Default)]
 pub struct Narrator {
-    subflows: BTreeMap<(u32, Option<String>, Option<String>), Subflow>,
+    /// The paths in use, by (local, remote) address.
+    subflows: BTreeMap<(Option<String>, Option<String>), Subflow>,
+    /// The session lists its paths (`SubflowsChanged`): a move is then a change of the
+    /// primary among them, not a path added and one removed.
+    listed: bool,
 }
 
 impl Narrator {
+    /// The `path_added` line of the session's first path (`t_ms` 0), to print after the
+    /// `connected` line.
+    pub fn connected(&mut self, path: &PathInfo) -> Value {
+        let first = Subflow {
+            id: 0,
+            local: path.local,
+            remote: Some(path.remote),
+            interface: path.interface.clone(),
+            backup: Some(false),
+            rtt: path.rtt,
+            bytes_sent: None,
+            bytes_acked: None,
+            bytes_received: None,
+        };
+        let mut v = self.subflow_changes(&[first]).pop().unwrap_or_default();
+        v["t_ms"] = json!(0);
+        v
+    }
+
     /// The JSON objects for `e` (usually one; a change of subflows gives one per path added or
     /// removed), each with `t_ms`.
     pub fn json(&mut self, e: &SessionEvent, t_ms: u64) -> Vec<Value> {
         let mut out = match e {
-            SessionEvent::PathChanged { from, to, reason } => vec![json!({
-                "event": "path_changed",
-                "from": from.as_ref().map(iface),
-                "to": to.interface,
-                "to_local": to.local.to_string(),
-                "reason": word(reason),
-            })],
+            SessionEvent::PathChanged { from, to, reason } => {
+                let mut v = vec![json!({
+                    "event": "path_changed",
+                    "from": from.as_ref().map(iface),
+                    "to": to.interface,
+                    "to_local": to.local.to_string(),
+                    "reason": word(reason),
+                })];
+                if !self.listed {
+                    v.extend(self.moved(to));
+                }
+                v
+            }
             SessionEvent::Degraded { path, reason } => vec![json!({
                 "event": "degraded", "path": path.interface, "reason": word(reason),
             })],
@@ -123,7 +162,10 @@ impl Narrator {
             SessionEvent::KernelPathManager { detail } => {
                 vec![json!({"event": "kernel_path_manager", "detail": detail})]
             }
-            SessionEvent::SubflowsChanged(now) => self.subflow_changes(now),
+            SessionEvent::SubflowsChanged(now) => {
+                self.listed = true;
+                self.subflow_changes(now)
+            }
             SessionEvent::Resumed { path, resent } => vec![json!({
                 "event": "resumed",
                 "path": path.as_ref().map(iface),
@@ -137,11 +179,28 @@ impl Narrator {
         out
     }
 
-    /// `path_added` and `path_removed` objects for the difference to the last set of subflows.
+    /// A session on one path moved to `to`: the path it left removed, `to` added (towards
+    /// the same peer, from an address whose port the event does not say).
+    fn moved(&mut self, to: &LocalPath) -> Vec<Value> {
+        let remote = self.subflows.values().find_map(|s| s.remote);
+        let next = Subflow {
+            id: 0,
+            local: Some(std::net::SocketAddr::new(to.local, 0)),
+            remote,
+            interface: Some(to.interface.clone()),
+            backup: Some(false),
+            rtt: std::time::Duration::ZERO,
+            bytes_sent: None,
+            bytes_acked: None,
+            bytes_received: None,
+        };
+        self.subflow_changes(&[next])
+    }
+
+    /// `path_added` and `path_removed` objects for the difference to the last set of paths.
     fn subflow_changes(&mut self, now: &[Subflow]) -> Vec<Value> {
         let key = |s: &Subflow| {
             (
-                s.id,
                 s.local.map(|a| a.to_string()),
                 s.remote.map(|a| a.to_string()),
             )
@@ -231,13 +290,100 @@ mod tests {
             reason: roam::path::MigrationReason::LinkLost,
         };
         let v = Narrator::default().json(&e, 512);
-        assert_eq!(v.len(), 1);
+        // The path it went to is added too (the narrator saw no path before).
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1]["event"], "path_added");
         assert_eq!(v[0]["event"], "path_changed");
         assert_eq!(v[0]["from"], "wlan0");
         assert_eq!(v[0]["to"], "rmnet0");
         assert_eq!(v[0]["reason"], "link_lost");
         assert_eq!(v[0]["t_ms"], 512);
         assert!(sentence(&e).unwrap().contains("wlan0 -> rmnet0"));
+    }
+
+    #[test]
+    fn a_session_on_one_path_adds_its_first_path_and_each_move_removes_one_and_adds_one() {
+        let mut n = Narrator::default();
+        let first = n.connected(&PathInfo {
+            interface: Some("rmnet0".into()),
+            local: Some(([198, 18, 1, 2], 5000).into()),
+            remote: ([198, 19, 0, 1], 4433).into(),
+            rtt: std::time::Duration::from_millis(1),
+            bytes_sent: 0,
+            bytes_received: 0,
+        });
+        assert_eq!(
+            (&first["event"], &first["interface"], &first["t_ms"]),
+            (&json!("path_added"), &json!("rmnet0"), &json!(0))
+        );
+        let moved = n.json(
+            &SessionEvent::PathChanged {
+                from: Some(LocalPath {
+                    interface: "rmnet0".into(),
+                    local: [198, 18, 1, 2].into(),
+                }),
+                to: LocalPath {
+                    interface: "wlan0".into(),
+                    local: [198, 18, 0, 2].into(),
+                },
+                reason: roam::path::MigrationReason::PrimaryChanged,
+            },
+            900,
+        );
+        let kinds: Vec<_> = moved
+            .iter()
+            .map(|v| (v["event"].as_str().unwrap(), v["t_ms"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("path_changed", 900),
+                ("path_removed", 900),
+                ("path_added", 900)
+            ]
+        );
+        assert_eq!(moved[1]["interface"], "rmnet0");
+        assert_eq!(moved[2]["interface"], "wlan0");
+        assert_eq!(moved[2]["remote"], "198.19.0.1:4433");
+        assert_eq!(
+            moved[2]["local"], "198.18.0.2",
+            "the new port is not known here"
+        );
+        assert_eq!(moved[1]["local"], "198.18.1.2:5000");
+    }
+
+    #[test]
+    fn a_session_that_lists_its_paths_is_narrated_from_the_list() {
+        let mut n = Narrator::default();
+        let first = n.connected(&PathInfo {
+            interface: Some("wlan0".into()),
+            local: Some(([198, 18, 0, 2], 1000).into()),
+            remote: ([198, 19, 0, 1], 4433).into(),
+            rtt: std::time::Duration::from_millis(1),
+            bytes_sent: 0,
+            bytes_received: 0,
+        });
+        assert_eq!(first["interface"], "wlan0");
+        // The kernel's list names the first subflow again: not a second addition.
+        let listed = n.json(
+            &SessionEvent::SubflowsChanged(vec![sub(1, "wlan0", 1000), sub(2, "rmnet0", 1001)]),
+            5,
+        );
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0]["interface"], "rmnet0");
+        // A move among listed paths changes no path.
+        let moved = n.json(
+            &SessionEvent::PathChanged {
+                from: None,
+                to: LocalPath {
+                    interface: "rmnet0".into(),
+                    local: [198, 18, 0, 2].into(),
+                },
+                reason: roam::path::MigrationReason::LinkLost,
+            },
+            6,
+        );
+        assert_eq!(moved.len(), 1);
     }
 
     #[test]
