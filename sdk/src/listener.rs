@@ -44,8 +44,9 @@ const BACKLOG: usize = 64;
 ///   QUIC sessions share the endpoint's one UDP socket. Raise `RLIMIT_NOFILE` (`ulimit -n`, systemd's `LimitNOFILE=`) to the sessions
 ///   you expect plus some room. When it runs out the TCP side logs `out of descriptors` with
 ///   the limit, sheds the oldest handshake and backs off; established sessions go on.
-/// - **memory**: measured with `load-bench --sessions` (README, Measuring) on an echo server,
-///   tens of KiB per idle session (its buffers, TLS and QUIC state), more for a busy one.
+/// - **memory**: about 52 KiB per idle QUIC session and 97 KiB per idle tcp-resume session
+///   (its buffers, TLS and transport state; `load-bench --sessions 10000 --resume-sessions
+///   9000` on an echo server), more for a busy one.
 /// - **waiting sessions**: at most 64 accepted sessions wait for [`Listener::accept`]; past
 ///   that, finished handshakes wait for room (an app that stops calling `accept` stops
 ///   admitting clients, it does not drop them).
