@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::core::{Action, AgentFacts, ClientId, Core, Event, LinkInfo, Policy};
 use crate::enforce::Enforcers;
 use crate::enforce::subflows::{FromKernel, Subflows};
-use crate::ipc::proto::{self, Reply};
-use crate::ipc::server::{self, FromClient};
+use crate::ipc::proto::{self, Reply, Update};
+use crate::ipc::server::{self, FromClient, Outbox, SendError};
 use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
 use crate::monitor::counters;
 use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
@@ -54,7 +54,9 @@ pub fn load_policy(path: &Path) -> Result<Policy, String> {
 /// The I/O half of a client; who it is and what it may do is the core's (`Core::connect`).
 struct Conn {
     app: String,
-    tx: mpsc::Sender<Arc<[u8]>>,
+    uid: u32,
+    pid: Option<i32>,
+    out: Outbox,
     reader: AbortHandle,
 }
 
@@ -75,6 +77,9 @@ struct Daemon {
     portal_tx: mpsc::Sender<(u32, Result<u16, String>)>,
     /// The userspace path manager, when the config asks for it (never in a dry run).
     subflows: Option<Subflows>,
+    /// The last update pushed and its encoded frame: a decision that goes to a thousand
+    /// subscribers of one app is encoded once and the same bytes written to each.
+    last_push: Option<(Update, Arc<[u8]>)>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -167,6 +172,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         wireless_tx,
         portal_tx,
         subflows,
+        last_push: None,
     };
     let initial = monitor
         .dump()
@@ -330,7 +336,7 @@ impl Daemon {
             let mut failed = Vec::new();
             while let Some(a) = self.core.poll_action() {
                 match a {
-                    Action::Push { client, update } => self.reply(client, &Reply::Update(update)),
+                    Action::Push { client, update } => self.push(client, update),
                     Action::Reply { client, reply } => self.reply(client, &reply),
                     Action::SendProbe {
                         index,
@@ -418,18 +424,27 @@ impl Daemon {
         });
     }
 
-    /// Queues a frame for a client; a client whose queue is full is not reading and is dropped.
+    /// Sends a frame to a client: written at once if its socket has room, else queued; a
+    /// client with [`server::CLIENT_QUEUE`] frames already waiting does not read and is
+    /// dropped, so it never holds up the others.
     fn send(&mut self, client: ClientId, frame: Arc<[u8]>) {
         let Some(c) = self.conns.get(&client) else {
             return;
         };
-        match c.tx.try_send(frame) {
+        match c.out.send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(client, app = %c.app, "client does not read its events; dropping it");
+            Err(SendError::Full) => {
+                tracing::warn!(
+                    client,
+                    app = %c.app,
+                    uid = c.uid,
+                    pid = c.pid,
+                    queued = server::CLIENT_QUEUE,
+                    "client does not read its events; dropping it"
+                );
                 self.drop_client(client);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.drop_client(client),
+            Err(SendError::Closed) => self.drop_client(client),
         }
     }
 
@@ -438,8 +453,26 @@ impl Daemon {
         self.send(client, frame);
     }
 
+    /// Pushes a decision. The core makes one update per subscriber; equal ones in a row (the
+    /// subscribers of one app and flow) share one encoding.
+    fn push(&mut self, client: ClientId, update: Update) {
+        let frame = match &self.last_push {
+            Some((last, frame)) if *last == update => frame.clone(),
+            _ => {
+                let reply = Reply::Update(update);
+                let frame: Arc<[u8]> = proto::encode(&reply).into();
+                if let Reply::Update(update) = reply {
+                    self.last_push = Some((update, frame.clone()));
+                }
+                frame
+            }
+        };
+        self.send(client, frame);
+    }
+
     fn drop_client(&mut self, client: ClientId) {
         if let Some(c) = self.conns.remove(&client) {
+            c.out.close();
             c.reader.abort();
         }
         self.core.disconnect(Instant::now(), client);
@@ -450,12 +483,18 @@ impl Daemon {
             FromClient::Connected {
                 client,
                 peer,
-                tx,
+                out,
                 reader,
             } => {
                 tracing::info!(client, uid = peer.uid, app = %peer.app, admin = peer.admin, "client connected");
-                let app = peer.app.clone();
-                self.conns.insert(client, Conn { app, tx, reader });
+                let conn = Conn {
+                    app: peer.app.clone(),
+                    uid: peer.uid,
+                    pid: peer.pid,
+                    out,
+                    reader,
+                };
+                self.conns.insert(client, conn);
                 self.core.connect(client, peer);
             }
             FromClient::Gone { client } => {

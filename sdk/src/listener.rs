@@ -35,6 +35,23 @@ const BACKLOG: usize = 64;
 /// handshakes are under way at once; a newer connection sheds the oldest, so a flood of
 /// connections that never speak cannot use up the process's descriptors or hold up a new
 /// client (QUIC handshakes past 256 wait in quinn's queue).
+///
+/// # Limits
+///
+/// Nothing caps the number of established sessions; what runs out first is the process's:
+/// - **descriptors**: an MPTCP session holds its socket, a tcp-resume session two (its socket
+///   and a duplicate to read `TCP_INFO`; a detached one keeps them for its grace period);
+///   QUIC sessions share the endpoint's one UDP socket. Raise `RLIMIT_NOFILE` (`ulimit -n`, systemd's `LimitNOFILE=`) to the sessions
+///   you expect plus some room. When it runs out the TCP side logs `out of descriptors` with
+///   the limit, sheds the oldest handshake and backs off; established sessions go on.
+/// - **memory**: about 52 KiB per idle QUIC session and 97 KiB per idle tcp-resume session
+///   (its buffers, TLS and transport state; `load-bench --sessions 10000 --resume-sessions
+///   9000` on an echo server), more for a busy one.
+/// - **waiting sessions**: at most 64 accepted sessions wait for [`Listener::accept`]; past
+///   that, finished handshakes wait for room (an app that stops calling `accept` stops
+///   admitting clients, it does not drop them).
+/// - **handshakes**: 256 TCP and 256 QUIC handshakes under way at once, each bounded by the
+///   10 s header timeout.
 #[derive(Debug)]
 pub struct Listener {
     endpoint: quinn::Endpoint,
@@ -184,13 +201,29 @@ async fn tcp_accept_loop(
             Ok(a) => a,
             Err(e) => {
                 failures += 1;
-                if failures == 1 {
-                    tracing::warn!(error = %e, "accepting TCP connections fails");
-                }
                 let out_of_fds = matches!(
                     e.raw_os_error(),
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 );
+                if failures == 1 {
+                    match e.raw_os_error() {
+                        Some(libc::EMFILE) => tracing::warn!(
+                            error = %e,
+                            limit = nofile_limit(),
+                            "accepting TCP connections fails: out of descriptors (this process's RLIMIT_NOFILE); \
+                             every TCP session holds one, raise the limit for more sessions"
+                        ),
+                        Some(libc::ENFILE) => tracing::warn!(
+                            error = %e,
+                            "accepting TCP connections fails: out of descriptors system-wide (fs.file-max)"
+                        ),
+                        Some(libc::ENOBUFS | libc::ENOMEM) => tracing::warn!(
+                            error = %e,
+                            "accepting TCP connections fails: the kernel is out of socket memory"
+                        ),
+                        _ => tracing::warn!(error = %e, "accepting TCP connections fails"),
+                    }
+                }
                 if out_of_fds && lock(&pending).evict_oldest().is_some() {
                     // Its task closes its socket when it next runs.
                     tokio::task::yield_now().await;
@@ -261,6 +294,19 @@ async fn tcp_accept_loop(
             .in_current_span(),
         );
     }
+}
+
+/// This process's soft limit of open files, for the message that says it ran out.
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    r.rlim_cur
 }
 
 /// Reads the 4-byte magic that says which protocol a TCP connection speaks.

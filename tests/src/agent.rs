@@ -170,6 +170,29 @@ impl AgentExe {
         })
     }
 
+    /// The agent as it ships, for a benchmark: the `roamd` binary built beside the running one
+    /// (`target/release/roamd` next to `target/release/agent-bench`: its own code, runtime and
+    /// log level), else the agent linked into the running binary, with a note on standard
+    /// error that its memory and log level are not roamd's.
+    pub fn shipped_or_current() -> Result<AgentExe> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let roamd = exe.with_file_name("roamd");
+        if roamd.is_file() {
+            return Ok(AgentExe::roamd(roamd));
+        }
+        eprintln!(
+            "no roamd beside {} (cargo build --release --bin roamd): measuring the agent linked \
+             into this binary, whose code, memory and log level are not roamd's",
+            exe.display()
+        );
+        AgentExe::current()
+    }
+
+    /// The program started.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
     /// Another binary of this crate (tests pass `env!("CARGO_BIN_EXE_handover-bench")`).
     pub fn at(program: impl Into<PathBuf>) -> AgentExe {
         AgentExe {

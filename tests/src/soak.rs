@@ -122,8 +122,8 @@ pub fn open_fds(pid: u32) -> Result<u64> {
         .count() as u64)
 }
 
-/// Raises this process's soft limit of open files to at least `want` (within the hard
-/// limit), for benches that hold many connections.
+/// Raises this process's limit of open files to at least `want`, for benches that hold many
+/// connections: the soft limit, and the hard one too when it is lower (that needs root).
 pub fn raise_nofile(want: u64) -> Result<()> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -137,13 +137,17 @@ pub fn raise_nofile(want: u64) -> Result<()> {
         if lim.rlim_cur >= want {
             return Ok(());
         }
-        if lim.rlim_max < want {
+        let hard = lim.rlim_max;
+        lim.rlim_cur = want;
+        // Root (CAP_SYS_RESOURCE) may raise the hard limit too, up to fs.nr_open.
+        lim.rlim_max = lim.rlim_max.max(want);
+        if hard < want && libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
             bail!(
-                "{want} open files needed but the hard limit is {}; ask for fewer connections",
-                lim.rlim_max
+                "{want} open files needed but the hard limit is {hard} and cannot be raised \
+                 ({}; raising it needs root); ask for fewer connections",
+                std::io::Error::last_os_error()
             );
         }
-        lim.rlim_cur = want;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
             return Err(std::io::Error::last_os_error().into());
         }

@@ -1,13 +1,12 @@
 //! The listening side of the protocol: accept, identify the peer (`SO_PEERCRED`), read frames,
 //! write frames. What a request means, and who may make it, is decided by the core
 //! (`roam_agent_core::clients`); this file only moves frames and drops a connection that breaks the protocol.
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -24,7 +23,8 @@ pub use crate::core::Peer;
 /// How long a new connection has to say hello.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How many frames may wait for a slow client before it is dropped.
+/// How many frames may wait for a slow client (beyond what its socket buffer holds) before
+/// it is dropped.
 pub const CLIENT_QUEUE: usize = 256;
 
 /// What the connections tell the daemon.
@@ -37,7 +37,7 @@ pub enum FromClient {
         /// Who it is.
         peer: Peer,
         /// Where its frames go.
-        tx: mpsc::Sender<Arc<[u8]>>,
+        out: Outbox,
         /// Stops its reader (the daemon drops a client that does not read its frames).
         reader: AbortHandle,
     },
@@ -164,26 +164,26 @@ pub async fn accept_loop(
         next_id += 1;
         let span = tracing::info_span!("client", id = client, uid = peer.uid, app = %peer.app);
         let tx = to_daemon.clone();
-        tokio::spawn(connection(stream, client, peer, tx).instrument(span));
+        tokio::spawn(connection(Arc::new(stream), client, peer, tx).instrument(span));
     }
 }
 
+/// One connection until it said hello (or failed to): a connection that connects and drops,
+/// or never speaks, costs this task and its socket only (no writer, no queue), so a flood of
+/// them takes as little as possible from the subscribers' decisions.
 async fn connection(
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     client: ClientId,
     peer: Peer,
     to_daemon: mpsc::Sender<FromClient>,
 ) {
-    let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Arc<[u8]>>(CLIENT_QUEUE);
-    tokio::spawn(writer(wr, rx).in_current_span());
-
+    let out = Outbox::new(stream.clone());
     // A connection that never says hello would hold its task for ever.
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_request(&mut rd)).await {
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_request(&stream)).await {
         Ok(r) => r,
         Err(_) => {
             refuse(
-                &tx,
+                &out,
                 "bad_request",
                 format!("no hello within {HELLO_TIMEOUT:?}"),
             );
@@ -194,7 +194,7 @@ async fn connection(
         Ok(Request::Hello { version }) if version == VERSION => version,
         Ok(Request::Hello { version }) => {
             refuse(
-                &tx,
+                &out,
                 "version",
                 format!(
                     "this agent speaks protocol version {VERSION}, not {version}; upgrade the client or the agent"
@@ -203,16 +203,20 @@ async fn connection(
             return;
         }
         Ok(_) => {
-            refuse(&tx, "bad_request", "the first message must be hello".into());
+            refuse(
+                &out,
+                "bad_request",
+                "the first message must be hello".into(),
+            );
             return;
         }
         Err(e) => {
-            refuse_frame(&tx, e);
+            refuse_frame(&out, e);
             return;
         }
     };
     tracing::debug!(version = hello, pid = peer.pid, "hello");
-    let _ = tx.try_send(
+    let _ = out.send(
         proto::encode(&Reply::Hello {
             version: VERSION,
             agent: agent_name(),
@@ -225,14 +229,14 @@ async fn connection(
 
     // The reader runs as its own task so the daemon can stop it (a client that does not read
     // what it is sent is dropped whole).
-    let reader_tx = tx.clone();
+    let reader_out = out.clone();
     let daemon = to_daemon.clone();
     let reader = tokio::spawn(
         async move {
             loop {
-                match read_request(&mut rd).await {
+                match read_request(&stream).await {
                     Ok(Request::Hello { .. }) => {
-                        refuse(&reader_tx, "bad_request", "hello was already said".into());
+                        refuse(&reader_out, "bad_request", "hello was already said".into());
                         break;
                     }
                     Ok(request) => {
@@ -246,7 +250,7 @@ async fn connection(
                     }
                     Err(FrameError::Closed) => break,
                     Err(e) => {
-                        refuse_frame(&reader_tx, e);
+                        refuse_frame(&reader_out, e);
                         break;
                     }
                 }
@@ -259,7 +263,7 @@ async fn connection(
         .send(FromClient::Connected {
             client,
             peer,
-            tx,
+            out,
             reader: reader.abort_handle(),
         })
         .await;
@@ -270,9 +274,9 @@ pub fn agent_name() -> String {
     format!("roamd {}", env!("CARGO_PKG_VERSION"))
 }
 
-fn refuse(tx: &mpsc::Sender<Arc<[u8]>>, code: &str, message: String) {
+fn refuse(out: &Outbox, code: &str, message: String) {
     tracing::info!(code, %message, "closing connection");
-    let _ = tx.try_send(
+    let _ = out.send(
         proto::encode(&Reply::Error {
             id: None,
             code: code.into(),
@@ -282,33 +286,273 @@ fn refuse(tx: &mpsc::Sender<Arc<[u8]>>, code: &str, message: String) {
     );
 }
 
-fn refuse_frame(tx: &mpsc::Sender<Arc<[u8]>>, e: FrameError) {
+fn refuse_frame(out: &Outbox, e: FrameError) {
     match e {
         FrameError::Closed | FrameError::Io(_) => {}
-        FrameError::BadLength(_) => refuse(tx, "bad_frame", e.to_string()),
-        FrameError::BadMessage(_) => refuse(tx, "bad_request", e.to_string()),
+        FrameError::BadLength(_) => refuse(out, "bad_frame", e.to_string()),
+        FrameError::BadMessage(_) => refuse(out, "bad_request", e.to_string()),
     }
 }
 
-async fn read_request(rd: &mut OwnedReadHalf) -> Result<Request, FrameError> {
+async fn read_request(stream: &UnixStream) -> Result<Request, FrameError> {
     let mut prefix = [0; 4];
-    match rd.read_exact(&mut prefix).await {
-        Ok(_) => {}
+    match read_exact(stream, &mut prefix).await {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
     let len = proto::check_len(prefix)?;
     let mut body = vec![0; len];
-    rd.read_exact(&mut body).await?;
+    read_exact(stream, &mut body).await?;
     Ok(serde_json::from_slice(&body)?)
 }
 
-async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Arc<[u8]>>) {
-    while let Some(frame) = rx.recv().await {
-        if let Err(e) = wr.write_all(&frame).await {
+/// `read_exact` on a shared stream (the [`Outbox`] writes through the same one).
+async fn read_exact(stream: &UnixStream, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        stream.readable().await?;
+        match stream.try_read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Why a frame was not taken for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// [`CLIENT_QUEUE`] frames already wait for it: it does not read what it is sent.
+    Full,
+    /// Its connection is closed or broken (or [`Outbox::close`] was called).
+    Closed,
+}
+
+/// Where a client's frames go. A frame is written at once, from the caller, when the socket
+/// has room for it (the usual case: no task hop, no wait, so the first subscriber of a
+/// decision has it before the next one's is even written); what does not fit waits in a
+/// queue of at most [`CLIENT_QUEUE`] frames that a writer task of this client's own sends as
+/// the client reads. So one client that does not read never holds up another: its queue
+/// fills and [`Outbox::send`] says [`SendError::Full`].
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    stream: Arc<UnixStream>,
+    queue: std::sync::Mutex<Queue>,
+    /// Wakes the writer when the outbox is closed.
+    closed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Arc<[u8]>>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    /// Whether a writer task is under way (it is while `frames` is not empty).
+    writer: bool,
+    closed: bool,
+}
+
+impl Outbox {
+    /// The outbox of `stream`.
+    pub fn new(stream: Arc<UnixStream>) -> Outbox {
+        Outbox {
+            shared: Arc::new(Shared {
+                stream,
+                queue: std::sync::Mutex::new(Queue::default()),
+                closed: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `frame` (written now if the socket takes it, else queued). Must be called
+    /// within a tokio runtime (a writer task may be started).
+    pub fn send(&self, frame: Arc<[u8]>) -> Result<(), SendError> {
+        let mut q = self.queue();
+        if q.closed {
+            return Err(SendError::Closed);
+        }
+        if !q.frames.is_empty() {
+            if q.frames.len() >= CLIENT_QUEUE {
+                return Err(SendError::Full);
+            }
+            q.frames.push_back(frame);
+            return Ok(());
+        }
+        let written = match self.shared.stream.try_write(&frame) {
+            Ok(n) if n == frame.len() => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                tracing::debug!(error = %e, "client write failed");
+                q.closed = true;
+                return Err(SendError::Closed);
+            }
+        };
+        q.frames.push_back(frame);
+        q.written = written;
+        if !q.writer {
+            q.writer = true;
+            tokio::spawn(flush(self.shared.clone()).in_current_span());
+        }
+        Ok(())
+    }
+
+    /// Drops what is queued and stops the writer; later sends fail. The socket closes when
+    /// its reader is gone too.
+    pub fn close(&self) {
+        let mut q = self.queue();
+        q.closed = true;
+        q.frames.clear();
+        drop(q);
+        self.shared.closed.notify_one();
+    }
+
+    /// Frames waiting for the client to read.
+    pub fn queued(&self) -> usize {
+        self.queue().frames.len()
+    }
+}
+
+/// The writer: sends the queue as the socket makes room, until it is empty (then ends; the
+/// next frame that does not fit starts another) or the outbox is closed.
+async fn flush(shared: Arc<Shared>) {
+    loop {
+        let ready = tokio::select! {
+            r = shared.stream.writable() => r,
+            _ = shared.closed.notified() => return,
+        };
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.closed {
+            return;
+        }
+        if let Err(e) = ready {
             tracing::debug!(error = %e, "client write failed");
+            q.closed = true;
+            q.frames.clear();
+            return;
+        }
+        while let Some(front) = q.frames.front().cloned() {
+            match shared.stream.try_write(&front[q.written..]) {
+                Ok(n) => {
+                    q.written += n;
+                    if q.written == front.len() {
+                        q.frames.pop_front();
+                        q.written = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client write failed");
+                    q.closed = true;
+                    q.frames.clear();
+                    return;
+                }
+            }
+        }
+        if q.frames.is_empty() {
+            q.writer = false;
             return;
         }
     }
-    let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn pair() -> (Outbox, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        (Outbox::new(Arc::new(a)), b)
+    }
+
+    fn frame(i: u32, len: usize) -> Arc<[u8]> {
+        let mut f = vec![(i % 251) as u8; len];
+        f[..4].copy_from_slice(&i.to_be_bytes());
+        f.into()
+    }
+
+    /// A client that does not read fills its socket, then its queue, and is refused with
+    /// `Full`, while another client's frames keep going out at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_that_does_not_read_is_full_and_holds_up_no_other() {
+        let (stuck, _stuck_peer) = pair();
+        let (live, mut live_peer) = pair();
+        let mut sent = 0u32;
+        let full = loop {
+            match stuck.send(frame(sent, 4096)) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(live.send(frame(sent, 64)).is_ok());
+            let mut got = [0u8; 64];
+            // The live client has each frame at once: nothing queued behind the stuck one.
+            assert_eq!(live.queued(), 0);
+            live_peer.read_exact(&mut got).await.expect("live frame");
+            assert_eq!(got[..4], sent.to_be_bytes());
+            assert!(sent < 100_000, "never full");
+        };
+        assert_eq!(full, SendError::Full);
+        assert_eq!(stuck.queued(), CLIENT_QUEUE);
+    }
+
+    /// What does not fit in the socket is queued and reaches a client that reads late, whole
+    /// and in order.
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_frames_arrive_in_order_when_the_client_reads() {
+        let (out, mut peer) = pair();
+        let n = 200u32;
+        for i in 0..n {
+            out.send(frame(i, 8192)).expect("queued");
+        }
+        assert!(
+            out.queued() > 0,
+            "the socket took 1.6 MB: test proves nothing"
+        );
+        for i in 0..n {
+            let mut got = vec![0u8; 8192];
+            peer.read_exact(&mut got).await.expect("frame");
+            assert_eq!(got[..], frame(i, 8192)[..], "frame {i}");
+        }
+        assert_eq!(out.queued(), 0);
+    }
+
+    /// A closed outbox drops its queue and refuses more; the client sees end of stream once
+    /// the socket's last owner is gone.
+    #[tokio::test(flavor = "current_thread")]
+    async fn close_drops_the_queue_and_the_writer() {
+        let (out, mut peer) = pair();
+        let mut sent = 0;
+        while out.queued() == 0 {
+            out.send(frame(0, 8192)).expect("queued");
+            sent += 8192;
+        }
+        out.close();
+        assert_eq!(out.queued(), 0);
+        assert_eq!(out.send(frame(1, 8)), Err(SendError::Closed));
+        // Let the writer see the close and let go of the socket.
+        tokio::task::yield_now().await;
+        drop(out);
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            peer.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the socket was not closed")
+        .expect("read");
+        assert!(rest.len() < sent, "the queue was sent after all");
+    }
 }

@@ -61,10 +61,69 @@ struct Args {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    /// The agent's program (`roamd` when built beside this binary).
+    agent: String,
     reaction_ms: Reaction,
     idle: Idle,
     rss_mib: f64,
+    /// What the idle RSS is made of.
+    rss_kib: RssParts,
     fanout_ms: Fanout,
+}
+
+/// Idle RSS by mapping (`/proc/PID/smaps`), KiB.
+#[derive(Debug, Default, Serialize)]
+struct RssParts {
+    /// The agent's own program: its code (`r-xp`).
+    program_code: u64,
+    /// The agent's program: read-only data, relocations and writable data.
+    program_data: u64,
+    /// Shared libraries (libc, libm, the loader...).
+    libraries: u64,
+    /// `[heap]` and anonymous mappings (malloc arenas, thread stacks other than the main one).
+    heap_and_anon: u64,
+    /// The main thread's `[stack]`.
+    stack: u64,
+    /// Everything else (vdso, vvar).
+    other: u64,
+}
+
+/// Sums `Rss:` of every mapping of `pid` into [`RssParts`].
+fn rss_parts(pid: u32) -> Result<RssParts> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let program = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    let program = program.to_string_lossy();
+    let mut parts = RssParts::default();
+    let mut slot: Option<&mut u64> = None;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            if let Some(s) = slot.take() {
+                *s += kib;
+            }
+            continue;
+        }
+        // A mapping's header: "start-end perms offset dev inode [name]".
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || !f[0].contains('-') || f[0].ends_with(':') {
+            continue;
+        }
+        let (perms, name) = (f[1], f.get(5).copied().unwrap_or(""));
+        slot = Some(match name {
+            n if n == program && perms.contains('x') => &mut parts.program_code,
+            n if n == program => &mut parts.program_data,
+            "[heap]" | "" => &mut parts.heap_and_anon,
+            "[stack]" => &mut parts.stack,
+            n if n.starts_with('/') => &mut parts.libraries,
+            _ => &mut parts.other,
+        });
+    }
+    Ok(parts)
 }
 
 #[derive(Debug, Serialize)]
@@ -129,15 +188,21 @@ fn run(args: &Args) -> Result<()> {
     raise_nofile(u64::from(args.subscribers) + 256)?;
     let topo = Topology::phone().build()?;
     let hs = topo.handset();
-    let agent = Agent::start_unsubscribed(hs, &AgentExe::current()?, POLICY)?;
+    let exe = AgentExe::shipped_or_current()?;
+    let agent = Agent::start_unsubscribed(hs, &exe, POLICY)?;
     let pid = agent.pid();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if !String::from_utf8_lossy(&cmdline).contains(roam_tests::agent::AGENT_ARG) {
-        bail!("process {pid} is not the agent: /proc says {cmdline:?}");
+    let program = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    if program.file_name() != exe.program().file_name() {
+        bail!(
+            "process {pid} is not the agent: /proc says it runs {}",
+            program.display()
+        );
     }
+    eprintln!("agent: {}", exe.program().display());
 
     let idle = measure_idle(pid, Duration::from_secs(args.idle_secs))?;
     let rss_mib = vm_rss_kib(pid)? as f64 / 1024.0;
+    let rss_parts = rss_parts(pid)?;
     eprintln!(
         "idle: {} context switches in {:.1} s; RSS {rss_mib:.2} MiB",
         idle.context_switches, idle.seconds
@@ -160,9 +225,11 @@ fn run(args: &Args) -> Result<()> {
     drop(watcher);
 
     let report = Report {
+        agent: exe.program().display().to_string(),
         reaction_ms: reaction,
         idle,
         rss_mib: round3(rss_mib),
+        rss_kib: rss_parts,
         fanout_ms: fanout,
     };
     print!("{}", table(&report, rss_busy));
@@ -475,6 +542,18 @@ fn table(r: &Report, rss_busy: f64) -> String {
             format!(
                 "{:.2} MiB idle, {rss_busy:.2} MiB with {} subscribers",
                 r.rss_mib, f.subscribers
+            ),
+        ),
+        (
+            "idle RSS by mapping".to_owned(),
+            format!(
+                "program code {} KiB, program data {} KiB, libraries {} KiB, heap and anon {} KiB, stack {} KiB, other {} KiB",
+                r.rss_kib.program_code,
+                r.rss_kib.program_data,
+                r.rss_kib.libraries,
+                r.rss_kib.heap_and_anon,
+                r.rss_kib.stack,
+                r.rss_kib.other
             ),
         ),
         (

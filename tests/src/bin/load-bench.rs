@@ -55,6 +55,10 @@ struct Args {
     /// the listener's part.
     #[arg(long, default_value_t = 0)]
     sessions: u32,
+    /// tcp-resume sessions, when not `--sessions`: each holds two descriptors at either end
+    /// (its socket and a duplicate for `TCP_INFO`), so the open-files limit caps them first.
+    #[arg(long)]
+    resume_sessions: Option<u32>,
     /// Handshakes the load generator runs at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -161,12 +165,16 @@ fn run(args: &Args) -> Result<()> {
     };
     let mut listener = Vec::new();
     if args.sessions > 0 {
-        raise_nofile((u64::from(args.sessions) * 2 + 1024).min(19_000))?;
-        for t in [
-            roam::TransportPreference::Quic,
-            roam::TransportPreference::TcpResume,
+        let resume = args.resume_sessions.unwrap_or(args.sessions);
+        // A QUIC session is a UDP socket in the generator, a tcp-resume one two descriptors
+        // at either end: the limits are raised (the hard one too, where allowed) so that
+        // descriptors do not run out first.
+        raise_nofile(u64::from(args.sessions.max(resume * 2)) + 1024)?;
+        for (t, n) in [
+            (roam::TransportPreference::Quic, args.sessions),
+            (roam::TransportPreference::TcpResume, resume),
         ] {
-            let l = run_listener(t, args.sessions, args.concurrency.max(1))?;
+            let l = run_listener(t, n, args.concurrency.max(1))?;
             println!(
                 "listener, {} sessions over {}: {} failed; {:.0} sessions/s; {:.1} KiB per session (RSS {} -> {} KiB); echo RTT p50 {:.3} / p99 {:.3} / max {:.3} ms",
                 l.sessions,
@@ -198,7 +206,9 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     raise_nofile(u64::from(args.subscribers + args.hostile) * 2 + 256)?;
     let topo = Topology::phone().build()?;
     let hs = topo.handset();
-    let agent = Agent::start_unsubscribed(hs, &AgentExe::current()?, POLICY)?;
+    let exe = AgentExe::shipped_or_current()?;
+    eprintln!("agent: {}", exe.program().display());
+    let agent = Agent::start_unsubscribed(hs, &exe, POLICY)?;
     let pid = agent.pid();
     let socket = agent.socket().to_path_buf();
     let rss_start = rss_kib(pid)?;
@@ -556,7 +566,8 @@ fn hostile_kind(
 /// once it listens. Runs until killed.
 fn listener_main(ca_out: Option<PathBuf>) -> Result<()> {
     let ca_out = ca_out.context("usage: __load-listener CA_OUT")?;
-    raise_nofile(19_000)?;
+    // A descriptor per TCP session; QUIC sessions share the endpoint's one socket.
+    raise_nofile(LISTENER_FILES)?;
     let pki = roam_tests::tls::TestPki::generate()?;
     std::fs::write(&ca_out, pki.ca.as_ref())?;
     let tls = pki.roam_server()?;
@@ -584,6 +595,10 @@ fn listener_main(ca_out: Option<PathBuf>) -> Result<()> {
         }
     })
 }
+
+/// The listener process's limit of open files: room for 19,000 TCP sessions (this machine's
+/// hard limit is often 20,000, and raising it needs CAP_SYS_RESOURCE).
+const LISTENER_FILES: u64 = 19_500;
 
 /// The listener's port (UDP for QUIC, TCP for tcp-resume).
 const PORT: u16 = 4443;
@@ -618,32 +633,30 @@ fn run_listener(
         let ca = std::fs::read(&ca_path)?;
         let rss_start = rss_kib(pid)?;
         let target = format!("{}:{PORT}", roam_tests::topology::SERVICE_V4);
-        let builder = roam::Session::builder()
-            .use_roamd(false)
-            .transport(transport)
-            .tls(roam::ClientTls::Ca(vec![ca.into()]))
-            .server_name(roam_tests::tls::SERVER_NAME)
-            .connect_timeout(Duration::from_secs(20))
-            .idle_timeout(Duration::from_secs(60));
+        let fds_before = open_fds(std::process::id())?;
         let (opened, failed, ramp, rtts, rss_loaded) = topo.handset().block_on(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut echo = builder.clone().connect(&target).await?;
+            // One link monitor for every session of the generator (see `SharedSource`).
+            let source = SharedSource::start().await?;
+            let builder = roam::Session::builder()
+                .decision_source(Arc::new(source))
+                .transport(transport)
+                .tls(roam::ClientTls::Ca(vec![ca.into()]))
+                .server_name(roam_tests::tls::SERVER_NAME)
+                .connect_timeout(Duration::from_secs(20))
+                .idle_timeout(Duration::from_secs(60));
             let done = Arc::new(AtomicBool::new(false));
-            let d = done.clone();
-            // The legit session: a 64-byte round trip every 10 ms until done.
-            let pinger = tokio::spawn(async move {
-                let mut rtts = Vec::new();
-                let mut buf = [0u8; 64];
-                while !d.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    echo.write_all(&[7u8; 64]).await?;
-                    echo.flush().await?;
-                    echo.read_exact(&mut buf).await?;
-                    rtts.push(ms(t.elapsed()));
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                anyhow::Ok(rtts)
-            });
+            // The legit session, on a thread and runtime of its own so that its round trips
+            // time the listener, not this generator's one thread busy with the others.
+            let (connected_tx, connected) = tokio::sync::oneshot::channel();
+            let pinger = {
+                let (b, t, d) = (builder.clone(), target.clone(), done.clone());
+                std::thread::Builder::new()
+                    .name("echo".into())
+                    .spawn(move || echo_session(b, &t, &d, connected_tx))?
+            };
+            connected
+                .await
+                .context("the echo session's thread ended")??;
             let started = Instant::now();
             let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
             let mut set = tokio::task::JoinSet::new();
@@ -674,9 +687,18 @@ fn run_listener(
             tokio::time::sleep(Duration::from_secs(3)).await;
             let rss_loaded = rss_kib(pid)?;
             done.store(true, Ordering::Relaxed);
-            let rtts = pinger.await??;
+            // It ends within one round trip and 10 ms.
+            let rtts = pinger
+                .join()
+                .map_err(|_| anyhow::anyhow!("the echo session panicked"))??;
             let opened = sessions.len() as u32;
             drop(sessions);
+            // The next transport starts from as many descriptors as this one did: closing QUIC
+            // endpoints linger until their connections have drained.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while open_fds(std::process::id())? > fds_before + 64 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             anyhow::Ok((opened, failed, ramp, rtts, rss_loaded))
         })??;
         let r = sorted(rtts);
@@ -702,4 +724,66 @@ fn run_listener(
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// One echo session: a 64-byte round trip every 10 ms until `done`; says on `connected` when
+/// it is open (or why not). Its round trips in milliseconds.
+fn echo_session(
+    builder: roam::SessionBuilder,
+    target: &str,
+    done: &AtomicBool,
+    connected: tokio::sync::oneshot::Sender<Result<()>>,
+) -> Result<Vec<f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut echo = match builder.connect(target).await {
+            Ok(s) => {
+                let _ = connected.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = connected.send(Err(anyhow::anyhow!("the echo session: {e}")));
+                bail!("the echo session did not open");
+            }
+        };
+        let mut rtts = Vec::new();
+        let mut buf = [0u8; 64];
+        while !done.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            echo.write_all(&[7u8; 64]).await?;
+            echo.flush().await?;
+            echo.read_exact(&mut buf).await?;
+            rtts.push(ms(t.elapsed()));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(rtts)
+    })
+}
+
+/// The load generator's decision source: one embedded link monitor, subscribed once, whose
+/// snapshots every session follows. A session's own embedded monitor (a netlink socket, a link
+/// table, a task) is what `use_roamd(false)` gives each session; ten thousand of them cost the
+/// generator ten thousand netlink sockets and the memory of each, which is the generator's
+/// cost, not the listener's that this bench measures.
+#[derive(Debug)]
+struct SharedSource {
+    snapshots: tokio::sync::watch::Receiver<Arc<roam::Snapshot>>,
+}
+
+impl SharedSource {
+    async fn start() -> Result<SharedSource> {
+        use roam::DecisionSource;
+        let snapshots = roam::Embedded::default_policy().subscribe(None).await?;
+        Ok(SharedSource { snapshots })
+    }
+}
+
+impl roam::DecisionSource for SharedSource {
+    fn subscribe<'a>(&'a self, _app: Option<&'a str>) -> roam::decision::SubscribeFuture<'a> {
+        let snapshots = self.snapshots.clone();
+        Box::pin(async move { Ok(snapshots) })
+    }
 }
