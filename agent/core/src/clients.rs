@@ -64,12 +64,12 @@ impl Default for AgentFacts {
 
 /// What a client was last sent, less the explanation: a new explanation alone (a figure in it
 /// moved) is not worth a push.
-pub(crate) type Pushed = (
+pub(crate) type Pushed = std::sync::Arc<(
     MultipathMode,
     Vec<Path>,
     Vec<(String, LinkKind, LinkState)>,
     Option<FlowThresholds>,
-);
+)>;
 
 /// One open connection.
 #[derive(Debug)]
@@ -90,7 +90,8 @@ pub(crate) struct Subscription {
     pub(crate) next_flow_check: Option<Instant>,
     /// What was last pushed: decision without its explanation, and the link summary.
     pub(crate) pushed: Option<Pushed>,
-    pub(crate) last: Option<Decision>,
+    /// Its decision now; shared by every subscriber of the app in the same flow interval.
+    pub(crate) last: Option<std::sync::Arc<Decision>>,
 }
 
 /// Every open connection and every subscription.

@@ -39,6 +39,7 @@ mod steer;
 pub mod subflow;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use roam_policy::{Decision, Flow, FlowThresholds, Interface, LinkState, State};
@@ -447,7 +448,12 @@ impl Core {
         // thresholds gets the same decision, so a thousand sessions of one app cost one
         // evaluation per interval they are in (the explanation shows the first one's flow).
         let mut thresholds: HashMap<String, FlowThresholds> = HashMap::new();
-        let mut cache: HashMap<(String, (u64, u64)), Decision> = HashMap::new();
+        // Per (app, flow interval): the decision and what a push of it says, built once and
+        // shared, so a thousand subscribers cost a thousand comparisons, not a thousand copies.
+        // Keyed by app, flow interval, and whether the subscriber reports its flow (only
+        // reporters are told the thresholds).
+        type Shared = (Arc<Decision>, clients::Pushed);
+        let mut cache: HashMap<(String, (u64, u64), bool), Shared> = HashMap::new();
         for (&id, client) in &mut self.clients.subs {
             let flow = client.flow.map(|f| f.at(now));
             let (interval, told) = match flow {
@@ -456,45 +462,54 @@ impl Core {
                         .entry(client.app.clone())
                         .or_insert_with(|| self.policy.flow_thresholds(&client.app));
                     client.next_flow_check = client.flow.and_then(|c| c.next_crossing(t, now));
-                    (t.interval_of(f), Some(t.clone()))
+                    (t.interval_of(f), Some(t))
                 }
                 None => {
                     client.next_flow_check = None;
                     (Flow::default(), None)
                 }
             };
-            let decision = cache
-                .entry((client.app.clone(), (interval.bytes, interval.age_ms)))
+            let (decision, key) = cache
+                .entry((
+                    client.app.clone(),
+                    (interval.bytes, interval.age_ms),
+                    told.is_some(),
+                ))
                 .or_insert_with(|| {
-                    self.policy.evaluate(&State {
+                    let decision = self.policy.evaluate(&State {
                         app: Some(client.app.clone()),
                         flow,
                         interfaces: interfaces.clone(),
-                    })
+                    });
+                    let key = Arc::new((
+                        decision.multipath,
+                        decision.paths.clone(),
+                        summary.clone(),
+                        told.cloned(),
+                    ));
+                    (Arc::new(decision), key)
                 })
                 .clone();
-            let key = (
-                decision.multipath,
-                decision.paths.clone(),
-                summary.clone(),
-                told.clone(),
-            );
-            if client.pushed.as_ref() != Some(&key) {
+            let same = client
+                .pushed
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &key) || **p == *key);
+            if !same {
                 let _span = tracing::debug_span!("client", id, app = %client.app).entered();
                 tracing::debug!(
                     primary = decision.primary().map(|p| p.interface.as_str()),
                     paths = decision.paths.len(),
                     "push"
                 );
-                client.pushed = Some(key);
                 pushes.push(Action::Push {
                     client: id,
                     update: Update {
-                        decision: decision.clone(),
+                        decision: (*decision).clone(),
                         interfaces: interfaces.clone(),
-                        flow_thresholds: told,
+                        flow_thresholds: key.3.clone(),
                     },
                 });
+                client.pushed = Some(key);
             }
             client.last = Some(decision);
         }

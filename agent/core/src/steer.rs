@@ -241,7 +241,7 @@ impl Core {
             let registered = conn
                 .client
                 .and_then(|c| self.clients.subs.get(&c))
-                .and_then(|c| c.last.as_ref());
+                .and_then(|c| c.last.as_deref());
             let by_owner = || {
                 conn.client
                     .is_none()
