@@ -142,6 +142,10 @@ pub enum Error {
         /// What it chose instead (`no ALPN`, or the protocol's name).
         alpn: String,
     },
+    /// `auto` raced every transport and none connected: each one's own failure, in the order
+    /// they started.
+    #[error("no transport connected: {}", each_failure(.0))]
+    AllTransportsFailed(Vec<(crate::TransportPreference, Error)>),
     /// The peer does not speak roam's session protocol on its first stream.
     #[error("the peer's session header is invalid: {0}; is it a roam listener?")]
     Protocol(String),
@@ -154,6 +158,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// `quic: ...; mptcp: ...` for [`Error::AllTransportsFailed`].
+fn each_failure(each: &[(crate::TransportPreference, Error)]) -> String {
+    each.iter()
+        .map(|(t, e)| format!("{t}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {
@@ -176,6 +188,11 @@ impl Error {
             Error::Tls { .. } | Error::Protocol(_) => io::ErrorKind::InvalidData,
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::AllCandidatesFailed { last, .. } => last.kind(),
+            // The last transport to give up is the app's answer, as when one was tried.
+            Error::AllTransportsFailed(each) => each
+                .last()
+                .map(|(_, e)| e.kind())
+                .unwrap_or(io::ErrorKind::NotConnected),
             Error::Unsupported(_) | Error::NotOnThisTransport { .. } | Error::NotRoam { .. } => {
                 io::ErrorKind::Unsupported
             }
