@@ -24,7 +24,7 @@ use roam_tests::agent::AgentExe;
 use roam_tests::bench::{Report, RunReport, table};
 use roam_tests::handover::{FAILED_LINK, Outcome, RunConfig, run_once};
 use roam_tests::scenario::Scenario;
-use roam_tests::system::roam::Roam;
+use roam_tests::system::roam::{APP, Roam, policy_with_multipath};
 use roam_tests::system::{Direction, Peer, System, Transport, baseline, stock};
 use roam_tests::timeline::{Panel, write_svg};
 
@@ -46,6 +46,11 @@ struct Args {
     /// all. Stock peers need `mptcpize`, `socat` and Python's aioquic (scripts/common.sh).
     #[arg(long, default_value = "roam")]
     peer: String,
+    /// The roam rows' multipath mode (off, handover, interactive, aggregate), written into
+    /// their policy's default block; without it the policy says none (handover).
+    /// `interactive` keeps the backup warm: tcp-resume keeps a standby connection there.
+    #[arg(long)]
+    multipath: Option<String>,
     /// Emulated round-trip time of every path in ms (0: plain veth, no emulator).
     #[arg(long, default_value_t = 0.0)]
     rtt: f64,
@@ -101,6 +106,11 @@ fn run(args: &Args) -> Result<()> {
     let scenarios = parse_list(&args.scenario, &Scenario::ALL)?;
     let directions = parse_list(&args.direction, &Direction::ALL)?;
     let peers = parse_list(&args.peer, &Peer::ALL)?;
+    if let Some(mode) = &args.multipath
+        && !["off", "handover", "interactive", "aggregate"].contains(&mode.as_str())
+    {
+        anyhow::bail!("--multipath {mode}: expected off, handover, interactive or aggregate");
+    }
     if !(0.0..=2000.0).contains(&args.rtt) {
         anyhow::bail!("--rtt must be between 0 and 2000 ms");
     }
@@ -134,9 +144,11 @@ fn run(args: &Args) -> Result<()> {
                 notes.push(why);
                 continue;
             }
-            systems.push(Arc::new(
-                Roam::for_bench(*transport, &agent)?.with_peer(*peer)?,
-            ));
+            let mut roam = Roam::for_bench(*transport, &agent)?.with_peer(*peer)?;
+            if let Some(mode) = &args.multipath {
+                roam = roam.with_policy(&policy_with_multipath(mode), APP);
+            }
+            systems.push(Arc::new(roam));
         }
         systems.push(baseline(*transport)?);
         let t0 = Instant::now();

@@ -38,6 +38,16 @@ pub const APP: &str = "com.example.bench";
 pub const POLICY: &str = "link wifi = kind wifi\nlink cell = kind cellular\n\
                           default {\n  prefer wifi over cell\n}\n";
 
+/// [`POLICY`] with `multipath MODE` in its default block (`off`, `handover`, `interactive`,
+/// `aggregate`): e.g. `interactive` keeps a backup path warm, where tcp-resume keeps a standby
+/// connection.
+pub fn policy_with_multipath(mode: &str) -> String {
+    POLICY.replace(
+        "  prefer wifi over cell\n",
+        &format!("  prefer wifi over cell\n  multipath {mode}\n"),
+    )
+}
+
 /// A roam session and listener over one transport.
 #[derive(Debug)]
 pub struct Roam {

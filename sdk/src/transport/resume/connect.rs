@@ -61,12 +61,18 @@ pub(crate) async fn connect(
         binder: d.binder.clone(),
     };
     tracing::info!(%path, %peer, "tcp-resume session connecting");
+    // The decision's multipath mode, as QUIC's: `interactive` keeps a warm backup, where the
+    // supervisor keeps a standby connection.
+    let pm_cfg = crate::path::manager::Config {
+        mode: d.multipath.unwrap_or(d.snap.decision.multipath),
+        ..d.path.clone()
+    };
     let stream = start(
         tls,
         path,
         d.app.as_deref(),
         r,
-        d.path.clone(),
+        pm_cfg,
         d.decisions,
         d.source,
         events.clone(),
