@@ -370,7 +370,7 @@ fn bench_binary_writes_the_documented_json() {
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg") && picture.contains("rmnet0"));
     assert!(
-        picture.contains("roam (quic)"),
+        picture.contains("roam (quic, peer roam)"),
         "no roam panel in the picture"
     );
     std::fs::remove_dir_all(&dir).unwrap();
