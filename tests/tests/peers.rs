@@ -1,6 +1,6 @@
-//! The handover harness in both directions and against stock peers: every system carries a
-//! download (the server streams to the handset) through WiFi going down with every byte
-//! intact; roam's QUIC session does the same against aioquic, a server nobody on the project
+//! The handover harness in both directions and against stock peers: every system but plain
+//! quinn carries a download (the server streams to the handset) through WiFi going down with
+//! every byte intact; roam's QUIC session does the same against aioquic, a server nobody on the project
 //! wrote, in both directions; tcp-resume says it has no stock peer; and the bench binary's rows
 //! carry the direction and the peer.
 
@@ -45,9 +45,15 @@ fn every_system_carries_a_download_through_link_down() {
         ];
         for system in systems {
             let what = format!("{} {t} down", system.name());
+            let quinn = system.name() == "baseline-quinn";
             let o = run_once(system, Scenario::LinkDown, &cfg(Direction::Down)).unwrap();
             eprintln!("figure: {what}: gap {:?}", o.gap);
-            assert_intact(&what, &o);
+            // A plain quinn client that only downloads has nothing to send after the link
+            // goes, so its server may never learn the new address (2 of 5 died in
+            // handover-bench): its figure is shown, not held to.
+            if !quinn {
+                assert_intact(&what, &o);
+            }
         }
     }
 }
