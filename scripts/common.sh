@@ -87,3 +87,29 @@ roam_cargo_as_user() {
     cargo "$@"
   fi
 }
+
+# The Python environment handover-bench's stock QUIC peer runs in when the python3 on PATH has
+# no aioquic (tests/src/system/stock.rs, PEER_VENV, reads the same path).
+ROAM_PEER_VENV=/var/cache/roam-tests/venv
+
+# What handover-bench's stock peers need (tests/README.md, "Stock peers"): socat and mptcpize
+# (Debian packages) for the MPTCP peer, aioquic 1.7.2 for the QUIC peer, in ROAM_PEER_VENV
+# unless python3 already has it. Idempotent and quiet; a failure leaves the stock rows to say
+# what is missing rather than failing the caller.
+roam_install_stock_peers() {
+  # A subshell: roam_install exits on a machine without apt-get, which must not end the caller.
+  (roam_install socat=socat mptcpize=mptcpize python3=python3) \
+    || echo "$ROAM_SCRIPT: socat or mptcpize missing; handover-bench's stock MPTCP peer will say so" >&2
+  if python3 -c 'import aioquic' >/dev/null 2>&1 \
+    || "$ROAM_PEER_VENV/bin/python3" -c 'import aioquic' >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "== installing aioquic into $ROAM_PEER_VENV"
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  { mkdir -p "$(dirname "$ROAM_PEER_VENV")" \
+    && python3 -m venv "$ROAM_PEER_VENV" \
+    && "$ROAM_PEER_VENV/bin/pip" install -q --disable-pip-version-check aioquic==1.7.2; } \
+    || echo "$ROAM_SCRIPT: could not install aioquic; handover-bench's stock QUIC peer will say so" >&2
+}

@@ -56,8 +56,8 @@ pub enum Error {
     /// The TLS handshake failed: the certificate did not verify, the name did not match, or no
     /// application protocol (ALPN) was common.
     #[error(
-        "TLS with {peer} failed: {detail}; check the CA the client trusts, the server name and \
-         the ALPN protocols"
+        "TLS with {peer} failed: {detail}; {advice}",
+        advice = crate::tls::advice(detail)
     )]
     Tls {
         /// The server address.
@@ -130,6 +130,22 @@ pub enum Error {
     /// A stream of the session ended abnormally.
     #[error("stream error: {0}")]
     Stream(String),
+    /// tcp-resume met a TLS server that did not choose ALPN `roam/1`: it is not a roam
+    /// Listener, so nothing could resume the session.
+    #[error(
+        "the server at {peer} does not speak roam/1 (it chose {alpn}): use transport mptcp or \
+         quic, or a roam Listener"
+    )]
+    NotRoam {
+        /// The server.
+        peer: SocketAddr,
+        /// What it chose instead (`no ALPN`, or the protocol's name).
+        alpn: String,
+    },
+    /// `auto` raced every transport and none connected: each one's own failure, in the order
+    /// they started.
+    #[error("no transport connected: {}", each_failure(.0))]
+    AllTransportsFailed(Vec<(crate::TransportPreference, Error)>),
     /// The peer does not speak roam's session protocol on its first stream.
     #[error("the peer's session header is invalid: {0}; is it a roam listener?")]
     Protocol(String),
@@ -142,6 +158,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// `quic: ...; mptcp: ...` for [`Error::AllTransportsFailed`].
+fn each_failure(each: &[(crate::TransportPreference, Error)]) -> String {
+    each.iter()
+        .map(|(t, e)| format!("{t}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {
@@ -164,7 +188,14 @@ impl Error {
             Error::Tls { .. } | Error::Protocol(_) => io::ErrorKind::InvalidData,
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::AllCandidatesFailed { last, .. } => last.kind(),
-            Error::Unsupported(_) | Error::NotOnThisTransport { .. } => io::ErrorKind::Unsupported,
+            // The last transport to give up is the app's answer, as when one was tried.
+            Error::AllTransportsFailed(each) => each
+                .last()
+                .map(|(_, e)| e.kind())
+                .unwrap_or(io::ErrorKind::NotConnected),
+            Error::Unsupported(_) | Error::NotOnThisTransport { .. } | Error::NotRoam { .. } => {
+                io::ErrorKind::Unsupported
+            }
             Error::AgentRequired { .. } => io::ErrorKind::NotConnected,
             Error::Agent { .. } => io::ErrorKind::PermissionDenied,
             Error::Resume(_) => io::ErrorKind::ConnectionAborted,

@@ -72,6 +72,24 @@ impl ClientTls {
     }
 }
 
+/// What to do about a failed TLS handshake whose rustls error or alert reads `detail` (the
+/// tail of [`crate::Error::Tls`]'s message).
+pub(crate) fn advice(detail: &str) -> &'static str {
+    // webpki's name for a certificate that is its own CA: `openssl req -x509` makes one.
+    if detail.contains("CaUsedAsEndEntity") {
+        return "the server's certificate is itself a CA (self-signed, as `openssl req -x509` \
+                makes), which TLS refuses as a server's own: serve a leaf signed by a CA and pass \
+                its CA (roam connect --ca, ClientTls::Ca); to make a CA and a leaf: openssl req \
+                -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj \
+                /CN=my-ca -keyout ca.key -out ca.pem && openssl req -newkey ec -pkeyopt \
+                ec_paramgen_curve:P-256 -nodes -subj /CN=HOST -addext subjectAltName=DNS:HOST \
+                -keyout key.pem -out leaf.csr && openssl x509 -req -in leaf.csr -CA ca.pem \
+                -CAkey ca.key -days 365 -copy_extensions copy -out cert.pem (HOST: the name \
+                clients connect to; the server uses cert.pem and key.pem, clients trust ca.pem)";
+    }
+    "check the CA the client trusts, the server name and the ALPN protocols"
+}
+
 /// A server configuration for a [`crate::Listener`]: `chain` (leaf first) and its `key`, TLS
 /// 1.3, ALPN `roam/1` then `app_alpn`.
 pub fn server_config(
@@ -97,6 +115,16 @@ mod tests {
     fn roam_alpn_comes_first_once() {
         let l = alpn_list(&[b"h3".to_vec(), ALPN.to_vec()]);
         assert_eq!(l, [ALPN.to_vec(), b"h3".to_vec()]);
+    }
+
+    #[test]
+    fn a_ca_used_as_a_server_certificate_gets_the_commands_that_fix_it() {
+        let a = advice("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))");
+        assert!(a.contains("pass its CA"), "{a}");
+        assert!(a.contains("openssl req -x509"), "{a}");
+        assert!(a.contains("-CA ca.pem"), "{a}");
+        let other = advice("invalid peer certificate: UnknownIssuer");
+        assert!(other.contains("check the CA the client trusts"), "{other}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::handover::Outcome;
 use crate::scenario::Scenario;
 use crate::stats::{percentile, round_to};
-use crate::system::Transport;
+use crate::system::{Direction, Transport};
 
 /// p50, p99 and max of the gaps of one run, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -30,6 +30,11 @@ pub struct RunReport {
     pub transport: String,
     /// `roam` or a baseline's name.
     pub system: String,
+    /// `up` (the handset sends) or `down` (the server streams to the handset).
+    pub direction: String,
+    /// What served the session: `roam` (a roam Listener), `stock` (aioquic, socat under
+    /// mptcpize) or `baseline` (a baseline's own plain server).
+    pub peer: String,
     /// Emulated round-trip time of the paths (0: plain veth).
     pub rtt_ms: f64,
     /// Repeats measured.
@@ -63,6 +68,7 @@ impl RunReport {
         scenario: Scenario,
         transport: Transport,
         system: &str,
+        (direction, peer): (Direction, &str),
         rtt: Duration,
         outcomes: &[Outcome],
     ) -> Self {
@@ -75,6 +81,8 @@ impl RunReport {
             scenario: scenario.as_str().to_owned(),
             transport: transport.as_str().to_owned(),
             system: system.to_owned(),
+            direction: direction.as_str().to_owned(),
+            peer: peer.to_owned(),
             rtt_ms: round2(rtt.as_secs_f64() * 1000.0),
             repeats: outcomes.len() as u32,
             gap_ms: GapMs {
@@ -99,6 +107,8 @@ pub fn table(runs: &[RunReport]) -> String {
         "scenario",
         "transport",
         "system",
+        "dir",
+        "peer",
         "rtt ms",
         "repeats",
         "gap p50",
@@ -109,13 +119,15 @@ pub fn table(runs: &[RunReport]) -> String {
         "corrupt",
         "errors",
     ];
-    let rows: Vec<[String; 12]> = runs
+    let rows: Vec<[String; 14]> = runs
         .iter()
         .map(|r| {
             [
                 r.scenario.clone(),
                 r.transport.clone(),
                 r.system.clone(),
+                r.direction.clone(),
+                r.peer.clone(),
                 format!("{:.0}", r.rtt_ms),
                 r.repeats.to_string(),
                 format!("{:.1}", r.gap_ms.p50),
@@ -138,7 +150,7 @@ pub fn table(runs: &[RunReport]) -> String {
     let line = |cells: &[String], out: &mut String| {
         for (i, (c, w)) in cells.iter().zip(width).enumerate() {
             // Text columns left, numbers right.
-            if i < 3 {
+            if i < 5 {
                 out.push_str(&format!("{c:<w$}  "));
             } else {
                 out.push_str(&format!("{c:>w$}  "));
@@ -177,6 +189,8 @@ mod tests {
                 scenario: "link-down".into(),
                 transport: "quic".into(),
                 system: "roam".into(),
+                direction: "down".into(),
+                peer: "stock".into(),
                 rtt_ms: 0.0,
                 repeats: 20,
                 gap_ms: GapMs {
@@ -192,7 +206,8 @@ mod tests {
         };
         let got: serde_json::Value = serde_json::to_value(&r).unwrap();
         let want: serde_json::Value = serde_json::from_str(
-            r#"{"runs": [{"scenario": "link-down", "transport": "quic", "system": "roam", "rtt_ms": 0.0,
+            r#"{"runs": [{"scenario": "link-down", "transport": "quic", "system": "roam", "direction": "down",
+            "peer": "stock", "rtt_ms": 0.0,
             "repeats": 20, "gap_ms": {"p50": 1.1, "p99": 3.0, "max": 3.2},
             "bytes_sent": 4000000, "bytes_delivered": 4000000, "corrupted": 0, "session_errors": 0}]}"#,
         )

@@ -12,7 +12,7 @@ use roam_policy::LinkKind;
 use crate::emulator::PathConfig;
 use crate::inject::Flapper;
 use crate::scenario::Scenario;
-use crate::system::{ClientCtx, ServerCtx, System, Task};
+use crate::system::{ClientCtx, Direction, ServerCtx, System, Task};
 use crate::timeline::{LinkSample, Sampler};
 use crate::topology::{SERVICE_V4, SERVICE_V6, Topology};
 use crate::traffic::{Delivery, MSG_LEN, Recorder, expected_digest};
@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Run over IPv6 (the service's `2001:db8:ffff::1`) instead of IPv4.
     pub ipv6: bool,
+    /// Which way the messages flow: the handset sends (up) or receives (down).
+    pub direction: Direction,
 }
 
 impl RunConfig {
@@ -54,6 +56,7 @@ impl RunConfig {
             sample: false,
             seed: 1,
             ipv6: false,
+            direction: Direction::Up,
         }
     }
 
@@ -175,7 +178,8 @@ pub fn run_once(system: Arc<dyn System>, scenario: Scenario, cfg: &RunConfig) ->
 /// application keeps sending meanwhile) and may leave a flap running, which is waited for.
 pub type Script<'a> = Box<dyn FnOnce(&Arc<Topology>) -> Result<Option<Flapper>> + 'a>;
 
-/// Runs `system` on a prepared topology: starts server and client, paces messages, runs
+/// Runs `system` on a prepared topology: starts server and client, paces messages (from the
+/// client, or with [`Direction::Down`] from the server), runs
 /// `script` once `cfg.warmup` worth of messages arrived (that instant is the failure), keeps
 /// sending for `cfg.after`, and waits up to `cfg.timeout` after the script for the rest.
 pub fn run_with<'a>(
@@ -187,8 +191,14 @@ pub fn run_with<'a>(
     let recorder = Recorder::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let (seq_tx, seq_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (server_seqs, client_seqs) = match cfg.direction {
+        Direction::Up => (None, Some(seq_rx)),
+        Direction::Down => (Some(seq_rx), None),
+    };
     let server_task = system.server(ServerCtx {
         recorder: recorder.clone(),
+        seqs: server_seqs,
         ready: ready_tx,
         timeout: cfg.timeout,
         service: cfg.service(),
@@ -203,9 +213,9 @@ pub fn run_with<'a>(
         return Err(err.context(format!("starting the {} server", system.name())));
     }
 
-    let (seq_tx, seq_rx) = tokio::sync::mpsc::unbounded_channel();
     let client_task = system.client(ClientCtx {
-        seqs: seq_rx,
+        seqs: client_seqs,
+        recorder: recorder.clone(),
         timeout: cfg.timeout,
         service: cfg.service(),
     });

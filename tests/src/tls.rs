@@ -1,6 +1,7 @@
 //! A throwaway PKI for QUIC: a test CA made with rcgen, a server certificate it signs, and
 //! rustls configurations (ring provider, TLS 1.3) that really verify the chain and the name.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The name in the server certificate; clients must ask for it.
 pub const SERVER_NAME: &str = "server.roam.test";
-/// ALPN both ends agree on.
-const ALPN: &[u8] = b"roam-bench";
+/// ALPN both ends agree on (the baselines, and a roam session with a stock peer).
+pub const ALPN: &[u8] = b"roam-bench";
 
 /// A CA certificate and a server certificate chain with its key.
 #[derive(Debug)]
@@ -24,6 +25,9 @@ pub struct TestPki {
     /// The server's certificate (leaf first).
     pub chain: Vec<CertificateDer<'static>>,
     key: PrivatePkcs8KeyDer<'static>,
+    /// The leaf certificate and its key as PEM, for servers started from files.
+    leaf_pem: String,
+    key_pem: String,
 }
 
 impl TestPki {
@@ -53,7 +57,22 @@ impl TestPki {
             ca: ca_cert.der().clone(),
             chain: vec![leaf_cert.der().clone()],
             key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
+            leaf_pem: leaf_cert.pem(),
+            key_pem: leaf_key.serialize_pem(),
         })
+    }
+
+    /// Writes the server certificate and its key as PEM files `server.pem` and
+    /// `server.key` in `dir` (for a server that reads files, as socat and aioquic do); returns
+    /// their paths.
+    pub fn write_pem(&self, dir: &std::path::Path) -> Result<(PathBuf, PathBuf)> {
+        let cert = dir.join("server.pem");
+        let key = dir.join("server.key");
+        std::fs::write(&cert, &self.leaf_pem)
+            .with_context(|| format!("writing {}", cert.display()))?;
+        std::fs::write(&key, &self.key_pem)
+            .with_context(|| format!("writing {}", key.display()))?;
+        Ok((cert, key))
     }
 
     /// A quinn server configuration with this certificate, connection migration on, and

@@ -328,7 +328,9 @@ fn bench_binary_writes_the_documented_json() {
                 "bytes_delivered",
                 "bytes_sent",
                 "corrupted",
+                "direction",
                 "gap_ms",
+                "peer",
                 "repeats",
                 "rtt_ms",
                 "scenario",
@@ -338,6 +340,13 @@ fn bench_binary_writes_the_documented_json() {
             ]
         );
         assert_eq!(r["scenario"], "link-down");
+        assert_eq!(r["direction"], "up");
+        let peer = if r["system"] == "roam" {
+            "roam"
+        } else {
+            "baseline"
+        };
+        assert_eq!(r["peer"], peer, "{r:?}");
         assert!(r["gap_ms"]["p50"].as_f64().unwrap() > 0.0);
         if r["system"] == "roam" {
             // Every byte of every roam session arrived, intact, through the link going down.
@@ -361,7 +370,7 @@ fn bench_binary_writes_the_documented_json() {
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.contains("<svg") && picture.contains("rmnet0"));
     assert!(
-        picture.contains("roam (quic)"),
+        picture.contains("roam (quic, peer roam)"),
         "no roam panel in the picture"
     );
     std::fs::remove_dir_all(&dir).unwrap();

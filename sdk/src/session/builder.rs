@@ -22,7 +22,9 @@ use crate::vocab::SessionEvent;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TransportPreference {
-    /// The best one available; QUIC today.
+    /// Every transport raced, Happy-Eyeballs style: QUIC first (MPTCP first when the
+    /// decision aggregates), each next one 100 ms later or as soon as the one before fails;
+    /// the first to connect wins.
     #[default]
     Auto,
     /// QUIC (quinn): connection migration across interfaces.

@@ -1,8 +1,9 @@
 //! [`SessionBuilder::connect`], from the top: parse the target, subscribe to the decision
 //! source, resolve the name on each permitted interface ([`crate::net::resolve`]), list the
 //! candidates ([`crate::net::race::candidates`]), then hand them to a transport
-//! ([`crate::transport`]), or, with `auto`, to each in turn; the transport races its
-//! attempts ([`crate::net::race`]) and returns the connection the [`Session`] wraps.
+//! ([`crate::transport`]), or, with `auto`, to every transport raced Happy-Eyeballs style
+//! ([`connect_auto`]); the transport races its attempts over the candidates
+//! ([`crate::net::race`]) and returns the connection the [`Session`] wraps.
 //!
 //! Names are resolved on each permitted interface through that link's nameservers, and a
 //! link's candidates are the addresses it resolved; an IP literal is tried on every permitted
@@ -25,10 +26,11 @@ pub(super) async fn connect(b: SessionBuilder, target: &str) -> Result<Session> 
     let (host, port) = parse_target(target)?;
     let span = tracing::info_span!("session", app = b.app.as_deref().unwrap_or("default"), %target);
     let limit = b.connect_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
     let run = async move {
         let (d, flow) = prepare(&b, host, port).await?;
         let c = match b.transport {
-            TransportPreference::Auto => connect_auto(d).await,
+            TransportPreference::Auto => connect_auto(d, deadline).await,
             t => connect_one(d, t, "asked for".into()).await,
         }?;
         let mut s = Session::from(c);
@@ -79,40 +81,143 @@ fn auto_order(mode: roam_policy::MultipathMode) -> [TransportPreference; 3] {
     }
 }
 
-/// `auto`: each transport in [`auto_order`] gets a third of the connect timeout; the first
-/// that connects wins, and the session says which and why.
-async fn connect_auto(d: Dial) -> Result<transport::Connection> {
-    let order = auto_order(d.multipath.unwrap_or(d.snap.decision.multipath));
-    let budget = d.connect_timeout / 3;
-    let mut tried: Vec<String> = Vec::new();
-    let mut last = None;
-    for t in order {
-        let why = if tried.is_empty() {
-            format!(
-                "auto: {t} first for multipath mode {}",
-                d.snap.decision.multipath
-            )
-        } else {
-            format!("auto: {}", tried.join("; "))
-        };
-        match tokio::time::timeout(budget, connect_one(d.clone(), t, why)).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => {
-                tracing::info!(transport = %t, error = %e, "auto: transport failed");
-                tried.push(format!("{t} failed ({e})"));
-                last = Some(e);
+/// How long `auto` gives a transport before it starts the next one beside it (as browsers start
+/// TCP a moment after QUIC): long enough for a QUIC handshake on a short path to win alone, so
+/// a server with both seldom sees two attempts; short enough that a server without UDP costs
+/// the app only this much. A transport that fails starts the next at once.
+pub(crate) const AUTO_STAGGER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Margin before the session's connect timeout at which `auto` stops waiting, so it can still
+/// say what each transport did.
+const AUTO_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// One transport's connection attempt in the race.
+type Attempt =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<transport::Connection>> + Send>>;
+
+/// What the race waited for.
+enum Next {
+    /// Attempt `i` of the running ones finished.
+    Finished(usize, Box<Result<transport::Connection>>),
+    /// Time to start the next transport.
+    Start,
+    /// The connect timeout is near.
+    Deadline,
+}
+
+/// `auto`: the transports in [`auto_order`] race Happy-Eyeballs style: the first starts at
+/// once, each next one [`AUTO_STAGGER`] later or as soon as the one before it fails; the first
+/// to connect wins and the attempts still running are dropped (a QUIC handshake abandoned
+/// mid-way, a TCP connection closed), so a roam Listener never queues their sessions. When none
+/// connects by `deadline` (less a margin), the error lists each transport's own failure.
+async fn connect_auto(d: Dial, deadline: tokio::time::Instant) -> Result<transport::Connection> {
+    use std::task::Poll;
+    use tokio::time::{Instant, sleep_until};
+
+    let mode = d.multipath.unwrap_or(d.snap.decision.multipath);
+    let order = auto_order(mode);
+    let stop = deadline.checked_sub(AUTO_MARGIN).unwrap_or(deadline);
+    let t0 = Instant::now();
+    let mut running: Vec<(TransportPreference, Attempt)> = Vec::new();
+    let mut failures: Vec<(TransportPreference, Error)> = Vec::new();
+    let mut started = 0;
+    let mut next_at = t0;
+    loop {
+        if started < order.len() && (Instant::now() >= next_at || running.is_empty()) {
+            let t = order[started];
+            let why = match started {
+                0 => format!("auto: {t} first for multipath mode {mode}"),
+                _ => format!(
+                    "auto: {t} started {} ms after {}",
+                    (Instant::now() - t0).as_millis(),
+                    order[..started]
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            tracing::debug!(transport = %t, "auto: starting");
+            running.push((t, Box::pin(connect_one(d.clone(), t, why))));
+            started += 1;
+            next_at = Instant::now() + AUTO_STAGGER;
+            continue;
+        }
+        if running.is_empty() {
+            break;
+        }
+        let any_finished = std::future::poll_fn(|cx| {
+            for (i, (_, attempt)) in running.iter_mut().enumerate() {
+                if let Poll::Ready(r) = attempt.as_mut().poll(cx) {
+                    return Poll::Ready((i, r));
+                }
             }
-            Err(_) => {
-                tracing::info!(transport = %t, ?budget, "auto: transport timed out");
-                tried.push(format!("{t} took over {budget:?}"));
-                last = Some(Error::Timeout {
-                    what: format!("connecting with {t}"),
-                    limit: budget,
-                });
+            Poll::Pending
+        });
+        let more = started < order.len();
+        let next = tokio::select! {
+            (i, r) = any_finished => Next::Finished(i, Box::new(r)),
+            _ = sleep_until(next_at), if more => Next::Start,
+            _ = sleep_until(stop) => Next::Deadline,
+        };
+        match next {
+            Next::Start => {}
+            Next::Finished(i, r) => match *r {
+                Ok(mut c) => {
+                    let (t, _) = running.remove(i);
+                    let after = Instant::now() - t0;
+                    let mut others: Vec<String> = failures
+                        .iter()
+                        .map(|(t, e)| format!("{t} failed ({e})"))
+                        .collect();
+                    others.extend(
+                        running
+                            .iter()
+                            .map(|(t, _)| format!("{t} was still connecting and was dropped")),
+                    );
+                    tracing::info!(transport = %t, ?after, others = others.join("; "), "auto: connected");
+                    // The losers go now, before the session starts.
+                    drop(running);
+                    let summary = format!(
+                        "connected first, after {} ms{}{}",
+                        after.as_millis(),
+                        if others.is_empty() { "" } else { "; " },
+                        others.join("; ")
+                    );
+                    for e in &mut c.connect_events {
+                        if let SessionEvent::TransportChosen { why, .. } = e {
+                            why.push_str("; ");
+                            why.push_str(&summary);
+                        }
+                    }
+                    return Ok(c);
+                }
+                Err(e) => {
+                    let (t, _) = running.remove(i);
+                    tracing::info!(transport = %t, error = %e, "auto: transport failed");
+                    failures.push((t, e));
+                    // Happy Eyeballs: a failure starts the next transport at once.
+                    next_at = Instant::now();
+                }
+            },
+            Next::Deadline => {
+                let waited = Instant::now() - t0;
+                for (t, _) in running.drain(..) {
+                    failures.push((
+                        t,
+                        Error::Timeout {
+                            what: format!("connecting with {t}"),
+                            limit: waited,
+                        },
+                    ));
+                }
+                break;
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::Stream("no transport was tried".into())))
+    // In the order the transports started.
+    failures.sort_by_key(|(t, _)| order.iter().position(|o| o == t));
+    Err(Error::AllTransportsFailed(failures))
 }
 
 /// What every transport starts from: the app's options, the decision source and its

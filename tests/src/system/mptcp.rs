@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{ClientCtx, ServerCtx, System, Task, Transport, read_messages, write_messages};
+use super::{ClientCtx, ServerCtx, System, Task, Transport, drain, read_messages, send_then_hold};
 use crate::topology::Topology;
 
 /// TCP port of the MPTCP server on the service address.
@@ -43,20 +43,39 @@ impl System for BaselineKernelMptcp {
         Box::pin(async move {
             let listener = listen_mptcp(SocketAddr::new(ctx.service, PORT))?;
             let _ = ctx.ready.send(());
-            let (mut stream, peer) = listener.accept().await?;
+            let (stream, peer) = listener.accept().await?;
             ctx.recorder.note_peer(Instant::now(), peer);
-            read_messages(&mut stream, &ctx.recorder).await
+            exchange(stream, ctx.seqs, &ctx.recorder).await
         })
     }
 
-    fn client(&self, mut ctx: ClientCtx) -> Task {
+    fn client(&self, ctx: ClientCtx) -> Task {
         Box::pin(async move {
-            let mut stream = connect_mptcp(SocketAddr::new(ctx.service, PORT)).await?;
-            write_messages(&mut stream, &mut ctx.seqs).await?;
-            // Keep the connection open until the harness stops the run.
+            let stream = connect_mptcp(SocketAddr::new(ctx.service, PORT)).await?;
+            exchange(stream, ctx.seqs, &ctx.recorder).await
+        })
+    }
+}
+
+/// One side of the plain stream: sends the messages of `seqs` (and drops what the other side
+/// says), or records what arrives. Ends when the harness stops the run.
+async fn exchange(
+    mut stream: tokio::net::TcpStream,
+    seqs: Option<tokio::sync::mpsc::UnboundedReceiver<u64>>,
+    recorder: &crate::traffic::Recorder,
+) -> Result<()> {
+    match seqs {
+        Some(mut seqs) => {
+            let (mut rd, mut wr) = stream.split();
+            tokio::try_join!(drain(&mut rd), send_then_hold(&mut wr, &mut seqs))?;
+            Ok(())
+        }
+        None => {
+            read_messages(&mut stream, recorder).await?;
+            // The sender ends only with the run; keep the connection until then.
             std::future::pending::<()>().await;
             Ok(())
-        })
+        }
     }
 }
 

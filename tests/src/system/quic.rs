@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{ClientCtx, ServerCtx, System, Task, Transport, write_messages};
+use super::{
+    ClientCtx, REQUEST, ServerCtx, System, Task, Transport, drain, read_messages, send_then_hold,
+    write_messages,
+};
 use crate::tls::{SERVER_NAME, TestPki};
 
 /// UDP port of the QUIC server on the service address.
@@ -48,7 +51,13 @@ impl System for BaselineQuinn {
             let conn = incoming.await.context("QUIC handshake")?;
             ctx.recorder
                 .note_peer(Instant::now(), conn.remote_address());
-            let mut recv = conn.accept_uni().await?;
+            // The client opens one bidirectional stream: it sends on it (up) or asks on it
+            // ([`super::REQUEST`]) and reads the messages (down).
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            if let Some(mut seqs) = ctx.seqs {
+                tokio::try_join!(drain(&mut recv), send_then_hold(&mut send, &mut seqs))?;
+                return Ok(());
+            }
             let mut buf = vec![0u8; 64 * 1024];
             // Ends with the stream or the connection; the harness stops it otherwise.
             while let Some(n) = recv.read(&mut buf).await? {
@@ -61,7 +70,7 @@ impl System for BaselineQuinn {
         })
     }
 
-    fn client(&self, mut ctx: ClientCtx) -> Task {
+    fn client(&self, ctx: ClientCtx) -> Task {
         let pki = self.pki.clone();
         Box::pin(async move {
             let any: SocketAddr = if ctx.service.is_ipv4() {
@@ -75,9 +84,17 @@ impl System for BaselineQuinn {
                 .connect(SocketAddr::new(ctx.service, PORT), SERVER_NAME)?
                 .await
                 .context("QUIC handshake")?;
-            let mut send = conn.open_uni().await?;
-            write_messages(&mut send, &mut ctx.seqs).await?;
-            send.finish()?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            match ctx.seqs {
+                Some(mut seqs) => {
+                    write_messages(&mut send, &mut seqs).await?;
+                    send.finish()?;
+                }
+                None => {
+                    send.write_all(REQUEST).await?;
+                    read_messages(&mut recv, &ctx.recorder).await?;
+                }
+            }
             // Stay connected until the harness has seen everything arrive.
             let reason = conn.closed().await;
             Err(anyhow::anyhow!("QUIC connection closed: {reason}"))

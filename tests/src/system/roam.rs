@@ -21,9 +21,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use roam::{SessionEvent, TransportPreference};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ClientCtx, ServerCtx, System, Task, Transport, write_messages};
+use super::stock::{self, StockFiles};
+use super::{
+    ClientCtx, Peer, REQUEST, ServerCtx, System, Task, Transport, drain, read_messages,
+    send_then_hold, write_messages,
+};
 use crate::agent::{Agent, AgentConfig, AgentExe, AgentUpdate, REFLECT_PORT, Reflector};
-use crate::tls::{SERVER_NAME, TestPki};
+use crate::tls::{ALPN, SERVER_NAME, TestPki};
 use crate::topology::{SERVICE_V4, Topology};
 
 /// Port of the roam listener (UDP for QUIC, TCP for the others) on the service address.
@@ -34,6 +38,16 @@ pub const APP: &str = "com.example.bench";
 pub const POLICY: &str = "link wifi = kind wifi\nlink cell = kind cellular\n\
                           default {\n  prefer wifi over cell\n}\n";
 
+/// [`POLICY`] with `multipath MODE` in its default block (`off`, `handover`, `interactive`,
+/// `aggregate`): e.g. `interactive` keeps a backup path warm, where tcp-resume keeps a standby
+/// connection.
+pub fn policy_with_multipath(mode: &str) -> String {
+    POLICY.replace(
+        "  prefer wifi over cell\n",
+        &format!("  prefer wifi over cell\n  multipath {mode}\n"),
+    )
+}
+
 /// A roam session and listener over one transport.
 #[derive(Debug)]
 pub struct Roam {
@@ -43,6 +57,8 @@ pub struct Roam {
     app: String,
     agent_exe: Option<AgentExe>,
     probes: bool,
+    peer: Peer,
+    stock: Option<StockFiles>,
     agent: Mutex<Option<Agent>>,
     reflector: Mutex<Option<Reflector>>,
     events: Arc<Mutex<Vec<(Instant, SessionEvent)>>>,
@@ -58,6 +74,8 @@ impl Roam {
             app: APP.to_owned(),
             agent_exe: None,
             probes: false,
+            peer: Peer::Roam,
+            stock: None,
             agent: Mutex::new(None),
             reflector: Mutex::new(None),
             events: Arc::default(),
@@ -90,6 +108,20 @@ impl Roam {
     pub fn with_probes(mut self) -> Roam {
         self.probes = true;
         self
+    }
+
+    /// What serves the session: roam's Listener (the default) or the transport's stock
+    /// server ([`super::stock`]); the session then offers the stock server's ALPN too. An
+    /// error for a transport without a stock peer (tcp-resume).
+    pub fn with_peer(mut self, peer: Peer) -> Result<Roam> {
+        if peer == Peer::Stock {
+            if let Some(why) = stock::missing(self.transport) {
+                bail!("{why}");
+            }
+            self.stock = Some(StockFiles::write(&self.pki)?);
+        }
+        self.peer = peer;
+        Ok(self)
     }
 
     /// Another policy text (the agent runs the same one) and app id.
@@ -140,6 +172,10 @@ impl System for Roam {
         "roam"
     }
 
+    fn peer(&self) -> &'static str {
+        self.peer.as_str()
+    }
+
     fn transport(&self) -> Transport {
         self.transport
     }
@@ -179,6 +215,9 @@ impl System for Roam {
     }
 
     fn server(&self, ctx: ServerCtx) -> Task {
+        if let Some(files) = &self.stock {
+            return stock::server(self.transport, files, PORT, ctx);
+        }
         let pki = self.pki.clone();
         Box::pin(async move {
             let listener =
@@ -188,6 +227,11 @@ impl System for Roam {
             let mut s = listener.accept().await.context("accepting the session")?;
             let mut peer = s.path().remote;
             ctx.recorder.note_peer(Instant::now(), peer);
+            if let Some(mut seqs) = ctx.seqs {
+                let (mut rd, mut wr) = tokio::io::split(s);
+                tokio::try_join!(drain(&mut rd), send_then_hold(&mut wr, &mut seqs))?;
+                return Ok(());
+            }
             let mut buf = vec![0u8; 64 * 1024];
             // Ends with the stream; the harness stops it otherwise.
             loop {
@@ -207,7 +251,7 @@ impl System for Roam {
         })
     }
 
-    fn client(&self, mut ctx: ClientCtx) -> Task {
+    fn client(&self, ctx: ClientCtx) -> Task {
         let mut builder = roam::Session::builder()
             .app(self.app.clone())
             .policy(self.policy.clone())
@@ -216,6 +260,10 @@ impl System for Roam {
             .server_name(SERVER_NAME)
             .connect_timeout(ctx.timeout)
             .idle_timeout(ctx.timeout);
+        if self.stock.is_some() {
+            // A stock server speaks no roam/1; it agrees on the benchmark's own protocol.
+            builder = builder.alpn(ALPN);
+        }
         // Follow this run's agent, never one that happens to run on the machine.
         builder = match lock(&self.agent).as_ref() {
             Some(agent) => builder.roamd_socket(agent.socket()),
@@ -231,7 +279,16 @@ impl System for Roam {
                     lock(&log).push((Instant::now(), e));
                 }
             });
-            write_messages(&mut s, &mut ctx.seqs).await?;
+            let Some(mut seqs) = ctx.seqs else {
+                // Download: ask, then read what the server streams.
+                s.write_all(REQUEST).await?;
+                s.flush().await?;
+                read_messages(&mut s, &ctx.recorder)
+                    .await
+                    .context("the session failed")?;
+                bail!("the server ended the session");
+            };
+            write_messages(&mut s, &mut seqs).await?;
             s.flush().await?;
             // Stay connected until the harness has seen everything arrive; the server never
             // writes, so a read ends only with the session.

@@ -3,9 +3,13 @@
 //! acknowledgements stop for [`ACK_TIMEOUT`]) a fresh connection that resumes from the last
 //! acknowledged message.
 //!
-//! Wire format: the client opens with `RSUM` and an 8-byte session id; the server answers with
-//! the 8-byte number of the next message it expects; from then on messages flow up and the
-//! server sends that number back after every read.
+//! Either end may be the sender (the client with [`super::Direction::Up`], the server with
+//! `Down`); the receiver acknowledges, and a receiving client also reconnects when nothing
+//! arrived for [`ACK_TIMEOUT`] (the messages are paced, so silence means a dead path).
+//!
+//! Wire format: the client opens with `RSUM`, an 8-byte session id and the 8-byte number of
+//! messages it has received; the server answers with the number it has received; the sender
+//! resumes from the receiver's number, and the receiver sends its number back after every read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +20,10 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use super::{ClientCtx, ServerCtx, System, Task, Transport};
-use crate::traffic::{MSG_LEN, encode};
+use crate::traffic::{MSG_LEN, Recorder, encode};
 
 /// TCP port of the resume server on the service address.
 pub const PORT: u16 = 5301;
@@ -47,6 +53,10 @@ impl System for BaselineTcpReconnect {
             let listener =
                 tokio::net::TcpListener::bind(SocketAddr::new(ctx.service, PORT)).await?;
             let _ = ctx.ready.send(());
+            // The sender's state outlives each connection; one connection holds it at a time.
+            let sender = ctx
+                .seqs
+                .map(|seqs| Arc::new(tokio::sync::Mutex::new(Sender::new(seqs))));
             let mut current: Option<tokio::task::JoinHandle<()>> = None;
             // One session: a new connection replaces the old one. Ends when the harness stops it.
             loop {
@@ -54,10 +64,12 @@ impl System for BaselineTcpReconnect {
                 ctx.recorder.note_peer(Instant::now(), peer);
                 if let Some(old) = current.take() {
                     old.abort();
+                    let _ = old.await;
                 }
                 let rec = ctx.recorder.clone();
+                let sender = sender.clone();
                 current = Some(tokio::spawn(async move {
-                    if let Err(e) = serve(stream, &rec).await {
+                    if let Err(e) = serve(stream, &rec, sender).await {
                         tracing::debug!(error = %e, "resume connection ended");
                     }
                 }));
@@ -70,18 +82,44 @@ impl System for BaselineTcpReconnect {
     }
 }
 
-async fn serve(mut stream: TcpStream, rec: &crate::traffic::Recorder) -> Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    rec: &Recorder,
+    sender: Option<Arc<tokio::sync::Mutex<Sender>>>,
+) -> Result<()> {
     stream.set_nodelay(true)?;
-    let mut hello = [0u8; 12];
+    let mut hello = [0u8; 20];
     stream.read_exact(&mut hello).await?;
     if &hello[..4] != HELLO {
         bail!("not a resume hello");
     }
-    rec.reset_partial();
-    stream.write_all(&rec.delivered().to_be_bytes()).await?;
+    let peer_has = u64::from_be_bytes(hello[12..].try_into()?);
+    match sender {
+        Some(sender) => {
+            let mut sender = sender.lock().await;
+            stream.write_all(&rec.delivered().to_be_bytes()).await?;
+            sender.send(stream, peer_has).await
+        }
+        None => {
+            rec.reset_partial();
+            stream.write_all(&rec.delivered().to_be_bytes()).await?;
+            receive(stream, rec, None).await
+        }
+    }
+}
+
+/// Records what arrives and acknowledges it after every read. With `silence`, a stream that
+/// carries nothing for that long counts as dead.
+async fn receive(mut stream: TcpStream, rec: &Recorder, silence: Option<Duration>) -> Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = stream.read(&mut buf).await?;
+        let read = stream.read(&mut buf);
+        let n = match silence {
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .map_err(|_| anyhow::anyhow!("nothing arrived for {limit:?}"))??,
+            None => read.await?,
+        };
         if n == 0 {
             return Ok(());
         }
@@ -90,11 +128,101 @@ async fn serve(mut stream: TcpStream, rec: &crate::traffic::Recorder) -> Result<
     }
 }
 
-async fn client(mut ctx: ClientCtx) -> Result<()> {
+/// The sending end: what the application produced so far, across connections.
+struct Sender {
+    seqs: UnboundedReceiver<u64>,
+    /// Messages `0..produced` exist.
+    produced: u64,
+    /// The application may produce more.
+    open: bool,
+}
+
+impl Sender {
+    fn new(seqs: UnboundedReceiver<u64>) -> Self {
+        Sender {
+            seqs,
+            produced: 0,
+            open: true,
+        }
+    }
+
+    /// Sends from message `next` (what the receiver has) on `stream` until it looks dead: an
+    /// error, or acknowledgements that stop moving for [`ACK_TIMEOUT`]. Everything
+    /// acknowledged and nothing more to come: idles until the harness stops the run.
+    async fn send(&mut self, stream: TcpStream, mut next: u64) -> Result<()> {
+        let (mut rd, mut wr) = stream.into_split();
+        let acked = Arc::new(AtomicU64::new(next));
+        let ack = acked.clone();
+        let reader = tokio::spawn(async move {
+            let mut b = [0u8; 8];
+            while rd.read_exact(&mut b).await.is_ok() {
+                ack.fetch_max(u64::from_be_bytes(b), Ordering::Relaxed);
+            }
+        });
+        let _reader = AbortOnDrop(reader);
+        let mut last_ack = next;
+        let mut last_progress = Instant::now();
+        let mut buf = Vec::with_capacity(MSG_LEN * 256);
+        loop {
+            // Take what the application produced; wait briefly when there is nothing to send.
+            if next >= self.produced && self.open {
+                match tokio::time::timeout(Duration::from_millis(20), self.seqs.recv()).await {
+                    Ok(Some(s)) => self.produced = self.produced.max(s + 1),
+                    Ok(None) => self.open = false,
+                    Err(_) => {}
+                }
+            }
+            while let Ok(s) = self.seqs.try_recv() {
+                self.produced = self.produced.max(s + 1);
+            }
+            if next < self.produced {
+                buf.clear();
+                let end = self.produced.min(next + 256);
+                for seq in next..end {
+                    buf.extend_from_slice(&encode(seq));
+                }
+                match tokio::time::timeout(ACK_TIMEOUT, wr.write_all(&buf)).await {
+                    Ok(Ok(())) => next = end,
+                    Ok(Err(e)) => bail!("write failed: {e}"),
+                    Err(_) => bail!("a write blocked for {ACK_TIMEOUT:?}"),
+                }
+            }
+            let a = acked.load(Ordering::Relaxed);
+            if a > last_ack {
+                last_ack = a;
+                last_progress = Instant::now();
+            } else if next > a && last_progress.elapsed() > ACK_TIMEOUT {
+                bail!("acknowledgements stalled at {a} with {next} sent");
+            }
+            if _reader.0.is_finished() {
+                bail!("the connection ended");
+            }
+            if !self.open && a >= self.produced {
+                // Everything acknowledged: idle until the harness stops the run.
+                std::future::pending::<()>().await;
+            }
+            if !self.open && next >= self.produced {
+                // Only acknowledgements are outstanding: look again shortly.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// Aborts the task when dropped (a connection's acknowledgement reader ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn client(ctx: ClientCtx) -> Result<()> {
     let target = SocketAddr::new(ctx.service, PORT);
     let session: u64 = rand::random();
-    let mut produced = 0u64;
-    let mut open = true;
+    let rec = ctx.recorder.clone();
+    let mut sender = ctx.seqs.map(Sender::new);
     let mut attempts = 0u32;
     // Bounded: the harness stops the run; attempts are capped as well.
     while attempts < 10_000 {
@@ -110,9 +238,13 @@ async fn client(mut ctx: ClientCtx) -> Result<()> {
                 Err(_) => continue,
             };
         stream.set_nodelay(true)?;
-        let mut hello = [0u8; 12];
+        if sender.is_none() {
+            rec.reset_partial();
+        }
+        let mut hello = [0u8; 20];
         hello[..4].copy_from_slice(HELLO);
-        hello[4..].copy_from_slice(&session.to_be_bytes());
+        hello[4..12].copy_from_slice(&session.to_be_bytes());
+        hello[12..].copy_from_slice(&rec.delivered().to_be_bytes());
         let mut resume = [0u8; 8];
         let greeted = tokio::time::timeout(CONNECT_TIMEOUT, async {
             stream.write_all(&hello).await?;
@@ -122,68 +254,13 @@ async fn client(mut ctx: ClientCtx) -> Result<()> {
         if !matches!(greeted, Ok(Ok(_))) {
             continue;
         }
-        let mut next = u64::from_be_bytes(resume);
+        let next = u64::from_be_bytes(resume);
         tracing::debug!(resume_from = next, attempts, "session resumed");
-        let (mut rd, mut wr) = stream.into_split();
-        let acked = Arc::new(AtomicU64::new(next));
-        let ack = acked.clone();
-        let reader = tokio::spawn(async move {
-            let mut b = [0u8; 8];
-            while rd.read_exact(&mut b).await.is_ok() {
-                ack.fetch_max(u64::from_be_bytes(b), Ordering::Relaxed);
-            }
-        });
-        let mut last_ack = next;
-        let mut last_progress = Instant::now();
-        let mut buf = Vec::with_capacity(MSG_LEN * 256);
-        loop {
-            // Take what the application produced; wait briefly when there is nothing to send.
-            if next >= produced && open {
-                match tokio::time::timeout(Duration::from_millis(20), ctx.seqs.recv()).await {
-                    Ok(Some(s)) => produced = produced.max(s + 1),
-                    Ok(None) => open = false,
-                    Err(_) => {}
-                }
-            }
-            while let Ok(s) = ctx.seqs.try_recv() {
-                produced = produced.max(s + 1);
-            }
-            if next < produced {
-                buf.clear();
-                let end = produced.min(next + 256);
-                for seq in next..end {
-                    buf.extend_from_slice(&encode(seq));
-                }
-                match tokio::time::timeout(ACK_TIMEOUT, wr.write_all(&buf)).await {
-                    Ok(Ok(())) => next = end,
-                    _ => break,
-                }
-            }
-            let a = acked.load(Ordering::Relaxed);
-            if a > last_ack {
-                last_ack = a;
-                last_progress = Instant::now();
-            } else if next > a && last_progress.elapsed() > ACK_TIMEOUT {
-                tracing::debug!(
-                    acked = a,
-                    sent = next,
-                    "acknowledgements stalled; reconnecting"
-                );
-                break;
-            }
-            if reader.is_finished() {
-                break;
-            }
-            if !open && a >= produced {
-                // Everything acknowledged: idle until the harness stops the run.
-                std::future::pending::<()>().await;
-            }
-            if !open && next >= produced {
-                // Only acknowledgements are outstanding: look again shortly.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        reader.abort();
+        let ended = match &mut sender {
+            Some(sender) => sender.send(stream, next).await,
+            None => receive(stream, &rec, Some(ACK_TIMEOUT)).await,
+        };
+        tracing::debug!(?ended, "connection ended; reconnecting");
     }
     Err(anyhow::anyhow!(
         "gave up after {attempts} connection attempts"

@@ -45,7 +45,7 @@ pub struct Args {
     /// The server, as host:port ([v6]:port for an IPv6 address).
     #[arg(value_name = "HOST:PORT")]
     target: String,
-    /// auto (QUIC today), quic, mptcp or tcp-resume.
+    /// auto (QUIC and TCP raced, QUIC first), quic, mptcp or tcp-resume.
     #[arg(long, default_value = "auto", value_name = "TRANSPORT")]
     transport: TransportPreference,
     /// Trust only the CA certificates in this PEM file (default: the system's trust store).

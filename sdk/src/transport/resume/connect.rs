@@ -41,15 +41,13 @@ pub(crate) async fn connect(
         }
     };
     let alpn = tls.alpn();
-    if alpn != crate::tls::ALPN {
-        return Err(Error::Protocol(
-            "tcp-resume needs ALPN roam/1, and the server chose another protocol".into(),
-        ));
-    }
     let peer = tls
         .get_ref()
         .peer_addr()
         .map_err(|e| Error::io("reading the peer's address", e))?;
+    if alpn != crate::tls::ALPN {
+        return Err(not_roam(tls, peer, &alpn).await);
+    }
     let (events, _) = broadcast::channel(64);
     let r = Resumer {
         id: [0; 16],
@@ -63,12 +61,18 @@ pub(crate) async fn connect(
         binder: d.binder.clone(),
     };
     tracing::info!(%path, %peer, "tcp-resume session connecting");
+    // The decision's multipath mode, as QUIC's: `interactive` keeps a warm backup, where the
+    // supervisor keeps a standby connection.
+    let pm_cfg = crate::path::manager::Config {
+        mode: d.multipath.unwrap_or(d.snap.decision.multipath),
+        ..d.path.clone()
+    };
     let stream = start(
         tls,
         path,
         d.app.as_deref(),
         r,
-        d.path.clone(),
+        pm_cfg,
         d.decisions,
         d.source,
         events.clone(),
@@ -82,4 +86,35 @@ pub(crate) async fn connect(
         transport: Transport::TcpResume,
         connect_events,
     })
+}
+
+/// How long a TLS close to a server that is not roam's may take.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The error for a server that chose another protocol than roam/1, after closing TLS with it
+/// properly: close_notify and the TCP FIN, then what the server still sends (its session
+/// tickets, its own close_notify) read to the end, so closing the socket sends no reset.
+async fn not_roam(mut tls: TlsStream<TcpStream>, peer: std::net::SocketAddr, alpn: &[u8]) -> Error {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let close = async {
+        tls.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tls.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    match tokio::time::timeout(CLOSE_LIMIT, close).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "closing TLS with a server that is not roam's")
+        }
+        Err(_) => tracing::debug!(%peer, "the server did not close TLS within {CLOSE_LIMIT:?}"),
+    }
+    Error::NotRoam {
+        peer,
+        alpn: if alpn.is_empty() {
+            "no ALPN".into()
+        } else {
+            format!("ALPN {}", String::from_utf8_lossy(alpn))
+        },
+    }
 }
