@@ -250,6 +250,7 @@ pub(crate) fn read_samples(s: &TcpStream) -> Vec<progress::Sample> {
             vec![progress::Sample {
                 path,
                 unacked: tcp.unacked,
+                window_closed: tcp.snd_wnd == Some(0),
             }]
         }
     }
@@ -279,6 +280,7 @@ fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<progress::Sample> {
             progress::Sample {
                 path,
                 unacked: tcp.unacked,
+                window_closed: tcp.snd_wnd == Some(0),
             }
         })
         .collect()

@@ -37,6 +37,9 @@ pub(crate) struct Sample {
     pub(crate) path: Subflow,
     /// `tcpi_unacked`: segments sent and not acknowledged yet.
     pub(crate) unacked: u32,
+    /// The peer advertises a zero window (`tcpi_snd_wnd` 0): its app is not reading. The
+    /// peer is alive (it answers the window probes); a slow reader is no dead path.
+    pub(crate) window_closed: bool,
 }
 
 type Key = (SocketAddr, SocketAddr);
@@ -185,8 +188,10 @@ impl Judge {
             self.carrier = Some((k, to));
         }
 
-        // Progress, stalls and the bound.
-        if progress || !outstanding {
+        // Progress, stalls and the bound. A peer that closed its window is waited for as
+        // long as it takes: it answers, its app just does not read.
+        let waiting_for_reader = samples.iter().any(|s| s.window_closed);
+        if progress || !outstanding || waiting_for_reader {
             self.since = None;
             if progress && let Some(path) = self.degraded.take() {
                 let path = self.carrier.as_ref().map_or(path, |(_, p)| p.clone());
@@ -244,6 +249,7 @@ mod tests {
                 bytes_received: Some(received),
             },
             unacked,
+            window_closed: false,
         }
     }
 
@@ -359,6 +365,20 @@ mod tests {
         j.observe(t0 + ms(550), &at(9000, 2000));
         let v = j.observe(t0 + ms(620), &at(9000, 2000));
         assert!(matches!(&v[..], [Verdict::Degraded { .. }]), "{v:?}");
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_is_no_stall() {
+        let t0 = Instant::now();
+        let mut j = Judge::new(ms(1000));
+        j.observe(t0, &[sub("wlan0", 2, 0, 0, 0)]);
+        j.observe(t0 + ms(50), &[sub("wlan0", 2, 1000, 0, 2)]);
+        let mut full = sub("wlan0", 2, 1000, 0, 2);
+        full.window_closed = true;
+        for i in 2..100 {
+            let v = j.observe(t0 + ms(50 * i), std::slice::from_ref(&full));
+            assert!(v.is_empty(), "{v:?}");
+        }
     }
 
     #[test]
