@@ -11,6 +11,9 @@
 //! directions: up to the server and back) and the longest pause between the server's reads
 //! (up only).
 //!
+//! A last test takes the MPTCP transport to a peer without MPTCP (plain TCP underneath):
+//! losing its only path, the session degrades and then fails with a reason, never silently.
+//!
 //! roamd and the reflector run as real processes: this test binary started again to run the
 //! helper test `roamd_helper`.
 
@@ -67,6 +70,12 @@ struct EchoServer(Child, std::io::Lines<BufReader<std::process::ChildStdout>>);
 
 impl EchoServer {
     fn start(topo: &Topology, pki: &TestPki) -> Result<EchoServer> {
+        EchoServer::start_proto(topo, pki, 262)
+    }
+
+    /// The same server on protocol `proto`: 262 (MPTCP) or 6 (plain TCP, a peer without
+    /// MPTCP).
+    fn start_proto(topo: &Topology, pki: &TestPki, proto: u32) -> Result<EchoServer> {
         let script = format!(
             "import socket,ssl,threading,base64,tempfile,time\n\
              def pem(kind,b):\n  \
@@ -77,7 +86,7 @@ impl EchoServer {
              open(d+'/k.pem','w').write(pem('PRIVATE KEY',bytes.fromhex('{key}')))\n\
              ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(d+'/c.pem',d+'/k.pem')\n\
              ctx.set_alpn_protocols(['echo'])\n\
-             s=socket.socket(socket.AF_INET,socket.SOCK_STREAM,262)\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_STREAM,{proto})\n\
              s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
              s.bind(('{SERVICE_V4}',{ECHO_PORT})); s.listen(8); print('ready',flush=True)\n\
              def echo(c):\n  \
@@ -360,5 +369,102 @@ fn a_stock_mptcp_peer_is_told_again_when_wifi_fails_a_second_time() -> Result<()
         worst < BOUND,
         "the echo paused {worst:?}: the stock peer kept sending on a dead subflow"
     );
+    Ok(())
+}
+
+/// The MPTCP transport against a peer without MPTCP (plain TCP underneath) and no roam
+/// peer to resume with: WiFi going down raises `Degraded` within the stall threshold, then
+/// every write fails within the session's `idle_timeout` with what would have saved it.
+#[test]
+fn a_plain_tcp_fallback_that_loses_its_path_degrades_then_fails_with_a_reason() -> Result<()> {
+    let Some(_serial) = roam_tests::serial::netns_test(
+        "a_plain_tcp_fallback_that_loses_its_path_degrades_then_fails_with_a_reason",
+    ) else {
+        return Ok(());
+    };
+    let topo = two_links()?;
+    let pki = TestPki::generate()?;
+    let _server = EchoServer::start_proto(&topo, &pki, 6)?;
+    let bound = Duration::from_secs(2);
+    let builder = roam::Session::builder()
+        .app(APP)
+        .use_roamd(false)
+        .idle_timeout(bound)
+        .transport(roam::TransportPreference::Mptcp)
+        .tls(pki.roam_client())
+        .server_name(SERVER_NAME)
+        .alpn("echo");
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_seen = cut.clone();
+    let client = topo
+        .handset()
+        .spawn_async("fallback-client", move || async move {
+            let s = builder
+                .connect(&format!("{SERVICE_V4}:{ECHO_PORT}"))
+                .await?;
+            ensure!(s.transport() == roam::Transport::Tcp, "{}", s.transport());
+            let mut events = s.events();
+            let fwd = tx.clone();
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    if let roam::SessionEvent::Degraded { path, .. } = e {
+                        let _ = fwd.send((Instant::now(), format!("degraded {}", path.interface)));
+                    }
+                }
+            });
+            let (mut r, mut w) = tokio::io::split(s);
+            // The echo is read and dropped, so the peer's window never closes.
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            let buf = vec![7u8; CHUNK];
+            let mut tick = tokio::time::interval(PACE);
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end {
+                tick.tick().await;
+                if let Err(e) = w.write_all(&buf).await {
+                    ensure!(
+                        cut_seen.load(Ordering::Relaxed),
+                        "failed before the cut: {e}"
+                    );
+                    let _ = tx.send((Instant::now(), format!("failed {e}")));
+                    return Ok(());
+                }
+            }
+            bail!("the writes never failed")
+        })?;
+    std::thread::sleep(Duration::from_millis(500));
+    cut.store(true, Ordering::Relaxed);
+    let down = Instant::now();
+    topo.link_down("wlan0")?;
+    let (at, what) = rx
+        .recv_timeout(Duration::from_secs(3))
+        .context("no Degraded")?;
+    println!(
+        "figure: plain TCP fallback: {what} {:.0} ms after wlan0 went down",
+        ms(at - down)
+    );
+    ensure!(what == "degraded wlan0", "{what}");
+    assert!(
+        at - down < Duration::from_secs(1),
+        "Degraded {:?} after the loss",
+        at - down
+    );
+    let (at, why) = rx.recv_timeout(bound * 3).context("no error")?;
+    let failed = at - down;
+    println!(
+        "figure: plain TCP fallback: write {why} after {:.0} ms",
+        ms(failed)
+    );
+    assert!(
+        failed >= bound && failed < bound + Duration::from_millis(1500),
+        "failed {failed:?} after the loss, the bound is {bound:?}"
+    );
+    for hint in ["plain TCP", "roam peer", "idle_timeout"] {
+        assert!(why.contains(hint), "the error does not say {hint:?}: {why}");
+    }
+    join(client, "client")?;
     Ok(())
 }

@@ -169,12 +169,12 @@ fn failure(stalled_for: Duration, samples: &[Sample], is_mptcp: bool, steered: b
         })
         .collect();
     let on = if on.is_empty() {
-        "no subflow left".to_owned()
+        "no path left".to_owned()
     } else {
-        format!("subflows on {}", on.join(", "))
+        on.join(", ")
     };
     let what = format!(
-        "the session made no progress for {:.1} s with data outstanding ({on}) and nothing \
+        "the session made no progress for {:.1} s with data outstanding on {on} and nothing \
          could carry it",
         stalled_for.as_secs_f64()
     );
