@@ -365,9 +365,9 @@ fn a_stock_mptcp_peer_is_told_again_when_wifi_fails_a_second_time() -> Result<()
         return Ok(());
     };
     let worst = measure("wlan0 down, back, down again", true)?;
-    // The backup subflow has been idle since WiFi came back (its window restarts small), so
-    // this loss costs more than the first (p50 ~20 ms, some repeats 110-150 ms here): a
-    // wider bound, still far below the 810-860 ms of a peer told nothing.
+    // Measured here: p50 10.6 / max 14.3 ms at load 3.8, but some repeats took 110-150 ms
+    // at load 7-8 (two processes' timing: the return, the hold, the second cut): a wider
+    // bound, still far below the 810-860 ms of a peer told nothing.
     let bound = BOUND + Duration::from_millis(150);
     assert!(
         worst < bound,
