@@ -163,19 +163,33 @@ pub(crate) fn plan(
     if survivors > 0 {
         for k in conn.subflows.keys() {
             if want_of(k.0.ip()).is_none() && conn.destroying.insert(*k) {
-                steps.push(SubflowCommand::Destroy {
+                let destroy = SubflowCommand::Destroy {
                     token,
                     local: k.0,
                     remote: k.1,
-                });
-                // And the peer told, so it stops sending on its side of the dead subflow.
-                let id = if conn.first_local == Some(k.0.ip()) {
-                    Some(0)
-                } else {
-                    conn.ids.get(&k.0.ip()).copied()
                 };
-                if let Some(id) = id {
-                    steps.push(SubflowCommand::RemoveAddr { token, id });
+                // And the peer told (REMOVE_ADDR), so it stops sending on its side of the
+                // dead subflow and sends its unacknowledged data again on the others at once.
+                // The id the subflow's address was given: its own, when roamd (or an app)
+                // joined one from it, which happens only once the initial subflow from that
+                // address is gone (a returning link keeps its address); else 0 for the
+                // initial subflow's address.
+                let id = conn
+                    .ids
+                    .get(&k.0.ip())
+                    .copied()
+                    .or_else(|| (conn.first_local == Some(k.0.ip())).then_some(0));
+                match id {
+                    // The initial subflow's address: withdrawn after the close. The kernel
+                    // sends the RM_ADDR on the first subflow that can still send, and the
+                    // initial subflow heads the list: closed first, it is not that one (it
+                    // stays listed, so the kernel still finds id 0).
+                    Some(0) => steps.extend([destroy, SubflowCommand::RemoveAddr { token, id: 0 }]),
+                    // A joined subflow's address: withdrawn before the close, which deletes
+                    // the kernel's entry for the address (a REMOVE after it is refused:
+                    // "address with specified id not found", and the peer never learns).
+                    Some(id) => steps.extend([SubflowCommand::RemoveAddr { token, id }, destroy]),
+                    None => steps.push(destroy),
                 }
             }
         }
@@ -356,6 +370,69 @@ mod tests {
             assert_eq!(c.local_id(ip), Some((i + 1) as u8));
         }
         assert_eq!(c.local_id("198.19.9.9".parse().unwrap()), None);
+    }
+
+    /// The peer is told of every dead subflow's address in an order the kernel accepts: the
+    /// initial subflow's (id 0) after its close, a joined one's before (the close deletes the
+    /// kernel's entry for the address).
+    #[test]
+    fn a_dead_subflows_address_is_withdrawn_in_the_order_the_kernel_accepts() {
+        let remote: SocketAddr = "198.19.0.1:4433".parse().unwrap();
+        let wlan: IpAddr = "198.18.2.2".parse().unwrap();
+        let rmnet: IpAddr = "198.18.3.2".parse().unwrap();
+        let (first, joined) = (SocketAddr::new(wlan, 40000), SocketAddr::new(wlan, 40002));
+        let cell = SocketAddr::new(rmnet, 40001);
+        let mut c = Conn {
+            remote: Some(remote),
+            first_local: Some(wlan),
+            ..Conn::default()
+        };
+        c.local_id(rmnet);
+        c.subflows.insert((first, remote), false);
+        c.subflows.insert((cell, remote), true);
+        let t0 = Instant::now();
+        let only_cell = [Want {
+            addr: rmnet,
+            index: 3,
+            backup: false,
+        }];
+        let steps = plan(7, &mut c, &only_cell, t0);
+        assert_eq!(
+            steps,
+            [
+                SubflowCommand::SetBackup {
+                    token: 7,
+                    local: cell,
+                    remote,
+                    backup: false
+                },
+                SubflowCommand::Destroy {
+                    token: 7,
+                    local: first,
+                    remote
+                },
+                SubflowCommand::RemoveAddr { token: 7, id: 0 },
+            ]
+        );
+        // WiFi returned with the same address: roamd joined a subflow from it (an id of its
+        // own, not the initial subflow's 0), and it dies again.
+        c.subflows.remove(&(first, remote));
+        c.destroying.clear();
+        let id = c.local_id(wlan).unwrap();
+        assert_ne!(id, 0);
+        c.subflows.insert((joined, remote), false);
+        let steps = plan(7, &mut c, &only_cell, t0);
+        assert_eq!(
+            steps,
+            [
+                SubflowCommand::RemoveAddr { token: 7, id },
+                SubflowCommand::Destroy {
+                    token: 7,
+                    local: joined,
+                    remote
+                },
+            ]
+        );
     }
 
     #[test]

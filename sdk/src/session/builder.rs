@@ -175,7 +175,14 @@ impl SessionBuilder {
         self
     }
 
-    /// The QUIC idle timeout: a session that hears nothing for this long is over.
+    /// How long a session may go without progress before it fails (default 30 s). QUIC: a
+    /// session that hears nothing for this long is over (the idle timeout). tcp-resume: how
+    /// long it may stay without a connection. MPTCP and plain TCP: how long data may stay
+    /// outstanding with no subflow acknowledging or receiving a byte; the session raises
+    /// [`crate::SessionEvent::Degraded`] as soon as no subflow makes progress (a few RTTs),
+    /// and after this bound every read and write fails with an error that says what happened
+    /// and what would have saved it (roamd, a kernel endpoint, a roam peer), instead of
+    /// blocking until TCP gives up (many minutes).
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
         self

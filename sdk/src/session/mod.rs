@@ -88,7 +88,10 @@ impl Session {
     }
 
     /// Where the session's traffic goes now, with its round-trip time and byte counts. For
-    /// MPTCP: the lowest-numbered subflow that is established (see [`Session::paths`] for all).
+    /// MPTCP: the subflow that carries the stream, judged by the kernel's byte counters (the
+    /// one whose bytes were last acknowledged or received, whoever moved the stream there:
+    /// roamd, the kernel's scheduler or the peer; [`crate::SessionEvent::PathChanged`] says
+    /// when it changes); see [`Session::paths`] for all.
     pub fn path(&self) -> PathInfo {
         match &self.conn.stream {
             Stream::Quic(q) => q.path(),
@@ -97,8 +100,8 @@ impl Session {
         }
     }
 
-    /// Every path of the session: each MPTCP subflow with its id, addresses, interface, RTT
-    /// and bytes (`MPTCP_FULL_INFO`, or `MPTCP_SUBFLOW_ADDRS` + `MPTCP_TCPINFO` on kernels
+    /// Every path of the session: each MPTCP subflow that can carry data (established; not
+    /// one being closed or still connecting) with its id, addresses, interface, RTT and bytes (`MPTCP_FULL_INFO`, or `MPTCP_SUBFLOW_ADDRS` + `MPTCP_TCPINFO` on kernels
     /// before 6.5); the one connection of QUIC and TCP sessions.
     ///
     /// For MPTCP, `backup` comes from socket diagnostics (one `NETLINK_SOCK_DIAG` lookup per

@@ -34,6 +34,7 @@ pub(crate) async fn accept(mut tls: TlsStream<TcpStream>, roam_alpn: bool) -> Re
             links: None,
             control: Arc::new(Roamd::from_env()),
             _watcher: None,
+            judged: Arc::default(),
         })),
         events,
         app,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use super::{MptcpStream, check_mptcp, watcher};
+use super::{Judged, MptcpStream, check_mptcp, watcher};
 use crate::decision::PathReport;
 use crate::error::{Error, Result};
 use crate::mptcp::control::Roamd;
@@ -88,12 +88,19 @@ pub(crate) async fn connect(d: Dial, why: String) -> Result<Connection> {
                 .into(),
         }),
     }
+    let judged = Arc::new(Judged::default());
+    let judging = watcher::Judging {
+        judged: judged.clone(),
+        give_up: d.idle_timeout,
+        steered: mptcp.is_ok() && d.source.steers_mptcp(),
+    };
     let watcher = watcher::spawn(
         &stream,
         d.decisions.clone(),
         events.clone(),
         mptcp.is_ok(),
         d.source,
+        judging,
     )?;
     Ok(Connection {
         stream: Stream::Mptcp(Box::new(MptcpStream {
@@ -109,6 +116,7 @@ pub(crate) async fn connect(d: Dial, why: String) -> Result<Connection> {
                 ))
             }),
             _watcher: Some(watcher),
+            judged,
         })),
         events,
         app: d.app,

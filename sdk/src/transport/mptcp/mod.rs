@@ -16,18 +16,21 @@
 //!
 //! - `connect`: the client's connection, raced over the candidates, and its fallback check.
 //! - `accept`: the listener's side once TLS is up and the magic said `ROAM`.
-//! - `watcher`: the client's task that reports subflows, fallbacks and RTTs.
+//! - `watcher`: the client's task that reports subflows, fallbacks and RTTs, and judges the
+//!   connection by its progress (`progress`): which subflow carries the stream, `Degraded`
+//!   when none makes progress, and the session's failure after `idle_timeout` without any.
 //! - here: the session's stream and the kernel's view of its subflows.
 
 mod accept;
 mod connect;
+mod progress;
 mod watcher;
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,6 +58,34 @@ pub(crate) struct MptcpStream {
     /// Who opens, closes and re-prioritises subflows (roamd).
     pub(crate) control: Arc<dyn PathControl>,
     pub(crate) _watcher: Option<TaskHandle>,
+    /// What the watcher learnt: the carrying subflow, and why the session failed.
+    pub(crate) judged: Arc<Judged>,
+}
+
+/// What the client's watcher tells the stream.
+#[derive(Debug, Default)]
+pub(crate) struct Judged {
+    /// The subflow (local, remote) whose bytes move: what `path()` names.
+    carrier: Mutex<Option<(SocketAddr, SocketAddr)>>,
+    /// Set once the watcher gave up on the connection: every read and write fails with it.
+    failed: OnceLock<String>,
+}
+
+impl Judged {
+    fn carrier(&self) -> Option<(SocketAddr, SocketAddr)> {
+        *self.carrier.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_carrier(&self, k: Option<(SocketAddr, SocketAddr)>) {
+        *self.carrier.lock().unwrap_or_else(|e| e.into_inner()) = k;
+    }
+
+    /// The failure, as the app's reads and writes see it.
+    fn error(&self) -> Option<io::Error> {
+        self.failed
+            .get()
+            .map(|m| io::Error::new(io::ErrorKind::TimedOut, m.clone()))
+    }
 }
 
 impl MptcpStream {
@@ -87,13 +118,24 @@ impl MptcpStream {
         v
     }
 
+    /// The subflow that carries the stream: the one whose bytes the watcher saw move last;
+    /// before any moved (or on the server side, without a watcher), the first that is no
+    /// backup and carried bytes, else the first that carried any, else the first.
     pub(crate) fn path(&self) -> PathInfo {
         let paths = self.paths();
         let s = self.socket();
+        let carried = |p: &&Subflow| p.bytes_acked.unwrap_or(0) + p.bytes_received.unwrap_or(0) > 0;
+        let carrier = self.judged.carrier();
         let best = paths
             .iter()
-            .filter(|p| p.rtt > Duration::ZERO || p.bytes_acked.unwrap_or(0) > 0)
-            .min_by_key(|p| p.id)
+            .find(|p| carrier.is_some() && p.local.zip(p.remote) == carrier)
+            .or_else(|| {
+                paths
+                    .iter()
+                    .filter(carried)
+                    .find(|p| p.backup != Some(true))
+            })
+            .or_else(|| paths.iter().find(carried))
             .or(paths.first());
         PathInfo {
             interface: best.and_then(|b| b.interface.clone()),
@@ -129,7 +171,15 @@ impl AsyncRead for MptcpStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_read(cx, buf)
+        if let Some(e) = self.judged.error() {
+            return Poll::Ready(Err(e));
+        }
+        let r = Pin::new(&mut self.tls).poll_read(cx, buf);
+        // The watcher shut the socket down to wake us: its reason, not an end of stream.
+        match (self.judged.error(), r) {
+            (Some(e), Poll::Ready(_)) => Poll::Ready(Err(e)),
+            (_, r) => r,
+        }
     }
 }
 
@@ -139,10 +189,20 @@ impl AsyncWrite for MptcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write(cx, buf)
+        if let Some(e) = self.judged.error() {
+            return Poll::Ready(Err(e));
+        }
+        let r = Pin::new(&mut self.tls).poll_write(cx, buf);
+        match (self.judged.error(), r) {
+            (Some(e), Poll::Ready(_)) => Poll::Ready(Err(e)),
+            (_, r) => r,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = self.judged.error() {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.tls).poll_flush(cx)
     }
 
@@ -151,12 +211,17 @@ impl AsyncWrite for MptcpStream {
     }
 }
 
-/// `TCP_CLOSE` (`tcpi_state`).
-const TCP_CLOSE: u8 = 7;
+/// `TCP_ESTABLISHED` (`tcpi_state`).
+const TCP_ESTABLISHED: u8 = 1;
 
-/// The subflows of an MPTCP socket (closed ones left out), or its one TCP connection after a
+/// The subflows of an MPTCP socket that can carry data, or its one TCP connection after a
 /// fallback.
 pub(crate) fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
+    read_samples(s).into_iter().map(|s| s.path).collect()
+}
+
+/// [`read_subflows`] with each subflow's unacknowledged segments, for the watcher's judge.
+pub(crate) fn read_samples(s: &TcpStream) -> Vec<progress::Sample> {
     let fd = s.as_fd();
     let raw = match sockopt::full_info(fd) {
         Ok((_, subs)) => Ok(subs),
@@ -171,7 +236,7 @@ pub(crate) fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
         Err(_) => {
             // Plain TCP (fallen back): one path, from TCP_INFO.
             let tcp = sockopt::tcp_info(fd).unwrap_or_default();
-            vec![Subflow {
+            let path = Subflow {
                 id: 0,
                 local: s.local_addr().ok(),
                 remote: s.peer_addr().ok(),
@@ -181,20 +246,27 @@ pub(crate) fn read_subflows(s: &TcpStream) -> Vec<Subflow> {
                 bytes_sent: tcp.bytes_sent,
                 bytes_acked: tcp.bytes_acked,
                 bytes_received: tcp.bytes_received,
+            };
+            vec![progress::Sample {
+                path,
+                unacked: tcp.unacked,
+                window_closed: tcp.snd_wnd == Some(0),
             }]
         }
     }
 }
 
-/// The kernel's subflows as paths, closed ones left out: the kernel keeps a closed initial
-/// subflow in the connection's list as long as the connection lives (roamd closing it at a
-/// handover, say), and it is no path any more.
-fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<Subflow> {
+/// The kernel's subflows that can carry data: established ones (and those the kernel gave no
+/// `tcp_info` for). Left out: a closed initial subflow, which the kernel keeps in the
+/// connection's list as long as the connection lives (roamd closing it at a handover, say),
+/// a subflow being closed (FIN-WAIT-1 while its FIN waits on a dead link, CLOSE-WAIT after the
+/// peer closed it) and one still connecting: none of them is a path the stream can use.
+fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<progress::Sample> {
     raw.into_iter()
-        .filter(|r| r.tcp.is_none_or(|t| t.state != TCP_CLOSE))
+        .filter(|r| r.tcp.is_none_or(|t| t.state == TCP_ESTABLISHED))
         .map(|r| {
             let tcp = r.tcp.unwrap_or_default();
-            Subflow {
+            let path = Subflow {
                 id: r.id.unwrap_or(0),
                 local: r.local,
                 remote: r.remote,
@@ -204,6 +276,11 @@ fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<Subflow> {
                 bytes_sent: tcp.bytes_sent,
                 bytes_acked: tcp.bytes_acked,
                 bytes_received: tcp.bytes_received,
+            };
+            progress::Sample {
+                path,
+                unacked: tcp.unacked,
+                window_closed: tcp.snd_wnd == Some(0),
             }
         })
         .collect()
@@ -254,7 +331,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_closed_subflow_is_no_path() {
+    fn only_established_subflows_are_paths() {
         let raw = |id, state| sockopt::RawSubflow {
             id: Some(id),
             local: Some(SocketAddr::from(([198, 18, 0, 2], 40000 + id as u16))),
@@ -262,17 +339,27 @@ mod tests {
             tcp: Some(sockopt::TcpInfo {
                 state,
                 rtt_us: 500,
+                unacked: 3,
                 ..Default::default()
             }),
         };
-        // The initial subflow closed at a handover, a joined one established, one connecting,
-        // and one the kernel gave no tcp_info for.
-        let mut unknown = raw(4, 1);
+        // The initial subflow closed at a handover (TCP_CLOSE 7), a joined one established
+        // (1), one connecting (SYN-SENT 2), one whose FIN waits on a dead link (FIN-WAIT-1
+        // 4), one the peer closed (CLOSE-WAIT 8), and one the kernel gave no tcp_info for.
+        let mut unknown = raw(6, 1);
         unknown.tcp = None;
-        let v = live_subflows(vec![raw(1, TCP_CLOSE), raw(2, 1), raw(3, 2), unknown]);
-        let ids: Vec<u32> = v.iter().map(|s| s.id).collect();
-        assert_eq!(ids, [2, 3, 4]);
-        assert_eq!(v[0].rtt, Duration::from_micros(500));
-        assert_eq!(v[0].backup, None, "read later, through sock_diag");
+        let v = live_subflows(vec![
+            raw(1, 7),
+            raw(2, TCP_ESTABLISHED),
+            raw(3, 2),
+            raw(4, 4),
+            raw(5, 8),
+            unknown,
+        ]);
+        let ids: Vec<u32> = v.iter().map(|s| s.path.id).collect();
+        assert_eq!(ids, [2, 6]);
+        assert_eq!(v[0].path.rtt, Duration::from_micros(500));
+        assert_eq!(v[0].unacked, 3);
+        assert_eq!(v[0].path.backup, None, "read later, through sock_diag");
     }
 }

@@ -4,6 +4,14 @@
 //! stalls to the decision source (roamd confirms a stall with a burst of probes: the path is
 //! judged by its own traffic, not by periodic probes). The kernel's MPTCP events go only to
 //! CAP_NET_ADMIN listeners, so an app polls its own socket.
+//!
+//! It also judges the whole connection by its progress (`super::progress`): a
+//! [`SessionEvent::PathChanged`] whenever another subflow carries the stream (whoever moved
+//! it: roamd, the kernel's scheduler, the peer), [`SessionEvent::Degraded`] as soon as no
+//! subflow makes progress with data outstanding and none is left to take over,
+//! [`SessionEvent::Recovered`] when bytes move again, and after the session's `idle_timeout`
+//! without progress the session fails: the socket is shut down and every read and write
+//! returns an error saying what happened and what would have saved it.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -14,14 +22,15 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
-use super::{check_mptcp, read_backup, read_subflows};
+use super::progress::{self, Judge, Sample, Verdict};
+use super::{Judged, check_mptcp, read_backup, read_samples};
 use crate::decision::{DecisionSource, PathReport, Snapshot};
 use crate::error::{Error, Result};
 use crate::mptcp::diag::Diag;
 use crate::transport::TaskHandle;
 use crate::transport::report::REPORT_EVERY;
 use crate::transport::tls_stream::TlsStream;
-use crate::vocab::{LocalPath, SessionEvent, Subflow, Transport};
+use crate::vocab::{DegradedReason, LocalPath, SessionEvent, Subflow, Transport};
 
 /// How often a client session re-reads its subflows to report changes.
 pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(50);
@@ -80,17 +89,10 @@ impl RttReports {
     }
 }
 
-/// A subflow stalls when it sent data since its acknowledged bytes last grew and they have
-/// not grown for this many smoothed RTTs plus TCP's delayed-ACK allowance ...
-const STALL_RTTS: u32 = 2;
-/// ... the longest a Linux peer may hold back an ACK (`TCP_DELACK_MAX` is 200 ms, but with
-/// data flowing every second segment is acknowledged at once; 40 ms is the minimum delack) ...
-const STALL_ACK_DELAY: Duration = Duration::from_millis(40);
-/// ... and never sooner than this, whatever the RTT (as the path manager's `min_stall`).
-const STALL_MIN: Duration = Duration::from_millis(60);
-
 /// Per-subflow ACK progress (TCP_INFO's bytes sent and acknowledged), and the stalls it shows:
-/// one report per stall, re-armed when acknowledgements resume.
+/// one report per stall, re-armed when acknowledgements resume. A subflow stalls when it sent
+/// data since its acknowledged bytes last grew and they have not grown for
+/// [`progress::stall_threshold`] of its RTT.
 #[derive(Debug, Default)]
 struct StallReports {
     /// Per subflow (local, remote): acknowledged bytes, when they last grew, bytes sent then,
@@ -132,7 +134,7 @@ impl StallReports {
                     reported: false,
                 },
             };
-            let threshold = (s.rtt * STALL_RTTS + STALL_ACK_DELAY).max(STALL_MIN);
+            let threshold = progress::stall_threshold(s.rtt);
             if !p.reported && sent > p.sent && now.duration_since(p.at) >= threshold {
                 p.reported = true;
                 if let Some(interface) = s.interface.clone()
@@ -155,6 +157,56 @@ impl StallReports {
     }
 }
 
+/// Why the session failed and what would have saved it, for the error every read and write
+/// returns: `steered` says roamd steers the connection.
+fn failure(stalled_for: Duration, samples: &[Sample], is_mptcp: bool, steered: bool) -> String {
+    let on: Vec<String> = samples
+        .iter()
+        .map(|s| match (&s.path.interface, s.path.local) {
+            (Some(i), Some(l)) => format!("{i} ({})", l.ip()),
+            (None, Some(l)) => l.ip().to_string(),
+            _ => "?".into(),
+        })
+        .collect();
+    let on = if on.is_empty() {
+        "no path left".to_owned()
+    } else {
+        on.join(", ")
+    };
+    let what = format!(
+        "the session made no progress for {:.1} s with data outstanding on {on} and nothing \
+         could carry it",
+        stalled_for.as_secs_f64()
+    );
+    let saved = if !is_mptcp {
+        "the connection is plain TCP (MPTCP fell back, or the peer does not speak it), so it \
+         cannot move to another link: a roam peer (a roam Listener; tcp-resume reconnects on \
+         another link) would have saved it"
+    } else if steered {
+        "roamd steers this connection but had no other usable link to open a subflow on, or \
+         that link failed too: another link the policy permits would have saved it"
+    } else if samples.len() <= 1 {
+        "nothing opened a second subflow: roamd (it opens subflows on the policy's other \
+         links), a kernel endpoint on another link (`ip mptcp endpoint add ADDR dev IFACE \
+         subflow backup`), or a roam peer (tcp-resume reconnects on another link) would have \
+         saved it"
+    } else {
+        "the kernel's path manager had these subflows and none made progress: roamd (it \
+         opens subflows on links that work) or a roam peer (tcp-resume) would have saved it"
+    };
+    format!("{what}; {saved} (the bound is the session's idle_timeout)")
+}
+
+/// How the watcher judges the connection.
+pub(super) struct Judging {
+    /// Shared with the stream: the carrier for `path()`, the failure for reads and writes.
+    pub(super) judged: Arc<Judged>,
+    /// How long without progress, data outstanding, before the session fails.
+    pub(super) give_up: Duration,
+    /// Whether roamd steers the connection (for the failure's message).
+    pub(super) steered: bool,
+}
+
 /// Starts the watcher of a client's MPTCP connection on a duplicate of its socket.
 pub(super) fn spawn(
     stream: &TlsStream<TcpStream>,
@@ -162,6 +214,7 @@ pub(super) fn spawn(
     events: broadcast::Sender<SessionEvent>,
     mut is_mptcp: bool,
     source: Arc<dyn DecisionSource>,
+    judging: Judging,
 ) -> Result<TaskHandle> {
     let fd = stream
         .get_ref()
@@ -197,6 +250,7 @@ pub(super) fn spawn(
         let mut last: Vec<Subflow> = Vec::new();
         let mut rtt = RttReports::default();
         let mut stalls = StallReports::default();
+        let mut judge = Judge::new(judging.give_up);
         let mut source_alive = true;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         loop {
@@ -209,13 +263,44 @@ pub(super) fn spawn(
                     Err(_) => source_alive = false,
                 },
                 _ = tick.tick() => {
-                    let mut now = read_subflows(&sock);
+                    let mut samples = read_samples(&sock);
+                    let mut now: Vec<Subflow> = samples.iter().map(|s| s.path.clone()).collect();
                     name(&decisions.borrow().clone(), &mut now);
                     read_backup(&mut diag, &mut now);
+                    for (s, p) in samples.iter_mut().zip(&now) {
+                        s.path = p.clone();
+                    }
                     let t = tokio::time::Instant::now().into_std();
                     for r in stalls.due(t, &now).into_iter().chain(rtt.due(t, &now)) {
                         source.report(r);
                     }
+                    for v in judge.observe(t, &samples) {
+                        let e = match v {
+                            Verdict::Moved { from, to, reason } => {
+                                tracing::info!(?from, %to, %reason, "the stream is carried by another subflow");
+                                SessionEvent::PathChanged { from, to, reason }
+                            }
+                            Verdict::Degraded { path } => {
+                                tracing::warn!(%path, "no subflow makes progress");
+                                SessionEvent::Degraded {
+                                    path,
+                                    reason: DegradedReason::StalledNoAlternative,
+                                }
+                            }
+                            Verdict::Recovered { path } => SessionEvent::Recovered { path },
+                            Verdict::Failed { stalled_for } => {
+                                let why = failure(stalled_for, &samples, is_mptcp, judging.steered);
+                                tracing::warn!(%why, "the session failed");
+                                let _ = judging.judged.failed.set(why);
+                                // Wakes a read or write blocked on the socket; the stream then
+                                // returns the reason.
+                                let _ = socket2::SockRef::from(&sock).shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                        };
+                        let _ = events.send(e);
+                    }
+                    judging.judged.set_carrier(judge.carrier());
                     if key(&now) != key(&last) {
                         tracing::info!(subflows = ?key(&now), "subflows changed");
                         last = now.clone();
