@@ -539,8 +539,15 @@ impl PathManager {
 
     /// Picks the best path and moves there if it is not the current one.
     fn reconsider(&mut self, now: Instant, cause: Option<MigrationReason>) {
-        if self.pending.is_some() {
-            return;
+        if let Some((to, _)) = &self.pending {
+            if self.paths.contains(to) {
+                return;
+            }
+            // The path a move is heading to left the decision while the move was under way
+            // (found dead too, say): that move is void and the driver drops it when told the
+            // next one, instead of waiting out its connect timeout.
+            tracing::info!(%to, "the path being moved to is no longer permitted; choosing again");
+            self.pending = None;
         }
         let current_listed = self.paths.contains(&self.current);
         let best = self
@@ -1243,6 +1250,44 @@ mod tests {
             }
         }
         assert_eq!(asked, ["rmnet0", "bnep0"]);
+        assert_eq!(pm.current(), &third);
+    }
+
+    /// wlan0 is lost and the move to rmnet0 is under way when the decision drops rmnet0 too
+    /// (its burst failed): the manager moves to bnep0 at once, without waiting for the
+    /// attempt on rmnet0 to fail.
+    #[test]
+    fn a_move_whose_target_leaves_the_decision_is_replaced_at_once() {
+        let third = LocalPath {
+            interface: "bnep0".into(),
+            local: "198.18.2.2".parse().unwrap(),
+        };
+        let now = Instant::now();
+        let mut pm = PathManager::new(Config::default(), wlan(), now);
+        pm.handle(now, Input::Paths(vec![wlan(), rmnet(), third.clone()]));
+        while pm.poll_action().is_some() {}
+        pm.handle(now, Input::Paths(vec![rmnet(), third.clone()]));
+        let moves = |pm: &mut PathManager| {
+            std::iter::from_fn(|| pm.poll_action())
+                .filter_map(|a| match a {
+                    Action::Move { to, reason } => Some((to.interface, reason)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            moves(&mut pm),
+            [("rmnet0".into(), MigrationReason::LinkLost)]
+        );
+        // Still heading to rmnet0: a decision that keeps it changes nothing.
+        pm.handle(now, Input::Paths(vec![rmnet(), third.clone()]));
+        assert_eq!(moves(&mut pm), []);
+        pm.handle(now, Input::Paths(vec![third.clone()]));
+        assert_eq!(
+            moves(&mut pm),
+            [("bnep0".into(), MigrationReason::LinkLost)]
+        );
+        pm.handle(now, Input::Moved(third.clone()));
         assert_eq!(pm.current(), &third);
     }
 

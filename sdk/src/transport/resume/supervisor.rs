@@ -216,16 +216,23 @@ impl Supervisor {
                         if let Some(c) = conn.take() {
                             c.abort();
                         }
-                        let r = match standby.take() {
-                            Some(s) if s.dialing.to == to => self.resume_standby(&to, s).await,
+                        self.shared.lock().core.detach();
+                        match standby.take() {
+                            Some(s) if s.dialing.to == to => {
+                                let r = self.resume_standby(&to, s).await;
+                                match self.settle(to, r) {
+                                    Ok(c) => conn = c,
+                                    Err(e) => return self.shared.fail(e),
+                                }
+                            }
                             other => {
                                 standby = other;
-                                self.reconnect(&to).await
+                                // In the background: a decision that arrives meanwhile (the
+                                // path is dead too, a better one came) replaces this attempt
+                                // instead of waiting out its connect timeout.
+                                let task = tokio::spawn(self.dial(&to).in_current_span());
+                                dialing = Some(Dialing { to, task });
                             }
-                        };
-                        match self.settle(to, r) {
-                            Ok(c) => conn = c,
-                            Err(e) => return self.shared.fail(e),
                         }
                     }
                     Action::Warm(p) => {
@@ -238,8 +245,7 @@ impl Supervisor {
                     }
                 }
             }
-            if conn.is_none() {
-                dialing = None;
+            if conn.is_none() && dialing.is_none() {
                 // No move proposed (every path suspect or the same one): retry on the current
                 // path, bounded by the give-up deadline in `retry_current`.
                 match self.retry_current().await {
@@ -250,7 +256,7 @@ impl Supervisor {
             }
             let deadline = tokio::time::Instant::from_std(self.pm.poll_timeout());
             tokio::select! {
-                r = async { conn.as_mut().expect("checked above").await } => {
+                r = async { conn.as_mut().expect("guarded").await }, if conn.is_some() => {
                     conn = None;
                     let why = match r {
                         Ok(Ok(())) => {
