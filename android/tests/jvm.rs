@@ -1,8 +1,10 @@
 //! The bridge for real: libroam_android.so, as `cargo test` builds it for the host, loaded by a
 //! real JVM running `io.roam.hosttest.HostBridgeTest` (android/java). Java drives link events in
 //! and checks the decisions out, the exceptions for bad arguments, closed handles and panics,
-//! the socket binder, and a session through the bridge to a roam `Listener` on loopback whose
-//! data is hashed at both ends.
+//! the socket binder, and a session through the bridge to a roam `Listener` whose data is
+//! hashed at both ends. The JVM and the listener run in a network namespace of the test's own
+//! whose `wlan0` (a veth, 198.18.0.2) stands in for WiFi, so the test needs root (it says why and
+//! passes without, except under CI).
 //!
 //! Without `javac` and `java` the test says why and passes, except under CI (env `CI` set),
 //! where it fails: CI must install a JDK (Debian: `openjdk-17-jdk-headless`).
@@ -19,6 +21,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVER_NAME: &str = "server.roam.test";
+/// The address of the namespace's `wlan0`, the session's one link.
+const WLAN0: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 2);
 /// The whole Java run, compile excluded.
 const JAVA_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -140,6 +144,9 @@ fn line_value<'a>(out: &'a str, prefix: &str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn the_bridge_works_from_a_real_jvm() -> Result<()> {
+    let Some(_serial) = roam_tests::serial::netns_test("the_bridge_works_from_a_real_jvm") else {
+        return Ok(());
+    };
     if !has("javac") || !has("java") {
         let why = "javac or java is not on PATH (install a JDK 17: openjdk-17-jdk-headless)";
         if std::env::var_os("CI").is_some() {
@@ -173,25 +180,36 @@ fn the_bridge_works_from_a_real_jvm() -> Result<()> {
     let pki = pki()?;
     let ca_file = work.join("ca.der");
     std::fs::write(&ca_file, pki.ca.as_ref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let tls = roam::tls::server_config(
         pki.chain.clone(),
         PrivateKeyDer::Pkcs8(pki.key.clone_key()),
         &[],
     )?;
-    let listener = {
-        let _guard = rt.enter();
-        roam::Listener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), tls)?
-    };
-    let port = listener.local_addr()?.port();
+    // A namespace whose `wlan0` (one end of a veth pair, 198.18.0.2) stands in for WiFi: roam counts
+    // no loopback address as usable, and Android never reports one. The listener and the JVM
+    // both run in it; the session goes from wlan0's address to the listener on the same one.
+    let ns = roam_tests::netns::Netns::new("j")?;
+    ns.ip(&[
+        "link", "add", "wlan0", "type", "veth", "peer", "name", "wlan0p",
+    ])?;
+    ns.ip(&["addr", "add", &format!("{WLAN0}/24"), "dev", "wlan0"])?;
+    ns.ip(&["link", "set", "wlan0p", "up"])?;
+    ns.ip(&["link", "set", "wlan0", "up"])?;
+    let (port_tx, port_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
-    rt.spawn(serve(listener, done_tx));
+    let _server = ns.spawn_async("jvm-listener", move || async move {
+        let listener = roam::Listener::bind(SocketAddr::new(WLAN0.into(), 0), tls)?;
+        port_tx.send(listener.local_addr()?.port())?;
+        serve(listener, done_tx).await;
+        anyhow::Ok(())
+    })?;
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("the listener did not start")?;
 
     let started = Instant::now();
-    let mut child = Command::new("java")
+    let mut java = ns.command("java");
+    let mut child = java
         .arg("-Xcheck:jni")
         .arg(format!("-Djava.library.path={}", lib_dir.display()))
         .arg("--add-opens=java.base/sun.nio.ch=ALL-UNNAMED")

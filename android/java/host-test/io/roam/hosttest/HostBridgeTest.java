@@ -243,8 +243,8 @@ public final class HostBridgeTest {
 
     static void session(int port, byte[] ca) throws Exception {
         try (RoamBridge bridge = RoamBridge.create(null, null)) {
-            // Loopback stands in for WiFi: the one link the host test may use.
-            bridge.linkUpdate(200, Transport.WIFI, "lo", new String[] {"127.0.0.1"}, true, true, RoamNative.SIGNAL_UNKNOWN);
+            // The test's namespace has one link, a veth wlan0 standing in for WiFi.
+            bridge.linkUpdate(200, Transport.WIFI, "wlan0", new String[] {"198.18.0.2"}, true, true, RoamNative.SIGNAL_UNKNOWN);
             RoamSession.Options o = new RoamSession.Options();
             o.app = "com.example.hosttest";
             o.caDer = ca;
@@ -252,11 +252,11 @@ public final class HostBridgeTest {
             o.connectTimeoutMs = 10_000;
             List<long[]> bound = new CopyOnWriteArrayList<>();
             bridge.setSocketBinder((sock, net) -> bound.add(new long[] {sock, net}));
-            RoamSession s = RoamSession.connect(bridge, "127.0.0.1:" + port, o);
+            RoamSession s = RoamSession.connect(bridge, "198.18.0.2:" + port, o);
             check(!bound.isEmpty() && bound.stream().allMatch(b -> b[1] == 200),
                     "every socket of the session went through the binder on network 200 (" + bound.size() + " calls)");
             String path = s.path();
-            check(path.contains("\"interface\":\"lo\""), "session connected over the decided link: " + path);
+            check(path.contains("\"interface\":\"wlan0\""), "session connected over the decided link: " + path);
 
             final int total = 2 * 1024 * 1024 + 12345;
             MessageDigest sent = MessageDigest.getInstance("SHA-256");
