@@ -43,23 +43,15 @@ use crate::vocab::{LocalPath, MigrationReason, SessionEvent};
 /// detector (the primary's stall detection moves the session; a dead backup shows then).
 const BACKUP_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// How long an old primary that still works stays open after its successor is established:
+/// long enough for its last packets to be acknowledged.
+const RETIRE_AFTER: Duration = Duration::from_secs(1);
+
 /// A path this driver opened (or the handshake's) and has not seen closed.
 #[derive(Debug, Clone)]
 struct OpenPath {
     path: LocalPath,
     id: PathId,
-}
-
-/// The primary path's counters as one series across moves: the stall detector compares each
-/// sample with the last, and a new primary's own counters start lower.
-#[derive(Debug, Clone, Copy, Default)]
-struct Series {
-    id: PathId,
-    /// The new primary's counters when it became primary.
-    at: (u64, u64),
-    /// What the series said then.
-    base: (u64, u64),
-    last: (u64, u64),
 }
 
 pub(crate) struct Driver {
@@ -81,9 +73,10 @@ pub(crate) struct Driver {
     open: Vec<OpenPath>,
     /// Paths to close once the path with this id is established (a handover's old primary).
     retire: Option<(PathId, Vec<PathId>)>,
+    /// When to close the old primaries whose successor is established.
+    retire_at: Option<(tokio::time::Instant, Vec<PathId>)>,
     /// The paths the decision permits, best first.
     permitted: Vec<LocalPath>,
-    series: Series,
     /// The app's socket hook, run on every socket bound here.
     binder: Option<SocketBinder>,
     /// Keeps the source alive as long as the session, and hears its path reports.
@@ -131,8 +124,8 @@ impl Driver {
                 id: PathId::ZERO,
             }],
             retire: None,
+            retire_at: None,
             permitted: Vec::new(),
-            series: Series::default(),
             binder,
             source,
             reported: None,
@@ -155,7 +148,10 @@ impl Driver {
         self.follow_permitted();
         loop {
             self.act();
-            let deadline = tokio::time::Instant::from_std(self.pm.poll_timeout());
+            let mut deadline = tokio::time::Instant::from_std(self.pm.poll_timeout());
+            if let Some((at, _)) = &self.retire_at {
+                deadline = deadline.min(*at);
+            }
             tokio::select! {
                 r = self.decisions.changed(), if source_alive => match r {
                     Ok(()) => {
@@ -178,7 +174,20 @@ impl Driver {
                     }
                 }
                 _ = self.activity.notified() => self.pm.handle(now(), Input::Activity),
-                _ = tokio::time::sleep_until(deadline) => self.pm.handle_timeout(now()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Some((at, olds)) = self.retire_at.take() {
+                        if at <= tokio::time::Instant::now() {
+                            // Unless the session went back to it meanwhile.
+                            let primary = self.shared.primary();
+                            for old in olds.into_iter().filter(|o| *o != primary) {
+                                self.close_path(old);
+                            }
+                        } else {
+                            self.retire_at = Some((at, olds));
+                        }
+                    }
+                    self.pm.handle_timeout(now());
+                }
                 reason = self.conn.closed() => {
                     tracing::info!(%reason, "session closed");
                     return;
@@ -239,48 +248,19 @@ impl Driver {
         p.as_ref().map(|(p, _)| p.clone())
     }
 
-    /// The primary path's counters (the connection's for a single-path peer).
-    fn sample(&mut self) -> TransportSample {
-        if !self.multipath() {
-            let s = self.conn.stats();
-            let rtt = self.conn.rtt(PathId::ZERO).unwrap_or_default();
-            return TransportSample {
-                ack_eliciting_sent: ack_eliciting(&s.frame_tx),
-                acks_received: s.frame_rx.acks + s.frame_rx.path_acks,
-                rtt,
-            };
-        }
-        let id = self.shared.primary();
-        let Some(stats) = self.conn.path(id).map(|p| p.stats()) else {
-            // The primary is gone (closed by the peer): nothing new on it, so a stall shows.
-            let (sent, acks) = self.series.last;
-            return TransportSample {
-                ack_eliciting_sent: sent,
-                acks_received: acks,
-                rtt: Duration::ZERO,
-            };
+    /// The connection's counters (all paths: an ACK for one path's packets may come back on
+    /// another), with the primary path's RTT.
+    fn sample(&self) -> TransportSample {
+        let s = self.conn.stats();
+        let primary = if self.multipath() {
+            self.shared.primary()
+        } else {
+            PathId::ZERO
         };
-        let own = (
-            ack_eliciting(&stats.frame_tx),
-            stats.frame_rx.acks + stats.frame_rx.path_acks,
-        );
-        if self.series.id != id {
-            self.series = Series {
-                id,
-                at: own,
-                base: self.series.last,
-                last: self.series.last,
-            };
-        }
-        let s = &mut self.series;
-        s.last = (
-            s.base.0 + own.0.saturating_sub(s.at.0),
-            s.base.1 + own.1.saturating_sub(s.at.1),
-        );
         TransportSample {
-            ack_eliciting_sent: s.last.0,
-            acks_received: s.last.1,
-            rtt: stats.rtt,
+            ack_eliciting_sent: ack_eliciting(&s.frame_tx),
+            acks_received: s.frame_rx.acks + s.frame_rx.path_acks,
+            rtt: self.conn.rtt(primary).unwrap_or_default(),
         }
     }
 
@@ -356,44 +336,36 @@ impl Driver {
         }
     }
 
-    /// A multipath move: `to` carries the data from now on, with no validation round trip
-    /// if it is open already.
+    /// A multipath move. From a primary that still works (a better one came): `to` carries
+    /// the data from now on, with no validation round trip if it is open already, and until
+    /// it is validated the old primary does. From one that died or went silent: see
+    /// [`Driver::rehome`].
     fn switch(&mut self, to: &LocalPath, reason: MigrationReason) -> std::io::Result<SocketAddr> {
+        let old = self.shared.primary();
+        if let Some(o) = self.open.iter().find(|o| o.id == old).cloned()
+            && (reason != MigrationReason::PrimaryChanged || !self.permitted.contains(&o.path))
+        {
+            return self.rehome(o, to);
+        }
         let id = match self.find(to) {
             Some(id) => id,
             None => self.open_path(to, PathStatus::Available)?,
         };
         self.set_status(id, PathStatus::Available);
-        let old = self.shared.primary();
         self.shared.set_primary(id);
         let local = self
             .sockets
             .local_addr_of(to.local)
             .unwrap_or(SocketAddr::new(to.local, 0));
-        let Some(old_path) = self
-            .open
-            .iter()
-            .find(|o| o.id == old)
-            .map(|o| o.path.clone())
-        else {
-            return Ok(local);
-        };
         if old == id {
             return Ok(local);
         }
-        let still_permitted = self.permitted.contains(&old_path);
         match self.mode {
-            _ if !still_permitted => {
-                // Its link or address is gone: nothing more will pass there.
-                self.close_path(old);
-            }
-            MultipathMode::Aggregate if reason != MigrationReason::Stalled => {}
-            MultipathMode::Interactive | MultipathMode::Aggregate => {
-                self.set_status(old, PathStatus::Backup);
-            }
+            MultipathMode::Aggregate => {}
+            MultipathMode::Interactive => self.set_status(old, PathStatus::Backup),
             MultipathMode::Handover | MultipathMode::Off => {
-                // Until the new path is open the old one may still carry data (a better
-                // primary came back; the old one still works): closed then.
+                // The old primary still works: it carries the data until the new one is
+                // validated, and closes then.
                 self.set_status(old, PathStatus::Backup);
                 match &mut self.retire {
                     Some((n, olds)) if *n == id => olds.push(old),
@@ -402,6 +374,46 @@ impl Driver {
             }
         }
         Ok(local)
+    }
+
+    /// The primary's link died or went silent: the primary path itself moves to `to` (its
+    /// datagrams leave from a socket there, so the peer sees it migrate), and what it had in
+    /// flight is found lost as soon as its later packets are acknowledged and is sent again at
+    /// once. A fresh path would have a packet number space of its own, and noq declares the
+    /// old path's in-flight data lost only when that path is discarded, three probe timeouts
+    /// after it is closed: the stream would wait that long for those bytes (measured: a
+    /// 240 ms delivery gap on a link-down on plain veth, against a few ms this way).
+    fn rehome(&mut self, old: OpenPath, to: &LocalPath) -> std::io::Result<SocketAddr> {
+        route_to(to, self.peer)?;
+        if !self.sockets.has(to.local) {
+            let socket = bind_udp(to, self.binder.as_ref())?;
+            self.sockets.add(socket, false)?;
+        }
+        if let Some(o) = self.open.iter_mut().find(|o| o.id == old.id) {
+            o.path = to.clone();
+        }
+        // A path already open on `to` (interactive's backup, aggregate's other path) gives
+        // its socket up: two paths on one address and port are one path to the peer.
+        let others: Vec<PathId> = self
+            .open
+            .iter()
+            .filter(|o| o.id != old.id && o.path.local == to.local)
+            .map(|o| o.id)
+            .collect();
+        for id in others {
+            self.close_path(id);
+        }
+        self.sockets.alias(old.path.local, to.local);
+        self.drop_socket(old.path.local);
+        self.set_status(old.id, PathStatus::Available);
+        if let Some(p) = self.conn.path(old.id) {
+            // The peer learns the new address now, data or not.
+            let _ = p.ping();
+        }
+        Ok(self
+            .sockets
+            .local_addr_of(to.local)
+            .unwrap_or(SocketAddr::new(to.local, 0)))
     }
 
     /// A single-path move (RFC 9000 migration): the socket on `to` replaces the old one and
@@ -494,8 +506,13 @@ impl Driver {
                 tracing::debug!(%id, "path established");
                 if let Some((n, olds)) = self.retire.take() {
                     if n == id {
-                        for old in olds {
-                            self.close_path(old);
+                        // Not at once: what the old path has in flight must be acknowledged
+                        // first (noq declares a closed path's unacknowledged packets lost only
+                        // when it discards the path, three probe timeouts later).
+                        let at = tokio::time::Instant::now() + RETIRE_AFTER;
+                        match &mut self.retire_at {
+                            Some((_, o)) => o.extend(olds),
+                            None => self.retire_at = Some((at, olds)),
                         }
                     } else {
                         self.retire = Some((n, olds));

@@ -6,7 +6,9 @@
 //!
 //! So each path of a multipath connection stays on its own link whatever the routing table
 //! says (no roamd source rules needed, embedded mode included), and a single-path connection
-//! moves by making another socket the default.
+//! moves by making another socket the default. A path whose link died moves by an alias: its
+//! old source address maps to a socket on another link, whose own address the datagrams then
+//! carry (the peer sees that path migrate; noq learns the new address from the replies).
 
 use std::fmt;
 use std::future::Future;
@@ -45,6 +47,9 @@ impl Bound {
 struct Set {
     /// The default socket first.
     sockets: Vec<Bound>,
+    /// Source addresses with no socket of their own, and the address of the socket their
+    /// datagrams leave from instead.
+    aliases: Vec<(IpAddr, IpAddr)>,
     /// The endpoint's receive task, woken when a socket is added so it polls that one too.
     recv_waker: Option<Waker>,
     /// Where the next receive starts, so no socket starves the others.
@@ -91,6 +96,7 @@ impl PathSockets {
         let b = Bound::new(socket)?;
         let mut set = self.lock();
         set.sockets.retain(|s| s.ip != b.ip);
+        set.aliases.retain(|(from, _)| *from != b.ip);
         if default {
             set.sockets.insert(0, b);
         } else {
@@ -109,6 +115,7 @@ impl PathSockets {
         let b = Bound::new(socket)?;
         let mut set = self.lock();
         set.sockets = vec![b];
+        set.aliases.clear();
         set.next = 0;
         if let Some(w) = set.recv_waker.take() {
             w.wake();
@@ -124,6 +131,16 @@ impl PathSockets {
         }
     }
 
+    /// Sends what names `from` as its source from the socket of `to` (which must be in the
+    /// set), as long as `from` has no socket of its own.
+    pub(crate) fn alias(&self, from: IpAddr, to: IpAddr) {
+        let mut set = self.lock();
+        set.aliases.retain(|(f, _)| *f != from);
+        if from != to {
+            set.aliases.push((from, to));
+        }
+    }
+
     /// The local address of the socket with source address `ip`.
     pub(crate) fn local_addr_of(&self, ip: IpAddr) -> Option<SocketAddr> {
         let set = self.lock();
@@ -131,16 +148,23 @@ impl PathSockets {
         b.io.local_addr().ok()
     }
 
-    /// The socket a datagram from `src` leaves on: the one with that address, the default
-    /// for none. `None` for an address with no socket (a path being closed): sent from another
-    /// link, the peer would take it for that path migrating there.
-    fn route(&self, src: Option<IpAddr>) -> Option<Bound> {
+    /// The socket a datagram from `src` leaves on, and whether it keeps `src` as its source:
+    /// the socket with that address; the socket an alias names (with that socket's own
+    /// address); the default for none. `None` for an address with neither (a path being
+    /// closed): sent from another link, the peer would take it for that path migrating there.
+    fn route(&self, src: Option<IpAddr>) -> Option<(Bound, bool)> {
         let set = self.lock();
-        match src {
-            Some(ip) => set.sockets.iter().find(|b| b.ip == ip),
-            None => set.sockets.first(),
+        let Some(ip) = src else {
+            return set.sockets.first().map(|b| (b.clone(), true));
+        };
+        if let Some(b) = set.sockets.iter().find(|b| b.ip == ip) {
+            return Some((b.clone(), true));
         }
-        .cloned()
+        let (_, to) = set.aliases.iter().find(|(from, _)| *from == ip)?;
+        set.sockets
+            .iter()
+            .find(|b| b.ip == *to)
+            .map(|b| (b.clone(), false))
     }
 }
 
@@ -250,9 +274,22 @@ impl UdpSender for Sender {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            let Some(b) = this.sockets.route(transmit.src_ip) else {
+            let Some((b, keep_src)) = this.sockets.route(transmit.src_ip) else {
                 tracing::trace!(src = ?transmit.src_ip, "no socket for that source: datagram dropped");
                 return Poll::Ready(Ok(()));
+            };
+            let aliased;
+            let transmit = if keep_src {
+                transmit
+            } else {
+                aliased = Transmit {
+                    destination: transmit.destination,
+                    ecn: transmit.ecn,
+                    contents: transmit.contents,
+                    segment_size: transmit.segment_size,
+                    src_ip: None,
+                };
+                &aliased
             };
             if this.writable.as_ref().is_none_or(|(ip, _)| *ip != b.ip) {
                 let io = b.io.clone();
@@ -345,6 +382,15 @@ mod tests {
         assert_eq!(got, 1);
         assert_eq!(&data[..meta[0].len], b"back");
         assert_eq!(meta[0].dst_ip, Some("127.0.0.2".parse().unwrap()));
+
+        // An alias: what names 127.0.0.7 (no socket) leaves from 127.0.0.2's socket.
+        set.alias("127.0.0.7".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let aliased = transmit(to, Some("127.0.0.7".parse().unwrap()), b"al");
+        std::future::poll_fn(|cx| sender.as_mut().poll_send(&aliased, cx))
+            .await
+            .unwrap();
+        let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], from), (&b"al"[..], second));
 
         // A single-path move: only the new socket is left, and it is the default.
         let moved = set.replace_all(udp("127.0.0.3")).unwrap();
