@@ -19,6 +19,7 @@
 //! migration, as before: the new interface's socket becomes the only one, the connection
 //! switches to a fresh connection ID and pings from there, and the server follows.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +47,11 @@ const BACKUP_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How long an old primary that still works stays open after its successor is established:
 /// long enough for its last packets to be acknowledged.
 const RETIRE_AFTER: Duration = Duration::from_secs(1);
+
+/// The first wait before trying again to open a path noq refused.
+const PATH_RETRY: Duration = Duration::from_millis(50);
+/// The longest such wait.
+const PATH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A path this driver opened (or the handshake's) and has not seen closed.
 #[derive(Debug, Clone)]
@@ -75,6 +81,12 @@ pub(crate) struct Driver {
     retire: Option<(PathId, Vec<PathId>)>,
     /// When to close the old primaries whose successor is established.
     retire_at: Option<(tokio::time::Instant, Vec<PathId>)>,
+    /// `interactive`: the backup path the path manager wants open.
+    backup: Option<LocalPath>,
+    /// A path that should be open could not be opened yet (right after the handshake the
+    /// peer has not issued connection IDs for more paths): when to try again, and the wait
+    /// after that (doubling up to [`PATH_RETRY_MAX`]).
+    retry: Option<(tokio::time::Instant, Duration)>,
     /// The paths the decision permits, best first.
     permitted: Vec<LocalPath>,
     /// The app's socket hook, run on every socket bound here.
@@ -125,6 +137,8 @@ impl Driver {
             }],
             retire: None,
             retire_at: None,
+            backup: None,
+            retry: None,
             permitted: Vec::new(),
             binder,
             source,
@@ -150,6 +164,9 @@ impl Driver {
             self.act();
             let mut deadline = tokio::time::Instant::from_std(self.pm.poll_timeout());
             if let Some((at, _)) = &self.retire_at {
+                deadline = deadline.min(*at);
+            }
+            if let Some((at, _)) = &self.retry {
                 deadline = deadline.min(*at);
             }
             tokio::select! {
@@ -184,6 +201,19 @@ impl Driver {
                             }
                         } else {
                             self.retire_at = Some((at, olds));
+                        }
+                    }
+                    if let Some((at, wait)) = self.retry
+                        && at <= tokio::time::Instant::now()
+                    {
+                        self.retry = None;
+                        self.follow_permitted();
+                        if self.backup.is_some() {
+                            self.warm(self.backup.clone());
+                        }
+                        // Still not open: wait longer next time.
+                        if let Some((at, _)) = self.retry {
+                            self.retry = Some((at, (wait * 2).min(PATH_RETRY_MAX)));
                         }
                     }
                     self.pm.handle_timeout(now());
@@ -283,8 +313,20 @@ impl Driver {
             .open_path(noq::FourTuple::new(self.peer, Some(path.local)), status);
         let Some(id) = opening.path_id() else {
             self.drop_socket(path.local);
+            // A refused path's future is ready with the reason.
+            let mut opening = std::pin::pin!(opening);
+            let why = match opening
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            {
+                std::task::Poll::Ready(Err(e)) => e.to_string(),
+                _ => "no path id".to_owned(),
+            };
+            let wait = self.retry.map_or(PATH_RETRY, |(_, w)| w);
+            self.retry
+                .get_or_insert((tokio::time::Instant::now() + wait, wait));
             return Err(std::io::Error::other(format!(
-                "noq refused a path on {path}"
+                "noq refused a path on {path}: {why}"
             )));
         };
         if status == PathStatus::Backup
@@ -465,6 +507,7 @@ impl Driver {
         for id in stale {
             self.close_path(id);
         }
+        self.backup = p.clone();
         if let Some(p) = p {
             match self.open_path(&p, PathStatus::Backup) {
                 Ok(id) => self.set_status(id, PathStatus::Backup),

@@ -34,6 +34,10 @@ use crate::vocab::{LocalPath, PathInfo};
 /// two or three links; the rest is room for a path being replaced while its successor opens.
 const MAX_PATHS: u32 = 8;
 
+/// The stream receive window: two 100 Mbit/s paths with 100 ms of queue each in flight, and
+/// room to spare.
+const STREAM_WINDOW: u32 = 8 << 20;
+
 /// State the driver (client) or the path watcher (server) updates and the session reads.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -189,5 +193,11 @@ pub(crate) fn transport_config(
     )?));
     t.keep_alive_interval(keep_alive);
     t.max_concurrent_multipath_paths(MAX_PATHS);
+    // Flow-control room for several paths' worth of data in flight: noq fills its paths in
+    // order, so the second path carries data only while the first one's congestion window is
+    // full; with the default stream window (1.25 MB) a first path with a deep queue (a
+    // phone's link buffer) can take the whole window and leave the second idle.
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.send_window(2 * u64::from(STREAM_WINDOW));
     Ok(t)
 }
