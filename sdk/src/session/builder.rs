@@ -25,7 +25,8 @@ pub enum TransportPreference {
     /// The best one available; QUIC today.
     #[default]
     Auto,
-    /// QUIC (quinn): connection migration across interfaces.
+    /// QUIC (noq): a path per interface with a multipath peer (RFC 10069), connection
+    /// migration across interfaces without one.
     Quic,
     /// Multipath TCP with subflows per interface.
     Mptcp,
@@ -136,7 +137,10 @@ impl SessionBuilder {
         self
     }
 
-    /// Overrides the decision's multipath mode (`interactive` keeps a backup socket ready).
+    /// Overrides the decision's multipath mode. QUIC with a multipath peer: `interactive` keeps
+    /// a backup path open and validated, `handover` opens one only when the primary fails,
+    /// `aggregate` sends over every permitted path; without multipath, `interactive` keeps a
+    /// backup socket bound.
     pub fn multipath(mut self, mode: MultipathMode) -> Self {
         self.multipath = Some(mode);
         self

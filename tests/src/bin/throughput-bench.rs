@@ -36,8 +36,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -811,7 +813,10 @@ async fn server_end(
                 "the session came over {:?}, not {want:?}",
                 s.transport()
             );
-            Ok(End::Plain(Box::new(s)))
+            Ok(match want {
+                roam::Transport::Quic => End::Plain(Box::new(Linger::new(s))),
+                _ => End::Plain(Box::new(s)),
+            })
         }
         Row::Quinn => {
             let endpoint = quinn::Endpoint::server(pki.quic_server(SETUP_TIMEOUT)?, addr)
@@ -823,13 +828,16 @@ async fn server_end(
             })
             .await
             .context("no connection arrived")??;
-            let (send, recv) = tokio::time::timeout(SETUP_TIMEOUT, conn.accept_bi())
+            let (send, mut recv) = tokio::time::timeout(SETUP_TIMEOUT, conn.accept_bi())
                 .await
                 .context("no stream arrived")??;
-            Ok(End::Plain(Box::new(Quinn {
-                io: tokio::io::join(recv, send),
+            // The client's hello (a stream shows up only once it carries data).
+            recv.read_exact(&mut [0u8]).await?;
+            Ok(End::Plain(Box::new(Linger::new(Quinn {
+                send,
+                recv,
                 _conn: (endpoint, conn),
-            })))
+            }))))
         }
     }
 }
@@ -844,41 +852,126 @@ fn row_transport(row: Row) -> roam::Transport {
 
 /// A quinn stream pair as one byte stream, holding its connection and endpoint.
 struct Quinn {
-    io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
     _conn: (quinn::Endpoint, quinn::Connection),
 }
 
 impl AsyncRead for Quinn {
     fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Quinn {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    ) -> Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
     }
 
     fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    ) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
     }
 
     fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    ) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+    }
+}
+
+/// How long a QUIC end lingers after its end of stream, written or read.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// A QUIC stream (quinn's or a roam session's) that lingers [`LINGER`] after it wrote its end
+/// of stream and after it read the peer's: an end's runtime stops as soon as the row is done
+/// with it, and with it the transport's tasks, so the end of stream (and the acknowledgement
+/// of the peer's) would otherwise never leave. The throughput clock stops at the end of
+/// stream, before any lingering; sleeping costs no CPU.
+struct Linger<S> {
+    inner: S,
+    /// Written the end of stream / read the peer's, and the wait under way.
+    shut: bool,
+    eof: bool,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Linger<S> {
+    fn new(inner: S) -> Self {
+        Linger {
+            inner,
+            shut: false,
+            eof: false,
+            wait: None,
+        }
+    }
+
+    fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let wait = self
+            .wait
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        std::task::ready!(wait.as_mut().poll(cx));
+        self.wait = None;
+        Poll::Ready(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Linger<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.eof {
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() > before || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.eof = true;
+        }
+        this.poll_wait(cx).map(Ok)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Linger<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.shut {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.shut = true;
+        }
+        this.poll_wait(cx).map(Ok)
     }
 }
 
@@ -921,7 +1014,10 @@ async fn client_end(
                 "the session runs over {:?}, not {want:?}",
                 s.transport()
             );
-            Ok(End::Plain(Box::new(s)))
+            Ok(match want {
+                roam::Transport::Quic => End::Plain(Box::new(Linger::new(s))),
+                _ => End::Plain(Box::new(s)),
+            })
         }
         Row::Quinn => {
             let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
@@ -930,11 +1026,14 @@ async fn client_end(
                 .connect(addr, SERVER_NAME)?
                 .await
                 .context("QUIC handshake")?;
-            let (send, recv) = conn.open_bi().await?;
-            Ok(End::Plain(Box::new(Quinn {
-                io: tokio::io::join(recv, send),
+            let (mut send, recv) = conn.open_bi().await?;
+            // A hello, so the server sees the stream whichever end sends the pattern.
+            send.write_all(&[0]).await?;
+            Ok(End::Plain(Box::new(Linger::new(Quinn {
+                send,
+                recv,
                 _conn: (endpoint, conn),
-            })))
+            }))))
         }
     }
 }

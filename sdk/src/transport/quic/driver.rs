@@ -4,16 +4,25 @@
 //! With a peer that negotiated multipath (RFC 10069) the session's links are paths of one
 //! connection, each sending from its own interface's socket ([`PathSockets`]), and the
 //! multipath mode says which are open and how they rank:
-//! - the primary path is `Available`; a move makes the target `Available` at once (an open
-//!   path needs no validation round trip) and the old primary `Backup` or closed;
+//! - the primary path is `Available`, every other `Backup` (noq sends data on a `Backup` path
+//!   only when no `Available` one is validated);
 //! - `interactive`: the best other permitted path is opened as `Backup` ahead of time, so it is
-//!   validated when the primary fails, and kept alive at a NAT-binding pace;
-//! - `handover` (and `off`): nothing else is opened until the path manager moves the session
-//!   (the primary died, degraded or stalled, or a better primary came), so no other radio
-//!   carries anything until then; the old primary closes once the new one is open;
-//! - `aggregate`: every permitted path is open and `Available`; noq fills the open paths'
-//!   congestion windows in path order (it has no scheduler hook: see `sockets` and the report
-//!   of issue 13), and a stalled path is turned `Backup`.
+//!   validated before it is needed, and pinged at a NAT-binding pace, not a detector's;
+//! - `handover` (and `off`): nothing else is opened until the path manager moves the session,
+//!   so no other radio carries anything until the primary dies, degrades or stalls;
+//! - `aggregate`: every permitted path is open and `Available`.
+//!
+//! A move to a better primary while the old one still works switches paths: the target is
+//! made `Available` (no validation round trip if it is open already; until it is validated the
+//! old primary carries the data), the old one `Backup` (`interactive`) or closed a second
+//! after its successor is established (`handover`). A move away from a primary that died or
+//! went silent moves that path itself onto the new link ([`Driver::rehome`]), so its data in
+//! flight is sent again as soon as later packets are acknowledged.
+//!
+//! Scheduling is noq's: it fills the open paths' congestion windows in path order, `Available`
+//! before `Backup`. It has no hook for a scheduler of roam's (min-RTT, or re-sending a stalled
+//! path's data on another at once): see [`Driver::rehome`] for what that costs and how moves
+//! avoid it.
 //!
 //! With a peer that does not negotiate multipath (plain quinn, older roam) a move is an RFC 9000
 //! migration, as before: the new interface's socket becomes the only one, the connection
@@ -448,8 +457,18 @@ impl Driver {
         self.sockets.alias(old.path.local, to.local);
         self.drop_socket(old.path.local);
         self.set_status(old.id, PathStatus::Available);
-        if let Some(p) = self.conn.path(old.id) {
-            // The peer learns the new address now, data or not.
+        if self.open.len() == 1 {
+            // The only path: tell noq its network changed (the path is recoverable, so it
+            // stays). It pings at once with a fresh connection ID and, above all, drops the
+            // probe timeout's backoff: a blackhole fills the congestion window with packets
+            // that will never be acknowledged, and nothing new leaves until a probe does,
+            // which after a 60 ms stall would be 100 ms or more away.
+            self.sockets.make_default(to.local);
+            self.endpoint
+                .handle_network_change(Some(Arc::new(Recoverable)));
+        } else if let Some(p) = self.conn.path(old.id) {
+            // Other paths are open: a network change would clear their source addresses
+            // too. The peer learns the new address now, data or not.
             let _ = p.ping();
         }
         Ok(self
@@ -571,6 +590,16 @@ impl Driver {
             }
             _ => {}
         }
+    }
+}
+
+/// Says every path survives a network change: the driver has moved the one that did not.
+#[derive(Debug)]
+struct Recoverable;
+
+impl noq::NetworkChangeHint for Recoverable {
+    fn is_path_recoverable(&self, _: PathId, _: noq::FourTuple) -> bool {
+        true
     }
 }
 

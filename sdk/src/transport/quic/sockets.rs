@@ -123,6 +123,16 @@ impl PathSockets {
         Ok(local)
     }
 
+    /// Makes the socket with address `ip` the default (for datagrams without a source
+    /// address).
+    pub(crate) fn make_default(&self, ip: IpAddr) {
+        let mut set = self.lock();
+        if let Some(i) = set.sockets.iter().position(|b| b.ip == ip) {
+            let b = set.sockets.remove(i);
+            set.sockets.insert(0, b);
+        }
+    }
+
     /// Drops the socket with address `ip`, unless it is the last one.
     pub(crate) fn remove(&self, ip: IpAddr) {
         let mut set = self.lock();
