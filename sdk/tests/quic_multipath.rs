@@ -265,13 +265,13 @@ fn aggregate_carries_one_session_over_both_links() -> Result<()> {
     let cell = rx_bytes(&topo, "rmnet0")? - before.1;
     eprintln!("figure: aggregate: wlan0 carried {wlan} bytes, rmnet0 {cell} bytes of {TOTAL}");
     assert_eq!((said, got), (TOTAL, TOTAL));
-    // Both links carried the session's data: more than a path's validation and initial
-    // window (~12 kB). How much the second carries varies from run to run (measured: from
-    // 56 kB to half of it): noq fills its paths in order and sends on the second only while
-    // the first one's congestion window is full (issue 13's report).
+    // Both links carried a good share (measured: about half each). noq fills its paths in
+    // order, so this holds only while the first path's congestion window stays near its
+    // bandwidth-delay product (BBR); with Cubic it grew into wlan0's queue and rmnet0
+    // carried under 3% in half the runs.
     assert!(
-        wlan > TOTAL / 5 && cell > 32 << 10,
-        "one link carried everything: wlan0 {wlan}, rmnet0 {cell}"
+        wlan > TOTAL / 5 && cell > TOTAL / 5,
+        "one link carried (almost) everything: wlan0 {wlan}, rmnet0 {cell}"
     );
     Ok(())
 }

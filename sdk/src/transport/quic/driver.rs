@@ -321,7 +321,8 @@ impl Driver {
             .conn
             .open_path(noq::FourTuple::new(self.peer, Some(path.local)), status);
         let Some(id) = opening.path_id() else {
-            self.drop_socket(path.local);
+            // The socket stays for the retry (nothing is sent from it meanwhile: no path has
+            // its address), so the app's binder sees one socket per path, not one per try.
             // A refused path's future is ready with the reason.
             let mut opening = std::pin::pin!(opening);
             let why = match opening
@@ -603,6 +604,27 @@ struct Recoverable;
 impl noq::NetworkChangeHint for Recoverable {
     fn is_path_recoverable(&self, _: PathId, _: noq::FourTuple) -> bool {
         true
+    }
+}
+
+impl Drop for Driver {
+    /// What each open path carried, for the log (the driver ends with its session).
+    fn drop(&mut self) {
+        for o in &self.open {
+            if let Some(p) = self.conn.path(o.id) {
+                let st = p.stats();
+                tracing::debug!(
+                    path = %o.path,
+                    id = %o.id,
+                    rtt = ?st.rtt,
+                    cwnd = st.cwnd,
+                    sent = st.udp_tx.bytes,
+                    received = st.udp_rx.bytes,
+                    lost = st.lost_bytes,
+                    "path at the end"
+                );
+            }
+        }
     }
 }
 
