@@ -126,7 +126,7 @@ pub enum Error {
     TlsConfig(String),
     /// The QUIC connection ended after it was established.
     #[error("the QUIC connection ended: {0}")]
-    Connection(#[from] quinn::ConnectionError),
+    Connection(#[from] noq::ConnectionError),
     /// A stream of the session ended abnormally.
     #[error("stream error: {0}")]
     Stream(String),
@@ -199,7 +199,7 @@ impl Error {
             Error::AgentRequired { .. } => io::ErrorKind::NotConnected,
             Error::Agent { .. } => io::ErrorKind::PermissionDenied,
             Error::Resume(_) => io::ErrorKind::ConnectionAborted,
-            Error::Connection(quinn::ConnectionError::TimedOut) => io::ErrorKind::TimedOut,
+            Error::Connection(noq::ConnectionError::TimedOut) => io::ErrorKind::TimedOut,
             Error::Connection(_) | Error::Stream(_) => io::ErrorKind::ConnectionAborted,
             Error::Io { source, .. } => source.kind(),
         }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::QuicServerConfig;
+use noq::crypto::rustls::QuicServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -34,15 +34,15 @@ const BACKLOG: usize = 64;
 /// its handshake or never sends its session header holds up no other client. At most 256 TCP
 /// handshakes are under way at once; a newer connection sheds the oldest, so a flood of
 /// connections that never speak cannot use up the process's descriptors or hold up a new
-/// client (QUIC handshakes past 256 wait in quinn's queue).
+/// client (QUIC handshakes past 256 wait in noq's queue).
 ///
 /// # Limits
 ///
 /// Nothing caps the number of established sessions; what runs out first is the process's:
 /// - **descriptors**: an MPTCP session holds its socket, a tcp-resume session two (its socket
 ///   and a duplicate to read `TCP_INFO`; a detached one keeps them for its grace period);
-///   QUIC sessions share the endpoint's one UDP socket. Raise `RLIMIT_NOFILE` (`ulimit -n`, systemd's `LimitNOFILE=`) to the sessions
-///   you expect plus some room. When it runs out the TCP side logs `out of descriptors` with
+///   QUIC sessions share the endpoint's one UDP socket. Raise `RLIMIT_NOFILE` (`ulimit -n`,
+///   systemd's `LimitNOFILE=`) to the sessions you expect plus some room. When it runs out the TCP side logs `out of descriptors` with
 ///   the limit, sheds the oldest handshake and backs off; established sessions go on.
 /// - **memory**: about 52 KiB per idle QUIC session and 97 KiB per idle tcp-resume session
 ///   (its buffers, TLS and transport state; `load-bench --sessions 10000 --resume-sessions
@@ -54,7 +54,7 @@ const BACKLOG: usize = 64;
 ///   10 s header timeout.
 #[derive(Debug)]
 pub struct Listener {
-    endpoint: quinn::Endpoint,
+    endpoint: noq::Endpoint,
     tcp_local: SocketAddr,
     sessions: Mutex<mpsc::Receiver<Connection>>,
     /// Set when the QUIC endpoint stops accepting (closed).
@@ -85,13 +85,15 @@ impl Listener {
         let tls = Arc::new(tls);
         let crypto =
             QuicServerConfig::try_from(tls.clone()).map_err(|e| Error::TlsConfig(e.to_string()))?;
-        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut cfg = noq::ServerConfig::with_crypto(Arc::new(crypto));
         cfg.migration(true);
-        let mut t = quinn::TransportConfig::default();
-        t.max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()));
-        t.keep_alive_interval(Some(Duration::from_secs(1)));
+        // Multipath offered: a roam client opens a path per link; others migrate.
+        let t = crate::transport::quic::transport_config(
+            Duration::from_secs(30),
+            Some(Duration::from_secs(1)),
+        )?;
         cfg.transport_config(Arc::new(t));
-        let endpoint = quinn::Endpoint::server(cfg, addr)
+        let endpoint = noq::Endpoint::server(cfg, addr)
             .map_err(|e| Error::io(format!("binding the QUIC listener on {addr}"), e))?;
         let quic_local = endpoint
             .local_addr()

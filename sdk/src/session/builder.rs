@@ -27,7 +27,8 @@ pub enum TransportPreference {
     /// the first to connect wins.
     #[default]
     Auto,
-    /// QUIC (quinn): connection migration across interfaces.
+    /// QUIC (noq): a path per interface with a multipath peer (RFC 10069), connection
+    /// migration across interfaces without one.
     Quic,
     /// Multipath TCP with subflows per interface.
     Mptcp,
@@ -138,7 +139,10 @@ impl SessionBuilder {
         self
     }
 
-    /// Overrides the decision's multipath mode (`interactive` keeps a backup socket ready).
+    /// Overrides the decision's multipath mode. QUIC with a multipath peer: `interactive` keeps
+    /// a backup path open and validated, `handover` opens one only when the primary fails,
+    /// `aggregate` sends over every permitted path; without multipath, `interactive` keeps a
+    /// backup socket bound.
     pub fn multipath(mut self, mode: MultipathMode) -> Self {
         self.multipath = Some(mode);
         self

@@ -25,7 +25,7 @@ pub(crate) fn header(app: Option<&str>) -> Result<Vec<u8>> {
 }
 
 /// Writes the session header on a fresh stream (client, ALPN `roam/1`).
-pub(crate) async fn write_header(send: &mut quinn::SendStream, app: Option<&str>) -> Result<()> {
+pub(crate) async fn write_header(send: &mut noq::SendStream, app: Option<&str>) -> Result<()> {
     let h = header(app)?;
     send.write_all(&h)
         .await
@@ -54,7 +54,7 @@ pub(crate) async fn read_header_after_magic<R: AsyncRead + Unpin>(
 }
 
 /// Reads the session header (server, ALPN `roam/1`); returns the app id.
-pub(crate) async fn read_header(recv: &mut quinn::RecvStream) -> Result<Option<String>> {
+pub(crate) async fn read_header(recv: &mut noq::RecvStream) -> Result<Option<String>> {
     let mut m = [0u8; 4];
     recv.read_exact(&mut m)
         .await

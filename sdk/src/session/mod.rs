@@ -236,18 +236,18 @@ impl Session {
     /// Opens another bidirectional stream on the same QUIC connection; it migrates with the
     /// session. The peer sees it with [`Session::accept_stream`] once data is written. Other
     /// transports carry one stream: [`Error::NotOnThisTransport`].
-    pub async fn open_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+    pub async fn open_stream(&self) -> Result<(noq::SendStream, noq::RecvStream)> {
         Ok(self.quic("open_stream")?.conn.open_bi().await?)
     }
 
     /// Waits for a stream the peer opened with [`Session::open_stream`] (QUIC only).
-    pub async fn accept_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+    pub async fn accept_stream(&self) -> Result<(noq::SendStream, noq::RecvStream)> {
         Ok(self.quic("accept_stream")?.conn.accept_bi().await?)
     }
 
     /// The underlying QUIC connection, for datagrams or statistics; `None` on other
     /// transports.
-    pub fn connection(&self) -> Option<&quinn::Connection> {
+    pub fn connection(&self) -> Option<&noq::Connection> {
         self.quic("connection").ok().map(|q| &q.conn)
     }
 
@@ -267,7 +267,7 @@ impl Session {
     pub async fn close_and_wait(self, code: u32, reason: &[u8]) {
         self.close(code, reason);
         if let Stream::Quic(q) = &self.conn.stream
-            && q._driver.is_some()
+            && q.activity.is_some()
         {
             let _ = tokio::time::timeout(Duration::from_secs(1), q.endpoint.wait_idle()).await;
         }

@@ -1,20 +1,31 @@
-//! `throughput-bench`: bulk throughput of a roam MPTCP session against raw MPTCP sockets, in
-//! the same run, on the same handset topology and the same kernel endpoints.
+//! `throughput-bench`: bulk throughput of a roam session against the plain transport it runs
+//! on, in the same run, on the same handset topology: MPTCP (raw sockets) or QUIC (quinn).
 //!
 //! ```text
 //! throughput-bench                       # unlimited veth, 500 and 100 Mbit/s paths; ~50 s
 //! throughput-bench --quick --json tp.json
 //! throughput-bench --regime 100 --repeats 9 --direction up
+//! throughput-bench --transport quic --regime 100
 //! ```
 //!
-//! Rows, per link regime (each regime a topology of its own, roamd and its probe reflector
-//! running through all rows, so every row's MPTCP connection gets the same endpoints from it):
+//! Rows of `--transport mptcp` (the default), per link regime (each regime a topology of its
+//! own, roamd and its probe reflector running through all rows, so every row's MPTCP connection
+//! gets the same endpoints from it):
 //!
 //! * `raw-mptcp`: an `IPPROTO_MPTCP` socket pair, plaintext.
 //! * `raw-mptcp-tls`: the same sockets carrying rustls TLS 1.3 with roam's own client and server
 //!   configurations (same cipher suite), records pumped through 256 KiB buffers: the cost of TLS
 //!   alone, so what roam adds on top of it is visible.
 //! * `roam`: a `roam::Session` asked for MPTCP, following roamd, to a `roam::Listener`.
+//!
+//! Rows of `--transport quic` (`"transport": "quic"`, with a `mode`):
+//!
+//! * `baseline-quinn`: a plain quinn client on the wildcard address to a quinn server, one
+//!   path (the routing table's: WiFi).
+//! * `roam` mode `handover`: a `roam::Session` over QUIC (noq) following roamd, to a
+//!   `roam::Listener`: one path, the primary.
+//! * `roam` mode `aggregate`: the same with multipath `aggregate`, every permitted path (WiFi
+//!   and cellular) carrying data at once.
 //!
 //! The sender writes a counter pattern (byte `p` of the stream is byte `p % 8` of the
 //! little-endian `p / 8`) for a fixed time, then closes; the receiver checks every byte against
@@ -25,13 +36,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Parser;
-use roam_policy::LinkKind;
+use roam_policy::{LinkKind, MultipathMode};
 use roam_tests::agent::{Agent, AgentConfig, AgentExe, REFLECT_PORT, Reflector};
 use roam_tests::stats::{median, round_to, sorted};
 use roam_tests::system::mptcp::{connect_mptcp, listen_mptcp};
@@ -68,6 +81,10 @@ struct Args {
     /// `down` (server to handset, as a phone mostly receives) or `up`.
     #[arg(long, default_value = "down")]
     direction: String,
+    /// `mptcp` (raw MPTCP, raw MPTCP with TLS, roam) or `quic` (plain quinn, roam handover,
+    /// roam aggregate).
+    #[arg(long, default_value = "mptcp")]
+    transport: String,
     /// Short runs: 2 repeats of 0.3 s each (about 10 s for the default regimes).
     #[arg(long)]
     quick: bool,
@@ -82,16 +99,49 @@ enum Row {
     Raw,
     RawTls,
     Roam,
+    /// Plain quinn, one path.
+    Quinn,
+    /// roam over QUIC in this multipath mode.
+    RoamQuic(MultipathMode),
 }
 
 impl Row {
-    const ALL: [Row; 3] = [Row::Raw, Row::RawTls, Row::Roam];
+    const MPTCP: [Row; 3] = [Row::Raw, Row::RawTls, Row::Roam];
+    const QUIC: [Row; 3] = [
+        Row::Quinn,
+        Row::RoamQuic(MultipathMode::Handover),
+        Row::RoamQuic(MultipathMode::Aggregate),
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Row::Raw => "raw-mptcp",
             Row::RawTls => "raw-mptcp-tls",
-            Row::Roam => "roam",
+            Row::Roam | Row::RoamQuic(_) => "roam",
+            Row::Quinn => "baseline-quinn",
+        }
+    }
+
+    fn transport(self) -> &'static str {
+        match self {
+            Row::Raw | Row::RawTls | Row::Roam => "mptcp",
+            Row::Quinn | Row::RoamQuic(_) => "quic",
+        }
+    }
+
+    /// The multipath mode of a QUIC row (`None` for the others).
+    fn mode(self) -> Option<&'static str> {
+        match self {
+            Row::RoamQuic(m) => Some(m.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The row's label in the log and the table: the system, and the mode if any.
+    fn label(self) -> String {
+        match self.mode() {
+            Some(m) => format!("{} {m}", self.name()),
+            None => self.name().to_owned(),
         }
     }
 
@@ -101,6 +151,9 @@ impl Row {
             Row::Raw => "raw",
             Row::RawTls => "tls",
             Row::Roam => "roam",
+            Row::Quinn => "quinn",
+            Row::RoamQuic(MultipathMode::Aggregate) => "rq-agg",
+            Row::RoamQuic(_) => "rq",
         }
     }
 }
@@ -169,10 +222,13 @@ struct RowReport {
     rate_mbit: Option<u32>,
     /// `down` or `up`.
     direction: &'static str,
-    /// `raw-mptcp`, `raw-mptcp-tls` or `roam`.
+    /// `raw-mptcp`, `raw-mptcp-tls`, `baseline-quinn` or `roam`.
     system: &'static str,
-    /// Always `mptcp`.
+    /// `mptcp` or `quic`.
     transport: &'static str,
+    /// The multipath mode of a roam QUIC row (`handover`: one path; `aggregate`: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
     repeats: u32,
     /// Repeats whose connection stopped moving data (left out of the throughput figures).
     stalled: u32,
@@ -204,11 +260,24 @@ struct Ratio {
     roam_over_raw_tls: f64,
 }
 
+/// roam's QUIC medians against plain quinn's in one regime.
+#[derive(Debug, Clone, Serialize)]
+struct QuicRatio {
+    regime: String,
+    rate_mbit: Option<u32>,
+    /// roam on one path (handover) over quinn on one path: the aim is >= 0.95.
+    handover_over_quinn: f64,
+    /// roam on every path (aggregate) over quinn on one path.
+    aggregate_over_quinn: f64,
+}
+
 /// The file `--json` writes.
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     runs: Vec<RowReport>,
     ratios: Vec<Ratio>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    quic_ratios: Vec<QuicRatio>,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +322,11 @@ fn run(args: &Args) -> Result<()> {
         "--seconds must be between 0.05 and 60"
     );
     let send_for = Duration::from_secs_f64(seconds);
+    let rows = match args.transport.as_str() {
+        "mptcp" => Row::MPTCP,
+        "quic" => Row::QUIC,
+        other => bail!("--transport {other}: expected mptcp or quic"),
+    };
     let exe = AgentExe::current()?;
     let pki = Arc::new(TestPki::generate()?);
     let started = Instant::now();
@@ -264,9 +338,14 @@ fn run(args: &Args) -> Result<()> {
         let mut stalls = [0u32; 3];
         for repeat in 0..repeats {
             // The rows take turns repeat by repeat: all meet the same machine.
-            for ((row, out), stalled) in Row::ALL.iter().zip(&mut results).zip(&mut stalls) {
+            for ((row, out), stalled) in rows.iter().zip(&mut results).zip(&mut stalls) {
                 port += 1;
-                let what = format!("{} / {} / repeat {}", row.name(), regime.name(), repeat + 1);
+                let what = format!(
+                    "{} / {} / repeat {}",
+                    row.label(),
+                    regime.name(),
+                    repeat + 1
+                );
                 let t = match bench.transfer(*row, flow, send_for, &pki, port) {
                     Ok(t) => t,
                     // A stalled connection is a result (counted, shown); anything else, a
@@ -281,7 +360,7 @@ fn run(args: &Args) -> Result<()> {
                 eprintln!(
                     "  {:<14} {:<14} #{:<2} {:>9.1} Mbit/s  {:>11} bytes intact  cpu {:.2} ns/B  \
                      rmnet0 {:.1}%",
-                    row.name(),
+                    row.label(),
                     regime.name(),
                     repeat + 1,
                     t.mbit(),
@@ -292,20 +371,25 @@ fn run(args: &Args) -> Result<()> {
                 out.push(t);
             }
         }
-        for ((row, out), stalled) in Row::ALL.iter().zip(&results).zip(stalls) {
+        for ((row, out), stalled) in rows.iter().zip(&results).zip(stalls) {
             runs.push(row_report(*regime, flow, *row, seconds, out, stalled));
         }
     }
     let ratios = ratios(&runs);
+    let quic_ratios = quic_ratios(&runs);
     println!();
-    print!("{}", table(&runs, &ratios));
+    print!("{}", table(&runs, &ratios, &quic_ratios));
     println!(
         "direction {}, {repeats} repeats of {seconds} s per row, total {:.1} s",
         flow_name(flow),
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&Report { runs, ratios })?;
+        let json = serde_json::to_string_pretty(&Report {
+            runs,
+            ratios,
+            quic_ratios,
+        })?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("json: {}", path.display());
     }
@@ -716,20 +800,178 @@ async fn server_end(
                 TlsPump::handshake(s, tls.into(), SETUP_TIMEOUT).await?,
             )))
         }
-        Row::Roam => {
+        Row::Roam | Row::RoamQuic(_) => {
             let listener =
                 roam::Listener::bind(addr, pki.roam_server()?).context("binding the listener")?;
             let _ = ready.send(());
             let s = tokio::time::timeout(SETUP_TIMEOUT, listener.accept())
                 .await
                 .context("no session arrived")??;
+            let want = row_transport(row);
             ensure!(
-                s.transport() == roam::Transport::Mptcp,
-                "the session came over {:?}, not MPTCP",
+                s.transport() == want,
+                "the session came over {:?}, not {want:?}",
                 s.transport()
             );
-            Ok(End::Plain(Box::new(s)))
+            Ok(match want {
+                roam::Transport::Quic => End::Plain(Box::new(Linger::new(s))),
+                _ => End::Plain(Box::new(s)),
+            })
         }
+        Row::Quinn => {
+            let endpoint = quinn::Endpoint::server(pki.quic_server(SETUP_TIMEOUT)?, addr)
+                .context("binding the quinn server")?;
+            let _ = ready.send(());
+            let conn = tokio::time::timeout(SETUP_TIMEOUT, async {
+                let incoming = endpoint.accept().await.context("the endpoint closed")?;
+                anyhow::Ok(incoming.await?)
+            })
+            .await
+            .context("no connection arrived")??;
+            let (send, mut recv) = tokio::time::timeout(SETUP_TIMEOUT, conn.accept_bi())
+                .await
+                .context("no stream arrived")??;
+            // The client's hello (a stream shows up only once it carries data).
+            recv.read_exact(&mut [0u8]).await?;
+            Ok(End::Plain(Box::new(Linger::new(Quinn {
+                send,
+                recv,
+                _conn: (endpoint, conn),
+            }))))
+        }
+    }
+}
+
+/// The transport a roam row's session must run on.
+fn row_transport(row: Row) -> roam::Transport {
+    match row.transport() {
+        "quic" => roam::Transport::Quic,
+        _ => roam::Transport::Mptcp,
+    }
+}
+
+/// A quinn stream pair as one byte stream, holding its connection and endpoint.
+struct Quinn {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _conn: (quinn::Endpoint, quinn::Connection),
+}
+
+impl AsyncRead for Quinn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Quinn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+    }
+}
+
+/// How long a QUIC end lingers after its end of stream, written or read.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// A QUIC stream (quinn's or a roam session's) that lingers [`LINGER`] after it wrote its end
+/// of stream and after it read the peer's: an end's runtime stops as soon as the row is done
+/// with it, and with it the transport's tasks, so the end of stream (and the acknowledgement
+/// of the peer's) would otherwise never leave. The throughput clock stops at the end of
+/// stream, before any lingering; sleeping costs no CPU.
+struct Linger<S> {
+    inner: S,
+    /// Written the end of stream / read the peer's, and the wait under way.
+    shut: bool,
+    eof: bool,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Linger<S> {
+    fn new(inner: S) -> Self {
+        Linger {
+            inner,
+            shut: false,
+            eof: false,
+            wait: None,
+        }
+    }
+
+    fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let wait = self
+            .wait
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        std::task::ready!(wait.as_mut().poll(cx));
+        self.wait = None;
+        Poll::Ready(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Linger<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.eof {
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() > before || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.eof = true;
+        }
+        this.poll_wait(cx).map(Ok)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Linger<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.shut {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.shut = true;
+        }
+        this.poll_wait(cx).map(Ok)
     }
 }
 
@@ -750,24 +992,48 @@ async fn client_end(
                 TlsPump::handshake(s, tls.into(), SETUP_TIMEOUT).await?,
             )))
         }
-        Row::Roam => {
-            let s = roam::Session::builder()
+        Row::Roam | Row::RoamQuic(_) => {
+            let mut b = roam::Session::builder()
                 .app(APP)
                 .policy(POLICY)
                 .roamd_socket(roamd)
-                .transport(roam::TransportPreference::Mptcp)
                 .tls(pki.roam_client())
                 .server_name(SERVER_NAME)
-                .connect_timeout(SETUP_TIMEOUT)
+                .connect_timeout(SETUP_TIMEOUT);
+            b = match row {
+                Row::RoamQuic(mode) => b.transport(roam::TransportPreference::Quic).multipath(mode),
+                _ => b.transport(roam::TransportPreference::Mptcp),
+            };
+            let s = b
                 .connect(&addr.to_string())
                 .await
                 .context("connecting the roam session")?;
+            let want = row_transport(row);
             ensure!(
-                s.transport() == roam::Transport::Mptcp,
-                "the session runs over {:?}, not MPTCP",
+                s.transport() == want,
+                "the session runs over {:?}, not {want:?}",
                 s.transport()
             );
-            Ok(End::Plain(Box::new(s)))
+            Ok(match want {
+                roam::Transport::Quic => End::Plain(Box::new(Linger::new(s))),
+                _ => End::Plain(Box::new(s)),
+            })
+        }
+        Row::Quinn => {
+            let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+            endpoint.set_default_client_config(pki.quic_client(SETUP_TIMEOUT)?);
+            let conn = endpoint
+                .connect(addr, SERVER_NAME)?
+                .await
+                .context("QUIC handshake")?;
+            let (mut send, recv) = conn.open_bi().await?;
+            // A hello, so the server sees the stream whichever end sends the pattern.
+            send.write_all(&[0]).await?;
+            Ok(End::Plain(Box::new(Linger::new(Quinn {
+                send,
+                recv,
+                _conn: (endpoint, conn),
+            }))))
         }
     }
 }
@@ -788,7 +1054,8 @@ fn row_report(
         rate_mbit: regime.rate_mbit(),
         direction: flow_name(flow),
         system: row.name(),
-        transport: "mptcp",
+        transport: row.transport(),
+        mode: row.mode(),
         repeats: t.len() as u32 + stalled,
         stalled,
         seconds,
@@ -836,7 +1103,37 @@ fn ratios(runs: &[RowReport]) -> Vec<Ratio> {
     out
 }
 
-fn table(runs: &[RowReport], ratios: &[Ratio]) -> String {
+/// roam's QUIC rows against plain quinn's, per regime.
+fn quic_ratios(runs: &[RowReport]) -> Vec<QuicRatio> {
+    let mut out = Vec::new();
+    let mut regimes: Vec<&str> = runs.iter().map(|r| r.regime.as_str()).collect();
+    regimes.dedup();
+    for regime in regimes {
+        let find = |sys: &str, mode: Option<&str>| {
+            runs.iter()
+                .find(|r| {
+                    r.regime == regime && r.transport == "quic" && r.system == sys && r.mode == mode
+                })
+                .map(|r| (r.throughput_mbit.median, r.rate_mbit))
+        };
+        if let (Some((quinn, rate)), Some((handover, _)), Some((aggregate, _))) = (
+            find("baseline-quinn", None),
+            find("roam", Some("handover")),
+            find("roam", Some("aggregate")),
+        ) && quinn > 0.0
+        {
+            out.push(QuicRatio {
+                regime: regime.to_owned(),
+                rate_mbit: rate,
+                handover_over_quinn: round_to(handover / quinn, 3),
+                aggregate_over_quinn: round_to(aggregate / quinn, 3),
+            });
+        }
+    }
+    out
+}
+
+fn table(runs: &[RowReport], ratios: &[Ratio], quic_ratios: &[QuicRatio]) -> String {
     let header = [
         "regime",
         "system",
@@ -856,7 +1153,10 @@ fn table(runs: &[RowReport], ratios: &[Ratio]) -> String {
         .map(|r| {
             [
                 r.regime.clone(),
-                r.system.to_owned(),
+                match r.mode {
+                    Some(m) => format!("{} {m}", r.system),
+                    None => r.system.to_owned(),
+                },
                 r.repeats.to_string(),
                 r.stalled.to_string(),
                 format!("{:.1}", r.throughput_mbit.median),
@@ -883,8 +1183,26 @@ fn table(runs: &[RowReport], ratios: &[Ratio]) -> String {
             format!("{:.3}", x.roam_over_raw_tls),
         ]);
     }
-    out.push_str(&aligned(&r, 1));
-    out.push_str("ratios of medians; the aim is roam/raw >= 0.97\n");
+    if !ratios.is_empty() {
+        out.push_str(&aligned(&r, 1));
+        out.push_str("ratios of medians; the aim is roam/raw >= 0.97\n");
+    }
+    if !quic_ratios.is_empty() {
+        let mut q: Vec<[String; 3]> =
+            vec![["regime", "roam handover/quinn", "roam aggregate/quinn"].map(String::from)];
+        for x in quic_ratios {
+            q.push([
+                x.regime.clone(),
+                format!("{:.3}", x.handover_over_quinn),
+                format!("{:.3}", x.aggregate_over_quinn),
+            ]);
+        }
+        out.push_str(&aligned(&q, 1));
+        out.push_str(
+            "ratios of medians; the aims are handover/quinn >= 0.95 and, at 100 Mbit/s per path, \
+             aggregate >= 180 Mbit/s\n",
+        );
+    }
     out
 }
 

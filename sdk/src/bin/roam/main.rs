@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,quinn_udp=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,noq_udp=error")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,7 +1,7 @@
 //! The listener's QUIC side: every incoming connection gets its handshake and the client's
 //! first stream (with its session header on ALPN `roam/1`) in a task of its own.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
@@ -14,14 +14,14 @@ use crate::transport::{Connection, Stream};
 use crate::vocab::Transport;
 
 /// How many QUIC handshakes (with their session header) may be under way at once; more
-/// clients wait in quinn's queue of incoming connections.
+/// clients wait in noq's queue of incoming connections.
 const QUIC_HANDSHAKES: usize = 256;
 
 /// Accepts QUIC connections for ever: each handshake and session header in a task of its own
 /// (at most [`QUIC_HANDSHAKES`] at once), bounded by `header_timeout`; sessions go to `tx`.
 /// Says `closed` when the endpoint stops.
 pub(crate) async fn accept_loop(
-    endpoint: quinn::Endpoint,
+    endpoint: noq::Endpoint,
     tx: mpsc::Sender<Connection>,
     header_timeout: Duration,
     closed: watch::Sender<bool>,
@@ -63,12 +63,15 @@ pub(crate) async fn accept_loop(
 /// The server side of a session on an accepted connection: waits for the client's first
 /// stream and, on ALPN `roam/1`, its header.
 pub(crate) async fn accept(
-    conn: quinn::Connection,
-    endpoint: quinn::Endpoint,
+    conn: noq::Connection,
+    endpoint: noq::Endpoint,
     header_timeout: Duration,
 ) -> Result<Connection> {
     let alpn = negotiated_alpn(&conn);
-    let remote = conn.remote_address();
+    let remote = conn
+        .path(noq::PathId::ZERO)
+        .and_then(|p| p.remote_address().ok())
+        .ok_or_else(|| Error::Protocol("the connection has no path".into()))?;
     let accept = async {
         let (send, mut recv) = conn.accept_bi().await?;
         let app = if alpn == crate::tls::ALPN {
@@ -85,16 +88,16 @@ pub(crate) async fn accept(
             limit: header_timeout,
         })??;
     let (events, _) = broadcast::channel(64);
+    let shared = Arc::new(Shared::new(None, remote));
+    let watcher = shared.watch_paths(&conn);
     Ok(Connection {
         stream: Stream::Quic(QuicStream {
             conn,
             send,
             recv,
-            shared: Arc::new(Shared {
-                path: Mutex::new(None),
-            }),
+            shared,
             activity: None,
-            _driver: None,
+            _driver: Some(watcher),
             endpoint,
         }),
         events,

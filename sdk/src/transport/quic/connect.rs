@@ -3,14 +3,14 @@
 //! that moves the connection from then on.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use quinn::crypto::rustls::QuicClientConfig;
+use noq::crypto::rustls::QuicClientConfig;
 use tokio::sync::{Notify, broadcast};
 
 use super::driver::Driver;
-use super::{QuicStream, Shared, negotiated_alpn};
+use super::sockets::PathSockets;
+use super::{QuicStream, Shared, negotiated_alpn, transport_config};
 use crate::error::{Error, Result};
 use crate::net::race::race;
 use crate::net::socket::{SocketBinder, bind_udp};
@@ -20,10 +20,12 @@ use crate::transport::{Connection, Dial, Stream};
 use crate::vocab::{LocalPath, SessionEvent, Transport};
 
 struct Attempt {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
+    endpoint: noq::Endpoint,
+    sockets: PathSockets,
+    conn: noq::Connection,
     path: LocalPath,
     local: SocketAddr,
+    peer: SocketAddr,
 }
 
 /// Connects the QUIC transport over the prepared candidates and starts its driver.
@@ -50,8 +52,8 @@ pub(crate) async fn connect(d: Dial, why: String) -> Result<Connection> {
     } = d;
     let tls = tls.build(&alpn)?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::TlsConfig(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport_config(idle_timeout, keep_alive)?));
+    let mut client = noq::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config(idle_timeout, Some(keep_alive))?));
 
     let won = race(&cands, attempt_delay, |path, peer| {
         attempt(
@@ -63,38 +65,44 @@ pub(crate) async fn connect(d: Dial, why: String) -> Result<Connection> {
         )
     })
     .await?;
-    tracing::info!(path = %won.path, local = %won.local, peer = %won.conn.remote_address(), "connected");
+    tracing::info!(
+        path = %won.path,
+        local = %won.local,
+        peer = %won.peer,
+        multipath = won.conn.is_multipath_enabled(),
+        "connected"
+    );
     let alpn = negotiated_alpn(&won.conn);
     let (mut send, recv) = won.conn.open_bi().await?;
     if alpn == crate::tls::ALPN {
         write_header(&mut send, app.as_deref()).await?;
     }
 
-    let v6 = won.conn.remote_address().is_ipv6();
+    let v6 = won.peer.is_ipv6();
     let mut cfg = pm_cfg;
     cfg.mode = multipath.unwrap_or(snap.decision.multipath);
+    let mode = cfg.mode;
     let now = tokio::time::Instant::now().into_std();
     let mut pm = PathManager::new(cfg, won.path.clone(), now);
     pm.handle(now, Input::Paths(snap.local_paths(v6)));
     let (events, _) = broadcast::channel(64);
-    let shared = Arc::new(Shared {
-        path: Mutex::new(Some((won.path.clone(), won.local))),
-    });
+    let shared = Arc::new(Shared::new(Some((won.path.clone(), won.local)), won.peer));
     let activity = Arc::new(Notify::new());
-    let driver = Driver {
+    let driver = Driver::new(
         pm,
-        conn: won.conn.clone(),
-        endpoint: won.endpoint.clone(),
+        mode,
+        won.conn.clone(),
+        won.endpoint.clone(),
+        won.sockets,
+        won.path,
+        won.peer,
         decisions,
-        v6,
-        activity: activity.clone(),
-        events: events.clone(),
-        shared: shared.clone(),
-        warm: None,
+        activity.clone(),
+        events.clone(),
+        shared.clone(),
         binder,
         source,
-        reported: None,
-    };
+    );
     let handle = driver.spawn();
     let session = Connection {
         stream: Stream::Quic(QuicStream {
@@ -124,7 +132,7 @@ pub(crate) async fn connect(d: Dial, why: String) -> Result<Connection> {
 async fn attempt(
     path: LocalPath,
     peer: SocketAddr,
-    client: quinn::ClientConfig,
+    client: noq::ClientConfig,
     server_name: String,
     binder: Option<SocketBinder>,
 ) -> Result<Attempt> {
@@ -133,26 +141,35 @@ async fn attempt(
     let local = socket
         .local_addr()
         .map_err(|e| Error::io("reading the socket's address", e))?;
-    let runtime = quinn::default_runtime()
+    let runtime = noq::default_runtime()
         .ok_or_else(|| Error::io("starting QUIC", std::io::Error::other("no tokio runtime")))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-        .map_err(|e| Error::io(format!("creating the QUIC endpoint on {path}"), e))?;
+    let sockets = PathSockets::new(socket)
+        .map_err(|e| Error::io(format!("preparing the UDP socket on {path}"), e))?;
+    let endpoint = noq::Endpoint::new_with_abstract_socket(
+        noq::EndpointConfig::default(),
+        None,
+        sockets.endpoint_socket(),
+        runtime,
+    )
+    .map_err(|e| Error::io(format!("creating the QUIC endpoint on {path}"), e))?;
     let connecting = endpoint
         .connect_with(client, peer, &server_name)
         .map_err(|e| Error::TlsConfig(format!("connecting to {peer} as {server_name}: {e}")))?;
     let conn = connecting.await.map_err(|e| handshake_error(peer, e))?;
     Ok(Attempt {
         endpoint,
+        sockets,
         conn,
         path,
         local,
+        peer,
     })
 }
 
 /// Sorts a handshake failure into the variants an app reacts to differently.
-fn handshake_error(peer: SocketAddr, e: quinn::ConnectionError) -> Error {
-    use quinn::ConnectionError as C;
-    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+fn handshake_error(peer: SocketAddr, e: noq::ConnectionError) -> Error {
+    use noq::ConnectionError as C;
+    let crypto = |code: noq::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
     match e {
         C::TransportError(t) if crypto(t.code) => Error::Tls {
             peer,
@@ -162,7 +179,7 @@ fn handshake_error(peer: SocketAddr, e: quinn::ConnectionError) -> Error {
             peer,
             detail: c.to_string(),
         },
-        C::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+        C::ConnectionClosed(c) if c.error_code == noq::TransportErrorCode::CONNECTION_REFUSED => {
             Error::Refused {
                 peer,
                 detail: c.to_string(),
@@ -174,17 +191,4 @@ fn handshake_error(peer: SocketAddr, e: quinn::ConnectionError) -> Error {
         },
         other => Error::Connection(other),
     }
-}
-
-/// quinn's transport settings: the idle timeout and keep-alive the app asked for.
-fn transport_config(
-    idle_timeout: Duration,
-    keep_alive: Duration,
-) -> Result<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle_timeout).map_err(
-        |_| Error::TlsConfig(format!("idle timeout {:?} is too large", idle_timeout)),
-    )?));
-    t.keep_alive_interval(Some(keep_alive));
-    Ok(t)
 }
