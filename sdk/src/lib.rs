@@ -71,6 +71,10 @@ pub use decision::{DecisionSource, Embedded, Snapshot};
 pub use error::{Error, Result};
 pub use events::{Events, SessionEvent};
 pub use listener::Listener;
+/// The QUIC implementation under roam's QUIC sessions (n0-computer's `noq`, RFC 9000 and RFC
+/// 10069 multipath), re-exported so an app can name the types [`Session::connection`],
+/// [`Session::open_stream`] and [`Error::Connection`] carry without depending on it itself.
+pub use noq;
 pub use roam_policy::model;
 pub use session::{
     Keepalive, PathInfo, Session, SessionBuilder, Subflow, TcpOptions, Transport,
