@@ -70,7 +70,7 @@ pub mod vocab;
 pub use decision::{DecisionSource, Embedded, Snapshot};
 pub use error::{Error, Result};
 pub use events::{Events, SessionEvent};
-pub use listener::Listener;
+pub use listener::{Listener, ListenerConfig};
 /// The QUIC implementation under roam's QUIC sessions (n0-computer's `noq`, RFC 9000 and RFC
 /// 10069 multipath), re-exported so an app can name the types [`Session::connection`],
 /// [`Session::open_stream`] and [`Error::Connection`] carry without depending on it itself.

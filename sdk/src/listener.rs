@@ -28,6 +28,62 @@ use crate::transport::{Connection, TaskHandle, mptcp, quic, resume};
 /// How many accepted sessions may wait for [`Listener::accept`].
 const BACKLOG: usize = 64;
 
+/// How a [`Listener`] runs ([`Listener::bind_with`]); `Default` is what [`Listener::bind`]
+/// uses.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// How long a detached tcp-resume session is kept for its client to come back (30 s).
+    pub resume_grace: Duration,
+    /// The key QUIC stateless resets are derived from. `None` (the default): a random key
+    /// per listener, so after a restart the new listener's resets carry another key, clients
+    /// rightly ignore them, and their sessions end only at their idle timeout. Give the same
+    /// 32 secret bytes to every run of a server (kept like a TLS key: whoever has it can end
+    /// that server's QUIC sessions) and a restarted server's resets end the old sessions at
+    /// once, with "reset by peer".
+    pub stateless_reset_key: Option<[u8; 32]>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            resume_grace: resume::DEFAULT_GRACE,
+            stateless_reset_key: None,
+        }
+    }
+}
+
+/// The QUIC endpoint on `addr`: noq's own server endpoint, or with `reset_key` one whose
+/// stateless resets (HMAC-SHA256) and connection IDs are keyed by it instead of by random keys.
+fn quic_endpoint(
+    cfg: noq::ServerConfig,
+    addr: SocketAddr,
+    reset_key: Option<&[u8; 32]>,
+) -> std::io::Result<noq::Endpoint> {
+    let Some(key) = reset_key else {
+        return noq::Endpoint::server(cfg, addr);
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    // As noq's own server endpoint does: dual-stack where an IPv6 address allows it.
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    let runtime = noq::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no tokio runtime to run the QUIC listener on"))?;
+    // The connection IDs are keyed too: a packet whose ID the generator cannot validate is
+    // dropped before any reset, so the restarted listener must recognise its predecessor's.
+    let tag = ring::hmac::sign(&key, b"roam listener connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut endpoint = noq::EndpointConfig::new(Arc::new(key));
+    endpoint.cid_generator(Arc::new(move || {
+        Box::new(noq_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    }));
+    noq::Endpoint::new(endpoint, Some(cfg), socket.into(), runtime)
+}
+
 /// Accepts sessions on one address: UDP for QUIC, TCP (MPTCP) for the other transports.
 ///
 /// Handshakes run concurrently, each bounded by the header timeout: a client that stalls in
@@ -82,6 +138,26 @@ impl Listener {
         tls: rustls::ServerConfig,
         resume_grace: Duration,
     ) -> Result<Listener> {
+        Listener::bind_with(
+            addr,
+            tls,
+            ListenerConfig {
+                resume_grace,
+                ..ListenerConfig::default()
+            },
+        )
+    }
+
+    /// [`Listener::bind`] with every setting of [`ListenerConfig`].
+    pub fn bind_with(
+        addr: SocketAddr,
+        tls: rustls::ServerConfig,
+        config: ListenerConfig,
+    ) -> Result<Listener> {
+        let ListenerConfig {
+            resume_grace,
+            stateless_reset_key,
+        } = config;
         let tls = Arc::new(tls);
         let crypto =
             QuicServerConfig::try_from(tls.clone()).map_err(|e| Error::TlsConfig(e.to_string()))?;
@@ -93,7 +169,7 @@ impl Listener {
             Some(Duration::from_secs(1)),
         )?;
         cfg.transport_config(Arc::new(t));
-        let endpoint = noq::Endpoint::server(cfg, addr)
+        let endpoint = quic_endpoint(cfg, addr, stateless_reset_key.as_ref())
             .map_err(|e| Error::io(format!("binding the QUIC listener on {addr}"), e))?;
         let quic_local = endpoint
             .local_addr()
