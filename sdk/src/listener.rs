@@ -345,7 +345,10 @@ async fn tcp_accept_loop(
                     if !roam {
                         return Ok(Some(mptcp::accept(s, false).await?));
                     }
-                    let magic = read_magic(&mut s).await?;
+                    let Some(magic) = read_magic(&mut s).await? else {
+                        tracing::debug!(%peer, "TCP client closed before its session header (a replaced standby, or a race's loser)");
+                        return Ok(None);
+                    };
                     match &magic {
                         header::MAGIC => Ok(Some(mptcp::accept(s, true).await?)),
                         resume::MAGIC => registry.accept(s, peer).await,
@@ -388,12 +391,27 @@ fn nofile_limit() -> u64 {
 }
 
 /// Reads the 4-byte magic that says which protocol a TCP connection speaks.
-async fn read_magic(tls: &mut TlsStream<TcpStream>) -> Result<[u8; 4]> {
+async fn read_magic(tls: &mut TlsStream<TcpStream>) -> Result<Option<[u8; 4]>> {
     let mut m = [0u8; 4];
-    tls.read_exact(&mut m)
-        .await
-        .map_err(|e| Error::Protocol(format!("reading the session header: {e}")))?;
-    Ok(m)
+    let mut got = 0;
+    while got < m.len() {
+        let n = tls
+            .read(&mut m[got..])
+            .await
+            .map_err(|e| Error::Protocol(format!("reading the session header: {e}")))?;
+        if n == 0 && got == 0 {
+            // A clean close before any byte: a tcp-resume standby connection replaced by a
+            // fresh one, or the losing attempt of a client racing its transports.
+            return Ok(None);
+        }
+        if n == 0 {
+            return Err(Error::Protocol(format!(
+                "reading the session header: the client closed after {got} of its 4 bytes"
+            )));
+        }
+        got += n;
+    }
+    Ok(Some(m))
 }
 
 /// A listening stream socket on `addr`: MPTCP when the kernel has it, else TCP.
