@@ -40,7 +40,12 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
 
     let mut gaps = Vec::new();
     let mut moved_in = Vec::new();
-    for repeat in 0..REPEATS {
+    // A move before the blackhole (the session's 60 ms stall detector can misjudge a healthy
+    // path on a loaded machine) says nothing about the blackhole: that repeat is run again,
+    // at most twice in all, and counted.
+    let mut false_stalls = 0;
+    let mut repeat = 0;
+    while repeat < REPEATS {
         let builder = roam::Session::builder()
             .app("com.example.chat")
             .policy(POLICY)
@@ -55,6 +60,13 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
         emu.set_blackhole(Direction::Both, true);
         let m = wait_moved(&run.client_rx, "rmnet0")
             .with_context(|| format!("repeat {repeat}: leaving the blackhole"))?;
+        if m.at < t0 && false_stalls < 2 {
+            false_stalls += 1;
+            eprintln!("repeat {repeat}: the session moved before the blackhole; running it again");
+            emu.set_blackhole(Direction::Both, false);
+            run.finish()?;
+            continue;
+        }
         assert_eq!(m.reason, MigrationReason::Stalled, "repeat {repeat}");
         wait_server_sees(&run.server_rx, rmnet)?;
         assert!(
@@ -70,6 +82,7 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
         gaps.push(s.max_gap);
         // The next session starts on WiFi again.
         emu.set_blackhole(Direction::Both, false);
+        repeat += 1;
     }
 
     gaps.sort();
@@ -79,7 +92,8 @@ fn survives_a_silent_blackhole_at_50_ms_rtt() -> Result<()> {
     eprintln!(
         "figure: {} ms RTT, silent blackhole on wlan0, {REPEATS} repeats: delivery gap p50 \
          {:.0} ms, p99 {:.0} ms, max {:.0} ms (issue 5 aims p99 < 400 ms); moved after p50 \
-         {:.0} ms, max {:.0} ms; every byte intact",
+         {:.0} ms, max {:.0} ms; every byte intact; {false_stalls} repeats run again after \
+         a move before the blackhole",
         RTT.as_millis(),
         ms(pct(&gaps, 0.5)),
         ms(pct(&gaps, 0.99)),
