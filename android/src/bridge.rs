@@ -285,11 +285,11 @@ impl Inner {
     }
 }
 
-/// Re-evaluates when a link's up time crosses a `hold`, and calls the listeners whose
-/// decision changed from this runtime thread.
+/// Re-evaluates when a link's up time crosses a `hold` or a session's flow age reaches one of
+/// its thresholds, and calls the listeners whose decision changed from this runtime thread.
 async fn hold_timer(inner: Arc<Inner>) {
     loop {
-        let next = lock(&inner.decider).next_hold(Instant::now());
+        let next = lock(&inner.decider).next_deadline(Instant::now());
         let woke_for_hold = match next {
             Some(t) => tokio::select! {
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(t)) => true,
