@@ -7,9 +7,6 @@
 //! returned value is [`Fallback::fallback`], which Java never sees because the exception is
 //! pending.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
-
 use jni::JNIEnv;
 use jni::sys::{jboolean, jint, jlong, jobject};
 
@@ -59,21 +56,13 @@ pub(crate) fn entry<'local, T: Fallback>(
 ) -> T {
     // The body gets `env` only: anything it leaves half done is Rust state behind a handle,
     // which every lock recovers from (see `handles` and `decisions::lock`).
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(env)));
-    let message = match outcome {
+    let message = match roam::boundary::catch_panic(name, || body(env)) {
         Ok(Ok(v)) => return v,
         Ok(Err(e)) => {
             tracing::debug!(entry = name, error = %e, "call from Java failed");
             format!("roam: {name}: {e}")
         }
-        Err(panic) => {
-            let what = panic_text(panic.as_ref());
-            tracing::error!(entry = name, panic = %what, "panic inside roam");
-            format!(
-                "roam: {name}: internal error (a panic inside roam: {what}); the call did \
-                 nothing, the library is still usable; please report this as a bug"
-            )
-        }
+        Err(panicked) => panicked,
     };
     throw(env, &message);
     T::fallback()
@@ -88,15 +77,5 @@ fn throw(env: &mut JNIEnv<'_>, message: &str) {
         // Without the class (a stripped app), JNI has made a NoClassDefFoundError pending:
         // still an exception, never a crash.
         tracing::error!(error = %e, %message, "could not throw io.roam.RoamException");
-    }
-}
-
-fn panic_text(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-text panic payload".to_owned()
     }
 }

@@ -20,8 +20,8 @@
 //! exception: the transports write and read the session header, `session::header`, a leaf
 //! that imports only the error type).
 //! - Ground floor: [`vocab`] (the words every room speaks: [`LocalPath`](vocab::LocalPath),
-//!   [`Transport`], [`Subflow`], [`PathInfo`], [`SessionEvent`]), [`error`], and [`events`]
-//!   ([`Events`], how the app reads them).
+//!   [`Transport`], [`Subflow`], [`PathInfo`], [`SessionEvent`]), [`error`], [`events`]
+//!   ([`Events`], how the app reads them), and [`boundary`] (for the C and JNI bindings).
 //! - [`path`]: the sans-I/O path manager that decides when a session moves; it emits its own
 //!   events ([`path::manager::PathEvent`]), which the transports' drivers pass on as
 //!   [`SessionEvent`]s.
@@ -52,6 +52,7 @@
 //! [`Session::set_path_options`]: roamd's BPF sock_ops program).
 #![warn(missing_docs)]
 
+pub mod boundary;
 pub mod decision;
 pub mod error;
 pub mod events;
@@ -114,6 +115,7 @@ mod floors {
         let below_transport: &[&str] = &["decision", "error", "monitor", "vocab"];
         let files: &[(&str, &str, &[&str])] = &[
             ("vocab.rs", include_str!("vocab.rs"), ground),
+            ("boundary.rs", include_str!("boundary.rs"), ground),
             ("events.rs", include_str!("events.rs"), on_vocab),
             ("path/mod.rs", include_str!("path/mod.rs"), on_vocab),
             ("path/manager.rs", include_str!("path/manager.rs"), on_vocab),

@@ -5,10 +5,8 @@
 //! same with `EIO` and says it was a bug. Either way C gets the entry point's failure value
 //! (`-1`) and the process keeps running: a Rust panic never unwinds into C.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};
-use std::panic::AssertUnwindSafe;
 
 /// What failed, as C sees it: an `errno` value and a message naming the cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,24 +88,13 @@ thread_local! {
 pub fn entry<T: Fallback>(name: &'static str, body: impl FnOnce() -> Result<T, FfiError>) -> T {
     // The body's half-done state is behind the registry's and the runtime's locks, which
     // recover from poisoning: nothing a panic leaves behind makes the next call unsafe.
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(body));
-    let (errno, message) = match outcome {
+    let (errno, message) = match roam_sdk::boundary::catch_panic(name, body) {
         Ok(Ok(v)) => return v,
         Ok(Err(e)) => {
             tracing::debug!(entry = name, error = %e.message, "call from C failed");
             (e.errno, format!("roam: {name}: {}", e.message))
         }
-        Err(panic) => {
-            let what = panic_text(panic.as_ref());
-            tracing::error!(entry = name, panic = %what, "panic inside roam");
-            (
-                libc::EIO,
-                format!(
-                    "roam: {name}: internal error (a panic inside roam: {what}); the call did \
-                     nothing, the library is still usable; please report this as a bug"
-                ),
-            )
-        }
+        Err(panicked) => (libc::EIO, panicked),
     };
     set_last_error(message);
     set_errno(errno);
@@ -144,16 +131,6 @@ fn set_errno(e: i32) {
     #[cfg(not(target_os = "android"))]
     unsafe {
         *libc::__errno_location() = e;
-    }
-}
-
-fn panic_text(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-text panic payload".to_owned()
     }
 }
 
