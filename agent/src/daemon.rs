@@ -79,7 +79,7 @@ struct Daemon {
     subflows: Option<Subflows>,
     /// The last update pushed and its encoded frame: a decision that goes to a thousand
     /// subscribers of one app is encoded once and the same bytes written to each.
-    last_push: Option<(Update, Arc<[u8]>)>,
+    last_push: Option<(Arc<Update>, Arc<[u8]>)>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -186,7 +186,8 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     d.run_actions();
 
     let (client_tx, mut from_clients) = mpsc::channel::<FromClient>(1024);
-    let acceptor = tokio::spawn(server::accept_loop(listener, identify, client_tx));
+    let clients = server::ClientThread::start(listener, identify, client_tx)
+        .context("starting the clients' thread")?;
 
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -249,7 +250,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         }
         d.run_actions();
     };
-    acceptor.abort();
+    clients.stop();
     if let Some(s) = d.subflows.take() {
         s.stop();
     }
@@ -453,17 +454,14 @@ impl Daemon {
         self.send(client, frame);
     }
 
-    /// Pushes a decision. The core makes one update per subscriber; equal ones in a row (the
-    /// subscribers of one app and flow) share one encoding.
-    fn push(&mut self, client: ClientId, update: Update) {
+    /// Pushes a decision. The core shares one update among the subscribers told the same
+    /// (one app and flow interval), and they come in a row: it is encoded once.
+    fn push(&mut self, client: ClientId, update: Arc<Update>) {
         let frame = match &self.last_push {
-            Some((last, frame)) if *last == update => frame.clone(),
+            Some((last, frame)) if Arc::ptr_eq(last, &update) => frame.clone(),
             _ => {
-                let reply = Reply::Update(update);
-                let frame: Arc<[u8]> = proto::encode(&reply).into();
-                if let Reply::Update(update) = reply {
-                    self.last_push = Some((update, frame.clone()));
-                }
+                let frame: Arc<[u8]> = proto::encode(&Reply::Update((*update).clone())).into();
+                self.last_push = Some((update, frame.clone()));
                 frame
             }
         };

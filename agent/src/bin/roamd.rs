@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     init_tracing();
     raise_fd_limit();
@@ -110,6 +111,20 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         dry_run: cli.dry_run,
         sysfs_root: PathBuf::from("/sys/class/net"),
     })
+}
+
+/// glibc gives each thread that allocates an arena of its own: roamd's threads (the loop, the
+/// clients' thread, the enforcers' workers) would each keep their freed memory, and frames
+/// allocated on the clients' thread and freed on the loop's are kept in the clients' arena.
+/// roamd allocates little and never in parallel for long, so one arena serves all: measured
+/// with 1,000 subscribers and 100 hostile clients (`load-bench`), RSS ~45 MiB with an arena
+/// per thread against ~10 MiB with one. Called first, before any other thread exists.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no other thread is running yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Every app session is a connection: lift the soft descriptor limit to the hard one (often
