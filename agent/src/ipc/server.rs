@@ -120,6 +120,7 @@ impl ClientThread {
             .name("roamd-clients".into())
             .spawn(move || {
                 let _span = span.entered();
+                yield_to_the_loop();
                 rt.block_on(async move {
                     let listener = match UnixListener::from_std(listener) {
                         Ok(l) => l,
@@ -153,6 +154,18 @@ impl ClientThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10): on a busy machine the daemon's
+/// loop, which turns the kernel's news into decisions and writes them, runs first, and this
+/// thread (hellos, requests, a hostile client's flood) gets the time left over. Requests
+/// still get answered; only a contended CPU goes to the loop first.
+fn yield_to_the_loop() {
+    // SAFETY: setpriority takes plain integers; on Linux, `who` 0 with PRIO_PROCESS is the
+    // calling thread only.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "the clients' thread keeps its priority");
     }
 }
 
