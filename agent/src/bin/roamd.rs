@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use roam_agent::config::Config;
 use roam_agent::daemon::{self, Options};
 use roam_agent::ipc::client::DEFAULT_SOCKET;
@@ -15,43 +14,114 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// roamd: watches every interface, measures which really carry traffic, evaluates the policy
-/// for every app and tells each app session what to use.
-#[derive(Debug, Parser)]
-#[command(name = "roamd", version, about)]
+/// What the command line asks for.
+#[derive(Debug, Default, PartialEq)]
 struct Cli {
-    /// The config file (TOML). Without it: built-in defaults, no probe targets (links are
-    /// never validated by probes), every uid is `uid:N`.
-    #[arg(long, value_name = "FILE")]
+    /// `--config FILE`.
     config: Option<PathBuf>,
-    /// The policy file (`*.roam`); wins over the config's `policy`. Without either: the
-    /// built-in policy.
-    #[arg(long, value_name = "FILE")]
+    /// `--policy FILE`.
     policy: Option<PathBuf>,
-    /// The socket to listen on; wins over ROAM_SOCKET and the config's `socket`.
-    #[arg(long, value_name = "PATH")]
+    /// `--socket PATH`.
     socket: Option<PathBuf>,
-    /// Observe and decide, but change nothing in the kernel.
-    #[arg(long)]
+    /// `--dry-run`.
     dry_run: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
+    /// `reflect --listen ADDR`: run the reflector instead of the agent.
+    reflect: Option<SocketAddr>,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the UDP echo reflector that probes are sent to (replies only to roam probes, at
-    /// their size, at most 2000 a second).
-    Reflect {
-        /// Address and port to listen on, e.g. `198.18.0.1:7777` or `[2001:db8::1]:7777`.
-        #[arg(long, value_name = "ADDR")]
-        listen: SocketAddr,
-    },
+/// What `--help` prints. The arguments are read by hand, not by clap: roamd has five, and
+/// clap's code stayed resident for the daemon's whole life (agent-bench: idle RSS 0.1 MiB).
+const HELP: &str = "\
+roamd: watches every interface, measures which really carry traffic, evaluates the policy for
+every app and tells each app session what to use.
+
+Usage: roamd [OPTIONS]
+       roamd reflect --listen ADDR
+
+Options:
+  --config FILE   The config file (TOML). Without it: built-in defaults, no probe targets
+                  (links are never validated by probes), every uid is `uid:N`.
+  --policy FILE   The policy file (`*.roam`); wins over the config's `policy`. Without
+                  either: the built-in policy.
+  --socket PATH   The socket to listen on; wins over ROAM_SOCKET and the config's `socket`.
+  --dry-run       Observe and decide, but change nothing in the kernel.
+  -h, --help      Print this help.
+  -V, --version   Print the version.
+
+reflect: run the UDP echo reflector that probes are sent to (replies only to roam probes, at
+their size, at most 2000 a second).
+  --listen ADDR   Address and port to listen on, e.g. `198.18.0.1:7777` or `[2001:db8::1]:7777`.
+";
+
+/// What to do, from the arguments after the program's name.
+#[derive(Debug, PartialEq)]
+enum Parsed {
+    Run(Cli),
+    Help,
+    Version,
+}
+
+/// Reads the arguments (`--key VALUE` or `--key=VALUE`); the error says which one is wrong.
+fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Parsed, String> {
+    let mut cli = Cli::default();
+    let mut reflect = false;
+    let mut listen = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|a| format!("argument {a:?} is not UTF-8"))?;
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next().and_then(|v| v.into_string().ok()))
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match key.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "reflect" if !reflect => reflect = true,
+            "--listen" if reflect => {
+                let v = value("--listen")?;
+                listen = Some(
+                    v.parse::<SocketAddr>()
+                        .map_err(|e| format!("--listen {v}: {e} (e.g. 198.18.0.1:7777)"))?,
+                );
+            }
+            "--config" if !reflect => cli.config = Some(value("--config")?.into()),
+            "--policy" if !reflect => cli.policy = Some(value("--policy")?.into()),
+            "--socket" if !reflect => cli.socket = Some(value("--socket")?.into()),
+            "--dry-run" if !reflect && inline.is_none() => cli.dry_run = true,
+            other => return Err(format!("unexpected argument '{other}'")),
+        }
+    }
+    if reflect {
+        cli.reflect = Some(listen.ok_or("reflect needs --listen ADDR")?);
+    }
+    Ok(Parsed::Run(cli))
 }
 
 fn main() -> ExitCode {
     one_malloc_arena();
-    let cli = Cli::parse();
+    let cli = match parse_args(std::env::args_os().skip(1)) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("roamd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("roamd: {e}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
     raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -64,8 +134,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Some(Command::Reflect { listen }) => rt
+    let result = match cli.reflect {
+        Some(listen) => rt
             .block_on(roam_agent::probe::reflect::run(listen, |addr| {
                 ready_line(&format!("reflecting on {addr}"))
             }))
@@ -202,5 +272,60 @@ fn sd_notify_ready() {
     };
     if let Err(e) = sent {
         tracing::warn!(error = %e, "readiness notification to systemd failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn the_agent_s_options_in_either_form() {
+        let got = parse(&[
+            "--config",
+            "/etc/roam/roamd.toml",
+            "--policy=p.roam",
+            "--dry-run",
+        ]);
+        assert_eq!(
+            got,
+            Ok(Parsed::Run(Cli {
+                config: Some("/etc/roam/roamd.toml".into()),
+                policy: Some("p.roam".into()),
+                dry_run: true,
+                ..Cli::default()
+            }))
+        );
+        assert_eq!(parse(&[]), Ok(Parsed::Run(Cli::default())));
+        assert_eq!(parse(&["--socket", "/run/x.sock", "-h"]), Ok(Parsed::Help));
+        assert_eq!(parse(&["--version"]), Ok(Parsed::Version));
+    }
+
+    #[test]
+    fn the_reflector_needs_an_address_and_takes_no_agent_option() {
+        assert_eq!(
+            parse(&["reflect", "--listen", "198.18.0.1:7777"]),
+            Ok(Parsed::Run(Cli {
+                reflect: Some("198.18.0.1:7777".parse().unwrap()),
+                ..Cli::default()
+            }))
+        );
+        assert!(parse(&["reflect"]).unwrap_err().contains("--listen"));
+        assert!(parse(&["reflect", "--listen", "nowhere"]).is_err());
+        assert!(parse(&["reflect", "--listen", "[::1]:7", "--dry-run"]).is_err());
+    }
+
+    #[test]
+    fn a_wrong_argument_is_named() {
+        assert_eq!(
+            parse(&["--polcy", "x"]),
+            Err("unexpected argument '--polcy'".into())
+        );
+        assert_eq!(parse(&["--config"]), Err("--config needs a value".into()));
+        assert!(parse(&["--dry-run=yes"]).is_err());
     }
 }
