@@ -13,15 +13,16 @@ use tokio::task::AbortHandle;
 
 use crate::caps;
 use crate::config::Config;
-use crate::core::{Action, AgentFacts, ClientId, Core, Event, LinkInfo, Policy};
+use crate::core::{Action, AgentFacts, ClientId, Core, Event, Policy};
 use crate::enforce::Enforcers;
 use crate::enforce::subflows::{FromKernel, Subflows};
 use crate::ipc::proto::{self, Reply, Update};
 use crate::ipc::server::{self, FromClient, Outbox, SendError};
-use crate::monitor::classify::{KindOverride, SysfsFacts, classify};
+use crate::monitor::LinkFacts;
+use crate::monitor::classify::KindOverride;
 use crate::monitor::counters;
 use crate::monitor::netlink::{Monitor, MonitorError, MonitorEvent};
-use crate::monitor::nl80211::{Nl80211, Wireless};
+use crate::monitor::nl80211::{Wireless, WirelessAsker};
 use crate::probe::{ProbeReply, Prober, portal};
 use tracing::Instrument;
 
@@ -69,17 +70,15 @@ struct Daemon {
     sysfs_root: PathBuf,
     policy_path: Option<PathBuf>,
     kernel: Enforcers,
-    /// nl80211, when the kernel has cfg80211; queried off the loop (generic netlink requests
-    /// can wait behind another family's slow one).
-    nl80211: Option<Arc<std::sync::Mutex<Nl80211>>>,
-    wireless_tx: mpsc::Sender<(u32, Wireless)>,
+    /// nl80211, when the kernel has cfg80211.
+    wireless: Option<WirelessAsker>,
     /// Finished captive-portal checks: interface index and HTTP status (or why none).
     portal_tx: mpsc::Sender<(u32, Result<u16, String>)>,
     /// The userspace path manager, when the config asks for it (never in a dry run).
     subflows: Option<Subflows>,
     /// The last update pushed and its encoded frame: a decision that goes to a thousand
     /// subscribers of one app is encoded once and the same bytes written to each.
-    last_push: Option<(Update, Arc<[u8]>)>,
+    last_push: Option<(Arc<Update>, Arc<[u8]>)>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -126,13 +125,6 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     let (reply_tx, mut replies) = mpsc::channel::<ProbeReply>(1024);
     let (wireless_tx, mut wireless) = mpsc::channel::<(u32, Wireless)>(64);
     let (portal_tx, mut portal_done) = mpsc::channel::<(u32, Result<u16, String>)>(64);
-    let nl80211 = match Nl80211::open() {
-        Ok(n) => Some(Arc::new(std::sync::Mutex::new(n))),
-        Err(e) => {
-            tracing::debug!(error = %e, "no nl80211: WiFi SSID and signal stay unknown");
-            None
-        }
-    };
     let mut core = Core::new(policy, opts.config.probe.clone());
     core.describe(AgentFacts {
         agent: server::agent_name(),
@@ -168,8 +160,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         sysfs_root: opts.sysfs_root.clone(),
         policy_path: opts.policy_path.clone(),
         kernel,
-        nl80211,
-        wireless_tx,
+        wireless: WirelessAsker::open(wireless_tx),
         portal_tx,
         subflows,
         last_push: None,
@@ -186,7 +177,8 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     d.run_actions();
 
     let (client_tx, mut from_clients) = mpsc::channel::<FromClient>(1024);
-    let acceptor = tokio::spawn(server::accept_loop(listener, identify, client_tx));
+    let clients = server::ClientThread::start(listener, identify, client_tx)
+        .context("starting the clients' thread")?;
 
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -249,7 +241,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         }
         d.run_actions();
     };
-    acceptor.abort();
+    clients.stop();
     if let Some(s) = d.subflows.take() {
         s.stop();
     }
@@ -266,66 +258,21 @@ impl Daemon {
         }
     }
 
+    /// The core's events for a batch from the monitor; a link that is gone stops being
+    /// probed at once.
     fn translate_all(&mut self, events: Vec<MonitorEvent>) -> Vec<Event> {
+        let facts = LinkFacts {
+            sysfs_root: &self.sysfs_root,
+            config: &self.config,
+            overrides: &self.overrides,
+        };
+        let events: Vec<Event> = events.into_iter().filter_map(|e| facts.event(e)).collect();
+        for e in &events {
+            if let Event::LinkRemoved { index } = e {
+                self.prober.stop(*index);
+            }
+        }
         events
-            .into_iter()
-            .filter_map(|e| self.translate(e))
-            .collect()
-    }
-
-    fn translate(&mut self, e: MonitorEvent) -> Option<Event> {
-        Some(match e {
-            MonitorEvent::Link(l) if l.loopback => return None,
-            MonitorEvent::Link(l) => {
-                let facts = SysfsFacts::read(&self.sysfs_root, &l.name);
-                let kind = classify(&l.name, &facts, l.info_kind.as_deref(), &self.overrides);
-                let (metered, probe_targets) = self.config.link_settings(&l.name);
-                let portal = self.config.portal_for(&l.name);
-                Event::LinkUpdated(LinkInfo {
-                    index: l.index,
-                    name: l.name,
-                    kind,
-                    admin_up: l.admin_up,
-                    carrier: l.carrier,
-                    metered,
-                    probe_targets,
-                    wireless: facts.is_wireless(),
-                    portal,
-                })
-            }
-            MonitorEvent::LinkGone { index } => {
-                self.prober.stop(index);
-                Event::LinkRemoved { index }
-            }
-            MonitorEvent::Address {
-                index,
-                addr,
-                prefix_len,
-                present: true,
-            } => Event::AddressAdded {
-                index,
-                addr,
-                prefix_len,
-            },
-            MonitorEvent::Address {
-                index,
-                addr,
-                prefix_len,
-                present: false,
-            } => Event::AddressRemoved {
-                index,
-                addr,
-                prefix_len,
-            },
-            MonitorEvent::Route {
-                route,
-                present: true,
-            } => Event::RouteAdded(route),
-            MonitorEvent::Route {
-                route,
-                present: false,
-            } => Event::RouteRemoved(route),
-        })
     }
 
     fn run_actions(&mut self) {
@@ -381,7 +328,11 @@ impl Daemon {
                             }
                         }
                     }
-                    Action::QueryWireless { index } => self.query_wireless(index),
+                    Action::QueryWireless { index } => {
+                        if let Some(w) = &self.wireless {
+                            w.ask(index);
+                        }
+                    }
                     Action::Routing(plan) => self.kernel.routing(&plan),
                     Action::Mptcp(plan) => self.kernel.mptcp(&plan),
                     Action::Reload { client, id } => {
@@ -403,25 +354,6 @@ impl Daemon {
             }
             self.core.handle_all(Instant::now(), failed);
         }
-    }
-
-    fn query_wireless(&mut self, index: u32) {
-        let Some(nl) = self.nl80211.clone() else {
-            return;
-        };
-        let tx = self.wireless_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let answer = match nl.lock() {
-                Ok(mut nl) => nl.query(index),
-                Err(_) => return,
-            };
-            match answer {
-                Ok(w) => {
-                    let _ = tx.blocking_send((index, w));
-                }
-                Err(e) => tracing::debug!(index, error = %e, "nl80211 query failed"),
-            }
-        });
     }
 
     /// Sends a frame to a client: written at once if its socket has room, else queued; a
@@ -453,17 +385,14 @@ impl Daemon {
         self.send(client, frame);
     }
 
-    /// Pushes a decision. The core makes one update per subscriber; equal ones in a row (the
-    /// subscribers of one app and flow) share one encoding.
-    fn push(&mut self, client: ClientId, update: Update) {
+    /// Pushes a decision. The core shares one update among the subscribers told the same
+    /// (one app and flow interval), and they come in a row: it is encoded once.
+    fn push(&mut self, client: ClientId, update: Arc<Update>) {
         let frame = match &self.last_push {
-            Some((last, frame)) if *last == update => frame.clone(),
+            Some((last, frame)) if Arc::ptr_eq(last, &update) => frame.clone(),
             _ => {
-                let reply = Reply::Update(update);
-                let frame: Arc<[u8]> = proto::encode(&reply).into();
-                if let Reply::Update(update) = reply {
-                    self.last_push = Some((update, frame.clone()));
-                }
+                let frame: Arc<[u8]> = proto::encode(&Reply::Update((*update).clone())).into();
+                self.last_push = Some((update, frame.clone()));
                 frame
             }
         };

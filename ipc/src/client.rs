@@ -136,6 +136,12 @@ impl Client {
         }
     }
 
+    /// The connection's socket: `try_clone` it to `shutdown` the connection from another
+    /// thread while this client waits in [`Client::next_event`] (which then fails).
+    pub fn socket(&self) -> &UnixStream {
+        &self.stream
+    }
+
     /// Changes how long a read may wait (none: for ever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(timeout)

@@ -769,3 +769,86 @@ impl Agent {
         self.roamd.socket()
     }
 }
+
+/// A subscriber on a thread of its own that stamps each decision as it arrives, at a
+/// real-time priority ([`crate::netlink::measuring_priority`]) so the stamp is the decision's
+/// arrival, not the moment a loaded machine got round to the reader: what the benchmarks'
+/// reaction figures end at. The thread ends when roamd closes the connection or this is
+/// dropped.
+#[derive(Debug)]
+pub struct StampedSubscriber {
+    dev: String,
+    rx: std::sync::mpsc::Receiver<(Instant, bool)>,
+    /// The connection, shut down when this is dropped: the reader then ends.
+    socket: std::os::unix::net::UnixStream,
+}
+
+impl StampedSubscriber {
+    /// Subscribes (the default app, no flow) at `socket`; each decision is stamped with
+    /// whether `dev` is its primary.
+    pub fn connect(socket: &Path, dev: &str, within: Duration) -> Result<StampedSubscriber> {
+        let mut client = Client::connect(socket, Some(within)).context("connecting to roamd")?;
+        client
+            .call(|id| Request::Subscribe {
+                id,
+                app: None,
+                flow: None,
+            })
+            .context("subscribing")?;
+        client.set_timeout(None)?;
+        let socket = client.socket().try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = dev.to_owned();
+        std::thread::Builder::new()
+            .name("stamped-subscriber".into())
+            .spawn(move || {
+                crate::netlink::measuring_priority();
+                while let Ok(reply) = client.next_event() {
+                    if let Reply::Update(u) = reply {
+                        let at = Instant::now();
+                        let primary = u.decision.primary().is_some_and(|p| p.interface == name);
+                        if tx.send((at, primary)).is_err() {
+                            break;
+                        }
+                    }
+                }
+            })?;
+        Ok(StampedSubscriber {
+            dev: dev.to_owned(),
+            rx,
+            socket,
+        })
+    }
+
+    /// Forgets the decisions stamped so far.
+    pub fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// When the next decision with the device primary (or not) arrived; waits at most
+    /// `within`.
+    pub fn wait(&self, primary: bool, within: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((at, p)) if p == primary => return Ok(at),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "no decision with {} {} within {within:?}",
+                    self.dev,
+                    if primary { "primary" } else { "not primary" }
+                ),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("roamd closed the subscription")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StampedSubscriber {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}

@@ -103,8 +103,9 @@ pub enum Action {
     Push {
         /// The subscriber.
         client: ClientId,
-        /// What changed for it.
-        update: Update,
+        /// What changed for it: one value shared by every subscriber told the same (the
+        /// shell encodes it once).
+        update: std::sync::Arc<Update>,
     },
     /// Send one echo probe from this interface (bound to it) to this target.
     SendProbe {

@@ -443,24 +443,53 @@ impl Core {
         // news finds the routes and endpoints already there.
         self.plan_routing(Some(&interfaces));
         self.plan_mptcp(&interfaces);
+        let pushes = self.decide_subscribers(now, &interfaces, &summary);
+        // Subflows move before apps are told: an app reading the news finds them moved.
+        self.plan_steering(now);
+        self.actions.extend(pushes);
+        self.pace_probes(now);
+        self.next_recheck = self.hold_recheck(now);
+    }
+
+    /// Re-evaluates every subscriber's decision and returns a push for each one whose
+    /// decision (less its explanation), link summary or flow thresholds changed.
+    ///
+    /// Evaluated once per (app, flow interval, whether the subscriber reports its flow): every
+    /// flow between two of the app's thresholds gets the same decision, so a thousand sessions
+    /// of one app cost one evaluation per interval they are in (the explanation shows the first
+    /// one's flow). What a push says is built once per such group and shared (`Arc`), so the
+    /// shell encodes it once; and a group whose outcome equals what its first subscriber was
+    /// last sent keeps that very `Arc`, so its other subscribers are checked by pointer. This
+    /// runs after every batch of kernel events: with nothing changed, a thousand subscribers
+    /// cost a thousand pointer comparisons.
+    fn decide_subscribers(
+        &mut self,
+        now: Instant,
+        interfaces: &[Interface],
+        summary: &[(String, roam_policy::LinkKind, LinkState)],
+    ) -> Vec<Action> {
+        /// One group's outcome.
+        struct Group {
+            interval: (u64, u64),
+            told: bool,
+            decision: Arc<Decision>,
+            key: clients::Pushed,
+            update: Option<Arc<Update>>,
+        }
         let mut pushes = Vec::new();
-        // Evaluate once per (app, flow interval): every flow between two of the app's
-        // thresholds gets the same decision, so a thousand sessions of one app cost one
-        // evaluation per interval they are in (the explanation shows the first one's flow).
         let mut thresholds: HashMap<String, FlowThresholds> = HashMap::new();
-        // Per (app, flow interval): the decision and what a push of it says, built once and
-        // shared, so a thousand subscribers cost a thousand comparisons, not a thousand copies.
-        // Keyed by app, flow interval, and whether the subscriber reports its flow (only
-        // reporters are told the thresholds).
-        type Shared = (Arc<Decision>, clients::Pushed);
-        let mut cache: HashMap<(String, (u64, u64), bool), Shared> = HashMap::new();
+        // By app (looked up by `&str`: no copy of the app id per subscriber), then the few
+        // flow intervals its subscribers are in.
+        let mut groups: HashMap<String, Vec<Group>> = HashMap::new();
         for (&id, client) in &mut self.clients.subs {
             let flow = client.flow.map(|f| f.at(now));
             let (interval, told) = match flow {
                 Some(f) => {
-                    let t = thresholds
-                        .entry(client.app.clone())
-                        .or_insert_with(|| self.policy.flow_thresholds(&client.app));
+                    if !thresholds.contains_key(&client.app) {
+                        let t = self.policy.flow_thresholds(&client.app);
+                        thresholds.insert(client.app.clone(), t);
+                    }
+                    let t = &thresholds[&client.app];
                     client.next_flow_check = client.flow.and_then(|c| c.next_crossing(t, now));
                     (t.interval_of(f), Some(t))
                 }
@@ -469,55 +498,72 @@ impl Core {
                     (Flow::default(), None)
                 }
             };
-            let (decision, key) = cache
-                .entry((
-                    client.app.clone(),
-                    (interval.bytes, interval.age_ms),
-                    told.is_some(),
-                ))
-                .or_insert_with(|| {
+            let interval = (interval.bytes, interval.age_ms);
+            if !groups.contains_key(&client.app) {
+                groups.insert(client.app.clone(), Vec::new());
+            }
+            let of_app = groups.get_mut(&client.app).expect("inserted above");
+            let at = match of_app
+                .iter()
+                .position(|g| g.interval == interval && g.told == told.is_some())
+            {
+                Some(i) => i,
+                None => {
                     let decision = self.policy.evaluate(&State {
                         app: Some(client.app.clone()),
                         flow,
-                        interfaces: interfaces.clone(),
+                        interfaces: interfaces.to_vec(),
                     });
-                    let key = Arc::new((
+                    let fresh = (
                         decision.multipath,
                         decision.paths.clone(),
-                        summary.clone(),
+                        summary.to_vec(),
                         told.cloned(),
-                    ));
-                    (Arc::new(decision), key)
-                })
-                .clone();
+                    );
+                    let key = match &client.pushed {
+                        Some(p) if **p == fresh => p.clone(),
+                        _ => Arc::new(fresh),
+                    };
+                    of_app.push(Group {
+                        interval,
+                        told: told.is_some(),
+                        decision: Arc::new(decision),
+                        key,
+                        update: None,
+                    });
+                    of_app.len() - 1
+                }
+            };
+            let group = &mut of_app[at];
             let same = client
                 .pushed
                 .as_ref()
-                .is_some_and(|p| Arc::ptr_eq(p, &key) || **p == *key);
+                .is_some_and(|p| Arc::ptr_eq(p, &group.key) || **p == *group.key);
             if !same {
-                let _span = tracing::debug_span!("client", id, app = %client.app).entered();
-                tracing::debug!(
-                    primary = decision.primary().map(|p| p.interface.as_str()),
-                    paths = decision.paths.len(),
-                    "push"
-                );
+                let update = group.update.get_or_insert_with(|| {
+                    tracing::debug!(
+                        app = %client.app,
+                        primary = group.decision.primary().map(|p| p.interface.as_str()),
+                        paths = group.decision.paths.len(),
+                        "push"
+                    );
+                    Arc::new(Update {
+                        decision: (*group.decision).clone(),
+                        interfaces: interfaces.to_vec(),
+                        flow_thresholds: group.key.3.clone(),
+                    })
+                });
                 pushes.push(Action::Push {
                     client: id,
-                    update: Update {
-                        decision: (*decision).clone(),
-                        interfaces: interfaces.clone(),
-                        flow_thresholds: key.3.clone(),
-                    },
+                    update: update.clone(),
                 });
-                client.pushed = Some(key);
             }
-            client.last = Some(decision);
+            // The group's `Arc` either way: an equal one replaced by pointer, so the next
+            // round compares by pointer.
+            client.pushed = Some(group.key.clone());
+            client.last = Some(group.decision.clone());
         }
-        // Subflows move before apps are told: an app reading the news finds them moved.
-        self.plan_steering(now);
-        self.actions.extend(pushes);
-        self.pace_probes(now);
-        self.next_recheck = self.hold_recheck(now);
+        pushes
     }
 
     /// Brings everything in line after the inputs changed at `now`: probe timeouts counted,

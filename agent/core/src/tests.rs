@@ -268,6 +268,83 @@ fn nothing_is_pushed_when_nothing_changed() {
     );
 }
 
+/// What `ip link set wlan0 down` does in one drained netlink batch (the IPv6 address and
+/// route go, then the link's own message): the subscribers are told once, at the end, and the
+/// thousand subscribers of one app share one update (the shell encodes it once); a batch that
+/// changes nothing they see pushes nothing.
+#[test]
+fn one_batch_is_one_push_per_subscriber_and_one_update_per_app() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), false, t0);
+    let v6 = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]);
+    core.handle(
+        t0,
+        Event::AddressAdded {
+            index: WLAN,
+            addr: v6,
+            prefix_len: 64,
+        },
+    );
+    for client in 1..=1000 {
+        subscribe(&mut core, t0, client, "com.example.chat");
+    }
+    subscribe(&mut core, t0, 1001, "com.example.video");
+    assert_eq!(pushes(&drain(&mut core)).len(), 1001);
+
+    let mut down = info(WLAN, "wlan0", LinkKind::Wifi, false);
+    down.admin_up = false;
+    let v6_route = Route {
+        index: WLAN,
+        table: 254,
+        dst: Some((IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0]), 64)),
+        gateway: None,
+    };
+    core.handle(t0 + ms(5), Event::RouteAdded(v6_route));
+    assert!(
+        pushes(&drain(&mut core)).is_empty(),
+        "a route nobody's decision uses"
+    );
+    core.handle_all(
+        t0 + ms(10),
+        [
+            Event::AddressRemoved {
+                index: WLAN,
+                addr: v6,
+                prefix_len: 64,
+            },
+            Event::RouteRemoved(v6_route),
+            Event::LinkUpdated(down),
+        ],
+    );
+    let actions = drain(&mut core);
+    let updates: Vec<(ClientId, &std::sync::Arc<Update>)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Push { client, update } => Some((*client, update)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates.len(), 1001, "one push per subscriber for the batch");
+    let chat = updates[0].1;
+    assert_eq!(chat.decision.paths[0].interface, "rmnet0");
+    assert!(
+        updates[..1000]
+            .iter()
+            .all(|(_, u)| std::sync::Arc::ptr_eq(u, chat)),
+        "one app's subscribers share one update"
+    );
+    assert!(
+        !std::sync::Arc::ptr_eq(updates[1000].1, chat),
+        "another app's is its own"
+    );
+
+    // The same facts again (the kernel repeating itself): nothing anyone sees changed.
+    let mut again = info(WLAN, "wlan0", LinkKind::Wifi, false);
+    again.admin_up = false;
+    core.handle_all(t0 + ms(20), [Event::LinkUpdated(again)]);
+    assert!(pushes(&drain(&mut core)).is_empty());
+}
+
 #[test]
 fn hold_and_up_for_follow_virtual_time() {
     let t0 = Instant::now();

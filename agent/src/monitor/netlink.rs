@@ -118,15 +118,44 @@ impl Monitor {
             .collect())
     }
 
-    /// Waits for the next notifications from the kernel.
+    /// Waits for the next notifications from the kernel, then takes every datagram already
+    /// queued behind them (at most [`MAX_DATAGRAMS`] in all) without waiting: one change is
+    /// several datagrams (`ip link set wlan0 down` queues the IPv6 addresses' and routes'
+    /// removals and then the link's own message, all at once), and the core decides once
+    /// per batch, so its subscribers are evaluated once instead of once per datagram.
     pub async fn next(&mut self) -> Result<Vec<MonitorEvent>, MonitorError> {
-        Ok(self
-            .socket
-            .next()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        let mut events: Vec<MonitorEvent> = Vec::new();
+        events.extend(
+            self.socket
+                .next()
+                .await?
+                .into_iter()
+                .map(MonitorEvent::from),
+        );
+        for _ in 1..MAX_DATAGRAMS {
+            match ready_now(self.socket.next()) {
+                Some(batch) => events.extend(batch?.into_iter().map(MonitorEvent::from)),
+                None => break,
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// How many datagrams [`Monitor::next`] takes in one batch: a burst (hundreds of interfaces
+/// created at once) is still decided in steps, and a client's request waits at most this
+/// many datagrams' parsing.
+pub const MAX_DATAGRAMS: usize = 64;
+
+/// The output of `f` if it is ready without waiting (the socket has a datagram queued), else
+/// `None`. `RouteSocket::next` reads one whole datagram or nothing, so dropping it unfinished
+/// loses nothing, and the loop's next real wait registers its own waker.
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 

@@ -60,3 +60,45 @@ impl Nl80211 {
         Ok(Wireless { ssid, signal_dbm })
     }
 }
+
+/// Asks nl80211 off the loop (a generic netlink request can wait behind another family's slow
+/// one), on tokio's blocking pool; the answers come back on a channel as (index, facts).
+#[derive(Debug, Clone)]
+pub struct WirelessAsker {
+    socket: std::sync::Arc<std::sync::Mutex<Nl80211>>,
+    answers: tokio::sync::mpsc::Sender<(u32, Wireless)>,
+}
+
+impl WirelessAsker {
+    /// `None` (logged) when the kernel has no cfg80211: SSIDs and signals stay unknown.
+    pub fn open(answers: tokio::sync::mpsc::Sender<(u32, Wireless)>) -> Option<WirelessAsker> {
+        match Nl80211::open() {
+            Ok(n) => Some(WirelessAsker {
+                socket: std::sync::Arc::new(std::sync::Mutex::new(n)),
+                answers,
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "no nl80211: WiFi SSID and signal stay unknown");
+                None
+            }
+        }
+    }
+
+    /// Asks about interface `index`; the answer (if any: a failed query is logged) is sent
+    /// on the channel. Must be called within a tokio runtime.
+    pub fn ask(&self, index: u32) {
+        let (nl, tx) = (self.socket.clone(), self.answers.clone());
+        tokio::task::spawn_blocking(move || {
+            let answer = match nl.lock() {
+                Ok(mut nl) => nl.query(index),
+                Err(_) => return,
+            };
+            match answer {
+                Ok(w) => {
+                    let _ = tx.blocking_send((index, w));
+                }
+                Err(e) => tracing::debug!(index, error = %e, "nl80211 query failed"),
+            }
+        });
+    }
+}

@@ -17,15 +17,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use roam_ipc::client::Client;
 use roam_ipc::proto::{Reply, Request};
 use roam_ipc::tokio_client::AsyncClient;
-use roam_tests::agent::{Agent, AgentExe};
+use roam_tests::agent::{Agent, AgentExe, StampedSubscriber};
 use roam_tests::netlink::LinkWatcher;
 use roam_tests::netns::Netns;
 use roam_tests::soak::raise_nofile;
@@ -316,71 +314,30 @@ fn updown(up: bool) -> &'static str {
     if up { "up" } else { "down" }
 }
 
-/// A subscriber on a thread of its own, stamping each decision as it arrives: whether
-/// [`DEV`] is the primary.
-fn subscriber(socket: &Path) -> Result<Receiver<(Instant, bool)>> {
-    let mut client = Client::connect(socket, Some(WAIT)).context("connecting to roamd")?;
-    client
-        .call(|id| Request::Subscribe {
-            id,
-            app: None,
-            flow: None,
-        })
-        .context("subscribing")?;
-    client.set_timeout(None)?;
-    let (tx, rx) = channel();
-    // Ends when roamd closes the connection or the receiver is gone.
-    std::thread::spawn(move || {
-        while let Ok(reply) = client.next_event() {
-            if let Reply::Update(u) = reply {
-                let at = Instant::now();
-                let primary = u.decision.primary().is_some_and(|p| p.interface == DEV);
-                if tx.send((at, primary)).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    Ok(rx)
-}
-
-fn wait_decision(rx: &Receiver<(Instant, bool)>, primary: bool) -> Result<Instant> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((at, p)) if p == primary => return Ok(at),
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) => bail!(
-                "no decision with {DEV} {} within {WAIT:?}",
-                if primary { "primary" } else { "not primary" }
-            ),
-            Err(RecvTimeoutError::Disconnected) => bail!("roamd closed the subscription"),
-        }
-    }
-}
-
 fn measure_reaction(
     hs: &Netns,
     socket: &Path,
     watcher: &LinkWatcher,
     flaps: u32,
 ) -> Result<Reaction> {
-    let rx = subscriber(socket)?;
-    wait_decision(&rx, true).context("the first decision")?;
+    let sub = StampedSubscriber::connect(socket, DEV, WAIT)?;
+    sub.wait(true, WAIT).context("the first decision")?;
     let mut from_kernel = Vec::new();
     let mut from_command = Vec::new();
     for flap in 1..=flaps {
-        while rx.try_recv().is_ok() {}
+        sub.drain();
         watcher.drain();
         let before = Instant::now();
         hs.ip(&["link", "set", DEV, "down"])?;
-        let decided = wait_decision(&rx, false).with_context(|| format!("flap {flap}: down"))?;
+        let decided = sub
+            .wait(false, WAIT)
+            .with_context(|| format!("flap {flap}: down"))?;
         let kernel = watcher.first(false, WAIT)?;
         from_kernel.push(ms(decided.saturating_duration_since(kernel)));
         from_command.push(ms(decided - before));
         hs.ip(&["link", "set", DEV, "up"])?;
-        wait_decision(&rx, true).with_context(|| format!("flap {flap}: back up"))?;
+        sub.wait(true, WAIT)
+            .with_context(|| format!("flap {flap}: back up"))?;
     }
     let k = sorted(from_kernel);
     let c = sorted(from_command);

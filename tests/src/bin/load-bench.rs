@@ -8,9 +8,16 @@
 //! The hostile clients come in four kinds, a quarter each, each reconnecting whenever roamd
 //! closes it: oversized frames (a length over the protocol's limit, then junk), one byte per
 //! second (a frame that never completes), garbage (random bytes), and connect-and-drop floods.
-//! The timed subscriber reports the latency from the kernel's own link notification to its
-//! receipt of the decision without `wlan0` (as `agent-bench` measures reaction); every other
-//! subscriber must receive every decision too.
+//! Two timed subscribers report the latency from the kernel's own link notification to their
+//! receipt of the decision without `wlan0` (as `agent-bench` measures reaction): one connected
+//! before the others (roamd tells its subscribers in the order they connected, so it is served
+//! first) and one after all of them (served last, after every other subscriber's write). Each
+//! reads on a thread of its own at a real-time priority, as does the netlink socket that stamps
+//! the kernel's notification: the figures time roamd, not this process's own threads (a
+//! thousand subscribers' reader and the hostile clients, on the same two cores) getting round
+//! to reading. Every other subscriber must receive every decision too; the last of them to be
+//! read (by one tokio thread reading all thousand) is the fan-out figure, which includes that
+//! thread's reading.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -23,10 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rand::Rng;
-use roam_ipc::client::Client;
 use roam_ipc::proto::{MAX_FRAME, Reply, Request};
 use roam_ipc::tokio_client::AsyncClient;
-use roam_tests::agent::{Agent, AgentExe};
+use roam_tests::agent::{Agent, AgentExe, StampedSubscriber};
 use roam_tests::netlink::LinkWatcher;
 use roam_tests::soak::{open_fds, raise_nofile, rss_kib};
 use roam_tests::stats::{ms, percentile, round_to, sorted};
@@ -108,13 +114,28 @@ struct Ms {
     max: f64,
 }
 
+impl Ms {
+    /// Of sorted samples, rounded to microseconds.
+    fn of(sorted: &[f64]) -> Ms {
+        Ms {
+            p50: round_to(percentile(sorted, 50.0), 3),
+            p99: round_to(percentile(sorted, 99.0), 3),
+            max: round_to(percentile(sorted, 100.0), 3),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct RoamdLoad {
     subscribers: u32,
     hostile: u32,
     flaps: u32,
-    /// Kernel link notification -> the timed subscriber's receipt of the decision.
+    /// Kernel link notification -> receipt of the decision by the subscriber roamd serves
+    /// first.
     reaction_ms: Ms,
+    /// Kernel link notification -> receipt by the subscriber roamd serves last (connected after
+    /// every other).
+    reaction_last_ms: Ms,
     /// Kernel link notification -> the last of the other subscribers reading the decision.
     fanout_ms: Ms,
     /// Subscribers that missed a decision or lost their connection.
@@ -217,14 +238,8 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     // The timed subscriber connects first: roamd serves its subscribers in turn, and the
     // others' wait is the fan-out, timed separately below.
     let watcher = LinkWatcher::start(hs, DEV)?;
-    let mut timed = Client::connect(&socket, Some(WAIT)).context("connecting")?;
-    timed.call(|id| Request::Subscribe {
-        id,
-        app: None,
-        flow: None,
-    })?;
-    timed.set_timeout(Some(WAIT))?;
-    wait_primary(&mut timed, true).context("the first decision")?;
+    let timed = StampedSubscriber::connect(&socket, DEV, WAIT)?;
+    timed.wait(true, WAIT).context("the first decision")?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let base = Instant::now();
@@ -240,6 +255,9 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     let closed = Arc::new(AtomicU64::new(0));
     let floods = Arc::new(AtomicU64::new(0));
     let hostile = start_hostile(&socket, args.hostile, &closed, &floods, &stop)?;
+    let last = StampedSubscriber::connect(&socket, DEV, WAIT)?;
+    last.wait(true, WAIT)
+        .context("the last subscriber's first decision")?;
     eprintln!(
         "{} subscribers and {} hostile clients on roamd",
         args.subscribers, args.hostile
@@ -249,13 +267,22 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     wait_count(&received, u64::from(args.subscribers));
     let before = received.load(Ordering::Relaxed);
     let mut samples = Vec::new();
+    let mut samples_last = Vec::new();
     let mut fanout = Vec::new();
     for flap in 1..=args.flaps {
         watcher.drain();
+        timed.drain();
+        last.drain();
         hs.ip(&["link", "set", DEV, "down"])?;
-        let decided = wait_primary(&mut timed, false).with_context(|| format!("flap {flap}"))?;
+        let decided = timed
+            .wait(false, WAIT)
+            .with_context(|| format!("flap {flap}"))?;
+        let decided_last = last
+            .wait(false, WAIT)
+            .with_context(|| format!("flap {flap}"))?;
         let kernel = watcher.first(false, WAIT)?;
         samples.push(ms(decided.saturating_duration_since(kernel)));
+        samples_last.push(ms(decided_last.saturating_duration_since(kernel)));
         // Then the last of the others to read it.
         let n = u64::from(args.subscribers);
         if wait_count(&received, before + n * (2 * u64::from(flap) - 1)) {
@@ -263,7 +290,11 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
             fanout.push(ms(last.saturating_duration_since(kernel)));
         }
         hs.ip(&["link", "set", DEV, "up"])?;
-        wait_primary(&mut timed, true).with_context(|| format!("flap {flap}: back up"))?;
+        timed
+            .wait(true, WAIT)
+            .with_context(|| format!("flap {flap}: back up"))?;
+        last.wait(true, WAIT)
+            .with_context(|| format!("flap {flap}: back up"))?;
         wait_count(&received, before + n * 2 * u64::from(flap));
     }
     let rss_loaded = rss_kib(pid)?;
@@ -280,6 +311,7 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     }
     let _ = subscribers.join();
     drop(timed);
+    drop(last);
     // Every connection is closed: roamd's descriptors must come back (waited for, bounded).
     let closed_at = Instant::now();
     let mut fds_end = open_fds(pid)?;
@@ -291,22 +323,16 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     let rss_end = rss_kib(pid)?;
 
     let s = sorted(samples);
+    let sl = sorted(samples_last);
     let f = sorted(fanout);
     let behind_decisions = want.saturating_sub(got);
     let r = RoamdLoad {
         subscribers: args.subscribers,
         hostile: args.hostile,
         flaps: args.flaps,
-        reaction_ms: Ms {
-            p50: round_to(percentile(&s, 50.0), 3),
-            p99: round_to(percentile(&s, 99.0), 3),
-            max: round_to(percentile(&s, 100.0), 3),
-        },
-        fanout_ms: Ms {
-            p50: round_to(percentile(&f, 50.0), 3),
-            p99: round_to(percentile(&f, 99.0), 3),
-            max: round_to(percentile(&f, 100.0), 3),
-        },
+        reaction_ms: Ms::of(&s),
+        reaction_last_ms: Ms::of(&sl),
+        fanout_ms: Ms::of(&f),
         subscribers_behind: lost.load(Ordering::Relaxed)
             + behind_decisions.div_ceil(u64::from(args.flaps) * 2),
         hostile_closed: closed.load(Ordering::Relaxed),
@@ -319,13 +345,16 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
         roamd_release_ms: round_to(ms(release), 1),
     };
     println!(
-        "roamd, {} subscribers + {} hostile clients, {} flaps:\n  reaction (kernel notification -> subscriber) p50 {:.3} / p99 {:.3} / max {:.3} ms (first subscriber)\n  fan-out (kernel notification -> last of the others) p50 {:.3} / p99 {:.3} / max {:.3} ms\n  subscribers behind {}; hostile connections closed by roamd {}; flood connections {}\n  RSS KiB {} -> {} (loaded) -> {}; descriptors {} -> {} ({:.0} ms after the clients left)",
+        "roamd, {} subscribers + {} hostile clients, {} flaps:\n  reaction (kernel notification -> subscriber) p50 {:.3} / p99 {:.3} / max {:.3} ms (served first); p50 {:.3} / p99 {:.3} / max {:.3} ms (served last)\n  fan-out (kernel notification -> last of the others) p50 {:.3} / p99 {:.3} / max {:.3} ms\n  subscribers behind {}; hostile connections closed by roamd {}; flood connections {}\n  RSS KiB {} -> {} (loaded) -> {}; descriptors {} -> {} ({:.0} ms after the clients left)",
         r.subscribers,
         r.hostile,
         r.flaps,
         r.reaction_ms.p50,
         r.reaction_ms.p99,
         r.reaction_ms.max,
+        r.reaction_last_ms.p50,
+        r.reaction_last_ms.p99,
+        r.reaction_last_ms.max,
         r.fanout_ms.p50,
         r.fanout_ms.p99,
         r.fanout_ms.max,
@@ -352,20 +381,6 @@ fn wait_count(received: &AtomicU64, count: u64) -> bool {
         std::thread::sleep(Duration::from_micros(200));
     }
     true
-}
-
-/// Reads decisions until one has [`DEV`] primary (or not); returns when it arrived.
-fn wait_primary(c: &mut Client, primary: bool) -> Result<Instant> {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Reply::Update(u) = c.next_event()? {
-            let at = Instant::now();
-            if u.decision.primary().is_some_and(|p| p.interface == DEV) == primary {
-                return Ok(at);
-            }
-        }
-    }
-    bail!("no decision with {DEV} primary = {primary} within {WAIT:?}")
 }
 
 /// `n` subscribers on a runtime of their own, counting every decision into `received` and

@@ -39,7 +39,7 @@ fn updates(actions: &[Action]) -> BTreeMap<ClientId, Update> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Push { client, update } => Some((*client, update.clone())),
+            Action::Push { client, update } => Some((*client, (**update).clone())),
             _ => None,
         })
         .collect()
