@@ -13,9 +13,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use roam_agent::core::{Core, Event, LinkInfo, Policy as AgentPolicy, ProbeConfig};
-use roam_agent::monitor::classify::{KindOverride, SysfsFacts, classify};
-use roam_agent::monitor::netlink::{MonitorEvent, parse_datagram};
+use roam_agent::config::Config;
+use roam_agent::core::{Core, Event, Policy as AgentPolicy, ProbeConfig};
+use roam_agent::monitor::LinkFacts;
+use roam_agent::monitor::classify::KindOverride;
+use roam_agent::monitor::netlink::parse_datagram;
 use roam_android::{LinkBook, LinkUpdate, NetworkHandle, Transport};
 use roam_link::AddrFacts;
 use roam_link::rtnl::{self, emit};
@@ -57,10 +59,12 @@ impl Drop for Sysfs {
     }
 }
 
-/// roamd, as the daemon drives it: datagrams in, core events, the core's interfaces out.
+/// roamd, as the daemon drives it: datagrams in, core events (the daemon's own translation,
+/// `LinkFacts`), the core's interfaces out.
 struct Agent<'a> {
     core: Core,
     sysfs: &'a Path,
+    config: Config,
     overrides: &'a [KindOverride],
 }
 
@@ -69,54 +73,19 @@ impl<'a> Agent<'a> {
         Agent {
             core: Core::new(AgentPolicy::default_policy(), ProbeConfig::default()),
             sysfs,
+            config: Config::default(),
             overrides,
         }
     }
 
     fn feed(&mut self, bytes: &[u8], now: Instant) {
         let (events, _) = parse_datagram(bytes, None).unwrap();
-        let core_events: Vec<Event> = events
-            .into_iter()
-            .filter_map(|e| match e {
-                MonitorEvent::Link(l) if l.loopback => None,
-                MonitorEvent::Link(l) => {
-                    let facts = SysfsFacts::read(self.sysfs, &l.name);
-                    Some(Event::LinkUpdated(LinkInfo {
-                        index: l.index,
-                        kind: classify(&l.name, &facts, l.info_kind.as_deref(), self.overrides),
-                        name: l.name,
-                        admin_up: l.admin_up,
-                        carrier: l.carrier,
-                        metered: None,
-                        probe_targets: Vec::new(),
-                        wireless: false,
-                        portal: None,
-                    }))
-                }
-                MonitorEvent::LinkGone { index } => Some(Event::LinkRemoved { index }),
-                MonitorEvent::Address {
-                    index,
-                    addr,
-                    prefix_len,
-                    present: true,
-                } => Some(Event::AddressAdded {
-                    index,
-                    addr,
-                    prefix_len,
-                }),
-                MonitorEvent::Address {
-                    index,
-                    addr,
-                    prefix_len,
-                    present: false,
-                } => Some(Event::AddressRemoved {
-                    index,
-                    addr,
-                    prefix_len,
-                }),
-                MonitorEvent::Route { .. } => None,
-            })
-            .collect();
+        let facts = LinkFacts {
+            sysfs_root: self.sysfs,
+            config: &self.config,
+            overrides: self.overrides,
+        };
+        let core_events: Vec<Event> = events.into_iter().filter_map(|e| facts.event(e)).collect();
         self.core.handle_all(now, core_events);
     }
 
