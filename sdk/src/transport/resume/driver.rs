@@ -488,3 +488,52 @@ pub(crate) async fn write_frame(tls: &mut Tls, f: &Frame) -> io::Result<()> {
     tls.write_all(&out).await?;
     tls.flush().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A connected pair on loopback: (ours, the peer's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (ours.unwrap(), theirs.unwrap().0)
+    }
+
+    /// How many of this process's descriptors are `s` (its socket inode), counted in
+    /// /proc/self/fd: other tests' descriptors do not count.
+    fn descriptors_of(s: &TcpStream) -> usize {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| *l == link)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn the_view_reads_tcp_info_through_the_one_socket_and_never_keeps_it_open() {
+        let (ours, mut theirs) = pair().await;
+        let mut sock = Sock::new(ours);
+        let view = ConnView::of(&sock, None);
+        assert_eq!(
+            descriptors_of(sock.get_ref()),
+            1,
+            "no descriptor of its own"
+        );
+        sock.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        theirs.read_exact(&mut buf).await.unwrap();
+        let info = view
+            .with_socket(|s| sockopt::tcp_info(s.as_fd()).unwrap())
+            .expect("the connection lives");
+        assert_eq!(info.bytes_sent, Some(4));
+        // The connection ends with the stream that carried it: the peer sees the end at once,
+        // and the view has nothing left to read.
+        drop(sock);
+        assert_eq!(theirs.read(&mut buf).await.unwrap(), 0);
+        assert!(view.with_socket(|_| ()).is_none());
+    }
+}
