@@ -23,6 +23,17 @@ pub(crate) const INITIAL_WINDOW: u64 = 1 << 20;
 /// would wait a round trip for TCP's ACKs anyway.
 pub(crate) const EARLY_FLIGHT: usize = 10 * 1024;
 
+/// A client's early flight, until the listener's RESUMED.
+#[derive(Debug, Clone, Copy)]
+struct Early {
+    /// Where its data began.
+    from: u64,
+    /// How many bytes the old connection had framed past `from`.
+    rewound: u64,
+    /// Where it must stop.
+    end: u64,
+}
+
 /// Why the peer's frames cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CoreError {
@@ -73,9 +84,8 @@ pub(crate) struct Core {
     close_sent: bool,
     /// The connection can carry stream frames (false while detached).
     attached: bool,
-    /// Client, until the listener's RESUMED: where the data sent behind RESUME began, and
-    /// how many bytes the old connection had framed past that point.
-    early: Option<(u64, u64)>,
+    /// Client, until the listener's RESUMED: the early flight.
+    early: Option<Early>,
     /// Listener, after a resumption: DATA past the next expected byte is a client's early
     /// flight that the client will send again, dropped instead of a protocol error, until
     /// DATA arrives in order.
@@ -173,8 +183,8 @@ impl Core {
     /// got no answer counts as never sent.
     pub(crate) fn detach(&mut self) {
         self.attached = false;
-        if let Some((from, _)) = self.early.take() {
-            self.sent = from;
+        if let Some(e) = self.early.take() {
+            self.sent = e.from;
         }
     }
 
@@ -186,12 +196,26 @@ impl Core {
     /// socket did send usually arrived, so the flight continues the listener's stream and
     /// reaches its app a round trip before RESUMED could bring the client here. When the
     /// listener lacks bytes before it, it drops the flight ([`Core::resume_listener`]) and
-    /// [`Core::resume`] sends it again. Nothing else goes out until [`Core::resume`].
+    /// [`Core::resume`] sends it again. Until [`Core::resume`] nothing else goes out but what
+    /// the app writes meanwhile, within the same `limit` ([`Core::early_more`]).
     pub(crate) fn early_flight(&mut self, limit: usize, rewind: u64) -> Vec<Frame> {
         let from = self.sent.saturating_sub(rewind).max(self.acked);
         let rewound = self.sent - from;
         self.sent = from;
-        let end = self.written.min(self.peer_window).min(from + limit as u64);
+        self.early = Some(Early {
+            from,
+            rewound,
+            end: from + limit as u64,
+        });
+        self.early_more()
+    }
+
+    /// More of the early flight: what the app wrote since, within the flight's limit.
+    pub(crate) fn early_more(&mut self) -> Vec<Frame> {
+        let Some(e) = &self.early else {
+            return Vec::new();
+        };
+        let end = self.written.min(self.peer_window).min(e.end);
         let mut out = Vec::new();
         while self.sent < end {
             let start = (self.sent - self.acked) as usize;
@@ -203,7 +227,6 @@ impl Core {
             });
             self.sent += n as u64;
         }
-        self.early = Some((from, rewound));
         out
     }
 
@@ -214,7 +237,7 @@ impl Core {
     pub(crate) fn resume(&mut self, peer_received: u64) -> Result<u64, CoreError> {
         self.on_ack(peer_received, None)?;
         let resent = match self.early.take() {
-            Some((from, rewound)) if from <= peer_received => rewound,
+            Some(e) if e.from <= peer_received => e.rewound,
             _ => {
                 let resent = self.sent - self.acked;
                 self.sent = self.acked;
@@ -535,6 +558,38 @@ mod tests {
             20_100,
             "the rewound bytes went out again"
         );
+        for _ in 0..100 {
+            if pump(&mut a, &mut b, false) + pump(&mut b, &mut a, false) == 0 {
+                break;
+            }
+        }
+        assert_eq!(drain(&mut b), data);
+    }
+
+    #[test]
+    fn what_the_app_writes_before_resumed_joins_the_flight_within_its_limit() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        let (mut a, mut b) = broken_after(&data[..60_000], 60_000, 60_000);
+        let flight = a.early_flight(EARLY_FLIGHT, 0);
+        assert!(flight.is_empty(), "nothing was waiting");
+        // The app writes on while RESUME travels: it joins the flight up to the limit.
+        a.write(&data[60_000..]);
+        let more = a.early_more();
+        let carried: usize = more
+            .iter()
+            .map(|f| match f {
+                Frame::Data { bytes, .. } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(carried, EARLY_FLIGHT);
+        assert!(a.early_more().is_empty(), "the limit holds");
+        b.resume_listener(a.received()).unwrap();
+        let told = b.received();
+        for f in more {
+            b.handle(f).unwrap();
+        }
+        assert_eq!(a.resume(told).unwrap(), 0);
         for _ in 0..100 {
             if pump(&mut a, &mut b, false) + pump(&mut b, &mut a, false) == 0 {
                 break;

@@ -463,7 +463,7 @@ pub(crate) fn proofs_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// Reads one handshake frame; returns it and the bytes read past it.
-pub(crate) async fn read_frame(tls: &mut Tls) -> io::Result<(Frame, Vec<u8>)> {
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(tls: &mut R) -> io::Result<(Frame, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     // Bounded: a handshake frame is at most MAX_PAYLOAD; decode refuses longer ones.
     loop {

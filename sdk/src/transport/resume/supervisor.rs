@@ -12,7 +12,11 @@
 //!
 //! Where the path manager keeps a backup warm (`multipath interactive`), the supervisor keeps
 //! a standby connection there, TCP and TLS up ([`Standby`]): a move to that path then only
-//! sends RESUME and waits for RESUMED, one round trip instead of three (TCP, TLS, RESUME).
+//! sends RESUME, the data with it, instead of TCP, TLS and RESUME first.
+//!
+//! RESUME carries its early flight ([`Core::early_flight`]): the data the old connection did
+//! not deliver, and what the app writes until RESUMED comes back, goes out with it instead of
+//! a round trip later.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -522,9 +526,33 @@ impl Supervisor {
             tls_stream::write_flush(&mut tls, &flight)
                 .await
                 .map_err(|e| Retry(format!("sending RESUME: {e}")))?;
-            let (f, rest) = read_frame(&mut tls)
-                .await
-                .map_err(|e| Retry(format!("waiting for RESUMED: {e}")))?;
+            // Until RESUMED comes, what the app writes joins the flight (within its limit):
+            // waiting for the answer would hold it up a round trip.
+            let (mut rd, mut wr) = tokio::io::split(tls);
+            let (f, rest) = {
+                let answer = read_frame(&mut rd);
+                tokio::pin!(answer);
+                loop {
+                    let written = self.shared.doorbell.notified();
+                    tokio::select! {
+                        r = &mut answer => {
+                            break r.map_err(|e| Retry(format!("waiting for RESUMED: {e}")))?;
+                        }
+                        _ = written => {
+                            let mut more = Vec::new();
+                            for f in self.shared.lock().core.early_more() {
+                                f.encode(&mut more);
+                            }
+                            if !more.is_empty() {
+                                tls_stream::write_flush(&mut wr, &more)
+                                    .await
+                                    .map_err(|e| Retry(format!("sending RESUME: {e}")))?;
+                            }
+                        }
+                    }
+                }
+            };
+            let tls = rd.unsplit(wr);
             match f {
                 Frame::Resumed { received } => Ok((tls, rest, received)),
                 Frame::Refused { reason } => Err(Fatal(format!("the listener refused: {reason}"))),
