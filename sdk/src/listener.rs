@@ -95,14 +95,15 @@ fn quic_endpoint(
 /// # Limits
 ///
 /// Nothing caps the number of established sessions; what runs out first is the process's:
-/// - **descriptors**: an MPTCP session holds its socket, a tcp-resume session two (its socket
-///   and a duplicate to read `TCP_INFO`; a detached one keeps them for its grace period);
-///   QUIC sessions share the endpoint's one UDP socket. Raise `RLIMIT_NOFILE` (`ulimit -n`,
+/// - **descriptors**: an MPTCP or tcp-resume session holds its socket (a detached tcp-resume
+///   session none, while it waits out its grace period); QUIC sessions share the endpoint's
+///   one UDP socket. Raise `RLIMIT_NOFILE` (`ulimit -n`,
 ///   systemd's `LimitNOFILE=`) to the sessions you expect plus some room. When it runs out the TCP side logs `out of descriptors` with
 ///   the limit, sheds the oldest handshake and backs off; established sessions go on.
-/// - **memory**: about 52 KiB per idle QUIC session and 97 KiB per idle tcp-resume session
-///   (its buffers, TLS and transport state; `load-bench --sessions 10000 --resume-sessions
-///   9000` on an echo server), more for a busy one.
+/// - **memory**: about 52 KiB per idle QUIC session (97 KiB when its client opened a second
+///   path) and 98 KiB per idle tcp-resume session (its buffers, TLS and transport state;
+///   `load-bench --no-roamd --sessions 10000`, 10,000 of each on an echo server), more for a
+///   busy one.
 /// - **waiting sessions**: at most 64 accepted sessions wait for [`Listener::accept`]; past
 ///   that, finished handshakes wait for room (an app that stops calling `accept` stops
 ///   admitting clients, it does not drop them).
@@ -338,9 +339,11 @@ async fn tcp_accept_loop(
         tokio::spawn(
             async move {
                 let handshake = async {
+                    let t0 = tokio::time::Instant::now();
                     let mut s = tls_stream::accept(sock, tls)
                         .await
                         .map_err(|e| Error::io("TLS handshake", e))?;
+                    tracing::debug!(%peer, tls = ?t0.elapsed(), kind = ?s.handshake_kind(), "TLS handshake done");
                     let roam = s.alpn() == crate::tls::ALPN;
                     if !roam {
                         return Ok(Some(mptcp::accept(s, false).await?));

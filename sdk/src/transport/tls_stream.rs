@@ -101,9 +101,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             .unwrap_or_default()
     }
 
+    /// Full, resumed (a ticket from an earlier connection) or full after a HelloRetryRequest
+    /// (a round trip more).
+    pub(crate) fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.tls.handshake_kind()
+    }
+
     /// The socket under the TLS.
     pub(crate) fn get_ref(&self) -> &IO {
         &self.io
+    }
+
+    /// The same TLS connection over `f(io)`: the socket wrapped (tcp-resume shares it with
+    /// its `TCP_INFO` reader), nothing read or written.
+    pub(crate) fn map_io<J>(self, f: impl FnOnce(IO) -> J) -> TlsStream<J> {
+        TlsStream {
+            io: f(self.io),
+            tls: self.tls,
+            eof: self.eof,
+        }
     }
 
     /// Keying material bound to this TLS connection (RFC 8446 section 7.5).

@@ -61,8 +61,8 @@ struct Args {
     /// the listener's part.
     #[arg(long, default_value_t = 0)]
     sessions: u32,
-    /// tcp-resume sessions, when not `--sessions`: each holds two descriptors at either end
-    /// (its socket and a duplicate for `TCP_INFO`), so the open-files limit caps them first.
+    /// tcp-resume sessions, when not `--sessions` (each holds one descriptor at either end, as
+    /// a QUIC session holds one UDP socket in the generator).
     #[arg(long)]
     resume_sessions: Option<u32>,
     /// Handshakes the load generator runs at once.
@@ -187,10 +187,10 @@ fn run(args: &Args) -> Result<()> {
     let mut listener = Vec::new();
     if args.sessions > 0 {
         let resume = args.resume_sessions.unwrap_or(args.sessions);
-        // A QUIC session is a UDP socket in the generator, a tcp-resume one two descriptors
-        // at either end: the limits are raised (the hard one too, where allowed) so that
-        // descriptors do not run out first.
-        raise_nofile(u64::from(args.sessions.max(resume * 2)) + 1024)?;
+        // A QUIC session is a UDP socket in the generator, a tcp-resume one a TCP socket: the
+        // limits are raised (the hard one too: this runs as root) so that descriptors do not
+        // run out first. The listener process inherits them.
+        raise_nofile(u64::from(args.sessions.max(resume)) + 1024)?;
         for (t, n) in [
             (roam::TransportPreference::Quic, args.sessions),
             (roam::TransportPreference::TcpResume, resume),
@@ -611,8 +611,9 @@ fn listener_main(ca_out: Option<PathBuf>) -> Result<()> {
     })
 }
 
-/// The listener process's limit of open files: room for 19,000 TCP sessions (this machine's
-/// hard limit is often 20,000, and raising it needs CAP_SYS_RESOURCE).
+/// The listener process's limit of open files at least: room for 19,000 TCP sessions (one
+/// descriptor each) without raising the hard limit where it is 20,000; it inherits the
+/// generator's limit when that is higher.
 const LISTENER_FILES: u64 = 19_500;
 
 /// The listener's port (UDP for QUIC, TCP for tcp-resume).

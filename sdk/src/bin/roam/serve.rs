@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use roam::{Listener, Session};
+use roam::{Listener, ListenerConfig, Session};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,7 +22,12 @@ pub const LONG_ABOUT: &str = "Accept sessions on one address: QUIC on UDP, and M
         With --echo every session gets its own bytes back; without it, what sessions send is \
         written to standard output. Sentences about sessions go to standard error; --json \
         prints one JSON object per line per session event instead (to standard output with \
-        --echo, else to standard error), each with `session`, a number per accepted session.";
+        --echo, else to standard error), each with `session`, a number per accepted session.\n\n\
+        With --reset-key FILE a restarted server ends its predecessor's QUIC sessions at once \
+        (a stateless reset the clients can verify) instead of leaving them to their idle \
+        timeout (30 s by default): give every run of the server the same file, made once with \
+        `openssl rand -hex 32 > reset.key && chmod 600 reset.key`, and keep it secret like the \
+        TLS key (whoever has it can end this server's QUIC sessions).";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,6 +40,11 @@ pub struct Args {
     /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
+    /// The QUIC stateless-reset key: a file of 64 hexadecimal digits (`openssl rand -hex 32`)
+    /// or of exactly 32 raw bytes. The same file for every run of this server lets a restarted
+    /// one end the old QUIC sessions at once; without it they end at their idle timeout.
+    #[arg(long, value_name = "FILE")]
+    reset_key: Option<PathBuf>,
     /// Send every session's bytes back to it.
     #[arg(long)]
     echo: bool,
@@ -47,8 +57,19 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<ExitCode> {
     let chain = crate::pki::certificates("--cert", &args.cert)?;
     let key = crate::pki::private_key("--key", &args.key)?;
+    let stateless_reset_key = match &args.reset_key {
+        Some(path) => Some(crate::pki::reset_key("--reset-key", path)?),
+        None => None,
+    };
     let tls = roam::tls::server_config(chain, key, &[])?;
-    let listener = Listener::bind(args.listen, tls)?;
+    let listener = Listener::bind_with(
+        args.listen,
+        tls,
+        ListenerConfig {
+            stateless_reset_key,
+            ..ListenerConfig::default()
+        },
+    )?;
     let out = Printer {
         json: args.json,
         stdout_busy: !args.echo,

@@ -13,8 +13,8 @@ use tracing::Instrument;
 
 use super::core::Core;
 use super::driver::{
-    ConnError, ConnView, ResumeStream, Shared, proof, proofs_match, read_frame, run_connection,
-    write_frame,
+    ConnError, ConnView, ResumeStream, Shared, Sock, Tls, proof, proofs_match, read_frame,
+    run_connection, write_frame,
 };
 use super::wire::{Frame, Secret, SessionId};
 use super::{RECV_WINDOW, SEND_BUFFER};
@@ -32,7 +32,7 @@ pub(crate) const SERVER_SILENCE: Duration = Duration::from_secs(10);
 
 struct Entry {
     secret: Secret,
-    attach: mpsc::Sender<(TlsStream<TcpStream>, Vec<u8>, u64)>,
+    attach: mpsc::Sender<(Tls, Vec<u8>, u64)>,
 }
 
 /// The listener's table of tcp-resume sessions.
@@ -75,10 +75,11 @@ impl Registry {
     /// client why).
     pub(crate) async fn accept(
         self: &Arc<Self>,
-        mut tls: TlsStream<TcpStream>,
+        tls: TlsStream<TcpStream>,
         peer: SocketAddr,
     ) -> Result<Option<Connection>> {
         let _ = socket2::SockRef::from(tls.get_ref()).set_tcp_user_timeout(Some(SERVER_SILENCE));
+        let mut tls = tls.map_io(Sock::new);
         let (f, rest) = read_frame(&mut tls)
             .await
             .map_err(|e| Error::Protocol(format!("reading the first resume frame: {e}")))?;
@@ -131,7 +132,7 @@ impl Registry {
 
     async fn new_session(
         self: &Arc<Self>,
-        mut tls: TlsStream<TcpStream>,
+        mut tls: Tls,
         rest: Vec<u8>,
         app: String,
         peer: SocketAddr,
@@ -185,9 +186,9 @@ async fn serve(
     id: SessionId,
     shared: Shared,
     events: broadcast::Sender<SessionEvent>,
-    tls: TlsStream<TcpStream>,
+    tls: Tls,
     rest: Vec<u8>,
-    mut attach: mpsc::Receiver<(TlsStream<TcpStream>, Vec<u8>, u64)>,
+    mut attach: mpsc::Receiver<(Tls, Vec<u8>, u64)>,
 ) {
     // However this task ends (the session dropped, the grace run out), the id goes.
     let _forget = Forget(reg.clone(), id);
@@ -233,7 +234,8 @@ async fn serve(
                 let (resent, received) = {
                     let mut st = shared.lock();
                     st.core.detach();
-                    let r = st.core.resume(peer_received);
+                    // The client's early flight may follow its RESUME.
+                    let r = st.core.resume_listener(peer_received);
                     st.conn = Some(ConnView::of(tls.get_ref(), None));
                     (r, st.core.received())
                 };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
+use super::driver::{Sock, Tls};
 use super::supervisor::{Resumer, start};
 use crate::error::{Error, Result};
 use crate::net::tcp::{StreamProto, race};
@@ -22,7 +23,7 @@ pub(crate) async fn connect(
 ) -> Result<Connection> {
     let tls_cfg = Arc::new(d.tls.build(&d.alpn)?);
     let (path, tls) = match existing {
-        Some(e) => e,
+        Some((path, tls)) => (path, tls.map_io(Sock::new)),
         None => {
             let (path, sock) = race(
                 &d.cands,
@@ -34,7 +35,7 @@ pub(crate) async fn connect(
             let peer = sock
                 .peer_addr()
                 .map_err(|e| Error::io("reading the peer's address", e))?;
-            let tls = tls_stream::connect(sock, tls_cfg.clone(), &d.server_name)
+            let tls = tls_stream::connect(Sock::new(sock), tls_cfg.clone(), &d.server_name)
                 .await
                 .map_err(|e| tls_connect_error(peer, e))?;
             (path, tls)
@@ -42,6 +43,7 @@ pub(crate) async fn connect(
     };
     let alpn = tls.alpn();
     let peer = tls
+        .get_ref()
         .get_ref()
         .peer_addr()
         .map_err(|e| Error::io("reading the peer's address", e))?;
@@ -94,7 +96,7 @@ const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// The error for a server that chose another protocol than roam/1, after closing TLS with it
 /// properly: close_notify and the TCP FIN, then what the server still sends (its session
 /// tickets, its own close_notify) read to the end, so closing the socket sends no reset.
-async fn not_roam(mut tls: TlsStream<TcpStream>, peer: std::net::SocketAddr, alpn: &[u8]) -> Error {
+async fn not_roam(mut tls: Tls, peer: std::net::SocketAddr, alpn: &[u8]) -> Error {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let close = async {
         tls.shutdown().await?;

@@ -17,6 +17,22 @@ use super::wire::Frame;
 pub(crate) const CHUNK: usize = 16 * 1024;
 /// The window each end starts with, before the peer's first ACK.
 pub(crate) const INITIAL_WINDOW: u64 = 1 << 20;
+/// Bytes of data a client sends right behind its RESUME, before the listener's answer
+/// ([`Core::early_flight`]): with the client's TLS Finished and RESUME, what TCP's initial
+/// congestion window (10 segments of about 1,448 bytes) carries in the first round trip. More
+/// would wait a round trip for TCP's ACKs anyway.
+pub(crate) const EARLY_FLIGHT: usize = 10 * 1024;
+
+/// A client's early flight, until the listener's RESUMED.
+#[derive(Debug, Clone, Copy)]
+struct Early {
+    /// Where its data began.
+    from: u64,
+    /// How many bytes the old connection had framed past `from`.
+    rewound: u64,
+    /// Where it must stop.
+    end: u64,
+}
 
 /// Why the peer's frames cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +84,12 @@ pub(crate) struct Core {
     close_sent: bool,
     /// The connection can carry stream frames (false while detached).
     attached: bool,
+    /// Client, until the listener's RESUMED: the early flight.
+    early: Option<Early>,
+    /// Listener, after a resumption: DATA past the next expected byte is a client's early
+    /// flight that the client will send again, dropped instead of a protocol error, until
+    /// DATA arrives in order.
+    drop_gaps: bool,
 }
 
 impl Core {
@@ -92,6 +114,8 @@ impl Core {
             ping_due: false,
             close_sent: false,
             attached: true,
+            early: None,
+            drop_gaps: false,
         }
     }
 
@@ -155,20 +179,86 @@ impl Core {
         self.ping_due = true;
     }
 
-    /// The connection is gone: nothing goes out until [`Core::resume`].
+    /// The connection is gone: nothing goes out until [`Core::resume`]. An early flight that
+    /// got no answer counts as never sent.
     pub(crate) fn detach(&mut self) {
         self.attached = false;
+        if let Some(e) = self.early.take() {
+            self.sent = e.from;
+        }
+    }
+
+    /// Client, on a fresh connection, right behind its RESUME: DATA frames for at most
+    /// `limit` bytes from where the old connection stopped, sent before the listener says what
+    /// it received, starting `rewind` bytes before the first byte the old connection never
+    /// framed: bytes framed but still in the old socket, never sent (the driver counts them
+    /// from `tcpi_notsent_bytes`), never arrived. On a link that went down at the device what the
+    /// socket did send usually arrived, so the flight continues the listener's stream and
+    /// reaches its app a round trip before RESUMED could bring the client here. When the
+    /// listener lacks bytes before it, it drops the flight ([`Core::resume_listener`]) and
+    /// [`Core::resume`] sends it again. Until [`Core::resume`] nothing else goes out but what
+    /// the app writes meanwhile, within the same `limit` ([`Core::early_more`]).
+    pub(crate) fn early_flight(&mut self, limit: usize, rewind: u64) -> Vec<Frame> {
+        let from = self.sent.saturating_sub(rewind).max(self.acked);
+        let rewound = self.sent - from;
+        self.sent = from;
+        self.early = Some(Early {
+            from,
+            rewound,
+            end: from + limit as u64,
+        });
+        self.early_more()
+    }
+
+    /// More of the early flight: what the app wrote since, within the flight's limit.
+    pub(crate) fn early_more(&mut self) -> Vec<Frame> {
+        let Some(e) = &self.early else {
+            return Vec::new();
+        };
+        let end = self.written.min(self.peer_window).min(e.end);
+        let mut out = Vec::new();
+        while self.sent < end {
+            let start = (self.sent - self.acked) as usize;
+            let n = ((end - self.sent) as usize).min(CHUNK);
+            let bytes: Vec<u8> = self.unacked.range(start..start + n).copied().collect();
+            out.push(Frame::Data {
+                offset: self.sent,
+                bytes,
+            });
+            self.sent += n as u64;
+        }
+        out
     }
 
     /// On a fresh connection: the peer has received everything below `peer_received`. Sending
-    /// starts again from there; returns how many bytes go out again.
+    /// starts again from there; returns how many bytes go out again. A client's early flight
+    /// that began at or below `peer_received` continued the listener's stream and stands;
+    /// one that began past it was dropped and goes out again.
     pub(crate) fn resume(&mut self, peer_received: u64) -> Result<u64, CoreError> {
         self.on_ack(peer_received, None)?;
-        let resent = self.sent - self.acked;
-        self.sent = self.acked;
+        let resent = match self.early.take() {
+            Some(e) if e.from <= peer_received => e.rewound,
+            _ => {
+                let resent = self.sent - self.acked;
+                self.sent = self.acked;
+                resent
+            }
+        };
+        // A FIN sent on the old connection may have been lost with it (the same FIN twice is
+        // harmless).
         self.fin_sent = false;
         self.attached = true;
         self.ack_due = true;
+        Ok(resent)
+    }
+
+    /// [`Core::resume`] on the listener, whose client may have sent an early flight behind
+    /// its RESUME ([`Core::early_flight`]): DATA past the next expected byte is dropped, not
+    /// a protocol error, until DATA arrives in order (the client sends the gap and what it
+    /// dropped again once it has RESUMED).
+    pub(crate) fn resume_listener(&mut self, peer_received: u64) -> Result<u64, CoreError> {
+        let resent = self.resume(peer_received)?;
+        self.drop_gaps = true;
         Ok(resent)
     }
 
@@ -194,6 +284,11 @@ impl Core {
     pub(crate) fn handle(&mut self, f: Frame) -> Result<(), CoreError> {
         match f {
             Frame::Data { offset, bytes } => {
+                if offset > self.received && self.drop_gaps {
+                    // The client's early flight past a gap: it sends these bytes again.
+                    return Ok(());
+                }
+                self.drop_gaps = false;
                 if offset > self.received {
                     return Err(CoreError::Gap {
                         got: offset,
@@ -362,6 +457,159 @@ mod tests {
         assert_eq!(drain(&mut b), data);
         assert!(b.is_finished_reading());
         assert!(a.is_send_done());
+    }
+
+    /// a sends `data[..sent]`, of which b receives `data[..arrived]` and a hears no ACK; both
+    /// detach; a writes the rest. Returns (a, b).
+    fn broken_after(data: &[u8], sent: usize, arrived: usize) -> (Core, Core) {
+        let mut a = Core::new(1 << 20, 1 << 20);
+        let mut b = Core::new(1 << 20, 1 << 20);
+        assert_eq!(a.write(&data[..sent]), sent);
+        while let Some(f) = a.poll_transmit() {
+            if let Frame::Data { offset, bytes } = f {
+                let keep = (arrived as u64)
+                    .saturating_sub(offset)
+                    .min(bytes.len() as u64);
+                if keep > 0 {
+                    b.handle(Frame::Data {
+                        offset,
+                        bytes: bytes[..keep as usize].to_vec(),
+                    })
+                    .unwrap();
+                }
+            }
+        }
+        while b.poll_transmit().is_some() {}
+        a.detach();
+        b.detach();
+        assert_eq!(a.write(&data[sent..]), data.len() - sent);
+        (a, b)
+    }
+
+    /// RESUME with its early flight, RESUMED, then both ends until quiet; b's stream and what
+    /// a said went out again.
+    fn resume_early(a: &mut Core, b: &mut Core) -> (Vec<u8>, u64) {
+        let flight = a.early_flight(EARLY_FLIGHT, 0);
+        assert!(!flight.is_empty());
+        assert_eq!(a.poll_transmit(), None, "nothing else before RESUMED");
+        b.resume_listener(a.received()).unwrap();
+        let told = b.received();
+        for f in flight {
+            b.handle(f).unwrap();
+        }
+        let resent = a.resume(told).unwrap();
+        for _ in 0..100 {
+            if pump(a, b, false) + pump(b, a, false) == 0 {
+                break;
+            }
+        }
+        (drain(b), resent)
+    }
+
+    #[test]
+    fn an_early_flight_continuing_the_listeners_stream_stands() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        // Everything the old connection carried arrived (a link that went down).
+        let (mut a, mut b) = broken_after(&data, 60_000, 60_000);
+        let (got, resent) = resume_early(&mut a, &mut b);
+        assert_eq!(got, data);
+        assert_eq!(resent, 0, "nothing went out twice");
+    }
+
+    #[test]
+    fn an_early_flight_past_a_gap_is_dropped_and_sent_again() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        // The old connection's last 20 kB were lost (a blackhole).
+        let (mut a, mut b) = broken_after(&data, 60_000, 40_000);
+        let (got, resent) = resume_early(&mut a, &mut b);
+        assert_eq!(got, data, "nothing lost, nothing twice");
+        assert_eq!(resent, 20_000 + EARLY_FLIGHT as u64);
+        // Dropping gaps ended with the first DATA in order: a gap now is a violation.
+        assert!(matches!(
+            b.handle(Frame::Data {
+                offset: 200_000,
+                bytes: vec![1],
+            }),
+            Err(CoreError::Gap { .. })
+        ));
+    }
+
+    #[test]
+    fn an_early_flight_starts_before_what_the_old_socket_never_sent() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        // The old connection's last 20 kB never left its socket (the link went down under
+        // it); its kernel counted 20,100 bytes of TLS records not sent.
+        let (mut a, mut b) = broken_after(&data, 60_000, 40_000);
+        let flight = a.early_flight(EARLY_FLIGHT, 20_100);
+        let from = 60_000 - 20_100;
+        assert!(matches!(flight[0], Frame::Data { offset, .. } if offset == from));
+        b.resume_listener(a.received()).unwrap();
+        let told = b.received();
+        for f in flight {
+            b.handle(f).unwrap();
+        }
+        assert_eq!(
+            b.received(),
+            39_900 + EARLY_FLIGHT as u64,
+            "the flight stood"
+        );
+        assert_eq!(
+            a.resume(told).unwrap(),
+            20_100,
+            "the rewound bytes went out again"
+        );
+        for _ in 0..100 {
+            if pump(&mut a, &mut b, false) + pump(&mut b, &mut a, false) == 0 {
+                break;
+            }
+        }
+        assert_eq!(drain(&mut b), data);
+    }
+
+    #[test]
+    fn what_the_app_writes_before_resumed_joins_the_flight_within_its_limit() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        let (mut a, mut b) = broken_after(&data[..60_000], 60_000, 60_000);
+        let flight = a.early_flight(EARLY_FLIGHT, 0);
+        assert!(flight.is_empty(), "nothing was waiting");
+        // The app writes on while RESUME travels: it joins the flight up to the limit.
+        a.write(&data[60_000..]);
+        let more = a.early_more();
+        let carried: usize = more
+            .iter()
+            .map(|f| match f {
+                Frame::Data { bytes, .. } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(carried, EARLY_FLIGHT);
+        assert!(a.early_more().is_empty(), "the limit holds");
+        b.resume_listener(a.received()).unwrap();
+        let told = b.received();
+        for f in more {
+            b.handle(f).unwrap();
+        }
+        assert_eq!(a.resume(told).unwrap(), 0);
+        for _ in 0..100 {
+            if pump(&mut a, &mut b, false) + pump(&mut b, &mut a, false) == 0 {
+                break;
+            }
+        }
+        assert_eq!(drain(&mut b), data);
+    }
+
+    #[test]
+    fn an_unanswered_early_flight_counts_as_never_sent() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        let (mut a, mut b) = broken_after(&data, 60_000, 60_000);
+        // The first fresh connection dies before RESUMED: its flight is lost with it.
+        let lost = a.early_flight(EARLY_FLIGHT, 0);
+        assert_eq!(lost.len(), 1);
+        a.detach();
+        // The next one flies the same bytes again, and they continue b's stream.
+        let (got, resent) = resume_early(&mut a, &mut b);
+        assert_eq!(got, data);
+        assert_eq!(resent, 0);
     }
 
     #[test]

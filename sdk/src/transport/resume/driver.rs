@@ -4,9 +4,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -39,14 +39,85 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// The connection is gone: nothing goes out until the session resumes, and the duplicate
-    /// descriptor of the old socket is closed, so the kernel can close that connection now
-    /// (the peer gets its FIN or RST at once, not when the grace period ends).
+    /// The connection is gone: nothing goes out until the session resumes, and `paths()`
+    /// stops reading the old socket. The view never kept that socket open (it holds a
+    /// [`Weak`] reference), so the kernel closed the connection when its task ended: the peer
+    /// gets its FIN or RST at once, not when the grace period ends.
     pub(crate) fn detach(&mut self) {
         self.core.detach();
         if let Some(c) = &mut self.conn {
-            c.fd = None;
+            c.sock = Weak::new();
         }
+    }
+}
+
+/// One tcp-resume connection's TCP socket, shared by the TLS stream that carries the session
+/// and the [`ConnView`] that reads its `TCP_INFO` (`paths()`, stall detection): one
+/// descriptor per connection, where a duplicate for `TCP_INFO` would double what a listener
+/// with thousands of sessions holds. The TLS stream owns it (`Arc`); the view only borrows it
+/// while the connection lives (`Weak`), so a connection that ended is closed at once.
+#[derive(Debug)]
+pub(crate) struct Sock(Arc<TcpStream>);
+
+/// TLS over a tcp-resume connection's socket.
+pub(crate) type Tls = TlsStream<Sock>;
+
+impl Sock {
+    pub(crate) fn new(s: TcpStream) -> Sock {
+        Sock(Arc::new(s))
+    }
+
+    pub(crate) fn get_ref(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+// The same readiness loops as tokio's own `TcpStream` impls (one waker per direction), through
+// `&TcpStream`, which is what sharing the socket needs.
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Bounded: a `WouldBlock` clears the readiness, so the next turn returns Pending.
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Bounded as in `poll_read`.
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -82,18 +153,23 @@ pub(crate) struct ConnView {
     pub(crate) path: Option<LocalPath>,
     pub(crate) local: Option<SocketAddr>,
     pub(crate) remote: Option<SocketAddr>,
-    /// A duplicate of the socket, to read `TCP_INFO`.
-    pub(crate) fd: Option<OwnedFd>,
+    /// The connection's socket while it lives, to read `TCP_INFO`; never keeps it open.
+    sock: Weak<TcpStream>,
 }
 
 impl ConnView {
-    pub(crate) fn of(sock: &TcpStream, path: Option<LocalPath>) -> ConnView {
+    pub(crate) fn of(sock: &Sock, path: Option<LocalPath>) -> ConnView {
         ConnView {
             path,
-            local: sock.local_addr().ok(),
-            remote: sock.peer_addr().ok(),
-            fd: sock.as_fd().try_clone_to_owned().ok(),
+            local: sock.0.local_addr().ok(),
+            remote: sock.0.peer_addr().ok(),
+            sock: Arc::downgrade(&sock.0),
         }
+    }
+
+    /// `f` on the connection's socket, if the connection still lives.
+    pub(crate) fn with_socket<T>(&self, f: impl FnOnce(&TcpStream) -> T) -> Option<T> {
+        self.sock.upgrade().map(|s| f(&s))
     }
 }
 
@@ -170,7 +246,7 @@ impl Shared {
 /// `silence`, a connection that brings no byte for that long is lost (the peer vanished, or
 /// stopped its keep-alive). `Ok` is CLOSE from the peer.
 pub(crate) async fn run_connection(
-    tls: TlsStream<TcpStream>,
+    tls: Tls,
     initial: Vec<u8>,
     shared: Shared,
     silence: Option<Duration>,
@@ -338,10 +414,10 @@ impl ResumeStream {
         let Some(c) = &st.conn else {
             return Vec::new();
         };
-        let tcp =
-            c.fd.as_ref()
-                .and_then(|fd| sockopt::tcp_info(fd.as_fd()).ok())
-                .unwrap_or_default();
+        let tcp = c
+            .with_socket(|s| sockopt::tcp_info(s.as_fd()).ok())
+            .flatten()
+            .unwrap_or_default();
         vec![Subflow {
             id: 0,
             local: c.local,
@@ -377,7 +453,7 @@ impl ResumeStream {
 
 /// The proof of `secret` on this TLS connection: a TLS exporter value with the secret as its
 /// context, so it is worthless on any other connection and reveals nothing of the secret.
-pub(crate) fn proof(tls: &TlsStream<TcpStream>, secret: &Secret) -> io::Result<[u8; 32]> {
+pub(crate) fn proof(tls: &Tls, secret: &Secret) -> io::Result<[u8; 32]> {
     tls.export(PROOF_LABEL, secret)
 }
 
@@ -387,7 +463,7 @@ pub(crate) fn proofs_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// Reads one handshake frame; returns it and the bytes read past it.
-pub(crate) async fn read_frame(tls: &mut TlsStream<TcpStream>) -> io::Result<(Frame, Vec<u8>)> {
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(tls: &mut R) -> io::Result<(Frame, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     // Bounded: a handshake frame is at most MAX_PAYLOAD; decode refuses longer ones.
     loop {
@@ -406,9 +482,58 @@ pub(crate) async fn read_frame(tls: &mut TlsStream<TcpStream>) -> io::Result<(Fr
 }
 
 /// Writes one frame and flushes it.
-pub(crate) async fn write_frame(tls: &mut TlsStream<TcpStream>, f: &Frame) -> io::Result<()> {
+pub(crate) async fn write_frame(tls: &mut Tls, f: &Frame) -> io::Result<()> {
     let mut out = Vec::new();
     f.encode(&mut out);
     tls.write_all(&out).await?;
     tls.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A connected pair on loopback: (ours, the peer's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (ours.unwrap(), theirs.unwrap().0)
+    }
+
+    /// How many of this process's descriptors are `s` (its socket inode), counted in
+    /// /proc/self/fd: other tests' descriptors do not count.
+    fn descriptors_of(s: &TcpStream) -> usize {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| *l == link)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn the_view_reads_tcp_info_through_the_one_socket_and_never_keeps_it_open() {
+        let (ours, mut theirs) = pair().await;
+        let mut sock = Sock::new(ours);
+        let view = ConnView::of(&sock, None);
+        assert_eq!(
+            descriptors_of(sock.get_ref()),
+            1,
+            "no descriptor of its own"
+        );
+        sock.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        theirs.read_exact(&mut buf).await.unwrap();
+        let info = view
+            .with_socket(|s| sockopt::tcp_info(s.as_fd()).unwrap())
+            .expect("the connection lives");
+        assert_eq!(info.bytes_sent, Some(4));
+        // The connection ends with the stream that carried it: the peer sees the end at once,
+        // and the view has nothing left to read.
+        drop(sock);
+        assert_eq!(theirs.read(&mut buf).await.unwrap(), 0);
+        assert!(view.with_socket(|_| ()).is_none());
+    }
 }

@@ -12,18 +12,23 @@
 //!
 //! Where the path manager keeps a backup warm (`multipath interactive`), the supervisor keeps
 //! a standby connection there, TCP and TLS up ([`Standby`]): a move to that path then only
-//! sends RESUME and waits for RESUMED, one round trip instead of three (TCP, TLS, RESUME).
+//! sends RESUME, the data with it, instead of TCP, TLS and RESUME first.
+//!
+//! RESUME carries its early flight ([`Core::early_flight`]): the data the old connection did
+//! not deliver, and what the app writes until RESUMED comes back, goes out with it instead of
+//! a round trip later.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
-use super::core::Core;
-use super::driver::{ConnError, ConnView, ResumeStream, Shared, proof, read_frame, run_connection};
+use super::core::{Core, EARLY_FLIGHT};
+use super::driver::{
+    ConnError, ConnView, ResumeStream, Shared, Sock, Tls, proof, read_frame, run_connection,
+};
 use super::progress::{DELAYED_ACK, TcpProgress, TcpReading};
 use super::wire::{Frame, Secret, SessionId};
 use super::{MAGIC, RECV_WINDOW, SEND_BUFFER};
@@ -34,8 +39,12 @@ use crate::net::tcp::{StreamProto, connect_bound};
 use crate::path::manager::{Action, Config, Input, PathManager, TransportSample};
 use crate::transport::TaskHandle;
 use crate::transport::report::{report_rtt, report_stall};
-use crate::transport::tls_stream::{self, TlsStream};
+use crate::transport::tls_stream;
 use crate::vocab::{LocalPath, MigrationReason, SessionEvent};
+
+/// How far before what the old socket never sent an early flight starts: one segment, the
+/// last one handed to a device as it went down, which the device may have dropped.
+const REWIND_MARGIN: u64 = 1500;
 
 /// What the supervisor needs to reconnect.
 pub(crate) struct Resumer {
@@ -56,7 +65,7 @@ pub(crate) struct Resumer {
 /// supervisor. Returns the app's stream.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
-    mut tls: TlsStream<TcpStream>,
+    mut tls: Tls,
     path: LocalPath,
     app: Option<&str>,
     mut r: Resumer,
@@ -103,6 +112,7 @@ pub(crate) async fn start(
         source,
         progress: TcpProgress::default(),
         reported: None,
+        unsent: None,
     };
     let span = tracing::Span::current();
     let task = tokio::spawn(sup.run(tls, rest).instrument(span));
@@ -124,6 +134,9 @@ struct Supervisor {
     progress: TcpProgress,
     /// When the RTT was last reported.
     reported: Option<std::time::Instant>,
+    /// Bytes the connection the session left still held unsent (`None`: none left since the
+    /// last resumption), for the next early flight.
+    unsent: Option<u64>,
 }
 
 fn now() -> std::time::Instant {
@@ -170,17 +183,17 @@ impl Standby {
 
 /// A fresh connection with TLS up, not yet carrying the session.
 struct Dialed {
-    tls: TlsStream<TcpStream>,
+    tls: Tls,
     view: ConnView,
 }
 
 impl Supervisor {
-    fn spawn_conn(&self, tls: TlsStream<TcpStream>, rest: Vec<u8>) -> ConnTask {
+    fn spawn_conn(&self, tls: Tls, rest: Vec<u8>) -> ConnTask {
         // No silence limit here: the client judges its path by TCP's progress (stalls).
         tokio::spawn(run_connection(tls, rest, self.shared.clone(), None).in_current_span())
     }
 
-    async fn run(mut self, tls: TlsStream<TcpStream>, rest: Vec<u8>) {
+    async fn run(mut self, tls: Tls, rest: Vec<u8>) {
         let mut conn = Some(self.spawn_conn(tls, rest));
         let mut dialing: Option<Dialing> = None;
         let mut standby: Option<Standby> = None;
@@ -213,9 +226,7 @@ impl Supervisor {
                             continue;
                         }
                         tracing::info!(%to, %reason, "moving: reconnecting and resuming");
-                        if let Some(c) = conn.take() {
-                            c.abort();
-                        }
+                        self.leave(&mut conn);
                         self.shared.lock().core.detach();
                         match standby.take() {
                             Some(s) if s.dialing.to == to => {
@@ -270,6 +281,8 @@ impl Supervisor {
                         Err(e) => e.to_string(),
                     };
                     tracing::info!(error = %why, path = %self.pm.current(), "connection lost");
+                    // Its socket is gone with what it held: the margin alone.
+                    self.unsent = Some(0);
                     self.shared.lock().core.detach();
                     let cur = self.pm.current().clone();
                     self.pm.handle(now(), Input::MoveFailed(cur));
@@ -280,9 +293,7 @@ impl Supervisor {
                     let resumed = match dialed {
                         Ok(d) => {
                             // Only now does the stream leave the current connection.
-                            if let Some(c) = conn.take() {
-                                c.abort();
-                            }
+                            self.leave(&mut conn);
                             self.resume_on(&to, d).await
                         }
                         Err(e) => Err(e),
@@ -346,13 +357,29 @@ impl Supervisor {
         }
     }
 
+    /// Leaves the current connection, noting how many bytes its socket never sent (they did
+    /// not reach the listener: the next early flight starts before them).
+    fn leave(&mut self, conn: &mut Option<ConnTask>) {
+        if let Some(c) = conn.take() {
+            let st = self.shared.lock();
+            self.unsent = Some(
+                st.conn
+                    .as_ref()
+                    .and_then(|c| c.with_socket(|s| TcpReading::of(std::os::fd::AsFd::as_fd(s))))
+                    .and_then(|r| r.ok())
+                    .map_or(0, |r| u64::from(r.unsent)),
+            );
+            drop(st);
+            c.abort();
+        }
+    }
+
     fn sample(&mut self) -> TransportSample {
         let reading = {
             let st = self.shared.lock();
             st.conn
                 .as_ref()
-                .and_then(|c| c.fd.as_ref())
-                .map(|fd| TcpReading::of(std::os::fd::AsFd::as_fd(fd)))
+                .and_then(|c| c.with_socket(|s| TcpReading::of(std::os::fd::AsFd::as_fd(s))))
         };
         tracing::trace!(?reading, "TCP progress");
         let reading = reading.and_then(|r| r.ok());
@@ -442,13 +469,17 @@ impl Supervisor {
         let (tls_cfg, server_name, limit) =
             (r.tls.clone(), r.server_name.clone(), r.connect_timeout);
         let attempt = async move {
+            let t0 = tokio::time::Instant::now();
             let sock = connect_bound(&to, peer, StreamProto::Tcp, binder.as_ref())
                 .await
                 .map_err(|e| Retry(format!("connecting from {to}: {e}")))?;
+            let tcp = t0.elapsed();
+            let sock = Sock::new(sock);
             let view = ConnView::of(&sock, Some(to.clone()));
             let tls = tls_stream::connect(sock, tls_cfg, &server_name)
                 .await
                 .map_err(|e| Retry(format!("TLS from {to}: {e}")))?;
+            tracing::debug!(%to, ?tcp, tls = ?(t0.elapsed() - tcp), kind = ?tls.handshake_kind(), "dialed");
             Ok(Dialed { tls, view })
         };
         async move {
@@ -467,36 +498,84 @@ impl Supervisor {
         self.shared.lock().core.detach();
         let r = &self.r;
         let Dialed { mut tls, view } = d;
+        // Counted once per connection left: a second attempt starts where the first did.
+        let rewind = self.unsent.take().map_or(0, |n| n + REWIND_MARGIN);
         let attempt = async {
-            let received = self.shared.lock().core.received();
             let proof = proof(&tls, &r.secret).map_err(|e| Fatal(e.to_string()))?;
             let mut hello = MAGIC.to_vec();
-            Frame::Resume {
-                id: r.id,
-                proof,
-                received,
+            let mut flight = Vec::new();
+            {
+                let mut st = self.shared.lock();
+                Frame::Resume {
+                    id: r.id,
+                    proof,
+                    received: st.core.received(),
+                }
+                .encode(&mut hello);
+                // The data the old connection did not deliver goes right behind RESUME, in
+                // the same round trip, instead of one later, after RESUMED.
+                for f in st.core.early_flight(EARLY_FLIGHT, rewind) {
+                    f.encode(&mut flight);
+                }
             }
-            .encode(&mut hello);
+            // Two writes, two TLS records: RESUME's own is small, so the listener reads it as
+            // soon as it arrives, even if TCP's window holds the end of the flight back.
             tls_stream::write_flush(&mut tls, &hello)
                 .await
                 .map_err(|e| Retry(format!("sending RESUME: {e}")))?;
-            let (f, rest) = read_frame(&mut tls)
+            tls_stream::write_flush(&mut tls, &flight)
                 .await
-                .map_err(|e| Retry(format!("waiting for RESUMED: {e}")))?;
+                .map_err(|e| Retry(format!("sending RESUME: {e}")))?;
+            // Until RESUMED comes, what the app writes joins the flight (within its limit):
+            // waiting for the answer would hold it up a round trip.
+            let (mut rd, mut wr) = tokio::io::split(tls);
+            let (f, rest) = {
+                let answer = read_frame(&mut rd);
+                tokio::pin!(answer);
+                loop {
+                    let written = self.shared.doorbell.notified();
+                    tokio::select! {
+                        r = &mut answer => {
+                            break r.map_err(|e| Retry(format!("waiting for RESUMED: {e}")))?;
+                        }
+                        _ = written => {
+                            let mut more = Vec::new();
+                            for f in self.shared.lock().core.early_more() {
+                                f.encode(&mut more);
+                            }
+                            if !more.is_empty() {
+                                tls_stream::write_flush(&mut wr, &more)
+                                    .await
+                                    .map_err(|e| Retry(format!("sending RESUME: {e}")))?;
+                            }
+                        }
+                    }
+                }
+            };
+            let tls = rd.unsplit(wr);
             match f {
                 Frame::Resumed { received } => Ok((tls, rest, received)),
                 Frame::Refused { reason } => Err(Fatal(format!("the listener refused: {reason}"))),
                 other => Err(Fatal(format!("expected RESUMED, got {other:?}"))),
             }
         };
-        let (tls, rest, peer_received) = tokio::time::timeout(r.connect_timeout, attempt)
+        let answered = tokio::time::timeout(r.connect_timeout, attempt)
             .await
             .map_err(|_| {
-            Retry(format!(
-                "resuming from {to} took over {:?}",
-                r.connect_timeout
-            ))
-        })??;
+                Retry(format!(
+                    "resuming from {to} took over {:?}",
+                    r.connect_timeout
+                ))
+            })
+            .and_then(|r| r);
+        let (tls, rest, peer_received) = match answered {
+            Ok(a) => a,
+            Err(e) => {
+                // The early flight went nowhere: it goes out again on the next connection.
+                self.shared.lock().core.detach();
+                return Err(e);
+            }
+        };
         let resent = {
             let mut st = self.shared.lock();
             let resent = st
@@ -508,7 +587,7 @@ impl Supervisor {
             resent
         };
         self.progress.new_connection();
-        tracing::info!(path = %to, resent, "session resumed");
+        tracing::info!(path = %to, resent, rewind, peer_received, "session resumed");
         let _ = self.events.send(SessionEvent::Resumed {
             path: Some(to.clone()),
             resent,

@@ -244,10 +244,21 @@ impl Frame {
 
 /// The fuzz target's body (sdk/fuzz, `resume_frames`) and its corpus replay: `data` as what a
 /// peer sends after `RRES`, decoded frame by frame and fed to a listener's session state as
-/// the connection task does, until the bytes end or a frame is refused. Never panics on any
+/// the connection task does (a fresh session's, then one just resumed, which drops an early
+/// flight's DATA past a gap), until the bytes end or a frame is refused. Never panics on any
 /// input; every decoded frame encodes back to the bytes it came from.
 pub(crate) fn fuzz(data: &[u8]) {
-    let mut core = super::core::Core::new(super::SEND_BUFFER, super::RECV_WINDOW);
+    fuzz_core(
+        data,
+        super::core::Core::new(super::SEND_BUFFER, super::RECV_WINDOW),
+    );
+    let mut resumed = super::core::Core::new(super::SEND_BUFFER, super::RECV_WINDOW);
+    resumed.detach();
+    let _ = resumed.resume_listener(0);
+    fuzz_core(data, resumed);
+}
+
+fn fuzz_core(data: &[u8], mut core: super::core::Core) {
     let mut rest = data;
     let mut out = Vec::new();
     let mut app = vec![0u8; 16 * 1024];
