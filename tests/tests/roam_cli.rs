@@ -27,7 +27,6 @@ fn connect_bytes_survive_wifi_loss_intact_against_serve_echo() {
     else {
         return;
     };
-    let roam = built::roam();
     let dir = Scratch::new("cli");
     let (cert, key) = built::certificate(&dir, &[&SERVICE_V4.to_string()]);
     std::fs::write(dir.join("policy.roam"), POLICY).unwrap();
@@ -41,21 +40,12 @@ fn connect_bytes_survive_wifi_loss_intact_against_serve_echo() {
 
     // 6 MB at 16 Mbit/s: 3 s, WiFi lost after the first second.
     let total: u64 = 6_000_000;
-    let mut connect = topo.handset().command(roam.to_str().unwrap());
+    let mut connect = built::connect(topo.handset(), PORT, &cert, &dir);
     connect
-        .args([
-            "connect",
-            &format!("{SERVICE_V4}:{PORT}"),
-            "--transport",
-            "quic",
-        ])
+        .args(["--transport", "quic"])
         .args(["--bytes", "6M", "--rate", "16", "--json"])
-        .arg("--ca")
-        .arg(&cert)
         .arg("--policy")
-        .arg(dir.join("policy.roam"))
-        // No roamd for this handset: the session decides with its embedded monitor.
-        .env("ROAM_SOCKET", dir.join("no-roamd.sock"));
+        .arg(dir.join("policy.roam"));
     let mut client = Running::start(connect);
     let connected = client.wait_for("connected line", Duration::from_secs(15), |l| {
         l.contains("\"connected\"")
@@ -121,12 +111,8 @@ fn connect_bytes_survive_wifi_loss_intact_against_serve_echo() {
 
     // Netcat mode, WiFi still gone: standard input comes back on standard output, sentences
     // on standard error, a clean end is exit 0.
-    let mut nc = topo.handset().command(roam.to_str().unwrap());
-    nc.args(["connect", &format!("{SERVICE_V4}:{PORT}")])
-        .arg("--ca")
-        .arg(&cert)
-        .env("ROAM_SOCKET", dir.join("no-roamd.sock"))
-        .stdin(Stdio::piped())
+    let mut nc = built::connect(topo.handset(), PORT, &cert, &dir);
+    nc.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = nc.spawn().unwrap();

@@ -36,7 +36,6 @@ fn connect_with_a_flow_rule_starts_on_cellular_and_names_wifi_added_after_1mb() 
     ) else {
         return;
     };
-    let roam = built::roam();
     let dir = Scratch::new("cli-flow");
     let (cert, key) = built::certificate(&dir, &[&SERVICE_V4.to_string()]);
     std::fs::write(dir.join("flow.roam"), FLOW_POLICY).unwrap();
@@ -49,9 +48,8 @@ fn connect_with_a_flow_rule_starts_on_cellular_and_names_wifi_added_after_1mb() 
     let wlan_before = server_rx(&topo, "wlan0");
 
     // 4 MB echoed at 32 Mbit/s: 8 MB both ways, past 1 MB within the first 150 ms.
-    let mut connect = topo.handset().command(roam.to_str().unwrap());
+    let mut connect = built::connect(topo.handset(), PORT, &cert, &dir);
     connect
-        .args(["connect", &format!("{SERVICE_V4}:{PORT}")])
         .args([
             "--transport",
             "quic",
@@ -61,11 +59,8 @@ fn connect_with_a_flow_rule_starts_on_cellular_and_names_wifi_added_after_1mb() 
             "32",
             "--json",
         ])
-        .arg("--ca")
-        .arg(&cert)
         .arg("--policy")
-        .arg(dir.join("flow.roam"))
-        .env("ROAM_SOCKET", dir.join("no-roamd.sock"));
+        .arg(dir.join("flow.roam"));
     let mut client = Running::start(connect);
     let code = client.finish(Duration::from_secs(30));
     let all = client.seen.join("\n");

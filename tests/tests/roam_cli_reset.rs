@@ -43,7 +43,6 @@ fn a_restarted_serve_with_the_same_reset_key_ends_the_old_quic_session_at_once()
     ) else {
         return;
     };
-    let roam = built::roam();
     let dir = Scratch::new("cli-reset");
     built::certificate(&dir, &[&SERVICE_V4.to_string()]);
     // As the help says to make one: `openssl rand -hex 32`.
@@ -55,19 +54,8 @@ fn a_restarted_serve_with_the_same_reset_key_ends_the_old_quic_session_at_once()
         .unwrap();
 
     let mut first = serve(&topo, &dir);
-    let mut connect = topo.handset().command(roam.to_str().unwrap());
-    connect
-        .args([
-            "connect",
-            &format!("{SERVICE_V4}:{PORT}"),
-            "--transport",
-            "quic",
-        ])
-        .arg("--ca")
-        .arg(dir.join("cert.pem"))
-        // No roamd for this handset: the session decides with its embedded monitor.
-        .env("ROAM_SOCKET", dir.join("no-roamd.sock"))
-        .stderr(Stdio::piped());
+    let mut connect = built::connect(topo.handset(), PORT, &dir.0.join("cert.pem"), &dir);
+    connect.args(["--transport", "quic"]).stderr(Stdio::piped());
     let mut client = Running::start(connect);
     client.type_line("before the restart");
     let echoed = client.wait_for("the echo", Duration::from_secs(15), |l| {

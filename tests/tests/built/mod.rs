@@ -115,6 +115,21 @@ pub fn serve_echo(
     server
 }
 
+/// `roam connect` to the test service (`SERVICE_V4:port`) in `ns`, trusting `ca`, with no roamd
+/// to follow (`ROAM_SOCKET` names a socket in `dir` that nothing listens on: the session decides
+/// with its embedded monitor). Add the test's own arguments.
+pub fn connect(ns: &roam_tests::netns::Netns, port: u16, ca: &Path, dir: &Scratch) -> Command {
+    let mut c = ns.command(roam().to_str().unwrap());
+    c.args([
+        "connect",
+        &format!("{}:{port}", roam_tests::topology::SERVICE_V4),
+    ])
+    .arg("--ca")
+    .arg(ca)
+    .env("ROAM_SOCKET", dir.0.join("no-roamd.sock"));
+    c
+}
+
 /// A running process whose standard output is read line by line on a thread; killed on drop.
 pub struct Running {
     pub child: Child,
