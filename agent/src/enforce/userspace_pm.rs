@@ -106,7 +106,7 @@ pub type Done<T> = (T, PmCommand, io::Result<()>, Option<String>);
 /// `T` the caller gave (who to reply to).
 #[derive(Debug)]
 pub struct UserspacePm<T: Send + 'static> {
-    jobs: Option<std::sync::mpsc::Sender<(T, PmCommand)>>,
+    jobs: Option<std::sync::mpsc::Sender<(T, PmCommand, std::time::Instant)>>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -114,21 +114,27 @@ impl<T: Send + std::fmt::Debug + 'static> UserspacePm<T> {
     /// Opens the request socket and starts the worker; answers go to `done`.
     pub fn start(done: tokio::sync::mpsc::UnboundedSender<Done<T>>) -> io::Result<Self> {
         let mut pm = GenlSocket::<MptcpPm>::open()?;
-        let (tx, rx) = std::sync::mpsc::channel::<(T, PmCommand)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(T, PmCommand, std::time::Instant)>();
         let span = tracing::info_span!("mptcp-userspace");
         let worker = std::thread::Builder::new()
             .name("roamd-mptcp-pm".into())
             .spawn(move || {
                 let _g = span.enter();
-                while let Ok((tag, cmd)) = rx.recv() {
+                while let Ok((tag, cmd, queued)) = rx.recv() {
                     let (c, a) = cmd.encode();
                     let t = std::time::Instant::now();
+                    // How long the command waited for this thread: on a loaded machine the
+                    // wake-up alone can take tens of milliseconds.
+                    let waited_us = t.duration_since(queued).as_micros() as u64;
                     let r = pm.request(c, a);
                     let detail = r.is_err().then(|| pm.take_detail()).flatten();
                     match &r {
-                        Ok(()) => {
-                            tracing::info!(?cmd, took_us = t.elapsed().as_micros() as u64, "done")
-                        }
+                        Ok(()) => tracing::info!(
+                            ?cmd,
+                            waited_us,
+                            took_us = t.elapsed().as_micros() as u64,
+                            "done"
+                        ),
                         Err(e) => tracing::warn!(
                             ?cmd,
                             error = %e,
@@ -150,7 +156,7 @@ impl<T: Send + std::fmt::Debug + 'static> UserspacePm<T> {
     /// Queues `cmd`; its answer comes back with `tag`.
     pub fn submit(&self, tag: T, cmd: PmCommand) {
         if let Some(j) = &self.jobs {
-            let _ = j.send((tag, cmd));
+            let _ = j.send((tag, cmd, std::time::Instant::now()));
         }
     }
 }
