@@ -3,11 +3,16 @@
 //!
 //! The stream: a Python TCP client sends 4 MiB (4 KiB a millisecond) of a known pattern to a
 //! stock Python MPTCP echo server (`IPPROTO_MPTCP = 262`) at the service address, checks every
-//! echoed byte, and reports the longest pause between two reads of the echo from half-way on;
-//! the test takes wlan0 down as the client reports half-way. Three systems: `roam run` with
+//! echoed byte, and reports every pause between two reads of the echo from half-way on; the
+//! test takes wlan0 down as the client reports half-way. Three systems: `roam run` with
 //! roamd (userspace path manager, `[mptcp] userspace = true`); `roam run` without roamd, the
 //! kernel's path manager with rmnet0 a `subflow backup` endpoint (what `mptcpize` gives); and
-//! the program alone (plain TCP), the control, which must die.
+//! the program alone (plain TCP), the control, which must die. Two figures per system: the
+//! longest pause (what the program felt) and the pause at the cut (the longest under way
+//! while `ip link set wlan0 down` ran, or begun within 10 ms after: the handover's own). A third
+//! row, `roam run` with no cut, is the floor: on a loaded machine the Python programs' own
+//! scheduling pauses them for tens of milliseconds anywhere in the stream, which is no
+//! handover's doing.
 //!
 //! roamd and the reflector run as real processes: this test binary started again to run the
 //! helper test `roamd_helper`.
@@ -101,7 +106,9 @@ impl Drop for EchoServer {
 }
 
 /// The client: prints `proto N` once connected, `half` when half the echo is back, then
-/// `DONE ok GOT GAP_MS` or `DEAD GOT WHY` (no echo for 5 s).
+/// `PAUSES AT:MS ...` (every pause of 2 ms or more between two reads after half-way: when it
+/// began, `time.monotonic()`, the clock of [`monotonic`], and how long it was) and `DONE ok
+/// GOT GAP_MS`, or `DEAD GOT WHY` (no echo for 5 s).
 fn client_script() -> String {
     format!(
         "import socket,sys,time,threading\n\
@@ -116,7 +123,7 @@ fn client_script() -> String {
              n=min(CH,N-off); s.sendall(chunk(off,n)); off+=n; t+=PACE; d=t-time.monotonic()\n    \
              if d>0: time.sleep(d)\n\
          threading.Thread(target=send,daemon=True).start()\n\
-         got=0; ok=True; last=None; gap=0.0\n\
+         got=0; ok=True; last=None; gap=0.0; ps=[]\n\
          try:\n  \
            while got<N:\n    \
              b=s.recv(65536)\n    \
@@ -125,8 +132,12 @@ fn client_script() -> String {
              if b!=chunk(got,len(b)): ok=False\n    \
              got+=len(b)\n    \
              if last is None and got>=N//2: print('half',flush=True); last=now\n    \
-             elif last is not None: gap=max(gap,now-last); last=now\n\
+             elif last is not None:\n      \
+               gap=max(gap,now-last)\n      \
+               if now-last>=0.002: ps.append('%.6f:%.3f'%(last,(now-last)*1000))\n      \
+               last=now\n\
          except OSError as e:\n  print('DEAD',got,e,flush=True); sys.exit(2)\n\
+         print('PAUSES',*ps,flush=True)\n\
          print('DONE' if got==N else 'DEAD', 'ok' if ok else 'corrupt', got, gap*1000, flush=True)\n"
     )
 }
@@ -142,8 +153,37 @@ enum System {
     Plain,
 }
 
-/// What one run gave: the gap, or `None` when the stream died.
-fn run_once(system: System, shim: &PathBuf) -> Result<Option<Duration>> {
+/// `CLOCK_MONOTONIC` in seconds: Python's `time.monotonic()`, so the client's times and the
+/// test's compare.
+fn monotonic() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// One run's pauses of the echo after half-way.
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    /// The longest pause: what the program felt, the machine's own scheduling included.
+    gap: Duration,
+    /// The longest pause under way while `ip link set wlan0 down` ran (from just before the
+    /// command to the link seen down) or begun up to [`AT_CUT`] after: the handover's own
+    /// (zero when none of 2 ms or more was).
+    at_cut: Duration,
+}
+
+/// How long after the link was seen down a pause still counts as the handover's: the echo
+/// stops within a round trip of the link going (microseconds on veth).
+const AT_CUT: Duration = Duration::from_millis(10);
+
+/// What one run gave: the gap, or `None` when the stream died. With `cut` false wlan0 stays
+/// up: the pause is the machine's own (scheduling of the Python client, the echo server and
+/// the shim's program), the floor under every gap measured with a cut.
+fn run_once(system: System, shim: &PathBuf, cut: bool) -> Result<Option<Gap>> {
     let topo = two_links()?;
     let rmnet = topo.link("rmnet0")?.handset_v4.to_string();
     let mut roamd: Option<(Roamd, Reflector)> = None;
@@ -192,8 +232,21 @@ fn run_once(system: System, shim: &PathBuf) -> Result<Option<Duration>> {
     let want = if system == System::Plain { 6 } else { 262 };
     ensure!(proto == format!("proto {want}"), "{system:?}: {proto}");
     ensure!(next()? == "half", "{system:?}: no half-way line");
-    topo.link_down("wlan0")?;
-    let end = next()?;
+    let cut_at = monotonic();
+    if cut {
+        topo.link_down("wlan0")?;
+    }
+    // Starting `ip` alone can take tens of milliseconds on a loaded machine.
+    let cut_done = monotonic();
+    let mut end = next()?;
+    let mut pauses: Vec<(f64, f64)> = Vec::new();
+    if let Some(list) = end.strip_prefix("PAUSES") {
+        for p in list.split_whitespace() {
+            let (at, len) = p.split_once(':').context("a pause without its length")?;
+            pauses.push((at.parse()?, len.parse()?));
+        }
+        end = next()?;
+    }
     let _ = client.wait();
     let words: Vec<&str> = end.split_whitespace().collect();
     match words.as_slice() {
@@ -204,7 +257,18 @@ fn run_once(system: System, shim: &PathBuf) -> Result<Option<Duration>> {
             );
             ensure!(*got == (4 << 20).to_string(), "{system:?}: {end}");
             let gap: f64 = gap.parse()?;
-            Ok(Some(Duration::from_secs_f64(gap / 1000.0)))
+            // A pause in progress when the link went down counts from its start.
+            let at_cut = pauses
+                .iter()
+                .filter(|(at, len)| {
+                    *at + len / 1000.0 > cut_at && *at < cut_done + AT_CUT.as_secs_f64()
+                })
+                .map(|(_, len)| *len)
+                .fold(0.0, f64::max);
+            Ok(Some(Gap {
+                gap: Duration::from_secs_f64(gap / 1000.0),
+                at_cut: Duration::from_secs_f64(at_cut / 1000.0),
+            }))
         }
         ["DEAD", ..] => {
             if let Some((r, _)) = &roamd {
@@ -225,22 +289,46 @@ fn an_unmodified_program_survives_wifi_loss_under_roam_run() -> Result<()> {
     let shim = preload()?;
     // The control first: the same program without roam run dies with wlan0.
     ensure!(
-        run_once(System::Plain, &shim)?.is_none(),
+        run_once(System::Plain, &shim, true)?.is_none(),
         "plain TCP survived the loss of its only path"
     );
-    let mut gaps = [Vec::new(), Vec::new()];
-    let mut dead = [0usize, 0];
-    let systems = [System::RoamRun, System::KernelPm];
+    let mut gaps = [Vec::new(), Vec::new(), Vec::new()];
+    let mut at_cut = [Vec::new(), Vec::new(), Vec::new()];
+    let mut dead = [0usize, 0, 0];
+    // roam run through the cut, the kernel path manager through it, and roam run without a
+    // cut: the floor, what the loaded machine alone costs the same program.
+    let runs = [
+        (System::RoamRun, true),
+        (System::KernelPm, true),
+        (System::RoamRun, false),
+    ];
     for _ in 0..REPEATS {
-        for (k, system) in systems.into_iter().enumerate() {
-            match run_once(system, &shim)? {
-                Some(g) => gaps[k].push(g),
+        for (k, (system, cut)) in runs.into_iter().enumerate() {
+            match run_once(system, &shim, cut)? {
+                Some(g) => {
+                    gaps[k].push(g.gap);
+                    at_cut[k].push(g.at_cut);
+                }
                 None => dead[k] += 1,
             }
         }
     }
+    // The figures mean little without the machine's load beside them.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "figure: roam run: load average {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let mut p99 = Vec::new();
-    for (k, system) in systems.into_iter().enumerate() {
+    for (k, (system, cut)) in runs.into_iter().enumerate() {
+        let label = if cut {
+            format!("link-down {system:?}")
+        } else {
+            format!("no loss (the floor) {system:?}")
+        };
         gaps[k].sort();
         let (p50, p99k, max) = if gaps[k].is_empty() {
             (Duration::ZERO, Duration::MAX, Duration::MAX)
@@ -252,7 +340,7 @@ fn an_unmodified_program_survives_wifi_loss_under_roam_run() -> Result<()> {
             )
         };
         println!(
-            "figure: roam run link-down {system:?}: echo gap_ms p50 {:.1} p99 {:.1} max {:.1} over {} repeats, {} dead",
+            "figure: roam run {label}: echo gap_ms p50 {:.1} p99 {:.1} max {:.1} over {} repeats, {} dead",
             ms(p50),
             ms(p99k),
             ms(max),
@@ -260,19 +348,33 @@ fn an_unmodified_program_survives_wifi_loss_under_roam_run() -> Result<()> {
             dead[k]
         );
         let each: Vec<String> = gaps[k].iter().map(|g| format!("{:.1}", ms(*g))).collect();
-        println!(
-            "figure: roam run link-down {system:?}: every gap_ms {}",
-            each.join(" ")
-        );
+        println!("figure: roam run {label}: every gap_ms {}", each.join(" "));
+        at_cut[k].sort();
+        if cut && !at_cut[k].is_empty() {
+            let each: Vec<String> = at_cut[k].iter().map(|g| format!("{:.1}", ms(*g))).collect();
+            println!(
+                "figure: roam run {label}: the pause at the cut (under way while `ip` took the link down, or begun within {} ms after) p50 {:.1} p99 {:.1}; every one {}",
+                AT_CUT.as_millis(),
+                ms(percentile_duration(&at_cut[k], 50.0)),
+                ms(percentile_duration(&at_cut[k], 99.0)),
+                each.join(" ")
+            );
+        }
         p99.push(p99k);
     }
     assert_eq!(dead[0], 0, "a stream under roam run died");
-    // Steered by roamd, the worst repeat beats the kernel path manager's median (the aim,
-    // p99 <= 10 ms, is read from the figure: a loaded machine must not fail the test).
-    let kernel_p50 = percentile_duration(&gaps[1], 50.0);
+    // Steered by roamd, the worst pause at the cut beats the kernel path manager's median
+    // one (the aim, p99 <= 10 ms, is read from the figure: a loaded machine must not fail
+    // the test), and the longest pause stays below it too.
+    let kernel_p50 = percentile_duration(&at_cut[1], 50.0);
+    let roam_p99 = percentile_duration(&at_cut[0], 99.0);
+    assert!(
+        roam_p99 < kernel_p50,
+        "roam run's p99 pause at the cut {roam_p99:?} is not below the kernel path manager's p50 {kernel_p50:?}"
+    );
     assert!(
         p99[0] < kernel_p50,
-        "roam run's p99 gap {:?} is not below the kernel path manager's p50 {kernel_p50:?}",
+        "roam run's p99 gap {:?} is not below the kernel path manager's p50 pause at the cut {kernel_p50:?}",
         p99[0]
     );
     Ok(())

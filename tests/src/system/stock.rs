@@ -99,8 +99,12 @@ fn command(
             let mut c = tokio::process::Command::new("mptcpize");
             // -d -d: socat says "listening on" once bound, which is the ready signal. nodelay:
             // a streaming server would set it; without it Nagle holds the paced messages.
+            // fork: the parent keeps listening, as every server does. Without it socat closes
+            // its listening socket once it accepted, and Linux answers an MP_JOIN only through
+            // the listener: the handset's backup subflow was reset (SF_CLOSED error=111, the
+            // server's TcpOutRsts, no MPJoinSynRx) and the session died with wlan0.
             c.args(["run", "socat", "-d", "-d"]).arg(format!(
-                "OPENSSL-LISTEN:{port},{bind},reuseaddr,nodelay,cert={},key={},verify=0",
+                "OPENSSL-LISTEN:{port},{bind},reuseaddr,fork,nodelay,cert={},key={},verify=0",
                 files.cert.display(),
                 files.key.display()
             ));

@@ -251,6 +251,7 @@ pub(crate) fn read_samples(s: &TcpStream) -> Vec<progress::Sample> {
                 path,
                 unacked: tcp.unacked,
                 window_closed: tcp.snd_wnd == Some(0),
+                since_ack: Some(Duration::from_millis(tcp.last_ack_recv_ms.into())),
             }]
         }
     }
@@ -281,6 +282,9 @@ fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<progress::Sample> {
                 path,
                 unacked: tcp.unacked,
                 window_closed: tcp.snd_wnd == Some(0),
+                since_ack: r
+                    .tcp
+                    .map(|t| Duration::from_millis(t.last_ack_recv_ms.into())),
             }
         })
         .collect()

@@ -40,6 +40,8 @@ pub(crate) struct Sample {
     /// The peer advertises a zero window (`tcpi_snd_wnd` 0): its app is not reading. The
     /// peer is alive (it answers the window probes); a slow reader is no dead path.
     pub(crate) window_closed: bool,
+    /// How long ago its last ACK arrived (`tcpi_last_ack_recv`), when the kernel said.
+    pub(crate) since_ack: Option<Duration>,
 }
 
 type Key = (SocketAddr, SocketAddr);
@@ -250,6 +252,7 @@ mod tests {
             },
             unacked,
             window_closed: false,
+            since_ack: None,
         }
     }
 

@@ -35,6 +35,10 @@ use crate::vocab::{DegradedReason, LocalPath, SessionEvent, Subflow, Transport};
 /// How often a client session re-reads its subflows to report changes.
 pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The soonest the watcher reads again after a round (the kernel counts `tcpi_last_ack_recv`
+/// in milliseconds; a report due in less is taken a millisecond late rather than spun on).
+const MIN_WAKE: Duration = Duration::from_millis(1);
+
 /// Which subflow RTTs go to the decision source, and when: every [`REPORT_EVERY`] at most,
 /// one report per interface whose subflow carried data since the last round (its bytes
 /// acknowledged grew), so an idle backup subflow's handshake RTT is not passed off as fresh.
@@ -93,6 +97,12 @@ impl RttReports {
 /// one report per stall, re-armed when acknowledgements resume. A subflow stalls when it sent
 /// data since its acknowledged bytes last grew and they have not grown for
 /// [`progress::stall_threshold`] of its RTT.
+///
+/// The stall is timed from the kernel's own clock of the last ACK (`tcpi_last_ack_recv`), not
+/// from the sample that saw the bytes grow, and [`StallReports::next_due`] says when the next
+/// report could fall due, so the watcher wakes then instead of at its next round: at 50 ms RTT
+/// the report came 150-200 ms after the last ACK (a 141 ms threshold rounded up to three
+/// 50 ms rounds, plus up to one round before the growth was seen).
 #[derive(Debug, Default)]
 struct StallReports {
     /// Per subflow (local, remote): acknowledged bytes, when they last grew, bytes sent then,
@@ -106,13 +116,22 @@ struct Progress {
     at: std::time::Instant,
     sent: u64,
     reported: bool,
+    /// When a report falls due if nothing is acknowledged before (data outstanding, not
+    /// reported yet).
+    due: Option<std::time::Instant>,
 }
 
 impl StallReports {
-    fn due(&mut self, now: std::time::Instant, subflows: &[Subflow]) -> Vec<PathReport> {
+    /// The earliest moment a stall report could fall due, if one is pending.
+    fn next_due(&self) -> Option<std::time::Instant> {
+        self.progress.iter().filter_map(|(_, p)| p.due).min()
+    }
+
+    fn due(&mut self, now: std::time::Instant, samples: &[progress::Sample]) -> Vec<PathReport> {
         let mut out: Vec<PathReport> = Vec::new();
         let mut next = Vec::new();
-        for s in subflows {
+        for sample in samples {
+            let s = &sample.path;
             let (Some(local), Some(remote), Some(acked), Some(sent)) =
                 (s.local, s.remote, s.bytes_acked, s.bytes_sent)
             else {
@@ -126,17 +145,25 @@ impl StallReports {
                 .map(|(_, p)| *p);
             let mut p = match before {
                 Some(p) if p.acked == acked => p,
-                // New subflow, or acknowledgements moved: progress now.
+                // New subflow, or acknowledgements moved: progress when the last ACK came
+                // (after the previous sample, since it moved the bytes), else now.
                 _ => Progress {
                     acked,
-                    at: now,
+                    at: sample
+                        .since_ack
+                        .and_then(|d| now.checked_sub(d))
+                        .unwrap_or(now),
                     sent,
                     reported: false,
+                    due: None,
                 },
             };
             let threshold = progress::stall_threshold(s.rtt);
-            if !p.reported && sent > p.sent && now.duration_since(p.at) >= threshold {
+            let outstanding = sent > p.sent;
+            p.due = (!p.reported && outstanding).then(|| p.at + threshold);
+            if !p.reported && outstanding && now.duration_since(p.at) >= threshold {
                 p.reported = true;
+                p.due = None;
                 if let Some(interface) = s.interface.clone()
                     && !out.iter().any(
                         |r| matches!(r, PathReport::Path { interface: i, .. } if *i == interface),
@@ -252,7 +279,8 @@ pub(super) fn spawn(
         let mut stalls = StallReports::default();
         let mut judge = Judge::new(judging.give_up);
         let mut source_alive = true;
-        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        // Every WATCH_INTERVAL, and sooner when a stall report falls due before that.
+        let mut wake = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 r = decisions.changed(), if source_alive => match r {
@@ -262,7 +290,7 @@ pub(super) fn spawn(
                     }
                     Err(_) => source_alive = false,
                 },
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(wake) => {
                     let mut samples = read_samples(&sock);
                     let mut now: Vec<Subflow> = samples.iter().map(|s| s.path.clone()).collect();
                     name(&decisions.borrow().clone(), &mut now);
@@ -271,9 +299,15 @@ pub(super) fn spawn(
                         s.path = p.clone();
                     }
                     let t = tokio::time::Instant::now().into_std();
-                    for r in stalls.due(t, &now).into_iter().chain(rtt.due(t, &now)) {
+                    for r in stalls.due(t, &samples).into_iter().chain(rtt.due(t, &now)) {
                         source.report(r);
                     }
+                    let round = t + WATCH_INTERVAL;
+                    wake = stalls
+                        .next_due()
+                        .filter(|d| *d < round)
+                        .map_or(round, |d| d.max(t + MIN_WAKE))
+                        .into();
                     for v in judge.observe(t, &samples) {
                         let e = match v {
                             Verdict::Moved { from, to, reason } => {
@@ -374,12 +408,12 @@ mod tests {
         let at = |sent: u64, acked: u64| {
             let mut s = subflow("wlan0", 1, 10, acked);
             s.bytes_sent = Some(sent);
-            vec![s, {
+            samples(vec![s, {
                 // An idle backup: nothing sent, nothing acknowledged, never stalled.
                 let mut b = subflow("rmnet0", 2, 10, 0);
                 b.bytes_sent = Some(0);
                 b
-            }]
+            }])
         };
         assert!(st.due(t0, &at(1000, 1000)).is_empty());
         // Acknowledgements keep up: no stall however long.
@@ -406,6 +440,58 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Samples of `v` without the kernel's last-ACK clock (a kernel that did not say).
+    fn samples(v: Vec<Subflow>) -> Vec<progress::Sample> {
+        v.into_iter()
+            .map(|path| progress::Sample {
+                path,
+                unacked: 0,
+                window_closed: false,
+                since_ack: None,
+            })
+            .collect()
+    }
+
+    /// The stall is timed from the last ACK as the kernel clocked it, and the watcher is told
+    /// when the report falls due, so it need not wait for its next 50 ms round.
+    #[test]
+    fn a_stall_is_timed_from_the_kernels_last_ack_and_its_report_is_scheduled() {
+        let t0 = std::time::Instant::now();
+        let mut st = StallReports::default();
+        // 50 ms RTT: 2 x 50 + 40 = 140 ms.
+        let at = |sent: u64, acked: u64, since_ack: u64| {
+            let mut s = subflow("wlan0", 1, 50, acked);
+            s.bytes_sent = Some(sent);
+            let mut v = samples(vec![s]);
+            v[0].since_ack = Some(ms(since_ack));
+            v
+        };
+        assert!(st.due(t0, &at(1000, 1000, 0)).is_empty());
+        assert_eq!(st.next_due(), None, "nothing outstanding");
+        // The bytes grew in this round; the last ACK came 45 ms before it.
+        assert!(st.due(t0 + ms(50), &at(4000, 3000, 45)).is_empty());
+        // Data sent since, no ACK: due 140 ms after that ACK (t0 + 5 + 140), not 140 ms after
+        // the round that saw it (t0 + 190, read at the round of t0 + 200).
+        assert!(st.due(t0 + ms(100), &at(6000, 3000, 95)).is_empty());
+        assert_eq!(st.next_due(), Some(t0 + ms(145)));
+        assert!(st.due(t0 + ms(144), &at(7000, 3000, 139)).is_empty());
+        assert_eq!(
+            stalled_on(&st.due(t0 + ms(145), &at(7000, 3000, 140))),
+            ["wlan0"]
+        );
+        assert_eq!(st.next_due(), None, "reported once");
+        // A kernel that says nothing of its last ACK: timed from the round that saw progress.
+        let mut st = StallReports::default();
+        let plain = |sent: u64, acked: u64| {
+            let mut s = subflow("wlan0", 1, 50, acked);
+            s.bytes_sent = Some(sent);
+            samples(vec![s])
+        };
+        assert!(st.due(t0 + ms(50), &plain(4000, 3000)).is_empty());
+        assert!(st.due(t0 + ms(100), &plain(6000, 3000)).is_empty());
+        assert_eq!(st.next_due(), Some(t0 + ms(190)));
     }
 
     #[test]
