@@ -289,12 +289,11 @@ impl PathSockets {
         }
     }
 
-    /// Sends again, from the socket datagrams naming `from` leave on now (its alias after a
-    /// move, else the default socket), what was sent naming `from` since `since`, oldest first,
-    /// and forgets it. What the socket's buffer cannot take at once (a link that resolves its
+    /// Sends again, from the socket with address `via` (the default socket if there is none),
+    /// what was sent naming `from` since `since`, oldest first, and forgets it. What the socket's buffer cannot take at once (a link that resolves its
     /// next hop first holds the datagrams in the buffer) follows as it drains, on a task of
     /// its own, for as long as the datagrams are younger than [`KEEP_FOR`].
-    pub(crate) fn replay(&self, from: IpAddr, since: Instant) -> Replayed {
+    pub(crate) fn replay(&self, from: IpAddr, via: IpAddr, since: Instant) -> Replayed {
         let mut rest: VecDeque<Kept> = {
             let mut set = self.lock();
             match set.recent.iter_mut().find(|(a, _)| *a == from) {
@@ -307,10 +306,14 @@ impl PathSockets {
                 None => VecDeque::new(),
             }
         };
-        let via = self
-            .route(Some(from))
-            .map(|(b, _)| b)
-            .or_else(|| self.lock().sockets.first().cloned());
+        let via = {
+            let set = self.lock();
+            set.sockets
+                .iter()
+                .find(|b| b.ip == via)
+                .or(set.sockets.first())
+                .cloned()
+        };
         let mut done = Replayed::default();
         let Some(b) = via else { return done };
         while let Some(k) = rest.front() {
@@ -618,8 +621,7 @@ mod tests {
     }
 
     /// What a source address sent since a given instant goes out again, oldest first, from
-    /// the socket its datagrams leave on now (an alias to another link's socket), with that
-    /// socket's address; what was sent before that instant does not, and nothing is sent twice.
+    /// another link's socket, with that socket's address; what was sent before that instant does not, and nothing is sent twice.
     #[tokio::test]
     async fn a_replay_sends_what_a_dead_link_had_in_flight_again_from_the_new_link() {
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -648,14 +650,14 @@ mod tests {
         let new = set.add(udp("127.0.0.2"), false).unwrap();
         set.alias(old, new.ip());
         set.remove(old);
-        let r = set.replay(old, since);
+        let r = set.replay(old, new.ip(), since);
         assert_eq!((r.sent, r.bytes, r.later), (2, 6, 0));
         for want in [&b"one"[..], b"two"] {
             let (n, from) = peer.recv_from(&mut buf).await.unwrap();
             assert_eq!((&buf[..n], from), (want, new));
         }
         assert_eq!(
-            set.replay(old, since),
+            set.replay(old, new.ip(), since),
             Replayed::default(),
             "replayed twice"
         );
