@@ -186,18 +186,24 @@ fn roam_server(topo: &Topology, pki: &TestPki) -> Result<std::thread::JoinHandle
     Ok(h)
 }
 
+/// Writes the pattern's bytes `from..from + len` (in 64 KiB chunks, `len` a multiple).
+async fn write_pattern(s: &mut Session, from: u64, len: u64) -> Result<()> {
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut at = from;
+    while at < from + len {
+        for (k, b) in chunk.iter_mut().enumerate() {
+            *b = pattern(at + k as u64);
+        }
+        s.write_all(&chunk).await?;
+        at += chunk.len() as u64;
+    }
+    Ok(())
+}
+
 /// Sends `total` pattern bytes as fast as the session takes them; returns what the server
 /// said it got.
 async fn send_all(s: &mut Session, total: u64) -> Result<u64> {
-    let mut sent = 0u64;
-    let mut chunk = vec![0u8; 64 << 10];
-    while sent < total {
-        for (k, b) in chunk.iter_mut().enumerate() {
-            *b = pattern(sent + k as u64);
-        }
-        s.write_all(&chunk).await?;
-        sent += chunk.len() as u64;
-    }
+    write_pattern(s, 0, total).await?;
     s.shutdown().await?;
     let mut said = [0u8; 8];
     s.read_exact(&mut said).await?;
@@ -310,28 +316,17 @@ fn interactive_hands_over_to_the_backup_path_it_held_ready() -> Result<()> {
         }
         let backup = backup.context("no backup path on rmnet0")?;
         let mut events = s.events();
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut sent = 0u64;
-        while sent < 2 * HALF {
-            if sent == HALF {
-                t.link_down("wlan0")?;
-                // Moved: the next path change names rmnet0.
-                loop {
-                    match tokio::time::timeout(EVENT_TIMEOUT, events.next()).await? {
-                        Some(SessionEvent::PathChanged { to, .. }) if to.interface == "rmnet0" => {
-                            break;
-                        }
-                        Some(_) => {}
-                        None => anyhow::bail!("the session ended"),
-                    }
-                }
+        write_pattern(&mut s, 0, HALF).await?;
+        t.link_down("wlan0")?;
+        // Moved: the next path change names rmnet0.
+        loop {
+            match tokio::time::timeout(EVENT_TIMEOUT, events.next()).await? {
+                Some(SessionEvent::PathChanged { to, .. }) if to.interface == "rmnet0" => break,
+                Some(_) => {}
+                None => anyhow::bail!("the session ended"),
             }
-            for (k, b) in chunk.iter_mut().enumerate() {
-                *b = pattern(sent + k as u64);
-            }
-            s.write_all(&chunk).await?;
-            sent += chunk.len() as u64;
         }
+        write_pattern(&mut s, HALF, HALF).await?;
         s.shutdown().await?;
         let mut said = [0u8; 8];
         s.read_exact(&mut said).await?;
