@@ -186,18 +186,24 @@ fn roam_server(topo: &Topology, pki: &TestPki) -> Result<std::thread::JoinHandle
     Ok(h)
 }
 
+/// Writes the pattern's bytes `from..from + len` (in 64 KiB chunks, `len` a multiple).
+async fn write_pattern(s: &mut Session, from: u64, len: u64) -> Result<()> {
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut at = from;
+    while at < from + len {
+        for (k, b) in chunk.iter_mut().enumerate() {
+            *b = pattern(at + k as u64);
+        }
+        s.write_all(&chunk).await?;
+        at += chunk.len() as u64;
+    }
+    Ok(())
+}
+
 /// Sends `total` pattern bytes as fast as the session takes them; returns what the server
 /// said it got.
 async fn send_all(s: &mut Session, total: u64) -> Result<u64> {
-    let mut sent = 0u64;
-    let mut chunk = vec![0u8; 64 << 10];
-    while sent < total {
-        for (k, b) in chunk.iter_mut().enumerate() {
-            *b = pattern(sent + k as u64);
-        }
-        s.write_all(&chunk).await?;
-        sent += chunk.len() as u64;
-    }
+    write_pattern(s, 0, total).await?;
     s.shutdown().await?;
     let mut said = [0u8; 8];
     s.read_exact(&mut said).await?;
@@ -272,6 +278,67 @@ fn aggregate_carries_one_session_over_both_links() -> Result<()> {
     assert!(
         wlan > TOTAL / 5 && cell > TOTAL / 5,
         "one link carried (almost) everything: wlan0 {wlan}, rmnet0 {cell}"
+    );
+    Ok(())
+}
+
+/// `interactive` keeps a validated backup path on rmnet0; when WiFi goes down mid-transfer the
+/// session hands over to that very path (no new one, no validation round trip) and the rest of
+/// the transfer rides it, every byte intact, as the server counts them.
+#[test]
+fn interactive_hands_over_to_the_backup_path_it_held_ready() -> Result<()> {
+    if !require_netns("interactive_hands_over_to_the_backup_path_it_held_ready") {
+        return Ok(());
+    }
+    let _serial = roam_tests::serial::exclusive();
+    let topo = two_links()?;
+    let pki = TestPki::generate()?;
+    let rmnet = IpAddr::from(topo.link("rmnet0")?.handset_v4);
+    const HALF: u64 = 1 << 20;
+    let server = roam_server(&topo, &pki)?;
+    let b = builder(&pki, MultipathMode::Interactive);
+    let t = &topo;
+    let (said, carried) = topo.handset().block_on(async move {
+        let mut s = b.connect(&format!("{SERVICE_V4}:{PORT}")).await?;
+        let conn = s.connection().context("not QUIC")?.clone();
+        ensure!(conn.is_multipath_enabled(), "multipath not negotiated");
+        // The backup path opens (and is validated) while the session idles.
+        let mut backup = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            backup = (1u8..8)
+                .map(|i| roam::noq::PathId::ZERO.saturating_add(i))
+                .filter_map(|id| conn.path(id))
+                .find(|p| p.local_ip().ok().flatten() == Some(rmnet));
+            if backup.is_some() {
+                break;
+            }
+        }
+        let backup = backup.context("no backup path on rmnet0")?;
+        let mut events = s.events();
+        write_pattern(&mut s, 0, HALF).await?;
+        t.link_down("wlan0")?;
+        // Moved: the next path change names rmnet0.
+        loop {
+            match tokio::time::timeout(EVENT_TIMEOUT, events.next()).await? {
+                Some(SessionEvent::PathChanged { to, .. }) if to.interface == "rmnet0" => break,
+                Some(_) => {}
+                None => anyhow::bail!("the session ended"),
+            }
+        }
+        write_pattern(&mut s, HALF, HALF).await?;
+        s.shutdown().await?;
+        let mut said = [0u8; 8];
+        s.read_exact(&mut said).await?;
+        let carried = backup.stats().udp_tx.bytes;
+        anyhow::Ok((u64::from_le_bytes(said), carried))
+    })??;
+    let got = join(server, "server")?;
+    eprintln!("figure: the backup path sent {carried} bytes; the server got {got}");
+    assert_eq!((said, got), (2 * HALF, 2 * HALF), "bytes lost");
+    assert!(
+        carried >= HALF,
+        "the half sent after WiFi went down did not ride the backup path ({carried} bytes)"
     );
     Ok(())
 }

@@ -16,13 +16,16 @@
 //! made `Available` (no validation round trip if it is open already; until it is validated the
 //! old primary carries the data), the old one `Backup` (`interactive`) or closed a second
 //! after its successor is established (`handover`). A move away from a primary that died or
-//! went silent moves that path itself onto the new link ([`Driver::rehome`]), so its data in
-//! flight is sent again as soon as later packets are acknowledged.
+//! went silent goes to a validated path already open on the new link ([`Driver::adopt`]), or
+//! else moves the dead path itself onto the new link ([`Driver::rehome`]); either way what the
+//! dead path had in flight is sent again from the new link at once ([`Driver::replay`]).
 //!
 //! Scheduling is noq's: it fills the open paths' congestion windows in path order, `Available`
 //! before `Backup`. It has no hook for a scheduler of roam's (min-RTT, or re-sending a stalled
-//! path's data on another at once): see [`Driver::rehome`] for what that costs and how moves
-//! avoid it.
+//! path's data on another at once), and no way to be told that packets are lost. So the one
+//! re-sending roam does is below noq: the path sockets keep what each address sent recently,
+//! and a move off a dead or silent link sends it again from the new link at once
+//! ([`Driver::replay`], [`PathSockets::replay`]); see [`Driver::rehome`].
 //!
 //! With a peer that does not negotiate multipath (plain quinn, older roam) a move is an RFC 9000
 //! migration, as before: the new interface's socket becomes the only one, the connection
@@ -41,7 +44,7 @@ use tokio_stream::Stream as _;
 use tracing::Instrument;
 
 use super::Shared;
-use super::sockets::PathSockets;
+use super::sockets::{PathSockets, Replayed};
 use crate::decision::{DecisionSource, Snapshot};
 use crate::net::socket::{SocketBinder, bind_udp};
 use crate::path::manager::{Action, Input, PathManager, TransportSample};
@@ -56,6 +59,11 @@ const BACKUP_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How long an old primary that still works stays open after its successor is established:
 /// long enough for its last packets to be acknowledged.
 const RETIRE_AFTER: Duration = Duration::from_secs(1);
+
+/// How much earlier than a round trip before the last ACK seen a replay starts: the driver
+/// sees ACKs only when it samples (every few ms while data flows), and an ACK may be held
+/// back by the peer's ACK delay.
+const REPLAY_MARGIN: Duration = Duration::from_millis(10);
 
 /// The first wait before trying again to open a path noq refused.
 const PATH_RETRY: Duration = Duration::from_millis(50);
@@ -86,6 +94,8 @@ pub(crate) struct Driver {
     warm_socket: Option<(LocalPath, std::net::UdpSocket)>,
     /// Multipath peers: the connection's open paths, the primary among them.
     open: Vec<OpenPath>,
+    /// The open paths noq reported established (validated: they carry data at once).
+    established: Vec<PathId>,
     /// Paths to close once the path with this id is established (a handover's old primary).
     retire: Option<(PathId, Vec<PathId>)>,
     /// When to close the old primaries whose successor is established.
@@ -104,6 +114,11 @@ pub(crate) struct Driver {
     source: Arc<dyn DecisionSource>,
     /// When the RTT was last reported.
     reported: Option<std::time::Instant>,
+    /// ACK frames received by the last sample, and when a sample last saw that count grow:
+    /// what was sent more than a round trip before then has been acknowledged, what was sent
+    /// after may be in flight (see [`Driver::replay`]).
+    acks_seen: u64,
+    acked_at: std::time::Instant,
 }
 
 fn now() -> std::time::Instant {
@@ -144,6 +159,8 @@ impl Driver {
                 path: first,
                 id: PathId::ZERO,
             }],
+            // The handshake validated the first path.
+            established: vec![PathId::ZERO],
             retire: None,
             retire_at: None,
             backup: None,
@@ -152,6 +169,8 @@ impl Driver {
             binder,
             source,
             reported: None,
+            acks_seen: 0,
+            acked_at: std::time::Instant::now(),
         }
     }
 
@@ -289,8 +308,13 @@ impl Driver {
 
     /// The connection's counters (all paths: an ACK for one path's packets may come back on
     /// another), with the primary path's RTT.
-    fn sample(&self) -> TransportSample {
+    fn sample(&mut self) -> TransportSample {
         let s = self.conn.stats();
+        let acks = s.frame_rx.acks + s.frame_rx.path_acks;
+        if acks > self.acks_seen {
+            self.acks_seen = acks;
+            self.acked_at = std::time::Instant::now();
+        }
         let primary = if self.multipath() {
             self.shared.primary()
         } else {
@@ -298,7 +322,7 @@ impl Driver {
         };
         TransportSample {
             ack_eliciting_sent: ack_eliciting(&s.frame_tx),
-            acks_received: s.frame_rx.acks + s.frame_rx.path_acks,
+            acks_received: acks,
             rtt: self.conn.rtt(primary).unwrap_or_default(),
         }
     }
@@ -375,6 +399,7 @@ impl Driver {
                 }
             }
         }
+        self.established.retain(|e| *e != id);
         if let Some(i) = self.open.iter().position(|o| o.id == id) {
             let o = self.open.remove(i);
             self.drop_socket(o.path.local);
@@ -397,7 +422,19 @@ impl Driver {
         if let Some(o) = self.open.iter().find(|o| o.id == old).cloned()
             && (reason != MigrationReason::PrimaryChanged || !self.permitted.contains(&o.path))
         {
-            return self.rehome(o, to);
+            let ready = self
+                .open
+                .iter()
+                .find(|p| p.id != old && &p.path == to && self.established.contains(&p.id))
+                .map(|p| p.id);
+            // A silent link's path has a whole stall threshold's worth in flight, more than a
+            // replay may get out whole: moved (not closed), its own acknowledgements find what
+            // the replay missed lost at once (measured, interactive, plain veth: blackhole gap
+            // p99 261 ms adopting the backup against 49 ms rehoming).
+            return match ready {
+                Some(id) if reason != MigrationReason::Stalled => Ok(self.adopt(o, id, to)),
+                _ => self.rehome(o, to),
+            };
         }
         let id = match self.find(to) {
             Some(id) => id,
@@ -428,16 +465,57 @@ impl Driver {
         Ok(local)
     }
 
+    /// The primary's link died or went silent and `to` has a validated path open already
+    /// (`interactive`'s backup, a previous primary still retiring after a flap, `aggregate`'s
+    /// other path): that path carries the data from now on, with no validation round trip at
+    /// either end, and the dead path's datagrams in flight go out again from `to`'s socket at
+    /// once ([`Driver::replay`]): the peer reads their data as that path arriving from a new
+    /// address and acknowledges them on the live one. The dead path closes once its replay
+    /// is out.
+    fn adopt(&mut self, dead: OpenPath, id: PathId, to: &LocalPath) -> SocketAddr {
+        self.set_status(id, PathStatus::Available);
+        self.shared.set_primary(id);
+        if let Some((_, olds)) = &mut self.retire_at {
+            olds.retain(|o| *o != id);
+        }
+        if let Some((_, olds)) = &mut self.retire {
+            olds.retain(|o| *o != id);
+        }
+        self.sockets.alias(dead.path.local, to.local);
+        if self.replay(dead.path.local, to.local, dead.id).later == 0 {
+            self.close_path(dead.id);
+        } else {
+            // Part of the replay waits for the socket's buffer: a PATH_ABANDON now could
+            // reach the peer before it, and the peer reads nothing more on a path it
+            // abandoned, so what it missed would wait for noq's discard of the path, three
+            // probe timeouts later (measured: blackhole gaps of 237 ms in interactive mode).
+            // The dead path closes a second later; meanwhile the peer acknowledges its
+            // replayed packets on the live path. (Kept open after a link-down, whose short
+            // replay goes out whole, it was measured worse: 1.6 s gaps.)
+            self.set_status(dead.id, PathStatus::Backup);
+            let at = tokio::time::Instant::now() + RETIRE_AFTER;
+            match &mut self.retire_at {
+                Some((_, olds)) => olds.push(dead.id),
+                None => self.retire_at = Some((at, vec![dead.id])),
+            }
+        }
+        self.sockets
+            .local_addr_of(to.local)
+            .unwrap_or(SocketAddr::new(to.local, 0))
+    }
+
     /// The primary's link died or went silent: the primary path itself moves to `to` (its
     /// datagrams leave from a socket there, so the peer sees it migrate), and what it had in
-    /// flight is found lost as soon as its later packets are acknowledged and is sent again at
-    /// once. A fresh path would have a packet number space of its own, and noq declares the
-    /// old path's in-flight data lost only when that path is discarded, three probe timeouts
-    /// after it is closed: the stream would wait that long for those bytes (measured: a
-    /// 240 ms delivery gap on a link-down on plain veth, against a few ms this way). What
-    /// this still costs against quinn 0.11: a noq peer sends no data on a migrated path until
-    /// it has validated it (noq-proto's scheduling sends data only on validated paths), one
-    /// round trip (measured at 50 ms RTT, link-down p50: 152 ms against 103 ms).
+    /// flight goes out again at once from there ([`Driver::replay`]). A fresh path would have
+    /// a packet number space of its own, and noq declares a closed path's in-flight packets
+    /// lost only when it discards the path, three probe timeouts after the peer's
+    /// PATH_ABANDON (noq-proto 1.4 `connection/mod.rs`: `abandon_path` keeps them in flight,
+    /// `discard_path` declares them lost from the `PathDrained` timer): the stream would wait
+    /// that long for those bytes (measured: a 240 ms delivery gap on a link-down on plain
+    /// veth). The peer still validates the path's new address before it acknowledges anything
+    /// there (noq sends ACK frames only where it may send data, on validated paths), which
+    /// delays the ACKs, not the data: the replayed packets fill the stream's hole as they
+    /// arrive.
     fn rehome(&mut self, old: OpenPath, to: &LocalPath) -> std::io::Result<SocketAddr> {
         route_to(to, self.peer)?;
         if !self.sockets.has(to.local) {
@@ -460,6 +538,7 @@ impl Driver {
         }
         self.sockets.alias(old.path.local, to.local);
         self.drop_socket(old.path.local);
+        self.replay(old.path.local, to.local, old.id);
         self.set_status(old.id, PathStatus::Available);
         if self.open.len() == 1 {
             // The only path: tell noq its network changed (the path is recoverable, so it
@@ -497,11 +576,37 @@ impl Driver {
             }
         };
         let local = self.sockets.replace_all(socket)?;
+        if let Some(old) = self.open.first().map(|o| o.path.local) {
+            self.replay(old, to.local, PathId::ZERO);
+        }
         self.endpoint.handle_network_change(None);
         if let Some(o) = self.open.first_mut() {
             o.path = to.clone();
         }
         Ok(local)
+    }
+
+    /// The path `id` left the link of `from` (dead, or silent): what it may have had in
+    /// flight there, every datagram sent from a round trip (and a margin) before the last ACK
+    /// the driver saw, goes out again at once from the socket of `via`, on the new link. Without this the gap
+    /// in the stream waits until noq finds those packets lost: after the peer has validated
+    /// the new address (it acknowledges nothing there before) and acknowledged later packets,
+    /// two round trips or more after the move (measured at 50 ms RTT: a blackhole's gap 345
+    /// ms, a link-down's 153 ms against plain quinn's 52).
+    fn replay(&self, from: IpAddr, via: IpAddr, id: PathId) -> Replayed {
+        let rtt = self.conn.rtt(id).unwrap_or_default();
+        let back = rtt + rtt / 4 + REPLAY_MARGIN;
+        let since = self.acked_at.checked_sub(back).unwrap_or(self.acked_at);
+        let r = self.sockets.replay(from, via, since);
+        tracing::debug!(
+            %from,
+            datagrams = r.sent,
+            bytes = r.bytes,
+            later = r.later,
+            since_ms = since.elapsed().as_secs_f64() * 1000.0,
+            "sent again what was in flight on the old link"
+        );
+        r
     }
 
     /// `interactive`: keep `p` ready as the backup (a validated `Backup` path with a multipath
@@ -570,6 +675,9 @@ impl Driver {
         match e {
             noq::PathEvent::Established { id, .. } => {
                 tracing::debug!(%id, "path established");
+                if !self.established.contains(&id) {
+                    self.established.push(id);
+                }
                 if let Some((n, olds)) = self.retire.take() {
                     if n == id {
                         // Not at once: what the old path has in flight must be acknowledged
@@ -587,6 +695,7 @@ impl Driver {
             }
             noq::PathEvent::Abandoned { id, reason, .. } => {
                 tracing::debug!(%id, ?reason, "path abandoned");
+                self.established.retain(|e| *e != id);
                 if let Some(i) = self.open.iter().position(|o| o.id == id) {
                     let o = self.open.remove(i);
                     self.drop_socket(o.path.local);

@@ -9,7 +9,17 @@
 //! moves by making another socket the default. A path whose link died moves by an alias: its
 //! old source address maps to a socket on another link, whose own address the datagrams then
 //! carry (the peer sees that path migrate; noq learns the new address from the replies).
+//!
+//! The set also keeps a copy of what each source address sent recently ([`Recent`]), so a
+//! path that moves off a dead or silent link can send its datagrams in flight again from the
+//! new link at once ([`PathSockets::replay`]). noq has no way to be told "these packets are
+//! lost": it finds out from acknowledgements on the new link (two round trips or more after
+//! the move, with the peer's path validation) or, for a closed path, three probe timeouts
+//! after the peer confirms the close. A replayed datagram is the same QUIC packet (same path,
+//! same packet number), so the peer takes it as that packet arriving late from the path's new
+//! address, and drops it as a duplicate if the original did arrive.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -18,6 +28,7 @@ use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use noq::udp::{RecvMeta, Transmit, UdpSocketState};
 use noq::{AsyncUdpSocket, UdpSender};
@@ -43,6 +54,109 @@ impl Bound {
     }
 }
 
+/// How long a sent datagram is kept for a replay: past this, a datagram still unacknowledged
+/// is noq's loss recovery's to repair (a stall is found within a few hundred ms even at
+/// hundreds of ms of RTT: `path::manager`'s threshold).
+const KEEP_FOR: Duration = Duration::from_millis(600);
+/// The most bytes kept per source address (the oldest go first): 1 MiB is 160 ms at
+/// 50 Mbit/s, and a handset session rarely has more in flight.
+const KEEP_BYTES: usize = 1 << 20;
+
+/// One datagram (or GSO batch) as it was handed to a socket.
+struct Kept {
+    at: Instant,
+    destination: SocketAddr,
+    ecn: Option<noq::udp::EcnCodepoint>,
+    segment_size: Option<usize>,
+    contents: Vec<u8>,
+}
+
+impl Kept {
+    fn transmit(&self) -> Transmit<'_> {
+        Transmit {
+            destination: self.destination,
+            ecn: self.ecn,
+            contents: &self.contents,
+            segment_size: self.segment_size,
+            src_ip: None,
+        }
+    }
+}
+
+/// What [`PathSockets::replay`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    /// Datagrams (or GSO batches) sent again at once.
+    pub(crate) sent: usize,
+    /// Their bytes.
+    pub(crate) bytes: usize,
+    /// Datagrams left to the task that sends them as the socket's buffer drains.
+    pub(crate) later: usize,
+}
+
+/// The rest of a replay, sent as `b`'s buffer drains; what has grown older than
+/// [`KEEP_FOR`] meanwhile is left to loss recovery.
+async fn replay_rest(b: Bound, mut rest: VecDeque<Kept>) {
+    while let Some(k) = rest.front() {
+        if k.at.elapsed() > KEEP_FOR || b.io.writable().await.is_err() {
+            break;
+        }
+        match b.io.try_io(Interest::WRITABLE, || {
+            b.state.try_send((&*b.io).into(), &k.transmit())
+        }) {
+            Ok(()) => {
+                rest.pop_front();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                tracing::debug!(ip = %b.ip, error = %e, "replay stopped");
+                break;
+            }
+        }
+    }
+    tracing::trace!(ip = %b.ip, dropped = rest.len(), "replay finished");
+}
+
+/// What one source address sent recently, oldest first.
+#[derive(Default)]
+struct Recent {
+    kept: VecDeque<Kept>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, now: Instant, t: &Transmit<'_>) {
+        // Reuse the buffer of the oldest datagram when it has to go anyway.
+        let mut contents = match self.kept.front() {
+            Some(k)
+                if now.saturating_duration_since(k.at) > KEEP_FOR
+                    || self.bytes + t.contents.len() > KEEP_BYTES =>
+            {
+                let k = self.kept.pop_front().expect("front exists");
+                self.bytes -= k.contents.len();
+                k.contents
+            }
+            _ => Vec::new(),
+        };
+        contents.clear();
+        contents.extend_from_slice(t.contents);
+        self.bytes += contents.len();
+        self.kept.push_back(Kept {
+            at: now,
+            destination: t.destination,
+            ecn: t.ecn,
+            segment_size: t.segment_size,
+            contents,
+        });
+        while let Some(k) = self.kept.front()
+            && (now.saturating_duration_since(k.at) > KEEP_FOR || self.bytes > KEEP_BYTES)
+        {
+            self.bytes -= k.contents.len();
+            self.kept.pop_front();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Set {
     /// The default socket first.
@@ -54,6 +168,35 @@ struct Set {
     recv_waker: Option<Waker>,
     /// Where the next receive starts, so no socket starves the others.
     next: usize,
+    /// What each source address (as noq names it) sent recently, for [`PathSockets::replay`].
+    recent: Vec<(IpAddr, Recent)>,
+}
+
+impl Set {
+    fn keep(&mut self, src: Option<IpAddr>, t: &Transmit<'_>) {
+        let Some(ip) = src.or_else(|| self.sockets.first().map(|b| b.ip)) else {
+            return;
+        };
+        let now = Instant::now();
+        // Other addresses' old datagrams age out here too (an address whose path is gone
+        // sends nothing more to push them out).
+        for (_, r) in &mut self.recent {
+            while let Some(k) = r.kept.front()
+                && now.saturating_duration_since(k.at) > KEEP_FOR
+            {
+                r.bytes -= k.contents.len();
+                r.kept.pop_front();
+            }
+        }
+        let i = match self.recent.iter().position(|(a, _)| *a == ip) {
+            Some(i) => i,
+            None => {
+                self.recent.push((ip, Recent::default()));
+                self.recent.len() - 1
+            }
+        };
+        self.recent[i].1.push(now, t);
+    }
 }
 
 /// The handle the driver keeps to change the set under a running endpoint.
@@ -139,6 +282,62 @@ impl PathSockets {
         if set.sockets.len() > 1 {
             set.sockets.retain(|s| s.ip != ip);
         }
+        if !set.aliases.iter().any(|(from, _)| *from == ip)
+            && !set.sockets.iter().any(|b| b.ip == ip)
+        {
+            set.recent.retain(|(a, _)| *a != ip);
+        }
+    }
+
+    /// Sends again, from the socket with address `via` (the default socket if there is none),
+    /// what was sent naming `from` since `since`, oldest first, and forgets it. What the socket's buffer cannot take at once (a link that resolves its
+    /// next hop first holds the datagrams in the buffer) follows as it drains, on a task of
+    /// its own, for as long as the datagrams are younger than [`KEEP_FOR`].
+    pub(crate) fn replay(&self, from: IpAddr, via: IpAddr, since: Instant) -> Replayed {
+        let mut rest: VecDeque<Kept> = {
+            let mut set = self.lock();
+            match set.recent.iter_mut().find(|(a, _)| *a == from) {
+                Some((_, r)) => {
+                    let start = r.kept.partition_point(|k| k.at < since);
+                    let out: VecDeque<Kept> = r.kept.drain(start..).collect();
+                    r.bytes -= out.iter().map(|k| k.contents.len()).sum::<usize>();
+                    out
+                }
+                None => VecDeque::new(),
+            }
+        };
+        let via = {
+            let set = self.lock();
+            set.sockets
+                .iter()
+                .find(|b| b.ip == via)
+                .or(set.sockets.first())
+                .cloned()
+        };
+        let mut done = Replayed::default();
+        let Some(b) = via else { return done };
+        while let Some(k) = rest.front() {
+            // Straight to the socket: tokio's readiness of a socket added a moment ago (the
+            // new link's) says "not writable" until its reactor has looked, and a replay
+            // cannot wait for that. A full buffer says WouldBlock all the same.
+            match b.state.try_send((&*b.io).into(), &k.transmit()) {
+                Ok(()) => {
+                    done.sent += 1;
+                    done.bytes += k.contents.len();
+                    rest.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(ip = %b.ip, error = %e, "replay stopped");
+                    return done;
+                }
+            }
+        }
+        done.later = rest.len();
+        if !rest.is_empty() {
+            tokio::spawn(replay_rest(b, rest));
+        }
+        done
     }
 
     /// Sends what names `from` as its source from the socket of `to` (which must be in the
@@ -192,6 +391,7 @@ impl AsyncUdpSocket for EndpointSocket {
         Box::pin(Sender {
             sockets: self.0.clone(),
             writable: None,
+            kept: false,
         })
     }
 
@@ -268,6 +468,9 @@ struct Sender {
     sockets: PathSockets,
     /// The socket waited on (by address) and the wait.
     writable: Option<(IpAddr, Writable)>,
+    /// The transmit being sent is in the set's recent datagrams already (a send that waits
+    /// for the socket is polled again with the same transmit).
+    kept: bool,
 }
 
 impl fmt::Debug for Sender {
@@ -283,8 +486,13 @@ impl UdpSender for Sender {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.kept {
+            this.sockets.lock().keep(transmit.src_ip, transmit);
+            this.kept = true;
+        }
         loop {
             let Some((b, keep_src)) = this.sockets.route(transmit.src_ip) else {
+                this.kept = false;
                 tracing::trace!(src = ?transmit.src_ip, "no socket for that source: datagram dropped");
                 return Poll::Ready(Ok(()));
             };
@@ -317,9 +525,13 @@ impl UdpSender for Sender {
                 // other: the connection's loss recovery and roam's stall detection handle it.
                 Err(e) => {
                     tracing::trace!(ip = %b.ip, to = %transmit.destination, error = %e, "datagram not sent");
+                    this.kept = false;
                     return Poll::Ready(Ok(()));
                 }
-                Ok(()) => return Poll::Ready(Ok(())),
+                Ok(()) => {
+                    this.kept = false;
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
     }
@@ -406,5 +618,48 @@ mod tests {
         let moved = set.replace_all(udp("127.0.0.3")).unwrap();
         assert_eq!(ep.local_addr().unwrap(), moved);
         assert!(!set.has("127.0.0.1".parse().unwrap()));
+    }
+
+    /// What a source address sent since a given instant goes out again, oldest first, from
+    /// another link's socket, with that socket's address; what was sent before that instant does not, and nothing is sent twice.
+    #[tokio::test]
+    async fn a_replay_sends_what_a_dead_link_had_in_flight_again_from_the_new_link() {
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let set = PathSockets::new(udp("127.0.0.1")).unwrap();
+        let ep = set.endpoint_socket();
+        let mut sender = ep.create_sender();
+        let mut buf = [0u8; 64];
+        let old: IpAddr = "127.0.0.1".parse().unwrap();
+        let send = |data: &'static [u8]| transmit(to, Some(old), data);
+
+        std::future::poll_fn(|cx| sender.as_mut().poll_send(&send(b"acked"), cx))
+            .await
+            .unwrap();
+        peer.recv_from(&mut buf).await.unwrap();
+        let since = Instant::now();
+        for d in [&b"one"[..], b"two"] {
+            let t = transmit(to, Some(old), d);
+            std::future::poll_fn(|cx| sender.as_mut().poll_send(&t, cx))
+                .await
+                .unwrap();
+            peer.recv_from(&mut buf).await.unwrap();
+        }
+
+        // The old link dies: its address now leaves from the new link's socket.
+        let new = set.add(udp("127.0.0.2"), false).unwrap();
+        set.alias(old, new.ip());
+        set.remove(old);
+        let r = set.replay(old, new.ip(), since);
+        assert_eq!((r.sent, r.bytes, r.later), (2, 6, 0));
+        for want in [&b"one"[..], b"two"] {
+            let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (want, new));
+        }
+        assert_eq!(
+            set.replay(old, new.ip(), since),
+            Replayed::default(),
+            "replayed twice"
+        );
     }
 }
