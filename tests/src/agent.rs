@@ -170,15 +170,32 @@ impl AgentExe {
         })
     }
 
-    /// The agent as it ships, for a benchmark: the `roamd` binary built beside the running one
-    /// (`target/release/roamd` next to `target/release/agent-bench`: its own code, runtime and
-    /// log level), else the agent linked into the running binary, with a note on standard
-    /// error that its memory and log level are not roamd's.
+    /// The agent as it ships, for a benchmark: `scripts/build-roamd`'s static build
+    /// (`target/<host>/roamd/roamd`) when it is at least as new as the `roamd` built beside the
+    /// running binary, else that one (`target/release/roamd` next to
+    /// `target/release/agent-bench`: its own code, runtime and log level), else the agent
+    /// linked into the running binary, with a note on standard error that its memory and log
+    /// level are not roamd's.
     pub fn shipped_or_current() -> Result<AgentExe> {
         let exe = std::env::current_exe().context("finding this executable")?;
-        let roamd = exe.with_file_name("roamd");
-        if roamd.is_file() {
-            return Ok(AgentExe::roamd(roamd));
+        let beside = exe.with_file_name("roamd");
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let shipped = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(|target| std::fs::read_dir(target).ok())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.path().join("roamd").join("roamd")))
+            .filter(|p| p.is_file())
+            .max_by_key(|p| modified(p));
+        if let Some(s) = shipped
+            && (!beside.is_file() || modified(&s) >= modified(&beside))
+        {
+            return Ok(AgentExe::roamd(s));
+        }
+        if beside.is_file() {
+            return Ok(AgentExe::roamd(beside));
         }
         eprintln!(
             "no roamd beside {} (cargo build --release --bin roamd): measuring the agent linked \
