@@ -1,7 +1,6 @@
 //! The tokio shell around the core: one loop that waits on the netlink monitor, the clients,
 //! the probe replies, the signals and the core's next deadline, feeds what arrives into the
 //! core, and carries out the actions it returns. Nothing here decides anything.
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,15 +8,15 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 
 use crate::caps;
 use crate::config::Config;
 use crate::core::{Action, AgentFacts, ClientId, Core, Event, Policy};
 use crate::enforce::Enforcers;
 use crate::enforce::subflows::{FromKernel, Subflows};
-use crate::ipc::proto::{self, Reply, Update};
-use crate::ipc::server::{self, FromClient, Outbox, SendError};
+use crate::ipc::conns::{Conn, Conns};
+use crate::ipc::proto::{Reply, Update};
+use crate::ipc::server::{self, FromClient};
 use crate::monitor::LinkFacts;
 use crate::monitor::classify::KindOverride;
 use crate::monitor::counters;
@@ -52,18 +51,9 @@ pub fn load_policy(path: &Path) -> Result<Policy, String> {
     Policy::parse(&source).map_err(|e| e.render(&path.display().to_string()))
 }
 
-/// The I/O half of a client; who it is and what it may do is the core's (`Core::connect`).
-struct Conn {
-    app: String,
-    uid: u32,
-    pid: Option<i32>,
-    out: Outbox,
-    reader: AbortHandle,
-}
-
 struct Daemon {
     core: Core,
-    conns: HashMap<ClientId, Conn>,
+    conns: Conns,
     prober: Prober,
     config: Config,
     overrides: Vec<KindOverride>,
@@ -76,9 +66,6 @@ struct Daemon {
     portal_tx: mpsc::Sender<(u32, Result<u16, String>)>,
     /// The userspace path manager, when the config asks for it (never in a dry run).
     subflows: Option<Subflows>,
-    /// The last update pushed and its encoded frame: a decision that goes to a thousand
-    /// subscribers of one app is encoded once and the same bytes written to each.
-    last_push: Option<(Arc<Update>, Arc<[u8]>)>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the initial dump is in and
@@ -153,7 +140,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
     }
     let mut d = Daemon {
         core,
-        conns: HashMap::new(),
+        conns: Conns::default(),
         prober: Prober::new(reply_tx),
         overrides: config.kind_overrides(),
         config,
@@ -163,7 +150,6 @@ pub async fn run(opts: Options, ready: impl FnOnce(&Core)) -> anyhow::Result<()>
         wireless: WirelessAsker::open(wireless_tx),
         portal_tx,
         subflows,
-        last_push: None,
     };
     let initial = monitor
         .dump()
@@ -281,7 +267,20 @@ impl Daemon {
         for _ in 0..8 {
             // Probe send failures and counter readings go back in as one batch.
             let mut failed = Vec::new();
-            while let Some(a) = self.core.poll_action() {
+            loop {
+                let Some(a) = self.core.poll_action() else {
+                    if !self.conns.batch_open() {
+                        break;
+                    }
+                    // Dropping a client that failed a frame may queue more actions.
+                    self.flush_pushes();
+                    continue;
+                };
+                if !matches!(a, Action::Push { .. }) {
+                    // Everything before this action goes out before it (a `subscribed` reply
+                    // before the first update).
+                    self.flush_pushes();
+                }
                 match a {
                     Action::Push { client, update } => self.push(client, update),
                     Action::Reply { client, reply } => self.reply(client, &reply),
@@ -356,54 +355,32 @@ impl Daemon {
         }
     }
 
-    /// Sends a frame to a client: written at once if its socket has room, else queued; a
-    /// client with [`server::CLIENT_QUEUE`] frames already waiting does not read and is
-    /// dropped, so it never holds up the others.
-    fn send(&mut self, client: ClientId, frame: Arc<[u8]>) {
-        let Some(c) = self.conns.get(&client) else {
-            return;
-        };
-        match c.out.send(frame) {
-            Ok(()) => {}
-            Err(SendError::Full) => {
-                tracing::warn!(
-                    client,
-                    app = %c.app,
-                    uid = c.uid,
-                    pid = c.pid,
-                    queued = server::CLIENT_QUEUE,
-                    "client does not read its events; dropping it"
-                );
-                self.drop_client(client);
-            }
-            Err(SendError::Closed) => self.drop_client(client),
-        }
-    }
-
+    /// Writes a reply, dropping clients that could not take their frames.
     fn reply(&mut self, client: ClientId, reply: &Reply) {
-        let frame: Arc<[u8]> = proto::encode(reply).into();
-        self.send(client, frame);
+        let dropped = self.conns.reply(client, reply);
+        self.drop_all(dropped);
     }
 
-    /// Pushes a decision. The core shares one update among the subscribers told the same
-    /// (one app and flow interval), and they come in a row: it is encoded once.
+    /// Queues a decision in the round's batch ([`Conns::push`]).
     fn push(&mut self, client: ClientId, update: Arc<Update>) {
-        let frame = match &self.last_push {
-            Some((last, frame)) if Arc::ptr_eq(last, &update) => frame.clone(),
-            _ => {
-                let frame: Arc<[u8]> = proto::encode(&Reply::Update((*update).clone())).into();
-                self.last_push = Some((update, frame.clone()));
-                frame
-            }
-        };
-        self.send(client, frame);
+        let dropped = self.conns.push(client, update);
+        self.drop_all(dropped);
+    }
+
+    /// Writes the round's batch of pushes ([`Conns::flush`]).
+    fn flush_pushes(&mut self) {
+        let dropped = self.conns.flush();
+        self.drop_all(dropped);
+    }
+
+    fn drop_all(&mut self, clients: Vec<ClientId>) {
+        for c in clients {
+            self.drop_client(c);
+        }
     }
 
     fn drop_client(&mut self, client: ClientId) {
-        if let Some(c) = self.conns.remove(&client) {
-            c.out.close();
-            c.reader.abort();
-        }
+        self.conns.remove(client);
         self.core.disconnect(Instant::now(), client);
     }
 
@@ -416,13 +393,7 @@ impl Daemon {
                 reader,
             } => {
                 tracing::info!(client, uid = peer.uid, app = %peer.app, admin = peer.admin, "client connected");
-                let conn = Conn {
-                    app: peer.app.clone(),
-                    uid: peer.uid,
-                    pid: peer.pid,
-                    out,
-                    reader,
-                };
+                let conn = Conn::new(peer.app.clone(), peer.uid, peer.pid, out, reader);
                 self.conns.insert(client, conn);
                 self.core.connect(client, peer);
             }

@@ -9,6 +9,7 @@
 //! - `enforce`: policy routing (rtnetlink) and MPTCP endpoints (`mptcp_pm`).
 //! - `config`: the TOML config file.
 //! - `daemon`: the tokio shell that wires them together.
+//! - [`priority`]: the loop's and the clients' thread priorities.
 #![warn(missing_docs)]
 
 mod caps;
@@ -21,4 +22,5 @@ pub mod ipc;
 pub mod monitor;
 mod nlreq;
 pub mod policy_cmd;
+pub mod priority;
 pub mod probe;

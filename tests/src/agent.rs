@@ -87,6 +87,15 @@ impl AgentConfig {
         AgentConfig::probing_with(targets, "")
     }
 
+    /// roamd as it ships: policy routing on (its per-link tables, whose rules come before the
+    /// topology's, `crate::topology::SOURCE_RULE_PREF`, and the route metrics it sets there),
+    /// MPTCP endpoints enforced, and every link probed against `targets` at the shipped pacing.
+    pub fn shipped(targets: &[std::net::SocketAddr]) -> AgentConfig {
+        AgentConfig {
+            toml: format!("[mptcp]\nenabled = true\n\n{}", probe_section(targets)),
+        }
+    }
+
     /// As [`AgentConfig::probing`], with these extra `[probe]` keys (e.g. `pacing =
     /// "periodic"`), one `key = value` a line.
     pub fn probing_with(targets: &[std::net::SocketAddr], probe_keys: &str) -> AgentConfig {
@@ -404,6 +413,8 @@ fn run_agent(args: Vec<String>) -> Result<()> {
         dry_run: false,
         sysfs_root: PathBuf::from("/sys/class/net"),
     };
+    // As roamd's main does, before the runtime's threads exist.
+    roam_agent::priority::raise_the_loop();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -124,6 +124,8 @@ fn main() -> ExitCode {
     };
     init_tracing();
     raise_fd_limit();
+    // Before the runtime: its threads and the fan-out helper inherit the loop's priority.
+    roam_agent::priority::raise_the_loop();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -120,7 +120,7 @@ impl ClientThread {
             .name("roamd-clients".into())
             .spawn(move || {
                 let _span = span.entered();
-                yield_to_the_loop();
+                crate::priority::lower_the_clients();
                 rt.block_on(async move {
                     let listener = match UnixListener::from_std(listener) {
                         Ok(l) => l,
@@ -154,18 +154,6 @@ impl ClientThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Lowers the calling thread's scheduling priority (nice 10): on a busy machine the daemon's
-/// loop, which turns the kernel's news into decisions and writes them, runs first, and this
-/// thread (hellos, requests, a hostile client's flood) gets the time left over. Requests
-/// still get answered; only a contended CPU goes to the loop first.
-fn yield_to_the_loop() {
-    // SAFETY: setpriority takes plain integers; on Linux, `who` 0 with PRIO_PROCESS is the
-    // calling thread only.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "the clients' thread keeps its priority");
     }
 }
 
@@ -443,6 +431,10 @@ pub struct Outbox {
 
 #[derive(Debug)]
 struct Shared {
+    /// The stream's descriptor, written to directly when nothing waits (kept open by
+    /// `stream`): one `send` and nothing else, not even tokio's readiness, whose memory is
+    /// one more cache miss per client in a fan-out to a thousand.
+    fd: std::os::fd::RawFd,
     stream: Arc<UnixStream>,
     /// The runtime the stream is registered with, where the writer task runs: the outbox is
     /// written to from the daemon's thread, and its stream belongs to [`ClientThread`]'s.
@@ -468,6 +460,7 @@ impl Outbox {
     pub fn new(stream: Arc<UnixStream>) -> Outbox {
         Outbox {
             shared: Arc::new(Shared {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&*stream),
                 stream,
                 runtime: tokio::runtime::Handle::current(),
                 queue: std::sync::Mutex::new(Queue::default()),
@@ -494,7 +487,7 @@ impl Outbox {
             q.frames.push_back(frame);
             return Ok(());
         }
-        let written = match self.shared.stream.try_write(&frame) {
+        let written = match send_now(self.shared.fd, &frame) {
             Ok(n) if n == frame.len() => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -528,6 +521,30 @@ impl Outbox {
     /// Frames waiting for the client to read.
     pub fn queued(&self) -> usize {
         self.queue().frames.len()
+    }
+}
+
+/// One `send(2)` of `buf` on `fd`, never blocking and never raising SIGPIPE: the bytes the
+/// socket took, or `WouldBlock` when it has no room (the writer task then waits through
+/// tokio, whose first `try_write` finds the same and arms the readiness). An interrupted call
+/// took nothing and counts as no room.
+fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is the descriptor of a stream the caller's `Shared` holds open, and `buf`
+    // is valid for `buf.len()` bytes for the duration of the call.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::Interrupted => Err(io::ErrorKind::WouldBlock.into()),
+        e => Err(e),
     }
 }
 

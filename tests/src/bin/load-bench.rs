@@ -241,7 +241,7 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     let timed = StampedSubscriber::connect(&socket, DEV, WAIT)?;
     timed.wait(true, WAIT).context("the first decision")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let received = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(Received::new());
     let base = Instant::now();
     let last_at = Arc::new(AtomicU64::new(0));
     let lost = Arc::new(AtomicU64::new(0));
@@ -264,8 +264,8 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     );
 
     // Each subscriber's first decision is in before the count starts.
-    wait_count(&received, u64::from(args.subscribers));
-    let before = received.load(Ordering::Relaxed);
+    received.wait_for(u64::from(args.subscribers));
+    let before = received.count();
     let mut samples = Vec::new();
     let mut samples_last = Vec::new();
     let mut fanout = Vec::new();
@@ -274,10 +274,12 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
         timed.drain();
         last.drain();
         hs.ip(&["link", "set", DEV, "down"])?;
-        let decided = timed
+        // The subscriber served last first: waiting on the first one would wake this thread
+        // in the middle of roamd's fan-out (both stamps are taken by their own threads anyway).
+        let decided_last = last
             .wait(false, WAIT)
             .with_context(|| format!("flap {flap}"))?;
-        let decided_last = last
+        let decided = timed
             .wait(false, WAIT)
             .with_context(|| format!("flap {flap}"))?;
         let kernel = watcher.first(false, WAIT)?;
@@ -285,26 +287,23 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
         samples_last.push(ms(decided_last.saturating_duration_since(kernel)));
         // Then the last of the others to read it.
         let n = u64::from(args.subscribers);
-        if wait_count(&received, before + n * (2 * u64::from(flap) - 1)) {
+        if received.wait_for(before + n * (2 * u64::from(flap) - 1)) {
             let last = base + Duration::from_nanos(last_at.load(Ordering::Relaxed));
             fanout.push(ms(last.saturating_duration_since(kernel)));
         }
         hs.ip(&["link", "set", DEV, "up"])?;
+        last.wait(true, WAIT)
+            .with_context(|| format!("flap {flap}: back up"))?;
         timed
             .wait(true, WAIT)
             .with_context(|| format!("flap {flap}: back up"))?;
-        last.wait(true, WAIT)
-            .with_context(|| format!("flap {flap}: back up"))?;
-        wait_count(&received, before + n * 2 * u64::from(flap));
+        received.wait_for(before + n * 2 * u64::from(flap));
     }
     let rss_loaded = rss_kib(pid)?;
     // Every subscriber must have had two decisions per flap; give the last ones a moment.
     let want = before + u64::from(args.subscribers) * u64::from(args.flaps) * 2;
-    let deadline = Instant::now() + WAIT;
-    while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let got = received.load(Ordering::Relaxed);
+    received.wait_for(want);
+    let got = received.count();
     stop.store(true, Ordering::Relaxed);
     for h in hostile {
         let _ = h.join();
@@ -371,16 +370,57 @@ fn run_roamd(args: &Args) -> Result<RoamdLoad> {
     Ok(r)
 }
 
-/// Waits (bounded by [`WAIT`]) until `count` decisions were received; false if not.
-fn wait_count(received: &AtomicU64, count: u64) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while received.load(Ordering::Relaxed) < count {
-        if Instant::now() >= deadline {
-            return false;
+/// The decisions the subscribers received, and the harness's wait for a number of them. The
+/// harness sleeps until the subscriber that reaches the number wakes it: it used to poll
+/// every 200 us, 5,000 wake-ups a second of the measuring program on the two cores roamd's
+/// fan-out runs on (a wake-up of it showed up on roamd's CPU mid-round in a scheduler trace).
+#[derive(Debug)]
+struct Received {
+    count: AtomicU64,
+    /// What the harness waits for (`u64::MAX`: nothing).
+    want: AtomicU64,
+    harness: std::thread::Thread,
+}
+
+impl Received {
+    /// Waited for by the calling thread.
+    fn new() -> Received {
+        Received {
+            count: AtomicU64::new(0),
+            want: AtomicU64::new(u64::MAX),
+            harness: std::thread::current(),
         }
-        std::thread::sleep(Duration::from_micros(200));
     }
-    true
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Counts one decision; wakes the harness when it is the one it waits for.
+    fn add(&self) {
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.want.load(Ordering::Acquire) {
+            self.harness.unpark();
+        }
+    }
+
+    /// Waits (bounded by [`WAIT`]) until `count` decisions were received; false if not. Only
+    /// the thread that made this `Received` may wait.
+    fn wait_for(&self, count: u64) -> bool {
+        let deadline = Instant::now() + WAIT;
+        self.want.store(count, Ordering::Release);
+        let reached = loop {
+            if self.count() >= count {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            std::thread::park_timeout(left);
+        };
+        self.want.store(u64::MAX, Ordering::Release);
+        reached
+    }
 }
 
 /// `n` subscribers on a runtime of their own, counting every decision into `received` and
@@ -389,7 +429,7 @@ fn wait_count(received: &AtomicU64, count: u64) -> bool {
 fn start_subscribers(
     socket: &Path,
     n: u32,
-    (received, last_at, base): (&Arc<AtomicU64>, &Arc<AtomicU64>, Instant),
+    (received, last_at, base): (&Arc<Received>, &Arc<AtomicU64>, Instant),
     lost: &Arc<AtomicU64>,
     stop: &Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>> {
@@ -449,7 +489,7 @@ fn start_subscribers(
                                 Ok(Reply::Update(_)) => {
                                     let at = base.elapsed().as_nanos() as u64;
                                     last_at.fetch_max(at, Ordering::Relaxed);
-                                    received.fetch_add(1, Ordering::Relaxed);
+                                    received.add();
                                 }
                                 Ok(_) => {}
                                 Err(_) => {
