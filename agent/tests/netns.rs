@@ -354,8 +354,32 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
         "main table alone"
     );
 
+    // rmnet0 backs wlan0 up: roamd's copy of its routes carries the failover window
+    // (`BACKUP_INITCWND`), wlan0's none. Waited for: the links' first figures come in first.
+    let window = format!("initcwnd {}", roam_agent::core::BACKUP_INITCWND);
+    let table_of = |hs: &Handset, dev: &str| {
+        hs.h.ip(&["route", "show", "table", "all", "dev", dev, "proto", "177"])
+            .unwrap()
+    };
+    let settled = |hs: &Handset, backup_window: bool| {
+        // The failover window (3 s) and a loaded machine's margin.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while table_of(hs, "rmnet0").contains(&window) != backup_window
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        hs.kernel_routing()
+    };
+
     hs.start_roamd(&[]);
-    let during = hs.kernel_routing();
+    let during = settled(&hs, true);
+    let rmnet = table_of(&hs, "rmnet0");
+    assert!(
+        rmnet.contains("default via 198.18.2.1") && rmnet.contains(&window),
+        "{rmnet}"
+    );
+    assert!(!table_of(&hs, "wlan0").contains("initcwnd"), "{during}");
     assert!(during.contains("from 198.18.2.2 lookup"), "{during}");
     assert!(during.contains("proto 177"), "{during}");
     // A socket bound to rmnet0's address leaves through rmnet0; unbound traffic still
@@ -376,6 +400,25 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
     assert_eq!(hs.kernel_routing(), during);
     let (code, _, err) = hs.roamctl(None, &["status"]);
     assert_eq!(code, 0, "the first roamd still answers: {err}");
+
+    // wlan0's carrier goes: rmnet0 is primary. It keeps the window for the failover
+    // (`FAILOVER_WINDOW`), then its routes get the kernel's window back, replaced in place
+    // (never missing); wlan0 returns and rmnet0 backs it up again.
+    hs.s.ip(&["link", "set", "swlan0", "down"]).unwrap();
+    let cut = std::time::Instant::now();
+    let promoted = settled(&hs, false);
+    assert!(
+        cut.elapsed() >= roam_agent::core::FAILOVER_WINDOW,
+        "rmnet0 lost the failover window after {:?}",
+        cut.elapsed()
+    );
+    let rmnet = table_of(&hs, "rmnet0");
+    assert!(
+        rmnet.contains("default via 198.18.2.1") && !rmnet.contains("initcwnd"),
+        "{promoted}"
+    );
+    hs.s.ip(&["link", "set", "swlan0", "up"]).unwrap();
+    assert_eq!(settled(&hs, true), during);
 
     hs.stop_roamd(libc::SIGTERM);
     assert_eq!(
@@ -400,7 +443,7 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
 
     hs.start_roamd(&[]);
     assert_eq!(
-        hs.kernel_routing(),
+        settled(&hs, true),
         during,
         "the restart replaced, not duplicated"
     );

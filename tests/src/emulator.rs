@@ -77,6 +77,10 @@ pub struct DirectionStats {
     pub blackholed: u64,
     /// Frames dropped because the bottleneck queue was full.
     pub queue_drops: u64,
+    /// Neighbour resolution frames that arrived (ARP, NDP neighbour solicitations and
+    /// advertisements), whatever became of them: zero on the topology's emulated paths, whose
+    /// ends know each other (`crate::topology`).
+    pub neighbour: u64,
 }
 
 struct DirState {
@@ -96,6 +100,7 @@ struct Dir {
     lost: AtomicU64,
     blackholed: AtomicU64,
     queue_drops: AtomicU64,
+    neighbour: AtomicU64,
 }
 
 impl Dir {
@@ -114,6 +119,7 @@ impl Dir {
             lost: AtomicU64::new(0),
             blackholed: AtomicU64::new(0),
             queue_drops: AtomicU64::new(0),
+            neighbour: AtomicU64::new(0),
         }
     }
 
@@ -124,6 +130,9 @@ impl Dir {
 
     /// Decides a frame's fate at arrival time `now` and queues it when it survives.
     fn admit(&self, now: Instant, frame: Vec<u8>) {
+        if is_neighbour_resolution(&frame) {
+            self.neighbour.fetch_add(1, Ordering::Relaxed);
+        }
         let mut s = self.lock();
         let cfg = s.cfg;
         if cfg.blackhole {
@@ -245,8 +254,28 @@ impl EmulatorHandle {
             out.lost += d.lost.load(Ordering::Relaxed);
             out.blackholed += d.blackholed.load(Ordering::Relaxed);
             out.queue_drops += d.queue_drops.load(Ordering::Relaxed);
+            out.neighbour += d.neighbour.load(Ordering::Relaxed);
         }
         out
+    }
+}
+
+/// Whether an Ethernet frame is ARP, or an IPv6 neighbour solicitation or advertisement (ICMPv6
+/// types 135 and 136 right after the fixed header: NDP carries no extension headers).
+fn is_neighbour_resolution(frame: &[u8]) -> bool {
+    const ETH_HLEN: usize = 14;
+    const IPV6_HLEN: usize = 40;
+    const IPPROTO_ICMPV6: u8 = 58;
+    match frame
+        .get(12..ETH_HLEN)
+        .map(|t| u16::from_be_bytes([t[0], t[1]]))
+    {
+        Some(0x0806) => true,
+        Some(0x86dd) => {
+            frame.get(ETH_HLEN + 6) == Some(&IPPROTO_ICMPV6)
+                && matches!(frame.get(ETH_HLEN + IPV6_HLEN), Some(135 | 136))
+        }
+        _ => false,
     }
 }
 
@@ -534,6 +563,36 @@ mod tests {
             spread > Duration::from_millis(5),
             "no jitter: spread {spread:?}"
         );
+    }
+
+    #[test]
+    fn arp_and_ndp_are_counted_as_neighbour_resolution() {
+        let eth = |ethertype: u16, payload: &[u8]| {
+            let mut f = vec![0u8; 12];
+            f.extend(ethertype.to_be_bytes());
+            f.extend(payload);
+            f
+        };
+        let ipv6 = |next: u8, first: u8| {
+            let mut h = vec![0u8; 40];
+            h[0] = 0x60;
+            h[6] = next;
+            h.push(first);
+            h
+        };
+        let d = Dir::new(PathConfig::default(), 1);
+        let t0 = Instant::now();
+        d.admit(t0, eth(0x0806, &[0; 28]));
+        d.admit(t0, eth(0x86dd, &ipv6(58, 135)));
+        d.admit(t0, eth(0x86dd, &ipv6(58, 136)));
+        assert_eq!(d.neighbour.load(Ordering::Relaxed), 3);
+        // An echo request, a UDP datagram, IPv4 and a runt are not.
+        d.admit(t0, eth(0x86dd, &ipv6(58, 128)));
+        d.admit(t0, eth(0x86dd, &ipv6(17, 135)));
+        d.admit(t0, eth(0x0800, &[0x45; 28]));
+        d.admit(t0, vec![0; 10]);
+        assert_eq!(d.neighbour.load(Ordering::Relaxed), 3);
+        assert_eq!(drain(&d).len(), 7, "counting drops nothing");
     }
 
     #[test]

@@ -10,15 +10,29 @@
 //! | server end (one per path) | `198.18.i.1` | `2001:db8:0:i::1` |
 //! | service address (server loopback, reachable over every path) | `198.19.0.1` | `2001:db8:ffff::1` |
 //!
+//! MAC addresses are fixed too: the handset's end of link `i` is `02:72:6f:00:i:02`, the
+//! server's `02:72:6f:00:i:01` (locally administered), so either end's neighbour entry can be
+//! written without asking the other.
+//!
 //! The handset has one default route per link, metric `100 * (i + 1)`, so the first link is
 //! preferred and traffic to the service address moves when a link's routes go. Source routing
-//! (`ip rule from ADDR table 100+i`) sends a socket bound to a link's address out of that link,
+//! (`ip rule from ADDR table 100+i`, [`SOURCE_RULE_PREF`]) sends a socket bound to a link's address out of that link,
 //! and only that link: when its routes are gone, such a socket gets "unreachable".
 //! Both namespaces get `ip mptcp limits set subflows 8 add_addr_accepted 8`. IPv6 addresses are
 //! added with `nodad`, so they are usable at once.
 //!
 //! With [`TopologyBuilder::emulated`], each path runs through a [`LinkEmulator`] in a third
 //! namespace; without it, a path is a plain veth pair (round-trip time about zero).
+//!
+//! Emulated paths resolve no neighbours: both ends get permanent ARP and NDP entries for each
+//! other ([`Topology::configure_link`], [`Topology::configure_server_path`]). The emulator
+//! delays every frame, ARP and NDP included, so without them each first packet to a neighbour
+//! (and every one after a link's return, which flushes the table) waits a round trip of the
+//! emulated path for resolution, and the kernel's unresolved-neighbour queue
+//! (`unres_qlen_bytes`) drops what does not fit meanwhile: datagrams a transport replays onto
+//! a link that just came back were lost that way. No real handset link behaves so: a cellular
+//! interface (`rmnet`) is raw IP with no neighbour resolution at all, and a WiFi station keeps
+//! its gateway's entry from association on. Plain veth paths resolve as usual (in microseconds).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -34,6 +48,16 @@ use crate::netns::Netns;
 pub const SERVICE_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 /// The server's address reachable over every path (IPv6).
 pub const SERVICE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
+
+/// Priority of link `i`'s source rule (`ip rule from ADDR table 100+i pref 20000+i`): after
+/// roamd's own source and per-app rules (10000 and 11000 on, its defaults), so a roamd that
+/// runs policy routing in the handset, as it ships, is the one whose tables a bound socket
+/// uses (with the route metrics roamd sets), and these rules only stand in where roamd has
+/// none (no roamd, or roamd's routing off).
+pub const SOURCE_RULE_PREF: u32 = 20000;
+
+/// Priority of link `i`'s `from ADDR unreachable` rule, right after the source rules.
+pub const UNREACHABLE_RULE_PREF: u32 = 21000;
 
 /// How long a link may take to change state before the topology gives up.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +90,10 @@ pub struct Link {
     pub handset_v6: Ipv6Addr,
     /// The server's IPv6 address on this path.
     pub server_v6: Ipv6Addr,
+    /// The MAC address of the handset's interface.
+    pub handset_mac: Mac,
+    /// The MAC address of the server's interface of this path.
+    pub server_mac: Mac,
     /// The server-namespace interface of this path.
     pub server_dev: String,
     /// The far end of the handset's veth: taking it down is carrier loss as the handset sees it.
@@ -76,6 +104,28 @@ pub struct Link {
     pub metric: u32,
     /// The source-routing table of this link.
     pub table: u32,
+    /// Whether the path runs through the emulator: then both ends have permanent neighbour
+    /// entries for each other (see the module's documentation).
+    pub emulated: bool,
+}
+
+/// A MAC address, written `02:72:6f:00:00:02` by `Display`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// The fixed address of one end of link `index`: `end` 1 is the server's, 2 the handset's.
+    fn of_link(index: u8, end: u8) -> Mac {
+        // 02: locally administered unicast; 72:6f is "ro".
+        Mac([0x02, 0x72, 0x6f, 0x00, index, end])
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
 }
 
 impl Link {
@@ -167,16 +217,21 @@ impl TopologyBuilder {
                 bail!("link name {name} is longer than 12 characters");
             }
             let server_dev = format!("s-{name}");
+            let handset_mac = Mac::of_link(i, 2);
+            let server_mac = Mac::of_link(i, 1);
             let (far_dev, far_in_emulator) = match &emu_ns {
                 None => {
-                    veth(&handset, name, &server, &server_dev)?;
+                    veth(
+                        (&handset, name, Some(handset_mac)),
+                        (&server, &server_dev, Some(server_mac)),
+                    )?;
                     (server_dev.clone(), false)
                 }
                 Some(e) => {
                     let eh = format!("eh-{name}");
                     let es = format!("es-{name}");
-                    veth(&handset, name, e, &eh)?;
-                    veth(&server, &server_dev, e, &es)?;
+                    veth((&handset, name, Some(handset_mac)), (e, &eh, None))?;
+                    veth((&server, &server_dev, Some(server_mac)), (e, &es, None))?;
                     (eh, true)
                 }
             };
@@ -188,11 +243,14 @@ impl TopologyBuilder {
                 server_v4: Ipv4Addr::new(198, 18, i, 1),
                 handset_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, i as u16, 0, 0, 0, 2),
                 server_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, i as u16, 0, 0, 0, 1),
+                handset_mac,
+                server_mac,
                 server_dev,
                 far_dev,
                 far_in_emulator,
                 metric: 100 * (i as u32 + 1),
                 table: 100 + i as u32,
+                emulated: emu_ns.is_some(),
             });
         }
 
@@ -252,13 +310,13 @@ impl TopologyBuilder {
             ] {
                 let addr = addr.to_string();
                 let table = l.table.to_string();
-                let pref = (1000 + l.index as u32).to_string();
+                let pref = (SOURCE_RULE_PREF + l.index as u32).to_string();
                 topo.handset.ip(&[
                     fam, "rule", "add", "from", &addr, "table", &table, "pref", &pref,
                 ])?;
                 // A dead link's address must not leak out of another link (a carrier drops
                 // such packets as spoofed): with the link's table empty, lookups fail here.
-                let pref = (1100 + l.index as u32).to_string();
+                let pref = (UNREACHABLE_RULE_PREF + l.index as u32).to_string();
                 topo.handset.ip(&[
                     fam,
                     "rule",
@@ -408,11 +466,19 @@ impl Topology {
             &l.server_dev,
             "nodad",
         ])?;
+        if l.emulated {
+            for a in [IpAddr::from(l.handset_v4), IpAddr::from(l.handset_v6)] {
+                pin_neighbour(s, &l.server_dev, a, l.handset_mac)?;
+            }
+        }
         Ok(())
     }
 
-    /// (Re)applies a handset link's addresses and routes; idempotent. Routes through a link go
-    /// away when it goes down, and IPv6 addresses too, so a returning link needs this.
+    /// (Re)applies a handset link's addresses, neighbour entries (emulated paths) and routes;
+    /// idempotent. Routes through a link go away when it goes down, and IPv6 addresses too, and
+    /// the kernel flushes even permanent neighbour entries when a link goes down or loses its
+    /// last IPv4 address, so a returning link needs this. The entries go in before the routes:
+    /// no packet finds a route without its neighbour.
     pub fn configure_link(&self, l: &Link) -> Result<()> {
         let h = &self.handset;
         h.ip(&[
@@ -430,6 +496,11 @@ impl Topology {
             &l.name,
             "nodad",
         ])?;
+        if l.emulated {
+            for a in [IpAddr::from(l.server_v4), IpAddr::from(l.server_v6)] {
+                pin_neighbour(h, &l.name, a, l.server_mac)?;
+            }
+        }
         let metric = l.metric.to_string();
         let table = l.table.to_string();
         for gw in [IpAddr::from(l.server_v4), IpAddr::from(l.server_v6)] {
@@ -445,20 +516,43 @@ impl Topology {
     }
 }
 
+/// One end of a veth pair: its namespace, its name and its MAC address (`None`: the kernel's
+/// random one).
+type VethEnd<'a> = (&'a Netns, &'a str, Option<Mac>);
+
 /// A veth pair with one end `a` in `a_ns` and the other `b` in `b_ns`, made from inside `a_ns`
-/// (`ip -n A link add A type veth peer name B netns B_NS`): never in the root namespace.
-fn veth(a_ns: &Netns, a: &str, b_ns: &Netns, b: &str) -> Result<()> {
-    a_ns.ip(&[
-        "link",
-        "add",
-        a,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b,
-        "netns",
-        b_ns.name(),
+/// (`ip -n A link add A [address MAC] type veth peer name B [address MAC] netns B_NS`): never
+/// in the root namespace.
+fn veth((a_ns, a, a_mac): VethEnd<'_>, (b_ns, b, b_mac): VethEnd<'_>) -> Result<()> {
+    let (a_mac, b_mac) = (a_mac.map(|m| m.to_string()), b_mac.map(|m| m.to_string()));
+    let mut args = vec!["link", "add", a];
+    if let Some(m) = &a_mac {
+        args.extend(["address", m.as_str()]);
+    }
+    args.extend(["type", "veth", "peer", "name", b]);
+    if let Some(m) = &b_mac {
+        args.extend(["address", m.as_str()]);
+    }
+    args.extend(["netns", b_ns.name()]);
+    a_ns.ip(&args)?;
+    Ok(())
+}
+
+/// `ip neigh replace ADDR lladdr MAC dev DEV nud permanent` in `ns`: `addr` is reached at `mac`
+/// without ARP or NDP, and the entry never expires (see the module's documentation for why
+/// emulated paths want it).
+fn pin_neighbour(ns: &Netns, dev: &str, addr: IpAddr, mac: Mac) -> Result<()> {
+    let (addr, mac) = (addr.to_string(), mac.to_string());
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &addr,
+        "lladdr",
+        &mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
     ])?;
     Ok(())
 }

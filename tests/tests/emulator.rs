@@ -227,3 +227,81 @@ fn carrier_loss_on_an_emulated_path_and_its_return() {
             >= 10
     );
 }
+
+/// Whether `ns`'s neighbour table has `addr` on `dev` as a permanent entry at `mac`.
+fn pinned(ns: &roam_tests::netns::Netns, dev: &str, addr: std::net::IpAddr, mac: &str) -> bool {
+    let out = ns
+        .ip(&["neigh", "show", "dev", dev, "to", &addr.to_string()])
+        .unwrap();
+    out.contains(&format!("lladdr {mac}")) && out.contains("PERMANENT")
+}
+
+#[test]
+fn emulated_paths_resolve_no_neighbours_through_failures_and_returns() {
+    let Some(_serial) = roam_tests::serial::netns_test(
+        "emulated_paths_resolve_no_neighbours_through_failures_and_returns",
+    ) else {
+        return;
+    };
+    let (topo, _e4, _e6) = emulated();
+    let emu = topo.emulator("wlan0").unwrap();
+    emu.set_rtt(Duration::from_millis(20));
+    let l = topo.link("wlan0").unwrap().clone();
+    let spec = ProbeSpec {
+        count: 5,
+        burst: 5,
+        interval: Duration::from_millis(1),
+        linger: Duration::from_millis(500),
+    };
+    let check = |when: &str| {
+        let ends = [
+            (
+                "handset",
+                topo.handset(),
+                &l.name,
+                [l.server_v4.into(), l.server_v6.into()],
+                l.server_mac,
+            ),
+            (
+                "server",
+                topo.server(),
+                &l.server_dev,
+                [l.handset_v4.into(), l.handset_v6.into()],
+                l.handset_mac,
+            ),
+        ];
+        for (end, ns, dev, addrs, mac) in ends {
+            for a in addrs {
+                assert!(
+                    pinned(ns, dev, a, &mac.to_string()),
+                    "{when}: the {end}'s entry for {a} is not permanent at {mac}"
+                );
+            }
+        }
+        for v6 in [false, true] {
+            let (bind, target) = from_wlan0(&topo, v6);
+            let r = probe(topo.handset(), Some(bind), target, spec).unwrap();
+            // The first burst after a return is answered in full: nothing waited for a
+            // neighbour or was dropped from its queue.
+            assert_eq!(r.received(), 5, "{when}: probes lost (v6: {v6})");
+        }
+    };
+    let before = emu.stats(Direction::Both);
+    check("built");
+    topo.link_down("wlan0").unwrap();
+    topo.link_up("wlan0").unwrap();
+    check("after link down and up");
+    topo.remove_addresses("wlan0").unwrap();
+    topo.restore_addresses("wlan0").unwrap();
+    check("after the addresses' removal and return");
+    topo.far_side_down("wlan0").unwrap();
+    topo.far_side_up("wlan0").unwrap();
+    check("after carrier loss and return");
+    let after = emu.stats(Direction::Both);
+    assert!(after.forwarded - before.forwarded >= 80);
+    assert_eq!(
+        after.neighbour - before.neighbour,
+        0,
+        "ARP or NDP crossed the emulator"
+    );
+}

@@ -247,23 +247,14 @@ mod tests {
     use roam_policy::LinkKind;
 
     use super::*;
-    use crate::tests::{addr, info};
-    use crate::{Action, Event, MAIN_TABLE, Policy, ProbeConfig, Route};
+    use crate::tests::{addr, default_route, info};
+    use crate::{Action, Event, Policy, ProbeConfig};
 
     const WLAN: u32 = 2;
     const RMNET: u32 = 3;
     const POLICY: &str = "link wifi = kind wifi\nlink cell = kind cellular\n\
                           default { prefer wifi over cell }\n\
                           app \"video\" { use wifi only }\n";
-
-    fn default_route(index: u32) -> Event {
-        Event::RouteAdded(Route {
-            index,
-            table: MAIN_TABLE,
-            dst: None,
-            gateway: Some(IpAddr::from([198, 18, index as u8, 1])),
-        })
-    }
 
     /// wlan0 and rmnet0 up with a default route each, policy routing on, uid 40001 the
     /// `video` app and 10000-19999 the `other` app (the default block applies to it).

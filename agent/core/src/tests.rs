@@ -631,6 +631,103 @@ fn policy_routing_mirrors_main_table_routes_with_one_rule_per_address() {
     assert_eq!(routing(drain(&mut core)), [RoutingPlan::default()]);
 }
 
+/// (table, initial window) of every route of the last routing plan among `actions`.
+fn windows(actions: &[Action]) -> Option<Vec<(u32, Option<u32>)>> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::Routing(p) => Some(p.routes.iter().map(|r| (r.table, r.initcwnd)).collect()),
+        _ => None,
+    })
+}
+
+/// `default via 198.18.INDEX.1` on link `index`, in the main table.
+pub(crate) fn default_route(index: u32) -> Event {
+    Event::RouteAdded(Route {
+        index,
+        table: MAIN_TABLE,
+        dst: None,
+        gateway: Some(IpAddr::from([198, 18, index as u8, 1])),
+    })
+}
+
+#[test]
+fn a_backup_links_routes_carry_the_failover_window_while_it_backs_up_a_primary_and_just_after() {
+    let t0 = Instant::now();
+    let mut core = handset(plain(), false, t0);
+    core.enable_routing(RoutingConfig::default());
+    core.handle_all(t0, [default_route(WLAN), default_route(RMNET)]);
+    let (wlan, rmnet) = (1000 + WLAN, 1000 + RMNET);
+    assert_eq!(
+        windows(&drain(&mut core)).unwrap(),
+        [(wlan, None), (rmnet, Some(BACKUP_INITCWND))],
+        "wlan0 primary keeps the kernel's window; rmnet0, its backup, gets the failover one"
+    );
+
+    // wlan0 loses its carrier: rmnet0 is primary now. It keeps the window while the
+    // sessions fail over to it, and gets the kernel's back when the failover window ends.
+    let wlan_info = info(WLAN, "wlan0", LinkKind::Wifi, false);
+    core.handle(
+        t0 + ms(10),
+        Event::LinkUpdated(LinkInfo {
+            carrier: false,
+            ..wlan_info.clone()
+        }),
+    );
+    let w = windows(&drain(&mut core));
+    assert!(
+        w.as_ref()
+            .is_none_or(|w| w.contains(&(rmnet, Some(BACKUP_INITCWND)))),
+        "the failover to rmnet0 lost its window: {w:?}"
+    );
+    let ends = t0 + ms(10) + FAILOVER_WINDOW;
+    assert!(
+        core.poll_timeout().is_some_and(|t| t <= ends),
+        "no deadline for the end of the failover window"
+    );
+    core.handle_timeout(ends - ms(1));
+    assert_eq!(windows(&drain(&mut core)), None, "the window ended early");
+    core.handle_timeout(ends);
+    let w = windows(&drain(&mut core)).unwrap();
+    assert!(
+        w.contains(&(rmnet, None)) && w.iter().all(|(_, c)| c.is_none()),
+        "{w:?}"
+    );
+    assert!(
+        core.poll_timeout().is_none_or(|t| t > ends),
+        "the ended window is still a deadline"
+    );
+
+    // wlan0 returns: rmnet0 backs it up again.
+    let back = ends + ms(10);
+    core.handle(back, Event::LinkUpdated(wlan_info));
+    core.handle_timeout(back);
+    assert_eq!(
+        windows(&drain(&mut core)).unwrap(),
+        [(wlan, None), (rmnet, Some(BACKUP_INITCWND))]
+    );
+}
+
+#[test]
+fn a_backup_link_that_an_app_uses_first_keeps_the_kernels_window() {
+    let t0 = Instant::now();
+    let policy = Policy::parse(&format!("{PLAIN}app \"tv\" {{ use cell only }}\n")).unwrap();
+    let mut core = handset(policy, false, t0);
+    core.enable_routing(RoutingConfig::default());
+    core.handle_all(t0, [default_route(WLAN), default_route(RMNET)]);
+    drain(&mut core);
+    core.set_apps(vec![crate::apps::AppUids {
+        first: 40001,
+        last: 40001,
+        app: "tv".into(),
+    }]);
+    core.handle_timeout(t0 + ms(1));
+    let w = windows(&drain(&mut core)).unwrap();
+    assert_eq!(
+        w,
+        [(1000 + WLAN, None), (1000 + RMNET, None)],
+        "rmnet0 carries tv's fresh connections: no failover window there"
+    );
+}
+
 #[test]
 fn ipv4_routes_flushed_by_an_admin_down_leave_the_plan_and_return_to_it() {
     let t0 = Instant::now();

@@ -2,6 +2,10 @@
 //! per-app (uid range) rules, as the core plans them (`crate::core::RoutingPlan`,
 //! `crate::core::apps`). Never runs `ip`.
 //!
+//! A backup link's routes carry the plan's initial congestion window (`RTAX_INITCWND`, see
+//! `crate::core::BACKUP_INITCWND` for why); when only that changes, the route is replaced in
+//! place (`NLM_F_REPLACE`), so the table is never empty in between.
+//!
 //! Everything added carries the routing protocol [`RTPROT_ROAM`] (routes: `rtm_protocol`,
 //! rules: `FRA_PROTOCOL`), so cleanup removes exactly what roamd added, also after a crash:
 //! `ip route show table all proto 177` and `ip rule show protocol 177` list it.
@@ -9,9 +13,10 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+    RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RuleUidRange};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -33,7 +38,9 @@ fn family(a: IpAddr) -> AddressFamily {
     }
 }
 
-fn route_message(r: &PlannedRoute) -> Option<RouteMessage> {
+/// The message that adds `r` (with its metrics) or, `for_delete`, names it (the kernel finds a
+/// route to delete by table, device, destination and next hop, not by its metrics).
+fn route_message(r: &PlannedRoute, for_delete: bool) -> Option<RouteMessage> {
     let v6 = r
         .dst
         .map(|(a, _)| a.is_ipv6())
@@ -62,6 +69,10 @@ fn route_message(r: &PlannedRoute) -> Option<RouteMessage> {
     if let Some(gw) = r.gateway {
         m.attributes
             .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    if let Some(n) = r.initcwnd.filter(|_| !for_delete) {
+        m.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::InitCwnd(n)]));
     }
     Some(m)
 }
@@ -113,7 +124,11 @@ fn describe_route(r: &PlannedRoute) -> String {
         .dst
         .map_or_else(|| "default".to_owned(), |(a, l)| format!("{a}/{l}"));
     let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-    format!("{dst}{via} dev #{} table {}", r.index, r.table)
+    let cwnd = r
+        .initcwnd
+        .map(|n| format!(" initcwnd {n}"))
+        .unwrap_or_default();
+    format!("{dst}{via} dev #{} table {}{cwnd}", r.index, r.table)
 }
 
 /// Keeps policy routing as planned and remembers what it added.
@@ -217,9 +232,17 @@ impl RoutingEnforcer {
             }
             self.rules.remove(&r);
         }
+        // A route planned again with other metrics is replaced below, not removed.
+        let planned_keys: BTreeSet<_> = plan.routes.iter().map(PlannedRoute::key).collect();
+        let mut changed = BTreeSet::new();
         let gone_routes: Vec<_> = self.routes.difference(&plan.routes).copied().collect();
         for r in gone_routes {
-            if let Some(m) = route_message(&r) {
+            if planned_keys.contains(&r.key()) {
+                changed.insert(r.key());
+                self.routes.remove(&r);
+                continue;
+            }
+            if let Some(m) = route_message(&r, true) {
                 match self.request(RouteNetlinkMessage::DelRoute(m), 0) {
                     Ok(()) => tracing::debug!(route = %describe_route(&r), "route removed"),
                     // The kernel drops a table's routes itself when their interface goes.
@@ -237,10 +260,17 @@ impl RoutingEnforcer {
         }
         let new_routes: Vec<_> = plan.routes.difference(&self.routes).copied().collect();
         for r in new_routes {
-            let Some(m) = route_message(&r) else { continue };
-            match self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
+            let Some(m) = route_message(&r, false) else {
+                continue;
+            };
+            let (flags, done) = if changed.contains(&r.key()) {
+                (NLM_F_CREATE | NLM_F_REPLACE, "route replaced")
+            } else {
+                (NLM_F_CREATE | NLM_F_EXCL, "route added")
+            };
+            match self.request(RouteNetlinkMessage::NewRoute(m), flags) {
                 Ok(()) => {
-                    tracing::debug!(route = %describe_route(&r), "route added");
+                    tracing::debug!(route = %describe_route(&r), "{done}");
                     self.routes.insert(r);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {

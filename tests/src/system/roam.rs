@@ -82,14 +82,16 @@ impl Roam {
         })
     }
 
-    /// What the benchmark measures for `transport`: the agent runs in the handset for MPTCP
-    /// (started from `exe`) and probes the links ([`Roam::with_probes`]), not for the others,
-    /// whose sessions decide alone.
+    /// What the benchmark measures for `transport`: roamd runs in the handset as it ships for
+    /// MPTCP and tcp-resume (started from `exe`, probing the links, [`Roam::with_probes`]):
+    /// the kernel's endpoints and routes it sets (the backup's failover window) are part of
+    /// what those sessions get. QUIC sessions decide alone with the SDK's embedded monitor
+    /// (UDP reads no route metric).
     pub fn for_bench(transport: Transport, exe: &AgentExe) -> Result<Roam> {
         let r = Roam::new(transport)?;
         Ok(match transport {
-            Transport::Mptcp => r.with_agent(exe.clone()).with_probes(),
-            Transport::Quic | Transport::TcpResume => r,
+            Transport::Mptcp | Transport::TcpResume => r.with_agent(exe.clone()).with_probes(),
+            Transport::Quic => r,
         })
     }
 
@@ -102,7 +104,7 @@ impl Roam {
 
     /// With an agent ([`Roam::with_agent`]): a reflector (`roamd reflect`) runs on the service
     /// address, port [`REFLECT_PORT`], in the server namespace, and the agent probes every link
-    /// against it at the shipped pacing ([`AgentConfig::probing`]: no faster probing in the
+    /// against it at the shipped pacing ([`AgentConfig::shipped`]: no faster probing in the
     /// benchmark than what ships; a burst of 3 probes 20 ms apart on suspicion, each given
     /// 100 ms).
     pub fn with_probes(mut self) -> Roam {
@@ -195,7 +197,9 @@ impl System for Roam {
                     SocketAddr::new(SERVICE_V4.into(), REFLECT_PORT),
                 )
                 .context("starting the probe reflector in the server namespace")?;
-                let config = AgentConfig::probing(&[r.addr()]);
+                // As roamd ships, policy routing included: its routes carry the backup's
+                // failover window (`roam_agent::core::BACKUP_INITCWND`).
+                let config = AgentConfig::shipped(&[r.addr()]);
                 *reflector = Some(r);
                 config
             } else {
