@@ -1027,6 +1027,9 @@ fn a_wifi_rtt_condition_moves_an_mptcp_session_to_cellular() -> Result<()> {
     // 400 ms the session (or the kernel's scheduler, which stops using a stale subflow) can act
     // on the stall first. What this test is about is that roamd learns the RTT from the
     // session's reports and its decision keeps the stream on rmnet0 with wlan0 the backup.
+    // A bounded poll, as no event says it: roamd pushes an `update` (whose interfaces carry
+    // `rtt_ms`) only when the app's decision changes, and whether learning the RTT changes it
+    // depends on what the stall did first; the session's events do not carry roamd's RTT.
     let learnt = Instant::now() + 4 * EVENT_TIMEOUT;
     let seen = loop {
         let v = links(&agent.socket())?;

@@ -20,7 +20,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,26 +147,30 @@ fn config(reflector: SocketAddr) -> String {
 /// What the client tells the test.
 #[derive(Debug)]
 enum Note {
-    /// The backup subflow on rmnet0 is up: the stream may be cut.
-    Ready,
+    /// The backup subflow on rmnet0 is up: the stream may be cut. With the subflows then.
+    Ready(Vec<roam::Subflow>),
+    /// The session's subflows changed (`SessionEvent::SubflowsChanged`).
+    Subflows(Vec<roam::Subflow>),
     /// The run ended: the longest pause of the echo after the cut.
     Done(Duration),
 }
 
-/// Whether a subflow from wlan0 to the echo server is established (`ss` in the handset).
-fn wlan_subflow_up(topo: &Topology) -> Result<bool> {
-    let wlan = topo.link("wlan0")?.handset_v4.to_string();
-    let out = topo.handset().exec(
-        "ss",
-        &[
-            "-tnH",
-            "state",
-            "established",
-            &format!("( dport = :{ECHO_PORT} )"),
-        ],
-    )?;
-    // A subflow bound to its device prints as `ADDR%DEV:PORT`.
-    Ok(out.contains(&format!("{wlan}:")) || out.contains(&format!("{wlan}%")))
+/// An established subflow (one with an RTT sample: a subflow still connecting has none) from
+/// `ip` that is not one of `old` (local addresses).
+fn new_subflow_from(v: &[roam::Subflow], ip: IpAddr, old: &[SocketAddr]) -> bool {
+    v.iter()
+        .any(|f| f.local.is_some_and(|l| l.ip() == ip && !old.contains(&l)) && !f.rtt.is_zero())
+}
+
+/// The next note from the client that is not a [`Note::Subflows`], up to `within`.
+fn next_result(rx: &mpsc::Receiver<Note>, within: Duration) -> Result<Note> {
+    let deadline = Instant::now() + within;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))? {
+            Note::Subflows(_) => {}
+            n => return Ok(n),
+        }
+    }
 }
 
 /// One repeat: the echo's longest pause at the client and the server's longest pause
@@ -198,16 +202,25 @@ fn run_once(twice: bool) -> Result<(Duration, Duration)> {
                 .await?;
             ensure!(s.alpn() == b"echo", "ALPN {:?}", s.alpn());
             ensure!(s.transport() == roam::Transport::Mptcp, "{}", s.transport());
-            // roamd's backup subflow first.
-            let deadline = Instant::now() + EVENT_TIMEOUT;
-            while !s
-                .paths()
-                .iter()
-                .any(|p| p.interface.as_deref() == Some("rmnet0"))
-            {
-                ensure!(Instant::now() < deadline, "no subflow on rmnet0");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            // roamd's backup subflow first. Subscribed before the look at the subflows now,
+            // so a change in between is not missed.
+            let mut events = s.events();
+            let on_rmnet =
+                |v: &[roam::Subflow]| v.iter().any(|p| p.interface.as_deref() == Some("rmnet0"));
+            let mut subflows = s.paths();
+            if !on_rmnet(&subflows) {
+                subflows =
+                    next_subflows(&mut events, "roamd's subflow on rmnet0", on_rmnet).await?;
             }
+            // The test waits on the subflows for roamd's second join from wlan0.
+            let fwd = tx.clone();
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    if let roam::SessionEvent::SubflowsChanged(v) = e {
+                        let _ = fwd.send(Note::Subflows(v));
+                    }
+                }
+            });
             let (mut r, mut w) = tokio::io::split(s);
             let writer = tokio::spawn(async move {
                 let mut off = 0u64;
@@ -228,7 +241,7 @@ fn run_once(twice: bool) -> Result<(Duration, Duration)> {
                 w.shutdown().await?;
                 anyhow::Ok(off)
             });
-            let _ = tx.send(Note::Ready);
+            let _ = tx.send(Note::Ready(subflows));
             let mut got = 0u64;
             let mut buf = vec![0u8; 64 * 1024];
             let mut last: Option<Instant> = None;
@@ -262,33 +275,42 @@ fn run_once(twice: bool) -> Result<(Duration, Duration)> {
             let _ = tx.send(Note::Done(gap));
             Ok(())
         })?;
-    match rx.recv_timeout(EVENT_TIMEOUT) {
-        Ok(Note::Ready) => {}
+    let first = match rx.recv_timeout(EVENT_TIMEOUT) {
+        Ok(Note::Ready(v)) => v,
         other => {
             let e = join(client, "client").err();
             bail!("the client did not start: {other:?} {e:?}");
         }
-    }
+    };
+    // The scenario: wlan0 goes down half of BEFORE into the stream.
     std::thread::sleep(BEFORE / 2);
     cut.store(true, Ordering::Relaxed);
     topo.link_down("wlan0")?;
     if twice {
+        // The scenario: wlan0 is down this long before it comes back.
         std::thread::sleep(Duration::from_millis(300));
+        let wlan = IpAddr::from(topo.link("wlan0")?.handset_v4);
+        let old: Vec<SocketAddr> = first.iter().filter_map(|f| f.local).collect();
         topo.link_up("wlan0")?;
         let deadline = Instant::now() + FLAP_MORE - Duration::from_millis(500);
-        while !wlan_subflow_up(&topo)? {
-            if Instant::now() > deadline {
-                bail!(
-                    "roamd joined no subflow from wlan0 again; its log:\n{}",
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Note::Subflows(v)) if new_subflow_from(&v, wlan, &old) => break,
+                Ok(Note::Subflows(_)) => {}
+                other => bail!(
+                    "roamd joined no subflow from wlan0 again within {:?} ({other:?}); its \
+                     log:\n{}",
+                    FLAP_MORE - Duration::from_millis(500),
                     roamd.log()
-                );
+                ),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        // The scenario: the stream runs 200 ms with wlan0's new subflow before it fails too.
         std::thread::sleep(Duration::from_millis(200));
         topo.link_down("wlan0")?;
     }
-    let end = rx.recv_timeout(BEFORE + AFTER + FLAP_MORE + EVENT_TIMEOUT);
+    let end = next_result(&rx, BEFORE + AFTER + FLAP_MORE + EVENT_TIMEOUT);
     join(client, "client")?;
     let Ok(Note::Done(gap)) = end else {
         bail!("the client ended without its figure: {end:?}");
@@ -439,6 +461,7 @@ fn a_plain_tcp_fallback_that_loses_its_path_degrades_then_fails_with_a_reason() 
             }
             bail!("the writes never failed")
         })?;
+    // The scenario: the stream runs 500 ms before wlan0 goes down.
     std::thread::sleep(Duration::from_millis(500));
     cut.store(true, Ordering::Relaxed);
     let down = Instant::now();

@@ -14,7 +14,7 @@
 //! | `mptcp_subflow_addrs` | 256 | local `sockaddr_storage` (0), remote (128) |
 //! | `mptcp_subflow_info` | 264 | id (0), addrs (8) |
 //! | `mptcp_full_info` | 136 | size_tcpinfo_kernel (0), size_tcpinfo_user (4), size_sfinfo_kernel (8), size_sfinfo_user (12), num_subflows (16), size_arrays_user (20), subflow_info ptr (24), tcp_info ptr (32), mptcp_info (40) |
-//! | `tcp_info` | 232 read | last_ack_recv ms (56), rtt µs (68), bytes_acked (120), bytes_received (128), bytes_sent (200) |
+//! | `tcp_info` | 232 read | last_data_recv ms (52), last_ack_recv ms (56), rtt µs (68), bytes_acked (120), bytes_received (128), bytes_sent (200) |
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -95,6 +95,9 @@ pub struct TcpInfo {
     /// `tcpi_last_ack_recv`: milliseconds since the last ACK arrived, by the kernel's clock (so
     /// a reader sampling now and then still knows when the acknowledgements stopped).
     pub last_ack_recv_ms: u32,
+    /// `tcpi_last_data_recv`: milliseconds since the last data segment arrived, by the
+    /// kernel's clock (a receiver's view of when the peer's data stopped).
+    pub last_data_recv_ms: u32,
     /// `tcpi_notsent_bytes`: bytes written and not sent yet (4.6+).
     pub notsent_bytes: Option<u32>,
     /// `tcpi_snd_wnd`: the window the peer advertised (5.19+; 0: its app is not reading).
@@ -147,6 +150,7 @@ pub fn parse_tcp_info(b: &[u8]) -> Option<TcpInfo> {
         probes: *b.get(3)?,
         unacked: u32_at(b, 24)?,
         last_ack_recv_ms: u32_at(b, 56)?,
+        last_data_recv_ms: u32_at(b, 52)?,
         notsent_bytes: u32_at(b, 144),
         snd_wnd: u32_at(b, 228),
     })
@@ -416,6 +420,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_probes), 3);
         assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_unacked), 24);
         assert_eq!(std::mem::offset_of!(libc::tcp_info, tcpi_last_ack_recv), 56);
+        assert_eq!(
+            std::mem::offset_of!(libc::tcp_info, tcpi_last_data_recv),
+            52
+        );
         assert_eq!(
             std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes),
             144

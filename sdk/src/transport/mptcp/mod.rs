@@ -17,8 +17,11 @@
 //! - `connect`: the client's connection, raced over the candidates, and its fallback check.
 //! - `accept`: the listener's side once TLS is up and the magic said `ROAM`.
 //! - `watcher`: the client's task that reports subflows, fallbacks and RTTs, and judges the
-//!   connection by its progress (`progress`): which subflow carries the stream, `Degraded`
-//!   when none makes progress, and the session's failure after `idle_timeout` without any.
+//!   connection by its progress (`progress`): which subflow carries the stream, each
+//!   subflow's stalls for the decision source (data unacknowledged, or a stream that stopped
+//!   arriving while the app waits in a read: the stream tells the watcher when it waits),
+//!   `Degraded` when none makes progress, and the session's failure after `idle_timeout`
+//!   without any.
 //! - here: the session's stream and the kernel's view of its subflows.
 
 mod accept;
@@ -30,9 +33,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -62,16 +66,50 @@ pub(crate) struct MptcpStream {
     pub(crate) judged: Arc<Judged>,
 }
 
-/// What the client's watcher tells the stream.
-#[derive(Debug, Default)]
+/// What the client's watcher and the stream tell each other.
+#[derive(Debug)]
 pub(crate) struct Judged {
     /// The subflow (local, remote) whose bytes move: what `path()` names.
     carrier: Mutex<Option<(SocketAddr, SocketAddr)>>,
     /// Set once the watcher gave up on the connection: every read and write fails with it.
     failed: OnceLock<String>,
+    /// Since when the app's read has been waiting with nothing to take, in nanoseconds after
+    /// `epoch` plus one; 0 while it is not (the watcher's receive-side stall judgement).
+    waiting: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Judged {
+    fn default() -> Judged {
+        Judged {
+            carrier: Mutex::default(),
+            failed: OnceLock::new(),
+            waiting: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Judged {
+    /// The app's read returned (`pending` false) or must wait for data (`pending` true).
+    fn reading(&self, pending: bool) {
+        if !pending {
+            self.waiting.store(0, Ordering::Relaxed);
+        } else if self.waiting.load(Ordering::Relaxed) == 0 {
+            let since = Instant::now().saturating_duration_since(self.epoch);
+            let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
+            self.waiting.store(nanos + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when the app's read has been waiting with nothing to take, if it is.
+    fn waiting_since(&self) -> Option<Instant> {
+        match self.waiting.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+
     fn carrier(&self) -> Option<(SocketAddr, SocketAddr)> {
         *self.carrier.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -175,6 +213,7 @@ impl AsyncRead for MptcpStream {
             return Poll::Ready(Err(e));
         }
         let r = Pin::new(&mut self.tls).poll_read(cx, buf);
+        self.judged.reading(r.is_pending());
         // The watcher shut the socket down to wake us: its reason, not an end of stream.
         match (self.judged.error(), r) {
             (Some(e), Poll::Ready(_)) => Poll::Ready(Err(e)),
@@ -252,6 +291,7 @@ pub(crate) fn read_samples(s: &TcpStream) -> Vec<progress::Sample> {
                 unacked: tcp.unacked,
                 window_closed: tcp.snd_wnd == Some(0),
                 since_ack: Some(Duration::from_millis(tcp.last_ack_recv_ms.into())),
+                since_data: Some(Duration::from_millis(tcp.last_data_recv_ms.into())),
             }]
         }
     }
@@ -285,6 +325,9 @@ fn live_subflows(raw: Vec<sockopt::RawSubflow>) -> Vec<progress::Sample> {
                 since_ack: r
                     .tcp
                     .map(|t| Duration::from_millis(t.last_ack_recv_ms.into())),
+                since_data: r
+                    .tcp
+                    .map(|t| Duration::from_millis(t.last_data_recv_ms.into())),
             }
         })
         .collect()
@@ -333,6 +376,24 @@ pub(crate) fn check_mptcp(s: &TcpStream) -> std::result::Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_app_waits_from_its_first_pending_read_until_one_returns() {
+        let j = Judged::default();
+        assert_eq!(j.waiting_since(), None);
+        let before = Instant::now();
+        j.reading(true);
+        let since = j.waiting_since().expect("waiting");
+        assert!(since >= before && since <= Instant::now());
+        // Polled again with nothing to take: still waiting since the first time.
+        std::thread::sleep(Duration::from_millis(2));
+        j.reading(true);
+        assert_eq!(j.waiting_since(), Some(since));
+        j.reading(false);
+        assert_eq!(j.waiting_since(), None);
+        j.reading(true);
+        assert!(j.waiting_since().expect("waiting again") > since);
+    }
 
     #[test]
     fn only_established_subflows_are_paths() {

@@ -2,8 +2,10 @@
 //! subflows and says when they change ([`SessionEvent::SubflowsChanged`]) or the connection
 //! fell back to TCP ([`SessionEvent::MptcpFallback`]), and reports the subflows' RTTs and
 //! stalls to the decision source (roamd confirms a stall with a burst of probes: the path is
-//! judged by its own traffic, not by periodic probes). The kernel's MPTCP events go only to
-//! CAP_NET_ADMIN listeners, so an app polls its own socket.
+//! judged by its own traffic, not by periodic probes). A stall is data sent and not
+//! acknowledged, or, for a download, a stream that stopped arriving while the app waits in a
+//! read (`super::progress::StallReports`; the stream says when its read waits). The kernel's
+//! MPTCP events go only to CAP_NET_ADMIN listeners, so an app polls its own socket.
 //!
 //! It also judges the whole connection by its progress (`super::progress`): a
 //! [`SessionEvent::PathChanged`] whenever another subflow carries the stream (whoever moved
@@ -22,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
-use super::progress::{self, Judge, Sample, Verdict};
+use super::progress::{Judge, Sample, StallReports, Verdict};
 use super::{Judged, check_mptcp, read_backup, read_samples};
 use crate::decision::{DecisionSource, PathReport, Snapshot};
 use crate::error::{Error, Result};
@@ -89,97 +91,6 @@ impl RttReports {
         if !out.is_empty() {
             self.at = Some(now);
         }
-        out
-    }
-}
-
-/// Per-subflow ACK progress (TCP_INFO's bytes sent and acknowledged), and the stalls it shows:
-/// one report per stall, re-armed when acknowledgements resume. A subflow stalls when it sent
-/// data since its acknowledged bytes last grew and they have not grown for
-/// [`progress::stall_threshold`] of its RTT.
-///
-/// The stall is timed from the kernel's own clock of the last ACK (`tcpi_last_ack_recv`), not
-/// from the sample that saw the bytes grow, and [`StallReports::next_due`] says when the next
-/// report could fall due, so the watcher wakes then instead of at its next round: at 50 ms RTT
-/// the report came 150-200 ms after the last ACK (a 141 ms threshold rounded up to three
-/// 50 ms rounds, plus up to one round before the growth was seen).
-#[derive(Debug, Default)]
-struct StallReports {
-    /// Per subflow (local, remote): acknowledged bytes, when they last grew, bytes sent then,
-    /// and whether this stall was reported.
-    progress: Vec<((SocketAddr, SocketAddr), Progress)>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    acked: u64,
-    at: std::time::Instant,
-    sent: u64,
-    reported: bool,
-    /// When a report falls due if nothing is acknowledged before (data outstanding, not
-    /// reported yet).
-    due: Option<std::time::Instant>,
-}
-
-impl StallReports {
-    /// The earliest moment a stall report could fall due, if one is pending.
-    fn next_due(&self) -> Option<std::time::Instant> {
-        self.progress.iter().filter_map(|(_, p)| p.due).min()
-    }
-
-    fn due(&mut self, now: std::time::Instant, samples: &[progress::Sample]) -> Vec<PathReport> {
-        let mut out: Vec<PathReport> = Vec::new();
-        let mut next = Vec::new();
-        for sample in samples {
-            let s = &sample.path;
-            let (Some(local), Some(remote), Some(acked), Some(sent)) =
-                (s.local, s.remote, s.bytes_acked, s.bytes_sent)
-            else {
-                continue;
-            };
-            let key = (local, remote);
-            let before = self
-                .progress
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, p)| *p);
-            let mut p = match before {
-                Some(p) if p.acked == acked => p,
-                // New subflow, or acknowledgements moved: progress when the last ACK came
-                // (after the previous sample, since it moved the bytes), else now.
-                _ => Progress {
-                    acked,
-                    at: sample
-                        .since_ack
-                        .and_then(|d| now.checked_sub(d))
-                        .unwrap_or(now),
-                    sent,
-                    reported: false,
-                    due: None,
-                },
-            };
-            let threshold = progress::stall_threshold(s.rtt);
-            let outstanding = sent > p.sent;
-            p.due = (!p.reported && outstanding).then(|| p.at + threshold);
-            if !p.reported && outstanding && now.duration_since(p.at) >= threshold {
-                p.reported = true;
-                p.due = None;
-                if let Some(interface) = s.interface.clone()
-                    && !out.iter().any(
-                        |r| matches!(r, PathReport::Path { interface: i, .. } if *i == interface),
-                    )
-                {
-                    tracing::debug!(%interface, ?threshold, "subflow stalled: data sent, nothing acknowledged");
-                    out.push(PathReport::Path {
-                        interface,
-                        rtt: None,
-                        stalled: true,
-                    });
-                }
-            }
-            next.push((key, p));
-        }
-        self.progress = next;
         out
     }
 }
@@ -299,7 +210,11 @@ pub(super) fn spawn(
                         s.path = p.clone();
                     }
                     let t = tokio::time::Instant::now().into_std();
-                    for r in stalls.due(t, &samples).into_iter().chain(rtt.due(t, &now)) {
+                    let stalled = stalls
+                        .due(t, &samples, judging.judged.waiting_since())
+                        .into_iter()
+                        .map(|interface| PathReport::Path { interface, rtt: None, stalled: true });
+                    for r in stalled.chain(rtt.due(t, &now)) {
                         source.report(r);
                     }
                     let round = t + WATCH_INTERVAL;
@@ -386,112 +301,6 @@ mod tests {
             PathReport::Path { interface, rtt, .. } if interface == iface => *rtt,
             _ => None,
         })
-    }
-
-    fn stalled_on(r: &[PathReport]) -> Vec<String> {
-        r.iter()
-            .filter_map(|r| match r {
-                PathReport::Path {
-                    interface,
-                    stalled: true,
-                    ..
-                } => Some(interface.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_subflow_that_sends_without_acknowledgements_is_reported_stalled_once() {
-        let t0 = std::time::Instant::now();
-        let mut st = StallReports::default();
-        let at = |sent: u64, acked: u64| {
-            let mut s = subflow("wlan0", 1, 10, acked);
-            s.bytes_sent = Some(sent);
-            samples(vec![s, {
-                // An idle backup: nothing sent, nothing acknowledged, never stalled.
-                let mut b = subflow("rmnet0", 2, 10, 0);
-                b.bytes_sent = Some(0);
-                b
-            }])
-        };
-        assert!(st.due(t0, &at(1000, 1000)).is_empty());
-        // Acknowledgements keep up: no stall however long.
-        assert!(st.due(t0 + ms(500), &at(5000, 5000)).is_empty());
-        // Data sent, nothing acknowledged since t0 + 500 ms: 2 x 10 + 40 = 60 ms.
-        assert!(st.due(t0 + ms(520), &at(9000, 5000)).is_empty());
-        assert_eq!(
-            stalled_on(&st.due(t0 + ms(560), &at(9000, 5000))),
-            ["wlan0"]
-        );
-        // Once per stall ...
-        assert!(st.due(t0 + ms(700), &at(12000, 5000)).is_empty());
-        // ... re-armed when acknowledgements resume.
-        assert!(st.due(t0 + ms(800), &at(12000, 12000)).is_empty());
-        assert!(
-            st.due(t0 + ms(900), &at(12000, 12000)).is_empty(),
-            "idle is no stall"
-        );
-        assert_eq!(
-            stalled_on(&st.due(t0 + ms(1000), &at(13000, 12000))),
-            ["wlan0"]
-        );
-    }
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    /// Samples of `v` without the kernel's last-ACK clock (a kernel that did not say).
-    fn samples(v: Vec<Subflow>) -> Vec<progress::Sample> {
-        v.into_iter()
-            .map(|path| progress::Sample {
-                path,
-                unacked: 0,
-                window_closed: false,
-                since_ack: None,
-            })
-            .collect()
-    }
-
-    /// The stall is timed from the last ACK as the kernel clocked it, and the watcher is told
-    /// when the report falls due, so it need not wait for its next 50 ms round.
-    #[test]
-    fn a_stall_is_timed_from_the_kernels_last_ack_and_its_report_is_scheduled() {
-        let t0 = std::time::Instant::now();
-        let mut st = StallReports::default();
-        // 50 ms RTT: 2 x 50 + 40 = 140 ms.
-        let at = |sent: u64, acked: u64, since_ack: u64| {
-            let mut s = subflow("wlan0", 1, 50, acked);
-            s.bytes_sent = Some(sent);
-            let mut v = samples(vec![s]);
-            v[0].since_ack = Some(ms(since_ack));
-            v
-        };
-        assert!(st.due(t0, &at(1000, 1000, 0)).is_empty());
-        assert_eq!(st.next_due(), None, "nothing outstanding");
-        // The bytes grew in this round; the last ACK came 45 ms before it.
-        assert!(st.due(t0 + ms(50), &at(4000, 3000, 45)).is_empty());
-        // Data sent since, no ACK: due 140 ms after that ACK (t0 + 5 + 140), not 140 ms after
-        // the round that saw it (t0 + 190, read at the round of t0 + 200).
-        assert!(st.due(t0 + ms(100), &at(6000, 3000, 95)).is_empty());
-        assert_eq!(st.next_due(), Some(t0 + ms(145)));
-        assert!(st.due(t0 + ms(144), &at(7000, 3000, 139)).is_empty());
-        assert_eq!(
-            stalled_on(&st.due(t0 + ms(145), &at(7000, 3000, 140))),
-            ["wlan0"]
-        );
-        assert_eq!(st.next_due(), None, "reported once");
-        // A kernel that says nothing of its last ACK: timed from the round that saw progress.
-        let mut st = StallReports::default();
-        let plain = |sent: u64, acked: u64| {
-            let mut s = subflow("wlan0", 1, 50, acked);
-            s.bytes_sent = Some(sent);
-            samples(vec![s])
-        };
-        assert!(st.due(t0 + ms(50), &plain(4000, 3000)).is_empty());
-        assert!(st.due(t0 + ms(100), &plain(6000, 3000)).is_empty());
-        assert_eq!(st.next_due(), Some(t0 + ms(190)));
     }
 
     #[test]
