@@ -117,11 +117,13 @@ async fn replay_rest(b: Bound, mut rest: VecDeque<Kept>) {
     tracing::trace!(ip = %b.ip, dropped = rest.len(), "replay finished");
 }
 
-/// What one source address sent recently, oldest first.
+/// What one source address sent recently, oldest first, and when it last received.
 #[derive(Default)]
 struct Recent {
     kept: VecDeque<Kept>,
     bytes: usize,
+    /// When a datagram last came in on this address's socket (stamped as it was read).
+    heard: Option<Instant>,
 }
 
 impl Recent {
@@ -188,6 +190,10 @@ impl Set {
                 r.kept.pop_front();
             }
         }
+        self.recent_of(ip).push(now, t);
+    }
+
+    fn recent_of(&mut self, ip: IpAddr) -> &mut Recent {
         let i = match self.recent.iter().position(|(a, _)| *a == ip) {
             Some(i) => i,
             None => {
@@ -195,7 +201,7 @@ impl Set {
                 self.recent.len() - 1
             }
         };
-        self.recent[i].1.push(now, t);
+        &mut self.recent[i].1
     }
 }
 
@@ -287,6 +293,16 @@ impl PathSockets {
         {
             set.recent.retain(|(a, _)| *a != ip);
         }
+    }
+
+    /// When a datagram last came in on the socket of `ip` (while it had one): the last moment
+    /// its link is known to have carried something back.
+    pub(crate) fn heard(&self, ip: IpAddr) -> Option<Instant> {
+        let set = self.lock();
+        set.recent
+            .iter()
+            .find(|(a, _)| *a == ip)
+            .and_then(|(_, r)| r.heard)
     }
 
     /// Sends again, from the socket with address `via` (the default socket if there is none),
@@ -421,6 +437,7 @@ impl AsyncUdpSocket for EndpointSocket {
                             // noq matches the datagram to its path by this address.
                             m.dst_ip.get_or_insert(b.ip);
                         }
+                        set.recent_of(b.ip).heard = Some(Instant::now());
                         set.next = (i + 1) % n;
                         return Poll::Ready(Ok(got));
                     }
@@ -568,7 +585,7 @@ mod tests {
 
     /// Each datagram leaves from the socket of its source address (the default without one;
     /// none for an address without a socket), and a received one is tagged with the address of
-    /// the socket it came in on.
+    /// the socket it came in on, which notes when it last heard something.
     #[tokio::test]
     async fn datagrams_leave_from_the_socket_of_their_source_address() {
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -593,6 +610,8 @@ mod tests {
             assert_eq!((&buf[..n], from), (&b"hi"[..], want), "source {src:?}");
         }
 
+        assert_eq!(set.heard(second.ip()), None, "nothing received yet");
+        let before = Instant::now();
         peer.send_to(b"back", second).await.unwrap();
         let mut data = [0u8; 1500];
         let mut meta = [RecvMeta::default()];
@@ -604,6 +623,9 @@ mod tests {
         assert_eq!(got, 1);
         assert_eq!(&data[..meta[0].len], b"back");
         assert_eq!(meta[0].dst_ip, Some("127.0.0.2".parse().unwrap()));
+        // Stamped as read, on the address it came in on only.
+        assert!(set.heard(second.ip()).is_some_and(|t| t >= before));
+        assert_eq!(set.heard("127.0.0.1".parse().unwrap()), None);
 
         // An alias: what names 127.0.0.7 (no socket) leaves from 127.0.0.2's socket.
         set.alias("127.0.0.7".parse().unwrap(), "127.0.0.2".parse().unwrap());
