@@ -19,7 +19,7 @@
 //! pacing = "evidence"               # or "periodic" (fast_interval_ms, idle_interval_ms), "once"
 //! validity_s = 600                  # evidence keeps a link validated this long
 //! burst = 3                         # probes per validation or suspicion, burst_gap_ms apart
-//! burst_gap_ms = 20
+//! burst_gap_ms = 10
 //! timeout_ms = 100
 //! miss_limit = 3
 //! portal_url = "http://198.18.0.1/generate_204"  # captive-portal check; plain http, address literal
@@ -795,7 +795,7 @@ metered = false
                 Pacing::Evidence,
                 Duration::from_secs(600),
                 3,
-                Duration::from_millis(20)
+                Duration::from_millis(10)
             )
         );
         let c = Config::from_str(

@@ -954,9 +954,9 @@ fn a_lying_app_of_another_uid_moves_nobody_and_a_confirmed_stall_moves_everyone(
     assert_eq!(paths(&u).first(), Some(&"rmnet0"));
     let took = at - t;
     eprintln!(
-        "stall report on a silent link -> down at the subscriber: {took:?} (burst of 3, 20 ms apart, each probe waiting 4 RTTs, 50 to 100 ms)"
+        "stall report on a silent link -> down at the subscriber: {took:?} (burst of 3, 10 ms apart, each probe waiting its RTT and margin, 50 to 100 ms)"
     );
-    // At most 2 x 20 + 100 ms in the core; allow for a busy CI machine.
+    // At most 2 x 10 + 100 ms in the core; allow for a busy CI machine.
     assert!(
         took < Duration::from_millis(1_000),
         "{took:?}\n{}",
@@ -1092,7 +1092,7 @@ fn a_silently_dead_backup_is_checked_when_needed_and_the_decision_ends_on_the_th
     });
     let gap = on_bnep - t;
     eprintln!(
-        "figure: wlan0 down -> rmnet0 (stale) after {:?} -> bnep0 after {gap:?} (burst of 3, 20 ms apart, each probe waiting 4 RTTs, 50 to 100 ms)",
+        "figure: wlan0 down -> rmnet0 (stale) after {:?} -> bnep0 after {gap:?} (burst of 3, 10 ms apart, each probe waiting its RTT and margin, 50 to 100 ms)",
         on_rmnet - t
     );
     assert!(gap < Duration::from_millis(1_000), "{gap:?}\n{}", hs.log());

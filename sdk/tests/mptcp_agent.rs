@@ -68,8 +68,8 @@ fn reflector_addr() -> SocketAddr {
 
 /// [`NO_PROBES`] plus the reflector as probe target, at roamd's shipped pacing: links
 /// validated once, then probed only on suspicion (the session's per-subflow stall report)
-/// with a burst of 3 probes 20 ms apart, each given four RTTs (50 to 100 ms): a silent link
-/// is `down` 90 to 140 ms after the session reported it stalled.
+/// with a burst of 3 probes 10 ms apart, each given its RTT and margin (50 to 100 ms): a
+/// silent link is `down` 70 to 120 ms after the session reported it stalled.
 fn agent_config() -> String {
     format!("{NO_PROBES}\n{}", probe_section(&[reflector_addr()]))
 }

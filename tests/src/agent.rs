@@ -82,7 +82,7 @@ impl AgentConfig {
     /// As [`AgentConfig::netlink_only`], and every link probed against `targets` (a
     /// [`Reflector`] each) at roamd's shipped pacing: validated once, then probed on
     /// suspicion (a session's stall report, a decision onto a stale link) with a burst of 3
-    /// probes 20 ms apart, each given 100 ms.
+    /// probes 10 ms apart, each given its RTT and margin (50 to 100 ms).
     pub fn probing(targets: &[std::net::SocketAddr]) -> AgentConfig {
         AgentConfig::probing_with(targets, "")
     }

@@ -35,8 +35,9 @@ pub struct ProbeConfig {
     /// [`Pacing::Periodic`]: interval for usable links no session uses, while at least one
     /// app is subscribed.
     pub idle_interval: Duration,
-    /// A probe unanswered after this long counts as missed (a burst's probe on a link with a
-    /// short RTT sooner: four RTTs, at least 50 ms).
+    /// A probe unanswered after this long counts as missed (a burst's probe on a link whose
+    /// RTT is known sooner: that RTT plus the larger of half of it and four RTT variations, at
+    /// least [`MIN_BURST_TIMEOUT`]).
     pub timeout: Duration,
     /// Consecutive misses that turn a link `down`.
     pub miss_limit: u32,
@@ -63,9 +64,10 @@ pub struct ProbeConfig {
 }
 
 impl Default for ProbeConfig {
-    /// The shipped pacing: evidence, a 10-minute validity, bursts of 3 probes 20 ms apart.
+    /// The shipped pacing: evidence, a 10-minute validity, bursts of 3 probes 10 ms apart.
     /// A burst on a silent link turns it down `2 * burst_gap` plus the burst's probe timeout
-    /// (four RTTs, 50 to 100 ms) after it started: 90 to 140 ms.
+    /// (the RTT plus its margin, 50 to 100 ms) after it started: 70 to 120 ms; 95 ms on a
+    /// steady 50 ms link.
     fn default() -> Self {
         ProbeConfig {
             pacing: Pacing::Evidence,
@@ -78,7 +80,9 @@ impl Default for ProbeConfig {
             degraded_loss_pct: 10.0,
             validity: Duration::from_secs(600),
             burst: 3,
-            burst_gap: Duration::from_millis(20),
+            // Apart at all so one dropped frame or a wireless hiccup of a few ms does not
+            // take all three; close, as each 10 ms here is 10 ms more of a silent link's pause.
+            burst_gap: Duration::from_millis(10),
             report_burst_every: Duration::from_secs(10),
             counter_interval: Duration::from_secs(1),
         }
@@ -109,6 +113,8 @@ pub(crate) struct LinkProbe {
     /// Sequence number, when it left, and when it counts as missed.
     outstanding: VecDeque<(u64, Instant, Instant)>,
     srtt_ms: Option<f64>,
+    /// RFC 6298's RTT variation, beside `srtt_ms`.
+    rttvar_ms: f64,
     window: VecDeque<bool>,
     consecutive_misses: u32,
     verdict: Verdict,
@@ -120,6 +126,7 @@ impl LinkProbe {
         LinkProbe {
             outstanding: VecDeque::new(),
             srtt_ms: None,
+            rttvar_ms: 0.0,
             window: VecDeque::new(),
             consecutive_misses: 0,
             verdict: Verdict::Unprobed,
@@ -139,15 +146,20 @@ impl LinkProbe {
         self.last_sent = Some(now);
     }
 
-    /// How long a probe of a burst is waited for: four smoothed RTTs, at least
-    /// [`MIN_BURST_TIMEOUT`], at most the config's timeout. A burst confirms a suspicion, and
-    /// a link that answers in 1 ms is not going to answer in 100 after three silent probes; on
-    /// a link of unknown or long RTT (cellular) it is the config's timeout.
+    /// How long a probe of a burst is waited for: the smoothed RTT plus the larger of half of
+    /// it and four RTT variations (RFC 6298's margin), at least [`MIN_BURST_TIMEOUT`], at most
+    /// the config's timeout. A burst confirms a suspicion (a session's stall report, counters
+    /// that stopped): a link that answered in 50 ms is not going to answer in 100 after three
+    /// silent probes, and every millisecond waited here is a millisecond of the session's
+    /// pause. On a link of unknown RTT it is the config's timeout.
     pub(crate) fn burst_timeout(&self, cfg: &ProbeConfig) -> Duration {
         match self.srtt_ms {
-            Some(ms) => Duration::from_secs_f64(4.0 * ms / 1000.0)
-                .max(MIN_BURST_TIMEOUT)
-                .min(cfg.timeout),
+            Some(ms) => {
+                let margin = (ms / 2.0).max(4.0 * self.rttvar_ms);
+                Duration::from_secs_f64((ms + margin) / 1000.0)
+                    .max(MIN_BURST_TIMEOUT)
+                    .min(cfg.timeout)
+            }
             None => cfg.timeout,
         }
     }
@@ -192,11 +204,18 @@ impl LinkProbe {
         if !ms.is_finite() || ms < 0.0 {
             return;
         }
-        // RFC 6298 smoothing: one sample moves the figure by an eighth.
-        self.srtt_ms = Some(match self.srtt_ms {
-            None => ms,
-            Some(s) => s + (ms - s) / 8.0,
-        });
+        // RFC 6298 smoothing: one sample moves the RTT by an eighth and its variation by a
+        // quarter of the sample's distance from the RTT before it.
+        match self.srtt_ms {
+            None => {
+                self.srtt_ms = Some(ms);
+                self.rttvar_ms = ms / 2.0;
+            }
+            Some(s) => {
+                self.rttvar_ms += ((s - ms).abs() - self.rttvar_ms) / 4.0;
+                self.srtt_ms = Some(s + (ms - s) / 8.0);
+            }
+        }
     }
 
     /// Counts every outstanding probe past its timeout as missed, oldest first. Returns true
@@ -351,5 +370,37 @@ mod tests {
         }
         assert_eq!(q.loss_pct(), Some(20.0));
         assert_eq!(q.state(&cfg), LinkState::Degraded);
+    }
+
+    #[test]
+    fn a_burst_waits_for_the_rtt_and_its_margin() {
+        let cfg = ProbeConfig::default();
+        let mut p = LinkProbe::new();
+        assert_eq!(p.burst_timeout(&cfg), cfg.timeout, "unknown RTT");
+        // One 50 ms sample: its variation is half of it, so the margin is 100 ms (capped).
+        p.rtt_sample(50.0);
+        assert_eq!(p.burst_timeout(&cfg), cfg.timeout);
+        // A steady 50 ms link: the variation decays and half the RTT is the margin.
+        for _ in 0..20 {
+            p.rtt_sample(50.0);
+        }
+        let steady = p.burst_timeout(&cfg).as_secs_f64() * 1000.0;
+        assert!((75.0..76.0).contains(&steady), "{steady} ms");
+        // A jittery one (40 to 60 ms) keeps a larger margin.
+        let mut q = LinkProbe::new();
+        for i in 0..20 {
+            q.rtt_sample(if i % 2 == 0 { 40.0 } else { 60.0 });
+        }
+        let jittery = q.burst_timeout(&cfg);
+        assert!(jittery > Duration::from_millis(85), "{jittery:?}");
+        // A fast link waits the floor, a slow one the config's timeout.
+        let mut fast = LinkProbe::new();
+        let mut slow = LinkProbe::new();
+        for _ in 0..20 {
+            fast.rtt_sample(2.0);
+            slow.rtt_sample(80.0);
+        }
+        assert_eq!(fast.burst_timeout(&cfg), MIN_BURST_TIMEOUT);
+        assert_eq!(slow.burst_timeout(&cfg), cfg.timeout);
     }
 }

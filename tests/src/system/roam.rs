@@ -105,8 +105,8 @@ impl Roam {
     /// With an agent ([`Roam::with_agent`]): a reflector (`roamd reflect`) runs on the service
     /// address, port [`REFLECT_PORT`], in the server namespace, and the agent probes every link
     /// against it at the shipped pacing ([`AgentConfig::shipped`]: no faster probing in the
-    /// benchmark than what ships; a burst of 3 probes 20 ms apart on suspicion, each given
-    /// 100 ms).
+    /// benchmark than what ships; a burst of 3 probes 10 ms apart on suspicion, each given
+    /// its RTT and margin, 50 to 100 ms).
     pub fn with_probes(mut self) -> Roam {
         self.probes = true;
         self
