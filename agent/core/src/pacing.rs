@@ -70,6 +70,8 @@ pub(crate) struct Watch {
     burst_left: u32,
     /// Something made the link suspect: a burst goes at the next pacing.
     suspect: bool,
+    /// The burst a suspicion started has no verdict yet (no answer, not failed).
+    confirming: bool,
     /// When counters last made it suspect (one suspicion per `report_burst_every`).
     suspected_at: Option<Instant>,
     /// When a failed or captive link is probed again, and the interval after that.
@@ -98,8 +100,15 @@ impl Watch {
     /// A probe answered, or a trusted figure arrived: the link carries traffic now.
     pub(crate) fn proven(&mut self, now: Instant) {
         self.evidence_at = Some(now);
+        self.confirming = false;
         self.recheck_at = None;
         self.recheck_after = None;
+    }
+
+    /// A suspicion (a session's stall report, counters that stopped) waits for its burst's
+    /// verdict: the link may be dead, or fine.
+    pub(crate) fn under_suspicion(&self) -> bool {
+        self.suspect || self.confirming
     }
 
     fn stale(&self, now: Instant, cfg: &ProbeConfig) -> bool {
@@ -190,6 +199,7 @@ impl Core {
                         burst_due(link, now, cfg, primary.contains(name), used.contains(name))
                     {
                         link.watch.burst_left = n;
+                        link.watch.confirming |= link.watch.suspect;
                         link.watch.suspect = false;
                         link.next_probe = Some(now);
                     }
@@ -403,6 +413,10 @@ impl Core {
                 Verdict::Unprobed => link.probe.last_sent().is_some(),
                 Verdict::Answered => matches!(link.portal, Portal::Captive { .. }),
             };
+            if link.probe.verdict() == Verdict::Failed {
+                // The burst's verdict is in: down.
+                link.watch.confirming = false;
+            }
             if !blocked {
                 link.watch.recheck_at = None;
                 link.watch.recheck_after = None;

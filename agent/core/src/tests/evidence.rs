@@ -360,3 +360,54 @@ fn validate_once_never_probes_a_validated_link_again() {
         assert_eq!(probes(&log, name, t0, t0 + secs(3600)).len(), 3, "{name}");
     }
 }
+
+/// The MPTCP endpoint plans in `log`, as (interface index, backup) in address order.
+fn endpoint_plans(log: &[(Instant, Action)]) -> Vec<(Instant, Vec<(u32, bool)>)> {
+    log.iter()
+        .filter_map(|(t, a)| match a {
+            Action::Mptcp(p) => Some((
+                *t,
+                p.endpoints.values().map(|e| (e.index, e.backup)).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_suspect_primarys_backups_carry_data_until_the_bursts_verdict() {
+    for dead in [false, true] {
+        let t0 = Instant::now();
+        let mut core = shipped(t0);
+        core.enable_mptcp(t0);
+        subscribe(&mut core, t0, 1, "a");
+        let dies = t0 + secs(5);
+        let rtt = move |name: &str, now: Instant| {
+            (!dead || name != "wlan0" || now < dies).then_some(ms(3))
+        };
+        let _ = sim(&mut core, t0, dies + ms(150), rtt, quiet);
+        let stalled = dies + ms(150);
+        core.request(stalled, 1, report(None, true));
+        let log = sim(&mut core, stalled, stalled + secs(1), rtt, quiet);
+        let plans = endpoint_plans(&log);
+        let backups = [(WLAN, false), (RMNET, true), (BNEP, true)];
+        let all_on = [(WLAN, false), (RMNET, false), (BNEP, false)];
+        // At the report itself: the backups' endpoints lose `backup` (MP_PRIO to the peer).
+        assert_eq!(
+            plans.first(),
+            Some(&(stalled, all_on.to_vec())),
+            "dead {dead}: {plans:?}"
+        );
+        let (at, last) = plans.last().cloned().expect("a verdict");
+        if dead {
+            // Down: wlan0's endpoint goes, rmnet0 carries, bnep0 backs up again.
+            assert_eq!(last, [(RMNET, false), (BNEP, true)], "{plans:?}");
+            assert!(at - stalled <= ms(70), "{:?}", at - stalled);
+        } else {
+            // Answered: back as they were, one probe's round trip later.
+            assert_eq!(last, backups, "{plans:?}");
+            assert!(at - stalled <= ms(10), "{:?}", at - stalled);
+            assert_eq!(plans.len(), 2, "{plans:?}");
+        }
+    }
+}
