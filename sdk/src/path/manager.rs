@@ -101,6 +101,11 @@ pub struct TransportSample {
     pub acks_received: u64,
     /// The smoothed round-trip time.
     pub rtt: Duration,
+    /// Datagrams (or segments) received so far; 0 from a transport that does not count them.
+    /// A receiver sends nothing that must be acknowledged, so its path is judged by what
+    /// arrives: a stream that stops arriving gets a ping ([`Action::Ping`]), whose ACK the
+    /// stall detection then waits for.
+    pub received: u64,
 }
 
 /// What the driver tells the manager.
@@ -134,6 +139,11 @@ pub enum Action {
     Warm(Option<LocalPath>),
     /// Read the transport's counters now and answer with [`Input::Sample`].
     Sample,
+    /// Send something the peer must acknowledge on the current path now (a PING): what was
+    /// streaming in stopped arriving, and only an unanswered probe tells a dead path from a
+    /// peer with nothing to send. No answer: the next sample sees it go out (not
+    /// [`Input::Activity`], which says the app's data waits to go out).
+    Ping,
     /// Tell the app (the driver passes it on as the [`crate::SessionEvent`] of the same name).
     Event(PathEvent),
 }
@@ -197,6 +207,12 @@ struct StallDetector {
     written: bool,
     /// Data the app wrote before the last sample has not visibly gone out since.
     queued: bool,
+    /// When datagrams last arrived, and since when they have been arriving with no silence
+    /// of a ping's wait between (the incoming stream's run).
+    received_at: Option<Instant>,
+    streaming_since: Option<Instant>,
+    /// A ping went out for the current silence (one per silence).
+    pinged: bool,
 }
 
 impl StallDetector {
@@ -211,6 +227,9 @@ impl StallDetector {
             last_sent: None,
             written: false,
             queued: false,
+            received_at: None,
+            streaming_since: None,
+            pinged: false,
         }
     }
 
@@ -226,6 +245,10 @@ impl StallDetector {
         self.unacked_since = (self.last.ack_eliciting_sent > self.sent_at_ack).then_some(now);
         // What is in flight left from the old path: an ACK on the new one is due from now on.
         self.last_sent = self.last_sent.map(|_| now);
+        // The incoming stream is judged on the new path once it streams there.
+        self.received_at = None;
+        self.streaming_since = None;
+        self.pinged = false;
     }
 
     fn threshold(&self, cfg: &Config) -> Duration {
@@ -235,10 +258,45 @@ impl StallDetector {
         due.max(cfg.min_stall) * self.grace.max(1)
     }
 
+    /// How long an incoming stream may fall silent before a ping asks the path: the round
+    /// trip plus the peer's ACK delay (a sender's data arrives at least once a round trip
+    /// while it has any), at least half of `min_stall`.
+    fn silence(&self, cfg: &Config) -> Duration {
+        (self.last.rtt + cfg.max_ack_delay).max(cfg.min_stall / 2)
+    }
+
+    /// Whether the incoming stream streamed (arrived for at least a stall threshold with no
+    /// silence of a ping's wait) and has now been silent that long with nothing of ours in
+    /// flight: a ping is due, once per silence. A peer that sent one message, or a burst
+    /// shorter than the threshold, is never asked.
+    fn ping_due(&mut self, now: Instant, cfg: &Config) -> bool {
+        let (Some(start), Some(last)) = (self.streaming_since, self.received_at) else {
+            return false;
+        };
+        let due = !self.pinged
+            && !self.stalled
+            && self.unacked_since.is_none()
+            && last.saturating_duration_since(start) >= self.threshold(cfg)
+            && now.saturating_duration_since(last) >= self.silence(cfg);
+        self.pinged |= due;
+        due
+    }
+
     /// Returns `Some(true)` when a stall starts, `Some(false)` when ACKs resume after one.
     fn sample(&mut self, now: Instant, s: TransportSample, cfg: &Config) -> Option<bool> {
         let acked = s.acks_received > self.last.acks_received;
         let sent = s.ack_eliciting_sent > self.last.ack_eliciting_sent;
+        if s.received > self.last.received {
+            let running = self
+                .received_at
+                .is_some_and(|t| now.saturating_duration_since(t) < self.silence(cfg));
+            if !running {
+                self.streaming_since = Some(now);
+            }
+            self.received_at = Some(now);
+            self.pinged = false;
+            self.last_progress = Some(now);
+        }
         if acked || sent {
             self.last_progress = Some(now);
         }
@@ -369,6 +427,10 @@ impl PathManager {
                         });
                     }
                     None => {}
+                }
+                if self.stall.ping_due(now, &self.cfg) {
+                    tracing::debug!(path = %self.current, "incoming stream went silent: pinging");
+                    self.actions.push_back(Action::Ping);
                 }
                 self.next_sample = now + self.stall.interval(now, &self.cfg);
             }
@@ -767,6 +829,7 @@ mod tests {
                             ack_eliciting_sent: self.sent,
                             acks_received: self.acks,
                             rtt: self.rtt,
+                            received: 0,
                         };
                         self.pm.handle(self.now, Input::Sample(s));
                     }
@@ -924,6 +987,7 @@ mod tests {
             ack_eliciting_sent: sent,
             acks_received: acks,
             rtt: Duration::from_millis(55),
+            received: 0,
         };
         // Bulk flow: every 12 ms frames go out and ACKs come in.
         for i in 0..10 {
@@ -1332,5 +1396,103 @@ mod tests {
             [0, 50, 100, 300, 700, 1500],
             "two polls 50 ms apart, then after 200, 400, 800 ms"
         );
+    }
+
+    /// A receiver at 50 ms RTT: the manager's actions answered by a peer streaming to it
+    /// until `silent_from` (a datagram every 5 ms), which answers the session's ACK-eliciting
+    /// frames (pings) only while `answers` says so. Returns the moves' instants and the pings'.
+    fn receive(
+        streamed_for: Duration,
+        silent_from: Duration,
+        answers: impl Fn(Duration) -> bool,
+    ) -> (Vec<Duration>, Vec<Duration>) {
+        let t0 = Instant::now();
+        let mut pm = PathManager::new(Config::default(), wlan(), t0);
+        pm.handle(t0, Input::Paths(vec![wlan(), rmnet()]));
+        let rtt = Duration::from_millis(50);
+        // The handshake's frame, acknowledged once streaming starts (the grace of a fresh
+        // session ends with its first ACK).
+        let (mut sent, mut acks, mut received) = (1u64, 0u64, 0u64);
+        let (mut moves, mut pings) = (Vec::new(), Vec::new());
+        let start = Duration::from_millis(100);
+        let mut now = t0;
+        for _ in 0..10_000 {
+            let at = now - t0;
+            if at > Duration::from_secs(3) {
+                break;
+            }
+            while let Some(a) = pm.poll_action() {
+                match a {
+                    Action::Sample => {
+                        let streaming =
+                            at >= start && at < start + streamed_for && at < silent_from;
+                        if streaming {
+                            received = (at - start).as_millis() as u64 / 5 + 1;
+                            acks = acks.max(1);
+                        }
+                        // A ping is acknowledged a round trip after it left, if at all.
+                        if let Some(&p) = pings.last()
+                            && acks < sent
+                            && at >= p + rtt
+                            && answers(p)
+                        {
+                            acks = sent;
+                        }
+                        let s = TransportSample {
+                            ack_eliciting_sent: sent,
+                            acks_received: acks,
+                            rtt,
+                            received,
+                        };
+                        pm.handle(now, Input::Sample(s));
+                    }
+                    Action::Ping => {
+                        pings.push(at);
+                        sent += 1;
+                    }
+                    Action::Move { to, .. } => {
+                        moves.push(at);
+                        pm.handle(now, Input::Moved(to));
+                    }
+                    _ => {}
+                }
+            }
+            now = pm.poll_timeout().max(now + Duration::from_millis(1));
+            pm.handle_timeout(now);
+        }
+        (moves, pings)
+    }
+
+    #[test]
+    fn an_incoming_stream_that_stops_is_pinged_and_a_dead_path_left() {
+        // Streaming for a second, then the path goes silent both ways at 1.1 s.
+        let cut = Duration::from_millis(1_100);
+        let (moves, pings) = receive(Duration::from_secs(10), cut, |p| p < cut);
+        // The ping: a round trip plus the ACK delay (75 ms) after the last datagram (up to a
+        // sample later); the move: the stall threshold (2 x 50 + 25 ms) after the ping.
+        assert_eq!(pings.len(), 1, "{pings:?}");
+        let ping = pings[0] - cut;
+        assert!(
+            ping >= Duration::from_millis(70) && ping <= Duration::from_millis(90),
+            "{ping:?}"
+        );
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        let moved = moves[0] - pings[0];
+        assert!(
+            moved >= Duration::from_millis(125) && moved <= Duration::from_millis(145),
+            "{moved:?}"
+        );
+
+        // The stream ends (the peer has nothing more) on a live path: one ping, answered,
+        // and the session stays.
+        let (moves, pings) = receive(Duration::from_secs(1), Duration::from_secs(10), |_| true);
+        assert_eq!(pings.len(), 1, "{pings:?}");
+        assert!(moves.is_empty(), "{moves:?} {pings:?}");
+
+        // A burst shorter than a stall threshold is never asked about.
+        let (moves, pings) = receive(Duration::from_millis(60), Duration::from_secs(10), |_| {
+            false
+        });
+        assert!(pings.is_empty() && moves.is_empty(), "{pings:?} {moves:?}");
     }
 }

@@ -301,6 +301,16 @@ impl Driver {
                         }
                     }
                 }
+                Action::Ping => {
+                    let primary = if self.multipath() {
+                        self.shared.primary()
+                    } else {
+                        PathId::ZERO
+                    };
+                    if let Some(p) = self.conn.path(primary) {
+                        let _ = p.ping();
+                    }
+                }
                 Action::Warm(p) => self.warm(p),
                 Action::Event(e) => {
                     let _ = self.events.send(e.into());
@@ -334,6 +344,7 @@ impl Driver {
             ack_eliciting_sent: ack_eliciting(&s.frame_tx),
             acks_received: acks,
             rtt: self.conn.rtt(primary).unwrap_or_default(),
+            received: s.udp_rx.datagrams,
         }
     }
 

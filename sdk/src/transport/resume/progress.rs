@@ -112,6 +112,9 @@ impl TcpProgress {
             ack_eliciting_sent: self.flights,
             acks_received: self.acks,
             rtt: r.rtt,
+            // Not counted: the resume protocol's own pings keep an idle or receiving
+            // connection's ACK clock running (`keep_alive`), so no ping is ever asked for.
+            received: 0,
         }
     }
 }
@@ -259,7 +262,7 @@ mod tests {
                                 .push((self.now - self.t0, to.interface.clone(), reason));
                             self.pm.handle(self.now, Input::Moved(to));
                         }
-                        Action::Warm(_) | Action::Event(_) => {}
+                        Action::Warm(_) | Action::Event(_) | Action::Ping => {}
                     }
                 }
             }

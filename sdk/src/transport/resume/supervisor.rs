@@ -254,6 +254,9 @@ impl Supervisor {
                     Action::Event(e) => {
                         let _ = self.events.send(e.into());
                     }
+                    // Asked only of a transport that counts what it receives; this one does
+                    // not (`Progress::sample`).
+                    Action::Ping => {}
                 }
             }
             if conn.is_none() && dialing.is_none() {
