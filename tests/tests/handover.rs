@@ -11,7 +11,7 @@ use std::sync::Arc;
 use roam_tests::handover::{Outcome, RunConfig, bench_topology, run_once, run_with};
 use roam_tests::scenario::Scenario;
 use roam_tests::system::roam::Roam;
-use roam_tests::system::{Transport, baseline};
+use roam_tests::system::{Direction, Transport, baseline};
 use roam_tests::tls::{SERVER_NAME, TestPki, client_trusting};
 use roam_tests::topology::{SERVICE_V4, Topology};
 
@@ -113,6 +113,31 @@ fn roam_quic_survives_a_silent_blackhole_and_says_where_it_went() {
             && matches!(e, roam::SessionEvent::PathChanged { to, .. } if to.interface == "rmnet0")
     });
     assert!(moved, "no PathChanged to rmnet0: {:?}", system.events());
+}
+
+#[test]
+fn roam_quic_leaves_a_silent_blackhole_while_it_downloads_at_50_ms_rtt() {
+    let Some(_serial) = roam_tests::serial::netns_test(
+        "roam_quic_leaves_a_silent_blackhole_while_it_downloads_at_50_ms_rtt",
+    ) else {
+        return;
+    };
+    // The handset only receives: nothing of its own waits for an ACK, so only the ping it
+    // sends when the stream stops arriving tells the dead path (before it: the next
+    // keep-alive, 1.3-1.4 s of silence at this RTT; with it about 370 ms).
+    let cfg = RunConfig {
+        direction: Direction::Down,
+        ..RunConfig::quick(Duration::from_millis(50))
+    };
+    let system = Arc::new(Roam::new(Transport::Quic).unwrap());
+    let o = run_once(system.clone(), Scenario::Blackhole, &cfg).unwrap();
+    assert_intact(&o);
+    assert!(o.gap < Duration::from_secs(1), "gap {:?}", o.gap);
+    let stalled = system.events().into_iter().any(|(at, e)| {
+        at >= o.failed_at
+            && matches!(e, roam::SessionEvent::PathChanged { to, reason: roam::path::MigrationReason::Stalled, .. } if to.interface == "rmnet0")
+    });
+    assert!(stalled, "no stall move to rmnet0: {:?}", system.events());
 }
 
 #[test]
