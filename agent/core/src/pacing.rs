@@ -215,6 +215,9 @@ impl Core {
                 if mode == ProbeMode::Off {
                     link.next_probe = None;
                     link.watch.burst_left = 0;
+                    // No verdict will come: a suspicion must not keep backups carrying data.
+                    link.watch.suspect = false;
+                    link.watch.confirming = false;
                     link.probe.abandon();
                     self.actions.push_back(Action::StopProbing { index });
                 } else if cfg.pacing == Pacing::Periodic
