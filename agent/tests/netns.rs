@@ -362,13 +362,33 @@ fn policy_routing_is_applied_and_removed_exactly_also_after_a_crash() {
             .unwrap()
     };
     let settled = |hs: &Handset, backup_window: bool| {
-        // The failover window (3 s) and a loaded machine's margin.
+        // Woken by the kernel's route notifications (`ip monitor route`, started before the
+        // first look so no change falls between), not by a timer; bounded by the failover
+        // window (3 s) and a loaded machine's margin.
+        let mut monitor = std::process::Command::new("ip")
+            .args(["-n", hs.h.name(), "monitor", "route"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, changes) = std::sync::mpsc::channel();
+        let out = monitor.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for _ in std::io::BufReader::new(out).lines() {
+                if tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while table_of(hs, "rmnet0").contains(&window) != backup_window
-            && std::time::Instant::now() < until
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        while table_of(hs, "rmnet0").contains(&window) != backup_window {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if changes.recv_timeout(left).is_err() {
+                break;
+            }
         }
+        let _ = monitor.kill();
+        let _ = monitor.wait();
         hs.kernel_routing()
     };
 
