@@ -38,6 +38,18 @@ pub(crate) fn stall_threshold(rtt: Duration) -> Duration {
     (rtt * STALL_RTTS + STALL_ACK_DELAY).max(STALL_MIN)
 }
 
+/// The silence after which a subflow that was streaming to a waiting app is reported, with
+/// smoothed RTT `rtt`: one RTT plus half of one (never sooner than [`STALL_MIN`]). A receiver
+/// waits on the peer's data, not on ACKs it holds back, so the sender's delayed ACK is no part
+/// of it; and a sender whose window is full is clocked by our ACKs, so its data keeps coming
+/// through the round trip. What goes silent for longer is a dead path, a tail loss (the
+/// sender probes it after two RTTs), or a peer that ran out of data: a report is only a
+/// suspicion roamd confirms with its probes, and at 50 ms RTT reporting 75 ms after the last
+/// data instead of 140 shortens a download's blackhole by as much.
+pub(crate) fn silence_threshold(rtt: Duration) -> Duration {
+    (rtt + rtt / 2).max(STALL_MIN)
+}
+
 /// One subflow as read at one instant: its public view and its unacknowledged segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sample {
@@ -257,8 +269,8 @@ const KERNEL_CLOCK: Duration = Duration::from_millis(10);
 ///   50 ms RTT the report came 150-200 ms after the last ACK otherwise (a 141 ms threshold
 ///   rounded up to three 50 ms rounds, plus up to one round before the growth was seen).
 /// - Receiving: a subflow was streaming (its data kept arriving, no silence of a stall
-///   threshold, for at least one threshold), the app waits in a read and has taken everything
-///   it delivered, and nothing arrived for [`stall_threshold`] since the later of its last
+///   threshold, for at least one), the app waits in a read and has taken everything
+///   it delivered, and nothing arrived for [`silence_threshold`] since the later of its last
 ///   data (`tcpi_last_data_recv`) and the start of the app's wait. What tells a dead path from
 ///   a peer with nothing to say is the flow before the silence: a peer that sent one message,
 ///   or a burst shorter than the threshold, or nothing, is never judged; an app that does not
@@ -355,13 +367,14 @@ impl StallReports {
                 .map(|(_, w)| *w)
                 .unwrap_or_default();
             let threshold = stall_threshold(s.rtt);
+            let silence = silence_threshold(s.rtt);
             let send = s
                 .bytes_acked
                 .zip(s.bytes_sent)
                 .map(|(acked, sent)| sending(before.send, now, sample, acked, sent, threshold));
             let recv = s
                 .bytes_received
-                .map(|received| receiving(before.recv, now, sample, received, threshold, waiting));
+                .map(|received| receiving(before.recv, now, sample, received, silence, waiting));
             let w = Watch {
                 send: send.map(|(p, _)| p),
                 recv: recv.map(|(p, _)| p),
@@ -376,7 +389,7 @@ impl StallReports {
                 if let Some(interface) = s.interface.clone()
                     && !out.contains(&interface)
                 {
-                    tracing::debug!(%interface, ?threshold, why, "subflow stalled");
+                    tracing::debug!(%interface, ?threshold, ?silence, why, "subflow stalled");
                     out.push(interface);
                 }
             }
@@ -826,7 +839,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_stops_arriving_while_the_app_waits_is_reported_at_the_threshold() {
-        for rtt in [0, 10, 50] {
+        for rtt in [0, 10, 50, 100] {
             let mut r = Receiver::new(ms(rtt));
             r.send = [64, 0];
             r.run(300);
@@ -835,7 +848,7 @@ mod tests {
             r.send = [0, 0];
             let hole = r.at();
             r.run(2_000);
-            let threshold = stall_threshold(ms(rtt));
+            let threshold = silence_threshold(ms(rtt));
             assert_eq!(r.reports.len(), 1, "once: {:?}", r.reports);
             let (at, iface) = &r.reports[0];
             assert_eq!(iface, "wlan0");
@@ -910,9 +923,9 @@ mod tests {
         let back = r.at();
         r.run(1_000);
         let (at, _) = r.reports.first().expect("never reported");
-        assert!(*at - back >= stall_threshold(ms(10)), "{:?}", *at - back);
+        assert!(*at - back >= silence_threshold(ms(10)), "{:?}", *at - back);
         assert!(
-            *at - back <= stall_threshold(ms(10)) + WATCH_ROUND,
+            *at - back <= silence_threshold(ms(10)) + WATCH_ROUND,
             "{:?}",
             *at - back
         );
