@@ -338,6 +338,11 @@ impl Core {
 
     /// The next frame to send on the current connection, if any.
     pub(crate) fn poll_transmit(&mut self) -> Option<Frame> {
+        self.poll_transmit_within(CHUNK)
+    }
+
+    /// [`Core::poll_transmit`] with DATA frames of at most `chunk` bytes.
+    pub(crate) fn poll_transmit_within(&mut self, chunk: usize) -> Option<Frame> {
         if !self.attached {
             return None;
         }
@@ -352,7 +357,7 @@ impl Core {
         let limit = self.written.min(self.peer_window);
         if self.sent < limit {
             let start = (self.sent - self.acked) as usize;
-            let n = ((limit - self.sent) as usize).min(CHUNK);
+            let n = ((limit - self.sent) as usize).min(chunk.max(1));
             let bytes: Vec<u8> = self.unacked.range(start..start + n).copied().collect();
             let f = Frame::Data {
                 offset: self.sent,
