@@ -25,6 +25,10 @@ use crate::monitor::nl80211::{Wireless, WirelessAsker};
 use crate::probe::{ProbeReply, Prober, portal};
 use tracing::Instrument;
 
+/// Per-interface IPv6 counters of the network namespace roamd runs in (procfs resolves
+/// `/proc/net` through the reading process).
+const SNMP6: &str = "/proc/net/dev_snmp6";
+
 /// How roamd was started.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -313,15 +317,14 @@ impl Daemon {
                     }
                     Action::StopProbing { index } => self.prober.stop(index),
                     Action::ReadCounters { index, interface } => {
-                        match counters::read(&self.sysfs_root, &interface) {
-                            Ok((rx_packets, rx_multicast, tx_packets)) => {
-                                failed.push(Event::Counters {
-                                    index,
-                                    rx_packets,
-                                    rx_multicast,
-                                    tx_packets,
-                                })
-                            }
+                        match counters::read(&self.sysfs_root, Path::new(SNMP6), &interface) {
+                            Ok(c) => failed.push(Event::Counters {
+                                index,
+                                rx_packets: c.rx_packets,
+                                rx_multicast: c.rx_multicast,
+                                tx_packets: c.tx_packets,
+                                tx_multicast: c.tx_multicast,
+                            }),
                             Err(e) => {
                                 tracing::debug!(%interface, error = %e, "packet counters unread")
                             }

@@ -93,6 +93,10 @@ pub enum Event {
         rx_multicast: u64,
         /// Packets transmitted since the interface appeared.
         tx_packets: u64,
+        /// Of those, IPv6 multicast packets (router solicitations, MLD reports, duplicate
+        /// address detection): the kernel's own housekeeping, which expects no unicast answer,
+        /// so sending them is no sign of a path that stopped answering.
+        tx_multicast: u64,
     },
 }
 

@@ -316,11 +316,12 @@ impl Core {
                 rx_packets,
                 rx_multicast,
                 tx_packets,
+                tx_multicast,
             } => self.counters(
                 now,
                 index,
                 rx_packets.saturating_sub(rx_multicast),
-                tx_packets,
+                tx_packets.saturating_sub(tx_multicast),
             ),
         }
     }

@@ -298,9 +298,10 @@ impl Core {
         }
     }
 
-    /// The shell read a link's packet counters (`rx`: unicast received): received packets are
-    /// evidence and, with transmitted ones, show the radio busy; transmitted packets (beyond
-    /// roamd's own probes) with nothing received make the link suspect.
+    /// The shell read a link's packet counters (`rx`: unicast received; `tx`: sent, less the
+    /// IPv6 multicast the kernel sends on its own): received packets are evidence and, with
+    /// transmitted ones, show the radio busy; transmitted packets (beyond roamd's own probes)
+    /// with nothing received make the link suspect.
     pub(crate) fn counters(&mut self, now: Instant, index: u32, rx: u64, tx: u64) {
         let (primary, _) = self.used();
         let cfg = &self.probe_cfg;

@@ -11,6 +11,21 @@ pub(super) fn sim(
     rtt: impl Fn(&str, Instant) -> Option<Duration>,
     counters: impl Fn(&str, Instant) -> (u64, u64),
 ) -> Vec<(Instant, Action)> {
+    sim_multicast(core, from, end, rtt, |name, now| {
+        let (rx, tx) = counters(name, now);
+        (rx, 0, tx, 0)
+    })
+}
+
+/// [`sim`] with multicast in the counters: `counters` says (received, of which multicast,
+/// sent, of which IPv6 multicast).
+fn sim_multicast(
+    core: &mut Core,
+    from: Instant,
+    end: Instant,
+    rtt: impl Fn(&str, Instant) -> Option<Duration>,
+    counters: impl Fn(&str, Instant) -> (u64, u64, u64, u64),
+) -> Vec<(Instant, Action)> {
     let mut now = from;
     let mut replies: Vec<(Instant, u32, u64)> = Vec::new();
     let mut log = Vec::new();
@@ -33,14 +48,16 @@ pub(super) fn sim(
                         }
                     }
                     Action::ReadCounters { index, interface } => {
-                        let (rx_packets, tx_packets) = counters(interface, now);
+                        let (rx_packets, rx_multicast, tx_packets, tx_multicast) =
+                            counters(interface, now);
                         core.handle(
                             now,
                             Event::Counters {
                                 index: *index,
                                 rx_packets,
-                                rx_multicast: 0,
+                                rx_multicast,
                                 tx_packets,
+                                tx_multicast,
                             },
                         );
                     }
@@ -257,6 +274,47 @@ fn sending_without_receiving_is_a_suspicion() {
     assert_eq!(name, "rmnet0");
     // Counters are read every second: seen within one, confirmed within the burst.
     assert!(at - dies <= ms(1_000 + 140), "{:?}", at - dies);
+}
+
+/// The kernel's IPv6 housekeeping (router solicitations, MLD reports, duplicate address
+/// detection) goes out as multicast and gets no unicast answer: on an idle link it is no
+/// sign of a path that stopped answering, and costs no burst. The same count of unicast
+/// packets sent with nothing back does.
+#[test]
+fn ipv6_multicast_sent_with_nothing_back_is_no_suspicion() {
+    for unicast in [false, true] {
+        let t0 = Instant::now();
+        let mut core = shipped(t0);
+        subscribe(&mut core, t0, 1, "a");
+        // Three packets on every link from 10 s on; nothing but the probes' answers comes
+        // back.
+        let from = t0 + secs(10);
+        let log = sim_multicast(
+            &mut core,
+            t0,
+            t0 + secs(20),
+            |_, _| Some(ms(3)),
+            move |_, now| {
+                let tx = if now >= from { 3 } else { 0 };
+                (0, 0, tx, if unicast { 0 } else { tx })
+            },
+        );
+        for link in ["wlan0", "rmnet0"] {
+            let later = probes(&log, link, from, t0 + secs(20));
+            if unicast {
+                assert!(
+                    !later.is_empty(),
+                    "{link}: unicast sent unanswered, no burst"
+                );
+            } else {
+                assert!(
+                    later.is_empty(),
+                    "{link}: multicast made {} probes",
+                    later.len()
+                );
+            }
+        }
+    }
 }
 
 #[test]
