@@ -7,7 +7,9 @@
 //! - the primary path is `Available`, every other `Backup` (noq sends data on a `Backup` path
 //!   only when no `Available` one is validated);
 //! - `interactive`: the best other permitted path is opened as `Backup` ahead of time, so it is
-//!   validated before it is needed, and pinged at a NAT-binding pace, not a detector's;
+//!   validated before it is needed (a switch to it while the primary works takes no
+//!   validation round trip; a failover moves the dead path onto its link, below), and pinged
+//!   at a NAT-binding pace, not a detector's;
 //! - `handover` (and `off`): nothing else is opened until the path manager moves the session,
 //!   so no other radio carries anything until the primary dies, degrades or stalls;
 //! - `aggregate`: every permitted path is open and `Available`.
@@ -16,16 +18,20 @@
 //! made `Available` (no validation round trip if it is open already; until it is validated the
 //! old primary carries the data), the old one `Backup` (`interactive`) or closed a second
 //! after its successor is established (`handover`). A move away from a primary that died or
-//! went silent goes to a validated path already open on the new link ([`Driver::adopt`]), or
-//! else moves the dead path itself onto the new link ([`Driver::rehome`]); either way what the
-//! dead path had in flight is sent again from the new link at once ([`Driver::replay`]).
+//! went silent moves the dead path itself onto the new link ([`Driver::rehome`]), even where
+//! `interactive` holds a validated path there, and what it had in flight is sent again from
+//! the new link at once ([`Driver::replay_after_move`]). Handing over to the held path instead was
+//! measured worse in every row: the peer's packets in flight on the closed path wait for noq's
+//! discard of it, three probe timeouts (`handover-bench --multipath interactive --quick
+//! --direction both`: download link-down p99 78.5 ms on plain veth against 1.5 rehoming, and
+//! 279.5 against 141.4 at 50 ms RTT; upload link-down at 50 ms p50 29.8 against 1.6).
 //!
 //! Scheduling is noq's: it fills the open paths' congestion windows in path order, `Available`
 //! before `Backup`. It has no hook for a scheduler of roam's (min-RTT, or re-sending a stalled
 //! path's data on another at once), and no way to be told that packets are lost. So the one
 //! re-sending roam does is below noq: the path sockets keep what each address sent recently,
 //! and a move off a dead or silent link sends it again from the new link at once
-//! ([`Driver::replay`], [`PathSockets::replay`]); see [`Driver::rehome`].
+//! ([`Driver::replay_after_move`], [`PathSockets::replay`]); see [`Driver::rehome`].
 //!
 //! With a peer that does not negotiate multipath (plain quinn, older roam) a move is an RFC 9000
 //! migration, as before: the new interface's socket becomes the only one, the connection
@@ -61,7 +67,7 @@ const BACKUP_KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
 /// How much earlier than a round trip before the last ACK seen a replay off a silent link
-/// starts (a silent link may have stopped one way first: see [`Driver::replay`]).
+/// starts (a silent link may have stopped one way first: see [`Driver::replay_after_move`]).
 const REPLAY_MARGIN: Duration = Duration::from_millis(10);
 
 /// How much earlier than a round trip before the last datagram received on a lost link a
@@ -121,7 +127,7 @@ pub(crate) struct Driver {
     /// ACK frames received by the last sample, and the time of the sample before the last
     /// one that saw that count grow (the newest ACK came in after it): what was sent more than
     /// a round trip before then has been acknowledged, what was sent after may be in flight
-    /// (see [`Driver::replay`]).
+    /// (see [`Driver::replay_after_move`]).
     acks_seen: u64,
     acked_at: std::time::Instant,
     /// When the last sample was taken.
@@ -443,19 +449,10 @@ impl Driver {
         if let Some(o) = self.open.iter().find(|o| o.id == old).cloned()
             && (reason != MigrationReason::PrimaryChanged || !self.permitted.contains(&o.path))
         {
-            let ready = self
-                .open
-                .iter()
-                .find(|p| p.id != old && &p.path == to && self.established.contains(&p.id))
-                .map(|p| p.id);
-            // A silent link's path has a whole stall threshold's worth in flight, more than a
-            // replay may get out whole: moved (not closed), its own acknowledgements find what
-            // the replay missed lost at once (measured, interactive, plain veth: blackhole gap
-            // p99 261 ms adopting the backup against 49 ms rehoming).
-            return match ready {
-                Some(id) if reason != MigrationReason::Stalled => Ok(self.adopt(o, id, to, reason)),
-                _ => self.rehome(o, to, reason),
-            };
+            // Moved, not closed: the peer finds what the dead path had in flight lost from that
+            // path's own acknowledgements on the new link, where a closed path's packets wait
+            // for its discard (see the module's documentation for the figures).
+            return self.rehome(o, to, reason);
         }
         let id = match self.find(to) {
             Some(id) => id,
@@ -484,55 +481,6 @@ impl Driver {
             }
         }
         Ok(local)
-    }
-
-    /// The primary's link died or went silent and `to` has a validated path open already
-    /// (`interactive`'s backup, a previous primary still retiring after a flap, `aggregate`'s
-    /// other path): that path carries the data from now on, with no validation round trip at
-    /// either end, and the dead path's datagrams in flight go out again from `to`'s socket at
-    /// once ([`Driver::replay`]): the peer reads their data as that path arriving from a new
-    /// address and acknowledges them on the live one. The dead path closes once its replay
-    /// is out.
-    fn adopt(
-        &mut self,
-        dead: OpenPath,
-        id: PathId,
-        to: &LocalPath,
-        reason: MigrationReason,
-    ) -> SocketAddr {
-        self.set_status(id, PathStatus::Available);
-        self.shared.set_primary(id);
-        if let Some((_, olds)) = &mut self.retire_at {
-            olds.retain(|o| *o != id);
-        }
-        if let Some((_, olds)) = &mut self.retire {
-            olds.retain(|o| *o != id);
-        }
-        self.sockets.alias(dead.path.local, to.local);
-        if self
-            .replay(dead.path.local, to.local, dead.id, reason)
-            .later
-            == 0
-        {
-            self.close_path(dead.id);
-        } else {
-            // Part of the replay waits for the socket's buffer: a PATH_ABANDON now could
-            // reach the peer before it, and the peer reads nothing more on a path it
-            // abandoned, so what it missed would wait for noq's discard of the path, three
-            // probe timeouts later (measured: blackhole gaps of 237 ms in interactive mode).
-            // The dead path closes a second later; meanwhile the peer acknowledges its
-            // replayed packets on the live path. (Kept open after a link-down, whose short
-            // replay goes out whole, it was measured worse: 1.6 s gaps.)
-            self.set_status(dead.id, PathStatus::Backup);
-            let at = tokio::time::Instant::now() + RETIRE_AFTER;
-            match &mut self.retire_at {
-                Some((_, olds)) => olds.push(dead.id),
-                None => self.retire_at = Some((at, vec![dead.id])),
-            }
-        }
-        self.sockets
-            .local_addr_of(to.local)
-            .unwrap_or(SocketAddr::new(to.local, 0))
     }
 
     /// The primary's link died or went silent: the primary path itself moves to `to` (its
@@ -645,12 +593,8 @@ impl Driver {
     /// A session that only receives sends few ACK-eliciting packets, so its ACK count grows
     /// rarely: from aioquic the old start replayed 86-712 of its own ACK-only datagrams, which
     /// held a download's return to WiFi 15-47 ms; the datagrams heard make it 12-16.
-    fn replay(&self, from: IpAddr, via: IpAddr, id: PathId, reason: MigrationReason) -> Replayed {
-        let since = self.in_flight_since(from, id, reason);
-        replay_logged(&self.sockets, from, via, since, reason)
-    }
-
-    /// [`Driver::replay`] once the connection has had its turn to send from the new link
+    ///
+    /// The replay goes out once the connection has had its turn to send from the new link
     /// (the path's move woke it): its first packets there are new data, which the peer can
     /// deliver at once when nothing was lost, instead of after reading the replay's
     /// duplicates (a link-down on plain veth: a hold of 0.46-0.59 ms against 0.57-0.67). When
@@ -677,7 +621,7 @@ impl Driver {
         });
     }
 
-    /// Where a replay off `from` starts (see [`Driver::replay`]).
+    /// Where a replay off `from` starts (see [`Driver::replay_after_move`]).
     fn in_flight_since(&self, from: IpAddr, id: PathId, reason: MigrationReason) -> Instant {
         let rtt = self.conn.rtt(id).unwrap_or_default();
         let back = rtt + rtt / 4;
