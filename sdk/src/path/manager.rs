@@ -313,8 +313,12 @@ impl StallDetector {
         // the newest of it sent by the last sample that saw frames go out, and an ACK is due
         // from then on. Without this, a window-limited sender in a blackhole shows nothing new
         // until quinn's probe timeout (~80 ms at 50 ms RTT) and the clock starts only then.
+        // A write followed by frames going out went out (or its window opened): only a write
+        // that nothing left after stays queued. Counting the write itself as queued whatever
+        // went out made a session that wrote once and then only read (a download) look
+        // window-limited at every sample without a new ACK, and stall on a healthy LAN.
         let stuck = self.queued && !acked && !sent;
-        self.queued = self.written || (self.queued && !sent);
+        self.queued = (self.written || self.queued) && !sent;
         self.written = false;
         if stuck && self.unacked_since.is_none() {
             self.unacked_since = self.last_sent;
@@ -1465,6 +1469,70 @@ mod tests {
             pm.handle_timeout(now);
         }
         (moves, pings)
+    }
+
+    /// A download on a LAN: the app wrote once (its request), which went out and was
+    /// acknowledged; from then on it only reads, sends nothing that must be acknowledged, and
+    /// the peer's ACKs of its ACK-only packets arrive every 3.4 ms, between some of the
+    /// 2.5 ms samples. Seen on plain veth: the write was taken for data still queued behind a
+    /// full window at every sample without a new ACK, and the path was called stalled 50 ms
+    /// into every download, moving it to cellular.
+    #[test]
+    fn a_write_that_went_out_is_no_full_window_for_a_session_that_then_only_reads() {
+        let t0 = Instant::now();
+        // QUIC's floor (`transport::quic::connect`): samples 2.5 ms apart.
+        let cfg = Config {
+            min_stall: Duration::from_millis(40),
+            ..Config::default()
+        };
+        let mut pm = PathManager::new(cfg, wlan(), t0);
+        pm.handle(t0, Input::Paths(vec![wlan(), rmnet()]));
+        let rtt = Duration::from_micros(250);
+        let (mut sent, mut acks, mut received) = (0u64, 0u64, 0u64);
+        let mut moves = Vec::new();
+        let mut now = t0;
+        // The request: written, sent at once, acknowledged a round trip later.
+        pm.handle(now, Input::Activity);
+        sent += 1;
+        let request_acked = t0 + rtt;
+        let ack_every = Duration::from_micros(3_400);
+        for _ in 0..100_000 {
+            let at = now - t0;
+            if at > Duration::from_secs(2) {
+                break;
+            }
+            while let Some(a) = pm.poll_action() {
+                match a {
+                    Action::Sample => {
+                        if now >= request_acked {
+                            // ACK frames so far: the request's, then one every 3.4 ms.
+                            acks = 1
+                                + ((now - request_acked).as_micros() / ack_every.as_micros())
+                                    as u64;
+                        }
+                        // The download: a datagram every 100 µs.
+                        received = (at.as_micros() / 100) as u64;
+                        let s = TransportSample {
+                            ack_eliciting_sent: sent,
+                            acks_received: acks,
+                            rtt,
+                            received,
+                        };
+                        pm.handle(now, Input::Sample(s));
+                    }
+                    Action::Move { to, .. } => moves.push((at, to)),
+                    Action::Ping => sent += 1,
+                    _ => {}
+                }
+            }
+            now = pm
+                .poll_timeout()
+                .max(now + Duration::from_micros(500))
+                .min(now + Duration::from_millis(5));
+            pm.handle_timeout(now);
+        }
+        assert!(received > 0);
+        assert!(moves.is_empty(), "a healthy download moved: {moves:?}");
     }
 
     #[test]
