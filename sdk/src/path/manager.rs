@@ -207,8 +207,8 @@ struct StallDetector {
     written: bool,
     /// Data the app wrote before the last sample has not visibly gone out since.
     queued: bool,
-    /// When datagrams last arrived, and since when they have been arriving with no silence
-    /// of a ping's wait between (the incoming stream's run).
+    /// When datagrams last arrived, and since when they have been arriving with no pause
+    /// longer than [`StallDetector::pause`] between (the incoming stream's run).
     received_at: Option<Instant>,
     streaming_since: Option<Instant>,
     /// A ping went out for the current silence (one per silence).
@@ -269,9 +269,20 @@ impl StallDetector {
         (self.last.rtt / 2).max(cfg.min_stall / 4)
     }
 
+    /// The longest pause an incoming stream may take and still be one run: a round trip plus
+    /// the peer's ACK delay (a sender's data arrives at least once a round trip while it has
+    /// any), at least half of `min_stall`. Longer than [`StallDetector::silence`] on purpose:
+    /// samples are taken on a busy machine too, and a run split by a late sample never
+    /// streamed long enough to be pinged (seen in CI, debug build beside other tests: the
+    /// download's blackhole waited 1.3 s for the next keep-alive).
+    fn pause(&self, cfg: &Config) -> Duration {
+        (self.last.rtt + cfg.max_ack_delay).max(cfg.min_stall / 2)
+    }
+
     /// Whether the incoming stream streamed (arrived for at least a stall threshold with no
-    /// silence of a ping's wait) and has now been silent that long with nothing of ours in
-    /// flight: a ping is due, once per silence. A peer that sent one message, or a burst
+    /// pause longer than [`StallDetector::pause`]) and has now been silent for
+    /// [`StallDetector::silence`] with nothing of ours in flight: a ping is due, once per
+    /// silence. A peer that sent one message, or a burst
     /// shorter than the threshold, is never asked.
     fn ping_due(&mut self, now: Instant, cfg: &Config) -> bool {
         let (Some(start), Some(last)) = (self.streaming_since, self.received_at) else {
@@ -293,7 +304,7 @@ impl StallDetector {
         if s.received > self.last.received {
             let running = self
                 .received_at
-                .is_some_and(|t| now.saturating_duration_since(t) < self.silence(cfg));
+                .is_some_and(|t| now.saturating_duration_since(t) < self.pause(cfg));
             if !running {
                 self.streaming_since = Some(now);
             }
