@@ -124,7 +124,7 @@ fn roam_quic_leaves_a_silent_blackhole_while_it_downloads_at_50_ms_rtt() {
     };
     // The handset only receives: nothing of its own waits for an ACK, so only the ping it
     // sends when the stream stops arriving tells the dead path (before it: the next
-    // keep-alive, 1.3-1.4 s of silence at this RTT; with it about 370 ms).
+    // keep-alive, 1.3-1.4 s of silence at this RTT; with it about 320 ms).
     let cfg = RunConfig {
         direction: Direction::Down,
         ..RunConfig::quick(Duration::from_millis(50))
