@@ -839,6 +839,11 @@ mod tests {
 
     #[test]
     fn a_stream_that_stops_arriving_while_the_app_waits_is_reported_at_the_threshold() {
+        // A receiver's threshold: 1.5 RTTs, at least 60 ms; no delayed ACK in it.
+        assert_eq!(silence_threshold(ms(0)), ms(60));
+        assert_eq!(silence_threshold(ms(50)), ms(75));
+        assert_eq!(silence_threshold(ms(100)), ms(150));
+        assert_eq!(stall_threshold(ms(50)), ms(140));
         for rtt in [0, 10, 50, 100] {
             let mut r = Receiver::new(ms(rtt));
             r.send = [64, 0];
