@@ -33,6 +33,7 @@ pub mod bench;
 pub mod binary;
 pub mod emulator;
 pub mod handover;
+pub mod idle;
 pub mod inject;
 pub mod netlink;
 pub mod netns;

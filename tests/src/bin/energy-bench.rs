@@ -3,6 +3,7 @@
 //! ```text
 //! energy-bench --json energy-bench.json
 //! energy-bench --quick
+//! energy-bench --sessions --quick
 //! ```
 //!
 //! A handset (`wlan0` WiFi, `rmnet0` cellular, `bnep0` Bluetooth), a probe reflector on the
@@ -23,6 +24,12 @@
 //! et al., MobiSys 2012); a 100 ms sample with packets counts as one packet. IPv6 is off on
 //! the handset's links, so the kernel's own chatter (router solicitations, MLD) is not
 //! counted against roamd.
+//!
+//! With `--sessions`, what one idle session costs instead (`roam_tests::idle`): a plain TCP
+//! connection (the baseline: what an unmodified app holds) and a roam session per transport,
+//! each established and left idle for a window on WiFi, then for one on cellular alone (WiFi
+//! down before it connects), no roamd. Per row: the packets on that link per second, the
+//! modelled radio-on fraction (cellular), and the session thread's CPU wake-ups per second.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,9 +39,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use roam::TransportPreference;
 use roam_ipc::client::Client;
 use roam_ipc::proto::{Reply, Request};
 use roam_tests::agent::{Agent, AgentConfig, AgentExe, REFLECT_PORT, Reflector};
+use roam_tests::idle::{IdleSession, IdleSystem};
 use roam_tests::netlink::Rtnl;
 use roam_tests::system::roam::{APP, POLICY};
 use roam_tests::topology::{SERVICE_V4, Topology};
@@ -65,6 +74,10 @@ struct Args {
     /// Write the figures as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure idle sessions (each transport against a plain TCP connection) instead of
+    /// roamd's probing.
+    #[arg(long)]
+    sessions: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -76,10 +89,27 @@ struct Model {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
+struct Report<R> {
     model: Model,
     window_s: f64,
-    rows: Vec<Row>,
+    rows: Vec<R>,
+}
+
+/// Writes the figures as JSON when `--json` asked for them.
+fn write_json<R: Serialize>(
+    path: Option<&PathBuf>,
+    model: Model,
+    window: Duration,
+    rows: Vec<R>,
+) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let report = Report {
+        model,
+        window_s: window.as_secs_f64(),
+        rows,
+    };
+    std::fs::write(path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +169,9 @@ fn run(args: &Args) -> Result<()> {
         RADIO_ON_W,
         SAMPLE.as_millis()
     );
+    if args.sessions {
+        return sessions(args, window, model);
+    }
     let exe = AgentExe::current()?;
     let mut rows = Vec::new();
     for (config, keys) in [
@@ -153,16 +186,7 @@ fn run(args: &Args) -> Result<()> {
         rows.extend(measure(&exe, config, keys, window).with_context(|| config.to_owned())?);
     }
     print_table(&rows);
-    if let Some(path) = &args.json {
-        let report = Report {
-            model,
-            window_s: window.as_secs_f64(),
-            rows,
-        };
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    write_json(args.json.as_ref(), model, window, rows)
 }
 
 /// One configuration: a fresh handset, roamd, and the three windows.
@@ -228,6 +252,87 @@ fn measure(
     drop(agent);
     drop(reflector);
     Ok(rows)
+}
+
+/// One row of `--sessions`.
+#[derive(Debug, Clone, Serialize)]
+struct SessionRow {
+    system: &'static str,
+    link: &'static str,
+    /// Packets on the link (sent + received) per second.
+    packets_per_s: f64,
+    /// Modelled radio-on fraction (cellular only).
+    radio_on: Option<f64>,
+    /// Modelled energy per hour at that fraction, in joules (cellular only).
+    joules_per_hour: Option<f64>,
+    /// The session thread's wake-ups per second.
+    wakeups_per_s: f64,
+}
+
+/// `--sessions`: every system idle on WiFi, then on cellular alone.
+fn sessions(args: &Args, window: Duration, model: Model) -> Result<()> {
+    let systems = [
+        IdleSystem::PlainTcp,
+        IdleSystem::Roam(TransportPreference::Quic),
+        IdleSystem::Roam(TransportPreference::Mptcp),
+        IdleSystem::Roam(TransportPreference::TcpResume),
+    ];
+    let mut rows = Vec::new();
+    for link in ["wlan0", "rmnet0"] {
+        for system in systems {
+            eprintln!(
+                "energy-bench: {} idle on {link} for {window:?}",
+                system.name()
+            );
+            rows.push(
+                idle_window(system, link, window)
+                    .with_context(|| format!("{} on {link}", system.name()))?,
+            );
+        }
+    }
+    println!(
+        "{:<16} {:<7} {:>9} {:>9} {:>8} {:>10}",
+        "SYSTEM", "LINK", "PKTS/S", "RADIO ON", "J/HOUR", "WAKEUPS/S"
+    );
+    for r in &rows {
+        let (on, j) = radio_cells(r.radio_on, r.joules_per_hour);
+        println!(
+            "{:<16} {:<7} {:>9.2} {:>9} {:>8} {:>10.1}",
+            r.system, r.link, r.packets_per_s, on, j, r.wakeups_per_s
+        );
+    }
+    write_json(args.json.as_ref(), model, window, rows)
+}
+
+/// One system idle on `link` (the only link up besides Bluetooth, which the policy does not
+/// use, when it is cellular) for `window`.
+fn idle_window(system: IdleSystem, link: &'static str, window: Duration) -> Result<SessionRow> {
+    let topo = Topology::phone().build()?;
+    quiet_ipv6(&topo)?;
+    if link != "wlan0" {
+        topo.link_down("wlan0")?;
+    }
+    let session = IdleSession::start(&topo, system)?;
+    // As for roamd's windows: the kernel's ARP re-confirmation of the gateway the handshake
+    // used (5 s later on these veths; a real rmnet0 has no ARP) falls before the window.
+    std::thread::sleep(SETTLE);
+    let before = session.wakeups()?;
+    let samples = sample(&topo, window)?;
+    let after = session.wakeups()?;
+    session.stop()?;
+    let i = LINKS
+        .iter()
+        .position(|l| *l == link)
+        .context("not a link of the phone")?;
+    let f = LinkFigures::of(&samples, i, window);
+    Ok(SessionRow {
+        system: system.name(),
+        link,
+        packets_per_s: f.packets as f64 / f.secs,
+        radio_on: f.radio_on,
+        joules_per_hour: f.radio_on.map(|f| f * RADIO_ON_W * 3600.0),
+        wakeups_per_s: after.saturating_sub(before) as f64 / f.secs,
+    })
 }
 
 /// A busy session on WiFi: 100 datagrams a second from the handset's wlan0 (bound to it) to
@@ -383,10 +488,37 @@ fn window_of(
     let before = probes_sent(admin)?;
     let samples = sample(topo, window)?;
     let after = probes_sent(admin)?;
-    let length = samples.last().map_or(window, |s| s.0);
-    let secs = length.as_secs_f64().max(f64::EPSILON);
     let mut rows = Vec::new();
     for (i, link) in LINKS.iter().enumerate() {
+        let f = LinkFigures::of(&samples, i, window);
+        rows.push(Row {
+            config,
+            window: window_name,
+            link,
+            roamd_packets: after[i].saturating_sub(before[i]),
+            interface_packets: f.packets,
+            roamd_per_s: after[i].saturating_sub(before[i]) as f64 / f.secs,
+            radio_on: f.radio_on,
+            joules_per_hour: f.radio_on.map(|f| f * RADIO_ON_W * 3600.0),
+        });
+    }
+    Ok(rows)
+}
+
+/// What a window's counter samples say of link `i` of [`LINKS`].
+struct LinkFigures {
+    /// Packets on the link (sent + received) in the window.
+    packets: u64,
+    /// The window's measured length in seconds.
+    secs: f64,
+    /// The modelled radio-on fraction (cellular only).
+    radio_on: Option<f64>,
+}
+
+impl LinkFigures {
+    fn of(samples: &[(Duration, [u64; 3])], i: usize, window: Duration) -> LinkFigures {
+        let length = samples.last().map_or(window, |s| s.0);
+        let secs = length.as_secs_f64().max(f64::EPSILON);
         let first = samples.first().map_or(0, |s| s.1[i]);
         let last = samples.last().map_or(0, |s| s.1[i]);
         let packets: Vec<Duration> = samples
@@ -394,20 +526,21 @@ fn window_of(
             .filter(|w| w[1].1[i] > w[0].1[i])
             .map(|w| w[1].0)
             .collect();
-        let cellular = *link == "rmnet0";
-        let on = cellular.then(|| radio_on(&packets, length).as_secs_f64() / secs);
-        rows.push(Row {
-            config,
-            window: window_name,
-            link,
-            roamd_packets: after[i].saturating_sub(before[i]),
-            interface_packets: last.saturating_sub(first),
-            roamd_per_s: after[i].saturating_sub(before[i]) as f64 / secs,
-            radio_on: on,
-            joules_per_hour: on.map(|f| f * RADIO_ON_W * 3600.0),
-        });
+        let cellular = LINKS[i] == "rmnet0";
+        LinkFigures {
+            packets: last.saturating_sub(first),
+            secs,
+            radio_on: cellular.then(|| radio_on(&packets, length).as_secs_f64() / secs),
+        }
     }
-    Ok(rows)
+}
+
+/// The radio-on and energy cells of a table row ("-" for a link that is not cellular).
+fn radio_cells(radio_on: Option<f64>, joules_per_hour: Option<f64>) -> (String, String) {
+    (
+        radio_on.map_or("-".to_owned(), |f| format!("{:.1}%", f * 100.0)),
+        joules_per_hour.map_or("-".to_owned(), |j| format!("{j:.0}")),
+    )
 }
 
 fn print_table(rows: &[Row]) {
@@ -416,12 +549,7 @@ fn print_table(rows: &[Row]) {
         "CONFIG", "WINDOW", "LINK", "ROAMD", "ROAMD/S", "IFACE PKTS", "RADIO ON", "J/HOUR"
     );
     for r in rows {
-        let on = r
-            .radio_on
-            .map_or("-".to_owned(), |f| format!("{:.1}%", f * 100.0));
-        let j = r
-            .joules_per_hour
-            .map_or("-".to_owned(), |j| format!("{j:.0}"));
+        let (on, j) = radio_cells(r.radio_on, r.joules_per_hour);
         println!(
             "{:<9} {:<6} {:<7} {:>8} {:>9.2} {:>10} {:>9} {:>8}",
             r.config, r.window, r.link, r.roamd_packets, r.roamd_per_s, r.interface_packets, on, j
