@@ -106,6 +106,10 @@ pub struct TransportSample {
     /// arrives: a stream that stops arriving gets a ping ([`Action::Ping`]), whose ACK the
     /// stall detection then waits for.
     pub received: u64,
+    /// Bytes carried both ways so far (QUIC: the datagrams' bytes; TCP: acknowledged plus
+    /// received); 0 from a transport that does not count them. More than
+    /// [`KEEP_ALIVE_BYTES`] between two samples is the app's traffic, not a keep-alive.
+    pub bytes: u64,
 }
 
 /// What the driver tells the manager.
@@ -188,6 +192,14 @@ struct Suspect {
     live: bool,
 }
 
+/// The most frames out (or datagrams in) a sample may see and still be an idle session's
+/// keep-alive: its PING and what rides with it, its ACK back.
+const KEEP_ALIVE_FRAMES: u64 = 2;
+/// The most bytes (both ways) a sample may see and still be an idle session's keep-alive: a
+/// QUIC PING and its ACK are under 100 bytes of datagrams, a tcp-resume PING and ACK frame
+/// under 80 bytes of TCP payload.
+pub const KEEP_ALIVE_BYTES: u64 = 256;
+
 /// Watches ACK progress while data is in flight.
 #[derive(Debug, Clone)]
 struct StallDetector {
@@ -207,6 +219,10 @@ struct StallDetector {
     written: bool,
     /// Data the app wrote before the last sample has not visibly gone out since.
     queued: bool,
+    /// The last sample that saw the app's own traffic: a write of the app's, more than
+    /// [`KEEP_ALIVE_FRAMES`] frames out or datagrams in, or more than [`KEEP_ALIVE_BYTES`]
+    /// (a keep-alive's exchange is less).
+    last_busy: Option<Instant>,
     /// When datagrams last arrived, and since when they have been arriving with no pause
     /// longer than [`StallDetector::pause`] between (the incoming stream's run).
     received_at: Option<Instant>,
@@ -227,6 +243,7 @@ impl StallDetector {
             last_sent: None,
             written: false,
             queued: false,
+            last_busy: None,
             received_at: None,
             streaming_since: None,
             pinged: false,
@@ -301,6 +318,13 @@ impl StallDetector {
     fn sample(&mut self, now: Instant, s: TransportSample, cfg: &Config) -> Option<bool> {
         let acked = s.acks_received > self.last.acks_received;
         let sent = s.ack_eliciting_sent > self.last.ack_eliciting_sent;
+        if self.written
+            || s.ack_eliciting_sent > self.last.ack_eliciting_sent + KEEP_ALIVE_FRAMES
+            || s.received > self.last.received + KEEP_ALIVE_FRAMES
+            || s.bytes > self.last.bytes + KEEP_ALIVE_BYTES
+        {
+            self.last_busy = Some(now);
+        }
         if s.received > self.last.received {
             let running = self
                 .received_at
@@ -367,16 +391,50 @@ impl StallDetector {
         (self.threshold(cfg) / 16).max(Duration::from_millis(2))
     }
 
+    /// Whether the app's own traffic is under way: a sample within `idle_sample` saw it
+    /// (`last_busy`), what the app wrote has not gone out, or a stream is coming in
+    /// (arrivals in more than one sample of a run). An idle session's keep-alive (a frame
+    /// out, its ACK back) is none of these.
+    fn in_use(&self, now: Instant, cfg: &Config) -> bool {
+        let recent = self
+            .last_busy
+            .is_some_and(|t| now.saturating_duration_since(t) < cfg.idle_sample);
+        let incoming = match (self.streaming_since, self.received_at) {
+            (Some(start), Some(last)) => {
+                last > start && now.saturating_duration_since(last) < self.pause(cfg)
+            }
+            _ => false,
+        };
+        recent || self.written || self.queued || incoming
+    }
+
     /// How soon to sample again. A sender limited by its congestion or flow-control window
-    /// goes quiet between bursts, and a blackhole can start in such a pause: the busy pace is
-    /// kept for `idle_sample` after the last progress so the first unanswered burst is seen
-    /// at once, not one idle period later.
+    /// goes quiet between bursts, and a blackhole can start in such a pause: while the app's
+    /// traffic is under way, the busy pace is kept for `idle_sample` after the last progress
+    /// so the first unanswered burst is seen at once, not one idle period later. An idle
+    /// session's keep-alive is judged by one sample when its ACK is overdue, which calls a
+    /// stall at the same instant as a sample every 1/16 of the threshold would, without
+    /// waking the session 30-odd times a second for a keep-alive answered every second
+    /// (`energy-bench --sessions`).
     fn interval(&self, now: Instant, cfg: &Config) -> Duration {
+        let busy = self.busy_interval(cfg);
+        if self.stalled {
+            return busy;
+        }
+        let in_use = self.in_use(now, cfg);
+        if let Some(t) = self.unacked_since {
+            if in_use {
+                return busy;
+            }
+            return (t + self.threshold(cfg))
+                .saturating_duration_since(now)
+                .max(busy);
+        }
         let recent = self
             .last_progress
             .is_some_and(|t| now.saturating_duration_since(t) < cfg.idle_sample);
-        if recent || self.unacked_since.is_some() || self.stalled {
-            self.busy_interval(cfg)
+        if recent && in_use {
+            busy
         } else {
             cfg.idle_sample
         }
@@ -849,6 +907,7 @@ mod tests {
                             acks_received: self.acks,
                             rtt: self.rtt,
                             received: 0,
+                            bytes: 0,
                         };
                         self.pm.handle(self.now, Input::Sample(s));
                     }
@@ -1007,6 +1066,7 @@ mod tests {
             acks_received: acks,
             rtt: Duration::from_millis(55),
             received: 0,
+            bytes: 0,
         };
         // Bulk flow: every 12 ms frames go out and ACKs come in.
         for i in 0..10 {
@@ -1065,6 +1125,84 @@ mod tests {
         let t = s.ms(10_000);
         s.run_until(t);
         assert!(s.moves().is_empty(), "{:?}", s.moves());
+    }
+
+    /// An idle session on wlan0: a keep-alive every second, its ACK back after `ack_after`
+    /// while `answered(t)` (milliseconds since the start) says the path works. Returns the
+    /// instants of the samples asked for and of the first move, over `ms` milliseconds.
+    fn idle_keep_alives(
+        ms: u64,
+        ack_after: u64,
+        answered: impl Fn(u64) -> bool,
+    ) -> (Vec<u64>, Option<u64>) {
+        let start = Instant::now();
+        let mut pm = PathManager::new(Config::default(), wlan(), start);
+        pm.handle(start, Input::Paths(vec![wlan(), rmnet()]));
+        let since = |t: Instant| (t - start).as_millis() as u64;
+        let mut samples = Vec::new();
+        let mut now = start;
+        while since(now) < ms {
+            while let Some(a) = pm.poll_action() {
+                match a {
+                    Action::Sample => {
+                        let t = since(now);
+                        samples.push(t);
+                        // Keep-alives sent by now (one at each whole second), and the ACKs
+                        // of those answered by now.
+                        let sent = t / 1000;
+                        let acked = (1..=sent)
+                            .filter(|k| answered(k * 1000) && k * 1000 + ack_after <= t)
+                            .count() as u64;
+                        let s = TransportSample {
+                            ack_eliciting_sent: sent,
+                            acks_received: acked,
+                            rtt: Duration::from_millis(1),
+                            received: acked,
+                            bytes: 0,
+                        };
+                        pm.handle(now, Input::Sample(s));
+                    }
+                    Action::Move { to, .. } => {
+                        return (samples, Some(since(now)).filter(|_| to == rmnet()));
+                    }
+                    _ => {}
+                }
+            }
+            now = pm.poll_timeout().max(now + Duration::from_micros(1));
+            pm.handle_timeout(now);
+        }
+        (samples, None)
+    }
+
+    #[test]
+    fn an_idle_sessions_keep_alive_costs_no_busy_sampling() {
+        // A keep-alive answered 25 ms later (the peer's ACK delay), every second for 10 s:
+        // the idle pace (10 samples a second) and at most one sample more per keep-alive,
+        // where the busy pace (every 3.75 ms for the ACK's wait and 100 ms after it) took
+        // about 40 a second.
+        let (samples, moved) = idle_keep_alives(10_000, 25, |_| true);
+        assert_eq!(moved, None);
+        assert!(
+            samples.len() <= 110,
+            "{} samples: {samples:?}",
+            samples.len()
+        );
+    }
+
+    #[test]
+    fn an_idle_sessions_unanswered_keep_alive_is_still_a_stall_at_its_due_time() {
+        // From 5 s on nothing is answered: the keep-alive sent at 5 s is seen by the next
+        // idle sample (at most 100 ms later) and called stalled when the threshold (60 ms)
+        // has passed since, at one sample, not polled for.
+        let (samples, moved) = idle_keep_alives(10_000, 25, |t| t < 5_000);
+        let moved = moved.expect("never moved");
+        let seen = *samples
+            .iter()
+            .find(|t| **t >= 5_000)
+            .expect("no sample after 5 s");
+        assert_eq!(moved, seen + 60, "samples {samples:?}");
+        let between = samples.iter().filter(|t| **t > seen && **t < moved).count();
+        assert_eq!(between, 0, "samples {samples:?}");
     }
 
     #[test]
@@ -1463,6 +1601,7 @@ mod tests {
                             acks_received: acks,
                             rtt,
                             received,
+                            bytes: 0,
                         };
                         pm.handle(now, Input::Sample(s));
                     }
@@ -1531,6 +1670,7 @@ mod tests {
                             acks_received: acks,
                             rtt,
                             received,
+                            bytes: 0,
                         };
                         pm.handle(now, Input::Sample(s));
                     }

@@ -351,6 +351,7 @@ impl Driver {
             acks_received: acks,
             rtt: self.conn.rtt(primary).unwrap_or_default(),
             received: s.udp_rx.datagrams,
+            bytes: s.udp_tx.bytes + s.udp_rx.bytes,
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) const DELAYED_ACK: Duration = Duration::from_millis(40);
 pub(crate) struct TcpReading {
     /// `tcpi_bytes_acked`: bytes of this connection the peer acknowledged.
     pub(crate) bytes_acked: u64,
+    /// `tcpi_bytes_received`: bytes of this connection received from the peer.
+    pub(crate) bytes_received: u64,
     /// `tcpi_unacked`: segments sent and not acknowledged yet.
     pub(crate) unacked: u32,
     /// `tcpi_notsent_bytes`: bytes written and not sent yet.
@@ -54,6 +56,7 @@ impl TcpReading {
         let i = crate::mptcp::sockopt::tcp_info(fd)?;
         Ok(TcpReading {
             bytes_acked: i.bytes_acked.unwrap_or(0),
+            bytes_received: i.bytes_received.unwrap_or(0),
             unacked: i.unacked,
             unsent: i.notsent_bytes.unwrap_or(0),
             peer_window: i.snd_wnd.unwrap_or(0),
@@ -83,12 +86,17 @@ pub(crate) struct TcpProgress {
     waiting: bool,
     /// The last reading had zero-window probes out.
     probing: bool,
+    /// Bytes acknowledged and received over every connection so far (the detector's bytes).
+    bytes: u64,
+    /// Those of the current connection at the last reading.
+    conn_bytes: u64,
 }
 
 impl TcpProgress {
     /// The session moved to a fresh connection: its counters start again from zero.
     pub(crate) fn new_connection(&mut self) {
         self.acked = 0;
+        self.conn_bytes = 0;
         self.waiting = false;
         self.probing = false;
     }
@@ -97,6 +105,9 @@ impl TcpProgress {
     pub(crate) fn sample(&mut self, r: TcpReading) -> TransportSample {
         // The kernel clears its probe count on the first ACK that comes back.
         let probe_answered = std::mem::replace(&mut self.probing, r.probes > 0) && r.probes == 0;
+        let conn_bytes = r.bytes_acked + r.bytes_received;
+        self.bytes += conn_bytes.saturating_sub(self.conn_bytes);
+        self.conn_bytes = conn_bytes;
         if r.bytes_acked > self.acked || probe_answered {
             self.acked = self.acked.max(r.bytes_acked);
             self.acks += 1;
@@ -115,6 +126,7 @@ impl TcpProgress {
             // Not counted: the resume protocol's own pings keep an idle or receiving
             // connection's ACK clock running (`keep_alive`), so no ping is ever asked for.
             received: 0,
+            bytes: self.bytes,
         }
     }
 }
@@ -248,6 +260,7 @@ mod tests {
                         Action::Sample => {
                             let r = TcpReading {
                                 bytes_acked: self.acked,
+                                bytes_received: 0,
                                 unacked: self.sent.len() as u32,
                                 unsent: self.unsent.min(u32::MAX.into()) as u32,
                                 peer_window: self.peer_window as u32,
@@ -371,5 +384,9 @@ mod tests {
         );
         let d = p.sample(r(5_000, 100));
         assert_eq!(d, c, "the same flight is counted once");
+        // The bytes carried only grow: the new connection's add to the old one's.
+        assert_eq!(a.bytes, 1_000_000);
+        assert_eq!(b.bytes, 1_005_000);
+        assert_eq!(d.bytes, b.bytes);
     }
 }
