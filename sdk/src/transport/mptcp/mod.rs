@@ -6,7 +6,8 @@
 //! socket the peer or a middlebox turned into plain TCP answers `EOPNOTSUPP` (the option
 //! reaches TCP) or sets `MPTCP_INFO_FLAG_FALLBACK`, and the session says
 //! [`crate::SessionEvent::MptcpFallback`]. A watcher task re-reads the subflows every
-//! `watcher::WATCH_INTERVAL` and reports changes as [`crate::SessionEvent::SubflowsChanged`]:
+//! `watcher::WATCH_INTERVAL` (every second once the connection has carried nothing for 2 s,
+//! until the app writes) and reports changes as [`crate::SessionEvent::SubflowsChanged`]:
 //! the kernel's MPTCP events go only to CAP_NET_ADMIN listeners, so an app polls its own
 //! socket. A change is a subflow coming or going or its backup flag changing (read through
 //! sock_diag, a few microseconds per subflow). The watcher also sends the decision source the
@@ -77,6 +78,8 @@ pub(crate) struct Judged {
     /// `epoch` plus one; 0 while it is not (the watcher's receive-side stall judgement).
     waiting: AtomicU64,
     epoch: Instant,
+    /// The app wrote: a watcher resting on an idle connection looks again at once.
+    pub(crate) wrote: tokio::sync::Notify,
 }
 
 impl Default for Judged {
@@ -86,6 +89,7 @@ impl Default for Judged {
             failed: OnceLock::new(),
             waiting: AtomicU64::new(0),
             epoch: Instant::now(),
+            wrote: tokio::sync::Notify::new(),
         }
     }
 }
@@ -232,6 +236,9 @@ impl AsyncWrite for MptcpStream {
             return Poll::Ready(Err(e));
         }
         let r = Pin::new(&mut self.tls).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.judged.wrote.notify_one();
+        }
         match (self.judged.error(), r) {
             (Some(e), Poll::Ready(_)) => Poll::Ready(Err(e)),
             (_, r) => r,

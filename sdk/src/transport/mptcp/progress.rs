@@ -73,7 +73,7 @@ fn key(s: &Subflow) -> Option<Key> {
 }
 
 /// Bytes that prove a subflow carries the stream: acknowledged plus received.
-fn carried(s: &Subflow) -> u64 {
+pub(crate) fn carried(s: &Subflow) -> u64 {
     s.bytes_acked.unwrap_or(0) + s.bytes_received.unwrap_or(0)
 }
 

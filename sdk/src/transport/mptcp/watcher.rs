@@ -1,5 +1,6 @@
 //! The watcher of a client's MPTCP connection: every [`WATCH_INTERVAL`] it re-reads the
-//! subflows and says when they change ([`SessionEvent::SubflowsChanged`]) or the connection
+//! subflows (every [`REST_ROUND`] while the connection has been idle for [`REST_AFTER`],
+//! until the app writes: an idle session does not wake the handset 20 times a second) and says when they change ([`SessionEvent::SubflowsChanged`]) or the connection
 //! fell back to TCP ([`SessionEvent::MptcpFallback`]), and reports the subflows' RTTs and
 //! stalls to the decision source (roamd confirms a stall with a burst of probes: the path is
 //! judged by its own traffic, not by periodic probes). A stall is data sent and not
@@ -24,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
-use super::progress::{Judge, Sample, StallReports, Verdict};
+use super::progress::{Judge, Sample, StallReports, Verdict, carried};
 use super::{Judged, check_mptcp, read_backup, read_samples};
 use crate::decision::{DecisionSource, PathReport, Snapshot};
 use crate::error::{Error, Result};
@@ -36,6 +37,53 @@ use crate::vocab::{DegradedReason, LocalPath, SessionEvent, Subflow, Transport};
 
 /// How often a client session re-reads its subflows to report changes.
 pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long a connection must carry nothing, with nothing in flight and its subflows
+/// unchanged, before its watcher rests: far longer than any stall it judges takes to show
+/// (a stream that stops is judged within a few round trips), so resting hides none.
+const REST_AFTER: Duration = Duration::from_secs(2);
+
+/// The watcher's round while it rests: an idle connection's subflow changes and fallback
+/// are said within this, and the app's next write ends the rest at once. At
+/// [`WATCH_INTERVAL`] an idle session woke its thread about 35 times a second
+/// (`energy-bench --sessions`).
+const REST_ROUND: Duration = Duration::from_secs(1);
+
+/// Whether a connection has been idle long enough for its watcher to rest.
+#[derive(Debug)]
+struct Quiet {
+    /// Bytes sent, acknowledged and received over every subflow at the last change.
+    bytes: u64,
+    since: std::time::Instant,
+}
+
+impl Quiet {
+    fn new(now: std::time::Instant) -> Quiet {
+        Quiet {
+            bytes: 0,
+            since: now,
+        }
+    }
+
+    /// One round's samples (`changed`: the subflows are not those of the round before);
+    /// true when the watcher may rest.
+    fn observe(&mut self, now: std::time::Instant, samples: &[Sample], changed: bool) -> bool {
+        let bytes = samples
+            .iter()
+            .map(|s| carried(&s.path) + s.path.bytes_sent.unwrap_or(0))
+            .sum();
+        if bytes != self.bytes || changed || samples.iter().any(|s| s.unacked > 0) {
+            self.bytes = bytes;
+            self.since = now;
+        }
+        now.saturating_duration_since(self.since) >= REST_AFTER
+    }
+
+    /// The app wrote: no rest until the connection is quiet again.
+    fn woken(&mut self, now: std::time::Instant) {
+        self.since = now;
+    }
+}
 
 /// The soonest the watcher reads again after a round (the kernel counts `tcpi_last_ack_recv`
 /// in milliseconds; a report due in less is taken a millisecond late rather than spun on).
@@ -190,10 +238,18 @@ pub(super) fn spawn(
         let mut stalls = StallReports::default();
         let mut judge = Judge::new(judging.give_up);
         let mut source_alive = true;
-        // Every WATCH_INTERVAL, and sooner when a stall report falls due before that.
+        let mut quiet = Quiet::new(std::time::Instant::now());
+        let mut resting = false;
+        // Every WATCH_INTERVAL (REST_ROUND while resting), and sooner when a stall report
+        // falls due before that.
         let mut wake = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                _ = judging.judged.wrote.notified(), if resting => {
+                    resting = false;
+                    quiet.woken(std::time::Instant::now());
+                    wake = tokio::time::Instant::now();
+                }
                 r = decisions.changed(), if source_alive => match r {
                     Ok(()) => {
                         let snap = decisions.borrow_and_update().clone();
@@ -217,7 +273,8 @@ pub(super) fn spawn(
                     for r in stalled.chain(rtt.due(t, &now)) {
                         source.report(r);
                     }
-                    let round = t + WATCH_INTERVAL;
+                    resting = quiet.observe(t, &samples, key(&now) != key(&last));
+                    let round = t + if resting { REST_ROUND } else { WATCH_INTERVAL };
                     wake = stalls
                         .next_due()
                         .filter(|d| *d < round)
@@ -281,6 +338,37 @@ pub(super) fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(acked: u64, unacked: u32) -> Sample {
+        Sample {
+            path: subflow("wlan0", 40000, 10, acked),
+            unacked,
+            window_closed: false,
+            since_ack: None,
+            since_data: None,
+        }
+    }
+
+    #[test]
+    fn the_watcher_rests_only_after_a_quiet_spell_and_a_write_wakes_it() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut q = Quiet::new(t0);
+        // Bytes moving, then a keep-nothing idle connection: rests 2 s after the last byte.
+        assert!(!q.observe(at(0), &[sample(1000, 0)], false));
+        assert!(!q.observe(at(50), &[sample(2000, 0)], false));
+        assert!(!q.observe(at(2_000), &[sample(2000, 0)], false));
+        assert!(q.observe(at(2_050), &[sample(2000, 0)], false));
+        // A segment in flight, a new subflow or a byte more: awake again.
+        assert!(!q.observe(at(3_000), &[sample(2000, 1)], false));
+        assert!(!q.observe(at(5_100), &[sample(2000, 0)], true));
+        assert!(q.observe(at(7_100), &[sample(2000, 0)], false));
+        assert!(!q.observe(at(8_000), &[sample(2001, 0)], false));
+        // The app's write ends a rest.
+        assert!(q.observe(at(10_000), &[sample(2001, 0)], false));
+        q.woken(at(10_500));
+        assert!(!q.observe(at(10_550), &[sample(2001, 0)], false));
+    }
 
     fn subflow(iface: &str, port: u16, rtt_ms: u64, acked: u64) -> Subflow {
         Subflow {
