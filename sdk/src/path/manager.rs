@@ -27,6 +27,10 @@
 //!
 //! Stall detection needs traffic to judge: the transport sends keep-alives while idle, and the
 //! driver reports app writes ([`Input::Activity`]) so sampling speeds up when data is sent.
+//! An idle session costs the handset little: a keep-alive is judged by one sample when its ACK
+//! is due, and after `rest_after` without the app's traffic the session samples once every
+//! `rest_sample` (`energy-bench --sessions`: about 5 wake-ups a second for an idle session,
+//! against 50 before).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -51,6 +55,12 @@ pub struct Config {
     pub post_move_grace: u32,
     /// How often to sample the transport when nothing is in flight.
     pub idle_sample: Duration,
+    /// After this long without the app's own traffic (keep-alives only) the session rests:
+    /// it samples every `rest_sample` instead of every `idle_sample`.
+    pub rest_after: Duration,
+    /// How often a resting session samples: an unanswered keep-alive is seen this much later
+    /// at most, and then judged when its ACK is due; the app's next write ends the rest.
+    pub rest_sample: Duration,
     /// How long a stalled path is avoided the first time (doubles on each new stall).
     pub suspect_for: Duration,
     /// The longest a stalled path is avoided.
@@ -80,6 +90,8 @@ impl Default for Config {
             min_stall: Duration::from_millis(60),
             post_move_grace: 3,
             idle_sample: Duration::from_millis(100),
+            rest_after: Duration::from_secs(2),
+            rest_sample: Duration::from_secs(1),
             suspect_for: Duration::from_secs(30),
             suspect_max: Duration::from_secs(600),
             return_grace: Duration::from_secs(1),
@@ -262,6 +274,8 @@ impl StallDetector {
         self.unacked_since = (self.last.ack_eliciting_sent > self.sent_at_ack).then_some(now);
         // What is in flight left from the old path: an ACK on the new one is due from now on.
         self.last_sent = self.last_sent.map(|_| now);
+        // The new path gets the idle pace, not the rest, until it has shown itself.
+        self.last_busy = Some(now);
         // The incoming stream is judged on the new path once it streams there.
         self.received_at = None;
         self.streaming_since = None;
@@ -435,6 +449,11 @@ impl StallDetector {
             .is_some_and(|t| now.saturating_duration_since(t) < cfg.idle_sample);
         if recent && in_use {
             busy
+        } else if self
+            .last_busy
+            .is_none_or(|t| now.saturating_duration_since(t) >= cfg.rest_after)
+        {
+            cfg.rest_sample
         } else {
             cfg.idle_sample
         }
@@ -463,13 +482,16 @@ impl PathManager {
     /// A manager for a session established on `current` at `now`.
     pub fn new(cfg: Config, current: LocalPath, now: Instant) -> Self {
         let grace = cfg.post_move_grace;
+        let mut stall = StallDetector::new(grace);
+        // A fresh session gets the idle pace, not the rest, until it has been quiet a while.
+        stall.last_busy = Some(now);
         PathManager {
             next_sample: now + cfg.idle_sample,
             cfg,
             paths: vec![current.clone()],
             current,
             suspects: HashMap::new(),
-            stall: StallDetector::new(grace),
+            stall,
             pending: None,
             moved: None,
             warm: None,
@@ -1177,15 +1199,20 @@ mod tests {
     #[test]
     fn an_idle_sessions_keep_alive_costs_no_busy_sampling() {
         // A keep-alive answered 25 ms later (the peer's ACK delay), every second for 10 s:
-        // the idle pace (10 samples a second) and at most one sample more per keep-alive,
-        // where the busy pace (every 3.75 ms for the ACK's wait and 100 ms after it) took
-        // about 40 a second.
+        // the idle pace (10 samples a second) for the first 2 s, then the rest (one a second)
+        // and at most one sample more per keep-alive, where the busy pace (every 3.75 ms for
+        // the ACK's wait and 100 ms after it) took about 40 a second.
         let (samples, moved) = idle_keep_alives(10_000, 25, |_| true);
         assert_eq!(moved, None);
         assert!(
-            samples.len() <= 110,
+            samples.len() <= 20 + 2 * 8,
             "{} samples: {samples:?}",
             samples.len()
+        );
+        let resting: Vec<u64> = samples.iter().copied().filter(|t| *t > 3_000).collect();
+        assert!(
+            resting.windows(2).all(|w| w[1] - w[0] >= 60),
+            "samples closer than a due ACK once resting: {resting:?}"
         );
     }
 
