@@ -134,6 +134,10 @@ pub enum Input {
     Sample(TransportSample),
     /// The app wrote: sample soon, data is going out.
     Activity,
+    /// The app wrote, on a transport that judges its own send queue from its samples (so the
+    /// write is not taken as queued behind a full window, as [`Input::Activity`]'s is): a
+    /// resting session stops resting and samples soon.
+    Awake,
     /// The driver moved the session as asked.
     Moved(LocalPath),
     /// The driver could not move the session (the socket could not be bound).
@@ -449,14 +453,17 @@ impl StallDetector {
             .is_some_and(|t| now.saturating_duration_since(t) < cfg.idle_sample);
         if recent && in_use {
             busy
-        } else if self
-            .last_busy
-            .is_none_or(|t| now.saturating_duration_since(t) >= cfg.rest_after)
-        {
+        } else if self.quiet(now, cfg) {
             cfg.rest_sample
         } else {
             cfg.idle_sample
         }
+    }
+
+    /// No traffic of the app's for `rest_after`: the session may rest.
+    fn quiet(&self, now: Instant, cfg: &Config) -> bool {
+        self.last_busy
+            .is_none_or(|t| now.saturating_duration_since(t) >= cfg.rest_after)
     }
 }
 
@@ -539,6 +546,11 @@ impl PathManager {
                 let soon = now + self.stall.busy_interval(&self.cfg);
                 self.next_sample = self.next_sample.min(soon);
             }
+            Input::Awake => {
+                self.stall.last_busy = Some(now);
+                let soon = now + self.stall.busy_interval(&self.cfg);
+                self.next_sample = self.next_sample.min(soon);
+            }
             Input::Moved(to) => {
                 let reason = match self.pending.take() {
                     Some((p, reason)) if p == to => reason,
@@ -592,6 +604,17 @@ impl PathManager {
     /// The next action for the driver, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Whether the session rests ([`Config::rest_after`]): nothing of the app's is under way
+    /// and it samples only every [`Config::rest_sample`]. A transport that does not send
+    /// [`Input::Activity`] on writes sends [`Input::Awake`] on the first write while this is
+    /// true.
+    pub fn resting(&self, now: Instant) -> bool {
+        !self.stall.stalled
+            && self.stall.unacked_since.is_none()
+            && !self.stall.in_use(now, &self.cfg)
+            && self.stall.quiet(now, &self.cfg)
     }
 
     /// When to call [`PathManager::handle_timeout`] next.

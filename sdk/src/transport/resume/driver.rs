@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -193,6 +194,10 @@ pub(crate) struct Shared {
     pub(crate) doorbell: Arc<Notify>,
     /// Told when the session ends.
     ended: Arc<Notify>,
+    /// The supervisor's path manager rests (`PathManager::resting`): the app's next write
+    /// tells it through `woke`.
+    pub(crate) resting: Arc<AtomicBool>,
+    pub(crate) woke: Arc<Notify>,
 }
 
 impl Shared {
@@ -207,6 +212,8 @@ impl Shared {
             })),
             doorbell: Arc::new(Notify::new()),
             ended: Arc::new(Notify::new()),
+            resting: Arc::new(AtomicBool::new(false)),
+            woke: Arc::new(Notify::new()),
         }
     }
 
@@ -421,6 +428,9 @@ impl AsyncWrite for ResumeStream {
             return Poll::Pending;
         }
         self.shared.doorbell.notify_one();
+        if self.shared.resting.swap(false, Ordering::Relaxed) {
+            self.shared.woke.notify_one();
+        }
         Poll::Ready(Ok(n))
     }
 

@@ -251,6 +251,11 @@ mod tests {
         fn run(&mut self, ms: u64) {
             for _ in 0..ms {
                 self.now += Duration::from_millis(1);
+                // The app's write wakes a resting manager, as `ResumeStream` does through the
+                // supervisor (`Input::Awake`).
+                if self.send > 0 && self.pm.resting(self.now) {
+                    self.pm.handle(self.now, Input::Awake);
+                }
                 self.tick();
                 if self.pm.poll_timeout() <= self.now {
                     self.pm.handle_timeout(self.now);
@@ -335,6 +340,30 @@ mod tests {
         let seen = *at - ping;
         assert!(seen >= Duration::from_millis(60), "{seen:?}");
         assert!(seen <= Duration::from_millis(1_080), "{seen:?}");
+    }
+
+    #[test]
+    fn a_write_after_a_rest_into_a_dead_path_is_judged_from_the_write() {
+        let mut s = Sim::new(Duration::from_millis(50));
+        // One answered exchange (a fresh session's grace ends with its first ACK), then idle
+        // long enough to rest (sampling once a second).
+        s.send = 40;
+        s.run(1);
+        s.send = 0;
+        s.run(5_000);
+        assert!(s.pm.resting(s.now), "an idle session rests");
+        // The path dies, then the app starts a stream into it.
+        s.delivers = false;
+        s.send = 16 * 1024;
+        let wrote = s.now - s.t0;
+        s.run(1_000);
+        let (at, _, reason) = s.moves.first().expect("never moved");
+        assert_eq!(*reason, MigrationReason::Stalled);
+        // The 125 ms threshold at 50 ms RTT from the write's first sample, not from the next
+        // rest sample up to a second later.
+        let seen = *at - wrote;
+        assert!(seen >= Duration::from_millis(125), "{seen:?}");
+        assert!(seen <= Duration::from_millis(160), "{seen:?}");
     }
 
     #[test]

@@ -269,6 +269,11 @@ impl Supervisor {
                 continue;
             }
             let deadline = tokio::time::Instant::from_std(self.pm.poll_timeout());
+            // tcp-resume sends no `Input::Activity` (a write is not a full window here): the
+            // app's first write while the manager rests wakes it instead (`ResumeStream`).
+            self.shared
+                .resting
+                .store(self.pm.resting(now()), std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 r = async { conn.as_mut().expect("guarded").await }, if conn.is_some() => {
                     conn = None;
@@ -332,6 +337,7 @@ impl Supervisor {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => self.pm.handle_timeout(now()),
+                _ = self.shared.woke.notified() => self.pm.handle(now(), Input::Awake),
             }
             if self.shared.lock().error.is_some() {
                 return;
